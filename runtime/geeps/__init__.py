@@ -1,0 +1,21 @@
+"""geeps: a GPU-specialized parameter server for data-parallel training.
+
+    import geeps
+    client = geeps.Client.from_env()          # reads GEEPS_*; see geeps.config
+    w = client.create_table("w", n_rows=10, row_width=128, rule="sgd", lr=0.1)
+"""
+from .config import Config, ConfigError, load as load_config
+from .consistency import Consistency
+from .progress import report
+
+__version__ = "0.1.0"
+
+__all__ = ["Config", "ConfigError", "Consistency", "load_config", "report", "__version__"]
+
+
+def __getattr__(name):
+    # The client pulls in zmq and threads; import it only when asked for.
+    if name in ("Client", "Handle", "Table", "GeepsError", "ServerError", "ServerUnreachable"):
+        from . import client
+        return getattr(client, name)
+    raise AttributeError(name)

@@ -1,0 +1,187 @@
+"""The environment contract: every GEEPS_* variable, read and validated here only.
+
+The operator sets these in pods and `geeps run` sets them for local processes; a
+script reads them with `geeps.config.load()`. A bad value raises ConfigError naming
+the variable and what it accepts. `geeps env` prints the table below as Markdown
+(docs/environment.md is that output, checked by a test).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping
+
+from . import consistency as _consistency
+from .units import parse_bytes
+
+
+class ConfigError(ValueError):
+    """A GEEPS_* variable holds a value outside what it accepts."""
+
+    def __init__(self, var: str, value: str, accepts: str):
+        super().__init__(f"{var}={value!r} is invalid: accepted {accepts}")
+        self.var = var
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        n = int(v)
+        if n < lo or (hi is not None and n > hi):
+            raise ValueError(v)
+        return n
+    return parse
+
+
+def _positive_float(v: str) -> float:
+    x = float(v)
+    if not x > 0:
+        raise ValueError(v)
+    return x
+
+
+def _servers(v: str) -> tuple[str, ...]:
+    out = []
+    for part in (p.strip() for p in v.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(part)
+        out.append(part)
+    return tuple(out)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v.lower() not in options:
+            raise ValueError(v)
+        return v.lower()
+    return parse
+
+
+def _bool(v: str) -> bool:
+    t = v.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(v)
+
+
+def _optional_bytes(v: str) -> int | None:
+    return None if v.strip() in ("", "unlimited") else parse_bytes(v)
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    accepts: str
+    doc: str
+
+
+VARS: tuple[Var, ...] = (
+    Var("GEEPS_JOB", "job", "local", str, "any name", "job name; a label on every metric"),
+    Var("GEEPS_ROLE", "role", "worker", _choice("server", "worker"), "server | worker",
+        "what this process is"),
+    Var("GEEPS_RANK", "rank", "0", _int_in(0), "an integer >= 0",
+        "index of this process within its role"),
+    Var("GEEPS_NUM_WORKERS", "num_workers", "1", _int_in(1), "an integer >= 1",
+        "workers in the job; servers track a clock for each"),
+    Var("GEEPS_SERVERS", "servers", "", _servers, "host:port[,host:port...]",
+        "every server shard, in rank order"),
+    Var("GEEPS_CONSISTENCY", "consistency", "bsp", _consistency.parse, _consistency.ACCEPTED,
+        "how far a reader may run ahead of the slowest worker"),
+    Var("GEEPS_DEVICE_MEMORY", "device_memory", "", _optional_bytes,
+        "a quantity (bytes, e.g. 2Gi) or empty for unlimited",
+        "device-memory budget of the worker's memory manager"),
+    Var("GEEPS_BACKEND", "backend", "auto", _choice("auto", "numpy", "cupy"),
+        "auto | numpy | cupy", "array backend; auto takes CuPy when a GPU is present"),
+    Var("GEEPS_CHECKPOINT_DIR", "checkpoint_dir", "", str, "a directory path or empty",
+        "where servers write checkpoints; empty disables them"),
+    Var("GEEPS_CHECKPOINT_EVERY", "checkpoint_every", "0", _int_in(0), "an integer >= 0 (clocks)",
+        "checkpoint every K clocks; 0 disables"),
+    Var("GEEPS_METRICS_PORT", "metrics_port", "0", _int_in(0, 65535), "a port 0-65535",
+        "Prometheus metrics HTTP port; 0 disables"),
+    Var("GEEPS_BIND_HOST", "bind_host", "*", str, "an address or *",
+        "address a server binds (its port comes from GEEPS_SERVERS[rank])"),
+    Var("GEEPS_TIMEOUT", "timeout", "30", _positive_float, "seconds > 0",
+        "how long a server may stay silent before a request fails naming it"),
+    Var("GEEPS_WAIT_TIMEOUT", "wait_timeout", "600", _positive_float, "seconds > 0",
+        "how long a read may stay parked waiting for slower workers"),
+    Var("GEEPS_MAX_PARKED", "max_parked", "4096", _int_in(1), "an integer >= 1",
+        "reads a server parks at once; past it a read gets an error"),
+    Var("GEEPS_CURVE_DIR", "curve_dir", "", str, "a directory path or empty",
+        "CurveZMQ keys (server.key, client.key); empty means no encryption"),
+    Var("GEEPS_INSECURE", "insecure", "0", _bool, "0 | 1",
+        "run without CurveZMQ even where keys are expected (logged loudly)"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    job: str = "local"                          # job name
+    role: str = "worker"                        # server | worker
+    rank: int = 0                               # index within the role
+    num_workers: int = 1                        # workers in the job
+    servers: tuple[str, ...] = ()               # host:port of every shard, rank order
+    consistency: _consistency.Consistency = field(
+        default_factory=lambda: _consistency.parse("bsp"))
+    device_memory: int | None = None            # bytes; None = unlimited
+    backend: str = "auto"                       # auto | numpy | cupy
+    checkpoint_dir: str = ""                    # empty = no checkpoints
+    checkpoint_every: int = 0                   # clocks; 0 = off
+    metrics_port: int = 0                       # 0 = no metrics endpoint
+    bind_host: str = "*"                        # server bind address
+    timeout: float = 30.0                       # seconds of server silence tolerated
+    wait_timeout: float = 600.0                 # seconds a read may be parked
+    max_parked: int = 4096                      # parked reads per server
+    curve_dir: str = ""                         # CurveZMQ key directory
+    insecure: bool = False                      # explicit opt-out of CurveZMQ
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that `load()` turns back into this config."""
+        out = {}
+        for var in VARS:
+            v = getattr(self, var.attr)
+            if isinstance(v, tuple):
+                v = ",".join(v)
+            elif isinstance(v, bool):
+                v = "1" if v else "0"
+            elif v is None:
+                v = ""
+            out[var.name] = str(v)
+        return out
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    """Read every GEEPS_* variable from `environ` (default os.environ) and validate it."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for var in VARS:
+        raw = env.get(var.name, var.default)
+        try:
+            values[var.attr] = var.parse(raw)
+        except (ValueError, TypeError):
+            raise ConfigError(var.name, raw, var.accepts) from None
+    cfg = Config(**values)
+    if cfg.role == "server" and cfg.servers and cfg.rank >= len(cfg.servers):
+        raise ConfigError("GEEPS_RANK", str(cfg.rank),
+                          f"a server rank below {len(cfg.servers)} (the number of GEEPS_SERVERS)")
+    if cfg.role == "worker" and cfg.rank >= cfg.num_workers:
+        raise ConfigError("GEEPS_RANK", str(cfg.rank),
+                          f"a worker rank below GEEPS_NUM_WORKERS={cfg.num_workers}")
+    return cfg
+
+
+def markdown_table() -> str:
+    """The contract as a Markdown table (docs/environment.md)."""
+    rows = ["| variable | default | accepts | meaning |", "|---|---|---|---|"]
+    for v in VARS:
+        rows.append(f"| `{v.name}` | `{v.default}` | {v.accepts} | {v.doc} |")
+    return "\n".join(rows) + "\n"
+
+
+assert {f.name for f in fields(Config)} == {v.attr for v in VARS}, "VARS and Config drifted"

@@ -1,0 +1,58 @@
+"""Consistency models: BSP, SSP with a slack, and async.
+
+Clocks count completed iterations: a worker at clock c has finished clocks 0..c-1.
+A read at clock c under slack s must see every update from clocks <= c - s - 1,
+which holds once every worker has finished c - s clocks (the server's min clock).
+BSP is slack 0; async never waits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Consistency:
+    model: str          # "bsp" | "ssp" | "async"
+    slack: int = 0      # clocks a reader may run ahead of the slowest worker; 0 under BSP
+
+    def need(self, clock: int) -> int:
+        """The server min clock a read at `clock` must wait for."""
+        if self.model == "async":
+            return 0
+        return max(0, clock - self.slack)
+
+    @property
+    def per_clock(self) -> bool:
+        """Whether servers buffer pushes and apply them once per clock (BSP, SSP)."""
+        return self.model != "async"
+
+    def __str__(self) -> str:
+        return f"ssp:{self.slack}" if self.model == "ssp" else self.model
+
+
+ACCEPTED = "bsp, ssp:N (N >= 1), async"
+
+
+def parse(text: str) -> Consistency:
+    """Parse 'bsp', 'ssp:N' or 'async' (case-insensitive); raise ValueError otherwise."""
+    t = str(text).strip().lower()
+    if t == "bsp":
+        return Consistency("bsp", 0)
+    if t == "async":
+        return Consistency("async", 0)
+    if t.startswith("ssp:"):
+        try:
+            slack = int(t[4:])
+        except ValueError:
+            slack = -1
+        if slack >= 1:
+            return Consistency("ssp", slack)
+    raise ValueError(f"{text!r} is not a consistency model (accepted: {ACCEPTED})")
+
+
+def from_spec(model: str, slack: int) -> Consistency:
+    """From the manifest's `consistency: {model, slack}` (already schema-checked)."""
+    m = model.lower()
+    if m == "ssp":
+        return Consistency("ssp", slack)
+    return Consistency(m, 0)
