@@ -1,0 +1,192 @@
+"""The pure parts of `geeps run`: the launch plan, argument parsing, the progress board."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from geeps import config, spec
+from geeps.launch_plan import (Options, Ports, apply_overrides, command_argv,
+                               job_from_command, plan)
+from geeps.launcher import UsageError, parse_args, pick_ports
+from geeps.supervise import ProgressBoard, describe_exit
+
+
+def manifest(**spec_fields) -> dict:
+    s = {"command": ["python", "examples/01-minimal/train.py"], "args": ["--epochs", "2"],
+         "servers": {"replicas": 2}, "workers": {"replicas": 3}}
+    s.update(spec_fields)
+    return {"apiVersion": spec.API_VERSION, "kind": spec.KIND,
+            "metadata": {"name": "digits"}, "spec": s}
+
+
+def make_plan(m=None, *, metrics=(), **opts):
+    job = spec.validate(m or manifest())
+    n = job.servers.replicas
+    return plan(job, Ports(tuple(range(7000, 7000 + n)), tuple(metrics)),
+                Options(cwd="/repo", python="/venv/bin/python", **opts))
+
+
+def test_servers_come_first_then_workers_by_rank():
+    p = make_plan()
+    assert [x.name for x in p.processes] == \
+        ["server-0", "server-1", "worker-0", "worker-1", "worker-2"]
+    assert [x.rank for x in p.role("worker")] == [0, 1, 2]
+
+
+def test_every_process_gets_the_contract_and_it_loads():
+    p = make_plan()
+    for x in p.processes:
+        cfg = config.load(x.env)        # the child's own view must validate
+        assert cfg.servers == ("127.0.0.1:7000", "127.0.0.1:7001")
+        assert cfg.num_workers == 3 and cfg.job == "digits"
+        assert (cfg.role, cfg.rank) == (x.role, x.rank)
+        assert x.env["PYTHONUNBUFFERED"] == "1"
+    assert all(x.env["GEEPS_BIND_HOST"] == "127.0.0.1" for x in p.role("server"))
+
+
+def test_server_command_defaults_to_geeps_server_of_this_interpreter():
+    assert make_plan().role("server")[0].argv == ("/venv/bin/python", "-m", "geeps", "server")
+    p = make_plan(server_command=("/bin/fake", "--x"))
+    assert p.role("server")[1].argv == ("/bin/fake", "--x")
+
+
+@pytest.mark.parametrize("cmd,want0", [("python", "/venv/bin/python"),
+                                       ("python3", "/venv/bin/python"),
+                                       ("/usr/bin/env", "/usr/bin/env")])
+def test_python_in_the_command_means_this_interpreter(cmd, want0):
+    job = spec.validate(manifest(command=[cmd, "train.py"]))
+    assert command_argv(job, "/venv/bin/python") == (want0, "train.py", "--epochs", "2")
+
+
+def test_workers_run_command_plus_args_relative_to_cwd():
+    w = make_plan().role("worker")[0]
+    assert w.argv == ("/venv/bin/python", "examples/01-minimal/train.py", "--epochs", "2")
+
+
+def test_metrics_ports_one_per_process_or_none():
+    p = make_plan(metrics=(9400, 9401, 9402, 9403, 9404))
+    assert [x.env["GEEPS_METRICS_PORT"] for x in p.processes] == \
+        ["9400", "9401", "9402", "9403", "9404"]
+    assert {x.env["GEEPS_METRICS_PORT"] for x in make_plan().processes} == {"0"}
+    with pytest.raises(ValueError, match="5 metrics ports"):
+        make_plan(metrics=(9400,))
+
+
+def test_wrong_number_of_server_ports_is_refused():
+    job = spec.validate(manifest())
+    with pytest.raises(ValueError, match="2 server ports"):
+        plan(job, Ports((7000,)))
+
+
+def test_checkpoints_off_by_default_and_under_cwd_when_on():
+    assert make_plan().checkpoint_dir == ""
+    assert all(x.env["GEEPS_CHECKPOINT_DIR"] == "" for x in make_plan().processes)
+    p = make_plan(manifest(checkpoint={"everyClocks": 10}))
+    assert p.checkpoint_dir == "/repo/.geeps/digits/checkpoints"
+    for x in p.processes:
+        assert x.env["GEEPS_CHECKPOINT_DIR"] == p.checkpoint_dir
+        assert x.env["GEEPS_CHECKPOINT_EVERY"] == "10"
+    p = make_plan(manifest(checkpoint={"everyClocks": 10}), checkpoint_dir="ck")
+    assert p.checkpoint_dir == "/repo/ck"
+
+
+def test_env_values_pass_and_value_from_is_warned_about():
+    m = manifest(env=[{"name": "LR", "value": "0.05"},
+                      {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+                 workingDir="/app")
+    p = make_plan(m)
+    for x in p.processes:
+        assert x.env["LR"] == "0.05" and "TOKEN" not in x.env
+    assert any("spec.env[1] (TOKEN)" in w and "valueFrom" in w for w in p.warnings)
+    assert any("spec.workingDir" in w for w in p.warnings)
+    assert make_plan().warnings == ()
+
+
+def test_overrides_go_through_the_schema():
+    job = spec.validate(manifest())
+    j = apply_overrides(job, servers=1, workers=4, consistency="ssp:2")
+    assert (j.servers.replicas, j.workers.replicas, str(j.consistency)) == (1, 4, "ssp:2")
+    assert j.command == job.command and j.args == job.args
+    assert apply_overrides(job) is job
+    with pytest.raises(spec.SpecError) as e:
+        apply_overrides(job, workers=0)
+    assert e.value.field == "spec.workers.replicas"
+    with pytest.raises(ValueError):
+        apply_overrides(job, consistency="ssp:0")
+
+
+def test_a_command_becomes_a_job_named_local():
+    j = job_from_command(["python", "x.py", "--lr", "1"], servers=2, workers=2,
+                         consistency="async")
+    assert j.name == "local" and j.command == ("python", "x.py", "--lr", "1")
+    assert (j.servers.replicas, j.workers.replicas, str(j.consistency)) == (2, 2, "async")
+    d = job_from_command(["python", "x.py"])
+    assert (d.servers.replicas, d.workers.replicas, str(d.consistency)) == (1, 1, "bsp")
+
+
+def test_parse_args_splits_at_double_dash():
+    args, cmd = parse_args(["--servers", "2", "--", "python", "x.py", "--workers", "9"])
+    assert args.servers == 2 and args.workers is None
+    assert cmd == ["python", "x.py", "--workers", "9"]
+    args, cmd = parse_args(["job.yaml", "--workers", "3", "--consistency", "SSP:2"])
+    assert (args.manifest, args.workers, args.consistency, cmd) == ("job.yaml", 3, "ssp:2", [])
+    with pytest.raises(UsageError, match="not both"):
+        parse_args(["job.yaml", "--", "python"])
+    with pytest.raises(UsageError, match="nothing to run"):
+        parse_args(["--servers", "2"])
+
+
+@pytest.mark.parametrize("bad", [["--workers", "0", "j.yaml"], ["--consistency", "ssp", "j"],
+                                 ["--timeout", "-1", "j"], ["--metrics-port", "70000", "j"]])
+def test_bad_options_are_usage_errors(bad, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(bad)
+    assert e.value.code == 2
+    assert "geeps run: error: argument" in capsys.readouterr().err
+
+
+def test_pick_ports_are_distinct_and_prefer_the_metrics_base():
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        base = busy.getsockname()[1]    # the base itself is taken: it must be skipped
+        ports = pick_ports(3, 5, base)
+    assert len(ports.servers) == 3 and len(ports.metrics) == 5
+    assert len(set(ports.servers) | set(ports.metrics)) == 8
+    assert base not in ports.metrics
+    assert pick_ports(2, 4, 0).metrics == ()
+
+
+def test_board_clock_range_rate_and_means():
+    b = ProgressBoard(2, window=10.0)
+    b.started(0, 0.0)
+    b.started(1, 0.0)
+    assert b.status() == "0/2 workers reporting" and b.rate() is None
+    b.update(0, {"clock": 1, "samples": 100, "loss": 2.0}, 1.0)
+    b.update(0, {"clock": 2, "samples": 100, "loss": 1.0}, 2.0)
+    b.update(1, {"clock": 1, "samples": 50, "loss": 3.0, "accuracy": 0.25}, 1.0)
+    assert b.clocks() == (1, 2)
+    assert b.rate() == pytest.approx(100.0 + 50.0)   # 200 in 2 s, plus 50 in 1 s
+    assert b.status() == "clock 1..2 | 150 samples/s | loss 2 | accuracy 0.25"
+    assert b.total_samples == 250
+
+
+def test_board_rate_forgets_reports_older_than_the_window():
+    b = ProgressBoard(1, window=5.0)
+    b.started(0, 0.0)
+    b.update(0, {"samples": 1000}, 1.0)              # a fast start...
+    for t in range(2, 20):
+        b.update(0, {"samples": 10}, float(t))       # ...then 10 samples/s
+    assert b.rate() == pytest.approx(10.0)
+
+
+def test_board_ignores_junk_fields():
+    b = ProgressBoard(1)
+    b.update(0, {"clock": "x", "samples": -5, "loss": True}, 1.0)
+    assert b.clocks() is None and b.rate() is None and b.total_samples == 0
+
+
+def test_describe_exit():
+    assert describe_exit(3) == "exit code 3"
+    assert describe_exit(-9) == "killed by signal SIGKILL"
+    assert describe_exit(-200) == "killed by signal 200"
