@@ -1,0 +1,228 @@
+"""The low-level client: tables, push, pull and clock against the server shards.
+
+    c = geeps.Client.from_env()                      # or Client(servers=[...], worker=0, ...)
+    w = c.create_table("w", n_rows=64, rule="sgd", lr=0.1)
+    c.push(w, range(0, 64), grads); c.clock()
+    values, data_clock = c.pull(w)                   # waits as the consistency model says
+
+Every call is thread-safe. The `*_async` variants return a Handle at once; `wait()`
+blocks until every shard answered. Blocking variants are `*_async(...).wait()`.
+Arrays handed to `push_async` are sent zero-copy: don't change them until the handle
+completes. One background I/O thread owns all sockets (see iothread.py): it retries
+requests whose reply was lost (servers drop duplicates, so an update is applied once)
+and fails a request with ServerUnreachable, naming the server, when a shard stays
+silent for `timeout` seconds.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import config as _config
+from . import consistency as _consistency
+from .errors import GeepsError, ServerError, ServerUnreachable, WaitTimeout
+from .handles import Handle
+from .iothread import IOThread, Request
+from .tables import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
+
+__all__ = ["Client", "Handle", "Table", "GeepsError", "ServerError", "ServerUnreachable",
+           "WaitTimeout"]
+
+
+class Client:
+    """A worker's connection to every server shard (see the module docstring)."""
+
+    def __init__(self, servers: Sequence[str], worker: int = 0, num_workers: int = 1,
+                 consistency: str | _consistency.Consistency = "bsp", *,
+                 timeout: float = 30.0, wait_timeout: float = 600.0,
+                 config: _config.Config | None = None,
+                 on_transfer: Callable[[str, int], None] | None = None):
+        if not servers:
+            raise ValueError("servers is empty: give host:port of every shard "
+                             "(GEEPS_SERVERS)")
+        if not 0 <= worker < num_workers:
+            raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
+        self.servers = list(servers)
+        self.worker = worker
+        self.num_workers = num_workers
+        self.consistency = (consistency if isinstance(consistency, _consistency.Consistency)
+                            else _consistency.parse(consistency))
+        self.timeout = timeout
+        self.wait_timeout = wait_timeout
+        self.session = int.from_bytes(os.urandom(6), "big")
+        self._lock = threading.Lock()
+        self._clock = 0
+        self._tables: dict[str, Table] = {}
+        self.on_transfer = on_transfer
+        self._io = IOThread(self.servers, config=config, timeout=timeout,
+                            wait_timeout=wait_timeout)
+        self._io.start()
+        try:
+            hellos = self._all(lambda k: Request(k, "hello", {
+                "worker": worker, "session": self.session, "num_workers": num_workers})).wait()
+        except BaseException:
+            self._io.stop()
+            raise
+        # A restarted worker rejoins at the clock the servers know it finished.
+        self._clock = min(h["worker_clock"] for h, _ in hellos)
+
+    @classmethod
+    def from_env(cls, environ=None, **kw) -> "Client":
+        """A client configured by the GEEPS_* environment (see geeps.config)."""
+        cfg = _config.load(environ)
+        return cls(cfg.servers, cfg.rank, cfg.num_workers, cfg.consistency,
+                   timeout=cfg.timeout, wait_timeout=cfg.wait_timeout, config=cfg, **kw)
+
+    # ---- tables -----------------------------------------------------------------------
+    def create_table(self, name: str, n_rows: int, row_width: int = DEFAULT_ROW_WIDTH,
+                     rule: str = "sgd", init: np.ndarray | None = None, **hyper) -> Table:
+        """Create a table on every shard (idempotent for the same spec) and return it.
+
+        `init` (n_rows x row_width) seeds the values; without it rows start at zero. If
+        the table exists already its values are kept and `init` is ignored."""
+        if rule not in RULES:
+            raise ValueError(f"rule {rule!r} is not one of {', '.join(RULES)}")
+        hyper = resolve_hyper(rule, hyper)
+        if n_rows < 0 or row_width < 1:
+            raise ValueError(f"table {name!r}: n_rows must be >= 0 and row_width >= 1")
+        if init is not None:
+            init = np.ascontiguousarray(init, dtype=np.float32)
+            if init.shape != (n_rows, row_width):
+                raise ValueError(f"table {name!r}: init has shape {init.shape}, "
+                                 f"expected ({n_rows}, {row_width})")
+        bounds = partition(n_rows, len(self.servers))
+
+        def req(k: int) -> Request:
+            lo, hi = bounds[k]
+            return Request(k, "create", {
+                "table": name, "n_rows": n_rows, "row_width": row_width, "lo": lo, "hi": hi,
+                "rule": rule, "hyper": hyper, "per_clock": self.consistency.per_clock,
+                "init": init is not None}, [] if init is None else [init[lo:hi]])
+        self._all(req).wait()
+        table = Table(name, n_rows, row_width, rule, hyper, tuple(bounds))
+        self._tables[name] = table
+        return table
+
+    def open_table(self, name: str, timeout: float | None = None) -> Table:
+        """The table `name`, waiting (up to `timeout`, default wait_timeout) until some
+        worker has created it."""
+        replies = self._all(lambda k: Request(k, "open", {"table": name})).wait(timeout)
+        specs = [h for h, _ in replies]
+        s = specs[0]
+        table = Table(name, s["n_rows"], s["row_width"], s["rule"], s["hyper"],
+                      tuple((h["lo"], h["hi"]) for h in specs))
+        self._tables[name] = table
+        return table
+
+    # ---- push / pull / clock ----------------------------------------------------------
+    @property
+    def clock_value(self) -> int:
+        """Clocks this worker has finished (the clock its next pushes belong to)."""
+        return self._clock
+
+    def push_async(self, table: Table, rows, values: np.ndarray) -> Handle:
+        """Send updates for `rows` (a range/slice, or int ids) of the current clock."""
+        sel = as_rows(rows, table.n_rows)
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        n = len(sel)
+        if values.shape != (n, table.row_width):
+            raise ValueError(f"push to {table.name!r}: values have shape {values.shape}, "
+                             f"expected ({n}, {table.row_width})")
+        clock = self._clock
+        reqs = []
+        for k, rows_hdr, payload, _ in self._split(table, sel, values):
+            reqs.append(Request(k, "push", {"table": table.name, "worker": self.worker,
+                                            "session": self.session, "clock": clock,
+                                            "rows": rows_hdr}, payload, seq=True))
+        if self.on_transfer:
+            self.on_transfer("push", values.nbytes)
+        return self._io.submit(reqs, combine=lambda parts: None)
+
+    def push(self, table: Table, rows, values: np.ndarray) -> None:
+        """push_async(...).wait()"""
+        self.push_async(table, rows, values).wait()
+
+    def pull_async(self, table: Table, rows=None, *, out: np.ndarray | None = None,
+                   need: int | None = None) -> Handle:
+        """Read `rows` (default all); the handle's result is (values, data_clock).
+
+        The read waits on the servers until they hold every update the consistency
+        model requires at this worker's clock (`need` overrides that bound)."""
+        sel = as_rows(rows, table.n_rows)
+        n = len(sel)
+        if out is None:
+            out = np.empty((n, table.row_width), np.float32)
+        elif out.shape != (n, table.row_width) or out.dtype != np.float32:
+            raise ValueError(f"pull from {table.name!r}: out must be float32 "
+                             f"({n}, {table.row_width})")
+        need = self.consistency.need(self._clock) if need is None else need
+        reqs, places = [], []
+        for k, rows_hdr, payload, place in self._split(table, sel, None):
+            reqs.append(Request(k, "pull", {"table": table.name, "rows": rows_hdr,
+                                            "need": need}, payload))
+            places.append(place)
+        on_transfer = self.on_transfer
+
+        def combine(parts):
+            clock = None
+            for (header, frames), place in zip(parts, places):
+                vals = np.frombuffer(frames[0], dtype="<f4").reshape(-1, table.row_width)
+                out[place] = vals
+                clock = header["clock"] if clock is None else min(clock, header["clock"])
+            if on_transfer:
+                on_transfer("pull", out.nbytes)
+            return out, (clock if clock is not None else need)
+        return self._io.submit(reqs, combine=combine)
+
+    def pull(self, table: Table, rows=None, *, out: np.ndarray | None = None,
+             need: int | None = None) -> tuple[np.ndarray, int]:
+        """pull_async(...).wait(): (values, data_clock)."""
+        return self.pull_async(table, rows, out=out, need=need).wait()
+
+    def clock_async(self) -> Handle:
+        """Finish the current clock on every shard; the result is the new clock."""
+        with self._lock:
+            c = self._clock
+            self._clock = c + 1
+        return self._io.submit(
+            [Request(k, "clock", {"worker": self.worker, "clock": c})
+             for k in range(len(self.servers))], combine=lambda parts: c + 1)
+
+    def clock(self) -> int:
+        """clock_async().wait()"""
+        return self.clock_async().wait()
+
+    def stats(self) -> list[dict]:
+        """Each shard's counters (pushes, duplicates, errors, parked, clocks)."""
+        return [h for h, _ in self._all(lambda k: Request(k, "stats", {})).wait()]
+
+    def close(self) -> None:
+        """Stop the I/O thread; pending handles fail. Idempotent."""
+        self._io.stop()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- internals --------------------------------------------------------------------
+    def _all(self, make: Callable[[int], Request]) -> Handle:
+        return self._io.submit([make(k) for k in range(len(self.servers))],
+                               combine=lambda parts: parts)
+
+    def _split(self, table: Table, sel, values):
+        """Per shard: (shard, rows header, payload frames, positions in the caller's order)."""
+        if isinstance(sel, range):
+            for k, lo, hi in table.split_range(sel.start, sel.stop):
+                a, b = lo - sel.start, hi - sel.start
+                payload = [] if values is None else [values[a:b]]
+                yield k, {"range": [lo, hi]}, payload, slice(a, b)
+            return
+        for k, pos, ids in table.split_index(sel):
+            ids = np.ascontiguousarray(ids, dtype="<i8")
+            payload = [ids] if values is None else [ids, values[pos]]
+            yield k, {"ids": len(ids)}, payload, pos

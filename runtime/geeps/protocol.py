@@ -1,0 +1,123 @@
+"""Wire format between clients (DEALER) and server shards (ROUTER).
+
+A message is a multipart ZeroMQ message: frame 0 is a small JSON header, the rest are
+raw payloads: row ids as little-endian int64, row values as little-endian float32,
+row-major. Payloads are never pickled; both ends wrap frames with np.frombuffer
+(zero-copy). Every request header carries `op` and `id`; the reply echoes `id` with
+`ok: true` (plus op-specific fields and payload frames) or `ok: false, error: "..."`.
+
+Requests (fields beyond op/id):
+    hello   worker, session                              -> num_workers, clocks
+    create  table, n_rows, row_width, lo, hi, rule, hyper, per_clock, init (bool)
+            [+ values frame for rows lo..hi when init]
+    open    table                                        -> the table's spec (parks until created)
+    push    table, worker, session, clock, seq, rows     + [ids frame] + values frame
+    clock   worker, clock                                -> min_clock
+    pull    table, rows, need                            + [ids frame] -> clock + values frame
+    ping | stats | digest
+`rows` is {"range": [lo, hi]} (global row ids, contiguous) or {"ids": n} (an ids frame
+of n int64 follows the header).
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Sequence
+
+import numpy as np
+
+VERSION = 1
+MAX_HEADER = 64 * 1024          # bytes; a header is a few hundred bytes at most
+OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest")
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the wire format; the text names the frame or field."""
+
+
+def encode_header(header: dict) -> bytes:
+    return json.dumps(header, separators=(",", ":")).encode()
+
+
+def request(op: str, rid: int, payload: Sequence = (), **fields) -> list:
+    return [encode_header({"v": VERSION, "op": op, "id": rid, **fields}), *payload]
+
+
+def reply_ok(rid: Any, payload: Sequence = (), **fields) -> list:
+    return [encode_header({"id": rid, "ok": True, **fields}), *payload]
+
+
+def reply_error(rid: Any, error: str) -> list:
+    return [encode_header({"id": rid, "ok": False, "error": error})]
+
+
+def decode_header(frame) -> dict:
+    raw = bytes(frame)
+    if len(raw) > MAX_HEADER:
+        raise ProtocolError(f"frame 0 (header): {len(raw)} bytes exceeds {MAX_HEADER}")
+    try:
+        header = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError("frame 0 (header): not JSON") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("frame 0 (header): not a JSON object")
+    return header
+
+
+def field(header: dict, name: str, kind: type | tuple, *, minimum: int | None = None):
+    """A header field of the given type, or ProtocolError naming it."""
+    if name not in header:
+        raise ProtocolError(f"header field {name!r} is missing")
+    v = header[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(v, bool) and bool not in kinds:
+        raise ProtocolError(f"header field {name!r} must be {kinds[0].__name__} (got {v!r})")
+    if not isinstance(v, kinds):
+        raise ProtocolError(f"header field {name!r} must be {kinds[0].__name__} (got {v!r:.40})")
+    if minimum is not None and v < minimum:
+        raise ProtocolError(f"header field {name!r} must be >= {minimum} (got {v})")
+    return v
+
+
+def rows_field(header: dict, n_rows: int) -> tuple[str, Any]:
+    """('range', (lo, hi)) or ('ids', n), checked against the table's global size."""
+    rows = header.get("rows")
+    if not isinstance(rows, dict) or len(rows) != 1:
+        raise ProtocolError("header field 'rows' must be {'range': [lo, hi]} or {'ids': n}")
+    if "range" in rows:
+        r = rows["range"]
+        if (not isinstance(r, list) or len(r) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)):
+            raise ProtocolError("header field 'rows.range' must be [lo, hi] integers")
+        lo, hi = r
+        if not 0 <= lo <= hi <= n_rows:
+            raise ProtocolError(f"header field 'rows.range' [{lo}, {hi}] outside table rows "
+                                f"0..{n_rows}")
+        return "range", (lo, hi)
+    if "ids" in rows:
+        n = rows["ids"]
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise ProtocolError("header field 'rows.ids' must be a count >= 0")
+        return "ids", n
+    raise ProtocolError("header field 'rows' must hold 'range' or 'ids'")
+
+
+def ids_frame(frame, index: int, n: int) -> np.ndarray:
+    buf = memoryview(frame)
+    if buf.nbytes != n * 8:
+        raise ProtocolError(f"frame {index} (row ids): expected {n} int64 = {n * 8} bytes, "
+                            f"got {buf.nbytes}")
+    return np.frombuffer(buf, dtype="<i8")
+
+
+def values_frame(frame, index: int, n_rows: int, row_width: int) -> np.ndarray:
+    buf = memoryview(frame)
+    want = n_rows * row_width * 4
+    if buf.nbytes != want:
+        raise ProtocolError(f"frame {index} (values): expected {n_rows} rows x {row_width} "
+                            f"float32 = {want} bytes, got {buf.nbytes}")
+    return np.frombuffer(buf, dtype="<f4").reshape(n_rows, row_width)
+
+
+def expect_frames(frames: Sequence, n: int, what: str) -> None:
+    if len(frames) != n:
+        raise ProtocolError(f"{what}: expected {n} frames (header + payload), got {len(frames)}")

@@ -1,0 +1,110 @@
+"""One parameter-server shard: a ZeroMQ ROUTER socket in front of a ShardState.
+
+    GEEPS_ROLE=server GEEPS_RANK=0 GEEPS_SERVERS=127.0.0.1:7000 GEEPS_NUM_WORKERS=2 geeps server
+
+Single-threaded: one loop receives a request, lets ShardState answer it, sends the
+replies. Row values go out zero-copy; before an update touches rows that are still
+being sent, the loop waits for those sends to finish (zmq MessageTracker), so a reply
+never carries half-updated rows. SIGTERM or SIGINT ends the loop; exit code 0.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import zmq
+
+from . import config as _config
+from .shard import ShardState, ShardTable
+from .transport import bind_router
+
+log = logging.getLogger("geeps.server")
+POLL_MS = 100     # how often the loop looks at the stop flag when idle
+
+
+class Server:
+    """Serve one shard until `stop()`; `serve()` blocks. Thread-safe: only `stop()`."""
+
+    def __init__(self, cfg: _config.Config, context: zmq.Context | None = None):
+        self.cfg = cfg
+        self.ctx = context or zmq.Context.instance()
+        self._stop = threading.Event()
+        self._trackers: list[zmq.MessageTracker] = []
+        self.state = ShardState(cfg.rank, cfg.num_workers, cfg.max_parked,
+                                before_write=self._finish_sends)
+        host, _, port = cfg.servers[cfg.rank].rpartition(":")
+        self.address = f"tcp://{cfg.bind_host}:{port}"
+        self.sock = bind_router(self.ctx, self.address, cfg)
+
+    def _finish_sends(self, table: ShardTable) -> None:
+        # Loopback sends finish in microseconds; waiting on all of them is simpler than
+        # knowing which table each aliases, and just as fast.
+        for tracker in self._trackers:
+            tracker.wait()
+        self._trackers.clear()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        log.info("server %d listening on %s for %d workers", self.cfg.rank, self.address,
+                 self.cfg.num_workers)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(POLL_MS):
+                    continue
+                # Drain what is queued before polling again: fewer syscalls under load.
+                for _ in range(256):
+                    try:
+                        msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._handle(msg)
+        finally:
+            self.sock.close(linger=0)
+
+    def _handle(self, msg: list) -> None:
+        peer, frames = msg[0].bytes, msg[1:]
+        try:
+            replies = self.state.handle(peer, frames)
+        except Exception:  # a bug must not take the shard down with every worker's state
+            log.exception("server %d: internal error on a request", self.cfg.rank)
+            from .protocol import reply_error
+            replies = [(peer, reply_error(None, "internal server error (see server log)"))]
+        for to, frames_out in replies:
+            if len(frames_out) > 1 and frames_out[1].nbytes >= zmq.COPY_THRESHOLD:
+                self._trackers.append(
+                    self.sock.send_multipart([to, *frames_out], copy=False, track=True))
+                if len(self._trackers) > 256:
+                    self._trackers = [t for t in self._trackers if not t.done]
+            else:
+                self.sock.send_multipart([to, *frames_out], copy=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`geeps server`: serve the shard GEEPS_RANK of GEEPS_SERVERS until SIGTERM."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        cfg = _config.load()
+    except _config.ConfigError as e:
+        print(f"geeps server: {e}", file=sys.stderr)
+        return 2
+    if not cfg.servers:
+        print("geeps server: GEEPS_SERVERS is empty: set it to host:port of every shard",
+              file=sys.stderr)
+        return 2
+    try:
+        server = Server(cfg)
+    except zmq.ZMQError as e:
+        print(f"geeps server: cannot listen on {cfg.servers[cfg.rank]}: {e}", file=sys.stderr)
+        return 1
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop())
+    server.serve()
+    log.info("server %d stopped", cfg.rank)
+    return 0

@@ -1,0 +1,372 @@
+"""The state of one server shard and the meaning of each request (no sockets here).
+
+`ShardState.handle(peer, frames)` validates a request completely before touching any
+state, so a malformed or hostile message gets an error reply and changes nothing. It
+returns the replies to send now: the request's own and those of parked reads that the
+request released. The socket loop lives in server.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import protocol as P
+from .protocol import ProtocolError
+from .rules import GRADIENT_RULES, RuleState
+from .tables import RULES, resolve_hyper
+
+log = logging.getLogger("geeps.server")
+
+
+class SeqWindow:
+    """The push sequence numbers seen from one client session: a contiguous prefix
+    (<= floor) plus the few seen above it. Exact, and bounded while pushes arrive
+    roughly in order (they do: one ordered connection per shard)."""
+
+    def __init__(self) -> None:
+        self.floor = -1
+        self.above: set[int] = set()
+
+    def seen(self, seq: int) -> bool:
+        return seq <= self.floor or seq in self.above
+
+    def add(self, seq: int) -> None:
+        self.above.add(seq)
+        while self.floor + 1 in self.above:
+            self.floor += 1
+            self.above.discard(self.floor)
+
+
+@dataclass
+class ShardTable:
+    name: str
+    n_rows: int                 # rows of the whole table
+    row_width: int
+    lo: int                     # this shard holds global rows [lo, hi)
+    hi: int
+    rule: str
+    hyper: dict
+    per_clock: bool             # BSP/SSP: buffer pushes, apply once per clock
+    rows: np.ndarray = field(repr=False, default=None)
+    state: RuleState = field(repr=False, default=None)
+    # clock -> (sum of pushed values, mask of rows touched); per_clock tables only
+    pending: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    def spec(self) -> dict:
+        return {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
+                "lo": self.lo, "hi": self.hi, "rule": self.rule, "hyper": self.hyper,
+                "per_clock": self.per_clock}
+
+
+@dataclass
+class Parked:
+    peer: bytes
+    rid: Any
+    kind: str                   # "pull" | "open"
+    need: int = 0
+    table: str = ""
+    sel: tuple = ()             # ("range", lo, hi) | ("ids", local ids array)
+    since: float = 0.0
+
+
+Reply = tuple[bytes, list]
+
+
+class ShardState:
+    def __init__(self, rank: int, num_workers: int, max_parked: int = 4096,
+                 before_write: Callable[[ShardTable], None] | None = None):
+        self.rank = rank
+        self.num_workers = num_workers
+        self.max_parked = max_parked
+        self.tables: dict[str, ShardTable] = {}
+        self.done = [0] * num_workers          # clocks each worker has finished
+        self.windows: dict[tuple[int, str], SeqWindow] = {}
+        self.parked: list[Parked] = []
+        self.stats = {"pushes": 0, "duplicates": 0, "errors": 0, "pulls": 0, "applied": 0}
+        self.update_seconds = 0.0              # time spent in update rules, for metrics
+        # Called before rows are mutated: lets the socket layer finish zero-copy sends
+        # of those rows first.
+        self.before_write = before_write or (lambda t: None)
+
+    @property
+    def min_clock(self) -> int:
+        return min(self.done)
+
+    # ---- dispatch -------------------------------------------------------------------
+    def handle(self, peer: bytes, frames: list) -> list[Reply]:
+        rid = None
+        try:
+            if not frames:
+                raise ProtocolError("empty message")
+            header = P.decode_header(frames[0])
+            rid = header.get("id")
+            if not isinstance(rid, (int, str)) or isinstance(rid, bool):
+                rid = None
+                raise ProtocolError("header field 'id' must be an integer or string")
+            op = header.get("op")
+            if op not in P.OPS:
+                raise ProtocolError(f"header field 'op' {op!r:.40} is not one of "
+                                    f"{', '.join(P.OPS)}")
+            if header.get("v", P.VERSION) != P.VERSION:
+                raise ProtocolError(f"header field 'v': protocol version {header.get('v')!r} "
+                                    f"not supported (this server speaks {P.VERSION})")
+            return getattr(self, "_op_" + op)(peer, rid, header, frames)
+        except ProtocolError as e:
+            self.stats["errors"] += 1
+            return [(peer, P.reply_error(rid, str(e)))]
+
+    # ---- operations -----------------------------------------------------------------
+    def _op_ping(self, peer, rid, h, frames):
+        return [(peer, P.reply_ok(rid))]
+
+    def _op_hello(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "hello")
+        w = self._worker(h)
+        want = h.get("num_workers")
+        if want is not None and want != self.num_workers:
+            raise ProtocolError(f"header field 'num_workers': client expects {want} workers, "
+                                f"server {self.rank} was started for {self.num_workers}")
+        return [(peer, P.reply_ok(rid, shard=self.rank, num_workers=self.num_workers,
+                                  min_clock=self.min_clock, worker_clock=self.done[w],
+                                  tables=sorted(self.tables)))]
+
+    def _op_stats(self, peer, rid, h, frames):
+        return [(peer, P.reply_ok(rid, **self.stats, parked=len(self.parked), clocks=self.done,
+                                  min_clock=self.min_clock,
+                                  tables={n: t.spec() for n, t in self.tables.items()}))]
+
+    def _op_digest(self, peer, rid, h, frames):
+        return [(peer, P.reply_ok(rid, digest=self.digest()))]
+
+    def _op_create(self, peer, rid, h, frames):
+        name = P.field(h, "table", str)
+        n_rows = P.field(h, "n_rows", int, minimum=0)
+        width = P.field(h, "row_width", int, minimum=1)
+        lo = P.field(h, "lo", int, minimum=0)
+        hi = P.field(h, "hi", int, minimum=0)
+        rule = P.field(h, "rule", str)
+        hyper = P.field(h, "hyper", dict)
+        per_clock = P.field(h, "per_clock", bool)
+        init = P.field(h, "init", bool)
+        if not name or len(name) > 200:
+            raise ProtocolError("header field 'table' must be 1-200 characters")
+        if not lo <= hi <= n_rows:
+            raise ProtocolError(f"header fields 'lo'/'hi': [{lo}, {hi}) outside 0..{n_rows}")
+        if rule not in RULES:
+            raise ProtocolError(f"header field 'rule' {rule!r:.40} is not one of {', '.join(RULES)}")
+        try:
+            hyper = resolve_hyper(rule, hyper)
+        except ValueError as e:
+            raise ProtocolError(f"header field 'hyper': {e}") from None
+        if (hi - lo) * width > 2**31:
+            raise ProtocolError(f"table {name!r}: {hi - lo} x {width} floats is too large "
+                                "for one shard")
+        P.expect_frames(frames, 2 if init else 1, "create")
+        values = P.values_frame(frames[1], 1, hi - lo, width) if init else None
+        want = ShardTable(name, n_rows, width, lo, hi, rule, hyper, per_clock)
+        if name in self.tables:
+            have = self.tables[name]
+            if have.spec() != want.spec():
+                diff = [k for k in want.spec() if want.spec()[k] != have.spec()[k]]
+                raise ProtocolError(f"table {name!r} exists with another {diff[0]} "
+                                    f"({have.spec()[diff[0]]!r}, asked {want.spec()[diff[0]]!r})")
+            return [(peer, P.reply_ok(rid, existed=True, **have.spec()))]
+        want.rows = np.array(values, dtype=np.float32) if init else \
+            np.zeros((hi - lo, width), np.float32)
+        want.state = RuleState(rule, hyper, want.rows.shape)
+        self.tables[name] = want
+        log.info("created table %s rows %d..%d of %d, width %d, rule %s",
+                 name, lo, hi, n_rows, width, rule)
+        out = [(peer, P.reply_ok(rid, existed=False, **want.spec()))]
+        return out + self._release()
+
+    def _op_open(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "open")
+        name = P.field(h, "table", str)
+        if name in self.tables:
+            return [(peer, P.reply_ok(rid, **self.tables[name].spec()))]
+        return self._park(Parked(peer, rid, "open", table=name))
+
+    def _op_push(self, peer, rid, h, frames):
+        t = self._table(h)
+        w = self._worker(h)
+        session = P.field(h, "session", (int, str))
+        clock = P.field(h, "clock", int, minimum=0)
+        seq = P.field(h, "seq", int, minimum=0)
+        sel, n = self._selection(t, h, frames, payload=1)
+        values = P.values_frame(frames[-1], len(frames) - 1, n, t.row_width)
+        window = self.windows.get((w, str(session)))
+        if window is not None and window.seen(seq):
+            self.stats["duplicates"] += 1
+            return [(peer, P.reply_ok(rid, duplicate=True))]
+        if clock != self.done[w]:
+            raise ProtocolError(f"header field 'clock': push for clock {clock} but worker {w} "
+                                f"is at clock {self.done[w]} on server {self.rank}")
+        self.windows.setdefault((w, str(session)), SeqWindow()).add(seq)
+        self.stats["pushes"] += 1
+        if t.per_clock:
+            acc, touched = t.pending.get(clock) or t.pending.setdefault(
+                clock, (np.zeros_like(t.rows), np.zeros(len(t.rows), bool)))
+            if sel[0] == "range":
+                acc[sel[1]:sel[2]] += values
+                touched[sel[1]:sel[2]] = True
+            else:
+                np.add.at(acc, sel[1], values)
+                touched[sel[1]] = True
+        else:
+            self._apply_now(t, sel, values)
+        return [(peer, P.reply_ok(rid))]
+
+    def _op_clock(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "clock")
+        w = self._worker(h)
+        clock = P.field(h, "clock", int, minimum=0)
+        if clock > self.done[w]:
+            raise ProtocolError(f"header field 'clock': worker {w} cannot finish clock {clock} "
+                                f"while at clock {self.done[w]}")
+        before = self.min_clock
+        self.done[w] = max(self.done[w], clock + 1)
+        if self.min_clock > before:
+            self._apply_clocks(before, self.min_clock)
+        return [(peer, P.reply_ok(rid, min_clock=self.min_clock))] + self._release()
+
+    def _op_pull(self, peer, rid, h, frames):
+        t = self._table(h)
+        need = P.field(h, "need", int, minimum=0)
+        sel, _ = self._selection(t, h, frames, payload=0)
+        self.stats["pulls"] += 1
+        if self.min_clock >= need:
+            return [(peer, self._pull_reply(rid, t, sel))]
+        if any(p.peer == peer and p.rid == rid for p in self.parked):
+            return [(peer, P.reply_ok(rid, parked=True))]  # a retry: say we are alive
+        if sel[0] == "ids":
+            sel = ("ids", sel[1].copy())  # the frame's memory goes away with the message
+        return self._park(Parked(peer, rid, "pull", need=need, table=t.name, sel=sel))
+
+    # ---- helpers ----------------------------------------------------------------
+    def _worker(self, h) -> int:
+        w = P.field(h, "worker", int, minimum=0)
+        if w >= self.num_workers:
+            raise ProtocolError(f"header field 'worker' {w} outside 0..{self.num_workers - 1}")
+        return w
+
+    def _table(self, h) -> ShardTable:
+        name = P.field(h, "table", str)
+        t = self.tables.get(name)
+        if t is None:
+            raise ProtocolError(f"header field 'table': no table {name!r:.60} on server {self.rank}")
+        return t
+
+    def _selection(self, t: ShardTable, h: dict, frames: list, payload: int):
+        """The rows a request names, as local indices: ('range', a, b) or ('ids', arr)."""
+        kind, arg = P.rows_field(h, t.n_rows)
+        if kind == "range":
+            P.expect_frames(frames, 1 + payload, h["op"])
+            lo, hi = arg
+            if lo < hi and (lo < t.lo or hi > t.hi):
+                raise ProtocolError(f"header field 'rows.range' [{lo}, {hi}) outside rows "
+                                    f"[{t.lo}, {t.hi}) held by server {self.rank}")
+            return ("range", lo - t.lo, max(lo, hi) - t.lo) if lo < hi else ("range", 0, 0), hi - lo
+        P.expect_frames(frames, 2 + payload, h["op"])
+        ids = P.ids_frame(frames[1], 1, arg)
+        if len(ids) and (ids.min() < t.lo or ids.max() >= t.hi):
+            raise ProtocolError(f"frame 1 (row ids): ids {ids.min()}..{ids.max()} outside rows "
+                                f"[{t.lo}, {t.hi}) held by server {self.rank}")
+        return ("ids", ids - t.lo), arg
+
+    def _pull_reply(self, rid, t: ShardTable, sel) -> list:
+        if sel[0] == "range":
+            data = t.rows[sel[1]:sel[2]]
+        else:
+            data = t.rows[sel[1]]
+        return P.reply_ok(rid, [data], clock=self.min_clock)
+
+    def _park(self, p: Parked) -> list[Reply]:
+        if len(self.parked) >= self.max_parked:
+            raise ProtocolError(f"server {self.rank} has {len(self.parked)} reads parked, its cap "
+                                "(GEEPS_MAX_PARKED); a worker is far behind or a client is "
+                                "flooding reads")
+        p.since = time.monotonic()
+        self.parked.append(p)
+        return []
+
+    def _release(self) -> list[Reply]:
+        out, keep = [], []
+        for p in self.parked:
+            if p.kind == "open" and p.table in self.tables:
+                out.append((p.peer, P.reply_ok(p.rid, **self.tables[p.table].spec())))
+            elif p.kind == "pull" and self.min_clock >= p.need:
+                out.append((p.peer, self._pull_reply(p.rid, self.tables[p.table], p.sel)))
+            else:
+                keep.append(p)
+        self.parked = keep
+        return out
+
+    def _scale(self, t: ShardTable) -> float:
+        # Gradient rules step on the mean over workers, so W workers of batch B equal one
+        # process of batch W*B; deltas (`add`) are summed.
+        return 1.0 / self.num_workers if t.rule in GRADIENT_RULES else 1.0
+
+    def _apply_clocks(self, lo: int, hi: int) -> None:
+        t0 = time.perf_counter()
+        for clock in range(lo, hi):
+            for t in self.tables.values():
+                entry = t.pending.pop(clock, None)
+                if entry is None:
+                    continue
+                acc, touched = entry
+                scale = self._scale(t)
+                if scale != 1.0:
+                    acc *= np.float32(scale)
+                self.before_write(t)
+                if touched.all():
+                    t.state.apply(t.rows, acc)
+                else:
+                    ids = np.flatnonzero(touched)
+                    t.state.apply(t.rows, acc[ids], rows=ids)
+                self.stats["applied"] += 1
+        self.update_seconds += time.perf_counter() - t0
+
+    def _apply_now(self, t: ShardTable, sel, values: np.ndarray) -> None:
+        t0 = time.perf_counter()
+        self.before_write(t)
+        scale = np.float32(self._scale(t))
+        if sel[0] == "range":
+            a, b = sel[1], sel[2]
+            if a == 0 and b == len(t.rows):
+                t.state.apply(t.rows, values * scale)
+            else:
+                t.state.apply(t.rows, values * scale, rows=np.arange(a, b))
+        else:
+            ids, inverse = np.unique(sel[1], return_inverse=True)
+            grad = np.zeros((len(ids), t.row_width), np.float32)
+            np.add.at(grad, inverse, values)
+            t.state.apply(t.rows, grad * scale, rows=ids)
+        self.stats["applied"] += 1
+        self.update_seconds += time.perf_counter() - t0
+
+    def digest(self) -> str:
+        """A hash of everything a request can change: rows, optimizer state, pending
+        updates, clocks, seen sequence numbers. Equal digests mean equal state."""
+        h = hashlib.sha256()
+        h.update(repr((self.done, sorted(self.tables))).encode())
+        for name in sorted(self.tables):
+            t = self.tables[name]
+            h.update(repr(sorted(t.spec().items())).encode())
+            h.update(t.rows.tobytes())
+            h.update(repr(t.state.step).encode())
+            for k in sorted(t.state.slots):
+                h.update(t.state.slots[k].tobytes())
+            for c in sorted(t.pending):
+                h.update(repr(c).encode())
+                h.update(t.pending[c][0].tobytes())
+                h.update(t.pending[c][1].tobytes())
+        for key in sorted(self.windows):
+            win = self.windows[key]
+            h.update(repr((key, win.floor, sorted(win.above))).encode())
+        return h.hexdigest()
