@@ -12,7 +12,8 @@ other output is relayed prefixed with the process name. The job ends as a unit: 
 failed process stops all the others.
 
 Exit codes: 0 every worker succeeded; 1 a process failed; 2 bad manifest or usage;
-124 the time limit passed; 130 (143) interrupted by SIGINT (SIGTERM).
+124 the time limit passed; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129
+SIGHUP), which is forwarded to every process before they are killed.
 """
 from __future__ import annotations
 

@@ -195,7 +195,7 @@ class Supervisor:
             self.status_shown = ""
 
     def _draw_status(self, force: bool = False) -> None:
-        if self.quiet or self.board.version == 0:
+        if self.quiet or self.stopping or self.board.version == 0:
             return
         now = time.monotonic()
         if self.tty:
@@ -235,7 +235,8 @@ class Supervisor:
         proc = subprocess.Popen(
             spec.argv, cwd=self.cwd, env={**self.base_env, **spec.env},
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            start_new_session=True)     # its own process group: killpg reaches its children
+            start_new_session=True,     # its own process group: killpg reaches its children
+            preexec_fn=_die_with(os.getpid()))
         child = _Child(spec, proc)
         self.children.append(child)
         for stream, f in (("out", proc.stdout), ("err", proc.stderr)):
@@ -321,17 +322,20 @@ class Supervisor:
     def run(self) -> int:
         """Start the plan, supervise it, and return the launcher's exit code."""
         handlers = {}
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             try:
                 handlers[sig] = signal.signal(sig, self._on_signal)
             except ValueError:
                 pass                        # not the main thread: nothing to forward
         atexit.register(self.kill_all)
+        reaper = _set_subreaper(True)
         try:
             return self._run()
         finally:
             self.kill_all()
             atexit.unregister(self.kill_all)
+            if reaper:
+                _set_subreaper(False)
             for sig, h in handlers.items():
                 signal.signal(sig, h)
             self._clear_status()
@@ -347,6 +351,8 @@ class Supervisor:
                 self.say(f"{spec.name}: cannot start {spec.argv[0]}: {e.strerror or e}")
                 self._stop(signal.SIGTERM)
                 return EXIT_FAILED
+        if self.signum is None:
+            self.say("pids: " + ", ".join(f"{c.name} {c.pid}" for c in self.children))
         deadline = None if self.timeout is None else self.t0 + self.timeout
         workers = [c for c in self.children if c.spec.role == "worker"]
         while True:
@@ -448,6 +454,7 @@ class Supervisor:
                 except subprocess.TimeoutExpired:
                     continue                # stuck in the kernel; nothing more to do
         self._reap()
+        self._reap_orphans()
         # A grandchild that escaped into its own session may hold a pipe open; its
         # output is not worth hanging for.
         end = time.monotonic() + 1.0
@@ -462,6 +469,57 @@ class Supervisor:
                 self.sel.unregister(c.pidfd)
                 os.close(c.pidfd)
                 c.pidfd = None
+
+
+    def _reap_orphans(self, timeout: float = 2.0) -> None:
+        """Wait for what the children started, once they are killed.
+
+        As a child subreaper the launcher inherits the orphans of its children, so it
+        can wait for them: when run() returns, nothing of the job is alive, not even
+        a zombie. Only groups whose leader is reaped are waited on (a waitpid on the
+        group must not steal a leader's exit status from Popen)."""
+        groups = {c.pid for c in self.children if c.code is not None}
+        deadline = time.monotonic() + timeout
+        while groups and time.monotonic() < deadline:
+            for pgid in list(groups):
+                try:
+                    while os.waitpid(-pgid, os.WNOHANG)[0]:
+                        pass
+                except ChildProcessError:
+                    groups.discard(pgid)        # none of ours left in it
+            if groups:
+                time.sleep(0.01)                # SIGKILLed members take a moment to die
+
+
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36    # from <linux/prctl.h>
+
+
+def _prctl():
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None                     # not Linux
+
+
+def _set_subreaper(on: bool) -> bool:
+    """Make this process the reaper of its descendants' orphans (Linux); False if not."""
+    prctl = _prctl()
+    return prctl is not None and prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+def _die_with(launcher: int):
+    """A preexec_fn: the child is SIGKILLed if the launcher dies, even by SIGKILL, when
+    no handler of ours can run. (Safe here: the launcher has no other threads.)"""
+    prctl = _prctl()        # looked up before fork: the child only makes the call
+    if prctl is None:
+        return None
+
+    def arm() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != launcher:    # it died before the line above took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+    return arm
 
 
 def _isatty(stream) -> bool:
