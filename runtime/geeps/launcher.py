@@ -9,7 +9,8 @@ processes get the same GEEPS_* environment as pods (geeps.contract). Servers bin
 127.0.0.1 on free ports and start first; workers run the manifest's command from
 the current directory. Progress lines (geeps.report) become a live status line; any
 other output is relayed prefixed with the process name. The job ends as a unit: one
-failed process stops all the others.
+failed process stops all the others. (Restart policies and backoffLimit are the
+operator's business: locally, a failure ends the job.)
 
 Exit codes: 0 every worker succeeded; 1 a process failed; 2 bad manifest or usage;
 124 the time limit passed; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129
@@ -30,6 +31,13 @@ from .launch_plan import (LOOPBACK, Options, Plan, Ports, apply_overrides, job_f
 from .supervise import GRACE, Supervisor
 
 EXIT_USAGE = 2
+_EPILOG = """examples:
+  geeps run examples/01-minimal/job.yaml
+  geeps run examples/01-minimal/job.yaml --workers 4 --consistency ssp:2
+  geeps run --servers 2 --workers 2 -- python train.py --epochs 3
+
+exit codes: 0 every worker succeeded; 1 a process failed; 2 bad manifest or usage;
+124 time limit passed; 128+N stopped by signal N (130 Ctrl-C)"""
 
 
 class UsageError(Exception):
@@ -74,7 +82,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="geeps run",
         usage="geeps run [options] JOB.yaml\n       geeps run [options] -- COMMAND [ARG...]",
         description="Run a GeePS job on this machine: parameter-server shards and "
-                    "workers as local processes.")
+                    "workers as local processes.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("manifest", nargs="?", metavar="JOB.yaml",
                    help="a GeePSJob manifest (omit it and give a command after --)")
     p.add_argument("--servers", type=_replicas, metavar="N",

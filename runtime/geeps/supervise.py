@@ -97,7 +97,8 @@ class ProgressBoard:
                 any_rate = True
         return total if any_rate else None
 
-    def _mean(self, key: str) -> float | None:
+    def mean(self, key: str) -> float | None:
+        """The latest `key` (loss, accuracy) averaged over the workers reporting it."""
         vals = [getattr(w, key) for w in self.workers if getattr(w, key) is not None]
         return sum(vals) / len(vals) if vals else None
 
@@ -118,10 +119,10 @@ class ProgressBoard:
         r = self.rate()
         if r is not None:
             parts.append(f"{r:,.0f} samples/s")
-        loss = self._mean("loss")
+        loss = self.mean("loss")
         if loss is not None:
             parts.append(f"loss {loss:.4g}")
-        acc = self._mean("accuracy")
+        acc = self.mean("accuracy")
         if acc is not None:
             parts.append(f"accuracy {acc:.4g}")
         reporting = sum(1 for w in self.workers if w.clock is not None or w.reports)
@@ -385,6 +386,8 @@ class Supervisor:
             return None
         if c.spec.role == "server" and c.code == 0:
             running = sum(1 for w in workers if w.code is None)
+            if running == 0:
+                return None             # it went with the last worker: nothing was lost
             return f"{c.name} (pid {c.pid}) exited while {running} workers were running"
         return f"{c.name} (pid {c.pid}) failed with {describe_exit(c.code)}" if c.code > 0 \
             else f"{c.name} (pid {c.pid}) failed: {describe_exit(c.code)}"
@@ -416,7 +419,7 @@ class Supervisor:
             extra.append(f"clock {_num(c[1])}")
         if n:
             extra.append(f"{n:,.0f} samples, {n / max(elapsed, 1e-9):,.0f} samples/s")
-        loss = self.board._mean("loss")
+        loss = self.board.mean("loss")
         if loss is not None:
             extra.append(f"final loss {loss:.4g}")
         return head + (": " + "; ".join(extra) if extra else "")

@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -171,8 +172,10 @@ def test_live_status_line_on_a_terminal(job):
                   stderr=secondary)
         os.close(secondary)
         secondary = -1
-        seen = b""
-        while True:
+        seen, deadline = b"", time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if not select.select([primary], [], [], deadline - time.monotonic())[0]:
+                continue
             try:
                 chunk = os.read(primary, 65536)
             except OSError:                       # EIO: every writer is gone
