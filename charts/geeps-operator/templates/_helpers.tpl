@@ -1,0 +1,72 @@
+{{/*
+Names and labels of every object, in one place.
+*/}}
+
+{{/* The chart name, or nameOverride. */}}
+{{- define "geeps-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+"<release>-<chart>", or just the release when it already holds the chart name, or
+fullnameOverride; truncated to 63 characters (a DNS-1123 label).
+*/}}
+{{- define "geeps-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "geeps-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels of every object. */}}
+{{- define "geeps-operator.labels" -}}
+helm.sh/chart: {{ include "geeps-operator.chart" . }}
+{{ include "geeps-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: geeps
+{{- end }}
+
+{{/* Labels that select the operator pod; immutable in a Deployment, so kept minimal. */}}
+{{- define "geeps-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "geeps-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end }}
+
+{{- define "geeps-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "geeps-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag, or repository@digest when a digest is given. */}}
+{{- define "geeps-operator.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/* True (non-empty) when the operator watches every namespace. */}}
+{{- define "geeps-operator.clusterWide" -}}
+{{- if not .Values.operator.watchNamespace }}true{{ end }}
+{{- end }}
+
+{{/* Namespace of the dashboard ConfigMap. */}}
+{{- define "geeps-operator.dashboardNamespace" -}}
+{{- default .Release.Namespace .Values.dashboard.namespace }}
+{{- end }}

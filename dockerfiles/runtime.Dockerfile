@@ -1,0 +1,55 @@
+# syntax=docker/dockerfile:1
+# The GeePS runtime image: parameter-server shards and training workers run in it.
+# Build from the repository root:
+#
+#   docker build -f dockerfiles/runtime.Dockerfile -t geeps/runtime:0.1.0 .
+#
+# A GeePSJob's spec.image names it; the operator runs `geeps server` in server pods and
+# the job's command (e.g. python examples/02-digits-cnn/train.py) in worker pods, from
+# /workspace, where the examples are.
+ARG CUDA_IMAGE=nvidia/cuda:12.8.1-runtime-ubuntu24.04
+ARG BUILD_IMAGE=python:3.12-slim-bookworm
+
+# --- build: the project's wheel (pure Python; the CUDA kernels compile at run time) ---
+FROM ${BUILD_IMAGE} AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY runtime/ runtime/
+COPY operator/ operator/
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+# --- final: CUDA runtime libraries (CuPy's NVRTC and cuBLAS come from here) ---
+FROM ${CUDA_IMAGE}
+# torch's CUDA build and CuPy's CUDA 12 build must match the base image's CUDA major
+# version; change the three together.
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ARG CUPY_VERSION=13.6.0
+# Ubuntu 24.04's Python is 3.12; a virtualenv keeps pip away from the system packages.
+# Not pinned: Ubuntu drops superseded package versions from its archive, so a pin would
+# break the build at the next security update; the base image tag fixes the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /venv
+ENV PATH=/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
+    && pip install --no-cache-dir "cupy-cuda12x==${CUPY_VERSION}"
+# The wheel is bind-mounted from the build stage, so no copy of it stays in a layer.
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-cache-dir /wheels/*.whl
+# A fixed numeric UID, so the kubelet can verify runAsNonRoot; HOME is writable for
+# CuPy's kernel cache (~/.cupy), which it fills on first use of each kernel.
+RUN groupadd --gid 10001 geeps \
+    && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/geeps \
+       --shell /usr/sbin/nologin geeps
+WORKDIR /workspace
+COPY --chown=10001:10001 examples/ examples/
+USER 10001:10001
+# `geeps server` serves one shard (configured by GEEPS_*); `docker run IMAGE run
+# examples/01-minimal/job.yaml` runs a whole job in one container. Kubernetes' command
+# replaces the entrypoint in worker pods.
+ENTRYPOINT ["geeps"]
+CMD ["server"]

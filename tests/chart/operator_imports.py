@@ -1,0 +1,20 @@
+"""Import the whole operator and run `geeps operator --help`: run under `python -S` with a
+PYTHONPATH holding only the operator image's packages, so that anything else (torch,
+numpy, pyzmq...) is absent, as in the image. Exit 0 when all imports work.
+"""
+import importlib
+import pkgutil
+import sys
+
+import geeps_operator
+
+for info in pkgutil.iter_modules(geeps_operator.__path__):
+    importlib.import_module(f"geeps_operator.{info.name}")
+
+from geeps.cli import main  # noqa: E402  (the console script's own path)
+
+try:
+    code = main(["operator", "--help"])
+except SystemExit as e:        # argparse exits after printing help
+    code = e.code
+sys.exit(code or 0)

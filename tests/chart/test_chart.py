@@ -1,0 +1,337 @@
+"""The Helm chart, rendered by a real helm binary and checked object by object.
+
+    python tools/fetch_helm.py && pytest tests/chart -q
+
+Every scenario (default values and each ci/*-values.yaml) is linted, rendered for the
+oldest and newest Kubernetes the chart supports, and every object validated against
+that version's OpenAPI schema (kubernetes-validate, strict: unknown fields fail).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests.chart.monitoring_schemas import SCHEMAS as MONITORING_SCHEMAS
+from tests.chart.support import (CHART, by_kind, helm_binary, run, scenario_files,
+                                 template, template_fails)
+
+SCENARIOS = [None] + scenario_files()
+SCENARIO_IDS = ["default"] + [os.path.basename(f)[:-len("-values.yaml")] for f in SCENARIOS[1:]]
+OLDEST = "1.30.0"                                   # Chart.yaml kubeVersion floor
+NEWEST = kubernetes_validate.latest_version()       # newest schemas kubernetes-validate has
+
+
+@pytest.fixture(scope="module")
+def helm() -> str:
+    return helm_binary()
+
+
+@pytest.fixture(scope="module")
+def rendered(helm):
+    """scenario id -> objects rendered for OLDEST (rendering does not depend on the version)."""
+    return {sid: template(helm, (f,) if f else ()) for sid, f in zip(SCENARIO_IDS, SCENARIOS)}
+
+
+def test_every_scenario_file_is_picked_up():
+    # A scenario named without the -values.yaml suffix would silently never be rendered.
+    ci = os.path.join(CHART, "ci")
+    assert sorted(os.listdir(ci)) == sorted(os.path.basename(f) for f in SCENARIOS[1:])
+    assert len(SCENARIOS) >= 4
+
+
+@pytest.mark.parametrize("values", SCENARIOS, ids=SCENARIO_IDS)
+def test_helm_lint_is_clean(helm, values):
+    argv = [helm, "lint", "--strict", CHART] + (["--values", values] if values else [])
+    out = run(argv)
+    assert out.returncode == 0, out.stdout + out.stderr
+    problems = [ln for ln in out.stdout.splitlines() if re.match(r"\[(WARNING|ERROR)\]", ln)]
+    assert problems == [], out.stdout
+
+
+def validate_object(obj: dict, version: str) -> None:
+    key = (obj.get("apiVersion"), obj.get("kind"))
+    if key in MONITORING_SCHEMAS:
+        # CRD-defined kinds: kubernetes-validate has no schema for them (see monitoring_schemas).
+        jsonschema.validate(obj, MONITORING_SCHEMAS[key])
+        return
+    kubernetes_validate.validate(obj, version, strict=True)
+
+
+@pytest.mark.parametrize("version", [OLDEST, NEWEST])
+@pytest.mark.parametrize("values", SCENARIOS, ids=SCENARIO_IDS)
+def test_every_rendered_object_validates(helm, values, version):
+    objs = template(helm, (values,) if values else (), kube_version=version)
+    assert objs, "nothing rendered"
+    failures = []
+    for obj in objs:
+        try:
+            validate_object(obj, version)
+        except (kubernetes_validate.ValidationError, jsonschema.ValidationError,
+                kubernetes_validate.SchemaNotFoundError) as e:
+            failures.append(f"{obj['kind']}/{obj['metadata']['name']}: {e}")
+    assert failures == []
+
+
+def test_validation_catches_a_broken_object(helm, rendered):
+    # The validators above must be able to fail: a misspelt field in a Deployment and in a
+    # PodMonitor are each rejected.
+    dep = json.loads(json.dumps(by_kind(rendered["default"], "Deployment")[0]))
+    dep["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_object(dep, OLDEST)
+    pm = json.loads(json.dumps(by_kind(rendered["monitoring"], "PodMonitor")[0]))
+    pm["spec"]["podMetricsEndpoints"][0]["honorlabels"] = True
+    with pytest.raises(jsonschema.ValidationError):
+        validate_object(pm, OLDEST)
+
+
+def test_chart_refuses_kubernetes_older_than_its_floor(helm):
+    out = run([helm, "template", "geeps", CHART, "--kube-version", "1.29.0"])
+    assert out.returncode != 0 and "kubeVersion" in out.stderr, out.stderr
+
+
+def test_kinds_per_scenario(rendered):
+    kinds = {sid: sorted({o["kind"] for o in objs}) for sid, objs in rendered.items()}
+    base = ["ConfigMap", "CustomResourceDefinition", "Deployment", "Service"]
+    assert kinds["default"] == sorted(base + ["ClusterRole", "ClusterRoleBinding",
+                                              "ServiceAccount"])
+    assert "ClusterRoleBinding" not in kinds["namespaced"]
+    assert {"Role", "RoleBinding", "PodMonitor"} <= set(kinds["namespaced"])
+    assert {"ServiceMonitor", "PodMonitor"} <= set(kinds["monitoring"])
+    assert "NetworkPolicy" in kinds["hardened"]
+    byo = set(kinds["bring-your-own-rbac"])
+    assert not byo & {"ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+                      "ClusterRoleBinding", "ConfigMap"}
+
+
+def test_one_kind_per_template_file(helm):
+    # `# Source:` comments tell which template each object came from.
+    seen: dict[str, set[str]] = {}
+    for values in SCENARIOS:
+        argv = [helm, "template", "geeps", CHART] + (["--values", values] if values else [])
+        out = run(argv)
+        assert out.returncode == 0, out.stderr
+        for doc in out.stdout.split("\n---\n"):
+            m = re.search(r"^# Source: [^/]+/(templates/\S+)", doc, re.M)
+            obj = yaml.safe_load(doc)
+            if m and obj:
+                seen.setdefault(m.group(1), set()).add(obj["kind"])
+    many = {src: kinds for src, kinds in seen.items() if len(kinds) > 1}
+    assert many == {}
+    # Every template file renders in at least one scenario (no dead templates).
+    templates = {f"templates/{f}" for f in os.listdir(os.path.join(CHART, "templates"))
+                 if f.endswith(".yaml")}
+    assert templates == set(seen)
+
+
+def test_common_labels_and_namespace(rendered):
+    for sid, objs in rendered.items():
+        for o in objs:
+            if o["kind"] in ("CustomResourceDefinition",):
+                continue
+            labels = o["metadata"].get("labels", {})
+            assert labels.get("app.kubernetes.io/managed-by") == "Helm", (sid, o["kind"])
+            assert labels.get("app.kubernetes.io/part-of") == "geeps", (sid, o["kind"])
+            if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+                assert o["metadata"].get("namespace"), (sid, o["kind"], "has no namespace")
+
+
+def container(objs: list[dict]) -> dict:
+    (dep,) = by_kind(objs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+@pytest.mark.parametrize("sid", SCENARIO_IDS)
+def test_deployment_is_one_hardened_replica(rendered, sid):
+    (dep,) = by_kind(rendered[sid], "Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    c = container(rendered[sid])
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        get = c[probe]["httpGet"]
+        assert get["path"] == "/healthz" and ports[get["port"]] == ports["health"], probe
+    # The health and metrics ports the probes and Service use are the ones passed to the
+    # operator's flags.
+    assert f"--health-port={ports['health']}" in c["args"]
+    assert f"--metrics-port={ports['metrics']}" in c["args"]
+    (svc,) = by_kind(rendered[sid], "Service")
+    assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
+    assert svc["spec"]["selector"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert spec["selector"]["matchLabels"] == svc["spec"]["selector"]
+
+
+def test_watch_namespace_flag(rendered):
+    assert "--all-namespaces" in container(rendered["default"])["args"]
+    args = container(rendered["namespaced"])["args"]
+    assert "--namespace=ml-team" in args and "--all-namespaces" not in args
+    (role,) = by_kind(rendered["namespaced"], "Role")
+    (binding,) = by_kind(rendered["namespaced"], "RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "ml-team"
+
+
+def test_bindings_name_the_service_account_the_pod_runs_as(rendered):
+    for sid, objs in rendered.items():
+        sa = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"]
+        for b in by_kind(objs, "ClusterRoleBinding") + by_kind(objs, "RoleBinding"):
+            subjects = [(s["kind"], s["name"], s["namespace"]) for s in b["subjects"]]
+            assert subjects == [("ServiceAccount", sa, "geeps-system")], sid
+            roles = {r["metadata"]["name"] for r in by_kind(objs, b["roleRef"]["kind"])}
+            assert b["roleRef"]["name"] in roles, sid
+        if sid != "bring-your-own-rbac":
+            assert [s["metadata"]["name"] for s in by_kind(objs, "ServiceAccount")] == [sa]
+
+
+def test_image_reference(rendered):
+    assert container(rendered["default"])["image"] == "geeps/operator:0.1.0"
+    assert container(rendered["hardened"])["image"] == (
+        "registry.example.com/ml/geeps-operator@sha256:" + "0123456789abcdef" * 4)
+
+
+def test_dashboard_configmap_carries_the_dashboard(rendered):
+    (cm,) = by_kind(rendered["default"], "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    with open(os.path.join(CHART, "dashboards", "geeps.json")) as f:
+        assert json.loads(cm["data"]["geeps.json"]) == json.load(f)
+    (moved,) = by_kind(rendered["monitoring"], "ConfigMap")
+    assert moved["metadata"]["namespace"] == "monitoring"
+    assert moved["metadata"]["annotations"]["grafana_folder"] == "Training"
+
+
+def test_monitors_select_what_they_should(rendered):
+    (sm,) = by_kind(rendered["monitoring"], "ServiceMonitor")
+    (svc,) = by_kind(rendered["monitoring"], "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"]
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    (pm,) = by_kind(rendered["monitoring"], "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"any": True}
+    assert pm["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
+    (pm_ns,) = by_kind(rendered["namespaced"], "PodMonitor")
+    assert pm_ns["spec"]["namespaceSelector"] == {"matchNames": ["ml-team"]}
+
+
+def test_network_policy(rendered):
+    (np,) = by_kind(rendered["hardened"], "NetworkPolicy")
+    assert np["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (dep,) = by_kind(rendered["hardened"], "Deployment")
+    assert np["spec"]["podSelector"]["matchLabels"].items() <= \
+        dep["spec"]["template"]["metadata"]["labels"].items()
+    api = np["spec"]["egress"][0]
+    assert sorted(p["port"] for p in api["ports"]) == [443, 6443]
+    assert [t["ipBlock"]["cidr"] for t in api["to"]] == ["10.0.0.1/32", "192.168.10.0/24"]
+
+
+# --- values.schema.json -------------------------------------------------------------
+
+@pytest.mark.parametrize("typo", ["imagee.tag=x", "image.tagg=x",
+                                  "metrics.serviceMonitor.enabeld=true",
+                                  "dashboard.labelkey=x", "networkPolicy.enable=true"])
+def test_schema_rejects_a_typo(helm, typo):
+    out = template_fails(helm, typo)
+    assert out.returncode != 0, f"--set {typo} rendered without complaint"
+    bad = typo.split("=")[0].split(".")[-1]
+    assert "additional properties" in out.stderr.lower() and bad in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("bad", ["health.port=0", "image.pullPolicy=Sometimes",
+                                 "operator.watchNamespace=Not_A_Namespace",
+                                 "metrics.podMonitor.interval=soon"])
+def test_schema_rejects_a_bad_value(helm, bad):
+    out = template_fails(helm, bad)
+    assert out.returncode != 0, f"--set {bad} rendered without complaint"
+
+
+def _schema():
+    with open(os.path.join(CHART, "values.schema.json")) as f:
+        return json.load(f)
+
+
+def _values():
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        return yaml.safe_load(f)
+
+
+def test_schema_and_values_describe_the_same_keys():
+    def keys(schema: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, sub in schema.get("properties", {}).items():
+            out.add(prefix + k)
+            out |= keys(sub, prefix + k + ".")
+        return out
+
+    def value_keys(values: dict, schema: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for k, v in values.items():
+            out.add(prefix + k)
+            sub = schema.get("properties", {}).get(k, {})
+            if isinstance(v, dict) and "properties" in sub:
+                out |= value_keys(v, sub, prefix + k + ".")
+        return out
+
+    schema = _schema()
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(_values(), schema)
+    # Every chart-defined object forbids unknown keys.
+    def closed(s: dict, where: str = "") -> list[str]:
+        bad = [] if "properties" not in s or s.get("additionalProperties") is False else [where]
+        for k, sub in s.get("properties", {}).items():
+            bad += closed(sub, f"{where}.{k}")
+        return bad
+    assert closed(schema) == []
+    assert keys(schema) - {"global"} == value_keys(_values(), schema)
+
+
+def test_every_values_key_has_a_comment():
+    # Keys of free-form Kubernetes objects (resources, securityContext...) are described
+    # by the comment on the object; every key the chart itself defines has its own.
+    schema = _schema()
+    with open(os.path.join(CHART, "values.yaml")) as f:
+        lines = f.read().splitlines()
+    stack: list[tuple[int, str]] = []
+    missing = []
+    for i, line in enumerate(lines):
+        m = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9_]*):", line)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [k for _, k in stack] + [m.group(2)]
+        stack.append((indent, m.group(2)))
+        node, chart_defined = schema, True
+        for part in path:
+            if "properties" not in node or part not in node["properties"]:
+                chart_defined = False
+                break
+            node = node["properties"][part]
+        prev = lines[i - 1].strip() if i else ""
+        if chart_defined and not prev.startswith("#"):
+            missing.append(".".join(path))
+    assert missing == []
+
+
+# --- the CRD -----------------------------------------------------------------------
+
+def test_chart_crd_equals_the_generated_one(rendered):
+    from geeps_operator.crd import build_crd
+    (crd,) = by_kind(rendered["default"], "CustomResourceDefinition")
+    assert crd == build_crd(), (
+        "charts/geeps-operator/crds/ is stale: regenerate it with\n"
+        "  python -m geeps_operator.crd > charts/geeps-operator/crds/geepsjobs.geeps.dev.yaml")
+    assert os.listdir(os.path.join(CHART, "crds")) == ["geepsjobs.geeps.dev.yaml"]
