@@ -1,7 +1,8 @@
 """`geeps run` with real processes: failures end the job as a unit, nothing outlives it.
 
 Most tests run stand-in servers and workers (tests/integration/scripts) that record
-their pid and environment in a temporary directory; one runs the real `geeps server`.
+their pid and environment in a temporary directory; the last ones run the real
+`geeps run` command with real `geeps server` shards and workers that train through them.
 """
 from __future__ import annotations
 
@@ -54,9 +55,10 @@ class Job:
         self.cwd = tmp_path
         self.proc: subprocess.Popen | None = None
 
-    def start(self, *args: str, real_server: bool = False, env: dict | None = None,
+    def start(self, *args: str, real: bool = False, env: dict | None = None,
               stderr=subprocess.PIPE) -> subprocess.Popen:
-        entry = [sys.executable, "-m", "geeps", "run"] if real_server else \
+        """`geeps run ARGS` as a user types it (real=True), or with stand-in servers."""
+        entry = [sys.executable, "-m", "geeps", "run"] if real else \
             [sys.executable, os.path.join(SCRIPTS, "launch.py")]
         self.proc = subprocess.Popen(
             entry + list(args), cwd=self.cwd, text=True, stdout=subprocess.PIPE,
@@ -110,7 +112,7 @@ def write_manifest(path, **spec) -> str:
 def test_invalid_manifest_names_every_field_without_a_traceback(job, tmp_path):
     path = write_manifest(tmp_path / "bad.yaml", command=["python", "x.py"],
                           workers={"replicas": 0}, consistency={"model": "Eventual"})
-    code, out, err = job.run(path)
+    code, out, err = job.run(path, real=True)
     assert code == 2, err
     lines = err.strip().splitlines()
     assert f"geeps run: {path}: spec.workers.replicas: must be >= 1 (got 0)" in lines
@@ -121,7 +123,7 @@ def test_invalid_manifest_names_every_field_without_a_traceback(job, tmp_path):
 
 
 def test_missing_manifest_and_bad_usage_exit_2(job, tmp_path):
-    code, _, err = job.run("nope.yaml")
+    code, _, err = job.run("nope.yaml", real=True)
     assert code == 2 and "cannot read nope.yaml: No such file or directory" in err
     assert "Traceback" not in err
     code, _, err = job.run("--servers", "2")
@@ -163,6 +165,13 @@ def test_success_stops_servers_and_relays_output_and_progress(job):
     summary = err.strip().splitlines()[-1]
     assert summary.startswith("geeps run: job local succeeded in ")
     assert "clock 5" in summary and "320 samples" in summary and "final loss" in summary
+
+
+def test_quiet_shows_no_progress_but_the_summary(job):
+    code, out, err = job.run("--quiet", "--", "python", WORKER, "--clocks", "5")
+    assert code == 0, err
+    assert not re.search(r"\[\d\d:\d\d\]", err), err
+    assert "job local succeeded" in err and "clock 5" in err
 
 
 def test_live_status_line_on_a_terminal(job):
@@ -306,7 +315,7 @@ def test_real_servers_train_from_a_manifest_and_stop_cleanly(job, tmp_path):
     path = write_manifest(tmp_path / "job.yaml", command=["python", PS_WORKER],
                           args=["--clocks", "5"], servers={"replicas": 2},
                           workers={"replicas": 2})
-    code, out, err = job.run(path, "--metrics-port", "0", real_server=True, timeout=60)
+    code, out, err = job.run(path, "--metrics-port", "0", real=True, timeout=60)
     assert code == 0, err
     assert out.count("sum ok 15") == 2          # 5 clocks x (1 + 2)
     assert re.search(r"job tiny succeeded in .*: clock 5; 80 samples", err), err
@@ -317,7 +326,7 @@ def test_real_servers_train_from_a_manifest_and_stop_cleanly(job, tmp_path):
 def test_real_job_with_a_crashing_worker_fails_fast_and_cleans_up(job):
     # worker-1 dies at clock 3 while worker-0 waits for it in a BSP read.
     job.start("--servers", "2", "--workers", "2", "--metrics-port", "0", "--",
-              "python", PS_WORKER, "--clocks", "50", "--crash-at", "3", real_server=True)
+              "python", PS_WORKER, "--clocks", "50", "--crash-at", "3", real=True)
     out, err = job.proc.communicate(timeout=60)
     assert job.proc.returncode == 1, err
     m = re.search(r"geeps run: worker-1 \(pid (\d+)\) failed with exit code 3", err)
