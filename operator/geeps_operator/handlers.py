@@ -1,0 +1,69 @@
+"""Every kopf handler of the operator, registered in one place; each is a thin trigger.
+
+    registry = kopf.OperatorRegistry()
+    register(registry, cfg, Reconciler(Kube(cfg.connection), cfg))
+    await kopf.operator(registry=registry, settings=settings(cfg), ...)
+
+All three triggers (a job changed, one of its pods changed, the periodic timer) call
+the same level-triggered Reconciler.reconcile(), which reads the current state and
+acts on it. The timer is what makes TTL and activeDeadlineSeconds hold when nothing
+else happens (Kubeflow's operator misses TTL for want of one).
+"""
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from geeps import spec as _spec
+
+from . import manifests as m
+from .config import OperatorConfig
+from .reconcile import Reconciler
+
+JOBS = (_spec.GROUP, _spec.VERSION, _spec.PLURAL)
+
+
+def settings(cfg: OperatorConfig) -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    s.persistence.finalizer = cfg.finalizer
+    s.posting.reporting_component = "geeps-operator"
+    # Our Events come from the reconciler; kopf's own INFO lines ("Timer succeeded")
+    # every resync would bury them.
+    s.posting.level = logging.WARNING
+    # Watch only our pods, filtered by the API server, not every pod of the cluster.
+    s.watching.label_selectors["v1", "pods"] = m.LABEL_JOB
+    return s
+
+
+def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig,
+             reconciler: Reconciler) -> None:
+
+    @kopf.on.login(registry=registry)
+    def login(**_) -> kopf.ConnectionInfo:
+        """The API endpoint and credentials main() resolved (flags, kubeconfig or the
+        pod's service account); the reconciler's client uses the same."""
+        return cfg.connection
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_) -> None:
+        """Close the reconciler's HTTP session on shutdown."""
+        await reconciler.kube.close()
+
+    @kopf.on.event(*JOBS, registry=registry)
+    async def job_event(type: str | None, name: str, namespace: str, **_) -> None:
+        """A job appeared, changed (spec or status) or went away."""
+        if type == "DELETED":
+            reconciler.forget(namespace, name)
+            return
+        await reconciler.reconcile(namespace, name, trigger="job")
+
+    @kopf.on.event("v1", "pods", labels={m.LABEL_JOB: kopf.PRESENT}, registry=registry)
+    async def pod_event(labels: kopf.Labels, namespace: str, **_) -> None:
+        """One of a job's pods changed phase, appeared or went away."""
+        await reconciler.reconcile(namespace, labels[m.LABEL_JOB], trigger="pod")
+
+    @kopf.timer(*JOBS, interval=cfg.resync_seconds, registry=registry)
+    async def resync(name: str, namespace: str, **_) -> None:
+        """Periodic reconcile: deadlines, TTL and the clock advance without events."""
+        await reconciler.reconcile(namespace, name, trigger="timer")

@@ -1,0 +1,130 @@
+"""`geeps operator`: run the GeePSJob operator.
+
+    geeps operator --all-namespaces                       # in a pod: its service account
+    geeps operator --namespace team-a --namespace team-b  # only these namespaces
+    geeps operator --kubeconfig ~/.kube/config -A         # from a laptop
+    geeps operator --server http://127.0.0.1:8001 -A      # behind `kubectl proxy`
+
+Serves /healthz on --health-port (kopf's liveness endpoint) and the operator's own
+Prometheus metrics on --metrics-port. SIGTERM or SIGINT stops it; exit code 0.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+import kopf
+
+from . import handlers, metrics
+from .config import OperatorConfig
+from .kube import Kube
+from .reconcile import Reconciler
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="geeps operator", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[], metavar="NS",
+                       help="watch this namespace (repeatable)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="watch every namespace (the default when no --namespace)")
+    p.add_argument("--health-port", type=int, default=8080,
+                   help="port of GET /healthz; 0 disables (default 8080)")
+    p.add_argument("--metrics-port", type=int, default=9090,
+                   help="port of GET /metrics; 0 disables (default 9090)")
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service "
+                                        "account, else $KUBECONFIG or ~/.kube/config)")
+    p.add_argument("--server", help="API server URL, e.g. http://127.0.0.1:8001 "
+                                    "(kubectl proxy); overrides --kubeconfig")
+    p.add_argument("--token-file", help="bearer token for --server")
+    p.add_argument("--insecure-skip-tls-verify", action="store_true",
+                   help="with --server over https: do not verify its certificate")
+    p.add_argument("--resync-seconds", type=float, default=10.0,
+                   help="reconcile every job at least this often (default 10)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def connection(args: argparse.Namespace) -> kopf.ConnectionInfo:
+    """Where the API is, from flags, else the pod's service account, else kubeconfig."""
+    base = kopf.OperatorSettings()
+    if args.server:
+        token = None
+        if args.token_file:
+            try:
+                with open(args.token_file) as f:
+                    token = f.read().strip()
+            except OSError as e:
+                raise UsageError(f"--token-file {args.token_file}: {e.strerror}") from None
+        return kopf.ConnectionInfo(server=args.server, token=token,
+                                   insecure=args.insecure_skip_tls_verify or None)
+    if args.kubeconfig:
+        if not os.path.exists(args.kubeconfig):
+            raise UsageError(f"--kubeconfig {args.kubeconfig}: no such file")
+        os.environ["KUBECONFIG"] = args.kubeconfig
+    try:
+        info = (None if args.kubeconfig else kopf.login_with_service_account(settings=base)) \
+            or kopf.login_with_kubeconfig(settings=base)
+    except (kopf.LoginError, OSError, KeyError) as e:
+        raise UsageError(f"cannot read the kubeconfig: {e}") from None
+    if info is None:
+        raise UsageError("no Kubernetes API found: not in a pod, no $KUBECONFIG, no "
+                         "~/.kube/config; pass --kubeconfig or --server")
+    return info
+
+
+def config(argv: list[str]) -> OperatorConfig:
+    args = _parser().parse_args(argv)
+    if args.resync_seconds <= 0:
+        raise UsageError("--resync-seconds must be > 0")
+    for port, flag in ((args.health_port, "--health-port"), (args.metrics_port, "--metrics-port")):
+        if not 0 <= port <= 65535:
+            raise UsageError(f"{flag} must be 0-65535")
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    return OperatorConfig(connection=connection(args), namespaces=tuple(args.namespace),
+                          resync_seconds=args.resync_seconds, health_port=args.health_port,
+                          metrics_port=args.metrics_port)
+
+
+async def run(cfg: OperatorConfig, stop_flag: asyncio.Event | None = None) -> None:
+    registry = kopf.OperatorRegistry()
+    reconciler = Reconciler(Kube(cfg.connection, user_agent=cfg.user_agent), cfg)
+    handlers.register(registry, cfg, reconciler)
+    await kopf.operator(
+        registry=registry, settings=handlers.settings(cfg), standalone=True,
+        clusterwide=cfg.clusterwide, namespaces=list(cfg.namespaces), stop_flag=stop_flag,
+        liveness_endpoint=f"http://0.0.0.0:{cfg.health_port}/healthz" if cfg.health_port
+        else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    kopf.configure(verbose="-v" in (argv or []) or "--verbose" in (argv or []),
+                   log_format=kopf.LogFormat.PLAIN)
+    try:
+        cfg = config(list(sys.argv[1:] if argv is None else argv))
+    except UsageError as e:
+        print(f"geeps operator: {e}", file=sys.stderr)
+        return 2
+    try:
+        metrics.serve(cfg.metrics_port)
+    except OSError as e:
+        print(f"geeps operator: --metrics-port {cfg.metrics_port}: {e.strerror}",
+              file=sys.stderr)
+        return 2
+    logging.getLogger(__name__).info(
+        "watching %s; resync every %g s", ", ".join(cfg.namespaces) or "all namespaces",
+        cfg.resync_seconds)
+    asyncio.run(run(cfg))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

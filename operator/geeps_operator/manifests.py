@@ -1,0 +1,209 @@
+"""Pure builders of every object the operator creates for a GeePSJob.
+
+    job = geeps.spec.validate(body)
+    svc = service(job, owner)                  # headless: stable server DNS names
+    pods = [server_pod(job, i, owner) for i in range(job.servers.replicas)]
+
+Nothing here talks to the API; the reconciler decides *when* to create, these say
+*what*. Every child carries an owner reference to its job (so the garbage collector
+removes it with the job) and the labels geeps.dev/job-name, geeps.dev/role and
+geeps.dev/index, which is how the operator finds its pods again.
+
+Restarts: pods are created with restartPolicy Never and the *operator* replaces a
+failed pod, so it can count restarts against backoffLimit and apply ExitCode rules.
+The replacement has the same name (`<job>-worker-<i>`), created once the failed pod
+is gone, so names and server DNS records stay stable across restarts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from geeps import spec as _spec
+from geeps.contract import job_env
+from geeps.spec import GeePSJob
+
+LABEL_JOB = "geeps.dev/job-name"
+LABEL_ROLE = "geeps.dev/role"
+LABEL_INDEX = "geeps.dev/index"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "geeps-operator", "app.kubernetes.io/name": "geeps"}
+
+SERVER_PORT = 7777                          # every shard listens here, on its own pod IP
+SERVER_PORT_NAME = "ps"
+METRICS_PORT_NAME = "metrics"
+CONTAINER = "geeps"                         # the one container of every pod
+SERVER_COMMAND = ["geeps", "server"]        # the runtime image puts `geeps` on PATH
+GPU_RESOURCE = "nvidia.com/gpu"
+CHECKPOINT_MOUNT = "/var/lib/geeps/checkpoints"
+CHECKPOINT_VOLUME = "geeps-checkpoints"
+CURVE_MOUNT = "/etc/geeps/curve"
+CURVE_VOLUME = "geeps-curve"
+
+
+def owner_reference(job_body: dict) -> dict:
+    """The controller reference every child of `job_body` carries."""
+    meta = job_body["metadata"]
+    return {"apiVersion": _spec.API_VERSION, "kind": _spec.KIND, "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def labels(job: GeePSJob, role: str | None = None, index: int | None = None) -> dict[str, str]:
+    out = dict(MANAGED_BY)
+    out[LABEL_JOB] = job.name
+    if role is not None:
+        out[LABEL_ROLE] = role
+    if index is not None:
+        out[LABEL_INDEX] = str(index)
+    return out
+
+
+def service_name(job_name: str) -> str:
+    return f"{job_name}-server"
+
+
+def pod_name(job_name: str, role: str, index: int) -> str:
+    return f"{job_name}-{role}-{index}"
+
+
+def server_addresses(job: GeePSJob) -> list[str]:
+    """GEEPS_SERVERS: the DNS name of each shard through the headless service."""
+    svc = service_name(job.name)
+    return [f"{pod_name(job.name, 'server', i)}.{svc}.{job.namespace}.svc:{SERVER_PORT}"
+            for i in range(job.servers.replicas)]
+
+
+def _meta(job: GeePSJob, name: str, owner: dict, lab: dict[str, str]) -> dict:
+    return {"name": name, "namespace": job.namespace, "labels": lab,
+            "ownerReferences": [owner]}
+
+
+def service(job: GeePSJob, owner: dict) -> dict:
+    """Headless service `<job>-server`: gives server pod i the name
+    `<job>-server-<i>.<job>-server.<ns>.svc`. publishNotReadyAddresses, because workers
+    must resolve a shard before it passes any probe (they connect and retry)."""
+    return {
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": _meta(job, service_name(job.name), owner, labels(job)),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: job.name, LABEL_ROLE: "server"},
+            "ports": [{"name": SERVER_PORT_NAME, "port": SERVER_PORT,
+                       "targetPort": SERVER_PORT_NAME, "protocol": "TCP"}],
+        },
+    }
+
+
+def _env(job: GeePSJob, role: str, index: int, checkpoint_dir: str) -> list[dict]:
+    plain = job_env(job, role, index, server_addresses(job), bind_host="*",
+                    checkpoint_dir=checkpoint_dir, curve_dir="",
+                    metrics_port=job.metrics_port)
+    env = [{"name": k, "value": v} for k, v in plain.items()]
+    # valueFrom entries (secrets, field refs) are resolved by the kubelet, not by us.
+    env += [dict(e) for e in job.env if "valueFrom" in e and "value" not in e]
+    return env
+
+
+def _resources(role_spec: dict, gpus: int) -> dict:
+    res = {k: dict(v) for k, v in (role_spec.get("resources") or {}).items() if v}
+    if gpus > 0:
+        # Extended resources must be in limits (requests default to them).
+        res.setdefault("limits", {})[GPU_RESOURCE] = gpus
+    return res
+
+
+def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str],
+         args: list[str]) -> dict:
+    role_spec = job.servers.raw if role == "server" else job.workers.raw
+    gpus = job.workers.gpus if role == "worker" else 0
+    volumes = [dict(v) for v in role_spec.get("volumes", [])]
+    mounts = [dict(m) for m in role_spec.get("volumeMounts", [])]
+    checkpoint_dir = ""
+    ckpt_volume = job.spec.get("checkpoint", {}).get("volume")
+    if role == "server" and ckpt_volume:
+        volumes.append({"name": CHECKPOINT_VOLUME, **ckpt_volume})
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT})
+        checkpoint_dir = CHECKPOINT_MOUNT
+    ports = [{"name": METRICS_PORT_NAME, "containerPort": job.metrics_port, "protocol": "TCP"}]
+    if role == "server":
+        ports.insert(0, {"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT,
+                         "protocol": "TCP"})
+    container: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": job.spec["image"],
+        "imagePullPolicy": job.spec["imagePullPolicy"],
+        "command": list(command),
+        "args": list(args),
+        "env": _env(job, role, index, checkpoint_dir),
+        "ports": ports,
+    }
+    if job.spec.get("workingDir"):
+        container["workingDir"] = job.spec["workingDir"]
+    resources = _resources(role_spec, gpus)
+    if resources:
+        container["resources"] = resources
+    if mounts:
+        container["volumeMounts"] = mounts
+    if role == "server":
+        container["readinessProbe"] = {"tcpSocket": {"port": SERVER_PORT_NAME},
+                                       "periodSeconds": 5}
+    name = pod_name(job.name, role, index)
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",   # the operator restarts, so it can count (see module doc)
+        "containers": [container],
+    }
+    if role == "server":
+        # hostname + subdomain = the headless service's DNS record for this shard.
+        pod_spec["hostname"] = name
+        pod_spec["subdomain"] = service_name(job.name)
+    for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName",
+                "serviceAccountName"):
+        if role_spec.get(key):
+            pod_spec[key] = role_spec[key]
+    if volumes:
+        pod_spec["volumes"] = volumes
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": _meta(job, name, owner, labels(job, role, index)),
+            "spec": pod_spec}
+
+
+def server_pod(job: GeePSJob, index: int, owner: dict) -> dict:
+    return _pod(job, "server", index, owner, command=SERVER_COMMAND, args=[])
+
+
+def worker_pod(job: GeePSJob, index: int, owner: dict) -> dict:
+    return _pod(job, "worker", index, owner, command=list(job.command), args=list(job.args))
+
+
+def role_pod(job: GeePSJob, role: str, index: int, owner: dict) -> dict:
+    return server_pod(job, index, owner) if role == "server" else worker_pod(job, index, owner)
+
+
+def pod_monitor(job: GeePSJob, owner: dict) -> dict:
+    """A Prometheus Operator PodMonitor scraping every pod of the job (created only
+    where the monitoring.coreos.com CRDs exist; the create is skipped on 404)."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1", "kind": "PodMonitor",
+        "metadata": _meta(job, job.name, owner, labels(job)),
+        "spec": {
+            "selector": {"matchLabels": {LABEL_JOB: job.name}},
+            "podMetricsEndpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics"}],
+        },
+    }
+
+
+def curve_secret(job: GeePSJob, owner: dict, keys: dict[str, str] | None = None) -> dict:
+    """The per-job Secret holding CurveZMQ keys (server.key, client.key).
+
+    Seam for transport security: nothing creates it yet, and pods get no GEEPS_CURVE_DIR,
+    so traffic is plain ZeroMQ until key generation lands; then the reconciler creates
+    this Secret with the pods and `curve_mount()` goes into every pod."""
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(job, f"{job.name}-curve", owner, labels(job)),
+            "stringData": dict(keys or {})}
+
+
+def curve_mount(job: GeePSJob) -> tuple[dict, dict]:
+    """(volume, volumeMount) exposing the job's CurveZMQ Secret at CURVE_MOUNT."""
+    return ({"name": CURVE_VOLUME, "secret": {"secretName": f"{job.name}-curve",
+                                              "defaultMode": 0o400}},
+            {"name": CURVE_VOLUME, "mountPath": CURVE_MOUNT, "readOnly": True})

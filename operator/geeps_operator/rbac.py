@@ -1,0 +1,63 @@
+"""The Kubernetes permissions the operator needs, declared once.
+
+    from geeps_operator.rbac import RULES, CLUSTER_RULES
+    # a ClusterRole's rules: [*RULES, *CLUSTER_RULES]   (cluster-wide operator)
+    # per watched namespace a Role with RULES, plus a ClusterRole with CLUSTER_RULES
+
+The Helm chart renders its ClusterRole/Role from these lists; an end-to-end test
+records every request the running operator makes and checks both directions: each
+request is covered by a rule, and each rule is used (least privilege).
+`python -m geeps_operator.rbac` prints them as YAML.
+"""
+from __future__ import annotations
+
+import sys
+
+import yaml
+
+from geeps import spec as _spec
+
+# Namespaced resources, in every namespace the operator watches.
+RULES: tuple[dict, ...] = (
+    # kopf lists and watches jobs, patches its finalizer on; the TTL deletes them.
+    {"apiGroups": [_spec.GROUP], "resources": [_spec.PLURAL],
+     "verbs": ["get", "list", "watch", "patch", "delete"]},
+    {"apiGroups": [_spec.GROUP], "resources": [f"{_spec.PLURAL}/status"],
+     "verbs": ["patch"]},
+    # Pods are listed by label on each reconcile, watched by kopf, created and deleted.
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "create", "delete"]},
+    # Worker 0's log carries its clock (geeps:progress lines).
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
+    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+    {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": ["create"]},
+)
+
+# Cluster-scoped: kopf watches CRDs to learn when GeePSJob is served. (It would also
+# list and watch namespaces, but only for glob patterns such as --namespace 'team-*',
+# which `geeps operator` does not offer.)
+CLUSTER_RULES: tuple[dict, ...] = (
+    {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
+     "verbs": ["list", "watch"]},
+)
+
+
+def covers(rules, group: str, resource: str, verb: str) -> bool:
+    """Whether some rule grants `verb` on `resource` ("pods", "pods/log") of `group`."""
+    return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+               for r in rules)
+
+
+def triples(rules) -> set[tuple[str, str, str]]:
+    return {(g, res, v) for r in rules for g in r["apiGroups"] for res in r["resources"]
+            for v in r["verbs"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    yaml.safe_dump({"rules": list(RULES), "clusterRules": list(CLUSTER_RULES)}, sys.stdout,
+                   sort_keys=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Reconcile one GeePSJob: read it and its children, decide (policy.decide), act.
+
+    await Reconciler(kube, cfg).reconcile("default", "digits", trigger="timer")
+
+Reads fresh state from the API on every call (no cache to go stale), serialises calls
+per job with a lock (kopf may fire a pod event and the timer at once), and writes in
+the order that keeps a crash harmless: status first (it records counted restarts and
+terminal phases), then creates and deletes, then events.
+
+The job's clock is learned from worker 0's log through the pods/log API: workers
+print `geeps:progress {"clock": ...}` lines (geeps.progress), so the operator needs
+no network path to the pods and no protocol of its own, only RBAC on pods/log.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import logging
+from typing import Callable
+
+import kopf
+
+from geeps import progress
+from geeps import spec as _spec
+
+from . import manifests as m
+from . import metrics
+from .config import OperatorConfig
+from .kube import ApiError, Kube, path, path_of
+from .policy import OWNED, Observed, Plan, decide
+
+log = logging.getLogger(__name__)
+
+
+def job_path(ns: str, name: str, sub: str | None = None) -> str:
+    return path(_spec.GROUP, _spec.VERSION, _spec.PLURAL, ns, name, sub)
+
+
+def status_patch(old: dict, new: dict) -> dict | None:
+    """The merge patch turning the operator-owned part of `old` into `new` (None: equal)."""
+    patch = {}
+    for key in OWNED:
+        if key in new and old.get(key) != new[key]:
+            patch[key] = new[key]
+        elif key not in new and key in old:
+            patch[key] = None          # merge-patch null removes the key
+    return patch or None
+
+
+def last_clock(text: str) -> int | None:
+    """The clock of the last progress line in a log excerpt."""
+    for line in reversed(text.splitlines()):
+        fields = progress.parse(line.strip())
+        if fields and isinstance(fields.get("clock"), int) and not isinstance(
+                fields["clock"], bool):
+            return fields["clock"]
+    return None
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, cfg: OperatorConfig,
+                 now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.timezone.utc)):
+        self.kube = kube
+        self.cfg = cfg
+        self.now = now
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+
+    def forget(self, ns: str, name: str) -> None:
+        self._locks.pop((ns, name), None)
+        metrics.observe_phase(f"{ns}/{name}", None)
+
+    async def reconcile(self, ns: str, name: str, *, trigger: str) -> Plan | None:
+        lock = self._locks.setdefault((ns, name), asyncio.Lock())
+        async with lock:
+            with metrics.reconciling(trigger):
+                return await self._reconcile(ns, name)
+
+    async def _reconcile(self, ns: str, name: str) -> Plan | None:
+        job = await self.kube.get(job_path(ns, name))
+        if job is None:
+            self.forget(ns, name)
+            return None
+        if job.get("metadata", {}).get("deletionTimestamp"):
+            return None
+        pods = await self.kube.list(path("", "v1", "pods", ns),
+                                    label_selector=f"{m.LABEL_JOB}={name}")
+        # An API server filters by label; checking again costs nothing and keeps us
+        # correct against one that does not.
+        pods = [p for p in pods
+                if (p.get("metadata", {}).get("labels") or {}).get(m.LABEL_JOB) == name]
+        has_service = await self.kube.get(
+            path("", "v1", "services", ns, m.service_name(name))) is not None
+        phase = (job.get("status") or {}).get("phase")
+        clock = None if phase in ("Succeeded", "Failed") else await self._clock(ns, name, pods)
+        plan = decide(Observed(job=job, pods=pods, has_service=has_service,
+                               now=self.now(), clock=clock))
+        await self._apply(job, plan)
+        metrics.observe_phase(f"{ns}/{name}", plan.status.get("phase"))
+        return plan
+
+    async def _clock(self, ns: str, name: str, pods: list[dict]) -> int | None:
+        worker0 = m.pod_name(name, "worker", 0)
+        pod = next((p for p in pods if p["metadata"].get("name") == worker0), None)
+        if pod is None or (pod.get("status") or {}).get("phase") not in ("Running", "Succeeded"):
+            return None
+        try:
+            text = await self.kube.text(path("", "v1", "pods", ns, worker0, "log"),
+                                        {"container": m.CONTAINER,
+                                         "tailLines": str(self.cfg.clock_log_lines)})
+        except (ApiError, OSError, asyncio.TimeoutError) as e:
+            log.debug("no clock from %s/%s: %s", ns, worker0, e)
+            return None
+        return last_clock(text or "")
+
+    async def _apply(self, job: dict, plan: Plan) -> None:
+        ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
+        patch = status_patch(job.get("status") or {}, plan.status)
+        if patch is not None:
+            await self.kube.patch(job_path(ns, name, "status"), {"status": patch})
+        for manifest in plan.create:
+            if manifest["kind"] == "PodMonitor":
+                await self._create_optional(manifest)
+            else:
+                await self.kube.create(path_of(manifest), manifest)
+        for pod in plan.delete_pods:
+            await self.kube.delete(path("", "v1", "pods", ns, pod))
+        for ev in plan.events:
+            kopf.event(job, type=ev.type, reason=ev.reason, message=ev.message)
+        if plan.delete_job:
+            await self.kube.delete(job_path(ns, name))
+
+    async def _create_optional(self, manifest: dict) -> None:
+        """Monitoring is a nicety: no Prometheus Operator (404) or no RBAC for it (403)
+        must not stop the job."""
+        try:
+            await self.kube.create(path_of(manifest), manifest, ok_missing=True)
+        except ApiError as e:
+            log.warning("skipping %s %s: %s", manifest["kind"],
+                        manifest["metadata"]["name"], e)

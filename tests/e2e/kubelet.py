@@ -1,0 +1,274 @@
+"""A test kubelet: runs the pods it sees on the API as local processes, reports phases.
+
+It watches every pod through the API over HTTP (as a kubelet does), and for each new
+pod starts its container's command with the pod's environment, then patches the
+pod's status: Running with a pod IP, later Succeeded or Failed with the exit code.
+
+How a pod becomes a local process:
+- Network: each pod gets its own loopback address (127.1.x.y) as its pod IP, so every
+  server binds the same port 7777 on its own address, as pods do on their own IPs.
+  GEEPS_BIND_HOST is set to that address (in a pod, `*` means the pod's IP).
+- DNS: any `<host>.<subdomain>.<ns>.svc[.cluster.local]` in an environment value is
+  rewritten to the address of the pod with that hostname and subdomain (the record a
+  headless service publishes); a name is given its address before its pod starts,
+  and a restarted pod keeps it, like a stable DNS record.
+- Command: `geeps` runs as `python -m geeps` and `python`/`python3` as this
+  interpreter; the working directory is the container's workingDir, else the
+  repository root (the runtime image's WORKDIR holds the same files).
+- Env: `value` entries, and `valueFrom.fieldRef` for metadata.name,
+  metadata.namespace, status.podIP and spec.nodeName; other sources fail the pod.
+- Deletion is graceful: the kubelet puts a finalizer on each pod it runs; when the
+  pod is deleted it sends SIGTERM (SIGKILL after the grace period), reports the exit
+  code, then removes the finalizer. Until then the pod is visible as terminating,
+  as on a real node.
+- Logs: stdout and stderr go to a file per pod, served as pods/<name>/log.
+- Ignored: images, resources (GPUs included), probes, volumes, node selection.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from dataclasses import dataclass, field
+
+import aiohttp
+
+FINALIZER = "kubelet.test/graceful"
+NODE = "test-node"
+_DNS = re.compile(r"\b([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)"
+                  r"\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.svc(?:\.cluster\.local)?\b")
+
+
+def now() -> str:
+    import datetime as dt
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Proc:
+    ns: str
+    name: str
+    uid: str
+    ip: str
+    log_path: str
+    process: asyncio.subprocess.Process | None = None
+    exit_code: int | None = None
+    deleting: bool = False
+    started: asyncio.Event = field(default_factory=asyncio.Event)   # process exists, or never will
+    done: asyncio.Event = field(default_factory=asyncio.Event)      # exit reported
+    command: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Kubelet:
+    def __init__(self, api_url: str, root: str, log_dir: str, grace: float = 5.0):
+        self.api = api_url.rstrip("/")
+        self.root = root
+        self.log_dir = log_dir
+        self.grace = grace
+        self.procs: dict[str, Proc] = {}              # by pod uid
+        self.history: list[Proc] = []                 # every process ever started
+        self._addresses: dict[tuple[str, str, str], str] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._seen: set[str] = set()                  # pod uids ever started
+
+    # ---- addresses -------------------------------------------------------------------
+    def address(self, ns: str, subdomain: str, host: str) -> str:
+        key = (ns, subdomain, host)
+        if key not in self._addresses:
+            n = len(self._addresses) + 1
+            self._addresses[key] = f"127.1.{n // 250}.{n % 250 + 1}"
+        return self._addresses[key]
+
+    def _rewrite(self, value: str) -> str:
+        return _DNS.sub(lambda mt: self.address(mt.group(3), mt.group(2), mt.group(1)), value)
+
+    # ---- API -------------------------------------------------------------------------
+    async def _patch(self, ns: str, name: str, body: dict, sub: str = "") -> None:
+        url = f"{self.api}/api/v1/namespaces/{ns}/pods/{name}{sub}"
+        async with self._session.patch(url, data=json.dumps(body), headers={
+                "Content-Type": "application/merge-patch+json"}) as r:
+            await r.read()
+
+    async def run(self) -> None:
+        """Watch pods forever (until cancelled), reconnecting if the stream ends."""
+        self._session = aiohttp.ClientSession(headers={"User-Agent": "test-kubelet"})
+        try:
+            while True:
+                try:
+                    async with self._session.get(f"{self.api}/api/v1/pods",
+                                                 params={"watch": "true"},
+                                                 timeout=aiohttp.ClientTimeout(None)) as r:
+                        async for line in r.content:
+                            if line.strip():
+                                await self._on_event(json.loads(line))
+                except (aiohttp.ClientError, asyncio.TimeoutError):
+                    await asyncio.sleep(0.1)   # reconnect backoff, not synchronisation
+        finally:
+            await self.shutdown()
+            await self._session.close()
+
+    async def _on_event(self, event: dict) -> None:
+        pod = event.get("object") or {}
+        meta = pod.get("metadata") or {}
+        uid = meta.get("uid")
+        if not uid:
+            return
+        proc = self.procs.get(uid)
+        if event.get("type") == "DELETED":
+            if proc is not None:
+                self._spawn(self._stop(proc))
+            return
+        if meta.get("deletionTimestamp"):
+            if proc is not None and not proc.deleting:
+                proc.deleting = True
+                self._spawn(self._stop(proc, release=True))
+            elif proc is None and FINALIZER in (meta.get("finalizers") or []):
+                self._spawn(self._release(meta["namespace"], meta["name"]))
+            return
+        phase = (pod.get("status") or {}).get("phase")
+        if proc is None and phase in (None, "Pending") and uid not in self._seen:
+            self._seen.add(uid)
+            self._spawn(self._start(pod))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- pod lifecycle -----------------------------------------------------------------
+    def _environment(self, pod: dict, ip: str) -> dict[str, str]:
+        meta, spec = pod["metadata"], pod["spec"]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
+               "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
+               "HOSTNAME": spec.get("hostname") or meta["name"]}
+        fields = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
+                  "status.podIP": ip, "spec.nodeName": NODE}
+        for e in spec["containers"][0].get("env") or []:
+            if "value" in e:
+                env[e["name"]] = self._rewrite(str(e["value"]))
+            else:
+                ref = ((e.get("valueFrom") or {}).get("fieldRef") or {}).get("fieldPath")
+                if ref not in fields:
+                    raise ValueError(f"env {e['name']}: only fieldRef {sorted(fields)} supported")
+                env[e["name"]] = fields[ref]
+        if "GEEPS_BIND_HOST" in env:
+            env["GEEPS_BIND_HOST"] = ip
+        return env
+
+    @staticmethod
+    def _command(container: dict) -> list[str]:
+        cmd = list(container.get("command") or []) + list(container.get("args") or [])
+        if not cmd:
+            raise ValueError("the container has no command (images' entrypoints are not known)")
+        if cmd[0] == "geeps":
+            cmd[:1] = [sys.executable, "-m", "geeps"]
+        elif cmd[0] in ("python", "python3"):
+            cmd[0] = sys.executable
+        return cmd
+
+    async def _start(self, pod: dict) -> None:
+        meta, spec = pod["metadata"], pod["spec"]
+        ns, name, uid = meta["namespace"], meta["name"], meta["uid"]
+        ip = self.address(ns, spec.get("subdomain") or "", spec.get("hostname") or name)
+        proc = Proc(ns, name, uid, ip, os.path.join(self.log_dir, f"{ns}_{name}_{uid[:8]}.log"))
+        self.procs[uid] = proc
+        container = spec["containers"][0]
+        try:
+            try:
+                proc.command = self._command(container)
+                proc.env = self._environment(pod, ip)
+            except ValueError as e:
+                await self._report(proc, container, None, "CreateContainerConfigError", str(e))
+                return
+            await self._patch(ns, name, {"metadata": {"finalizers": [FINALIZER]}})
+            try:
+                with open(proc.log_path, "wb") as log:
+                    proc.process = await asyncio.create_subprocess_exec(
+                        *proc.command, env=proc.env, stdout=log,
+                        stderr=asyncio.subprocess.STDOUT,
+                        cwd=container.get("workingDir") or self.root, start_new_session=True)
+            except OSError as e:
+                await self._report(proc, container, 127, "StartError", str(e))
+                return
+            self.history.append(proc)
+            proc.started.set()
+            started = now()
+            await self._patch(ns, name, {"status": {
+                "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+                "hostIP": "127.0.0.1", "startTime": started,
+                "containerStatuses": [{"name": container["name"], "ready": True,
+                                       "restartCount": 0,
+                                       "state": {"running": {"startedAt": started}}}]}},
+                "/status")
+            code = await proc.process.wait()
+            proc.exit_code = 128 - code if code < 0 else code     # -15 -> 143, as runtimes do
+            await self._report(proc, container, proc.exit_code,
+                               "Completed" if proc.exit_code == 0 else "Error", "")
+        finally:
+            proc.started.set()
+            proc.done.set()
+
+    async def _report(self, proc: Proc, container: dict, code: int | None, reason: str,
+                      message: str) -> None:
+        state = {"terminated": {"exitCode": code, "finishedAt": now(), "reason": reason,
+                                "message": message}} if code is not None else \
+            {"waiting": {"reason": reason, "message": message}}
+        await self._patch(proc.ns, proc.name, {"status": {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "reason": reason if code is None else None,
+            "containerStatuses": [{"name": container["name"], "ready": False,
+                                   "restartCount": 0, "state": state}]}}, "/status")
+
+    async def _stop(self, proc: Proc, release: bool = False) -> None:
+        await proc.started.wait()
+        p = proc.process
+        if p is not None and p.returncode is None:
+            for sig, wait in ((signal.SIGTERM, self.grace), (signal.SIGKILL, 10.0)):
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    await asyncio.wait_for(asyncio.shield(proc.done.wait()), wait)
+                    break
+                except asyncio.TimeoutError:
+                    continue
+        await proc.done.wait()
+        self.procs.pop(proc.uid, None)
+        if release:
+            await self._release(proc.ns, proc.name)
+
+    async def _release(self, ns: str, name: str) -> None:
+        await self._patch(ns, name, {"metadata": {"finalizers": None}})
+
+    async def shutdown(self) -> None:
+        for proc in list(self.procs.values()):
+            if proc.process is not None and proc.process.returncode is None:
+                try:
+                    os.killpg(proc.process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for proc in list(self.procs.values()):
+            if proc.process is not None:
+                await proc.process.wait()
+        for t in list(self._tasks):
+            t.cancel()
+
+    # ---- for tests -----------------------------------------------------------------------
+    def log_text(self, ns: str, name: str) -> str | None:
+        for proc in reversed(self.history):
+            if proc.ns == ns and proc.name == name:
+                try:
+                    with open(proc.log_path, errors="replace") as f:
+                        return f.read()
+                except OSError:
+                    return None
+        return None
+
+    def processes(self, ns: str) -> list[Proc]:
+        return [p for p in self.history if p.ns == ns]
