@@ -101,8 +101,7 @@ def test_kinds_per_scenario(rendered):
     base = ["ConfigMap", "CustomResourceDefinition", "Deployment", "Service"]
     assert kinds["default"] == sorted(base + ["ClusterRole", "ClusterRoleBinding",
                                               "ServiceAccount"])
-    assert "ClusterRoleBinding" not in kinds["namespaced"]
-    assert {"Role", "RoleBinding", "PodMonitor"} <= set(kinds["namespaced"])
+    assert {"Role", "RoleBinding", "PodMonitor", "ClusterRole"} <= set(kinds["namespaced"])
     assert {"ServiceMonitor", "PodMonitor"} <= set(kinds["monitoring"])
     assert "NetworkPolicy" in kinds["hardened"]
     byo = set(kinds["bring-your-own-rbac"])
@@ -239,14 +238,15 @@ def test_network_policy(rendered):
 
 # --- values.schema.json -------------------------------------------------------------
 
-@pytest.mark.parametrize("typo", ["imagee.tag=x", "image.tagg=x",
-                                  "metrics.serviceMonitor.enabeld=true",
-                                  "dashboard.labelkey=x", "networkPolicy.enable=true"])
-def test_schema_rejects_a_typo(helm, typo):
+@pytest.mark.parametrize("typo,bad", [("imagee.tag=x", "imagee"), ("image.tagg=x", "tagg"),
+                                      ("metrics.serviceMonitor.enabeld=true", "enabeld"),
+                                      ("dashboard.labelkey=x", "labelkey"),
+                                      ("networkPolicy.enable=true", "enable"),
+                                      ("resources.request.cpu=1", "request")])
+def test_schema_rejects_a_typo(helm, typo, bad):
     out = template_fails(helm, typo)
     assert out.returncode != 0, f"--set {typo} rendered without complaint"
-    bad = typo.split("=")[0].split(".")[-1]
-    assert "additional properties" in out.stderr.lower() and bad in out.stderr, out.stderr
+    assert "additional properties" in out.stderr.lower() and f"'{bad}'" in out.stderr, out.stderr
 
 
 @pytest.mark.parametrize("bad", ["health.port=0", "image.pullPolicy=Sometimes",
@@ -335,3 +335,47 @@ def test_chart_crd_equals_the_generated_one(rendered):
         "charts/geeps-operator/crds/ is stale: regenerate it with\n"
         "  python -m geeps_operator.crd > charts/geeps-operator/crds/geepsjobs.geeps.dev.yaml")
     assert os.listdir(os.path.join(CHART, "crds")) == ["geepsjobs.geeps.dev.yaml"]
+
+
+# --- RBAC ----------------------------------------------------------------------------
+
+def _triples(rules: list[dict]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]}
+
+
+def _only_group_resource_verb(rules: list[dict]) -> None:
+    # resourceNames or nonResourceURLs would be rights the operator's lists do not hold.
+    for rule in rules:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+        assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"], rule
+
+
+@pytest.mark.parametrize("sid", [s for s in SCENARIO_IDS if s != "bring-your-own-rbac"])
+def test_rbac_grants_exactly_what_the_operator_uses(rendered, sid):
+    """Rendered rules == geeps_operator.rbac, nothing more, nothing less.
+
+    geeps_operator.rbac is itself checked by the operator's end-to-end test against
+    every request the running operator makes, so this pins the chart to real use."""
+    from geeps_operator.rbac import CLUSTER_RULES, RULES
+    objs = rendered[sid]
+    cluster_roles = by_kind(objs, "ClusterRole")
+    roles = by_kind(objs, "Role")
+    for r in cluster_roles + roles:
+        _only_group_resource_verb(r["rules"])
+    (cluster_role,) = cluster_roles
+    if sid == "namespaced":
+        (role,) = roles
+        assert _triples(role["rules"]) == _triples(RULES)
+        assert _triples(cluster_role["rules"]) == _triples(CLUSTER_RULES)
+    else:
+        assert roles == []
+        assert _triples(cluster_role["rules"]) == _triples(RULES) | _triples(CLUSTER_RULES)
+
+
+def test_rbac_comparison_can_fail():
+    from geeps_operator.rbac import RULES
+    more = list(RULES) + [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
+    assert _triples(more) != _triples(RULES)
+    with pytest.raises(AssertionError):
+        _only_group_resource_verb([{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}])

@@ -70,3 +70,45 @@ app.kubernetes.io/component: operator
 {{- define "geeps-operator.dashboardNamespace" -}}
 {{- default .Release.Namespace .Values.dashboard.namespace }}
 {{- end }}
+
+{{/*
+The rights the operator uses, and nothing more: geeps_operator.rbac.RULES (namespaced,
+granted in each watched namespace) and CLUSTER_RULES (cluster-scoped). A test compares
+the rendered rules with those lists, which the operator's end-to-end test checks against
+the requests it really makes.
+*/}}
+{{- define "geeps-operator.rules" -}}
+# kopf lists and watches jobs and patches its finalizer on; the TTL deletes them.
+- apiGroups: [geeps.dev]
+  resources: [geepsjobs]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [geeps.dev]
+  resources: [geepsjobs/status]
+  verbs: [patch]
+# Server and worker pods: listed by label each reconcile, watched, created, deleted.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, create, delete]
+# Worker 0's log carries the job's clock.
+- apiGroups: [""]
+  resources: [pods/log]
+  verbs: [get]
+# The headless Service that gives server pods stable names.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+# A PodMonitor per job where the Prometheus Operator is installed.
+- apiGroups: [monitoring.coreos.com]
+  resources: [podmonitors]
+  verbs: [create]
+{{- end }}
+
+{{- define "geeps-operator.clusterRules" -}}
+# kopf watches CRDs to learn when GeePSJob is served: cluster-scoped, so never in a Role.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end }}
