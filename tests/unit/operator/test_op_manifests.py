@@ -1,0 +1,145 @@
+"""Pure manifest builders: names, labels, owner references, the environment contract,
+pod-level knobs from the spec; every Pod and Service validates against the
+Kubernetes API schemas."""
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+
+from geeps import config
+from geeps import spec as _spec
+from geeps_operator import manifests as m
+
+UID = "0f3e4d2c-1111-2222-3333-444455556666"
+
+
+def _job(**spec_changes) -> tuple[_spec.GeePSJob, dict]:
+    body = {"apiVersion": _spec.API_VERSION, "kind": _spec.KIND,
+            "metadata": {"name": "digits", "namespace": "ml", "uid": UID},
+            "spec": {"image": "example.org/geeps/runtime:0.1",
+                     "command": ["python", "train.py"], "args": ["--epochs", "2"],
+                     "env": [{"name": "LR", "value": "0.05"},
+                             {"name": "TOKEN", "valueFrom": {"secretKeyRef": {
+                                 "name": "s", "key": "k"}}}],
+                     "servers": {"replicas": 2, "resources": {"requests": {"cpu": "1"}}},
+                     "workers": {"replicas": 3, "gpus": 2,
+                                 "resources": {"requests": {"cpu": "4", "memory": "8Gi"}},
+                                 "nodeSelector": {"gpu": "a100"},
+                                 "tolerations": [{"key": "gpu", "operator": "Exists",
+                                                  "effect": "NoSchedule"}],
+                                 "affinity": {"nodeAffinity": {}},
+                                 "priorityClassName": "training",
+                                 "volumes": [{"name": "data", "emptyDir": {}}],
+                                 "volumeMounts": [{"name": "data", "mountPath": "/data"}]},
+                     "consistency": {"model": "SSP", "slack": 2},
+                     "cache": {"deviceMemory": "2Gi"},
+                     "checkpoint": {"everyClocks": 10,
+                                    "volume": {"persistentVolumeClaim": {"claimName": "ck"}}}}}
+    body["spec"].update(spec_changes)
+    return _spec.validate(body), m.owner_reference(body)
+
+
+def _env(pod: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+
+
+def test_owner_reference_points_at_the_job_as_controller():
+    _, owner = _job()
+    assert owner == {"apiVersion": "geeps.dev/v1alpha1", "kind": "GeePSJob", "name": "digits",
+                     "uid": UID, "controller": True, "blockOwnerDeletion": True}
+
+
+def test_headless_service_gives_servers_stable_names():
+    job, owner = _job()
+    svc = m.service(job, owner)
+    kubernetes_validate.validate(svc, "1.33", strict=True)
+    assert svc["metadata"]["name"] == "digits-server"
+    assert svc["spec"]["clusterIP"] == "None"
+    assert svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"] == {m.LABEL_JOB: "digits", m.LABEL_ROLE: "server"}
+    assert svc["metadata"]["ownerReferences"] == [owner]
+    assert m.server_addresses(job) == ["digits-server-0.digits-server.ml.svc:7777",
+                                       "digits-server-1.digits-server.ml.svc:7777"]
+
+
+def test_server_pod():
+    job, owner = _job()
+    pod = m.server_pod(job, 1, owner)
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+    meta, spec = pod["metadata"], pod["spec"]
+    assert meta["name"] == "digits-server-1"
+    assert meta["labels"][m.LABEL_JOB] == "digits"
+    assert meta["labels"][m.LABEL_ROLE] == "server" and meta["labels"][m.LABEL_INDEX] == "1"
+    assert meta["ownerReferences"] == [owner]
+    assert spec["hostname"] == "digits-server-1" and spec["subdomain"] == "digits-server"
+    assert spec["restartPolicy"] == "Never"
+    c = spec["containers"][0]
+    assert c["command"] == ["geeps", "server"] and c["image"] == "example.org/geeps/runtime:0.1"
+    assert {"name": "ps", "containerPort": 7777, "protocol": "TCP"} in c["ports"]
+    assert c["resources"] == {"requests": {"cpu": "1"}}
+    env = _env(pod)
+    cfg = config.load({k: v for k, v in env.items() if v is not None})
+    assert (cfg.role, cfg.rank, cfg.num_workers) == ("server", 1, 3)
+    assert cfg.servers == tuple(m.server_addresses(job))
+    assert str(cfg.consistency) == "ssp:2"
+    assert env["GEEPS_CHECKPOINT_DIR"] == m.CHECKPOINT_MOUNT
+    assert env["GEEPS_CHECKPOINT_EVERY"] == "10"
+    assert {"name": m.CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": "ck"}} \
+        in spec["volumes"]
+
+
+def test_worker_pod_carries_the_spec_pod_knobs():
+    job, owner = _job()
+    pod = m.worker_pod(job, 2, owner)
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+    spec = pod["spec"]
+    c = spec["containers"][0]
+    assert pod["metadata"]["name"] == "digits-worker-2"
+    assert c["command"] == ["python", "train.py"] and c["args"] == ["--epochs", "2"]
+    assert c["resources"]["limits"] == {"nvidia.com/gpu": 2}
+    assert c["resources"]["requests"] == {"cpu": "4", "memory": "8Gi"}
+    assert spec["nodeSelector"] == {"gpu": "a100"}
+    assert spec["tolerations"][0]["key"] == "gpu"
+    assert spec["affinity"] == {"nodeAffinity": {}}
+    assert spec["priorityClassName"] == "training"
+    assert spec["volumes"] == [{"name": "data", "emptyDir": {}}]
+    assert c["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert "hostname" not in spec
+    env = _env(pod)
+    assert env["LR"] == "0.05" and env["GEEPS_ROLE"] == "worker" and env["GEEPS_RANK"] == "2"
+    assert env["GEEPS_DEVICE_MEMORY"] == str(2 * 2**30)
+    token = next(e for e in c["env"] if e["name"] == "TOKEN")
+    assert token["valueFrom"]["secretKeyRef"]["name"] == "s"     # resolved by the kubelet
+
+
+def test_no_gpus_no_gpu_limit():
+    job, owner = _job(workers={"replicas": 1, "gpus": 0})
+    c = m.worker_pod(job, 0, owner)["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in (c.get("resources") or {}).get("limits", {})
+
+
+@pytest.mark.parametrize("role,index", [("server", 0), ("worker", 0)])
+def test_every_child_is_named_within_dns_label_limits(role, index):
+    name = "x" * _spec.MAX_NAME
+    body = {"apiVersion": _spec.API_VERSION, "kind": _spec.KIND,
+            "metadata": {"name": name, "namespace": "n", "uid": UID},
+            "spec": {"command": ["true"], "servers": {"replicas": 100},
+                     "workers": {"replicas": 100}}}
+    job = _spec.validate(body)
+    pod = m.role_pod(job, role, 99, m.owner_reference(body))
+    assert len(pod["metadata"]["name"]) <= 63
+    assert len(m.service_name(name)) <= 63
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+
+
+def test_pod_monitor_and_curve_secret_seam():
+    job, owner = _job()
+    pm = m.pod_monitor(job, owner)
+    assert pm["spec"]["selector"] == {"matchLabels": {m.LABEL_JOB: "digits"}}
+    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics"}]
+    assert pm["metadata"]["ownerReferences"] == [owner]
+    secret = m.curve_secret(job, owner, {"server.key": "k"})
+    kubernetes_validate.validate(secret, "1.33", strict=True)
+    volume, mount = m.curve_mount(job)
+    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
+    assert mount["mountPath"] == m.CURVE_MOUNT

@@ -1,0 +1,312 @@
+"""Run policy as a pure function: observed job + pods -> status, creates, deletes, events."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from geeps import spec as _spec
+from geeps_operator import manifests as m
+from geeps_operator import policy
+from geeps_operator.policy import Observed, decide
+from geeps_operator.reconcile import last_clock, status_patch
+from geeps_operator.status import set_condition, timestamp
+
+T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+
+
+def job(status: dict | None = None, *, servers=1, workers=2, restart="OnFailure",
+        server_restart="OnFailure", **run_policy) -> dict:
+    body = {"apiVersion": _spec.API_VERSION, "kind": _spec.KIND,
+            "metadata": {"name": "j", "namespace": "ns", "uid": "job-uid"},
+            "spec": {"command": ["python", "t.py"],
+                     "servers": {"replicas": servers, "restartPolicy": server_restart},
+                     "workers": {"replicas": workers, "restartPolicy": restart},
+                     "runPolicy": run_policy}}
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def pod(role: str, index: int, phase: str = "Running", *, code: int | None = None,
+        reason: str = "", uid: str | None = None, terminating: bool = False) -> dict:
+    meta = {"name": f"j-{role}-{index}", "namespace": "ns",
+            "uid": uid or f"{role}-{index}-uid",
+            "labels": {m.LABEL_JOB: "j", m.LABEL_ROLE: role, m.LABEL_INDEX: str(index)}}
+    if terminating:
+        meta["deletionTimestamp"] = timestamp(T0)
+    st: dict = {"phase": phase}
+    if reason:
+        st["reason"] = reason
+    if code is not None:
+        st["containerStatuses"] = [{"name": "geeps", "state": {"terminated": {
+            "exitCode": code}}}]
+    return {"metadata": meta, "status": st}
+
+
+def active(phase: str = "Running", **extra) -> dict:
+    """The status of a job that has been created and reached `phase`."""
+    conds = set_condition([], "Created", "Created", "created", T0)
+    if phase != "Pending":
+        conds = set_condition(conds, phase, phase, phase.lower(), T0)
+    return {"phase": phase, "startTime": timestamp(T0), "conditions": conds, **extra}
+
+
+def running(servers=1, workers=2) -> list[dict]:
+    return [pod("server", i) for i in range(servers)] + \
+        [pod("worker", i) for i in range(workers)]
+
+
+def run(body, pods, *, now=T0, service=True, clock=None) -> policy.Plan:
+    return decide(Observed(job=body, pods=pods, has_service=service, now=now, clock=clock))
+
+
+def cond(plan, type_):
+    return next((c for c in plan.status["conditions"] if c["type"] == type_), None)
+
+
+def reasons(plan):
+    return [e.reason for e in plan.events]
+
+
+def then(body, plan):
+    """The job as the API shows it after the plan's status was written."""
+    return dict(body, status=plan.status)
+
+
+# ---- creation and phases -----------------------------------------------------------------
+
+def test_a_new_job_gets_service_and_pods_and_is_pending():
+    p = run(job(), [], service=False)
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in p.create]
+    assert kinds == [("PodMonitor", "j"), ("Service", "j-server"), ("Pod", "j-server-0"),
+                     ("Pod", "j-worker-0"), ("Pod", "j-worker-1")]
+    assert all(o["metadata"]["ownerReferences"][0]["uid"] == "job-uid" for o in p.create)
+    assert p.status["phase"] == "Pending"
+    assert p.status["startTime"] == timestamp(T0)
+    assert cond(p, "Created")["status"] == "True"
+    assert reasons(p) == ["Created"]
+
+
+def test_existing_pods_are_not_recreated_and_all_running_is_running():
+    p = run(job(active("Pending")), running())
+    assert p.create == [] and p.delete_pods == []
+    assert p.status["phase"] == "Running"
+    assert cond(p, "Running")["reason"] == "AllPodsRunning"
+    assert "Running" in reasons(p)
+    assert p.status["replicaStatuses"]["workers"] == {"active": 2, "succeeded": 0, "failed": 0}
+    again = run(then(job(), p), running())
+    assert status_patch(p.status, again.status) is None and again.events == []
+
+
+def test_clock_is_recorded_when_learned_and_kept_when_not():
+    p = run(job(active()), running(), clock=7)
+    assert p.status["clock"] == 7
+    assert run(then(job(), p), running(), clock=None).status["clock"] == 7
+
+
+# ---- restarts and backoff ----------------------------------------------------------------
+
+def test_onfailure_restart_is_counted_once_then_replaced():
+    body = job(active(), backoffLimit=2)
+    pods = [pod("server", 0), pod("worker", 0, "Failed", code=1), pod("worker", 1)]
+    p = run(body, pods)
+    assert p.delete_pods == ["j-worker-0"]
+    assert p.status["restartCount"] == 1
+    assert p.status["countedFailures"] == ["worker-0-uid"]
+    assert p.status["phase"] == "Restarting"
+    assert reasons(p) == ["Restarting"]
+    assert "exit code 1" in p.events[0].message and "backoffLimit=2" in p.events[0].message
+    # The same observation again (delete not yet visible): no second count.
+    p2 = run(then(body, p), pods)
+    assert p2.status["restartCount"] == 1 and p2.delete_pods == ["j-worker-0"]
+    # While the old pod terminates, nothing is created in its place.
+    pods3 = [pod("server", 0), pod("worker", 0, "Failed", code=1, terminating=True),
+             pod("worker", 1)]
+    assert run(then(body, p2), pods3).create == []
+    # Once it is gone, the replacement is created under the same name.
+    p4 = run(then(body, p2), [pod("server", 0), pod("worker", 1)])
+    assert [o["metadata"]["name"] for o in p4.create] == ["j-worker-0"]
+    assert "countedFailures" not in p4.status
+    assert p4.status["phase"] == "Restarting"
+    p5 = run(then(body, p4), [pod("server", 0), pod("worker", 0, uid="new"), pod("worker", 1)])
+    assert p5.status["phase"] == "Running" and p5.status["restartCount"] == 1
+
+
+def test_past_backoff_limit_the_job_fails_and_clean_pod_policy_applies():
+    body = job(active(restartCount=1),
+               backoffLimit=1, cleanPodPolicy="Running")
+    pods = [pod("server", 0), pod("worker", 0, "Failed", code=1), pod("worker", 1)]
+    p = run(body, pods)
+    assert p.status["phase"] == "Failed"
+    c = cond(p, "Failed")
+    assert c["reason"] == "BackoffLimitExceeded" and "runPolicy.backoffLimit=1" in c["message"]
+    assert sorted(p.delete_pods) == ["j-server-0", "j-worker-1"]   # the failed pod is kept
+    assert p.status["completionTime"] == timestamp(T0)
+    assert p.status["replicaStatuses"]["servers"]["active"] == 0
+    assert reasons(p) == ["BackoffLimitExceeded", "CleanPodPolicy"]
+    assert p.create == []
+
+
+@pytest.mark.parametrize("clean,deleted", [
+    ("All", ["j-server-0", "j-worker-0", "j-worker-1"]),
+    ("Running", ["j-server-0", "j-worker-1"]),
+    ("None", []),
+])
+def test_clean_pod_policy_on_failure(clean, deleted):
+    body = job(active(), restart="Never",
+               cleanPodPolicy=clean)
+    pods = [pod("server", 0), pod("worker", 0, "Failed", code=2), pod("worker", 1)]
+    p = run(body, pods)
+    assert cond(p, "Failed")["reason"] == "WorkerFailed"
+    assert sorted(p.delete_pods) == deleted
+
+
+@pytest.mark.parametrize("code,reason,restarts", [
+    (2, "", False), (1, "", False), (75, "", True), (137, "", True), (143, "", True),
+    (None, "", True), (1, "Evicted", True),
+])
+def test_exit_code_policy(code, reason, restarts):
+    body = job(active(), restart="ExitCode")
+    pods = [pod("server", 0), pod("worker", 0, "Failed", code=code, reason=reason),
+            pod("worker", 1)]
+    p = run(body, pods)
+    if restarts:
+        assert p.status["phase"] == "Restarting" and p.status["restartCount"] == 1
+    else:
+        assert p.status["phase"] == "Failed" and p.status["restartCount"] == 0
+        assert f"exit code {code} is not retryable" in cond(p, "Failed")["message"]
+
+
+def test_a_server_that_ends_while_the_job_runs_is_a_failure():
+    body = job(active())
+    pods = [pod("server", 0, "Succeeded", code=0), pod("worker", 0), pod("worker", 1)]
+    p = run(body, pods)
+    assert p.status["restartCount"] == 1 and p.delete_pods == ["j-server-0"]
+    never = job(active(), server_restart="Never")
+    assert cond(run(never, pods), "Failed")["reason"] == "ServerFailed"
+
+
+# ---- success, terminal phases, TTL, deadline ---------------------------------------------
+
+@pytest.mark.parametrize("clean,deleted", [
+    ("None", ["j-server-0"]),                      # servers are stopped whatever the policy
+    ("Running", ["j-server-0"]),
+    ("All", ["j-server-0", "j-worker-0", "j-worker-1"]),
+])
+def test_all_workers_succeeded_stops_servers(clean, deleted):
+    body = job(active(), cleanPodPolicy=clean)
+    pods = [pod("server", 0), pod("worker", 0, "Succeeded", code=0),
+            pod("worker", 1, "Succeeded", code=0)]
+    p = run(body, pods, clock=40)
+    assert p.status["phase"] == "Succeeded"
+    assert cond(p, "Succeeded")["reason"] == "AllWorkersSucceeded"
+    assert cond(p, "Running")["status"] == "False"
+    assert sorted(p.delete_pods) == deleted
+    assert p.status["clock"] == 40
+    assert p.status["replicaStatuses"] == {
+        "servers": {"active": 0, "succeeded": 0, "failed": 0},
+        "workers": {"active": 0, "succeeded": 2, "failed": 0}}
+
+
+def test_failed_stays_failed_and_cleanup_is_repeated():
+    body = job({"phase": "Failed", "completionTime": timestamp(T0),
+                "conditions": [{"type": "Failed", "status": "True"}]})
+    p = run(body, [], service=False, now=T0 + dt.timedelta(hours=1))
+    assert p.create == [] and p.status["phase"] == "Failed"
+    # A pod left over (say the operator died between status and delete) is cleaned now.
+    p2 = run(body, [pod("server", 0)])
+    assert p2.delete_pods == ["j-server-0"] and p2.create == []
+    # Even with the spec edited to something invalid or suspended.
+    edited = job(dict(body["status"]), suspend=True)
+    assert run(edited, []).status["phase"] == "Failed"
+
+
+def test_ttl_after_finished():
+    done = {"phase": "Succeeded", "completionTime": timestamp(T0)}
+    assert not run(job(done, ttlSecondsAfterFinished=60), [],
+                   now=T0 + dt.timedelta(seconds=30)).delete_job
+    p = run(job(done, ttlSecondsAfterFinished=60), [], now=T0 + dt.timedelta(seconds=61))
+    assert p.delete_job and reasons(p) == ["TTLExpired"]
+    assert not run(job(done), [], now=T0 + dt.timedelta(days=30)).delete_job
+
+
+def test_active_deadline():
+    body = job(active(), activeDeadlineSeconds=60)
+    assert run(body, running(), now=T0 + dt.timedelta(seconds=59)).status["phase"] == "Running"
+    p = run(body, running(), now=T0 + dt.timedelta(seconds=60))
+    assert cond(p, "Failed")["reason"] == "DeadlineExceeded"
+    assert "activeDeadlineSeconds=60" in cond(p, "Failed")["message"]
+    assert sorted(p.delete_pods) == ["j-server-0", "j-worker-0", "j-worker-1"]
+
+
+# ---- suspend and resume ------------------------------------------------------------------
+
+def test_suspend_deletes_pods_and_resume_recreates_them():
+    body = job(active(), suspend=True)
+    p = run(body, running())
+    assert sorted(p.delete_pods) == ["j-server-0", "j-worker-0", "j-worker-1"]
+    assert p.status["phase"] == "Suspended" and "startTime" not in p.status
+    assert cond(p, "Suspended")["status"] == "True" and cond(p, "Running")["status"] == "False"
+    assert reasons(p) == ["Suspended"]
+    resumed = job(p.status, suspend=False)
+    later = T0 + dt.timedelta(minutes=5)
+    p2 = run(resumed, [], now=later)
+    assert [o["metadata"]["name"] for o in p2.create] == ["j-server-0", "j-worker-0",
+                                                            "j-worker-1"]
+    assert p2.status["phase"] == "Pending" and p2.status["startTime"] == timestamp(later)
+    assert cond(p2, "Suspended")["status"] == "False"
+    assert reasons(p2) == ["Resumed"]
+
+
+# ---- invalid specs and deletion ----------------------------------------------------------
+
+def test_an_invalid_spec_fails_naming_the_field():
+    body = job()
+    body["spec"]["workers"]["replicas"] = 0
+    p = run(body, [], service=False)
+    assert p.status["phase"] == "Failed" and p.create == []
+    c = cond(p, "Failed")
+    assert c["reason"] == "InvalidSpec" and c["message"].startswith("spec.workers.replicas:")
+    assert p.events[0].type == "Warning" and "spec.workers.replicas" in p.events[0].message
+
+
+def test_a_job_being_deleted_is_left_alone():
+    body = job()
+    body["metadata"]["deletionTimestamp"] = timestamp(T0)
+    p = run(body, [], service=False)
+    assert p.create == [] and p.delete_pods == [] and p.events == []
+
+
+def test_pods_of_other_jobs_and_extra_indexes():
+    other = pod("worker", 0)
+    other["metadata"]["labels"][m.LABEL_JOB] = "someone-else"
+    p = run(job(active(), workers=1), running(1, 1) + [pod("worker", 5)] + [other])
+    assert p.delete_pods == ["j-worker-5"]
+
+
+# ---- helpers -----------------------------------------------------------------------------
+
+def test_conditions_move_transition_time_only_on_flips():
+    c1 = set_condition([], "Running", "A", "a", T0)
+    c2 = set_condition(c1, "Running", "B", "b", T0 + dt.timedelta(seconds=5))
+    assert c2[0]["lastTransitionTime"] == timestamp(T0) and c2[0]["reason"] == "B"
+    c3 = set_condition(c2, "Restarting", "R", "r", T0 + dt.timedelta(seconds=9))
+    running_c = next(c for c in c3 if c["type"] == "Running")
+    assert running_c["status"] == "False"
+    assert running_c["lastTransitionTime"] == timestamp(T0 + dt.timedelta(seconds=9))
+
+
+def test_status_patch_removes_what_is_gone_and_ignores_foreign_keys():
+    old = {"phase": "Running", "countedFailures": ["u"], "kopf": {"x": 1}}
+    new = {"phase": "Running"}
+    assert status_patch(old, new) == {"countedFailures": None}
+    assert status_patch(new, dict(new)) is None
+
+
+def test_last_clock_reads_the_newest_progress_line():
+    text = ('geeps:progress {"clock": 3, "loss": 1.0}\nnoise\n'
+            'geeps:progress {"clock": 4}\ngeeps:progress {"loss": 0.5}\n')
+    assert last_clock(text) == 4
+    assert last_clock("nothing here\n") is None
+    assert last_clock('geeps:progress {"clock": true}\n') is None
