@@ -1,12 +1,12 @@
 """A real Prometheus scraping a local GeePS job and a real operator: the dashboard's data.
 
 Used by tests/metrics (every dashboard query returns data) and tools/render_dashboard.py
-(the picture in docs/). Three parts, each a context manager that cleans up its processes:
+(the picture in docs/):
 
-    with Prometheus(workdir) as prom, OperatorOnEmulator() as op:
-        job = LocalJob("examples/01-minimal/job.yaml", ["--workers", "2"]).start()
-        prom.set_targets([op.metrics_target] + job.wait_metrics_targets())
-        ...; prom.query('geeps_clock')
+    with observed_run(workdir, "examples/01-minimal/job.yaml") as (prom, job, name, _):
+        prom.query_range("geeps_clock", job.started, job.ended)
+
+Three parts, each a context manager that cleans up its processes:
 
 - Prometheus: Debian's `prometheus` binary with a generated config: 1 s scrapes of the
   targets in a file_sd file (so targets can be added once their ports are known), with
@@ -20,6 +20,7 @@ Used by tests/metrics (every dashboard query returns data) and tools/render_dash
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import time
 from typing import Any, Iterable
 
 import requests
+import yaml
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(REPO, "charts", "geeps-operator", "dashboards", "geeps.json")
@@ -165,6 +167,14 @@ class Prometheus:
             return {}
         return {t["discoveredLabels"]["__address__"]: t["health"]
                 for t in r.json()["data"]["activeTargets"]}
+
+    def wait_discovered(self, targets: Iterable[str], timeout: float = 30) -> None:
+        """Until Prometheus has taken up these targets (up or not). Its scrape manager
+        applies discovery updates at most every 5 s, so register targets before their
+        processes start, or a short job ends before its first scrape."""
+        want = set(targets)
+        _wait(lambda: want <= set(self.active_targets()), timeout,
+              f"Prometheus to discover {sorted(want)}", self.proc)
 
     def wait_scraped(self, targets: Iterable[str], timeout: float = 30) -> None:
         want = set(targets)
@@ -319,12 +329,40 @@ class OperatorOnEmulator:
 METRICS_LINE = re.compile(r"metrics at http://127\.0\.0\.1:PORT/metrics: (.*)$")
 
 
-class LocalJob:
-    """`geeps run MANIFEST [ARGS]` with every process serving metrics."""
+def _free_run(n: int, attempts: int = 50) -> int:
+    """A port p with p .. p+n-1 all free now."""
+    import socket
+    for _ in range(attempts):
+        base = _free_port()
+        held = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                held.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no run of {n} free ports found")
 
-    def __init__(self, manifest: str, args: Iterable[str] = (), cwd: str = REPO):
-        self.argv = [sys.executable, "-m", "geeps", "run", manifest,
-                     f"--metrics-port={_free_port()}", *args]
+
+class LocalJob:
+    """`geeps run MANIFEST --servers S --workers W [ARGS]`, every process serving metrics.
+
+    `planned_targets` are the metrics ports the launcher will take (it takes the given
+    base and the ports after it, where free), known before the job starts so Prometheus
+    can watch them from the first second; `wait_metrics_targets()` reads the ones it
+    really took from its banner."""
+
+    def __init__(self, manifest: str, servers: int, workers: int, args: Iterable[str] = (),
+                 cwd: str = REPO):
+        base = _free_run(servers + workers)
+        self.planned_targets = [f"127.0.0.1:{p}" for p in range(base, base + servers + workers)]
+        self.argv = [sys.executable, "-m", "geeps", "run", manifest, f"--metrics-port={base}",
+                     "--servers", str(servers), "--workers", str(workers), *args]
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
         self.tail: _Tail | None = None
@@ -359,6 +397,44 @@ class LocalJob:
         _stop(self.proc)
         if not self.ended:
             self.ended = time.time()
+
+
+# --- all together ----------------------------------------------------------------------
+
+class JobFailed(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def observed_run(workdir: str, manifest_path: str, *, servers: int = 2, workers: int = 2,
+                 timeout: float = 300, prometheus: str | None = None):
+    """Run a job to its end under Prometheus, the operator handling the same job.
+
+    Yields (prometheus, job, job name, scraped targets) with Prometheus still serving,
+    so its HTTP API can be queried over [job.started, job.ended]."""
+    with open(manifest_path) as f:
+        manifest = next(d for d in yaml.safe_load_all(f) if d and d.get("kind") == "GeePSJob")
+    name = manifest["metadata"]["name"]
+    with Prometheus(workdir, prometheus) as prom, OperatorOnEmulator() as op:
+        job = LocalJob(manifest_path, servers, workers)
+        targets = [op.metrics_target] + job.planned_targets
+        prom.set_targets(targets)
+        prom.wait_discovered(targets)
+        job.start()
+        try:
+            taken = job.wait_metrics_targets()
+            if sorted(taken) != sorted(job.planned_targets):
+                # A planned port was taken meanwhile; the launcher moved on to others.
+                targets = [op.metrics_target] + taken
+                prom.set_targets(targets)
+            # The operator sees the same job, so "jobs by phase" counts it.
+            op.create_job(manifest)
+            code = job.wait(timeout)
+        finally:
+            job.stop()
+        if code != 0:
+            raise JobFailed(f"geeps run exited {code}:\n{job.tail.text()}")
+        yield prom, job, name, targets
 
 
 if __name__ == "__main__":

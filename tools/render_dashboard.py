@@ -18,11 +18,9 @@ import os
 import sys
 import tempfile
 
-import yaml
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from promstack import (REPO, LocalJob, OperatorOnEmulator, Prometheus, concrete,  # noqa: E402
-                       load_dashboard)
+from promstack import (REPO, JobFailed, Prometheus, concrete, load_dashboard,  # noqa: E402
+                       observed_run)
 
 OUT = os.path.join(REPO, "docs", "dashboard.png")
 BG, PANEL, GRID, TEXT = "#111217", "#181b1f", "#2c3235", "#ccccdc"
@@ -116,25 +114,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=OUT)
     ap.add_argument("--timeout", type=float, default=600, help="seconds the job may run")
     args = ap.parse_args(argv)
-    with open(args.manifest) as f:
-        manifest = next(d for d in yaml.safe_load_all(f) if d and d.get("kind") == "GeePSJob")
-    name = manifest["metadata"]["name"]
-    with tempfile.TemporaryDirectory() as tmp, Prometheus(tmp) as prom, \
-            OperatorOnEmulator() as op:
-        prom.set_targets([op.metrics_target])
-        job = LocalJob(args.manifest, ["--servers", str(args.servers),
-                                       "--workers", str(args.workers)]).start()
+    dashboard = load_dashboard()
+    with tempfile.TemporaryDirectory() as tmp:
         try:
-            prom.set_targets([op.metrics_target] + job.wait_metrics_targets())
-            op.create_job(manifest)
-            code = job.wait(args.timeout)
-        finally:
-            job.stop()
-        if code != 0:
-            print(f"render_dashboard: the job exited {code}:\n{job.tail.text()}", file=sys.stderr)
+            with observed_run(tmp, args.manifest, servers=args.servers, workers=args.workers,
+                              timeout=args.timeout) as (prom, job, name, _):
+                panels = collect(prom, dashboard, {"job": name}, job.started, job.ended + 2,
+                                 0.5)
+        except JobFailed as e:
+            print(f"render_dashboard: {e}", file=sys.stderr)
             return 1
-        dashboard = load_dashboard()
-        panels = collect(prom, dashboard, {"job": name}, job.started, job.ended + 2, 0.5)
     draw(panels, f"{dashboard['title']}: job {name}, {args.servers} servers, "
                  f"{args.workers} workers (local run, scraped by Prometheus every 1 s)", args.out)
     empty = [p["title"] for p in panels if not p["series"]]

@@ -379,3 +379,36 @@ def test_rbac_comparison_can_fail():
     assert _triples(more) != _triples(RULES)
     with pytest.raises(AssertionError):
         _only_group_resource_verb([{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}])
+
+
+# --- docs/install.md ----------------------------------------------------------------
+
+def test_install_doc_names_real_values_and_objects(helm):
+    """The values and object names docs/install.md tells people to use exist."""
+    from tests.helpers import REPO
+    with open(os.path.join(REPO, "docs", "install.md")) as f:
+        doc = f.read()
+    schema = _schema()
+
+    def known(path: str) -> bool:
+        node = schema
+        for part in path.split("."):
+            props = node.get("properties", {})
+            if part in props:
+                node = props[part]
+            elif isinstance(node.get("additionalProperties"), dict):
+                node = node["additionalProperties"]      # a free-form map's own key
+            else:
+                return False
+        return True
+
+    set_keys = re.findall(r"--set ([\w.]+)=", doc)
+    table_keys = [k for row in re.findall(r"^\| (`.*?) \|", doc, re.M)
+                  for k in re.findall(r"`([\w.]+)`", row)]
+    assert set_keys and table_keys
+    assert [k for k in set_keys + table_keys if not known(k)] == []
+    # The release name the doc installs as gives the object names it then uses.
+    objs = template(helm, release="geeps-operator")
+    names = {o["metadata"]["name"] for o in objs}
+    for name in re.findall(r"(?:deployment|svc|clusterrole)/([\w-]+)", doc):
+        assert name in names, name

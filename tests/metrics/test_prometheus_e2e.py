@@ -15,16 +15,14 @@ import math
 import os
 
 import pytest
-import yaml
 
 from tests.chart.support import find_binary
 from tests.helpers import REPO
-from tools.promstack import (LocalJob, OperatorOnEmulator, Prometheus, concrete, finite,
-                             load_dashboard, panel_queries)
+from tools.promstack import concrete, finite, load_dashboard, observed_run, panel_queries
 
 pytestmark = pytest.mark.integration
 
-EXAMPLE = os.path.join(REPO, "examples", "01-minimal", "job.yaml")
+EXAMPLE = os.environ.get("GEEPS_E2E_MANIFEST") or os.path.join(REPO, "examples", "01-minimal", "job.yaml")
 JOB_TIMEOUT = 120          # s; the example runs in seconds
 
 
@@ -39,23 +37,10 @@ def run_with_prometheus(tmp_path_factory):
     """Run the example under Prometheus; yield (prometheus, job, job name, targets)."""
     binary = find_binary("prometheus", "PROMETHEUS")
     assert os.path.exists(EXAMPLE), f"{EXAMPLE} is missing: the e2e test runs it"
-    with open(EXAMPLE) as f:
-        manifest = next(d for d in yaml.safe_load_all(f) if d and d.get("kind") == "GeePSJob")
-    name = manifest["metadata"]["name"]
     workdir = str(tmp_path_factory.mktemp("prometheus"))
-    with Prometheus(workdir, binary) as prom, OperatorOnEmulator() as op:
-        prom.set_targets([op.metrics_target])
-        job = LocalJob(EXAMPLE, ["--servers", "2", "--workers", "2"]).start()
-        try:
-            targets = job.wait_metrics_targets()
-            prom.set_targets([op.metrics_target] + targets)
-            # The operator sees the same job, so "jobs by phase" counts it.
-            op.create_job(manifest)
-            code = job.wait(JOB_TIMEOUT)
-        finally:
-            job.stop()
-        assert code == 0, f"geeps run exited {code}:\n{job.tail.text()}"
-        yield prom, job, name, [op.metrics_target] + targets
+    with observed_run(workdir, EXAMPLE, servers=2, workers=2, timeout=JOB_TIMEOUT,
+                      prometheus=binary) as run:
+        yield run
 
 
 def test_every_process_was_scraped(run_with_prometheus):
