@@ -175,6 +175,18 @@ def test_deployment_is_one_hardened_replica(rendered, sid):
     assert spec["selector"]["matchLabels"] == svc["spec"]["selector"]
 
 
+@pytest.mark.parametrize("sid", SCENARIO_IDS)
+def test_operator_cli_accepts_the_rendered_args(rendered, sid):
+    # The real argument parser of `geeps operator` (what the image's ENTRYPOINT runs)
+    # must accept every flag the chart passes, extraArgs included.
+    from geeps_operator.main import _parser
+    args = _parser().parse_args(container(rendered[sid])["args"])
+    (dep,) = by_kind(rendered[sid], "Deployment")
+    ports = {p["name"]: p["containerPort"] for p in container(rendered[sid])["ports"]}
+    assert (args.health_port, args.metrics_port) == (ports["health"], ports["metrics"])
+    assert args.server is None and args.kubeconfig is None, "in a pod: its service account"
+
+
 def test_watch_namespace_flag(rendered):
     assert "--all-namespaces" in container(rendered["default"])["args"]
     args = container(rendered["namespaced"])["args"]
