@@ -38,6 +38,8 @@ ENV PATH=/venv/bin:$PATH \
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
     && pip install --no-cache-dir "cupy-cuda12x==${CUPY_VERSION}"
 # The wheel is bind-mounted from the build stage, so no copy of it stays in a layer.
+# Its torch requirement is a range the CUDA build above already satisfies, so pip keeps
+# that build instead of fetching the default one.
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
     pip install --no-cache-dir /wheels/*.whl
 # A fixed numeric UID, so the kubelet can verify runAsNonRoot; HOME is writable for

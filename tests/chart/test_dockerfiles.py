@@ -251,3 +251,24 @@ def test_hadolint_is_clean():
     hadolint = find_binary("hadolint", "HADOLINT")
     out = run([hadolint, "--no-color", *DOCKERFILES.values()])
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_runtime_image_pins_satisfy_the_project():
+    # The CUDA torch and CuPy the runtime image pins must be versions the project accepts,
+    # or the geeps wheel installed after them would replace them.
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+    _, stages = load("runtime")
+    final = stages[-1]
+    arg = {k: v.strip('"') for k, _, v in (i.args.partition("=") for i in final.all("ARG"))}
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    reqs = {Requirement(r).name: Requirement(r) for r in
+            project["dependencies"] + project["optional-dependencies"]["gpu"]}
+    assert Version(arg["TORCH_VERSION"]) in reqs["torch"].specifier
+    assert Version(arg["CUPY_VERSION"]) in reqs["cupy-cuda12x"].specifier
+    assert re.search(r"/whl/cu12\d$", arg["TORCH_INDEX"]), "a CUDA 12 torch build, like CuPy's"
+    cuda = re.search(r"nvidia/cuda:(\d+)\.", final.base).group(1)
+    assert cuda == "12", "the base image's CUDA major version must match cupy-cuda12x"
+    runs = " ".join(i.args for i in final.all("RUN"))
+    assert '"cupy-cuda12x==${CUPY_VERSION}"' in runs and '"torch==${TORCH_VERSION}"' in runs
