@@ -1,0 +1,121 @@
+"""Every Prometheus metric of geeps, and the HTTP endpoint that serves them.
+
+    m = Metrics.from_config(geeps.load_config())    # binds the job, role and rank labels
+    m.serve(cfg.metrics_port)                        # GEEPS_METRICS_PORT; 0 = off
+    m.cache_reads("w", hits=120, misses=8)
+    client = geeps.Client(..., on_transfer=m.transfer)   # counts push/pull bytes
+
+The metric objects are module-level and labelled with job, role and rank, so any
+number of Metrics objects (several workers as threads of one test process) share one
+registry without registering a name twice. Names are fixed: dashboards and alerts
+query them.
+
+Worker: geeps_cache_reads_total{table,result}, geeps_transfer_bytes_total{direction},
+geeps_clock, geeps_clock_lag, geeps_read_wait_seconds, geeps_iteration_seconds.
+Server: geeps_server_update_seconds, geeps_parked_reads, geeps_server_clock,
+geeps_server_push_bytes_total. Every call is thread-safe and never blocks.
+"""
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+LABELS = ("job", "role", "rank")
+DIRECTIONS = ("h2d", "d2h", "push", "pull")
+RESULTS = ("hit", "miss")
+_SECONDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0)
+
+CACHE_READS = Counter(
+    "geeps_cache_reads", "Rows read by the application; hit = resident in device memory "
+    "before the read (pinned, or kept since an earlier read), miss = copied from host "
+    "memory for it", LABELS + ("table", "result"))
+TRANSFER_BYTES = Counter(
+    "geeps_transfer_bytes", "Bytes moved: h2d/d2h between host and device memory, "
+    "push/pull to and from the servers", LABELS + ("direction",))
+CLOCK = Gauge("geeps_clock", "Clocks this worker has completed", LABELS)
+CLOCK_LAG = Histogram(
+    "geeps_clock_lag", "Worker clock minus the clock of the data a read returned",
+    LABELS, buckets=(0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64))
+READ_WAIT = Histogram(
+    "geeps_read_wait_seconds", "Time a read blocked: consistency (server parked the "
+    "refresh) plus transfers not yet done", LABELS, buckets=_SECONDS)
+ITERATION = Histogram("geeps_iteration_seconds", "Time between two clocks of a worker",
+                      LABELS, buckets=_SECONDS)
+SERVER_UPDATE = Histogram("geeps_server_update_seconds",
+                          "Time a server shard spent applying one clock's updates",
+                          LABELS, buckets=_SECONDS)
+PARKED_READS = Gauge("geeps_parked_reads", "Reads a server shard holds until slower "
+                     "workers catch up", LABELS)
+SERVER_CLOCK = Gauge("geeps_server_clock", "Minimum clock over the workers, as this "
+                     "shard knows it", LABELS)
+SERVER_PUSH_BYTES = Counter("geeps_server_push_bytes", "Update bytes a server shard "
+                            "received", LABELS)
+
+_servers: dict[int, object] = {}
+_serve_lock = threading.Lock()
+
+
+def serve(port: int):
+    """Serve every geeps metric over HTTP on `port` (all interfaces); 0 = off.
+
+    Idempotent per port within a process; returns the server (None when off)."""
+    if not port:
+        return None
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"metrics port {port} outside 1..65535 (GEEPS_METRICS_PORT)")
+    with _serve_lock:
+        if port not in _servers:
+            _servers[port] = start_http_server(int(port), registry=REGISTRY)
+        return _servers[port]
+
+
+class Metrics:
+    """The metrics of one process (or one worker thread), labels bound."""
+
+    def __init__(self, job: str = "local", role: str = "worker", rank: int = 0):
+        self.labels = {"job": str(job), "role": str(role), "rank": str(rank)}
+        lv = (self.labels["job"], self.labels["role"], self.labels["rank"])
+        self._lv = lv
+        self._reads: dict[tuple[str, str], object] = {}
+        self._transfer = {d: TRANSFER_BYTES.labels(*lv, d) for d in DIRECTIONS}
+        self.clock = CLOCK.labels(*lv)
+        self.clock_lag = CLOCK_LAG.labels(*lv)
+        self.read_wait = READ_WAIT.labels(*lv)
+        self.iteration = ITERATION.labels(*lv)
+        self.server_update = SERVER_UPDATE.labels(*lv)
+        self.parked_reads = PARKED_READS.labels(*lv)
+        self.server_clock = SERVER_CLOCK.labels(*lv)
+        self.server_push_bytes = SERVER_PUSH_BYTES.labels(*lv)
+
+    @classmethod
+    def from_config(cls, cfg) -> "Metrics":
+        """From a geeps.Config (GEEPS_JOB, GEEPS_ROLE, GEEPS_RANK)."""
+        return cls(cfg.job, cfg.role, cfg.rank)
+
+    def serve(self, port: int):
+        return serve(port)
+
+    def cache_reads(self, table: str, hits: int = 0, misses: int = 0) -> None:
+        for result, n in (("hit", hits), ("miss", misses)):
+            if n:
+                key = (table, result)
+                child = self._reads.get(key)
+                if child is None:
+                    child = self._reads[key] = CACHE_READS.labels(*self._lv, table, result)
+                child.inc(n)
+
+    def transfer(self, direction: str, nbytes: int) -> None:
+        """Count bytes moved; the signature of Client(on_transfer=...)."""
+        try:
+            child = self._transfer[direction]
+        except KeyError:
+            raise ValueError(f"transfer direction {direction!r} is not one of "
+                             f"{', '.join(DIRECTIONS)}") from None
+        if nbytes:
+            child.inc(nbytes)
+
+    def value(self, name: str, **labels) -> float:
+        """This object's current value of a sample (for tests and logs); 0 if unset."""
+        v = REGISTRY.get_sample_value(name, dict(self.labels, **labels))
+        return 0.0 if v is None else v

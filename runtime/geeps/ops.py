@@ -1,0 +1,270 @@
+"""Operation sequences: what a virtual iteration records and real iterations must repeat.
+
+    rec = Recorder()
+    a = rec.read(table, range(0, 64)); rec.post_read(a)
+    u = rec.pre_update(table, range(0, 64)); rec.update(u)
+    x = rec.local_access("act1", 4096); rec.post_local_access(x)
+    rec.clock()
+    cycle = rec.finish()                # immutable; the planner builds indices from it
+    cur = Cursor(cycle)                 # real iterations: every call is checked
+    op = cur.call("read", table.name, range(0, 64))
+
+A recorded cycle may span several clocks (one per distinct batch of a sparse workload,
+say); real iterations repeat it, clock c following recorded clock c mod K. A call
+that deviates from the recording raises SequenceError naming the position, what was
+recorded and what was called. Pure data and checks; no I/O, no threads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+CALLS = ("read", "pre_update", "local")
+POSTS = {"read": "post_read", "pre_update": "update", "local": "post_local_access"}
+
+
+class SequenceError(ValueError):
+    """A real iteration deviated from the recorded sequence (or recording is misused)."""
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    name: str
+    n_rows: int
+    width: int          # floats per row
+
+    @property
+    def row_bytes(self) -> int:
+        return self.width * 4
+
+
+@dataclass(frozen=True, eq=False)
+class Op:
+    """One recorded call: read, pre_update (its update closes it) or local access."""
+    id: int                         # position among the cycle's calls
+    kind: str                       # read | pre_update | local
+    clock: int                      # clock within the cycle
+    table: str | None = None
+    rows: np.ndarray | None = None  # int64, read-only, in the application's order
+    run: tuple[int, int] | None = None   # rows given as range(a, b): cheap to compare
+    name: str | None = None         # local data
+    nbytes: int = 0                 # bytes of the data the op touches
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return f"local_access({self.name!r}, {self.nbytes} bytes)"
+        return f"{self.kind}(table {self.table!r}, {len(self.rows)} rows)"
+
+    def matches_rows(self, rows) -> bool:
+        if isinstance(rows, range) and rows.step == 1 and self.run is not None:
+            return (rows.start, rows.stop) == self.run
+        a = np.asarray(rows)
+        return a.shape == self.rows.shape and bool(np.array_equal(a, self.rows))
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str   # "call" | "post"
+    op: int
+
+
+@dataclass(frozen=True, eq=False)
+class Cycle:
+    """The recorded sequence: per clock, its events in order; each clock ends with clock()."""
+    ops: tuple[Op, ...]
+    clocks: tuple[tuple[Event, ...], ...]
+    tables: dict[str, TableInfo] = field(default_factory=dict)
+
+    @property
+    def n_clocks(self) -> int:
+        return len(self.clocks)
+
+    def describe(self, ev: Event) -> str:
+        op = self.ops[ev.op]
+        if ev.kind == "call":
+            return op.describe()
+        return f"{POSTS[op.kind]}(of operation {op.id}: {op.describe()})"
+
+
+def normalize_rows(table: TableInfo, rows) -> tuple[np.ndarray, tuple[int, int] | None]:
+    """int64 rows (read-only) and, when given as a unit-step range, its bounds."""
+    run = None
+    if isinstance(rows, slice):
+        rows = range(*rows.indices(table.n_rows))
+    if isinstance(rows, range):
+        if rows.step == 1:
+            run = (rows.start, rows.stop)
+        a = np.arange(rows.start, rows.stop, rows.step, dtype=np.int64)
+    else:
+        a = np.asarray(rows)
+        if a.size and a.dtype.kind not in "iu":
+            raise TypeError(f"rows of table {table.name!r} must be integers "
+                            f"(got dtype {a.dtype})")
+        a = np.array(a, dtype=np.int64).ravel() if a.size else np.zeros(0, np.int64)
+    if len(a) == 0:
+        raise ValueError(f"an operation on table {table.name!r} names no rows")
+    if a.min() < 0 or a.max() >= table.n_rows:
+        raise IndexError(f"rows of table {table.name!r} must lie in 0..{table.n_rows - 1} "
+                         f"(got {a.min()}..{a.max()})")
+    a.setflags(write=False)
+    return a, run
+
+
+class Recorder:
+    """Builds a Cycle from the calls of a virtual iteration. Not thread-safe."""
+
+    def __init__(self):
+        self._ops: list[Op] = []
+        self._clocks: list[tuple[Event, ...]] = []
+        self._events: list[Event] = []
+        self._open: dict[int, Op] = {}
+        self._locals: dict[str, int] = {}
+        self._open_locals: dict[str, int] = {}
+        self.tables: dict[str, TableInfo] = {}
+
+    def _table(self, table) -> TableInfo:
+        info = TableInfo(table.name, table.n_rows, table.row_width)
+        known = self.tables.setdefault(info.name, info)
+        if known != info:
+            raise ValueError(f"table {info.name!r} changed shape during the recording")
+        return info
+
+    def _call(self, **kw) -> int:
+        op = Op(id=len(self._ops), clock=len(self._clocks), **kw)
+        self._ops.append(op)
+        self._open[op.id] = op
+        self._events.append(Event("call", op.id))
+        return op.id
+
+    def _post(self, kind: str, op_id: int) -> None:
+        op = self._open.get(op_id)
+        if op is None or op.kind != kind:
+            what = "was never recorded" if op_id >= len(self._ops) or op_id < 0 else \
+                "is not an open " + kind
+            raise SequenceError(f"{POSTS[kind]}: operation {op_id} {what}")
+        del self._open[op_id]
+        if kind == "local":
+            del self._open_locals[op.name]
+        self._events.append(Event("post", op_id))
+
+    def read(self, table, rows) -> int:
+        info = self._table(table)
+        a, run = normalize_rows(info, rows)
+        return self._call(kind="read", table=info.name, rows=a, run=run,
+                          nbytes=len(a) * info.row_bytes)
+
+    def post_read(self, op_id: int) -> None:
+        self._post("read", op_id)
+
+    def pre_update(self, table, rows) -> int:
+        info = self._table(table)
+        a, run = normalize_rows(info, rows)
+        if run is None and len(np.unique(a)) != len(a):
+            vals, counts = np.unique(a, return_counts=True)
+            raise ValueError(f"pre_update(table {info.name!r}): row {vals[counts > 1][0]} "
+                             "appears twice; sum its updates in one row")
+        return self._call(kind="pre_update", table=info.name, rows=a, run=run,
+                          nbytes=len(a) * info.row_bytes)
+
+    def update(self, op_id: int) -> None:
+        self._post("pre_update", op_id)
+
+    def local_access(self, name: str, nbytes: int) -> int:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"local data needs a non-empty name (got {name!r})")
+        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 1:
+            raise ValueError(f"local data {name!r}: nbytes must be a positive int "
+                             f"(got {nbytes!r})")
+        nbytes = int(nbytes)
+        if nbytes % 4:
+            raise ValueError(f"local data {name!r} holds float32 values: nbytes must be a "
+                             f"multiple of 4 (got {nbytes})")
+        if self._locals.setdefault(name, nbytes) != nbytes:
+            raise ValueError(f"local data {name!r} was recorded with {self._locals[name]} "
+                             f"bytes, now {nbytes}")
+        if name in self._open_locals:
+            raise SequenceError(f"local data {name!r} is already open (operation "
+                                f"{self._open_locals[name]}); post it first")
+        op_id = self._call(kind="local", name=name, nbytes=nbytes)
+        self._open_locals[name] = op_id
+        return op_id
+
+    def post_local_access(self, op_id: int) -> None:
+        self._post("local", op_id)
+
+    def clock(self) -> None:
+        if self._open:
+            raise SequenceError("clock() with operations still open: " + ", ".join(
+                f"{o.describe()} (operation {o.id})" for o in self._open.values()))
+        self._clocks.append(tuple(self._events))
+        self._events = []
+
+    def finish(self) -> Cycle:
+        """The recorded cycle; the recording must end with clock()."""
+        if self._events or self._open:
+            raise SequenceError("the virtual iteration must end with clock() "
+                                f"({len(self._events)} operations after the last clock)")
+        if not self._clocks:
+            raise SequenceError("the virtual iteration recorded no clock()")
+        return Cycle(tuple(self._ops), tuple(self._clocks), dict(self.tables))
+
+
+class Cursor:
+    """Walks a Cycle during real iterations, checking every call. Not thread-safe."""
+
+    def __init__(self, cycle: Cycle, clock: int = 0):
+        self.cycle = cycle
+        self.k = clock % cycle.n_clocks
+        self.i = 0
+
+    def _expect(self, got: str) -> Event | None:
+        events = self.cycle.clocks[self.k]
+        return events[self.i] if self.i < len(events) else None
+
+    def _fail(self, expected: str, got: str):
+        raise SequenceError(
+            f"operation {self.i} of clock {self.k} of the recorded cycle: expected "
+            f"{expected} but the application called {got}")
+
+    def _expected_text(self) -> str:
+        ev = self._expect("")
+        return "clock()" if ev is None else self.cycle.describe(ev)
+
+    def call(self, kind: str, table: str | None = None, rows=None, name: str | None = None,
+             nbytes: int = 0) -> Op:
+        """The recorded Op this call corresponds to; SequenceError if it deviates."""
+        ev = self._expect(kind)
+        if kind == "local":
+            got = f"local_access({name!r}, {nbytes} bytes)"
+        else:
+            n = len(rows) if hasattr(rows, "__len__") else "?"
+            got = f"{kind}(table {table!r}, {n} rows)"
+        if ev is None or ev.kind != "call":
+            self._fail(self._expected_text(), got)
+        op = self.cycle.ops[ev.op]
+        ok = op.kind == kind and (
+            (op.name == name and op.nbytes == nbytes) if kind == "local"
+            else (op.table == table and op.matches_rows(rows)))
+        if not ok:
+            if op.kind == kind and kind != "local" and op.table == table:
+                got += " with different rows"
+            self._fail(op.describe(), got)
+        self.i += 1
+        return op
+
+    def post(self, kind: str, op_id: int) -> None:
+        ev = self._expect(kind)
+        got = f"{POSTS[kind]}(of operation {op_id})"
+        if ev is None or ev.kind != "post" or ev.op != op_id \
+                or self.cycle.ops[op_id].kind != kind:
+            self._fail(self._expected_text(), got)
+        self.i += 1
+
+    def clock(self) -> int:
+        """End the clock; returns the position in the cycle of the next one."""
+        if self._expect("clock") is not None:
+            self._fail(self._expected_text(), "clock()")
+        self.k = (self.k + 1) % self.cycle.n_clocks
+        self.i = 0
+        return self.k

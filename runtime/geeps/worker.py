@@ -1,0 +1,285 @@
+"""The GPU-specialized worker: batched operations on a device-memory parameter cache.
+
+    c = geeps.Client.from_env()
+    w = Worker(c)                           # budget GEEPS_DEVICE_MEMORY, backend GEEPS_BACKEND
+    t = c.create_table("w", 64, 128, rule="sgd", lr=0.1) if rank == 0 else c.open_table("w")
+    with w.virtual_iteration():             # record once (buffers are scratch zeros here)
+        step(w, t, batches[0])
+    for b in batches:                       # real iterations repeat the recorded cycle
+        step(w, t, b)
+
+    def step(w, t, batch):
+        p = w.read(t, range(0, 64))         # device array, (64, 128); read-only
+        g = w.pre_update(t, range(0, 64))   # zeroed device array for the gradient
+        g[...] = grad(p, batch)
+        w.update(g); w.post_read(p)
+        w.clock()                           # push this clock's updates; refresh the cache
+
+The virtual iteration records the application's operations in order; leaving it
+builds, once, every operation's gather/scatter indices and the placement plan for the
+device budget (geeps.memory). A recording may span several clocks (a cycle); real
+clock c follows recorded clock c mod K. Any deviation raises SequenceError naming the
+operation and what was recorded.
+
+What blocks: `read` waits until its rows are in device memory: the refresh after the
+last clock (which the servers hold back as long as the consistency model requires)
+and the copy of rows that live in host memory (usually already prefetched while the
+previous operation ran). `local_access` and `pre_update` wait only for their buffer.
+`clock` waits for the clock's device->host copies, then hands the pushes and the next
+refresh to the client's I/O thread and returns. Not thread-safe: one thread per Worker.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+import numpy as np
+
+from . import backend as _backend
+from . import memory
+from .cache import ParameterCache
+from .config import ConfigError
+from .metrics import Metrics
+from .ops import Cursor, Recorder, SequenceError
+from .units import parse_bytes
+
+_FROM_ENV = object()
+
+
+def _budget_from_env() -> int | None:
+    raw = os.environ.get("GEEPS_DEVICE_MEMORY", "").strip()
+    if raw in ("", "unlimited"):
+        return None
+    try:
+        return parse_bytes(raw)
+    except ValueError:
+        raise ConfigError("GEEPS_DEVICE_MEMORY", raw,
+                          "a quantity (bytes, e.g. 2Gi) or empty for unlimited") from None
+
+
+class Worker:
+    """A worker's GPU-specialized client over a geeps.Client (see module docstring)."""
+
+    def __init__(self, client, device_memory=_FROM_ENV, backend=None, policy: str = "benefit",
+                 metrics: Metrics | None = None):
+        self.client = client
+        if device_memory is _FROM_ENV:
+            device_memory = _budget_from_env()
+        elif device_memory is not None:
+            device_memory = parse_bytes(device_memory)
+        self.budget: int | None = device_memory
+        self.backend = backend if hasattr(backend, "take") else _backend.select(backend)
+        if policy not in memory.POLICIES:
+            raise ValueError(f"placement policy {policy!r} is not one of "
+                             f"{', '.join(memory.POLICIES)}")
+        self.policy = policy
+        self.metrics = metrics or Metrics(os.environ.get("GEEPS_JOB", "local"), "worker",
+                                          client.worker)
+        self.recording = False
+        self.cycle = None
+        self.plan = None
+        self.cache: ParameterCache | None = None
+        self._rec: Recorder | None = None
+        self._cursor: Cursor | None = None
+        self._open: dict[int, tuple[int, object]] = {}     # id(buffer) -> (op id, buffer)
+        self._tables: dict = {}
+        self._k = 0
+        self._push_handles: list[list] = []
+        self._clock_handle = None
+        self._data_clock: dict[str, int] = {}
+        self._last_clock_t: float | None = None
+
+    # ---- recording ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def virtual_iteration(self):
+        """Record the operations of one cycle (ending with clock()); on exit build the
+        indices and the plan (raises memory.BudgetError for an impossible budget) and
+        start the first refresh. Buffers handed out inside are scratch zeros."""
+        if self.cycle is not None:
+            raise SequenceError("the sequence is already recorded; real iterations follow")
+        self._rec = Recorder()
+        self.recording = True
+        try:
+            yield self
+            cycle = self._rec.finish()
+        finally:
+            self.recording = False
+            self._open.clear()
+        self.plan = memory.make_plan(cycle, self.budget, self.policy)
+        self.cycle = cycle
+        self.cache = ParameterCache(self.plan, self.backend, self.budget,
+                                    on_bytes=self.metrics.transfer)
+        self._push_handles = [[] for _ in range(cycle.n_clocks)]
+        clock = self.client.clock_value
+        self._cursor = Cursor(cycle, clock)
+        self._k = clock % cycle.n_clocks
+        self.metrics.clock.set(clock)
+        self._begin(self._k)
+
+    def _scratch(self, op_id: int, shape):
+        buf = np.zeros(shape, np.float32)
+        self._open[id(buf)] = (op_id, buf)
+        return buf
+
+    def _live(self):
+        if self._cursor is None:
+            raise SequenceError("no recorded sequence: run one iteration inside "
+                                "`with worker.virtual_iteration():` first")
+        return self._cursor
+
+    def _take(self, buf, kind: str) -> int:
+        got = self._open.pop(id(buf), None)
+        if got is None or got[1] is not buf:
+            raise SequenceError(f"{kind}: this array is not a buffer of an open operation "
+                                "(pass the array the operation returned)")
+        return got[0]
+
+    # ---- operations ----------------------------------------------------------------------
+    def read(self, table, rows):
+        """Rows of `table` as a (len(rows), row_width) device array, read-only; blocks
+        until they are in device memory (see module docstring)."""
+        if self.recording:
+            self._tables[table.name] = table
+            return self._scratch(self._rec.read(table, rows), (len(rows), table.row_width))
+        op = self._live().call("read", table.name, rows)
+        p = self.plan.ops[op.id]
+        t0 = time.perf_counter()
+        buf = self.cache.call(p)
+        self.metrics.read_wait.observe(time.perf_counter() - t0)
+        self.metrics.cache_reads(table.name, p.hits, p.misses)
+        lag = self.client.clock_value - self._data_clock.get(table.name, 0)
+        self.metrics.clock_lag.observe(max(0, lag))
+        if isinstance(buf, np.ndarray) and p.view is not None:
+            buf = buf.view()
+            buf.flags.writeable = False     # a view of the cache: writes would corrupt it
+        self._open[id(buf)] = (op.id, buf)
+        return buf
+
+    def post_read(self, buf) -> None:
+        """The application is done with a read's buffer."""
+        op_id = self._take(buf, "post_read")
+        if self.recording:
+            return self._rec.post_read(op_id)
+        self._cursor.post("read", op_id)
+
+    def pre_update(self, table, rows):
+        """A zeroed (len(rows), row_width) device array for this clock's update of
+        `rows` (distinct); hand it to update(). Blocks only for buffer space."""
+        if self.recording:
+            self._tables[table.name] = table
+            return self._scratch(self._rec.pre_update(table, rows), (len(rows), table.row_width))
+        op = self._live().call("pre_update", table.name, rows)
+        buf = self.cache.call(self.plan.ops[op.id])
+        self._open[id(buf)] = (op.id, buf)
+        return buf
+
+    def update(self, buf) -> None:
+        """Add the buffer into the clock's update accumulator (gradients for sgd/
+        momentum/adam tables, deltas for add); pushed at clock()."""
+        op_id = self._take(buf, "update")
+        if self.recording:
+            return self._rec.update(op_id)
+        self._cursor.post("pre_update", op_id)
+        self.cache.post(self.plan.ops[op_id], buf)
+
+    def local_access(self, name: str, nbytes: int):
+        """Local data (never leaves the worker; lives within a clock, zeroed at its
+        first access in each clock) as a flat float32 device array of nbytes/4."""
+        if self.recording:
+            return self._scratch(self._rec.local_access(name, nbytes), (nbytes // 4,))
+        op = self._live().call("local", name=name, nbytes=nbytes)
+        buf = self.cache.call(self.plan.ops[op.id])
+        self._open[id(buf)] = (op.id, buf)
+        return buf
+
+    def post_local_access(self, buf) -> None:
+        op_id = self._take(buf, "post_local_access")
+        if self.recording:
+            return self._rec.post_local_access(op_id)
+        self._cursor.post("local", op_id)
+        self.cache.post(self.plan.ops[op_id], buf)
+
+    # ---- clocks --------------------------------------------------------------------------
+    def clock(self) -> int:
+        """End this worker's clock: push its updates (one batched push per table), tell
+        the servers, and start refreshing the cache for the next clock. Returns the new
+        clock (the recorded cycle's clock count while recording)."""
+        if self.recording:
+            self._rec.clock()
+            return len(self._rec._clocks)
+        self._live()
+        if self._open:
+            raise SequenceError(f"clock() with {len(self._open)} operation(s) still open")
+        k = self._k
+        self._cursor.clock()
+        acc = self.cache.end_clock(k)
+        handles = []
+        for t, rows in self.plan.clocks[k].push.items():
+            h = self.client.push_async(self._tables[t], _selection(rows), acc[t])
+            handles.append(h)
+            self.metrics.transfer("push", acc[t].nbytes)
+        self._push_handles[k] = handles
+        self._clock_handle = self.client.clock_async()
+        now = time.perf_counter()
+        if self._last_clock_t is not None:
+            self.metrics.iteration.observe(now - self._last_clock_t)
+        self._last_clock_t = now
+        clock = self.client.clock_value
+        self.metrics.clock.set(clock)
+        self._k = clock % self.cycle.n_clocks
+        self._begin(self._k)
+        return clock
+
+    def _begin(self, k: int) -> None:
+        # The host accumulators of clock k were handed to a push one cycle ago; the
+        # client sends them zero-copy, so they must be on the wire before reuse.
+        for h in self._push_handles[k]:
+            h.wait()
+        self._push_handles[k] = []
+        handles = []
+        for t, rows in self.plan.clocks[k].pull.items():
+            out = self.cache.pulled[k][t]
+            handles.append((t, self.client.pull_async(self._tables[t], _selection(rows),
+                                                      out=out)))
+            self.metrics.transfer("pull", out.nbytes)
+        clock_handle = self._clock_handle
+
+        def wait_pull():
+            if clock_handle is not None:
+                clock_handle.wait()
+            for t, h in handles:
+                _values, data_clock = h.wait()
+                self._data_clock[t] = data_clock
+        self.cache.begin_clock(k, wait_pull)
+
+    def drain(self) -> None:
+        """Block until every background transfer queued so far is done (the refresh
+        and prefetch that clock() started included); raises a transfer's error."""
+        if self.cache is not None:
+            self.cache.io.drain()
+
+    def close(self) -> None:
+        """Wait for outstanding pushes, stop the transfer thread. The client stays open."""
+        try:
+            for hs in self._push_handles:
+                for h in hs:
+                    h.wait()
+            if self._clock_handle is not None:
+                self._clock_handle.wait()
+        finally:
+            if self.cache is not None:
+                self.cache.close()
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _selection(rows: np.ndarray):
+    """A contiguous row set as a range (the client then sends zero-copy slices)."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return range(int(rows[0]), int(rows[-1]) + 1)
+    return rows
