@@ -7,7 +7,7 @@ per-shard sequence number, which the server uses to drop duplicates.
 
 Lost replies: a shard answers in order except for parked reads. So when a reply
 arrives, every request sent to that shard before it and still unanswered has lost its
-request or reply, and is sent again (a parked read answers a retry with `parked`,
+request or reply, and is sent again (a parked read answers a retry with `waiting`,
 which proves it is still there). While anything is in flight the thread pings a shard
 that has been quiet for PING_S, which both proves it is alive and exposes lost
 replies. A shard silent for `timeout` seconds fails its requests with
@@ -198,7 +198,7 @@ class IOThread(threading.Thread):
             if r is None:
                 continue  # the answer to a retry we already had
             self._resend_overtaken(shard, r.order, now)
-            if header.get("parked"):
+            if header.get("waiting"):
                 r.parked = True
                 continue
             del shard.inflight[rid]

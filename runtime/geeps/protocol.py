@@ -15,6 +15,7 @@ Requests (fields beyond op/id):
     clock   worker, clock                                -> min_clock
     pull    table, rows, need                            + [ids frame] -> clock + values frame
     ping | stats | digest
+A retried read that is still parked is answered `ok: true, waiting: true` (no data).
 `rows` is {"range": [lo, hi]} (global row ids, contiguous) or {"ids": n} (an ids frame
 of n int64 follows the header).
 """

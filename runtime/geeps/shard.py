@@ -243,7 +243,7 @@ class ShardState:
         if self.min_clock >= need:
             return [(peer, self._pull_reply(rid, t, sel))]
         if any(p.peer == peer and p.rid == rid for p in self.parked):
-            return [(peer, P.reply_ok(rid, parked=True))]  # a retry: say we are alive
+            return [(peer, P.reply_ok(rid, waiting=True))]  # a retry: say we are alive
         if sel[0] == "ids":
             sel = ("ids", sel[1].copy())  # the frame's memory goes away with the message
         return self._park(Parked(peer, rid, "pull", need=need, table=t.name, sel=sel))

@@ -1,0 +1,164 @@
+"""A live server under a randomized campaign of malformed messages: each is answered
+with an error, the server stays up, and its state is byte-identical afterwards."""
+import json
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from geeps import protocol as P
+from tests.cluster import Cluster
+
+pytestmark = pytest.mark.integration
+N_ROWS, WIDTH = 16, 4
+SENT = {"n": 0}
+BEFORE: dict = {}
+
+
+@pytest.fixture(scope="module")
+def live():
+    with Cluster(servers=1, workers=2) as cl:
+        c = cl.client(0)
+        t = c.create_table("w", N_ROWS, WIDTH, rule="momentum", lr=0.1)
+        c.push(t, None, np.ones((N_ROWS, WIDTH), np.float32))   # pending update, clock 0
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.connect(f"tcp://{cl.servers[0]}")
+        BEFORE["digest"] = ask(sock, [P.encode_header({"op": "digest", "id": 7})])["digest"]
+        yield cl, c, t, sock
+        sock.close(0)
+
+
+def ask(sock, frames):
+    sock.send_multipart(frames)
+    assert sock.poll(5000), "the server did not answer"
+    reply = sock.recv_multipart()
+    return json.loads(reply[0])
+
+
+def good_push(**over):
+    h = {"v": 1, "op": "push", "id": 1, "table": "w", "worker": 1, "session": 5, "clock": 0,
+         "seq": 0, "rows": {"range": [0, N_ROWS]}}
+    h.update(over)
+    return h
+
+
+VALUES = np.ones((N_ROWS, WIDTH), np.float32).tobytes()
+ints = st.integers(min_value=-2**62, max_value=2**62)
+junk = st.one_of(st.none(), st.booleans(), st.text(max_size=8), st.floats(allow_nan=True),
+                 st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3),
+                                                                      st.integers(), max_size=2))
+
+
+@st.composite
+def malformed(draw):
+    kind = draw(st.sampled_from([
+        "frames", "header_bytes", "header_json", "op", "table", "rows_range", "rows_ids",
+        "values_len", "values_dtype", "field_type", "clock_ahead", "create_bad", "pull_bad",
+        "version"]))
+    if kind == "frames":        # a valid header with the wrong number of payload frames
+        n = draw(st.sampled_from([0, 2, 3]))
+        return [json.dumps(good_push()).encode()] + [VALUES] * n
+    if kind == "header_bytes":  # not JSON at all
+        raw = draw(st.binary(min_size=0, max_size=64).filter(lambda b: not _json_obj(b)))
+        return [raw, VALUES]
+    if kind == "header_json":   # JSON, but not an object
+        return [json.dumps(draw(st.one_of(st.integers(), st.text(max_size=5),
+                                          st.lists(st.integers(), max_size=3)))).encode()]
+    if kind == "op":
+        op = draw(st.text(max_size=10).filter(lambda s: s not in P.OPS))
+        return [json.dumps(good_push(op=op)).encode(), VALUES]
+    if kind == "table":
+        name = draw(st.text(max_size=12).filter(lambda s: s != "w"))
+        return [json.dumps(good_push(table=name)).encode(), VALUES]
+    if kind == "rows_range":
+        lo = draw(st.integers(-5, N_ROWS + 5))
+        hi = draw(st.integers(-5, N_ROWS + 5).filter(lambda h: not 0 <= lo <= h <= N_ROWS))
+        return [json.dumps(good_push(rows={"range": [lo, hi]})).encode(), VALUES]
+    if kind == "rows_ids":     # ids outside the table, as many as the values say
+        n = draw(st.integers(1, 4))
+        ids = draw(st.lists(st.integers(-2**40, 2**40), min_size=n, max_size=n)
+                   .filter(lambda v: any(not 0 <= i < N_ROWS for i in v)))
+        return [json.dumps(good_push(rows={"ids": n})).encode(),
+                np.array(ids, "<i8").tobytes(), np.ones((n, WIDTH), np.float32).tobytes()]
+    if kind == "values_len":
+        cut = draw(st.integers(0, len(VALUES) * 2).filter(lambda k: k != len(VALUES)))
+        return [json.dumps(good_push()).encode(), (VALUES * 2)[:cut]]
+    if kind == "values_dtype":  # float64 or int16 rows: wrong byte count for float32
+        dt = draw(st.sampled_from(["<f8", "<i2", "<f2"]))
+        return [json.dumps(good_push()).encode(), np.ones((N_ROWS, WIDTH), dt).tobytes()]
+    if kind == "field_type":
+        name = draw(st.sampled_from(["worker", "clock", "seq", "session", "table", "rows"]))
+        bad = draw(junk.filter(lambda v: not _valid(name, v)))
+        return [json.dumps(good_push(**{name: bad})).encode(), VALUES]
+    if kind == "clock_ahead":   # finishing a clock the worker has not reached
+        return [json.dumps({"op": "clock", "id": 2, "worker": 1,
+                            "clock": draw(st.integers(1, 2**40))}).encode()]
+    if kind == "create_bad":
+        bad = draw(st.sampled_from([
+            {"rule": "rmsprop"}, {"lo": 5, "hi": 2}, {"hi": 99}, {"hyper": {"beta": 1}},
+            {"row_width": 0}, {"n_rows": -1}, {"per_clock": "yes"}, {"init": True},
+            {"row_width": WIDTH + 1}]))
+        h = {"op": "create", "id": 3, "table": "w", "n_rows": N_ROWS, "row_width": WIDTH,
+             "lo": 0, "hi": N_ROWS, "rule": "momentum", "hyper": {"lr": 0.1},
+             "per_clock": True, "init": False}
+        h.update(bad)
+        return [json.dumps(h).encode()]
+    if kind == "pull_bad":
+        bad = draw(st.sampled_from([{"need": -1}, {"need": "1"}, {"rows": {"range": [0]}},
+                                    {"rows": {"ids": -2}}, {"rows": []}, {"table": 7}]))
+        h = {"op": "pull", "id": 4, "table": "w", "rows": {"range": [0, 4]}, "need": 0}
+        h.update(bad)
+        return [json.dumps(h).encode()]
+    return [json.dumps(good_push(v=draw(st.integers().filter(lambda v: v != 1)))).encode(), VALUES]
+
+
+def _json_obj(b: bytes) -> bool:
+    try:
+        return isinstance(json.loads(b), dict)
+    except ValueError:
+        return False
+
+
+def _valid(name, v) -> bool:
+    ok_int = isinstance(v, int) and not isinstance(v, bool)
+    if name in ("worker",):
+        return ok_int and 0 <= v < 2
+    if name == "clock":
+        return ok_int and v == 0
+    if name == "seq":
+        return ok_int and v >= 0
+    if name == "session":
+        return ok_int or isinstance(v, str)
+    if name == "table":
+        return v == "w"
+    return False
+
+
+@settings(max_examples=1000, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
+                                 HealthCheck.data_too_large])
+@given(frames=malformed())
+def test_each_malformed_message_gets_an_error(live, frames):
+    _, _, _, sock = live
+    reply = ask(sock, frames)
+    SENT["n"] += 1
+    assert reply["ok"] is False and reply["error"], reply
+
+
+def test_state_is_unchanged_and_the_server_still_serves(live):
+    cl, c, t, sock = live
+    assert SENT["n"] >= 1000, "the campaign must run first (same module, in order)"
+    after = ask(sock, [P.encode_header({"op": "digest", "id": 9})])["digest"]
+    assert after == BEFORE["digest"], "the campaign changed the server's state"
+    stats = c.stats()[0]
+    assert stats["errors"] >= SENT["n"]
+    assert stats["pushes"] == 1, "a malformed push was counted as applied"
+    # The server still does its job: the pending push applies once worker 1 clocks too.
+    c.clock()
+    other = cl.client(1)
+    other.clock()
+    values, clock = c.pull(t)
+    assert clock == 1
+    np.testing.assert_allclose(values, -0.1 * 0.5 * np.ones((N_ROWS, WIDTH)), rtol=1e-6)

@@ -1,0 +1,156 @@
+"""ShardState without sockets: the meaning of each request."""
+import json
+
+import numpy as np
+import pytest
+
+from geeps import protocol as P
+from geeps.rules import RuleState
+from geeps.shard import SeqWindow, ShardState
+
+
+def msg(op, rid=1, payload=(), **fields):
+    return P.request(op, rid, payload, **fields)
+
+
+def reply(out):
+    (peer, frames), = out
+    return json.loads(frames[0]), frames[1:]
+
+
+def make(workers=2, rule="sgd", per_clock=True, n=4, w=2, **hyper):
+    st = ShardState(0, workers)
+    init = np.arange(n * w, dtype=np.float32).reshape(n, w)
+    h, _ = reply(st.handle(b"p", msg("create", table="t", n_rows=n, row_width=w, lo=0, hi=n,
+                                     rule=rule, hyper=hyper or ({} if rule == "add" else {"lr": 1.0}), per_clock=per_clock,
+                                     init=True, payload=[init])))
+    assert h["ok"], h
+    return st, init
+
+
+def push(st, worker, clock, seq, values, rows=None, session=7):
+    rows = rows or {"range": [0, len(values)]}
+    return reply(st.handle(b"p", msg("push", table="t", worker=worker, session=session,
+                                     clock=clock, seq=seq, rows=rows,
+                                     payload=[np.asarray(values, np.float32)])))[0]
+
+
+def test_bsp_applies_the_mean_once_every_worker_clocked():
+    st, init = make()
+    g0 = np.ones((4, 2), np.float32)
+    g1 = 3 * np.ones((4, 2), np.float32)
+    assert push(st, 0, 0, 0, g0)["ok"] and push(st, 1, 0, 0, g1)["ok"]
+    st.handle(b"p", msg("clock", worker=0, clock=0))
+    assert (st.tables["t"].rows == init).all(), "applied before worker 1 finished the clock"
+    st.handle(b"p", msg("clock", worker=1, clock=0))
+    np.testing.assert_allclose(st.tables["t"].rows, init - 2.0)
+
+
+def test_duplicate_push_is_acknowledged_and_dropped():
+    st, init = make(workers=1)
+    assert push(st, 0, 0, 0, np.ones((4, 2)))["ok"]
+    again = push(st, 0, 0, 0, np.ones((4, 2)))
+    assert again["ok"] and again["duplicate"]
+    st.handle(b"p", msg("clock", worker=0, clock=0))
+    np.testing.assert_allclose(st.tables["t"].rows, init - 1.0)
+    assert st.stats["duplicates"] == 1
+
+
+def test_pull_parks_until_the_bound_holds_and_is_released_by_clock():
+    st, _ = make(workers=2)
+    assert st.handle(b"p", msg("pull", rid=5, table="t", rows={"range": [0, 4]}, need=1)) == []
+    assert len(st.parked) == 1
+    st.handle(b"q", msg("clock", worker=0, clock=0))
+    assert len(st.parked) == 1
+    out = st.handle(b"q", msg("clock", worker=1, clock=0))
+    released = [json.loads(f[0]) for peer, f in out if peer == b"p"]
+    assert released and released[0]["id"] == 5 and released[0]["clock"] == 1
+
+
+def test_parked_reads_are_capped():
+    st = ShardState(0, 2, max_parked=2)
+    st.handle(b"p", msg("create", table="t", n_rows=1, row_width=1, lo=0, hi=1, rule="add",
+                        hyper={}, per_clock=True, init=False))
+    for i in range(2):
+        assert st.handle(b"p", msg("pull", rid=i, table="t", rows={"range": [0, 1]}, need=1)) == []
+    h, _ = reply(st.handle(b"p", msg("pull", rid=9, table="t", rows={"range": [0, 1]}, need=1)))
+    assert not h["ok"] and "GEEPS_MAX_PARKED" in h["error"]
+
+
+def test_sparse_push_with_repeated_ids_sums_them():
+    st, init = make(workers=1, rule="add")
+    ids = np.array([1, 1, 3], "<i8")
+    h, _ = reply(st.handle(b"p", msg("push", table="t", worker=0, session=1, clock=0, seq=0,
+                                     rows={"ids": 3}, payload=[ids, np.ones((3, 2), np.float32)])))
+    assert h["ok"], h
+    st.handle(b"p", msg("clock", worker=0, clock=0))
+    expect = init.copy()
+    expect[1] += 2
+    expect[3] += 1
+    np.testing.assert_array_equal(st.tables["t"].rows, expect)
+
+
+def test_async_applies_each_push_at_once():
+    st, init = make(workers=2, per_clock=False)
+    push(st, 0, 0, 0, 2 * np.ones((4, 2)))
+    np.testing.assert_allclose(st.tables["t"].rows, init - 1.0)  # mean over 2 workers
+
+
+@pytest.mark.parametrize("bad,needle", [
+    (dict(clock=3), "push for clock 3 but worker 0 is at clock 0"),
+    (dict(worker=5), "'worker' 5 outside"),
+    (dict(rows={"range": [0, 9]}), "outside table rows"),
+])
+def test_bad_pushes_change_nothing(bad, needle):
+    st, _ = make()
+    before = st.digest()
+    fields = dict(table="t", worker=0, session=1, clock=0, seq=0, rows={"range": [0, 4]})
+    fields.update(bad)
+    h, _ = reply(st.handle(b"p", msg("push", payload=[np.ones((4, 2), np.float32)], **fields)))
+    assert not h["ok"] and needle in h["error"]
+    assert st.digest() == before
+
+
+def test_seq_window_is_exact_and_compacts():
+    w = SeqWindow()
+    for s in [0, 2, 1, 5, 3, 4]:
+        assert not w.seen(s)
+        w.add(s)
+        assert w.seen(s)
+    assert w.floor == 5 and not w.above and not w.seen(6)
+
+
+def _reference(rule, hyper, p, grads):
+    """Straight-line float64 versions of the rules, for comparison."""
+    p = p.astype(np.float64)
+    v = np.zeros_like(p)
+    m = np.zeros_like(p)
+    for t, g in enumerate(grads, 1):
+        g = g + hyper.get("weight_decay", 0) * p
+        if rule == "sgd":
+            p = p - hyper["lr"] * g
+        elif rule == "momentum":
+            v = hyper["momentum"] * v + g
+            p = p - hyper["lr"] * v
+        elif rule == "adam":
+            b1, b2 = hyper["beta1"], hyper["beta2"]
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            p = p - hyper["lr"] * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + hyper["eps"])
+    return p
+
+
+@pytest.mark.parametrize("rule,hyper", [
+    ("sgd", {"lr": 0.1, "weight_decay": 0.01}),
+    ("momentum", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}),
+    ("adam", {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}),
+])
+def test_rules_match_reference(rule, hyper):
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal((5, 3)).astype(np.float32)
+    grads = [rng.standard_normal((5, 3)).astype(np.float32) for _ in range(10)]
+    st = RuleState(rule, hyper, p.shape)
+    q = p.copy()
+    for g in grads:
+        st.apply(q, g)
+    np.testing.assert_allclose(q, _reference(rule, st.hyper, p, grads), rtol=1e-4, atol=1e-5)
