@@ -226,10 +226,11 @@ class ParameterCache:
                 be.zero(buf)
         else:
             home = self.local_home[op.name]
+            start = p.held // 4         # the first `held` bytes are in place already
 
             def run():
-                be.h2d(home, self._whole, buf.reshape(1, -1), self._whole)
-                self._count("h2d", op.nbytes)
+                be.h2d(home[:, start:], self._whole, buf[start:].reshape(1, -1), self._whole)
+                self._count("h2d", op.nbytes - p.held)
         job = self.io.submit(run, be.fence())
         self.fills[op.id] = job
         return job
@@ -290,10 +291,11 @@ class ParameterCache:
         be = self.be
         if op.kind == "local" and p.view is None and not p.last and not p.keep:
             home = self.local_home[op.name]
+            start = p.hold // 4         # the first `hold` bytes stay for the next access
 
             def write_back():
-                be.d2h(buf.reshape(1, -1), self._whole, home, self._whole)
-                self._count("d2h", op.nbytes)
+                be.d2h(buf[start:].reshape(1, -1), self._whole, home[:, start:], self._whole)
+                self._count("d2h", op.nbytes - p.hold)
             self.io.submit(write_back, be.fence())
         elif op.kind == "pre_update" and p.view is None:
             t = op.table

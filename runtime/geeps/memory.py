@@ -62,7 +62,7 @@ class _State:
         self.pinned = np.zeros(len(a.groups), bool)
         self.count = np.zeros(len(a.cycle.ops), np.int64)   # pinned rows (local: 0/1)
         self.bytes = 0
-        self.links: dict[int, int] = {}                     # op -> next op in its chain
+        self.links: dict[int, tuple] = {}       # op -> (next op, bytes held or None: all)
 
     def set(self, g: int, on: bool) -> None:
         if self.pinned[g] == on:
@@ -81,7 +81,7 @@ class _State:
 
     def live_links(self) -> dict:
         needs = self.needs()
-        return {x: y for x, y in self.links.items() if needs[x] and needs[y]}
+        return {x: (y, h) for x, (y, h) in self.links.items() if needs[x] and needs[y]}
 
 
 def _fits(st: _State, budget: int, mode: str) -> PoolLayout | None:
@@ -93,6 +93,32 @@ def _fits(st: _State, budget: int, mode: str) -> PoolLayout | None:
         # Prefetching early can fragment the pool so a later op no longer fits.
         out = allocate(st.a, st.needs(), budget - st.bytes, "sync", links)
     return None if isinstance(out, Failure) else out
+
+
+def _hold(st: _State, ln, budget: int, mode: str) -> PoolLayout | None:
+    """Hold op ln.a's buffer for ln.b: all of it if that fits, else the longest prefix
+    that does (rows of a read; 256-byte chunks of local data)."""
+    st.links[ln.a] = (ln.b, None)
+    got = _fits(st, budget, mode)
+    if got is not None:
+        return got
+    op = st.a.cycle.ops[ln.a]
+    unit = ALIGN if op.kind == "local" else st.a.cycle.tables[op.table].row_bytes
+    lo, hi = 0, (op.nbytes - 1) // unit        # held prefixes of lo+1..hi units
+    best = None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        st.links[ln.a] = (ln.b, mid * unit)
+        got = _fits(st, budget, mode)
+        if got is None:
+            hi = mid - 1
+        else:
+            lo, best = mid, got
+    if best is None:
+        del st.links[ln.a]
+        return None
+    st.links[ln.a] = (ln.b, lo * unit)
+    return best
 
 
 def _greedy(a: Analysis, budget: int, mode: str) -> tuple[_State, PoolLayout] | None:
@@ -120,11 +146,8 @@ def _greedy(a: Analysis, budget: int, mode: str) -> tuple[_State, PoolLayout] | 
             ln = a.links[i]
             if not st.needs()[ln.a]:
                 continue                # both ends are pinned views already
-            st.links[ln.a] = ln.b
-            got = _fits(st, budget, mode)
-            if got is None:
-                del st.links[ln.a]
-            else:
+            got = _hold(st, ln, budget, mode)
+            if got is not None:
                 layout = got
     # Stage 2: pin what makes an operation a zero-copy view (no gather, no buffer).
     for op in range(len(a.cycle.ops)):

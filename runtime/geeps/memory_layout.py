@@ -261,27 +261,42 @@ def allocate(a: Analysis, needs: np.ndarray, capacity: int | None, mode: str,
              links: dict | None = None):
     """Fixed pool offsets for the ops in `needs`. mode: "prefetch" (every prefetchable
     op must be filled during its predecessor, else Failure), "mixed" (prefetch where
-    space allows) or "sync" (never prefetch). `links` maps an op to the next op that
-    reuses its buffer as it stands (same data): the buffer then stays allocated from
-    the first op of such a chain to the post of its last, at one offset."""
+    space allows) or "sync" (never prefetch).
+
+    `links` maps an op to (next op using the same data, bytes held): held None keeps
+    the whole buffer, as it stands, for the next op (one offset for the chain); held
+    h keeps only its first h bytes after the post and places the next op's buffer at
+    the same offset, so only the rest is fetched again."""
     links = links or {}
-    linked_to = {b: a_ for a_, b in links.items()}
+    full_to = {b: x for x, (b, h) in links.items() if h is None}
+    part_to = {b: (x, h) for x, (b, h) in links.items() if h is not None}
     offsets: dict[int, int] = {}
     prefetch_at: dict[int, int] = {}
     top = 0
     for k, events in enumerate(a.cycle.clocks):
-        live: list = []         # (off, end, op), sorted by off
+        live: list = []         # (off, end, owner), sorted by off; owner: op or ("hold", op)
         cs = a.calls[k]
         index = {o: i for i, o in enumerate(cs)}
 
         def place(o: int) -> int | None:
             nonlocal top
             size = align(a.buf_bytes[o])
-            off = _first_fit(live, size, capacity)
-            if off is None:
-                return None
+            if o in part_to:
+                hold = ("hold", o)
+                off = offsets.get(part_to[o][0])
+                if off is None or not any(x[2] == hold for x in live):
+                    return None         # the held part is not there (yet)
+                if capacity is not None and off + size > capacity:
+                    return None
+                if any(w != hold and s < off + size and off < e for s, e, w in live):
+                    return None
+                live[:] = [x for x in live if x[2] != hold]
+            else:
+                off = _first_fit(live, size, capacity)
+                if off is None:
+                    return None
             live.append((off, off + size, o))
-            live.sort()
+            live.sort(key=lambda x: x[0])
             top = max(top, off + size)
             return off
 
@@ -289,12 +304,11 @@ def allocate(a: Analysis, needs: np.ndarray, capacity: int | None, mode: str,
             if i >= len(cs) or mode == "sync":
                 return None
             o = cs[i]
-            if not needs[o] or not a.prefetchable[o] or o in linked_to:
+            if not needs[o] or not a.prefetchable[o] or o in full_to:
                 return None
             off = place(o)
             if off is None:
-                return Failure(o, [x for *_, x in live], capacity) if mode == "prefetch" \
-                    else None
+                return Failure(o, _owners(live), capacity) if mode == "prefetch" else None
             offsets[o] = off
             prefetch_at[o] = point
             return None
@@ -305,22 +319,32 @@ def allocate(a: Analysis, needs: np.ndarray, capacity: int | None, mode: str,
         for ev in events:
             o = ev.op
             if ev.kind == "call":
-                if o in linked_to:
-                    head = linked_to[o]
+                if o in full_to:
+                    head = full_to[o]
                     live[:] = [(x[0], x[1], o) if x[2] == head else x for x in live]
                     offsets[o] = offsets[head]
                 elif needs[o] and o not in offsets:
                     off = place(o)
                     if off is None:
-                        return Failure(o, [x for *_, x in live], capacity)
+                        return Failure(o, _owners(live), capacity)
                     offsets[o] = off
                 fail = prefetch(index[o] + 1, o)
                 if fail:
                     return fail
-            elif needs[o] and o not in links:
-                live[:] = [x for x in live if x[2] != o]
+            elif needs[o]:
+                nxt, held = links.get(o, (None, 0))
+                if nxt is None or held is not None:
+                    live[:] = [x for x in live if x[2] != o]
+                if nxt is not None and held is not None:
+                    off = offsets[o]
+                    live.append((off, off + align(held), ("hold", nxt)))
+                    live.sort(key=lambda x: x[0])
         # Offsets found in clock k stay for clock k+1's ops: reset the live set.
     return PoolLayout(offsets, prefetch_at, top)
+
+
+def _owners(live) -> list:
+    return [w if isinstance(w, int) else w[1] for *_, w in live]
 
 
 def peak_open_bytes(a: Analysis) -> int:

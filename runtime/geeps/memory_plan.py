@@ -48,6 +48,8 @@ class OpPlan:
     # a chain of operations sharing one pool buffer (same data, used again)
     cont: bool = False                  # the data is already in this buffer: no fill
     keep: bool = False                  # the next op of the chain takes this buffer over
+    hold: int = 0                       # bytes kept in place for the next op (partial)
+    held: int = 0                       # bytes already in place from the previous op
 
     @property
     def pinned_view(self) -> bool:
@@ -143,7 +145,9 @@ def build_plan(a: Analysis, pinned_groups: np.ndarray, layout: PoolLayout, polic
                links: dict | None = None) -> Plan:
     cyc = a.cycle
     links = links or {}
-    linked_to = set(links.values())
+    full = {x for x, (_b, h) in links.items() if h is None}
+    cont = {b for _x, (b, h) in links.items() if h is None}
+    held_by = {b: h for _x, (b, h) in links.items() if h is not None}
     rows_of: dict = {}
     local_offsets: dict[str, int] = {}
     off = 0
@@ -161,15 +165,18 @@ def build_plan(a: Analysis, pinned_groups: np.ndarray, layout: PoolLayout, polic
     h2d = d2h = 0
     for op in cyc.ops:
         p = OpPlan(op, prefetch_at=layout.prefetch_at.get(op.id))
-        p.keep, p.cont = op.id in links, op.id in linked_to
+        p.keep, p.cont = op.id in full, op.id in cont
+        if op.id in links and op.id not in full:
+            p.hold = links[op.id][1]
+        p.held = held_by.get(op.id, 0)
         if op.kind == "local":
             p.first, p.last = a.local_first[op.id], a.local_last[op.id]
             if op.name in local_offsets:
                 o = local_offsets[op.name]
                 p.view = (o, o + op.nbytes // 4)
             else:
-                p.h2d = 0 if p.first or p.cont else op.nbytes
-                p.d2h = 0 if p.last or p.keep else op.nbytes
+                p.h2d = 0 if p.first or p.cont else op.nbytes - p.held
+                p.d2h = 0 if p.last or p.keep else op.nbytes - p.hold
         else:
             rb = cyc.tables[op.table].row_bytes
             pin, slots = (params if op.kind == "read" else accs)[op.table].lookup(op.rows)
@@ -178,13 +185,16 @@ def build_plan(a: Analysis, pinned_groups: np.ndarray, layout: PoolLayout, polic
             if op.kind == "read" and p.cont:
                 p.hits = len(pin)       # still in its buffer since the previous read
             elif op.kind == "read":
-                p.hits = int(pin.sum())
+                kept = np.arange(len(pin)) < p.held // rb     # in place since last read
+                p.hits = int((pin | kept).sum())
                 p.misses = len(pin) - p.hits
                 p.h2d = p.misses * rb
                 if p.view is None:
-                    p.pin_buf, p.pin_slots = _ix(np.flatnonzero(pin)), _ix(slots[pin])
-                    p.host_buf = _ix(np.flatnonzero(~pin))
-                    p.host_src = _ix(a.pos[op.id][~pin])
+                    sel = pin & ~kept
+                    p.pin_buf, p.pin_slots = _ix(np.flatnonzero(sel)), _ix(slots[sel])
+                    sel = ~pin & ~kept
+                    p.host_buf = _ix(np.flatnonzero(sel))
+                    p.host_src = _ix(a.pos[op.id][sel])
             else:
                 p.d2h = int((~pin).sum()) * rb
                 if p.view is None:

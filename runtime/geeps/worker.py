@@ -208,11 +208,8 @@ class Worker:
         if self.recording:
             self._rec.clock()
             return len(self._rec._clocks)
-        self._live()
-        if self._open:
-            raise SequenceError(f"clock() with {len(self._open)} operation(s) still open")
         k = self._k
-        self._cursor.clock()
+        self._live().clock()        # the recording closes every operation before clock()
         acc = self.cache.end_clock(k)
         handles = []
         for t, rows in self.plan.clocks[k].push.items():

@@ -20,7 +20,7 @@ PLAIN = NumpyBackend(use_torch=False)
 
 
 def test_importing_geeps_never_imports_cupy():
-    code = ("import sys, geeps, geeps.backend; "
+    code = ("import sys, geeps, geeps.backend, geeps.worker, geeps.cache, geeps.memory, geeps.metrics; "
             "geeps.backend.select('auto'); print('cupy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
