@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -39,7 +40,8 @@ class Client:
                  consistency: str | _consistency.Consistency = "bsp", *,
                  timeout: float = 30.0, wait_timeout: float = 600.0,
                  config: _config.Config | None = None,
-                 on_transfer: Callable[[str, int], None] | None = None):
+                 on_transfer: Callable[[str, int], None] | None = None,
+                 metrics=None):
         if not servers:
             raise ValueError("servers is empty: give host:port of every shard "
                              "(GEEPS_SERVERS)")
@@ -56,7 +58,11 @@ class Client:
         self._lock = threading.Lock()
         self._clock = 0
         self._tables: dict[str, Table] = {}
-        self.on_transfer = on_transfer
+        # metrics: a geeps.metrics.Metrics; it counts pushed/pulled bytes unless the
+        # caller counts them itself through on_transfer.
+        self.metrics = metrics
+        self.on_transfer = on_transfer or (metrics.transfer if metrics else None)
+        self._last_clock_at = time.monotonic()
         self._io = IOThread(self.servers, config=config, timeout=timeout,
                             wait_timeout=wait_timeout)
         self._io.start()
@@ -73,6 +79,10 @@ class Client:
     def from_env(cls, environ=None, **kw) -> "Client":
         """A client configured by the GEEPS_* environment (see geeps.config)."""
         cfg = _config.load(environ)
+        if "metrics" not in kw:
+            from .metrics import Metrics
+            kw["metrics"] = Metrics.from_config(cfg)
+            kw["metrics"].serve(cfg.metrics_port)
         return cls(cfg.servers, cfg.rank, cfg.num_workers, cfg.consistency,
                    timeout=cfg.timeout, wait_timeout=cfg.wait_timeout, config=cfg, **kw)
 
@@ -180,13 +190,23 @@ class Client:
     def pull(self, table: Table, rows=None, *, out: np.ndarray | None = None,
              need: int | None = None) -> tuple[np.ndarray, int]:
         """pull_async(...).wait(): (values, data_clock)."""
-        return self.pull_async(table, rows, out=out, need=need).wait()
+        t0 = time.monotonic()
+        values, data_clock = self.pull_async(table, rows, out=out, need=need).wait()
+        if self.metrics is not None:
+            self.metrics.read_wait.observe(time.monotonic() - t0)
+            self.metrics.clock_lag.observe(max(0, self._clock - data_clock))
+        return values, data_clock
 
     def clock_async(self) -> Handle:
         """Finish the current clock on every shard; the result is the new clock."""
         with self._lock:
             c = self._clock
             self._clock = c + 1
+        if self.metrics is not None:
+            now = time.monotonic()
+            self.metrics.iteration.observe(now - self._last_clock_at)
+            self._last_clock_at = now
+            self.metrics.clock.set(c + 1)
         return self._io.submit(
             [Request(k, "clock", {"worker": self.worker, "clock": c})
              for k in range(len(self.servers))], combine=lambda parts: c + 1)

@@ -27,13 +27,18 @@ POLL_MS = 100     # how often the loop looks at the stop flag when idle
 class Server:
     """Serve one shard until `stop()`; `serve()` blocks. Thread-safe: only `stop()`."""
 
-    def __init__(self, cfg: _config.Config, context: zmq.Context | None = None):
+    def __init__(self, cfg: _config.Config, context: zmq.Context | None = None,
+                 metrics=None):
         self.cfg = cfg
+        self.metrics = metrics
         self.ctx = context or zmq.Context.instance()
         self._stop = threading.Event()
         self._trackers: list[zmq.MessageTracker] = []
         self.state = ShardState(cfg.rank, cfg.num_workers, cfg.max_parked,
                                 before_write=self._finish_sends)
+        if metrics is not None:
+            self.state.on_update = metrics.server_update.observe
+        self._pushed_bytes = 0
         host, _, port = cfg.servers[cfg.rank].rpartition(":")
         self.address = f"tcp://{cfg.bind_host}:{port}"
         self.sock = bind_router(self.ctx, self.address, cfg)
@@ -64,8 +69,20 @@ class Server:
                     except zmq.Again:
                         break
                     self._handle(msg)
+                self._export()
         finally:
             self.sock.close(linger=0)
+
+    def _export(self) -> None:
+        if self.metrics is None:
+            return
+        st = self.state
+        self.metrics.parked_reads.set(len(st.parked))
+        self.metrics.server_clock.set(st.min_clock)
+        pushed = st.stats["push_bytes"]
+        if pushed > self._pushed_bytes:
+            self.metrics.server_push_bytes.inc(pushed - self._pushed_bytes)
+            self._pushed_bytes = pushed
 
     def _handle(self, msg: list) -> None:
         peer, frames = msg[0].bytes, msg[1:]
@@ -98,10 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         print("geeps server: GEEPS_SERVERS is empty: set it to host:port of every shard",
               file=sys.stderr)
         return 2
+    from .metrics import Metrics
+    metrics = Metrics.from_config(cfg)
     try:
-        server = Server(cfg)
-    except zmq.ZMQError as e:
-        print(f"geeps server: cannot listen on {cfg.servers[cfg.rank]}: {e}", file=sys.stderr)
+        metrics.serve(cfg.metrics_port)
+        server = Server(cfg, metrics=metrics)
+    except (zmq.ZMQError, OSError) as e:
+        print(f"geeps server: cannot listen on {cfg.servers[cfg.rank]} or metrics port "
+              f"{cfg.metrics_port}: {e}", file=sys.stderr)
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())

@@ -87,8 +87,9 @@ class ShardState:
         self.done = [0] * num_workers          # clocks each worker has finished
         self.windows: dict[tuple[int, str], SeqWindow] = {}
         self.parked: list[Parked] = []
-        self.stats = {"pushes": 0, "duplicates": 0, "errors": 0, "pulls": 0, "applied": 0}
-        self.update_seconds = 0.0              # time spent in update rules, for metrics
+        self.stats = {"pushes": 0, "duplicates": 0, "errors": 0, "pulls": 0, "applied": 0,
+                      "push_bytes": 0}
+        self.on_update: Callable[[float], None] = lambda seconds: None   # for metrics
         # Called before rows are mutated: lets the socket layer finish zero-copy sends
         # of those rows first.
         self.before_write = before_write or (lambda t: None)
@@ -209,6 +210,7 @@ class ShardState:
                                 f"is at clock {self.done[w]} on server {self.rank}")
         self.windows.setdefault((w, str(session)), SeqWindow()).add(seq)
         self.stats["pushes"] += 1
+        self.stats["push_bytes"] += values.nbytes
         if t.per_clock:
             acc, touched = t.pending.get(clock) or t.pending.setdefault(
                 clock, (np.zeros_like(t.rows), np.zeros(len(t.rows), bool)))
@@ -330,7 +332,7 @@ class ShardState:
                     ids = np.flatnonzero(touched)
                     t.state.apply(t.rows, acc[ids], rows=ids)
                 self.stats["applied"] += 1
-        self.update_seconds += time.perf_counter() - t0
+        self.on_update(time.perf_counter() - t0)
 
     def _apply_now(self, t: ShardTable, sel, values: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -348,7 +350,7 @@ class ShardState:
             np.add.at(grad, inverse, values)
             t.state.apply(t.rows, grad * scale, rows=ids)
         self.stats["applied"] += 1
-        self.update_seconds += time.perf_counter() - t0
+        self.on_update(time.perf_counter() - t0)
 
     def digest(self) -> str:
         """A hash of everything a request can change: rows, optimizer state, pending
