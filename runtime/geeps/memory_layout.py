@@ -155,10 +155,7 @@ def analyze(cycle) -> Analysis:
             if op.kind == "read":
                 pos[o] = np.searchsorted(read_rows[k][op.table], op.rows)
             elif op.kind == "pre_update":
-                p = np.searchsorted(upd_rows[k][op.table], op.rows)
-                pos[o] = p
-                first_touch[o] = ~seen[op.table][p]
-                seen[op.table][p] = True
+                pos[o] = np.searchsorted(upd_rows[k][op.table], op.rows)
             else:
                 prev = prev_access.get(op.name)
                 local_first[o] = prev is None
@@ -170,6 +167,14 @@ def analyze(cycle) -> Analysis:
                     prefetchable[o] = post_at[prev] < point
                 local_last[o] = True
                 prev_access[op.name] = o
+        # Accumulation happens at the update (the post), in that order: the first
+        # update of a row in a clock copies into it, later ones add.
+        for ev in events:
+            op = ops[ev.op]
+            if op.kind == "pre_update" and ev.kind == "post":
+                p = pos[op.id]
+                first_touch[op.id] = ~seen[op.table][p]
+                seen[op.table][p] = True
 
     rng = np.random.default_rng(0x6ee95)    # fixed: plans must be reproducible
     param_order, acc_order, groups = {}, {}, []

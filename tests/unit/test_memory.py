@@ -167,7 +167,7 @@ def check_layout(cyc, plan):
         assert not live
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(cyc=cycles(), frac=st.floats(0.05, 1.2), policy=st.sampled_from(POLICIES))
 def test_plans_fit_their_budget_and_never_overlap_live_buffers(cyc, frac, policy):
     ws = working_set(cyc)
