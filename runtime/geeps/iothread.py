@@ -82,6 +82,14 @@ class IOThread(threading.Thread):
         self._ctx = zmq.Context.instance()
         self._shards = [_Shard(k, a, connect_dealer(self._ctx, f"tcp://{a}", config))
                         for k, a in enumerate(servers)]
+        # With CurveZMQ a server that refuses our key says so only in a handshake
+        # event; watch for it so the caller hears "refused", not "unreachable".
+        self._monitors = {}
+        if config is not None and config.curve_dir and not config.insecure:
+            for s in self._shards:
+                self._monitors[s.sock.get_monitor_socket(
+                    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)] = s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._wfd, False)
@@ -123,6 +131,8 @@ class IOThread(threading.Thread):
         for s in self._shards:
             poller.register(s.sock, zmq.POLLIN)
             by_sock[s.sock] = s
+        for m in self._monitors:
+            poller.register(m, zmq.POLLIN)
         try:
             while not self._stopping:
                 events = dict(poller.poll(100))
@@ -132,6 +142,9 @@ class IOThread(threading.Thread):
                 for sock, shard in by_sock.items():
                     if sock in events:
                         self._receive(shard)
+                for mon, shard in self._monitors.items():
+                    if mon in events:
+                        self._handshake_failed(mon, shard)
                 now = time.monotonic()
                 for shard in self._shards:
                     self._tick(shard, now)
@@ -141,6 +154,8 @@ class IOThread(threading.Thread):
             self._fail_all(GeepsError(f"client I/O thread failed: {e}"))
         finally:
             self._fail_all(GeepsError("client is closed"))
+            for m in self._monitors:
+                m.close(linger=0)
             for s in self._shards:
                 s.sock.close(linger=0)
             os.close(self._rfd)
@@ -218,14 +233,9 @@ class IOThread(threading.Thread):
         if not shard.inflight:
             return
         if now - shard.last_heard > self.timeout:
-            err = ServerUnreachable(f"{shard.name()} did not answer for {self.timeout:g} s "
-                                    "(is it running and reachable?)")
-            for r in shard.inflight.values():
-                r.handle._fail(err)
-            shard.inflight.clear()
-            for r in shard.backlog:
-                r.handle._fail(err)
-            shard.backlog.clear()
+            self._fail_shard(shard, ServerUnreachable(
+                f"{shard.name()} did not answer for {self.timeout:g} s "
+                "(is it running and reachable?)"))
             return
         for rid, r in list(shard.inflight.items()):
             if r.op == "pull" or r.op == "open":
@@ -244,14 +254,31 @@ class IOThread(threading.Thread):
         elif shard.ping_rid is not None and now - shard.ping_sent >= PING_S * 4:
             shard.ping_rid = None  # lost ping: send another next tick
 
+    def _handshake_failed(self, mon: zmq.Socket, shard: _Shard) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+        while True:
+            try:
+                event = recv_monitor_message(mon, zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            what = ("refused this client's CurveZMQ key (is GEEPS_CURVE_DIR this job's?)"
+                    if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                    else "failed the CurveZMQ handshake (does it run with the same keys?)")
+            err = ServerError(f"{shard.name()} {what}")
+            log.error("%s", err)
+            self._fail_shard(shard, err)
+
+    def _fail_shard(self, shard: _Shard, err: BaseException) -> None:
+        for r in shard.inflight.values():
+            r.handle._fail(err)
+        shard.inflight.clear()
+        for r in shard.backlog:
+            r.handle._fail(err)
+        shard.backlog.clear()
+
     def _fail_all(self, err: BaseException) -> None:
         for shard in self._shards:
-            for r in shard.inflight.values():
-                r.handle._fail(err)
-            shard.inflight.clear()
-            for r in shard.backlog:
-                r.handle._fail(err)
-            shard.backlog.clear()
+            self._fail_shard(shard, err)
         while True:
             try:
                 r = self._queue.get_nowait()

@@ -54,6 +54,7 @@ class Options:
     python: str = sys.executable            # replaces python/python3 in the command
     server_command: tuple[str, ...] = ()    # empty = <python> -m geeps server
     host: str = LOOPBACK                    # servers bind it; workers dial it
+    curve_dir: str = ""                     # the job's CurveZMQ keys; empty = none
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,7 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
         env = dict(base)
         env.update(job_env(job, role, rank, servers,
                            bind_host=options.host if role == "server" else "*",
-                           checkpoint_dir=ckpt, metrics_port=metrics))
+                           checkpoint_dir=ckpt, metrics_port=metrics,
+                           curve_dir=options.curve_dir))
         procs.append(ProcessSpec(f"{role}-{rank}", role, rank, argv, env, metrics))
     return Plan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)))

@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import sys
+import tempfile
 from typing import Sequence
 
 from . import consistency as _consistency
+from . import curve
 from . import spec as _spec
 from .launch_plan import (LOOPBACK, Options, Plan, Ports, apply_overrides, job_from_command,
                           plan)
@@ -105,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"how long a stopped process may take before SIGKILL "
                         f"(default {GRACE:g})")
     p.add_argument("--quiet", action="store_true", help="no live status line")
+    p.add_argument("--insecure", action="store_true",
+                   help="no CurveZMQ keys: traffic on loopback in clear (default: fresh "
+                        "keys in a private temporary directory, removed at the end)")
     return p
 
 
@@ -173,12 +179,12 @@ def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
 
 
 def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
-               server_command: Sequence[str] = ()) -> Plan:
+               server_command: Sequence[str] = (), curve_dir: str = "") -> Plan:
     n = job.servers.replicas + job.workers.replicas
     base = job.metrics_port if args.metrics_port is None else args.metrics_port
     ports = pick_ports(job.servers.replicas, n, base)
     return plan(job, ports, Options(cwd=cwd, checkpoint_dir=args.checkpoint_dir,
-                                    python=sys.executable,
+                                    python=sys.executable, curve_dir=curve_dir,
                                     server_command=tuple(server_command)))
 
 
@@ -219,7 +225,26 @@ def run(argv: Sequence[str], *, server_command: Sequence[str] = ()) -> int:
                   else f"geeps run: {where}{field}: {message}", file=sys.stderr)
         return EXIT_USAGE
     cwd = os.getcwd()
-    p = build_plan(job, args, cwd=cwd, server_command=server_command)
+    if args.insecure or job.insecure:
+        print("geeps run: INSECURE: CurveZMQ is off (--insecure or spec.security.insecure)",
+              file=sys.stderr)
+        return _run(job, args, cwd, server_command, "")
+    # Fresh keys for this run only: readable by this user alone, gone when it ends.
+    keys = tempfile.mkdtemp(prefix="geeps-keys-")
+    try:
+        curve.generate(keys)
+        return _run(job, args, cwd, server_command, keys)
+    finally:
+        shutil.rmtree(keys, ignore_errors=True)
+
+
+def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
+         server_command: Sequence[str], curve_dir: str) -> int:
+    def fail(text: str) -> int:
+        print(f"geeps run: {text}", file=sys.stderr)
+        return EXIT_USAGE
+
+    p = build_plan(job, args, cwd=cwd, server_command=server_command, curve_dir=curve_dir)
     for w in p.warnings:
         print(f"geeps run: warning: {w}", file=sys.stderr)
     if p.checkpoint_dir:

@@ -17,8 +17,9 @@ import threading
 import zmq
 
 from . import config as _config
+from .curve import CurveError
 from .shard import ShardState, ShardTable
-from .transport import bind_router
+from .transport import bind_router, security_note
 
 log = logging.getLogger("geeps.server")
 POLL_MS = 100     # how often the loop looks at the stop flag when idle
@@ -41,7 +42,7 @@ class Server:
         self._pushed_bytes = 0
         host, _, port = cfg.servers[cfg.rank].rpartition(":")
         self.address = f"tcp://{cfg.bind_host}:{port}"
-        self.sock = bind_router(self.ctx, self.address, cfg)
+        self.sock, self._auth = bind_router(self.ctx, self.address, cfg)
 
     def _finish_sends(self, table: ShardTable) -> None:
         # Loopback sends finish in microseconds; waiting on all of them is simpler than
@@ -56,8 +57,8 @@ class Server:
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        log.info("server %d listening on %s for %d workers", self.cfg.rank, self.address,
-                 self.cfg.num_workers)
+        log.info("server %d listening on %s for %d workers; %s", self.cfg.rank, self.address,
+                 self.cfg.num_workers, security_note(self.cfg))
         try:
             while not self._stop.is_set():
                 if not poller.poll(POLL_MS):
@@ -72,6 +73,8 @@ class Server:
                 self._export()
         finally:
             self.sock.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
 
     def _export(self) -> None:
         if self.metrics is None:
@@ -120,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics.serve(cfg.metrics_port)
         server = Server(cfg, metrics=metrics)
+    except CurveError as e:
+        print(f"geeps server: {e}", file=sys.stderr)
+        return 2
     except (zmq.ZMQError, OSError) as e:
         print(f"geeps server: cannot listen on {cfg.servers[cfg.rank]} or metrics port "
               f"{cfg.metrics_port}: {e}", file=sys.stderr)

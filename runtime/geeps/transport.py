@@ -1,10 +1,15 @@
-"""Socket construction in one place, so every socket gets the same options (and, with
-keys configured, the same CurveZMQ security)."""
+"""Socket construction in one place, so every socket gets the same options and, when
+the job has keys (GEEPS_CURVE_DIR), the same CurveZMQ security."""
 from __future__ import annotations
+
+import logging
 
 import zmq
 
+from . import curve
 from .config import Config
+
+log = logging.getLogger("geeps.transport")
 
 
 def _common(sock: zmq.Socket) -> None:
@@ -15,11 +20,38 @@ def _common(sock: zmq.Socket) -> None:
     sock.setsockopt(zmq.LINGER, 0)
 
 
-def bind_router(ctx: zmq.Context, address: str, cfg: Config) -> zmq.Socket:
+def security_note(cfg: Config | None) -> str:
+    """One line for the log saying how traffic is protected."""
+    if cfg is not None and cfg.curve_dir and not cfg.insecure:
+        return f"CurveZMQ on (keys in {cfg.curve_dir})"
+    if cfg is not None and cfg.insecure:
+        return ("INSECURE: CurveZMQ turned off by GEEPS_INSECURE=1; anyone who reaches "
+                "the server port can read and change the model")
+    return "CurveZMQ off (no GEEPS_CURVE_DIR): traffic is neither encrypted nor authenticated"
+
+
+def _keys(cfg: Config | None) -> curve.Keys | None:
+    if cfg is None or not cfg.curve_dir or cfg.insecure:
+        return None
+    return curve.load(cfg.curve_dir)
+
+
+def bind_router(ctx: zmq.Context, address: str, cfg: Config):
+    """A bound ROUTER socket and its ZAP authenticator (None without keys)."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock)
-    sock.bind(address)
-    return sock
+    auth = None
+    keys = _keys(cfg)
+    if keys is not None:
+        auth = curve.secure_server(ctx, sock, keys)
+    try:
+        sock.bind(address)
+    except zmq.ZMQError:
+        sock.close(0)
+        if auth is not None:
+            auth.stop()
+        raise
+    return sock, auth
 
 
 def connect_dealer(ctx: zmq.Context, address: str, cfg: Config | None = None) -> zmq.Socket:
@@ -27,5 +59,8 @@ def connect_dealer(ctx: zmq.Context, address: str, cfg: Config | None = None) ->
     _common(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    keys = _keys(cfg)
+    if keys is not None:
+        curve.secure_client(sock, keys)
     sock.connect(address)
     return sock
