@@ -1,8 +1,9 @@
 """The Kubernetes permissions the operator needs, declared once.
 
-    from geeps_operator.rbac import RULES, CLUSTER_RULES
-    # a ClusterRole's rules: [*RULES, *CLUSTER_RULES]   (cluster-wide operator)
-    # per watched namespace a Role with RULES, plus a ClusterRole with CLUSTER_RULES
+    from geeps_operator.rbac import RULES, CLUSTER_RULES, NAMESPACE_RULES
+    # --all-namespaces: one ClusterRole with [*RULES, *CLUSTER_RULES]
+    # --namespace NS..: a Role with RULES in each NS, and a ClusterRole with
+    #                   [*CLUSTER_RULES, *NAMESPACE_RULES]
 
 The Helm chart renders its ClusterRole/Role from these lists; an end-to-end test
 records every request the running operator makes and checks both directions: each
@@ -33,12 +34,16 @@ RULES: tuple[dict, ...] = (
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": ["create"]},
 )
 
-# Cluster-scoped: kopf watches CRDs to learn when GeePSJob is served. (It would also
-# list and watch namespaces, but only for glob patterns such as --namespace 'team-*',
-# which `geeps operator` does not offer.)
+# Cluster-scoped, always: kopf watches CRDs to learn when GeePSJob is served.
 CLUSTER_RULES: tuple[dict, ...] = (
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"],
      "verbs": ["list", "watch"]},
+)
+
+# Cluster-scoped, only with --namespace: kopf lists and watches namespaces to find the
+# ones it serves (cluster-wide it watches resources across all of them instead).
+NAMESPACE_RULES: tuple[dict, ...] = (
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["list", "watch"]},
 )
 
 
@@ -54,8 +59,8 @@ def triples(rules) -> set[tuple[str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    yaml.safe_dump({"rules": list(RULES), "clusterRules": list(CLUSTER_RULES)}, sys.stdout,
-                   sort_keys=False)
+    yaml.safe_dump({"rules": list(RULES), "clusterRules": list(CLUSTER_RULES),
+                    "namespaceRules": list(NAMESPACE_RULES)}, sys.stdout, sort_keys=False)
     return 0
 
 

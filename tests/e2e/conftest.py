@@ -6,8 +6,12 @@ serves all of them as it would serve teams on one cluster.
 from __future__ import annotations
 
 import itertools
+import os
+import shutil
+import subprocess
 
 import pytest
+import yaml
 
 from .harness import Cluster, Operator
 
@@ -30,3 +34,24 @@ def operator(cluster, tmp_path_factory):
 def ns(request):
     """A fresh namespace name per test (the emulator needs no Namespace object)."""
     return f"t{next(_ns)}-{request.node.name[5:25].replace('_', '-').strip('-').lower()}"
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster, tmp_path_factory):
+    """Run the real kubectl against the emulator: kubectl(ns, *args) -> CompletedProcess."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    home = tmp_path_factory.mktemp("kubectl")
+    config = home / "kubeconfig"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+        "clusters": [{"name": "emulator", "cluster": {"server": cluster.url}}],
+        "users": [{"name": "tester", "user": {}}],
+        "contexts": [{"name": "emulator", "context": {"cluster": "emulator",
+                                                      "user": "tester"}}]}))
+    env = dict(os.environ, KUBECONFIG=str(config), HOME=str(home))
+
+    def run(ns: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["kubectl", "-n", ns, *args], env=env, capture_output=True,
+                              text=True, timeout=60)
+    return run

@@ -7,27 +7,33 @@ simple. This subclass adds, the way a real API server does them:
   use generateName; without it every Event after the first would conflict);
 - resourceVersion, moved by every write (kopf's JSON patches test it);
 - registering a CustomResourceDefinition's resource for discovery when the CRD is
-  created (names, short names, namespaced, status subresource);
+  created (names, short names, namespaced, status subresource), and discovery
+  documents kubectl accepts (core groupVersion "v1", singular names, subresources
+  without the parent's short names);
 - labelSelector on list and watch (=, ==, !=, key, !key);
 - `kind: <Kind>List` on lists (kubectl refuses lists without it);
 - server-side Table responses (`Accept: application/json;as=Table`), built from a
   CRD's additionalPrinterColumns, so `kubectl get gj` prints the printer columns;
+- listing and watching namespaces (implicit: each namespace holding an object);
 - GET pods/<name>/log from a provider (the test kubelet's captured output), as the
   API server proxies it from the kubelet.
 
 What it still lacks, and the tests do not pretend otherwise: schema validation and
 defaulting of custom resources, CEL rules, resourceVersion preconditions on merge
 patches, resuming a watch from a resourceVersion, garbage collection through owner
-references, PUT, and listing namespaces (kmock cannot parse /api/v1/namespaces).
+references, PUT, Namespace objects (and namespaces appearing after a watch starts).
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
+import json
 import random
 import string
 import uuid
 from typing import Any, Callable
 
+import aiohttp.web
 import attrs
 import jsonpatch
 import kmock
@@ -102,8 +108,57 @@ class GeepsEmulator(kmock.KubernetesEmulator):
     # plural -> CRD body, for Table responses.
     _crds: dict = attrs.field(factory=dict, init=False)
     _version: int = attrs.field(default=0, init=False)
+    _archive: list = attrs.field(factory=list, init=False)
+    _inflight: set = attrs.field(factory=set, init=False)
+
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> Any:
+        # kmock cannot parse the path /api/v1/namespaces (no namespace after "namespaces"),
+        # which kopf lists and watches when it serves named namespaces. Namespaces are
+        # implicit here: every namespace that holds an object exists.
+        if raw_request.method == "GET" and raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return await self._serve_namespaces(raw_request)
+        return await super().__call__(raw_request)
+
+    async def _serve_namespaces(self, raw_request: aiohttp.web.BaseRequest) -> Any:
+        watch = raw_request.query.get("watch") == "true"
+        self._archive.append(rendering.Request(
+            method=raw_request.method, url=raw_request.url, params=dict(raw_request.query),
+            headers=dict(raw_request.headers), resource=kmock.resource("", "v1", "namespaces"),
+            action=enums.action.WATCH if watch else enums.action.LIST))
+        names = sorted({ns for _, ns, _ in self.objects if ns})
+        items = [{"apiVersion": "v1", "kind": "Namespace",
+                  "metadata": {"name": n, "uid": f"ns-{n}", "resourceVersion": "1",
+                               "labels": {"kubernetes.io/metadata.name": n}},
+                  "status": {"phase": "Active"}} for n in names]
+        if not watch:
+            return aiohttp.web.json_response({"apiVersion": "v1", "kind": "NamespaceList",
+                                              "metadata": {"resourceVersion": "1"},
+                                              "items": items})
+        response = aiohttp.web.StreamResponse()
+        await response.prepare(raw_request)
+        for item in items:
+            await response.write(json.dumps({"type": "ADDED", "object": item}).encode() + b"\n")
+        await asyncio.Event().wait()       # no namespaces come or go later; until closed
+        return response
+
+    def all_requests(self) -> list[rendering.Request]:
+        """Every request served so far, oldest first."""
+        return self._archive + list(self._requests)
 
     async def _handle(self, request: rendering.Request) -> Any:
+        # kmock routes a request by scanning every request it ever logged (O(n) each, so
+        # a long session slows quadratically); finished ones move to an archive instead.
+        self._inflight.add(id(request))
+        keep = []
+        for r in self._requests:
+            (keep if id(r) in self._inflight else self._archive).append(r)
+        self._requests[:] = keep
+        try:
+            return await self._serve(request)
+        finally:
+            self._inflight.discard(id(request))
+
+    async def _serve(self, request: rendering.Request) -> Any:
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
             self._complete(request)
         elif request.action == enums.action.UPDATE:
@@ -157,6 +212,21 @@ class GeepsEmulator(kmock.KubernetesEmulator):
                 verbs={"get", "list", "watch", "create", "patch", "delete"},
                 subresources=set((version.get("subresources") or {}).keys()))
         self._crds[names["plural"]] = crd
+
+    async def _serve_version(self, request: rendering.Request) -> Any:
+        # kmock's APIResourceList says groupVersion "/v1" for the core group, uses the
+        # plural as singular, and gives subresources their parent's short names; kubectl
+        # then finds no "pods" and warns that "gj" is ambiguous.
+        out = await super()._serve_version(request)
+        if out.get("groupVersion", "").startswith("/"):
+            out["groupVersion"] = out["groupVersion"][1:]
+        for entry in out["resources"]:
+            if "/" in entry["name"]:
+                entry.update(shortNames=[], categories=[], singularName="",
+                             verbs=["get"] if entry["name"].endswith("/log") else ["get", "patch"])
+            elif entry["singularName"] == entry["name"]:
+                entry["singularName"] = (entry.get("kind") or entry["name"]).lower()
+        return out
 
     def _kind(self, request: rendering.Request) -> str | None:
         info = self.resources.get(request.resource) if request.resource in self.resources \

@@ -182,7 +182,7 @@ class Cluster:
         port = int(url.rsplit(":", 1)[1])
 
         async def collect():
-            return [r for r in self.emulator._requests if r.url.port == port]
+            return [r for r in self.emulator.all_requests() if r.url.port == port]
         return asyncio.run_coroutine_threadsafe(collect(), self.loop).result(10)
 
     def processes(self, ns: str) -> list:
@@ -210,11 +210,14 @@ class Cluster:
 class Operator:
     """`geeps operator` as a subprocess against the emulator, as it runs in production."""
 
-    def __init__(self, cluster: Cluster, workdir: str, resync: float = 0.5):
+    def __init__(self, cluster: Cluster, workdir: str, resync: float = 0.5,
+                 namespaces: tuple[str, ...] = ()):
         self.cluster = cluster
+        self.namespaces = namespaces
         self.health_port, self.metrics_port = free_port(), free_port()
         self.log_path = os.path.join(workdir, "operator.log")
-        self.args = [sys.executable, "-m", "geeps", "operator", "--all-namespaces",
+        scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
+        self.args = [sys.executable, "-m", "geeps", "operator", *scope,
                      "--server", cluster.operator_url, "--resync-seconds", str(resync),
                      "--health-port", str(self.health_port),
                      "--metrics-port", str(self.metrics_port)]

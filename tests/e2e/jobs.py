@@ -24,3 +24,28 @@ def job(ns: str, name: str, worker_code: str = "pass", *, servers: int = 1, work
     }
     body["spec"].update(copy.deepcopy(spec))
     return body
+
+
+# Worker programs (python -c). Marker files live in the directory named by $MARKS.
+CRASH_ONCE = """
+import os, sys
+mark = os.path.join(os.environ["MARKS"], "attempt-" + os.environ["GEEPS_RANK"])
+with open(mark, "a") as f:
+    f.write("x")
+first = open(mark).read() == "x"
+sys.exit(int(os.environ.get("FIRST_EXIT", "3")) if first and os.environ["GEEPS_RANK"] == "0" else 0)
+"""
+
+ALWAYS_FAIL = "import sys; sys.exit(1)"
+
+# Report clock 5, then wait for the file $MARKS/go.
+WAIT_FOR_GO = """
+import os, time, geeps
+geeps.report(clock=5, loss=0.5)
+while not os.path.exists(os.path.join(os.environ["MARKS"], "go")):
+    time.sleep(0.05)
+"""
+
+
+def env(**values: str) -> list[dict]:
+    return [{"name": k, "value": str(v)} for k, v in values.items()]

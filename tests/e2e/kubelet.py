@@ -22,6 +22,8 @@ How a pod becomes a local process:
   code, then removes the finalizer. Until then the pod is visible as terminating,
   as on a real node.
 - Logs: stdout and stderr go to a file per pod, served as pods/<name>/log.
+- Metrics: GEEPS_METRICS_PORT is remapped to a free port per pod (the runtime binds
+  its metrics on every interface, and these pods share one network namespace).
 - Ignored: images, resources (GPUs included), probes, volumes, node selection.
 """
 from __future__ import annotations
@@ -35,6 +37,8 @@ import sys
 from dataclasses import dataclass, field
 
 import aiohttp
+
+from tests.helpers import free_port
 
 FINALIZER = "kubelet.test/graceful"
 NODE = "test-node"
@@ -158,6 +162,10 @@ class Kubelet:
                 env[e["name"]] = fields[ref]
         if "GEEPS_BIND_HOST" in env:
             env["GEEPS_BIND_HOST"] = ip
+        if env.get("GEEPS_METRICS_PORT", "0") != "0":
+            # Metrics bind every interface; pods share this host's network, so each gets a
+            # port of its own (a node's port mapping, in effect).
+            env["GEEPS_METRICS_PORT"] = str(free_port())
         return env
 
     @staticmethod

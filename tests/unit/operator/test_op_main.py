@@ -65,7 +65,7 @@ def test_namespace_and_all_namespaces_exclude_each_other():
 def test_rules_render_as_valid_rbac():
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": "geeps-operator"},
-            "rules": [*rbac.RULES, *rbac.CLUSTER_RULES]}
+            "rules": [*rbac.RULES, *rbac.CLUSTER_RULES, *rbac.NAMESPACE_RULES]}
     kubernetes_validate.validate(role, "1.33", strict=True)
     assert rbac.covers(rbac.RULES, "", "pods/log", "get")
     assert not rbac.covers(rbac.RULES, "", "secrets", "get")
