@@ -1,7 +1,7 @@
 """Render docs/dashboard.png: the Grafana dashboard's panels, drawn from real Prometheus data.
 
-    python tools/render_dashboard.py                       # runs the example, writes the PNG
-    python tools/render_dashboard.py --manifest examples/02-digits-cnn/job.yaml --workers 4
+    python tools/render_dashboard.py          # runs tests/metrics/cached-job.yaml, writes the PNG
+    python tools/render_dashboard.py --manifest examples/01-minimal/job.yaml --workers 4
 
 Starts what tests/metrics starts (tools/promstack.py): Debian's prometheus, `geeps
 operator` against kmock's Kubernetes API emulator, and `geeps run MANIFEST` with metrics
@@ -60,7 +60,9 @@ def collect(prom: Prometheus, dashboard: dict, variables: dict, start: float, en
             for s in prom.query_range(concrete(t["expr"], variables), start, end, step):
                 pts = [(float(x) - start, float(v)) for x, v in s["values"]]
                 series.append((legend(t.get("legendFormat", ""), s["metric"]), pts))
-        panels.append({"title": p["title"], "unit": p["fieldConfig"]["defaults"].get("unit", ""),
+        defaults = p["fieldConfig"]["defaults"]
+        panels.append({"title": p["title"], "unit": defaults.get("unit", ""),
+                       "min": defaults.get("min"), "max": defaults.get("max"),
                        "grid": p["gridPos"], "series": series})
     return panels
 
@@ -93,7 +95,15 @@ def draw(panels: list[dict], title: str, out: str) -> None:
         for i, (label, pts) in enumerate(p["series"]):
             xs = [x for x, v in pts if math.isfinite(v)]
             ys = [v / div for v in (v for _, v in pts) if math.isfinite(v)]
-            ax.plot(xs, ys, color=COLORS[i % len(COLORS)], linewidth=1.4, label=label)
+            # Every other series dashed: equal series (push and pull bytes are often the
+            # same) would otherwise hide each other.
+            ax.plot(xs, ys, color=COLORS[i % len(COLORS)], linewidth=1.4, label=label,
+                    linestyle="--" if i % 2 else "-")
+        if p["min"] is not None or p["max"] is not None:
+            lo = None if p["min"] is None else p["min"] / div
+            hi = None if p["max"] is None else p["max"] / div
+            pad = 0.03 * ((hi or 0) - (lo or 0))
+            ax.set_ylim(None if lo is None else lo - pad, None if hi is None else hi + pad)
         if not p["series"]:
             ax.text(0.5, 0.5, "No data", color=TEXT, ha="center", va="center",
                     transform=ax.transAxes)
@@ -108,7 +118,9 @@ def draw(panels: list[dict], title: str, out: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--manifest", default=os.path.join(REPO, "examples", "01-minimal", "job.yaml"))
+    # The metrics test's job: it runs the GPU-specialized worker under a device budget,
+    # so every panel has data (01-minimal's low-level client has no parameter cache).
+    ap.add_argument("--manifest", default=os.path.join(REPO, "tests", "metrics", "cached-job.yaml"))
     ap.add_argument("--servers", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", default=OUT)

@@ -3,9 +3,10 @@ Grafana dashboard returns data through Prometheus' HTTP API.
 
     apt-get install prometheus && pytest tests/metrics -q
 
-Parts: Debian's `prometheus` (1 s scrapes), `geeps run examples/01-minimal/job.yaml`
-with 2 servers and 2 workers serving metrics, and `geeps operator` serving its own
-metrics while it handles the same job, against kmock's Kubernetes API emulator (the one
+Parts: Debian's `prometheus` (1 s scrapes); `geeps run tests/metrics/cached-job.yaml`
+(2 servers, 2 workers on the GPU-specialized worker under a device budget, SSP; about
+10 s) with every process serving metrics; and `geeps operator` serving its own metrics
+while it handles the same job, against kmock's Kubernetes API emulator (the one
 stand-in: no cluster can run here). The test fails, never skips, in CI (CI=true) when
 prometheus is missing.
 """
@@ -22,8 +23,8 @@ from tools.promstack import concrete, finite, load_dashboard, observed_run, pane
 
 pytestmark = pytest.mark.integration
 
-EXAMPLE = os.environ.get("GEEPS_E2E_MANIFEST") or os.path.join(REPO, "examples", "01-minimal", "job.yaml")
-JOB_TIMEOUT = 120          # s; the example runs in seconds
+JOB = os.path.join(REPO, "tests", "metrics", "cached-job.yaml")
+JOB_TIMEOUT = 120          # s; the job runs for about 10 s
 
 
 def series_points(result: list[dict]) -> list[tuple[float, dict, float]]:
@@ -34,11 +35,10 @@ def series_points(result: list[dict]) -> list[tuple[float, dict, float]]:
 
 @pytest.fixture(scope="module")
 def run_with_prometheus(tmp_path_factory):
-    """Run the example under Prometheus; yield (prometheus, job, job name, targets)."""
+    """Run the job under Prometheus; yield (prometheus, job, job name, targets)."""
     binary = find_binary("prometheus", "PROMETHEUS")
-    assert os.path.exists(EXAMPLE), f"{EXAMPLE} is missing: the e2e test runs it"
     workdir = str(tmp_path_factory.mktemp("prometheus"))
-    with observed_run(workdir, EXAMPLE, servers=2, workers=2, timeout=JOB_TIMEOUT,
+    with observed_run(workdir, JOB, servers=2, workers=2, timeout=JOB_TIMEOUT,
                       prometheus=binary) as run:
         yield run
 
