@@ -3,7 +3,7 @@ through the access-buffer pool, and Belady's MIN as the reference for bytes move
 
     plan = make_plan(cycle, budget=2 << 30)          # pure; raises BudgetError
     print(plan.summary())
-    ref = belady(cycle, budget=2 << 30)              # optimum for the known sequence
+    ref = belady(cycle, budget=2 << 30)              # MIN on the known sequence
     assert plan.moved_bytes <= 1.10 * ref.total
 
 The cost model (shared by the plan and Belady, so the comparison is fair):
@@ -20,20 +20,34 @@ The cost model (shared by the plan and Belady, so the comparison is fair):
 So every item dies at the end of its clock, and what a policy controls is the extra
 traffic of items used more than once within a clock.
 
+Device memory = pinned regions (fixed slots for the whole cycle) + one pool of access
+buffers at fixed offsets. An operation whose rows are all pinned, contiguous in
+first-use order, works in place (a view); any other gets a pool buffer, filled while
+the previous operation runs (prefetch) when its space is free then. A buffer may also
+be *held* after its operation for the next use of the same data (the same rows read
+again: parameters do not change within a clock; the next access of local data): all
+of it, or a prefix, the next buffer then being placed at the same offset so that only
+the rest is fetched again. Holding is pinning for a span of the clock instead of the
+whole cycle: what makes a static plan come close to MIN, which time-shares memory.
+
 Policies (`policy=`):
-- "benefit" (default): pin the groups of rows and the local data that save the most
-  bytes per byte pinned (reuse within a clock), then pin what turns an operation into
-  a zero-copy view; keep a pool able to prefetch every operation when that costs at
-  most PREFETCH_SLACK more bytes than pinning more, else prefetch what fits.
+- "benefit" (default): greedily, by bytes saved per byte of device memory and per
+  event held: pin groups of rows (rows the same operations touch) and local data, or
+  hold a buffer to its data's next use (the longest prefix that fits if not all); then
+  pin what turns an operation into a view. Rows that several operations of a clock
+  read (hot rows of a power-law sparse workload: they recur in every clock) win pins
+  by their reuse. Keep a pool that prefetches every operation if that costs at most
+  PREFETCH_SLACK more bytes than the plan that may not.
 - "geeps": GeePS's clientlib-viter policy: an access buffer of twice the peak data
   in use between an operation and its post; then local data, then parameter rows in
-  order of first use, while the budget lasts.
-- "stream": pin nothing; everything goes through the pool (a baseline).
+  order of first use, while the budget lasts; no holding.
+- "stream": pin nothing, hold nothing; everything goes through the pool (a baseline).
 A device budget below what the sequence needs with nothing pinned and no prefetch is
 refused with the numbers (BudgetError).
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -299,13 +313,13 @@ def belady(cycle, budget: int | None, chunk_bytes: int | None = None) -> Moves:
     Classical MIN at row granularity (local data in chunks of `chunk_bytes`, default
     the widest row): on a miss, evict the resident item whose next use is furthest
     (free, clean or dead items first among those never used again). Dirty write-backs
-    count. Each step's items are needed at one instant, with no access buffers: a
-    lower bound for any plan under the same budget."""
+    count. Each step's items are needed at one instant, with no access buffers. MIN
+    is optimal in loads for same-size items; it ignores what an eviction writes back,
+    so a plan that weighs write-backs can move a little less than it."""
     a = analyze(cycle)
     widths = [t.row_bytes for t in cycle.tables.values()]
     chunk = chunk_bytes or (max(widths) if widths else 512)
     total = Moves()
-    import heapq
     inf = float("inf")
     for k in range(cycle.n_clocks):
         steps = list(_steps(a, k, chunk))

@@ -3,7 +3,7 @@
     m = Metrics.from_config(geeps.load_config())    # binds the job, role and rank labels
     m.serve(cfg.metrics_port)                        # GEEPS_METRICS_PORT; 0 = off
     m.cache_reads("w", hits=120, misses=8)
-    client = geeps.Client(..., on_transfer=m.transfer)   # counts push/pull bytes
+    client = geeps.Client(..., metrics=m)            # counts push/pull bytes, clocks
 
 The metric objects are module-level and labelled with job, role and rank, so any
 number of Metrics objects (several workers as threads of one test process) share one

@@ -74,8 +74,13 @@ class Worker:
             raise ValueError(f"placement policy {policy!r} is not one of "
                              f"{', '.join(memory.POLICIES)}")
         self.policy = policy
-        self.metrics = metrics or Metrics(os.environ.get("GEEPS_JOB", "local"), "worker",
-                                          client.worker)
+        # A client made by Client.from_env() carries the process's Metrics and counts
+        # push/pull bytes, the clock and iteration time itself: share it, don't recount.
+        client_metrics = getattr(client, "metrics", None)
+        self.metrics = metrics or client_metrics or Metrics(
+            os.environ.get("GEEPS_JOB", "local"), "worker", client.worker)
+        self._count_net = getattr(client, "on_transfer", None) is None
+        self._count_clock = client_metrics is None
         self.recording = False
         self.cycle = None
         self.plan = None
@@ -215,15 +220,17 @@ class Worker:
         for t, rows in self.plan.clocks[k].push.items():
             h = self.client.push_async(self._tables[t], _selection(rows), acc[t])
             handles.append(h)
-            self.metrics.transfer("push", acc[t].nbytes)
+            if self._count_net:
+                self.metrics.transfer("push", acc[t].nbytes)
         self._push_handles[k] = handles
         self._clock_handle = self.client.clock_async()
         now = time.perf_counter()
-        if self._last_clock_t is not None:
+        if self._last_clock_t is not None and self._count_clock:
             self.metrics.iteration.observe(now - self._last_clock_t)
         self._last_clock_t = now
         clock = self.client.clock_value
-        self.metrics.clock.set(clock)
+        if self._count_clock:
+            self.metrics.clock.set(clock)
         self._k = clock % self.cycle.n_clocks
         self._begin(self._k)
         return clock
@@ -239,7 +246,8 @@ class Worker:
             out = self.cache.pulled[k][t]
             handles.append((t, self.client.pull_async(self._tables[t], _selection(rows),
                                                       out=out)))
-            self.metrics.transfer("pull", out.nbytes)
+            if self._count_net:
+                self.metrics.transfer("pull", out.nbytes)
         clock_handle = self._clock_handle
 
         def wait_pull():

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from geeps import backend
-from geeps.backend import Index, make_index
+from geeps.backend import make_index
 from geeps.backend_numpy import TORCH_MIN_ELEMS, NumpyBackend
 from geeps.rules import RuleState
 

@@ -1,5 +1,4 @@
 """The placement planner against Belady's MIN, its invariants, and refused budgets."""
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
