@@ -73,9 +73,9 @@ class Reconciler:
         lock = self._locks.setdefault((ns, name), asyncio.Lock())
         async with lock:
             with metrics.reconciling(trigger):
-                return await self._reconcile(ns, name)
+                return await self._reconcile(ns, name, trigger)
 
-    async def _reconcile(self, ns: str, name: str) -> Plan | None:
+    async def _reconcile(self, ns: str, name: str, trigger: str) -> Plan | None:
         job = await self.kube.get(job_path(ns, name))
         if job is None:
             self.forget(ns, name)
@@ -91,17 +91,22 @@ class Reconciler:
         has_service = await self.kube.get(
             path("", "v1", "services", ns, m.service_name(name))) is not None
         phase = (job.get("status") or {}).get("phase")
-        clock = None if phase in ("Succeeded", "Failed") else await self._clock(ns, name, pods)
+        clock = None if phase in ("Succeeded", "Failed") else \
+            await self._clock(ns, name, pods, periodic=trigger == "timer")
         plan = decide(Observed(job=job, pods=pods, has_service=has_service,
                                now=self.now(), clock=clock))
         await self._apply(job, plan)
         metrics.observe_phase(f"{ns}/{name}", plan.status.get("phase"))
         return plan
 
-    async def _clock(self, ns: str, name: str, pods: list[dict]) -> int | None:
+    async def _clock(self, ns: str, name: str, pods: list[dict], *,
+                     periodic: bool) -> int | None:
+        """Worker 0's clock: read on periodic reconciles while it runs (pod events can
+        come in bursts; one log read per resync is enough), and once more when it ends."""
         worker0 = m.pod_name(name, "worker", 0)
         pod = next((p for p in pods if p["metadata"].get("name") == worker0), None)
-        if pod is None or (pod.get("status") or {}).get("phase") not in ("Running", "Succeeded"):
+        phase = (pod or {}).get("status", {}).get("phase")
+        if not (phase == "Succeeded" or (phase == "Running" and periodic)):
             return None
         try:
             text = await self.kube.text(path("", "v1", "pods", ns, worker0, "log"),

@@ -110,8 +110,11 @@ class Api:
 
 
 class Cluster:
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, prometheus_operator: bool = True):
         self.workdir = workdir
+        # Whether the monitoring.coreos.com CRDs are served (PodMonitor).
+        self.resources = {k: v for k, v in BUILTIN.items()
+                          if prometheus_operator or not k.startswith("monitoring.")}
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="emulator",
                                         daemon=True)
@@ -140,7 +143,7 @@ class Cluster:
         try:
             async with GeepsEmulator() as emu, kmock.Server(emu) as srv, \
                     kmock.Server(emu) as op_srv:
-                for key, info in BUILTIN.items():
+                for key, info in self.resources.items():
                     emu.resources[key] = info
                 self.emulator = emu
                 self.url, self.operator_url = str(srv.url).rstrip("/"), \

@@ -1,5 +1,6 @@
-"""`geeps operator --namespace NS` on a cluster of its own: it serves jobs in NS and
-never reads or writes anything elsewhere."""
+"""The operator process on clusters of their own: namespaced mode (it serves jobs in its
+namespaces and touches nothing elsewhere), a cluster without the Prometheus Operator,
+and an operator restarted in the middle of a job (it picks up from what the API shows)."""
 from __future__ import annotations
 
 import pytest
@@ -7,14 +8,14 @@ import pytest
 from geeps_operator import rbac
 
 from .harness import Cluster, Operator
-from .jobs import job
+from .jobs import WAIT_FOR_GO, env, job
 from .test_rbac import request_triples
 
 pytestmark = pytest.mark.e2e
 
 
 def test_a_namespaced_operator_serves_only_its_namespace(tmp_path):
-    with Cluster(str(tmp_path)) as cluster:
+    with Cluster(str(tmp_path), prometheus_operator=False) as cluster:
         # Namespaces exist before the operator starts (the emulator's namespaces are
         # those holding objects, and its namespace watch reports no later arrivals).
         cluster.api.create_job(job("elsewhere", "ignored", "pass"))
@@ -34,3 +35,22 @@ def test_a_namespaced_operator_serves_only_its_namespace(tmp_path):
         assert {(g, r, v) for g, r, v, ns in triples if ns} <= rbac.triples(rbac.RULES)
         assert {(g, r, v) for g, r, v, ns in triples if not ns} == \
             rbac.triples(rbac.CLUSTER_RULES) | rbac.triples(rbac.NAMESPACE_RULES)
+        # No PodMonitor CRD here: the operator tried once, got 404, and the job ran anyway.
+        assert ("monitoring.coreos.com", "podmonitors", "create", "watched") in triples
+
+
+def test_a_restarted_operator_picks_up_where_the_last_one_left(tmp_path):
+    with Cluster(str(tmp_path)) as cluster:
+        with Operator(cluster, str(tmp_path)):
+            cluster.api.create_job(job("ns", "long", WAIT_FOR_GO, workers=2,
+                                       env=env(MARKS=tmp_path)))
+            cluster.wait_phase("ns", "long", "Running", timeout=30)
+        # No operator now; the pods run on. A new one adopts the job from the API.
+        with Operator(cluster, str(tmp_path)):
+            (tmp_path / "go").touch()
+            done = cluster.wait_phase("ns", "long", "Succeeded", timeout=30)
+        assert done["status"]["restartCount"] == 0
+        assert sorted(p.name for p in cluster.processes("ns")) == \
+            ["long-server-0", "long-worker-0", "long-worker-1"]     # nothing created twice
+        created = [e for e in cluster.api.events("ns", "long") if e["reason"] == "Created"]
+        assert len(created) == 1
