@@ -14,15 +14,15 @@ import kopf
 
 @dataclass(frozen=True)
 class OperatorConfig:
-    connection: kopf.ConnectionInfo                 # where the Kubernetes API is, with credentials
-    namespaces: tuple[str, ...] = ()                # watched namespaces; empty = all (cluster-wide)
-    resync_seconds: float = 10.0                    # s; every job is reconciled at least this often,
-    #                                                 so TTL and deadlines hold with no events at all
-    health_port: int = 8080                         # liveness endpoint /healthz; 0 disables
-    metrics_port: int = 9090                        # Prometheus /metrics of the operator; 0 disables
-    clock_log_lines: int = 200                      # lines of worker 0's log scanned for its clock
-    user_agent: str = "geeps-operator/0.1.0"        # so API audit logs name us
-    finalizer: str = "geeps.dev/operator"           # kopf's finalizer (it needs one for the timer)
+    connection: kopf.ConnectionInfo             # where the Kubernetes API is, with credentials
+    namespaces: tuple[str, ...] = ()            # watched namespaces; empty = all (cluster-wide)
+    resync_seconds: float = 10.0                # s; every job is reconciled at least this
+    #                                             often, so TTL and deadlines hold without events
+    health_port: int = 8080                     # liveness endpoint /healthz; 0 disables
+    metrics_port: int = 9090                    # the operator's Prometheus /metrics; 0 disables
+    clock_log_lines: int = 200                  # lines of worker 0's log scanned for its clock
+    user_agent: str = "geeps-operator/0.1.0"    # so API audit logs name us
+    finalizer: str = "geeps.dev/operator"       # kopf's finalizer (it needs one for the timer)
 
     @property
     def clusterwide(self) -> bool:

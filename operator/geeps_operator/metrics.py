@@ -29,7 +29,8 @@ DURATION = Histogram("geeps_operator_reconcile_duration_seconds",
                      "Wall time of one reconcile, API calls included", registry=REGISTRY,
                      buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 TRANSITIONS = Counter("geeps_operator_phase_transitions_total",
-                      "Phase changes seen by this operator process (a restart counts each job once)", ["phase"], registry=REGISTRY)
+                      "Phase changes seen by this operator process (after a restart, "
+                      "each job counts once)", ["phase"], registry=REGISTRY)
 
 
 class _JobsByPhase:
