@@ -369,7 +369,7 @@ def test_rbac_grants_exactly_what_the_operator_uses(rendered, sid):
 
     geeps_operator.rbac is itself checked by the operator's end-to-end test against
     every request the running operator makes, so this pins the chart to real use."""
-    from geeps_operator.rbac import CLUSTER_RULES, RULES
+    from geeps_operator.rbac import CLUSTER_RULES, NAMESPACE_RULES, RULES
     objs = rendered[sid]
     cluster_roles = by_kind(objs, "ClusterRole")
     roles = by_kind(objs, "Role")
@@ -379,7 +379,8 @@ def test_rbac_grants_exactly_what_the_operator_uses(rendered, sid):
     if sid == "namespaced":
         (role,) = roles
         assert _triples(role["rules"]) == _triples(RULES)
-        assert _triples(cluster_role["rules"]) == _triples(CLUSTER_RULES)
+        assert _triples(cluster_role["rules"]) == _triples(CLUSTER_RULES) | _triples(
+            NAMESPACE_RULES)
     else:
         assert roles == []
         assert _triples(cluster_role["rules"]) == _triples(RULES) | _triples(CLUSTER_RULES)

@@ -73,9 +73,10 @@ app.kubernetes.io/component: operator
 
 {{/*
 The rights the operator uses, and nothing more: geeps_operator.rbac.RULES (namespaced,
-granted in each watched namespace) and CLUSTER_RULES (cluster-scoped). A test compares
-the rendered rules with those lists, which the operator's end-to-end test checks against
-the requests it really makes.
+granted in each watched namespace), CLUSTER_RULES (cluster-scoped, always) and
+NAMESPACE_RULES (cluster-scoped, only when watching one namespace). A test compares the
+rendered rules with those lists, which the operator's end-to-end test checks against the
+requests it really makes.
 */}}
 {{- define "geeps-operator.rules" -}}
 # kopf lists and watches jobs and patches its finalizer on; the TTL deletes them.
@@ -110,5 +111,12 @@ the requests it really makes.
 # kopf watches CRDs to learn when GeePSJob is served: cluster-scoped, so never in a Role.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end }}
+
+{{- define "geeps-operator.namespaceRules" -}}
+# Watching named namespaces, kopf lists and watches namespaces to find the ones it serves.
+- apiGroups: [""]
+  resources: [namespaces]
   verbs: [list, watch]
 {{- end }}
