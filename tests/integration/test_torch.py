@@ -1,0 +1,323 @@
+"""geeps.torch against real `geeps server` processes over loopback.
+
+Workers are threads of this process, each with its own client and its own copy of the
+model, as separate processes would be; the servers are real processes.
+"""
+import threading
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.datasets import load_digits
+from torch.utils.data import DataLoader, TensorDataset
+
+import geeps.torch as gt
+from tests.cluster import Cluster
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.integration
+torch.set_num_threads(1)
+B = 16          # per-worker batch
+STEPS = 10
+
+
+class SmallCNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        x = F.relu(self.conv1(x.view(-1, 1, 8, 8)))
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def digits():
+    x, y = load_digits(return_X_y=True)
+    return TensorDataset(torch.tensor(x / 16.0, dtype=torch.float32), torch.tensor(y))
+
+
+_RNG = threading.Lock()       # torch's global generator is shared by the worker threads
+
+
+def seeded(make, seed=0):
+    """A model built from `seed`, as a fresh process would build it."""
+    with _RNG:
+        torch.manual_seed(seed)
+        return make()
+
+
+def run_threads(n, fn):
+    """fn(rank) in n threads; their results in rank order; re-raises a thread's error."""
+    results, errors = [None] * n, []
+
+    def target(r):
+        try:
+            results[r] = fn(r)
+        except BaseException as e:     # handed to the test thread
+            errors.append(e)
+    threads = [threading.Thread(target=target, args=(r,), daemon=True) for r in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a worker thread hung"
+    if errors:
+        raise errors[0]
+    return results
+
+
+def train_geeps(cl, rank, n, rule, hyper, steps=STEPS, name="cnn"):
+    net = seeded(SmallCNN)
+    model = gt.DataParallel(net, client=cl.client(rank), name=name)
+    opt = gt.ServerOptimizer(model, rule, **hyper)
+    loader = gt.shard(DataLoader(digits(), batch_size=B, shuffle=True), rank=rank,
+                      num_workers=n, seed=7)
+    batches = iter(loader)
+    for _ in range(steps):
+        x, y = next(batches)
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.sync()
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}, model.state_dict()
+
+
+def train_reference(make_opt, batch, steps=STEPS):
+    """Plain PyTorch in one process, the same samples per step as all workers together."""
+    torch.manual_seed(0)
+    net = SmallCNN()
+    opt = make_opt(net.parameters())
+    # One worker of the same sampler: its batch k is the union of the workers' batch k.
+    loader = gt.shard(DataLoader(digits(), batch_size=batch, shuffle=True), rank=0,
+                      num_workers=1, seed=7)
+    batches = iter(loader)
+    for _ in range(steps):
+        x, y = next(batches)
+        loss = F.cross_entropy(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return net.state_dict()
+
+
+def assert_same(got, want):
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_allclose(got[k].numpy(), want[k].numpy(), rtol=1e-4, atol=1e-6,
+                                   err_msg=k)
+
+
+@pytest.mark.parametrize("rule,hyper,make_opt", [
+    ("sgd", {"lr": 0.1}, lambda p: torch.optim.SGD(p, lr=0.1)),
+    ("sgd", {"lr": 0.05, "momentum": 0.9},
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
+])
+def test_two_bsp_workers_equal_one_process_with_twice_the_batch(rule, hyper, make_opt):
+    with Cluster(servers=2, workers=2, consistency="bsp") as cl:
+        results = run_threads(2, lambda r: train_geeps(cl, r, 2, rule, hyper))
+    want = train_reference(make_opt, 2 * B)
+    start = seeded(SmallCNN).state_dict()
+    assert not torch.allclose(want["fc.weight"], start["fc.weight"]), "reference did not train"
+    for local, from_servers in results:
+        assert_same(local, want)            # every worker's parameter views
+        assert_same(from_servers, want)     # state_dict() read back from the servers
+
+
+def test_local_optimizer_with_delta_pushes_equals_one_process():
+    def worker(cl, r):
+        net = seeded(SmallCNN)
+        model = gt.DataParallel(net, client=cl.client(r), name="local")
+        opt = gt.LocalOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.05,
+                                                       momentum=0.9))
+        batches = iter(gt.shard(DataLoader(digits(), batch_size=B, shuffle=True), rank=r,
+                                num_workers=2, seed=7))
+        for _ in range(STEPS):
+            x, y = next(batches)
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return model.state_dict()
+
+    with Cluster(servers=1, workers=2) as cl:
+        results = run_threads(2, lambda r: worker(cl, r))
+    want = train_reference(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 2 * B)
+    for got in results:
+        assert_same(got, want)
+
+
+class Probe(torch.autograd.Function):
+    """Identity whose backward runs `wait` first: it sits between two layers, so its
+    backward runs after the later layer's gradients and before the earlier ones'."""
+
+    @staticmethod
+    def forward(ctx, x, wait):
+        ctx.wait = wait
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        ctx.wait()
+        return g, None
+
+
+def test_gradients_leave_during_backward_in_backward_order():
+    events = []
+    with Cluster(servers=1, workers=1) as cl:
+        client = cl.client(0)
+        probe_client = cl.client(0)
+
+        def pushes_arrived():
+            return sum(s["pushes"] for s in probe_client.stats())
+
+        def probe_wait():
+            events.append("probe")
+            # Event order, not timing: the first layers' gradients do not exist yet, and
+            # this backward cannot finish until a server has received a push.
+            wait_for(pushes_arrived, timeout=10, what="a push to reach the server while "
+                                                       "backward is still running")
+
+        class Net(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.first = nn.Linear(8, 16)
+                self.second = nn.Linear(16, 16)
+                self.last = nn.Linear(16, 4)
+
+            def forward(self, x):
+                h = torch.relu(self.first(x))
+                h = Probe.apply(torch.relu(self.second(h)), probe_wait)
+                return self.last(h)
+
+        model = gt.DataParallel(Net(), client=client, name="order", bucket_bytes=0,
+                                on_push=lambda names, rows: events.append(names))
+        opt = gt.ServerOptimizer(model, "sgd", lr=0.1)
+        loss = model(torch.randn(4, 8)).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        events.append("backward returned")
+        opt.step()
+        model.sync()
+
+    pushes = [e for e in events if isinstance(e, tuple)]
+    assert len(pushes) == 6 and events[-1] == "backward returned"
+    # The last layer's gradients left before the probe (which waited for them to reach
+    # the server), the earlier layers' after it; all before backward returned.
+    layer = {"last": 2, "second": 1, "first": 0}
+    assert events.index("probe") == 2
+    assert {n.split(".")[0] for (n,) in pushes[:2]} == {"last"}
+    order = [layer[n.split(".")[0]] for (n,) in pushes]
+    assert order == sorted(order, reverse=True)
+
+
+def test_batchnorm_statistics_are_averaged_over_workers():
+    means = (1.0, -3.0)         # each worker's data has its own mean
+
+    def worker(cl, r):
+        net = seeded(lambda: nn.Sequential(nn.Linear(3, 3, bias=False), nn.BatchNorm1d(3)))
+        with torch.no_grad():
+            net[0].weight.copy_(torch.eye(3))
+        model = gt.DataParallel(net, client=cl.client(r), name="bn")
+        opt = gt.ServerOptimizer(model, "sgd", lr=0.0)
+        g = torch.Generator().manual_seed(r)
+        x = torch.randn(32, 3, generator=g) + means[r]
+        model(x).sum().backward()
+        opt.step()
+        model.sync()
+        return x.mean(0), net[1].running_mean.clone(), net[1].num_batches_tracked.item(), \
+            model.state_dict()
+
+    with Cluster(servers=2, workers=2) as cl:
+        results = run_threads(2, lambda r: worker(cl, r))
+    batch_means = [m for m, *_ in results]
+    # One step of BatchNorm's running mean (momentum 0.1 from 0) from each worker's
+    # batch, averaged: what one process computes from the union of the two batches.
+    want = 0.1 * (batch_means[0] + batch_means[1]) / 2
+    for _, running, tracked, sd in results:
+        torch.testing.assert_close(running, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(sd["1.running_mean"], want, rtol=1e-5, atol=1e-6)
+        assert tracked == 1 and sd["1.num_batches_tracked"].item() == 1
+
+
+def test_no_sync_accumulates_and_a_second_backward_is_refused():
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+    with Cluster(servers=1, workers=1) as cl:
+        # Two half batches accumulated locally, pushed once: one step on the whole batch.
+        torch.manual_seed(1)
+        a = gt.DataParallel(nn.Linear(5, 3), client=cl.client(0), name="acc")
+        opt_a = gt.ServerOptimizer(a, "sgd", lr=0.5)
+        with a.no_sync():
+            (F.cross_entropy(a(x[:4]), y[:4]) / 2).backward()
+        (F.cross_entropy(a(x[4:]), y[4:]) / 2).backward()
+        opt_a.step()
+        torch.manual_seed(1)
+        ref = nn.Linear(5, 3)
+        torch.optim.SGD(ref.parameters(), lr=0.5)
+        F.cross_entropy(ref(x), y).backward()
+        with torch.no_grad():
+            for p in ref.parameters():
+                p -= 0.5 * p.grad
+        got = a.state_dict()
+        torch.testing.assert_close(got["weight"], ref.weight.detach(), rtol=1e-5, atol=1e-6)
+
+        b = gt.DataParallel(nn.Linear(5, 3), client=cl.client(0), name="twice")
+        gt.ServerOptimizer(b, "sgd", lr=0.5)
+        F.cross_entropy(b(x), y).backward()
+        with pytest.raises(RuntimeError, match="no_sync"):
+            F.cross_entropy(b(x), y).backward()
+
+
+def test_ssp_reads_within_the_slack_without_waiting_for_the_slow_worker():
+    paused, resume = threading.Event(), threading.Event()
+    clocks = {}
+
+    def worker(cl, r):
+        model = gt.DataParallel(seeded(lambda: nn.Linear(4, 2)), client=cl.client(r),
+                                name="ssp")
+        opt = gt.ServerOptimizer(model, "sgd", lr=0.1)
+        x = seeded(lambda: torch.randn(8, 4), seed=r)
+        for step in range(3):
+            if r == 1 and step == 1:
+                paused.set()
+                assert resume.wait(60)
+            model(x).square().mean().backward()
+            opt.step()
+            if r == 0 and step == 1:
+                # Worker 1 finished clock 1 only: under ssp:1, worker 0 at clock 2 reads
+                # data of clock 1 without waiting for it.
+                assert paused.wait(60)
+                model.sync()
+                clocks["fast"] = (model.clock, model.data_clock)
+                resume.set()
+        model.sync()
+        return model.clock, model.data_clock
+
+    with Cluster(servers=1, workers=2, consistency="ssp:1") as cl:
+        results = run_threads(2, lambda r: worker(cl, r))
+    assert clocks["fast"] == (2, 1)
+    assert all(c == 3 and d >= 2 for c, d in results)
+
+
+def test_bad_input_is_named():
+    with Cluster(servers=1, workers=2) as cl:
+        with pytest.raises(TypeError, match="DataParallel"):
+            gt.ServerOptimizer(nn.Linear(2, 2), "sgd")
+        m = gt.DataParallel(nn.Linear(2, 2), client=cl.client(0), name="bad")
+        with pytest.raises(ValueError, match="LocalOptimizer"):
+            gt.ServerOptimizer(m, "rmsprop", lr=0.1)
+        with pytest.raises(ValueError, match="nesterov"):
+            gt.ServerOptimizer(m, "sgd", lr=0.1, nesterov=1)
+        with pytest.raises(TypeError, match="float32"):
+            gt.DataParallel(nn.Linear(2, 2).double(), client=cl.client(0))
+        gt.ServerOptimizer(m, "sgd", lr=0.1)
+        # Worker 1 builds another model under the same table name.
+        other = gt.DataParallel(nn.Linear(2, 5), client=cl.client(1), name="bad")
+        with pytest.raises(ValueError, match="same model"):
+            gt.ServerOptimizer(other, "sgd", lr=0.1)
