@@ -23,6 +23,7 @@ class ApiError(Exception):
     def __init__(self, status: int, method: str, path: str, message: str):
         super().__init__(f"{method} {path}: HTTP {status}: {message}")
         self.status = status
+        self.message = message
 
 
 def path(group: str, version: str, plural: str, namespace: str | None = None,

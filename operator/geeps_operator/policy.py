@@ -31,6 +31,9 @@ Rules (see also DESIGN.md, "The operator"):
 - ttlSecondsAfterFinished counts from status.completionTime; then the job is deleted
   (its children go with it through their owner references).
 - suspend: true deletes every pod (phase Suspended); false brings them back.
+- A spec that does not validate fails the job at once (InvalidSpec, naming the field);
+  a pod the API server refuses as invalid (HTTP 422) fails it too (Rejected, with the
+  API server's message), since no retry can fix either.
 """
 from __future__ import annotations
 
@@ -129,6 +132,21 @@ def decide(obs: Observed) -> Plan:
         _suspend(plan, views, obs.now)
         return plan
     _active(plan, body, job, views, obs)
+    return plan
+
+
+def reject(obs: Observed, reason: str, message: str) -> Plan:
+    """Fail the job for a cause found while acting, e.g. the API server refusing a pod
+    the spec produced (an invalid resource quantity): retrying cannot fix it."""
+    body = obs.job
+    old = body.get("status") or {}
+    st = {k: copy.deepcopy(old[k]) for k in OWNED if k in old}
+    st.setdefault("conditions", [])
+    st.setdefault("restartCount", 0)
+    plan = Plan(status=st)
+    if old.get("phase") not in TERMINAL:
+        _fail(plan, body, s.observe(obs.pods, body["metadata"]["name"]), obs.now, reason,
+              message)
     return plan
 
 

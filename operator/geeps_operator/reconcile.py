@@ -27,7 +27,7 @@ from . import manifests as m
 from . import metrics
 from .config import OperatorConfig
 from .kube import ApiError, Kube, path, path_of
-from .policy import OWNED, Observed, Plan, decide
+from .policy import OWNED, Observed, Plan, decide, reject
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +93,19 @@ class Reconciler:
         phase = (job.get("status") or {}).get("phase")
         clock = None if phase in ("Succeeded", "Failed") else \
             await self._clock(ns, name, pods, periodic=trigger == "timer")
-        plan = decide(Observed(job=job, pods=pods, has_service=has_service,
-                               now=self.now(), clock=clock))
-        await self._apply(job, plan)
+        observed = Observed(job=job, pods=pods, has_service=has_service, now=self.now(),
+                            clock=clock)
+        plan = decide(observed)
+        try:
+            await self._apply(job, plan)
+        except ApiError as e:
+            if e.status != 422:                # quota, conflicts, outages: retried later
+                raise
+            # The API server refused an object the spec produced: no retry can help.
+            job = await self.kube.get(job_path(ns, name)) or job
+            plan = reject(Observed(job=job, pods=pods, has_service=has_service,
+                                   now=self.now()), "Rejected", e.message)
+            await self._apply(job, plan)
         metrics.observe_phase(f"{ns}/{name}", plan.status.get("phase"))
         return plan
 

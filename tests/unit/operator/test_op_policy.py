@@ -271,6 +271,20 @@ def test_an_invalid_spec_fails_naming_the_field():
     assert p.events[0].type == "Warning" and "spec.workers.replicas" in p.events[0].message
 
 
+def test_a_pod_the_api_server_refuses_fails_the_job():
+    body = job(active("Pending"), cleanPodPolicy="Running")
+    msg = 'Pod "j-worker-1" is invalid: spec.containers[0].resources.requests[cpu]: ' \
+          'Invalid value: "lots"'
+    p = policy.reject(Observed(job=body, pods=[pod("server", 0)], has_service=True, now=T0),
+                      "Rejected", msg)
+    assert p.status["phase"] == "Failed"
+    assert cond(p, "Failed")["reason"] == "Rejected" and cond(p, "Failed")["message"] == msg
+    assert p.delete_pods == ["j-server-0"] and p.create == []
+    terminal = job(dict(p.status))
+    assert policy.reject(Observed(job=terminal, pods=[], has_service=True, now=T0),
+                         "Rejected", "again").events == []
+
+
 def test_a_job_being_deleted_is_left_alone():
     body = job()
     body["metadata"]["deletionTimestamp"] = timestamp(T0)
