@@ -36,8 +36,9 @@ Policies (`policy=`):
   hold a buffer to its data's next use (the longest prefix that fits if not all); then
   pin what turns an operation into a view. Rows that several operations of a clock
   read (hot rows of a power-law sparse workload: they recur in every clock) win pins
-  by their reuse. Keep a pool that prefetches every operation if that costs at most
-  PREFETCH_SLACK more bytes than the plan that may not.
+  by their reuse. A few such plans are made (two candidate orders and pool
+  placements; every operation prefetched, or where room allows) and the cheapest
+  kept, a byte the application waits for counting twice (transfer, and the wait).
 - "geeps": GeePS's clientlib-viter policy: an access buffer of twice the peak data
   in use between an operation and its post; then local data, then parameter rows in
   order of first use, while the budget lasts; no holding.
@@ -61,7 +62,6 @@ __all__ = ["make_plan", "belady", "BudgetError", "Plan", "Moves", "working_set",
            "minimum_budget", "POLICIES", "ALIGN"]
 
 POLICIES = ("benefit", "geeps", "stream")
-PREFETCH_SLACK = 0.05   # extra bytes moved we accept to keep every operation prefetched
 
 
 class BudgetError(ValueError):
@@ -69,14 +69,24 @@ class BudgetError(ValueError):
 
 
 class _State:
-    """Pinning and buffer-holding decisions under exploration."""
+    """Pinning and buffer-holding decisions under exploration, with the per-operation
+    bytes they imply (kept up to date for the operations a change touches)."""
 
-    def __init__(self, a: Analysis):
+    def __init__(self, a: Analysis, exempt: frozenset = frozenset(),
+                 two_ended: bool = False):
         self.a = a
+        self.exempt = exempt            # ops that may miss their prefetch
+        self.two_ended = two_ended      # pool placement (see allocate)
+        n = len(a.cycle.ops)
         self.pinned = np.zeros(len(a.groups), bool)
-        self.count = np.zeros(len(a.cycle.ops), np.int64)   # pinned rows (local: 0/1)
-        self.bytes = 0
+        self.count = np.zeros(n, np.int64)      # pinned rows of each op (local: 0/1)
+        self.bytes = 0                          # pinned bytes
+        self.clock_bytes = 0                    # their refresh/flush bytes per cycle
         self.links: dict[int, tuple] = {}       # op -> (next op, bytes held or None: all)
+        self.prev: dict[int, int] = {}          # next op -> op
+        self.moved = np.zeros(n, np.int64)      # bytes each op moves per execution
+        self.h2d = np.zeros(n, np.int64)        # of which host->device (may stall)
+        self.dirty = set(range(n))
 
     def set(self, g: int, on: bool) -> None:
         if self.pinned[g] == on:
@@ -85,8 +95,28 @@ class _State:
         sign = 1 if on else -1
         self.pinned[g] = on
         self.bytes += sign * grp.nbytes
+        self.clock_bytes += sign * grp.clock_bytes
         for op, mult in grp.ops:
             self.count[op] += sign * grp.n * mult
+            self._touch(op)
+
+    def link(self, x: int, y: int, held: int | None) -> None:
+        self.links[x] = (y, held)
+        self.prev[y] = x
+        self._touch(x)
+
+    def unlink(self, x: int) -> None:
+        y, _ = self.links.pop(x)
+        del self.prev[y]
+        self._touch(x)
+        self._touch(y)
+
+    def _touch(self, o: int) -> None:
+        self.dirty.add(o)
+        if o in self.links:
+            self.dirty.add(self.links[o][0])
+        if o in self.prev:
+            self.dirty.add(self.prev[o])
 
     def needs(self) -> np.ndarray:
         """Which operations need a pool buffer (all but fully pinned, viewable ones)."""
@@ -97,24 +127,62 @@ class _State:
         needs = self.needs()
         return {x: (y, h) for x, (y, h) in self.links.items() if needs[x] and needs[y]}
 
+    def _op_bytes(self, o: int, needs: np.ndarray) -> tuple[int, int]:
+        """(bytes moved, of which host->device) by one execution of op o."""
+        a = self.a
+        op = a.cycle.ops[o]
+        if not needs[o]:
+            return 0, 0                 # in place: pinned data never moves per op
+        nxt = self.links.get(o)
+        nxt = nxt if nxt is not None and needs[nxt[0]] else None
+        prv = self.prev.get(o)
+        prv = self.links[prv][1] if prv is not None and needs[prv] else False
+        cont = prv is None              # the whole buffer is still there
+        held = prv or 0
+        if op.kind == "local":
+            h2d = 0 if a.local_first[o] or cont else op.nbytes - held
+            keep = nxt is not None and nxt[1] is None
+            d2h = 0 if a.local_last[o] or keep else op.nbytes - (nxt[1] if nxt else 0)
+            return h2d + d2h, h2d
+        rb = a.cycle.tables[op.table].row_bytes
+        pin = self.pinned[a.row_group[o]]
+        if op.kind == "read":
+            h2d = 0 if cont else int((~pin[held // rb:]).sum()) * rb
+            return h2d, h2d
+        return int((~pin).sum()) * rb, 0
+
+
+def _cost(st: _State, layout: PoolLayout) -> int:
+    """Bytes moved per cycle plus the host->device bytes the application waits for
+    (what build_plan would report, without building any index)."""
+    if st.dirty:
+        needs = st.needs()
+        for o in st.dirty:
+            st.moved[o], st.h2d[o] = st._op_bytes(o, needs)
+        st.dirty.clear()
+    late = np.ones(len(st.moved), bool)
+    late[list(layout.prefetch_at)] = False
+    return st.clock_bytes + int(st.moved.sum()) + int(st.h2d[late].sum())
+
 
 def _fits(st: _State, budget: int, mode: str) -> PoolLayout | None:
     if st.bytes > budget:
         return None
     links = st.live_links()
-    out = allocate(st.a, st.needs(), budget - st.bytes, mode, links)
+    out = allocate(st.a, st.needs(), budget - st.bytes, mode, links, st.exempt,
+                   st.two_ended)
     if isinstance(out, Failure) and mode == "mixed":
         # Prefetching early can fragment the pool so a later op no longer fits.
         out = allocate(st.a, st.needs(), budget - st.bytes, "sync", links)
     return None if isinstance(out, Failure) else out
 
 
-def _hold(st: _State, ln, budget: int, mode: str) -> PoolLayout | None:
-    """Hold op ln.a's buffer for ln.b: all of it if that fits, else the longest prefix
-    that does (rows of a read; 256-byte chunks of local data)."""
-    st.links[ln.a] = (ln.b, None)
+def _hold(st: _State, ln, budget: int, mode: str, cost: int) -> PoolLayout | None:
+    """Hold op ln.a's buffer for ln.b: all of it if that fits and pays, else the
+    longest prefix that does (rows of a read; 256-byte chunks of local data)."""
+    st.link(ln.a, ln.b, None)
     got = _fits(st, budget, mode)
-    if got is not None:
+    if got is not None and _cost(st, got) < cost:
         return got
     op = st.a.cycle.ops[ln.a]
     unit = ALIGN if op.kind == "local" else st.a.cycle.tables[op.table].row_bytes
@@ -122,24 +190,29 @@ def _hold(st: _State, ln, budget: int, mode: str) -> PoolLayout | None:
     best = None
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        st.links[ln.a] = (ln.b, mid * unit)
+        st.link(ln.a, ln.b, mid * unit)
         got = _fits(st, budget, mode)
         if got is None:
             hi = mid - 1
         else:
             lo, best = mid, got
+    if best is not None:
+        st.link(ln.a, ln.b, lo * unit)
+        if _cost(st, best) >= cost:
+            best = None
     if best is None:
-        del st.links[ln.a]
+        st.unlink(ln.a)
         return None
-    st.links[ln.a] = (ln.b, lo * unit)
     return best
 
 
-def _greedy(a: Analysis, budget: int, mode: str) -> tuple[_State, PoolLayout] | None:
-    st = _State(a)
+def _greedy(a: Analysis, budget: int, mode: str, exempt: frozenset = frozenset(),
+            two_ended: bool = False, order: str = "density") -> tuple[_State, PoolLayout] | None:
+    st = _State(a, exempt, two_ended)
     layout = _fits(st, budget, mode)
     if layout is None:
         return None
+    cost = _cost(st, layout)
     # Stage 1: what saves the most bytes per byte of device memory and per unit of
     # time held: pinning a group (held for the whole cycle) or holding one buffer from
     # an operation to the next use of the same data (held for that span).
@@ -147,22 +220,30 @@ def _greedy(a: Analysis, budget: int, mode: str) -> tuple[_State, PoolLayout] | 
              for g, grp in enumerate(a.groups) if grp.benefit > 0]
     cands += [(ln.benefit / (ln.nbytes * ln.span), ln.a, "link", i)
               for i, ln in enumerate(a.links)]
-    cands.sort(key=lambda c: (-c[0], c[1]))
+    if order == "holds":            # holds first: they use space only while needed
+        cands.sort(key=lambda c: (c[2] != "link", -c[0], c[1]))
+    else:
+        cands.sort(key=lambda c: (-c[0], c[1]))
     for _density, _first, kind, i in cands:
         if kind == "pin":
+            before = st.needs()
             st.set(i, True)
-            got = _fits(st, budget, mode)
-            if got is None:
+            if not st.two_ended and layout.capacity <= budget - st.bytes and \
+                    np.array_equal(before, st.needs()):
+                got = layout        # no op became a view: the first-fit layout stands
+            else:
+                got = _fits(st, budget, mode)
+            if got is None or _cost(st, got) >= cost:
                 st.set(i, False)
             else:
-                layout = got
+                layout, cost = got, _cost(st, got)
         else:
             ln = a.links[i]
             if not st.needs()[ln.a]:
                 continue                # both ends are pinned views already
-            got = _hold(st, ln, budget, mode)
+            got = _hold(st, ln, budget, mode, cost)
             if got is not None:
-                layout = got
+                layout, cost = got, _cost(st, got)
     # Stage 2: pin what makes an operation a zero-copy view (no gather, no buffer).
     for op in range(len(a.cycle.ops)):
         if not a.viewable[op] or st.count[op] == a.size[op]:
@@ -171,11 +252,11 @@ def _greedy(a: Analysis, budget: int, mode: str) -> tuple[_State, PoolLayout] | 
         for g in added:
             st.set(g, True)
         got = _fits(st, budget, mode)
-        if got is None:
+        if got is None or _cost(st, got) > cost:
             for g in added:
                 st.set(g, False)
         else:
-            layout = got
+            layout, cost = got, _cost(st, got)
     return st, layout
 
 
@@ -260,15 +341,25 @@ def make_plan(cycle, budget: int | None = None, policy: str = "benefit") -> Plan
     elif policy == "geeps":
         st, layout = _geeps(a, budget)
     else:
-        pref = _greedy(a, budget, "prefetch")
-        st, layout = _greedy(a, budget, "mixed")
-        if pref is not None:
-            bytes_pref = build_plan(a, pref[0].pinned, pref[1], policy, budget, ws,
-                                    need, pref[0].live_links()).moved_bytes
-            bytes_mixed = build_plan(a, st.pinned, layout, policy, budget, ws,
-                                     need, st.live_links()).moved_bytes
-            if bytes_pref <= (1 + PREFETCH_SLACK) * bytes_mixed:
-                st, layout = pref
+        # A few greedy plans, the cheapest kept: candidates by density (bytes saved
+        # per byte and per event held), pool first-fit; or holds before pins, pool
+        # two-ended (held buffers low, short-lived high) -- tight budgets favour it.
+        # Each with every operation prefetched (but those that cannot be even with
+        # nothing pinned) or prefetched where room allows. The cost counts a byte
+        # that stalls the application twice: its transfer, and the wait.
+        bare = _fits(_State(a), budget, "mixed")
+        late = frozenset(o for o in range(len(cycle.ops))
+                         if bare is not None and o not in bare.prefetch_at)
+        best = None
+        for order, two_ended in (("density", False), ("holds", True)):
+            for mode in ("prefetch", "mixed"):
+                cand = _greedy(a, budget, mode, late, two_ended, order)
+                if cand is None:
+                    continue
+                cost = _cost(*cand)
+                if best is None or cost < best[0]:
+                    best = (cost, cand)
+        st, layout = best[1] if best else (None, None)
     if layout is None:
         raise _refuse(a, budget)
     return build_plan(a, st.pinned, layout, policy, budget, ws, need, st.live_links())

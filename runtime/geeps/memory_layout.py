@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ALIGN = 256     # bytes: pool buffers and pinned local data start on 256-byte boundaries
+ALIGN = 128     # bytes: a GPU memory transaction; buffers start on it (float4 loads need 16)
 
 
 def align(n: int) -> int:
@@ -31,6 +31,7 @@ class Group:
     """Rows of one table that the same operations touch (or one local datum)."""
     kind: str                       # param | acc | local
     key: str                        # table or local name
+    clock_bytes: int = field(default=0, init=False)   # pinned: refresh/flush per cycle
     rows: np.ndarray | None         # sorted by first-use rank (None for local)
     n: int                          # rows (1 for local)
     nbytes: int
@@ -82,6 +83,7 @@ class Analysis:
     op_groups: list                 # op -> group ids
     links: list                     # Link candidates: consecutive uses of the same data
     events_per_cycle: int
+    row_group: dict                 # read/pre_update op -> group id of each of its rows
 
 
 def _order(rows_in_use_order: list[np.ndarray]) -> Order:
@@ -228,13 +230,30 @@ def analyze(cycle) -> Analysis:
         elif op.kind == "pre_update":
             r = acc_order[op.table].rank(op.rows)
             viewable[op.id] = bool(np.all(np.diff(r) == 1)) and bool(first_touch[op.id].all())
+    row_group = {}
+    for kind, op_kind in (("param", "read"), ("acc", "pre_update")):
+        for t in cycle.tables:
+            gs = [g for g, grp in enumerate(groups) if grp.kind == kind and grp.key == t]
+            if not gs:
+                continue
+            rows = np.concatenate([groups[g].rows for g in gs])
+            gid = np.concatenate([np.full(groups[g].n, g) for g in gs])
+            order = np.argsort(rows)
+            rows, gid = rows[order], gid[order]
+            for op in ops:
+                if op.kind == op_kind and op.table == t:
+                    row_group[op.id] = gid[np.searchsorted(rows, op.rows)]
+    for grp in groups:
+        if grp.kind != "local":
+            clocks = {clock_of[o] for o, _m in grp.ops}
+            grp.clock_bytes = grp.nbytes * len(clocks)
     op_groups: list[list[int]] = [[] for _ in range(n_ops)]
     for g, grp in enumerate(groups):
         for o, _m in grp.ops:
             op_groups[o].append(g)
     return Analysis(cycle, size, buf_bytes, viewable, prefetchable, calls, read_rows,
                     upd_rows, pos, first_touch, local_first, local_last, param_order,
-                    acc_order, groups, op_groups, links, n_events)
+                    acc_order, groups, op_groups, links, n_events, row_group)
 
 
 @dataclass
@@ -262,11 +281,27 @@ def _first_fit(live: list, size: int, capacity: int | None) -> int | None:
     return at
 
 
+def _last_fit(live: list, size: int, capacity: int) -> int | None:
+    """The highest offset where `size` bytes fit below `capacity`."""
+    top = capacity
+    for off, end, _op in reversed(live):
+        if top - end >= size:
+            break
+        top = min(top, off)
+    at = (top - size) // ALIGN * ALIGN
+    if at < 0 or any(s < at + size and at < e for s, e, _ in live):
+        return None
+    return at
+
+
 def allocate(a: Analysis, needs: np.ndarray, capacity: int | None, mode: str,
-             links: dict | None = None):
+             links: dict | None = None, exempt: frozenset = frozenset(),
+             two_ended: bool = False):
     """Fixed pool offsets for the ops in `needs`. mode: "prefetch" (every prefetchable
     op must be filled during its predecessor, else Failure), "mixed" (prefetch where
-    space allows) or "sync" (never prefetch).
+    space allows) or "sync" (never prefetch). In "prefetch" mode the ops in `exempt`
+    may be filled at their call when there is no room earlier. `two_ended` places
+    buffers that die at their post at the top of the pool, held ones at the bottom.
 
     `links` maps an op to (next op using the same data, bytes held): held None keeps
     the whole buffer, as it stands, for the next op (one offset for the chain); held
@@ -296,6 +331,12 @@ def allocate(a: Analysis, needs: np.ndarray, capacity: int | None, mode: str,
                 if any(w != hold and s < off + size and off < e for s, e, w in live):
                     return None
                 live[:] = [x for x in live if x[2] != hold]
+            elif two_ended and capacity is not None and o not in links:
+                # Short lives at the top do not fragment the space at the bottom that
+                # a held buffer will extend into.
+                off = _last_fit(live, size, capacity)
+                if off is None:
+                    return None
             else:
                 off = _first_fit(live, size, capacity)
                 if off is None:
@@ -313,7 +354,8 @@ def allocate(a: Analysis, needs: np.ndarray, capacity: int | None, mode: str,
                 return None
             off = place(o)
             if off is None:
-                return Failure(o, _owners(live), capacity) if mode == "prefetch" else None
+                return Failure(o, _owners(live), capacity) \
+                    if mode == "prefetch" and o not in exempt else None
             offsets[o] = off
             prefetch_at[o] = point
             return None

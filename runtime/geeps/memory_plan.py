@@ -98,6 +98,11 @@ class Plan:
         return self.h2d_bytes + self.d2h_bytes
 
     @property
+    def stalled_bytes(self) -> int:
+        """Host->device bytes per cycle the application waits for (not prefetched)."""
+        return sum(o.h2d for o in self.ops if o.h2d and o.prefetch_at is None)
+
+    @property
     def stalls(self) -> int:
         """Operations that copy from host memory but cannot be filled ahead of time."""
         return sum(1 for o in self.ops if o.h2d and o.prefetch_at is None)

@@ -29,6 +29,7 @@ def test_plan_moves_within_10_percent_of_belady(name, frac):
     ref = belady(cyc, budget)
     assert plan.device_bytes <= budget
     assert plan.moved_bytes <= 1.10 * ref.total, (plan.summary(), ref.total)
+    assert plan.stalls == 0, "every copy from host memory should overlap an operation"
 
 
 @pytest.mark.parametrize("name", ["dense", "sparse"])
