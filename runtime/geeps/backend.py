@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from . import config as _config
 from .backend_numpy import NumpyBackend, adam, adam_scalars, momentum, sgd
 
 __all__ = ["Index", "make_index", "select", "BackendUnavailable", "NumpyBackend",
@@ -85,6 +86,17 @@ def make_index(rows) -> Index:
     return Index(None, a)
 
 
+def from_env(name: str):
+    """One GEEPS_* variable, parsed and checked by the contract in geeps.config
+    (ConfigError naming the variable when its value is bad)."""
+    var = next(v for v in _config.VARS if v.name == name)
+    raw = os.environ.get(name, var.default)
+    try:
+        return var.parse(raw)
+    except (ValueError, TypeError):
+        raise _config.ConfigError(name, raw, var.accepts) from None
+
+
 def _gpu_present() -> bool:
     try:
         import cupy  # noqa: F401  (only probing)
@@ -99,7 +111,7 @@ def select(name: str | None = None):
     auto takes CuPy when it imports and sees a GPU, NumPy otherwise; asking for cupy
     where it cannot run raises BackendUnavailable saying why."""
     if name is None:
-        name = os.environ.get("GEEPS_BACKEND", "auto") or "auto"
+        name = from_env("GEEPS_BACKEND")
     name = name.lower()
     if name not in CHOICES:
         raise ValueError(f"backend {name!r} is not one of {', '.join(CHOICES)}")

@@ -31,15 +31,14 @@ refresh to the client's I/O thread and returns. Not thread-safe: one thread per 
 from __future__ import annotations
 
 import contextlib
-import os
 import time
 
 import numpy as np
 
 from . import backend as _backend
+from .backend import from_env
 from . import memory
 from .cache import ParameterCache
-from .config import ConfigError
 from .metrics import Metrics
 from .ops import Cursor, Recorder, SequenceError
 from .units import parse_bytes
@@ -47,15 +46,6 @@ from .units import parse_bytes
 _FROM_ENV = object()
 
 
-def _budget_from_env() -> int | None:
-    raw = os.environ.get("GEEPS_DEVICE_MEMORY", "").strip()
-    if raw in ("", "unlimited"):
-        return None
-    try:
-        return parse_bytes(raw)
-    except ValueError:
-        raise ConfigError("GEEPS_DEVICE_MEMORY", raw,
-                          "a quantity (bytes, e.g. 2Gi) or empty for unlimited") from None
 
 
 class Worker:
@@ -63,13 +53,18 @@ class Worker:
 
     def __init__(self, client, device_memory=_FROM_ENV, backend=None, policy: str = "benefit",
                  metrics: Metrics | None = None):
+        """device_memory: bytes or a quantity ("2Gi"), None for unlimited; default
+        GEEPS_DEVICE_MEMORY. backend: "auto" | "numpy" | "cupy" or a backend object;
+        default GEEPS_BACKEND. policy: see geeps.memory. Never blocks."""
         self.client = client
         if device_memory is _FROM_ENV:
-            device_memory = _budget_from_env()
+            device_memory = from_env("GEEPS_DEVICE_MEMORY")
         elif device_memory is not None:
             device_memory = parse_bytes(device_memory)
         self.budget: int | None = device_memory
-        self.backend = backend if hasattr(backend, "take") else _backend.select(backend)
+        if not hasattr(backend, "take"):
+            backend = _backend.select(backend or from_env("GEEPS_BACKEND"))
+        self.backend = backend
         if policy not in memory.POLICIES:
             raise ValueError(f"placement policy {policy!r} is not one of "
                              f"{', '.join(memory.POLICIES)}")
@@ -78,7 +73,7 @@ class Worker:
         # push/pull bytes, the clock and iteration time itself: share it, don't recount.
         client_metrics = getattr(client, "metrics", None)
         self.metrics = metrics or client_metrics or Metrics(
-            os.environ.get("GEEPS_JOB", "local"), "worker", client.worker)
+            from_env("GEEPS_JOB"), "worker", client.worker)
         self._count_net = getattr(client, "on_transfer", None) is None
         self._count_clock = client_metrics is None
         self.recording = False
@@ -123,7 +118,7 @@ class Worker:
         self._begin(self._k)
 
     def _scratch(self, op_id: int, shape):
-        buf = np.zeros(shape, np.float32)
+        buf = self.backend.xp.zeros(shape, np.float32)   # outside the budget: recording
         self._open[id(buf)] = (op_id, buf)
         return buf
 

@@ -17,7 +17,7 @@ from geeps.metrics import Metrics
 from geeps.ops import SequenceError
 from geeps.worker import Worker
 from tests.cluster import Cluster
-from tests.helpers import free_port, wait_for
+from tests.helpers import free_port, kill_group, wait_for
 from tests.workloads import (DenseModel, SparseModel, dense_batches, dense_step, record,
                              sparse_batches, sparse_step)
 
@@ -280,3 +280,23 @@ def test_metrics_are_served_with_job_role_and_rank():
                      "geeps_server_clock", "geeps_server_push_bytes_total"):
             assert f"# TYPE {name.removesuffix('_total')}" in text
         w.close()
+
+
+def test_a_dead_server_fails_the_next_read_naming_it():
+    from geeps.errors import ServerUnreachable
+    with Cluster(servers=1, workers=1, timeout=1.0) as cl:
+        c, t, _init, w = one_table_worker(cl, "dead0")
+        with w.virtual_iteration():
+            w.post_read(w.read(t, range(0, 8)))
+            w.clock()
+        w.post_read(w.read(t, range(0, 8)))
+        w.drain()
+        kill_group(cl.procs[0])
+        w.clock()                       # hands the push and the refresh to the I/O thread
+        with pytest.raises(ServerUnreachable, match=cl.servers[0]):
+            w.read(t, range(0, 8))
+        with pytest.raises(ServerUnreachable):
+            w.drain()                   # the transfer thread stays failed: no stale reads
+        with pytest.raises(ServerUnreachable):
+            w.close()                   # says so, and still stops the transfer thread
+        assert not w.cache.io._thread.is_alive()

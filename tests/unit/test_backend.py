@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from geeps import backend
+from geeps.config import ConfigError
 from geeps.backend import make_index
 from geeps.backend_numpy import TORCH_MIN_ELEMS, NumpyBackend
 from geeps.rules import RuleState
@@ -33,6 +34,9 @@ def test_select_names_and_errors(monkeypatch):
     assert backend.select().name == "numpy"
     with pytest.raises(ValueError, match="'tpu' is not one of auto, numpy, cupy"):
         backend.select("tpu")
+    monkeypatch.setenv("GEEPS_BACKEND", "tpu")
+    with pytest.raises(ConfigError, match="GEEPS_BACKEND='tpu' is invalid: accepted auto"):
+        backend.select()
 
 
 def test_auto_without_gpu_is_numpy_and_cupy_is_refused_saying_why():
