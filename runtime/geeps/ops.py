@@ -193,12 +193,14 @@ class Recorder:
     def post_local_access(self, op_id: int) -> None:
         self._post("local", op_id)
 
-    def clock(self) -> None:
+    def clock(self) -> int:
+        """End the recorded clock; returns how many clocks the recording holds."""
         if self._open:
             raise SequenceError("clock() with operations still open: " + ", ".join(
                 f"{o.describe()} (operation {o.id})" for o in self._open.values()))
         self._clocks.append(tuple(self._events))
         self._events = []
+        return len(self._clocks)
 
     def finish(self) -> Cycle:
         """The recorded cycle; the recording must end with clock()."""

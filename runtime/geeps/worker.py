@@ -39,13 +39,12 @@ from . import backend as _backend
 from .backend import from_env
 from . import memory
 from .cache import ParameterCache
+from .errors import WaitTimeout
 from .metrics import Metrics
 from .ops import Cursor, Recorder, SequenceError
 from .units import parse_bytes
 
 _FROM_ENV = object()
-
-
 
 
 class Worker:
@@ -89,6 +88,7 @@ class Worker:
         self._clock_handle = None
         self._data_clock: dict[str, int] = {}
         self._last_clock_t: float | None = None
+        self._closing = False
 
     # ---- recording ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -128,8 +128,8 @@ class Worker:
                                 "`with worker.virtual_iteration():` first")
         return self._cursor
 
-    def _take(self, buf, kind: str) -> int:
-        got = self._open.pop(id(buf), None)
+    def _op_of(self, buf, kind: str) -> int:
+        got = self._open.get(id(buf))
         if got is None or got[1] is not buf:
             raise SequenceError(f"{kind}: this array is not a buffer of an open operation "
                                 "(pass the array the operation returned)")
@@ -137,8 +137,9 @@ class Worker:
 
     # ---- operations ----------------------------------------------------------------------
     def read(self, table, rows):
-        """Rows of `table` as a (len(rows), row_width) device array, read-only; blocks
-        until they are in device memory (see module docstring)."""
+        """Rows of `table` as a (len(rows), row_width) device array; blocks until they
+        are in device memory (see module docstring). Treat it as read-only: pinned rows
+        come in place (NumPy refuses writes to them)."""
         if self.recording:
             self._tables[table.name] = table
             return self._scratch(self._rec.read(table, rows), (len(rows), table.row_width))
@@ -158,10 +159,12 @@ class Worker:
 
     def post_read(self, buf) -> None:
         """The application is done with a read's buffer."""
-        op_id = self._take(buf, "post_read")
+        op_id = self._op_of(buf, "post_read")
         if self.recording:
-            return self._rec.post_read(op_id)
-        self._cursor.post("read", op_id)
+            self._rec.post_read(op_id)
+        else:
+            self._cursor.post("read", op_id)
+        del self._open[id(buf)]
 
     def pre_update(self, table, rows):
         """A zeroed (len(rows), row_width) device array for this clock's update of
@@ -177,11 +180,13 @@ class Worker:
     def update(self, buf) -> None:
         """Add the buffer into the clock's update accumulator (gradients for sgd/
         momentum/adam tables, deltas for add); pushed at clock()."""
-        op_id = self._take(buf, "update")
+        op_id = self._op_of(buf, "update")
         if self.recording:
-            return self._rec.update(op_id)
-        self._cursor.post("pre_update", op_id)
-        self.cache.post(self.plan.ops[op_id], buf)
+            self._rec.update(op_id)
+        else:
+            self._cursor.post("pre_update", op_id)
+            self.cache.post(self.plan.ops[op_id], buf)
+        del self._open[id(buf)]
 
     def local_access(self, name: str, nbytes: int):
         """Local data (never leaves the worker; lives within a clock, zeroed at its
@@ -194,11 +199,13 @@ class Worker:
         return buf
 
     def post_local_access(self, buf) -> None:
-        op_id = self._take(buf, "post_local_access")
+        op_id = self._op_of(buf, "post_local_access")
         if self.recording:
-            return self._rec.post_local_access(op_id)
-        self._cursor.post("local", op_id)
-        self.cache.post(self.plan.ops[op_id], buf)
+            self._rec.post_local_access(op_id)
+        else:
+            self._cursor.post("local", op_id)
+            self.cache.post(self.plan.ops[op_id], buf)
+        del self._open[id(buf)]
 
     # ---- clocks --------------------------------------------------------------------------
     def clock(self) -> int:
@@ -206,8 +213,7 @@ class Worker:
         the servers, and start refreshing the cache for the next clock. Returns the new
         clock (the recorded cycle's clock count while recording)."""
         if self.recording:
-            self._rec.clock()
-            return len(self._rec._clocks)
+            return self._rec.clock()
         k = self._k
         self._live().clock()        # the recording closes every operation before clock()
         acc = self.cache.end_clock(k)
@@ -231,11 +237,10 @@ class Worker:
         return clock
 
     def _begin(self, k: int) -> None:
-        # The host accumulators of clock k were handed to a push one cycle ago; the
-        # client sends them zero-copy, so they must be on the wire before reuse.
-        for h in self._push_handles[k]:
-            h.wait()
-        self._push_handles[k] = []
+        # The host accumulators of clock k went to a push one cycle ago, zero-copy:
+        # they must be on the wire before clock k's transfers write them again. The
+        # refresh job waits for that on the transfer thread, ahead of those writes.
+        pushes, self._push_handles[k] = self._push_handles[k], []
         handles = []
         for t, rows in self.plan.clocks[k].pull.items():
             out = self.cache.pulled[k][t]
@@ -246,12 +251,26 @@ class Worker:
         clock_handle = self._clock_handle
 
         def wait_pull():
+            for h in pushes:
+                self._wait(h)
             if clock_handle is not None:
-                clock_handle.wait()
+                self._wait(clock_handle)
             for t, h in handles:
-                _values, data_clock = h.wait()
+                _values, data_clock = self._wait(h)
                 self._data_clock[t] = data_clock
         self.cache.begin_clock(k, wait_pull)
+
+    def _wait(self, handle):
+        # A refresh may wait for slower workers as long as consistency requires, but
+        # not past close(): the next clock's rows are then of no use to anyone.
+        while True:
+            try:
+                return handle.wait(0.2)
+            except WaitTimeout:
+                if handle.done():
+                    raise                   # the servers' own timeout, not our poll
+                if self._closing:
+                    raise SequenceError("the worker was closed") from None
 
     def drain(self) -> None:
         """Block until every background transfer queued so far is done (the refresh
@@ -261,6 +280,7 @@ class Worker:
 
     def close(self) -> None:
         """Wait for outstanding pushes, stop the transfer thread. The client stays open."""
+        self._closing = True
         try:
             for hs in self._push_handles:
                 for h in hs:

@@ -300,3 +300,20 @@ def test_a_dead_server_fails_the_next_read_naming_it():
         with pytest.raises(ServerUnreachable):
             w.close()                   # says so, and still stops the transfer thread
         assert not w.cache.io._thread.is_alive()
+
+
+def test_close_does_not_wait_for_workers_that_stopped():
+    """Worker 1 never starts: worker 0's refresh after its clock waits (BSP) for it,
+    and close() must not sit through the servers' wait timeout."""
+    with Cluster(servers=1, workers=2) as cl:
+        c, t, _init, w = one_table_worker(cl, "stop0")
+        with w.virtual_iteration():
+            w.post_read(w.read(t, range(0, 8)))
+            w.clock()
+        w.post_read(w.read(t, range(0, 8)))     # clock 0 needs nobody
+        w.clock()                               # clock 1's refresh needs worker 1
+        assert not w.cache.refresh_job.done()
+        closer = threading.Thread(target=w.close)
+        closer.start()
+        closer.join(5)
+        assert not closer.is_alive()
