@@ -31,6 +31,7 @@ import contextlib
 import functools
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from typing import Callable
 
@@ -59,7 +60,7 @@ def shard(data, *, rank: int | None = None, num_workers: int | None = None, seed
     reshuffled every epoch, the same permutation on every worker. Never blocks.
 
         for epoch in range(3):
-            for x, y in loader_part:        # loader_part = gt.shard(loader), made once
+            for x, y in gt.shard(loader):   # the same loader: its next epoch each time
     """
     if rank is None or num_workers is None:
         ctx = _context.current()
@@ -71,7 +72,22 @@ def shard(data, *, rank: int | None = None, num_workers: int | None = None, seed
         else:
             rank = ctx.rank if rank is None else rank
             num_workers = ctx.num_workers if num_workers is None else num_workers
-    return _shard(data, rank, num_workers, seed)
+    # The same loader sharded again (`for x, y in gt.shard(loader)` inside the epoch
+    # loop) continues its epochs instead of replaying epoch 0.
+    key = (rank, num_workers, seed)
+    try:
+        known = _sharded.get(data)
+    except TypeError:               # not weak-referenceable: nothing to remember
+        return _shard(data, rank, num_workers, seed)
+    if known is not None and known[0] == key:
+        return known[1]
+    out = _shard(data, rank, num_workers, seed)
+    if isinstance(out, ShardedLoader):
+        _sharded[data] = (key, out)
+    return out
+
+
+_sharded: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 class _Bucket:
