@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=32, help="samples per worker per clock")
     ap.add_argument("--lr", type=float, default=0.5)
+    ap.add_argument("--save", metavar="FILE", help="rank 0 saves the final parameters (.npy)")
     args = ap.parse_args(argv)
 
     cfg = geeps.load_config()
@@ -61,26 +62,36 @@ def main(argv=None) -> int:
             table = client.open_table("softmax")
         global_batch = args.batch * cfg.num_workers
         steps = len(x_train) // global_batch
-        rng = np.random.default_rng(0)          # the same order on every worker
+        total = args.epochs * steps
         t0 = time.monotonic()
-        for epoch in range(args.epochs):
-            order = rng.permutation(len(x_train))
-            for step in range(steps):
-                rows, data_clock = client.pull(table)
-                params = rows.ravel()
-                lo = step * global_batch + cfg.rank * args.batch
-                idx = order[lo:lo + args.batch]
-                g, loss = grad_and_loss(params, x_train[idx], y_train[idx], n_in, n_out)
-                client.push(table, None, g.reshape(n_rows, WIDTH))
-                clock = client.clock()
-                if clock % 5 == 0:
-                    geeps.report(clock=clock, loss=loss, samples=5 * args.batch, epoch=epoch)
-        rows, _ = client.pull(table)
+        while True:
+            # Everything follows from the clock, so a worker that replaces a dead one, or
+            # one rolled back after a server restart, resumes at the right sample.
+            try:
+                while client.clock_value < total:
+                    epoch, step = divmod(client.clock_value, steps)
+                    order = np.random.default_rng(epoch).permutation(len(x_train))
+                    rows, data_clock = client.pull(table)
+                    lo = step * global_batch + cfg.rank * args.batch
+                    idx = order[lo:lo + args.batch]
+                    g, loss = grad_and_loss(rows.ravel(), x_train[idx], y_train[idx],
+                                            n_in, n_out)
+                    client.push(table, None, g.reshape(n_rows, WIDTH))
+                    clock = client.clock()
+                    if clock % 5 == 0:
+                        geeps.report(clock=clock, loss=loss, samples=5 * args.batch,
+                                     epoch=epoch)
+                rows, _ = client.pull(table)
+                break
+            except geeps.RolledBack as e:
+                print(f"worker {cfg.rank}: {e}; resuming", flush=True)
         params = rows.ravel()
         W = params[:n_in * n_out].reshape(n_in, n_out)
         b = params[n_in * n_out:n_params]
         accuracy = float(((x_test @ W + b).argmax(axis=1) == y_test).mean())
         geeps.report(clock=client.clock_value, accuracy=accuracy)
+        if args.save and cfg.rank == 0:
+            np.save(args.save, params)
         print(f"worker {cfg.rank}: test accuracy {accuracy:.3f} after {client.clock_value} "
               f"clocks in {time.monotonic() - t0:.1f} s")
     return 0 if accuracy > 0.8 else 1

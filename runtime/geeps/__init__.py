@@ -15,7 +15,8 @@ __all__ = ["Config", "ConfigError", "Consistency", "load_config", "report", "__v
 
 def __getattr__(name):
     # The client pulls in zmq and threads; import it only when asked for.
-    if name in ("Client", "Handle", "Table", "GeepsError", "ServerError", "ServerUnreachable"):
+    if name in ("Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
+                "ServerUnreachable", "WaitTimeout"):
         from . import client
         return getattr(client, name)
     raise AttributeError(name)

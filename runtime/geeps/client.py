@@ -24,13 +24,13 @@ import numpy as np
 
 from . import config as _config
 from . import consistency as _consistency
-from .errors import GeepsError, ServerError, ServerUnreachable, WaitTimeout
+from .errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from .handles import Handle
 from .iothread import IOThread, Request
 from .tables import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
 
-__all__ = ["Client", "Handle", "Table", "GeepsError", "ServerError", "ServerUnreachable",
-           "WaitTimeout"]
+__all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
+           "ServerUnreachable", "WaitTimeout"]
 
 
 class Client:
@@ -65,6 +65,7 @@ class Client:
         self._last_clock_at = time.monotonic()
         self._io = IOThread(self.servers, config=config, timeout=timeout,
                             wait_timeout=wait_timeout)
+        self._io.on_rollback = self._rolled_back
         self._io.start()
         try:
             hellos = self._all(lambda k: Request(k, "hello", {
@@ -230,6 +231,13 @@ class Client:
         self.close()
 
     # ---- internals --------------------------------------------------------------------
+    def _rolled_back(self, clock: int) -> None:
+        # Runs on the I/O thread before any caller hears RolledBack.
+        with self._lock:
+            self._clock = clock
+        if self.metrics is not None:
+            self.metrics.clock.set(clock)
+
     def _all(self, make: Callable[[int], Request]) -> Handle:
         return self._io.submit([make(k) for k in range(len(self.servers))],
                                combine=lambda parts: parts)

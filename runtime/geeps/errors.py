@@ -15,3 +15,21 @@ class ServerUnreachable(GeepsError, TimeoutError):
 
 class WaitTimeout(GeepsError, TimeoutError):
     """A read stayed parked longer than the wait timeout (a worker far behind?)."""
+
+
+class RolledBack(GeepsError):
+    """A server restarted from a checkpoint and the job rolled back to `clock`.
+
+    The calls in flight were dropped; the client's clock is now `clock`. Resume the
+    training loop from there (data position included):
+
+        while client.clock_value < total:
+            try:
+                step(client.clock_value)
+            except geeps.RolledBack:
+                pass        # the loop resumes at the new clock_value
+    """
+
+    def __init__(self, clock: int, why: str):
+        super().__init__(f"rolled back to clock {clock}: {why}")
+        self.clock = clock

@@ -28,7 +28,7 @@ import zmq
 
 from . import protocol as P
 from .config import Config
-from .errors import GeepsError, ServerError, ServerUnreachable, WaitTimeout
+from .errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from .handles import Handle
 from .transport import connect_dealer
 
@@ -53,6 +53,8 @@ class Request:
     last_sent: float = 0.0
     order: int = 0                     # per-shard send counter at the last send
     parked: bool = False
+    timeline: int = 0                  # the client's timeline when it was submitted
+    internal: Callable | None = None   # the I/O thread's own request: called with the reply
 
 
 class _Shard:
@@ -65,6 +67,7 @@ class _Shard:
         self.sent = 0                  # send counter, for ordering
         self.seq = 0
         self.last_heard = time.monotonic()
+        self.inc: str | None = None      # the server incarnation this client talks to
         self.ping_rid: int | None = None
         self.ping_sent = 0.0
         self.ping_order = 0
@@ -94,17 +97,25 @@ class IOThread(threading.Thread):
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._wfd, False)
         self._stopping = False
+        self._rolled_to = 0
         self._next_id = 1
         self._closed = threading.Event()
+        # Rollback after a server restart (see _detect_restart): the timeline counts
+        # rollbacks; requests submitted on an older one are refused.
+        self.timeline = 0
+        self.on_rollback: Callable[[int], None] = lambda clock: None
+        self._recovery: dict | None = None
+        self._fatal: GeepsError | None = None
 
     # ---- any thread ----------------------------------------------------------------
     def submit(self, reqs: list[Request], combine: Callable[[list], Any]) -> Handle:
         handle = Handle(len(reqs), combine)
-        if self._stopping:
-            handle._fail(GeepsError("client is closed"))
+        if self._stopping or self._fatal is not None:
+            handle._fail(self._fatal or GeepsError("client is closed"))
             return handle
+        timeline = self.timeline
         for i, r in enumerate(reqs):
-            r.handle, r.part = handle, i
+            r.handle, r.part, r.timeline = handle, i, timeline
             self._queue.put(r)
         self._wake()
         return handle
@@ -170,20 +181,30 @@ class IOThread(threading.Thread):
             self._shards[r.shard].backlog.append(r)
 
     def _flush(self, shard: _Shard) -> None:
+        if self._recovery is not None:
+            return          # user requests wait until the rollback is done
         while shard.backlog and len(shard.inflight) < WINDOW:
             r = shard.backlog.popleft()
-            r.rid = self._next_id
-            self._next_id += 1
-            header = dict(r.header, v=P.VERSION, op=r.op, id=r.rid)
-            if r.seq:
-                header["seq"] = shard.seq
-                shard.seq += 1
-            r.frames = [P.encode_header(header), *r.payload]
-            r.first_sent = time.monotonic()
-            if not shard.inflight:
-                shard.last_heard = r.first_sent  # silence counts from the first request
-            shard.inflight[r.rid] = r
-            self._send(shard, r)
+            if r.timeline < self.timeline:
+                r.handle._fail(RolledBack(self._rolled_to, "submitted before the rollback"))
+                continue
+            self._send_new(shard, r)
+
+    def _send_new(self, shard: _Shard, r: Request) -> None:
+        r.rid = self._next_id
+        self._next_id += 1
+        header = dict(r.header, v=P.VERSION, op=r.op, id=r.rid)
+        if shard.inc is not None and r.op in ("create", "open", "push", "clock", "pull"):
+            header["inc"] = shard.inc
+        if r.seq:
+            header["seq"] = shard.seq
+            shard.seq += 1
+        r.frames = [P.encode_header(header), *r.payload]
+        r.first_sent = time.monotonic()
+        if not shard.inflight:
+            shard.last_heard = r.first_sent  # silence counts from the first request
+        shard.inflight[r.rid] = r
+        self._send(shard, r)
 
     def _send(self, shard: _Shard, r: Request) -> None:
         shard.sent += 1
@@ -205,6 +226,11 @@ class IOThread(threading.Thread):
                 log.warning("%s sent a malformed reply: %s", shard.name(), e)
                 continue
             rid = header.get("id")
+            inc = header.get("inc")
+            if inc is not None and shard.inc is not None and inc != shard.inc \
+                    and (header.get("restarted") or rid == shard.ping_rid):
+                self._detect_restart(shard, header)
+                continue
             if rid is not None and rid == shard.ping_rid:
                 shard.ping_rid = None
                 self._resend_overtaken(shard, shard.ping_order, now)
@@ -217,7 +243,11 @@ class IOThread(threading.Thread):
                 r.parked = True
                 continue
             del shard.inflight[rid]
-            if header.get("ok"):
+            if r.internal is not None:
+                r.internal(shard, header)
+            elif header.get("ok"):
+                if r.op == "hello":
+                    shard.inc = header.get("inc")
                 r.handle._resolve(r.part, (header, [f.buffer for f in frames[1:]]))
             else:
                 r.handle._fail(ServerError(f"{shard.name()}: {header.get('error')}"))
@@ -254,6 +284,83 @@ class IOThread(threading.Thread):
         elif shard.ping_rid is not None and now - shard.ping_sent >= PING_S * 4:
             shard.ping_rid = None  # lost ping: send another next tick
 
+    # ---- rollback after a server restart ------------------------------------------
+    # A shard that restarted from its newest checkpoint (or was rolled back) has a new
+    # incarnation. Every shard must then return to one common checkpoint and every
+    # worker to its clock: ask each shard for its checkpoints, pick the newest clock
+    # all of them hold, restore it everywhere (idempotent per cause, so the workers
+    # that notice the same restart agree), then fail the calls in flight with
+    # RolledBack(clock). Requests submitted meanwhile wait; older ones are refused.
+    def _detect_restart(self, shard: _Shard, header: dict) -> None:
+        cause = header["inc"]
+        if self._recovery is not None and self._recovery["cause"] == cause:
+            return
+        log.warning("%s restarted (now at checkpoint clock %s); rolling back",
+                    shard.name(), header.get("base"))
+        doomed = [] if self._recovery is None else self._recovery["doomed"]
+        for s in self._shards:
+            for r in list(s.inflight.values()) + list(s.backlog):
+                if r.internal is None:
+                    doomed.append(r)
+            s.inflight.clear()
+            s.backlog.clear()
+            s.ping_rid = None
+        self._recovery = {"cause": cause, "doomed": doomed, "clocks": {}, "restored": {},
+                          "why": f"{shard.name()} restarted"}
+        for s in self._shards:
+            self._internal(s, "checkpoints", {}, self._on_checkpoints)
+
+    def _internal(self, shard: _Shard, op: str, header: dict, callback) -> None:
+        r = Request(shard.index, op, header, internal=callback)
+        self._send_new(shard, r)
+
+    def _on_checkpoints(self, shard: _Shard, header: dict) -> None:
+        rec = self._recovery
+        if rec is None:
+            return
+        if not header.get("ok"):
+            return self._recovery_failed(f"{shard.name()}: {header.get('error')}")
+        rec["clocks"][shard.index] = set(header.get("clocks", []))
+        if len(rec["clocks"]) < len(self._shards):
+            return
+        common = set.intersection(*rec["clocks"].values())
+        if not common:
+            return self._recovery_failed(
+                "the shards hold no common checkpoint (" + "; ".join(
+                    f"server {k}: {sorted(v) or 'none'}" for k, v in rec["clocks"].items())
+                + "): the job cannot resume; restart it")
+        rec["clock"] = max(common)
+        for s in self._shards:
+            self._internal(s, "restore", {"clock": rec["clock"], "cause": rec["cause"]},
+                           self._on_restored)
+
+    def _on_restored(self, shard: _Shard, header: dict) -> None:
+        rec = self._recovery
+        if rec is None:
+            return
+        if not header.get("ok"):
+            return self._recovery_failed(f"{shard.name()}: {header.get('error')}")
+        shard.inc = header["inc"]
+        rec["restored"][shard.index] = True
+        if len(rec["restored"]) < len(self._shards):
+            return
+        clock = rec["clock"]
+        self._rolled_to = clock
+        self.timeline += 1
+        self.on_rollback(clock)
+        self._recovery = None
+        log.warning("rolled back to clock %d", clock)
+        for r in rec["doomed"]:
+            r.handle._fail(RolledBack(clock, rec["why"]))
+
+    def _recovery_failed(self, why: str) -> None:
+        rec, self._recovery = self._recovery, None
+        self._fatal = GeepsError(f"cannot roll back after a server restart: {why}")
+        log.error("%s", self._fatal)
+        for r in rec["doomed"]:
+            r.handle._fail(self._fatal)
+        self._fail_all(self._fatal)
+
     def _handshake_failed(self, mon: zmq.Socket, shard: _Shard) -> None:
         from zmq.utils.monitor import recv_monitor_message
         while True:
@@ -269,8 +376,13 @@ class IOThread(threading.Thread):
             self._fail_shard(shard, err)
 
     def _fail_shard(self, shard: _Shard, err: BaseException) -> None:
+        if self._recovery is not None and any(r.internal for r in shard.inflight.values()):
+            rec, self._recovery = self._recovery, None
+            for r in rec["doomed"]:
+                r.handle._fail(err)
         for r in shard.inflight.values():
-            r.handle._fail(err)
+            if r.internal is None:
+                r.handle._fail(err)
         shard.inflight.clear()
         for r in shard.backlog:
             r.handle._fail(err)

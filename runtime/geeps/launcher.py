@@ -19,6 +19,7 @@ SIGHUP), which is forwarded to every process before they are killed.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import shutil
 import socket
@@ -108,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"how long a stopped process may take before SIGKILL "
                         f"(default {GRACE:g})")
     p.add_argument("--quiet", action="store_true", help="no live status line")
+    p.add_argument("--resume", action="store_true",
+                   help="start from the checkpoints a previous run left in the checkpoint "
+                        "directory (default: remove them and start fresh)")
     p.add_argument("--insecure", action="store_true",
                    help="no CurveZMQ keys: traffic on loopback in clear (default: fresh "
                         "keys in a private temporary directory, removed at the end)")
@@ -250,8 +254,14 @@ def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
     if p.checkpoint_dir:
         try:
             os.makedirs(p.checkpoint_dir, exist_ok=True)
+            stale = [] if args.resume else _checkpoint_files(p.checkpoint_dir)
+            for f in stale:
+                os.remove(f)
         except OSError as e:
-            return fail(f"cannot create checkpoint directory {p.checkpoint_dir}: {e.strerror}")
+            return fail(f"cannot prepare checkpoint directory {p.checkpoint_dir}: {e.strerror}")
+        if stale:
+            print(f"geeps run: removed {len(stale)} checkpoints of an earlier run from "
+                  f"{p.checkpoint_dir} (--resume keeps them)", file=sys.stderr)
     for line in _describe(p):
         print(f"geeps run: {line}", file=sys.stderr)
     timeout, source = args.timeout, "--timeout"
@@ -260,6 +270,10 @@ def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
         source = "spec.runPolicy.activeDeadlineSeconds"
     return Supervisor(p, cwd=cwd, timeout=timeout, timeout_source=source, grace=args.grace,
                       quiet=args.quiet).run()
+
+
+def _checkpoint_files(directory: str) -> list[str]:
+    return sorted(glob.glob(os.path.join(directory, "shard-*-clock-*.ckpt")))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

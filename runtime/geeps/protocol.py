@@ -14,7 +14,12 @@ Requests (fields beyond op/id):
     push    table, worker, session, clock, seq, rows     + [ids frame] + values frame
     clock   worker, clock                                -> min_clock
     pull    table, rows, need                            + [ids frame] -> clock + values frame
-    ping | stats | digest
+    ping | stats | digest                                -> (ping: inc, base)
+    checkpoints                                          -> clocks: valid checkpoints here
+    restore clock, cause                                 -> roll back to that checkpoint
+Requests of a timeline (create, open, push, clock, pull) may carry `inc`, the server
+incarnation the client knows; a server with another incarnation (it restarted, or
+rolled back) refuses them with `restarted: true, inc, base`.
 A retried read that is still parked is answered `ok: true, waiting: true` (no data).
 `rows` is {"range": [lo, hi]} (global row ids, contiguous) or {"ids": n} (an ids frame
 of n int64 follows the header).
@@ -28,7 +33,8 @@ import numpy as np
 
 VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes; a header is a few hundred bytes at most
-OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest")
+OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest",
+       "checkpoints", "restore")
 
 
 class ProtocolError(ValueError):

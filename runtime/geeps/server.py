@@ -10,6 +10,7 @@ never carries half-updated rows. SIGTERM or SIGINT ends the loop; exit code 0.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -17,6 +18,7 @@ import threading
 import zmq
 
 from . import config as _config
+from . import checkpoint
 from .curve import CurveError
 from .shard import ShardState, ShardTable
 from .transport import bind_router, security_note
@@ -36,13 +38,29 @@ class Server:
         self._stop = threading.Event()
         self._trackers: list[zmq.MessageTracker] = []
         self.state = ShardState(cfg.rank, cfg.num_workers, cfg.max_parked,
-                                before_write=self._finish_sends)
+                                before_write=self._finish_sends,
+                                checkpoint_dir=cfg.checkpoint_dir,
+                                checkpoint_every=cfg.checkpoint_every)
+        if cfg.checkpoint_dir:
+            self._restore_newest()
         if metrics is not None:
             self.state.on_update = metrics.server_update.observe
         self._pushed_bytes = 0
         host, _, port = cfg.servers[cfg.rank].rpartition(":")
         self.address = f"tcp://{cfg.bind_host}:{port}"
         self.sock, self._auth = bind_router(self.ctx, self.address, cfg)
+
+    def _restore_newest(self) -> None:
+        found = checkpoint.newest(self.cfg.checkpoint_dir, self.cfg.rank)
+        if found is None:
+            log.info("server %d: no checkpoint in %s; starting empty", self.cfg.rank,
+                     self.cfg.checkpoint_dir)
+            return
+        clock, header, arrays = found
+        self.state.load_state(clock, header, arrays)
+        self.state.last_cause = self.state.inc
+        log.warning("server %d restored checkpoint clock %d (%d tables); workers roll back "
+                    "to it", self.cfg.rank, clock, len(self.state.tables))
 
     def _finish_sends(self, table: ShardTable) -> None:
         # Loopback sends finish in microseconds; waiting on all of them is simpler than
@@ -132,6 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
+    crash_at = os.environ.get("GEEPS_TEST_CRASH_BEFORE_RENAME")
+    if crash_at:
+        # Fault injection for the durability tests only: die like a killed pod after the
+        # checkpoint of that clock is written and fsynced, before it is renamed.
+        def crash(tmp: str, clock=int(crash_at)) -> None:
+            if tmp.endswith(f"clock-{clock:09d}.ckpt-{os.getpid()}"):
+                os.kill(os.getpid(), signal.SIGKILL)
+        server.state.before_rename = crash
     server.serve()
     log.info("server %d stopped", cfg.rank)
     return 0

@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from . import checkpoint
 from . import protocol as P
 from .protocol import ProtocolError
 from .rules import GRADIENT_RULES, RuleState
 from .tables import RULES, resolve_hyper
 
 log = logging.getLogger("geeps.server")
+# Requests that belong to one timeline of the job: refused when their client knows an
+# older incarnation of this shard.
+_TIMELINE_OPS = ("create", "open", "push", "clock", "pull")
+
+
+def _new_inc() -> str:
+    return os.urandom(8).hex()
 
 
 class SeqWindow:
@@ -54,8 +63,11 @@ class ShardTable:
     per_clock: bool             # BSP/SSP: buffer pushes, apply once per clock
     rows: np.ndarray = field(repr=False, default=None)
     state: RuleState = field(repr=False, default=None)
-    # clock -> (sum of pushed values, mask of rows touched); per_clock tables only
-    pending: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
+    # clock -> worker -> (sum of its pushed values, mask of rows touched); per_clock
+    # tables only. Kept per worker so the sum runs in rank order (results do not depend
+    # on arrival order) and a replaced worker's partial pushes can be dropped.
+    pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = field(
+        default_factory=dict, repr=False)
 
     def spec(self) -> dict:
         return {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
@@ -79,8 +91,18 @@ Reply = tuple[bytes, list]
 
 class ShardState:
     def __init__(self, rank: int, num_workers: int, max_parked: int = 4096,
-                 before_write: Callable[[ShardTable], None] | None = None):
+                 before_write: Callable[[ShardTable], None] | None = None,
+                 checkpoint_dir: str = "", checkpoint_every: int = 0):
         self.rank = rank
+        # A new id whenever the state is replaced (start, restore): requests carry the
+        # id their client knows, so nothing sent to an older incarnation applies here.
+        self.inc = _new_inc()
+        self.base = 0                          # the checkpoint clock the state came from
+        self.last_cause = self.inc             # the rollback this state answers
+        self.sessions: dict[int, str] = {}     # worker -> session of its live client
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+        self.before_rename = None              # tests: fault injection in checkpoint.write
         self.num_workers = num_workers
         self.max_parked = max_parked
         self.tables: dict[str, ShardTable] = {}
@@ -116,6 +138,10 @@ class ShardState:
             if header.get("v", P.VERSION) != P.VERSION:
                 raise ProtocolError(f"header field 'v': protocol version {header.get('v')!r} "
                                     f"not supported (this server speaks {P.VERSION})")
+            inc = header.get("inc")
+            if inc is not None and inc != self.inc and op in _TIMELINE_OPS:
+                self.stats["errors"] += 1
+                return [(peer, self._restarted_error(rid))]
             return getattr(self, "_op_" + op)(peer, rid, header, frames)
         except ProtocolError as e:
             self.stats["errors"] += 1
@@ -123,7 +149,93 @@ class ShardState:
 
     # ---- operations -----------------------------------------------------------------
     def _op_ping(self, peer, rid, h, frames):
-        return [(peer, P.reply_ok(rid))]
+        return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base))]
+
+    def _restarted_error(self, rid) -> list:
+        return [P.encode_header({"id": rid, "ok": False, "inc": self.inc, "base": self.base,
+                                 "restarted": True,
+                                 "error": f"server {self.rank} was restarted or rolled back "
+                                          f"to clock {self.base}; roll back and retry"})]
+
+    def _op_checkpoints(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "checkpoints")
+        have = checkpoint.valid_clocks(self.checkpoint_dir, self.rank) \
+            if self.checkpoint_dir else []
+        return [(peer, P.reply_ok(rid, clocks=have, inc=self.inc, base=self.base))]
+
+    def _op_restore(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "restore")
+        clock = P.field(h, "clock", int, minimum=0)
+        cause = P.field(h, "cause", str)
+        if cause == self.last_cause:       # this rollback happened here already
+            return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base))]
+        if not self.checkpoint_dir:
+            raise ProtocolError(f"server {self.rank} keeps no checkpoints "
+                                "(GEEPS_CHECKPOINT_DIR): it cannot roll back")
+        try:
+            header, arrays = checkpoint.load(self.checkpoint_dir, self.rank, clock)
+        except checkpoint.CheckpointError as e:
+            raise ProtocolError(f"server {self.rank} cannot roll back to clock {clock}: {e}") \
+                from None
+        out = self._fail_parked()
+        self.load_state(clock, header, arrays)
+        self.last_cause = cause
+        checkpoint.drop_after(self.checkpoint_dir, self.rank, clock)
+        log.warning("server %d rolled back to checkpoint clock %d", self.rank, clock)
+        return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base))] + out
+
+    def _fail_parked(self) -> list[Reply]:
+        out = [(p.peer, self._restarted_error(p.rid)) for p in self.parked]
+        self.parked = []
+        return out
+
+    # ---- checkpoints --------------------------------------------------------------
+    def save_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """What a checkpoint holds: the state as of min_clock, every clock before it
+        applied. Pending pushes are not saved: after a restore every worker redoes the
+        clocks from there."""
+        header = {"num_workers": self.num_workers, "tables": []}
+        arrays = {}
+        for name, t in self.tables.items():
+            header["tables"].append(dict(t.spec(), step=t.state.step,
+                                         slots=sorted(t.state.slots)))
+            arrays[f"{name}/rows"] = t.rows
+            for k, v in t.state.slots.items():
+                arrays[f"{name}/slot/{k}"] = v
+        return header, arrays
+
+    def load_state(self, clock: int, header: dict, arrays: dict[str, np.ndarray]) -> None:
+        if header["num_workers"] != self.num_workers:
+            raise checkpoint.CheckpointError(
+                f"checkpoint of clock {clock} is for {header['num_workers']} workers, "
+                f"this server runs {self.num_workers}")
+        tables = {}
+        for spec in header["tables"]:
+            t = ShardTable(spec["table"], spec["n_rows"], spec["row_width"], spec["lo"],
+                           spec["hi"], spec["rule"], spec["hyper"], spec["per_clock"])
+            t.rows = arrays[f"{t.name}/rows"]
+            t.state = RuleState(t.rule, t.hyper, t.rows.shape)
+            t.state.step = spec["step"]
+            for k in spec["slots"]:
+                t.state.slots[k] = arrays[f"{t.name}/slot/{k}"]
+            tables[t.name] = t
+        self.tables = tables
+        self.done = [clock] * self.num_workers
+        self.windows = {}
+        self.inc = _new_inc()
+        self.base = clock
+
+    def _maybe_checkpoint(self, before: int, after: int) -> None:
+        k = self.checkpoint_every
+        if not (self.checkpoint_dir and k) or after // k == before // k:
+            return
+        clock = after - after % k
+        if clock != after:
+            return          # several clocks at once (SSP catch-up): only on a boundary
+        header, arrays = self.save_state()
+        path = checkpoint.write(self.checkpoint_dir, self.rank, clock, header, arrays,
+                                before_rename=self.before_rename)
+        log.info("server %d checkpointed clock %d to %s", self.rank, clock, path)
 
     def _op_hello(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "hello")
@@ -132,9 +244,21 @@ class ShardState:
         if want is not None and want != self.num_workers:
             raise ProtocolError(f"header field 'num_workers': client expects {want} workers, "
                                 f"server {self.rank} was started for {self.num_workers}")
+        session = str(P.field(h, "session", (int, str)))
+        old = self.sessions.get(w)
+        if old is not None and old != session:
+            # A replacement for a worker that died: what the dead one pushed for clocks
+            # it never finished must not count twice when the new one redoes them.
+            for t in self.tables.values():
+                for per_worker in t.pending.values():
+                    per_worker.pop(w, None)
+            log.warning("server %d: worker %d rejoined at clock %d (new session)",
+                        self.rank, w, self.done[w])
+        self.sessions[w] = session
         return [(peer, P.reply_ok(rid, shard=self.rank, num_workers=self.num_workers,
                                   min_clock=self.min_clock, worker_clock=self.done[w],
-                                  tables=sorted(self.tables)))]
+                                  tables=sorted(self.tables), inc=self.inc,
+                                  base=self.base))]
 
     def _op_stats(self, peer, rid, h, frames):
         return [(peer, P.reply_ok(rid, **self.stats, parked=len(self.parked), clocks=self.done,
@@ -212,8 +336,10 @@ class ShardState:
         self.stats["pushes"] += 1
         self.stats["push_bytes"] += values.nbytes
         if t.per_clock:
-            acc, touched = t.pending.get(clock) or t.pending.setdefault(
-                clock, (np.zeros_like(t.rows), np.zeros(len(t.rows), bool)))
+            mine = t.pending.setdefault(clock, {})
+            if w not in mine:
+                mine[w] = (np.zeros_like(t.rows), np.zeros(len(t.rows), bool))
+            acc, touched = mine[w]
             if sel[0] == "range":
                 acc[sel[1]:sel[2]] += values
                 touched[sel[1]:sel[2]] = True
@@ -235,6 +361,7 @@ class ShardState:
         self.done[w] = max(self.done[w], clock + 1)
         if self.min_clock > before:
             self._apply_clocks(before, self.min_clock)
+            self._maybe_checkpoint(before, self.min_clock)
         return [(peer, P.reply_ok(rid, min_clock=self.min_clock))] + self._release()
 
     def _op_pull(self, peer, rid, h, frames):
@@ -319,9 +446,13 @@ class ShardState:
         for clock in range(lo, hi):
             for t in self.tables.values():
                 entry = t.pending.pop(clock, None)
-                if entry is None:
+                if not entry:
                     continue
-                acc, touched = entry
+                ranks = sorted(entry)
+                acc, touched = entry[ranks[0]]
+                for r in ranks[1:]:
+                    acc += entry[r][0]
+                    touched |= entry[r][1]
                 scale = self._scale(t)
                 if scale != 1.0:
                     acc *= np.float32(scale)
@@ -365,9 +496,10 @@ class ShardState:
             for k in sorted(t.state.slots):
                 h.update(t.state.slots[k].tobytes())
             for c in sorted(t.pending):
-                h.update(repr(c).encode())
-                h.update(t.pending[c][0].tobytes())
-                h.update(t.pending[c][1].tobytes())
+                for w in sorted(t.pending[c]):
+                    h.update(repr((c, w)).encode())
+                    h.update(t.pending[c][w][0].tobytes())
+                    h.update(t.pending[c][w][1].tobytes())
         for key in sorted(self.windows):
             win = self.windows[key]
             h.update(repr((key, win.floor, sorted(win.above))).encode())

@@ -34,6 +34,21 @@ RATE_WINDOW = 10.0          # s of reports the samples/s figure averages over
 MAX_LINE = 64 * 1024        # bytes; a longer unterminated line is shown in pieces
 
 
+# Exit codes worth a retry under restartPolicy ExitCode: killed by a signal (negative
+# here, 128+N in a shell or pod: OOM kill, node loss, preemption) and EX_TEMPFAIL (75),
+# which a script can use to ask for a retry. Others (1, 2, ...) are bugs: retrying
+# would fail the same way.
+RETRYABLE_EXIT_CODES = "128-255 (signals), 75 (EX_TEMPFAIL)"
+
+
+def retryable(policy: str, code: int) -> bool:
+    if policy == "Never" or code == 0:
+        return False
+    if policy == "OnFailure":
+        return True
+    return code < 0 or code >= 128 or code == 75      # ExitCode
+
+
 def describe_exit(code: int) -> str:
     """'exit code 3' or 'killed by signal SIGKILL', from a Popen returncode."""
     if code < 0:
@@ -164,6 +179,7 @@ class Supervisor:
         self.children: list[_Child] = []
         self.board = ProgressBoard(plan.job.workers.replicas)
         self.sel = selectors.DefaultSelector()
+        self.restarts = 0                       # restarts so far, against backoffLimit
         self.signum: int | None = None          # a signal the launcher got
         self.hurry = False                      # a second one: skip the grace period
         self.stopping = False                   # _stop() is under way
@@ -369,6 +385,11 @@ class Supervisor:
                 self._stop(signal.SIGTERM)
                 return EXIT_TIMEOUT
             for c in self._reap():
+                replacement = self._maybe_restart(c, workers)
+                if replacement is not None:
+                    if c in workers:
+                        workers[workers.index(c)] = replacement
+                    continue
                 failure = self._failure(c, workers)
                 if failure:
                     self.say(f"{failure}; stopping the other processes")
@@ -380,6 +401,27 @@ class Supervisor:
             wait = 0.25 if deadline is None else min(0.25, deadline - now)
             self._pump(wait)
             self._draw_status()
+
+    def _maybe_restart(self, c: _Child, workers: list[_Child]) -> _Child | None:
+        """Restart a failed process as the operator would: per role restartPolicy,
+        within runPolicy.backoffLimit (restarts counted over the whole job)."""
+        if c.code == 0 or self.stopping or self.signum is not None:
+            return None
+        if c.spec.role == "server" and all(w.code is not None for w in workers):
+            return None
+        role = self.plan.job.servers if c.spec.role == "server" else self.plan.job.workers
+        if not retryable(role.restart_policy, c.code):
+            return None
+        limit = self.plan.job.run_policy.get("backoffLimit", 0)
+        if self.restarts >= limit:
+            self.say(f"{c.name} (pid {c.pid}) failed with {describe_exit(c.code)}; "
+                     f"backoffLimit {limit} reached, no more restarts")
+            return None
+        self.restarts += 1
+        self.say(f"{c.name} (pid {c.pid}) failed with {describe_exit(c.code)}; restarting it "
+                 f"({role.restart_policy}, restart {self.restarts} of {limit})")
+        self.children.remove(c)         # its successor stands for it from now on
+        return self._start(c.spec)
 
     def _failure(self, c: _Child, workers: list[_Child]) -> str | None:
         if c.spec.role == "worker" and c.code == 0:
