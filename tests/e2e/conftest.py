@@ -1,4 +1,5 @@
-"""Fixtures of the e2e tier: one emulator, kubelet and operator for the whole session.
+"""Fixtures of the e2e tier: one emulator, kubelet and operator for the e2e package
+(package scope: they stop when the last e2e test ends, not with the whole session).
 
 Each test works in a namespace of its own (the `ns` fixture), so the shared operator
 serves all of them as it would serve teams on one cluster.
@@ -18,13 +19,13 @@ from .harness import Cluster, Operator
 _ns = itertools.count()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster(tmp_path_factory):
     with Cluster(str(tmp_path_factory.mktemp("cluster"))) as c:
         yield c
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def operator(cluster, tmp_path_factory):
     with Operator(cluster, str(tmp_path_factory.mktemp("operator"))) as op:
         yield op
@@ -36,7 +37,7 @@ def ns(request):
     return f"t{next(_ns)}-{request.node.name[5:25].replace('_', '-').strip('-').lower()}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def kubectl(cluster, tmp_path_factory):
     """Run the real kubectl against the emulator: kubectl(ns, *args) -> CompletedProcess."""
     if shutil.which("kubectl") is None:

@@ -206,8 +206,14 @@ class Cluster:
             raise AssertionError(f"{e}; last status: {last.get('status')}") from None
 
     def wait_phase(self, ns: str, name: str, phase: str, timeout: float = 30.0) -> dict:
-        return self.wait_job(ns, name, lambda j: (j.get("status") or {}).get("phase") == phase,
-                             timeout, f"job {ns}/{name} to reach phase {phase}")
+        """Wait for `phase`; fail at once if the job ends in another terminal phase."""
+        def reached(j: dict) -> bool:
+            now = (j.get("status") or {}).get("phase")
+            if now in ("Succeeded", "Failed") and now != phase:
+                raise AssertionError(f"job {ns}/{name} ended {now}, not {phase}: "
+                                     f"{j.get('status')}")
+            return now == phase
+        return self.wait_job(ns, name, reached, timeout, f"job {ns}/{name} to reach {phase}")
 
 
 class Operator:

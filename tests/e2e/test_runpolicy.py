@@ -46,7 +46,9 @@ def test_a_crashing_worker_is_recreated_and_the_job_succeeds(cluster, operator, 
                           if p["metadata"]["labels"]["geeps.dev/role"] == "server"], 10,
              what="server pods deleted")
     servers = [p for p in cluster.processes(ns) if "-server-" in p.name]
-    assert servers and all(p.exit_code == 0 for p in servers)   # SIGTERM -> clean exit
+    # Ended: 0 from the server's SIGTERM handler, or 143 if the job was over before
+    # the server had installed it (this job takes well under a second).
+    assert servers and all(p.exit_code in (0, 143) for p in servers), servers
 
 
 def test_past_backoff_limit_the_job_fails_cleans_up_and_stays_failed(cluster, operator, ns):
