@@ -1,8 +1,8 @@
 """Update rules the servers run on their rows: add, sgd, momentum, adam.
 
 Optimizer state (velocity, Adam moments, step) lives beside the rows on the server, so
-workers send gradients, not parameters. Each rule updates in place, in float32, the
-same arithmetic as the worker-side fused kernels in the backend.
+workers send gradients, not parameters. Each rule updates in place, in float32, with
+the backend's NumPy twins of the worker-side fused kernels.
 
     st = RuleState("momentum", {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}, (n, w))
     st.apply(params, grad)                 # dense
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import backend_numpy as _np
 from .tables import resolve_hyper
 
 GRADIENT_RULES = ("sgd", "momentum", "adam")    # averaged over workers; `add` is summed
@@ -29,9 +30,18 @@ class RuleState:
             self.slots["m"] = np.zeros(shape, np.float32)
             self.slots["v"] = np.zeros(shape, np.float32)
 
-    def apply(self, params: np.ndarray, grad: np.ndarray, rows: np.ndarray | None = None) -> None:
-        """Apply one update. `grad` is dense (like params) or, with `rows`, one row per id."""
+    def apply(self, params: np.ndarray, grad: np.ndarray, rows: np.ndarray | None = None,
+              scale: float = 1.0, scratch: bool = False) -> None:
+        """Apply one update of `scale * grad`. `grad` is dense (like params) or, with
+        `rows`, one row per id. With `scratch`, `grad` belongs to the caller's scratch
+        space and is scaled in place (no temporary the size of the shard); otherwise it
+        is left as it is."""
         self.step += 1
+        if scale != 1.0:
+            if scratch and grad.flags.writeable:
+                grad *= np.float32(scale)
+            else:
+                grad = grad * np.float32(scale)
         if rows is None:
             self._update(params, grad, self.slots)
             return
@@ -43,29 +53,17 @@ class RuleState:
             self.slots[k][rows] = v
 
     def _update(self, p: np.ndarray, g: np.ndarray, slots: dict) -> None:
+        # The backend's NumPy twins are the arithmetic of the worker-side CUDA kernels:
+        # one definition of each rule for servers and workers alike.
         h = self.hyper
-        f32 = np.float32
         if self.rule == "add":
             p += g
-            return
-        if h.get("weight_decay"):
-            g = g + f32(h["weight_decay"]) * p
-        if self.rule == "sgd":
-            p -= f32(h["lr"]) * g
+        elif self.rule == "sgd":
+            _np.sgd(p, g, h["lr"], h["weight_decay"])
         elif self.rule == "momentum":
-            v = slots["velocity"]
-            v *= f32(h["momentum"])
-            v += g
-            p -= f32(h["lr"]) * v
+            _np.momentum(p, g, slots["velocity"], h["lr"], h["momentum"], h["weight_decay"])
         elif self.rule == "adam":
-            b1, b2 = h["beta1"], h["beta2"]
-            m, v = slots["m"], slots["v"]
-            m *= f32(b1)
-            m += f32(1 - b1) * g
-            v *= f32(b2)
-            v += f32(1 - b2) * g * g
-            mhat_scale = f32(1.0 / (1 - b1 ** self.step))
-            vhat_scale = f32(1.0 / (1 - b2 ** self.step))
-            p -= f32(h["lr"]) * (m * mhat_scale) / (np.sqrt(v * vhat_scale) + f32(h["eps"]))
+            _np.adam(p, g, slots["m"], slots["v"], self.step, h["lr"], h["beta1"],
+                     h["beta2"], h["eps"], h["weight_decay"])
         else:  # resolve_hyper already refused unknown rules
             raise AssertionError(self.rule)

@@ -66,8 +66,9 @@ class ShardTable:
     # clock -> worker -> (sum of its pushed values, mask of rows touched); per_clock
     # tables only. Kept per worker so the sum runs in rank order (results do not depend
     # on arrival order) and a replaced worker's partial pushes can be dropped.
-    pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray]]] = field(
+    pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray | None]]] = field(
         default_factory=dict, repr=False)
+    scratch: np.ndarray | None = field(default=None, repr=False)   # reused sum buffer
 
     def spec(self) -> dict:
         return {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
@@ -337,8 +338,16 @@ class ShardState:
         self.stats["push_bytes"] += values.nbytes
         if t.per_clock:
             mine = t.pending.setdefault(clock, {})
+            whole = sel[0] == "range" and sel[1] == 0 and sel[2] == len(t.rows)
+            if w not in mine and whole:
+                # The common dense case: keep the received frame itself (zero-copy);
+                # None = every row touched.
+                mine[w] = (values, None)
+                return [(peer, P.reply_ok(rid))]
             if w not in mine:
                 mine[w] = (np.zeros_like(t.rows), np.zeros(len(t.rows), bool))
+            elif mine[w][1] is None:    # a second push on top of a kept frame
+                mine[w] = (np.array(mine[w][0]), np.ones(len(t.rows), bool))
             acc, touched = mine[w]
             if sel[0] == "range":
                 acc[sel[1]:sel[2]] += values
@@ -448,20 +457,25 @@ class ShardState:
                 entry = t.pending.pop(clock, None)
                 if not entry:
                     continue
+                # Sum in rank order, whatever order the pushes arrived in: results are
+                # reproducible bit for bit (a replay after a restart gives the same).
                 ranks = sorted(entry)
-                acc, touched = entry[ranks[0]]
+                if t.scratch is None:
+                    t.scratch = np.empty_like(t.rows)
+                acc = t.scratch
+                np.copyto(acc, entry[ranks[0]][0])
+                touched = entry[ranks[0]][1]
                 for r in ranks[1:]:
                     acc += entry[r][0]
-                    touched |= entry[r][1]
-                scale = self._scale(t)
-                if scale != 1.0:
-                    acc *= np.float32(scale)
+                    other = entry[r][1]
+                    touched = None if touched is None or other is None else touched | other
                 self.before_write(t)
-                if touched.all():
-                    t.state.apply(t.rows, acc)
+                if touched is None or touched.all():
+                    t.state.apply(t.rows, acc, scale=self._scale(t), scratch=True)
                 else:
                     ids = np.flatnonzero(touched)
-                    t.state.apply(t.rows, acc[ids], rows=ids)
+                    t.state.apply(t.rows, acc[ids], rows=ids, scale=self._scale(t),
+                                  scratch=True)
                 self.stats["applied"] += 1
         self.on_update(time.perf_counter() - t0)
 
@@ -497,9 +511,11 @@ class ShardState:
                 h.update(t.state.slots[k].tobytes())
             for c in sorted(t.pending):
                 for w in sorted(t.pending[c]):
-                    h.update(repr((c, w)).encode())
-                    h.update(t.pending[c][w][0].tobytes())
-                    h.update(t.pending[c][w][1].tobytes())
+                    values, touched = t.pending[c][w]
+                    h.update(repr((c, w, touched is None)).encode())
+                    h.update(values.tobytes())
+                    if touched is not None:
+                        h.update(touched.tobytes())
         for key in sorted(self.windows):
             win = self.windows[key]
             h.update(repr((key, win.floor, sorted(win.above))).encode())
