@@ -118,6 +118,7 @@ def _tensor_store(named: list[tuple[str, torch.Tensor]], row_width: int):
     # The last row holds the fingerprint; no push ever touches it, so no rule moves it.
     store = Store(layout.n_rows + 1, row_width, device)
     store.host[-1] = _fingerprint(layout)
+    store.upload()
     for slot, (_, t) in zip(layout.slots, named):
         view = store.view(slot)
         view.copy_(t.detach())

@@ -93,7 +93,11 @@ class Store:
         self.host = np.zeros((n_rows, row_width), np.float32)
         if device.type == "cuda":
             # Not exercised by the CPU-only test suite: it needs CuPy and a GPU.
-            import cupy
+            try:
+                import cupy
+            except ImportError as e:
+                raise ImportError(f"a model on {device} needs CuPy for its parameter rows "
+                                  f"(pip install 'geeps[gpu]'): {e}") from None
             with cupy.cuda.Device(device.index or 0):
                 self.dev = cupy.zeros((n_rows, row_width), cupy.float32)
             self.tensor = torch.from_dlpack(self.dev)
