@@ -195,6 +195,9 @@ def main(argv=None) -> int:
     def reads(result):
         return worker.metrics.value("geeps_cache_reads_total", table="lr", result=result)
 
+    def moved(direction):
+        return worker.metrics.value("geeps_transfer_bytes_total", direction=direction) / 2**20
+
     t0 = time.monotonic()
     losses = []
     clock = 0
@@ -214,9 +217,8 @@ def main(argv=None) -> int:
     hit_ratio = hits / max(1.0, hits + misses)
     elapsed = time.monotonic() - t0
     print(f"worker {rank}: {clock} clocks in {elapsed:.1f} s; cache hit ratio {hit_ratio:.3f} "
-          f"({hits:.0f} hits, {misses:.0f} misses); moved h2d "
-          f"{worker.cache.moved['h2d'] / 2**20:.1f} MiB, d2h "
-          f"{worker.cache.moved['d2h'] / 2**20:.1f} MiB")
+          f"({hits:.0f} hits, {misses:.0f} misses); moved h2d {moved('h2d'):.1f} MiB, "
+          f"d2h {moved('d2h'):.1f} MiB")
     status = 0
     if rank == 0:
         values, _ = client.pull(table, need=clock)      # every worker's last clock in it

@@ -30,7 +30,7 @@ SMALL = {
     "02-digits-cnn": None,
     "03-cifar10-resnet": ["--synthetic", "--steps", "2", "--batch", "4", "--width", "8",
                           "--report-every", "1"],
-    "04-sparse-lr": ["--samples", "20000", "--features", "100000", "--informative", "3000",
+    "04-sparse-lr": ["--samples", "40000", "--features", "200000", "--informative", "5000",
                      "--batch", "250", "--epochs", "3", "--device-fraction", "0.5",
                      "--report-every", "5", "--max-logloss", "0.40"],
 }
@@ -78,6 +78,7 @@ def test_example_runs_end_to_end(tmp_path, manifest):
     if name == "04-sparse-lr":
         loss, constant = map(float, re.search(
             r"held-out log-loss (\d\.\d+) \(constant predictor (\d\.\d+)", out).groups())
+        # The generator's Bayes floor at this size is 0.275; a constant predictor 0.659.
         assert loss <= 0.40 < constant, out[-2000:]
         ratios = [float(r) for r in re.findall(r"cache hit ratio (\d\.\d+)", out)]
         # A budget of half the working set: some reads hit, some go through the buffers.
