@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from geeps.torch import _fingerprint, _tensor_store
+from geeps.torch_parallel import _fingerprint, _tensor_store
 from geeps.torch_layout import Layout, Store, flat_view
 
 
