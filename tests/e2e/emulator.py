@@ -5,7 +5,8 @@ simple. This subclass adds, the way a real API server does them:
 
 - metadata on create: uid, creationTimestamp, name from generateName (kopf's Events
   use generateName; without it every Event after the first would conflict);
-- resourceVersion, moved by every write (kopf's JSON patches test it);
+- resourceVersion, moved by every write (kopf's JSON patches test it), and 422 when
+  such a test fails;
 - registering a CustomResourceDefinition's resource for discovery when the CRD is
   created (names, short names, namespaced, status subresource), and discovery
   documents kubectl accepts (core groupVersion "v1", singular names, subresources
@@ -16,12 +17,16 @@ simple. This subclass adds, the way a real API server does them:
   CRD's additionalPrinterColumns, so `kubectl get gj` prints the printer columns;
 - listing and watching namespaces (implicit: each namespace holding an object);
 - GET pods/<name>/log from a provider (the test kubelet's captured output), as the
-  API server proxies it from the kubelet.
+  API server proxies it from the kubelet;
+- speed: served requests move to an archive (all_requests()), since kmock routes each
+  request by scanning its whole request log.
 
 What it still lacks, and the tests do not pretend otherwise: schema validation and
 defaulting of custom resources, CEL rules, resourceVersion preconditions on merge
 patches, resuming a watch from a resourceVersion, garbage collection through owner
-references, PUT, Namespace objects (and namespaces appearing after a watch starts).
+references, PUT, Namespace objects (and namespaces appearing after a watch starts),
+OpenAPI documents (/openapi/v2, /openapi/v3, which kubectl's client-side validation
+downloads), admission, and authorization (the RBAC test checks requests instead).
 """
 from __future__ import annotations
 
