@@ -145,3 +145,27 @@ def test_distributed_digits_script_differs_from_the_single_process_one_by_three_
     added = [line for line in dist if line not in single]
     assert (replaced, inserted, deleted) == (3, 1, 0), added
     assert "import geeps.torch as gt" in added     # the one added line is the import
+
+
+def test_digits_scripts_run_alone_without_geeps_run():
+    """`python train.py` with no GEEPS_* at all: one in-process shard, same steps as the
+    single-process script."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEEPS_")}
+    d = os.path.join("examples", "02-digits-cnn")
+    steps = {}
+    for script in ("train_single.py", "train.py"):
+        p = subprocess.run([sys.executable, os.path.join(d, script), "--epochs", "2",
+                            "--min-accuracy", "0.5"], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=TIMEOUT)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+        steps[script] = int(re.search(r"after 2 epochs, (\d+) steps", p.stdout).group(1))
+    assert steps["train.py"] == steps["train_single.py"] == 2 * (1347 // 32 + 1)
+
+
+def test_more_workers_without_servers_is_refused():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEEPS_")}
+    env["GEEPS_NUM_WORKERS"] = "2"
+    p = subprocess.run([sys.executable, "-c", "import geeps.torch as gt; gt.init()"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    assert "GEEPS_SERVERS" in p.stderr and "GEEPS_NUM_WORKERS=2" in p.stderr
