@@ -77,13 +77,13 @@ class DataParallel(torch.nn.Module):
     GPU). The tables are created (rank 0, with its initial values) or opened (other
     ranks, which then start from rank 0's values) when an optimizer is attached.
 
-    Buffers: floating-point buffers (BatchNorm's running mean and variance) live in a
+    Buffers: float32 buffers (BatchNorm's running mean and variance) live in a
     second table, `name.buffers`, with rule `add`. Each worker updates its copy in
     forward as usual; at step() it pushes (its value - the value at the last refresh)
     / W, so after the refresh every worker holds the mean over workers of their
     updated statistics (for a running mean: exactly what one process would compute
-    from the union of the batches). Integer buffers (num_batches_tracked) advance
-    identically on every worker and stay local.
+    from the union of the batches). Other buffers (num_batches_tracked, which
+    advances identically on every worker) stay local.
 
     `forward`, `sync()` and `state_dict()` block until the refresh started by the last
     step() arrived (under BSP: until every worker finished that clock). Read the
@@ -188,32 +188,37 @@ class DataParallel(torch.nn.Module):
         finally:
             self._syncing = old
 
-    def state_dict(self, *args, **kwargs):
-        """The wrapped module's state (its own keys, no `module.` prefix), parameters and
-        float buffers read from the servers: the model after every worker finished
-        this worker's current clock (blocks until then). Before an optimizer is
-        attached: this worker's values. Tensors are copies, on the module's device.
+    def state_dict(self, *args, destination=None, prefix: str = "", keep_vars: bool = False):
+        """The wrapped module's state with its own keys (no `module.` prefix: it loads
+        into the unwrapped model), parameters and float buffers read from the servers:
+        the model after every worker finished this worker's current clock (blocks until
+        then). Before an optimizer is attached: this worker's values. Tensors are
+        copies on the module's device. Nested in another module (a `prefix` is given),
+        keys keep `module.` so the parent's load_state_dict finds them.
 
             if model.rank == 0: torch.save(model.state_dict(), "model.pt")
         """
+        if args:
+            raise TypeError("state_dict() takes keyword arguments only")
         local = self.module.state_dict(keep_vars=True)
-        if self._table is None:
-            return OrderedDict((k, v.detach().clone()) for k, v in local.items())
-        self.sync()
-        need = self._client.clock_value
-        sources = [(self._params, self._playout, self._table)]
-        if self._btable is not None:
-            sources.append((self._buffers_synced, self._blayout, self._btable))
         fetched = {}
-        for tensors, layout, table in sources:
-            values, _ = self._client.pull(table, need=need)
-            flat = torch.from_numpy(values)
-            for t, slot in zip(tensors, layout.slots):
-                fetched[id(t)] = flat_view(flat, slot, layout.row_width)
-        out = OrderedDict()
+        if self._table is not None:
+            self.sync()
+            need = self._client.clock_value
+            sources = [(self._params, self._playout, self._table)]
+            if self._btable is not None:
+                sources.append((self._buffers_synced, self._blayout, self._btable))
+            for tensors, layout, table in sources:
+                values, _ = self._client.pull(table, need=need)
+                flat = torch.from_numpy(values)
+                for t, slot in zip(tensors, layout.slots):
+                    fetched[id(t)] = flat_view(flat, slot, layout.row_width)
+        out = OrderedDict() if destination is None else destination
+        inner = prefix + "module." if prefix else ""
         for k, v in local.items():
             src = fetched.get(id(v))
-            out[k] = src.to(v.device, copy=True) if src is not None else v.detach().clone()
+            out[inner + k] = src.to(v.device, copy=True) if src is not None \
+                else v.detach().clone()
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):

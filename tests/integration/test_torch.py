@@ -321,3 +321,26 @@ def test_bad_input_is_named():
         other = gt.DataParallel(nn.Linear(2, 5), client=cl.client(1), name="bad")
         with pytest.raises(ValueError, match="same model"):
             gt.ServerOptimizer(other, "sgd", lr=0.1)
+
+
+def test_state_dict_loads_into_the_plain_model_and_nests_in_a_parent():
+    with Cluster(servers=2, workers=1) as cl:
+        net = seeded(lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)))
+        model = gt.DataParallel(net, client=cl.client(0), name="nest")
+        opt = gt.ServerOptimizer(model, "adam", lr=0.01)
+        for _ in range(3):
+            model(torch.randn(8, 4)).square().mean().backward()
+            opt.step()
+        sd = model.state_dict()
+        plain = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+        plain.load_state_dict(sd)                       # the unwrapped model's keys
+        model.sync()
+        for k, v in net.state_dict().items():
+            torch.testing.assert_close(plain.state_dict()[k], v)
+        parent = nn.Sequential(model)
+        nested = parent.state_dict()
+        assert set(nested) == {f"0.module.{k}" for k in sd}
+        parent2 = nn.Sequential(gt.DataParallel(
+            nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4)), client=cl.client(0), name="n2"))
+        parent2.load_state_dict(nested)                 # before its optimizer: allowed
+        torch.testing.assert_close(parent2[0].module[0].weight, net[0].weight)
