@@ -179,7 +179,7 @@ def _fits(st: _State, budget: int, mode: str) -> PoolLayout | None:
 
 def _hold(st: _State, ln, budget: int, mode: str, cost: int) -> PoolLayout | None:
     """Hold op ln.a's buffer for ln.b: all of it if that fits and pays, else the
-    longest prefix that does (rows of a read; 256-byte chunks of local data)."""
+    longest prefix that does (rows of a read; ALIGN-byte chunks of local data)."""
     st.link(ln.a, ln.b, None)
     got = _fits(st, budget, mode)
     if got is not None and _cost(st, got) < cost:
@@ -312,8 +312,8 @@ def _refuse(a: Analysis, budget: int) -> BudgetError:
                  f"{format_bytes(sum(align(a.buf_bytes[o]) for o in fail.live))}")
     return BudgetError(
         f"device memory budget {format_bytes(budget)} ({budget} bytes) is below what this "
-        f"sequence needs with nothing pinned: {format_bytes(out.capacity)} "
-        f"({out.capacity} bytes){where}. Raise GEEPS_DEVICE_MEMORY "
+        f"sequence needs: {format_bytes(out.capacity)} ({out.capacity} bytes){where}. "
+        f"Raise GEEPS_DEVICE_MEMORY "
         f"(spec.cache.deviceMemory) or make the operations smaller")
 
 
