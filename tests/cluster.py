@@ -11,7 +11,7 @@ import sys
 
 import geeps
 
-from .helpers import free_port, kill_group
+from .helpers import die_with_parent, free_port, kill_group
 
 
 class Cluster:
@@ -35,7 +35,8 @@ class Cluster:
     def start_server(self, rank: int) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "geeps", "server"],
                                 env=self.env("server", rank), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                preexec_fn=die_with_parent)
         self.procs.append(proc)
         return proc
 

@@ -44,3 +44,23 @@ def kill_group(proc: subprocess.Popen, timeout: float = 5.0) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout)
+
+
+def _load_prctl():
+    import ctypes
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+# Looked up now, not in the child: a forked child of a threaded process must not load
+# libraries or allocate before exec.
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGKILL when the test process dies, even by SIGKILL
+    (Linux PR_SET_PDEATHSIG), so an interrupted run leaves no servers behind."""
+    if _PRCTL is not None:
+        _PRCTL(1, 9)        # PR_SET_PDEATHSIG, SIGKILL

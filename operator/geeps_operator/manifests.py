@@ -186,7 +186,10 @@ def pod_monitor(job: GeePSJob, owner: dict) -> dict:
         "metadata": _meta(job, job.name, owner, labels(job)),
         "spec": {
             "selector": {"matchLabels": {LABEL_JOB: job.name}},
-            "podMetricsEndpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics"}],
+            # honorLabels: the pods' own job/role/rank labels are what the dashboard
+            # filters on; without it Prometheus renames `job` to `exported_job`.
+            "podMetricsEndpoints": [{"port": METRICS_PORT_NAME, "path": "/metrics",
+                                     "honorLabels": True}],
         },
     }
 

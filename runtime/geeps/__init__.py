@@ -19,4 +19,7 @@ def __getattr__(name):
                 "ServerUnreachable", "WaitTimeout"):
         from . import client
         return getattr(client, name)
+    if name == "Worker":
+        from .worker import Worker
+        return Worker
     raise AttributeError(name)

@@ -33,8 +33,9 @@ def main(argv: list[str]) -> int:
         return 2
     scripts = sorted(glob.glob(os.path.join(d, "bench_*.py")))
     if argv:
-        wanted = {f"bench_{a}.py" for a in argv} | set(argv)
-        scripts = [s for s in scripts if os.path.basename(s) in wanted]
+        scripts = [s for s in scripts
+                   if any(os.path.basename(s).startswith(f"bench_{a}") or
+                          os.path.basename(s) == a for a in argv)]
         if not scripts:
             print(f"geeps bench: no benchmark named {' '.join(argv)}", file=sys.stderr)
             return 2

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 import zmq
@@ -88,11 +89,17 @@ class _OnlyJobClient:
 
     def __init__(self, allowed: bytes):
         self.allowed = allowed
+        self.refused: dict[bytes, float] = {}    # key -> when last logged
 
     def callback(self, domain: str, key: bytes) -> bool:
         ok = key == self.allowed          # both Z85-encoded
         if not ok:
-            log.warning("refused a client presenting an unknown CurveZMQ key")
+            # A refused client reconnects every few seconds: say so once a minute per key.
+            now = time.monotonic()
+            if now - self.refused.get(key, -60.0) >= 60.0:
+                self.refused[key] = now
+                log.warning("refused a client presenting an unknown CurveZMQ key %s",
+                            key[:8].decode(errors="replace") + "...")
         return ok
 
 

@@ -49,10 +49,16 @@ def _preserve(description: str, type_: str = "object") -> dict:
     return {"type": type_, "description": description, "x-kubernetes-preserve-unknown-fields": True}
 
 
+# Kubernetes' own quantity grammar (resource.Quantity), for resources.requests/limits.
+K8S_QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+                        r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
+
+
 def _quantity_map(description: str) -> dict:
     return {"type": "object", "description": description,
             "additionalProperties": {"x-kubernetes-int-or-string": True,
-                                     "anyOf": [{"type": "integer"}, {"type": "string"}]}}
+                                     "anyOf": [{"type": "integer"}, {"type": "string"}],
+                                     "pattern": K8S_QUANTITY_PATTERN}}
 
 
 def _role(description: str, *, workers: bool) -> dict:
@@ -234,8 +240,9 @@ def _message(err: jsonschema.ValidationError) -> tuple[str, str]:
         return f"{where}.{missing}", "is required"
     if err.validator == "enum":
         return where, f"{err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
-    if err.validator == "pattern" and err.validator_value == QUANTITY_PATTERN:
-        return where, f"{err.instance!r} is not a quantity (e.g. 4Gi, 512Mi)"
+    if err.validator == "pattern" and err.validator_value in (QUANTITY_PATTERN,
+                                                              K8S_QUANTITY_PATTERN):
+        return where, f"{err.instance!r} is not a quantity (e.g. 4Gi, 512Mi, 500m)"
     if err.validator in ("minimum", "maximum"):
         op = ">=" if err.validator == "minimum" else "<="
         return where, f"must be {op} {err.validator_value} (got {err.instance!r})"

@@ -27,8 +27,10 @@ def test_wrong_key_is_refused_and_the_job_goes_on(tmp_path):
     addr = f"127.0.0.1:{free_port()}"
     env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK="0", GEEPS_NUM_WORKERS="1",
                GEEPS_SERVERS=addr, GEEPS_BIND_HOST="127.0.0.1", GEEPS_CURVE_DIR=job_keys)
+    log_path = tmp_path / "server.log"
+    log_file = open(log_path, "w")     # a file, not a pipe: a full pipe would stall it
     proc = subprocess.Popen([sys.executable, "-m", "geeps", "server"], env=env,
-                            start_new_session=True, stderr=subprocess.PIPE, text=True)
+                            start_new_session=True, stderr=log_file)
     try:
         good_cfg = config.load({"GEEPS_SERVERS": addr, "GEEPS_CURVE_DIR": job_keys})
         good = geeps.Client(good_cfg.servers, 0, 1, timeout=10, config=good_cfg)
@@ -48,8 +50,10 @@ def test_wrong_key_is_refused_and_the_job_goes_on(tmp_path):
         good.close()
     finally:
         kill_group(proc)
-        log = proc.stderr.read()
+        log_file.close()
+    log = log_path.read_text()
     assert "CurveZMQ on" in log
+    assert log.count("refused a client") == 1, "a refused client must not flood the log"
 
 
 def test_missing_key_file_is_named(tmp_path):
