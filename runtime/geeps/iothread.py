@@ -53,6 +53,7 @@ class Request:
     last_sent: float = 0.0
     order: int = 0                     # per-shard send counter at the last send
     parked: bool = False
+    unsent: bool = False               # the socket could not take it yet
     timeline: int = 0                  # the client's timeline when it was submitted
     internal: Callable | None = None   # the I/O thread's own request: called with the reply
 
@@ -210,7 +211,14 @@ class IOThread(threading.Thread):
         shard.sent += 1
         r.order = shard.sent
         r.last_sent = time.monotonic()
-        shard.sock.send_multipart(r.frames, copy=False)
+        # Never block this thread: with no live connection (the server is down, or it
+        # refused our handshake) a DEALER would block in send, and then no timeout
+        # could fire. An unsent request is retried by _tick.
+        try:
+            shard.sock.send_multipart(r.frames, copy=False, flags=zmq.NOBLOCK)
+            r.unsent = False
+        except zmq.Again:
+            r.unsent = True
 
     def _receive(self, shard: _Shard) -> None:
         while True:
@@ -268,6 +276,8 @@ class IOThread(threading.Thread):
                 "(is it running and reachable?)"))
             return
         for rid, r in list(shard.inflight.items()):
+            if r.unsent and now - r.last_sent >= RESEND_MIN_S:
+                self._send(shard, r)
             if r.op == "pull" or r.op == "open":
                 if now - r.first_sent > self.wait_timeout:
                     del shard.inflight[rid]
@@ -280,7 +290,10 @@ class IOThread(threading.Thread):
             shard.sent += 1
             shard.ping_order = shard.sent
             shard.ping_sent = now
-            shard.sock.send_multipart(P.request("ping", shard.ping_rid))
+            try:
+                shard.sock.send_multipart(P.request("ping", shard.ping_rid), flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass        # no connection: the silence itself will time out
         elif shard.ping_rid is not None and now - shard.ping_sent >= PING_S * 4:
             shard.ping_rid = None  # lost ping: send another next tick
 

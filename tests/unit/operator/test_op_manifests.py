@@ -136,7 +136,8 @@ def test_pod_monitor_and_curve_secret_seam():
     job, owner = _job()
     pm = m.pod_monitor(job, owner)
     assert pm["spec"]["selector"] == {"matchLabels": {m.LABEL_JOB: "digits"}}
-    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics"}]
+    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics",
+                                                  "honorLabels": True}]
     assert pm["metadata"]["ownerReferences"] == [owner]
     secret = m.curve_secret(job, owner, {"server.key": "k"})
     kubernetes_validate.validate(secret, "1.33", strict=True)
