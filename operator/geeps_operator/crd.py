@@ -70,6 +70,12 @@ STATUS_SCHEMA: dict = {
         "countedFailures": {"type": "array", "items": {"type": "string"},
                             "description": "uids of failed pods already counted as restarts "
                                            "but not yet deleted (so a retry never counts twice)"},
+        "trackedPods": {"type": "array", "description": "the pod each server and worker slot "
+                                                        "had when last seen alive; one that "
+                                                        "vanishes was lost (counted as a restart)",
+                        "items": {"type": "object", "required": ["name", "uid"],
+                                  "properties": {"name": {"type": "string"},
+                                                 "uid": {"type": "string"}}}},
         # kopf keeps its own bookkeeping under status.kopf; a structural schema would prune it.
         "kopf": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
     },

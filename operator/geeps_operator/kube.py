@@ -44,7 +44,7 @@ def path_of(manifest: dict) -> str:
     """The collection a manifest is POSTed to."""
     group, _, version = manifest["apiVersion"].rpartition("/")
     plural = {"Pod": "pods", "Service": "services", "Secret": "secrets",
-              "PodMonitor": "podmonitors"}[manifest["kind"]]
+              "PodMonitor": "podmonitors", "NetworkPolicy": "networkpolicies"}[manifest["kind"]]
     return path(group, version, plural, manifest["metadata"].get("namespace"))
 
 

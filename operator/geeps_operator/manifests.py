@@ -13,6 +13,13 @@ Restarts: pods are created with restartPolicy Never and the *operator* replaces 
 failed pod, so it can count restarts against backoffLimit and apply ExitCode rules.
 The replacement has the same name (`<job>-worker-<i>`), created once the failed pod
 is gone, so names and server DNS records stay stable across restarts.
+
+Security: every pod runs as a non-root user with a read-only root filesystem, no
+capabilities and the runtime's default seccomp profile; /tmp is an emptyDir (Python,
+CuPy and torch need somewhere to write). Workers and servers talk CurveZMQ with keys
+from the job's Secret (`curve_secret`), mounted read-only at CURVE_MOUNT, unless
+spec.security.insecure; a NetworkPolicy (`network_policy`) admits the parameter-server
+port only from the job's own pods.
 """
 from __future__ import annotations
 
@@ -37,6 +44,12 @@ CHECKPOINT_MOUNT = "/var/lib/geeps/checkpoints"
 CHECKPOINT_VOLUME = "geeps-checkpoints"
 CURVE_MOUNT = "/etc/geeps/curve"
 CURVE_VOLUME = "geeps-curve"
+TMP_MOUNT = "/tmp"
+TMP_VOLUME = "geeps-tmp"
+RUN_AS = 10001                              # the runtime image's `geeps` user and group
+# Caches that default to $HOME, which a read-only root filesystem cannot hold.
+WRITABLE_CACHES = {"XDG_CACHE_HOME": f"{TMP_MOUNT}/.cache",
+                   "CUPY_CACHE_DIR": f"{TMP_MOUNT}/.cupy/kernel_cache"}
 
 
 def owner_reference(job_body: dict) -> dict:
@@ -94,13 +107,44 @@ def service(job: GeePSJob, owner: dict) -> dict:
 
 
 def _env(job: GeePSJob, role: str, index: int, checkpoint_dir: str) -> list[dict]:
-    plain = job_env(job, role, index, server_addresses(job), bind_host="*",
-                    checkpoint_dir=checkpoint_dir, curve_dir="",
-                    metrics_port=job.metrics_port)
+    plain = dict(WRITABLE_CACHES)
+    plain.update(job_env(job, role, index, server_addresses(job), bind_host="*",
+                         checkpoint_dir=checkpoint_dir,
+                         curve_dir="" if job.insecure else CURVE_MOUNT,
+                         metrics_port=job.metrics_port))
     env = [{"name": k, "value": v} for k, v in plain.items()]
     # valueFrom entries (secrets, field refs) are resolved by the kubelet, not by us.
     env += [dict(e) for e in job.env if "valueFrom" in e and "value" not in e]
     return env
+
+
+def container_security() -> dict:
+    """Container-level securityContext: what the runtime needs and nothing more."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+            "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}}
+
+
+def pod_security() -> dict:
+    """Pod-level securityContext. fsGroup makes the mounted Secret and checkpoint volume
+    readable and writable by the non-root user (the kubelet gives the group access)."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+def checkpoint_source(job: GeePSJob) -> dict | None:
+    """The volume source server pods keep checkpoints on: spec.checkpoint.volume; else,
+    when checkpoints are on, an emptyDir, which dies with the pod (see
+    `checkpoints_durable`); None when there is nothing to keep."""
+    volume = job.spec.get("checkpoint", {}).get("volume")
+    if volume:
+        return dict(volume)
+    return {"emptyDir": {}} if job.checkpoint_every > 0 else None
+
+
+def checkpoints_durable(job: GeePSJob) -> bool:
+    """Whether a replaced server pod finds its shard's checkpoints again."""
+    return job.checkpoint_every <= 0 or bool(job.spec.get("checkpoint", {}).get("volume"))
 
 
 def _resources(role_spec: dict, gpus: int) -> dict:
@@ -117,11 +161,20 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
     gpus = job.workers.gpus if role == "worker" else 0
     volumes = [dict(v) for v in role_spec.get("volumes", [])]
     mounts = [dict(m) for m in role_spec.get("volumeMounts", [])]
+    if not any(mt.get("mountPath") == TMP_MOUNT for mt in mounts):   # the user's own wins
+        volumes.append({"name": TMP_VOLUME, "emptyDir": {}})
+        mounts.append({"name": TMP_VOLUME, "mountPath": TMP_MOUNT})
+    if not job.insecure:
+        volume, mount = curve_mount(job)
+        volumes.append(volume)
+        mounts.append(mount)
     checkpoint_dir = ""
-    ckpt_volume = job.spec.get("checkpoint", {}).get("volume")
-    if role == "server" and ckpt_volume:
-        volumes.append({"name": CHECKPOINT_VOLUME, **ckpt_volume})
-        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT})
+    source = checkpoint_source(job)
+    if role == "server" and source is not None:
+        volumes.append({"name": CHECKPOINT_VOLUME, **source})
+        # One directory per job, so jobs sharing a claim never read each other's shards.
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT,
+                       "subPath": job.name})
         checkpoint_dir = CHECKPOINT_MOUNT
     ports = [{"name": METRICS_PORT_NAME, "containerPort": job.metrics_port, "protocol": "TCP"}]
     if role == "server":
@@ -135,20 +188,21 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
         "args": list(args),
         "env": _env(job, role, index, checkpoint_dir),
         "ports": ports,
+        "securityContext": container_security(),
     }
     if job.spec.get("workingDir"):
         container["workingDir"] = job.spec["workingDir"]
     resources = _resources(role_spec, gpus)
     if resources:
         container["resources"] = resources
-    if mounts:
-        container["volumeMounts"] = mounts
+    container["volumeMounts"] = mounts
     if role == "server":
         container["readinessProbe"] = {"tcpSocket": {"port": SERVER_PORT_NAME},
                                        "periodSeconds": 5}
     name = pod_name(job.name, role, index)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",   # the operator restarts, so it can count (see module doc)
+        "securityContext": pod_security(),
         "containers": [container],
     }
     if role == "server":
@@ -159,8 +213,7 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
                 "serviceAccountName"):
         if role_spec.get(key):
             pod_spec[key] = role_spec[key]
-    if volumes:
-        pod_spec["volumes"] = volumes
+    pod_spec["volumes"] = volumes
     return {"apiVersion": "v1", "kind": "Pod",
             "metadata": _meta(job, name, owner, labels(job, role, index)),
             "spec": pod_spec}
@@ -194,19 +247,54 @@ def pod_monitor(job: GeePSJob, owner: dict) -> dict:
     }
 
 
-def curve_secret(job: GeePSJob, owner: dict, keys: dict[str, str] | None = None) -> dict:
-    """The per-job Secret holding CurveZMQ keys (server.key, client.key).
+def curve_secret_name(job_name: str) -> str:
+    return f"{job_name}-curve"
 
-    Seam for transport security: nothing creates it yet, and pods get no GEEPS_CURVE_DIR,
-    so traffic is plain ZeroMQ until key generation lands; then the reconciler creates
-    this Secret with the pods and `curve_mount()` goes into every pod."""
+
+def curve_secret(job: GeePSJob, owner: dict, keys: dict[str, str] | None = None) -> dict:
+    """The per-job Secret holding CurveZMQ keys (geeps.curve.FILES as {file: text}).
+
+    Keys are random, so they are not made here: the policy plans this Secret without
+    them and the reconciler fills `stringData` from geeps.curve.keys_as_files() just
+    before it creates the Secret, once; it is never regenerated while it exists (pods
+    already running hold its keys)."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-            "metadata": _meta(job, f"{job.name}-curve", owner, labels(job)),
+            "metadata": _meta(job, curve_secret_name(job.name), owner, labels(job)),
             "stringData": dict(keys or {})}
 
 
 def curve_mount(job: GeePSJob) -> tuple[dict, dict]:
-    """(volume, volumeMount) exposing the job's CurveZMQ Secret at CURVE_MOUNT."""
-    return ({"name": CURVE_VOLUME, "secret": {"secretName": f"{job.name}-curve",
-                                              "defaultMode": 0o400}},
+    """(volume, volumeMount) exposing the job's CurveZMQ Secret at CURVE_MOUNT.
+
+    Mode 0440: the files belong to root and the pod's fsGroup, and the process runs as
+    RUN_AS in that group (owner-only 0400 would leave them unreadable to it)."""
+    return ({"name": CURVE_VOLUME, "secret": {"secretName": curve_secret_name(job.name),
+                                              "defaultMode": 0o440}},
             {"name": CURVE_VOLUME, "mountPath": CURVE_MOUNT, "readOnly": True})
+
+
+def network_policy_name(job_name: str) -> str:
+    return f"{job_name}-geeps"
+
+
+def network_policy(job: GeePSJob, owner: dict) -> dict:
+    """NetworkPolicy `<job>-geeps` over every pod of the job (ingress only).
+
+    The parameter-server port admits only pods of the same job (CurveZMQ authenticates
+    them too; this keeps everyone else from reaching the socket at all). The metrics
+    port stays open to any source, so Prometheus can scrape from its own namespace.
+    Nothing else reaches the job's pods. Egress is left alone: workers read data and
+    resolve the servers' names wherever the cluster keeps them."""
+    same_job = [{"podSelector": {"matchLabels": {LABEL_JOB: job.name}}}]
+    return {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": _meta(job, network_policy_name(job.name), owner, labels(job)),
+        "spec": {
+            "podSelector": {"matchLabels": {LABEL_JOB: job.name}},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": same_job, "ports": [{"protocol": "TCP", "port": SERVER_PORT}]},
+                {"ports": [{"protocol": "TCP", "port": job.metrics_port}]},
+            ],
+        },
+    }

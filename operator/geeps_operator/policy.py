@@ -15,10 +15,21 @@ Rules (see also DESIGN.md, "The operator"):
   Shutdown, Terminated); any other code (1-127) is the program's own verdict and fails
   the job at once. A server exits only when stopped from outside, so a server pod that
   ends while the job runs is a failure whatever its exit code.
+- A pod deleted from outside (a lost node, an eviction, a drain, kubectl delete) is a
+  failure of the infrastructure (reason Deleted): replaced under OnFailure and
+  ExitCode, fatal under Never. status.trackedPods holds the pod each slot had when
+  last seen alive; one that is terminating or gone without the operator having
+  deleted it was lost. (A pod created and deleted between two reconciles is replaced
+  but not counted: nothing saw it alive.)
 - Every replacement counts once against runPolicy.backoffLimit (shared by roles, as
   in Kubernetes Jobs); the failure past it fails the job (BackoffLimitExceeded). The
   counted pod's uid is kept in status.countedFailures until the pod is gone, so a
-  repeated reconcile never counts it twice.
+  repeated reconcile never counts it twice. While a replacement is pending the phase
+  is Restarting; status.restartCount says how many there were.
+- Made with the headless service, before the first pods: the CurveZMQ Secret (unless spec.security.insecure,
+  which gets a Warning Event instead), the NetworkPolicy, and, when checkpoints are on
+  without a volume, a Warning Event and the condition CheckpointsDurable=False (an
+  emptyDir dies with its pod, so a replaced server starts its shard afresh).
 - activeDeadlineSeconds counts from status.startTime (reset on resume, as Jobs do).
 - All workers succeeded -> Succeeded, and the servers are stopped whatever the
   cleanPodPolicy: a shard never exits by itself, and a finished job must not hold
@@ -49,10 +60,11 @@ from . import status as s
 TERMINAL = ("Succeeded", "Failed")
 RETRYABLE_CODES = frozenset([75]) | frozenset(range(128, 256))
 INFRA_REASONS = frozenset(["Evicted", "Preempting", "NodeLost", "Shutdown", "Terminated",
-                           "UnexpectedAdmissionError", "NodeAffinity", "OOMKilled"])
+                           "UnexpectedAdmissionError", "NodeAffinity", "OOMKilled",
+                           "Deleted"])
 # status keys this operator owns; others (kopf's) are left alone.
 OWNED = ("phase", "conditions", "replicaStatuses", "restartCount", "clock", "startTime",
-         "completionTime", "countedFailures")
+         "completionTime", "countedFailures", "trackedPods")
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,7 @@ def _finish(plan: Plan, body: dict, views: list[s.PodView], now: _dt.datetime, p
     st["completionTime"] = s.timestamp(now)
     st.setdefault("startTime", s.timestamp(now))
     st.pop("countedFailures", None)
+    st.pop("trackedPods", None)
     plan.emit("Normal" if phase == "Succeeded" else "Warning", reason, message)
     _cleanup(plan, views, phase, run_policy(body)["cleanPodPolicy"])
     # Frozen from here on, as the outcome: pods being deleted are no longer active.
@@ -202,6 +215,7 @@ def _suspend(plan: Plan, views: list[s.PodView], now: _dt.datetime) -> None:
     st["replicaStatuses"] = s.counts([v for v in views if v.name not in doomed])
     st.pop("startTime", None)          # the deadline restarts on resume
     st.pop("countedFailures", None)
+    st.pop("trackedPods", None)        # deleted by us, not lost
     if st.get("phase") != "Suspended":
         msg = "runPolicy.suspend is true: pods deleted" + (
             f" ({', '.join(sorted(doomed))})" if doomed else "")
@@ -222,7 +236,12 @@ def _active(plan: Plan, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
                      lastTransitionTime=s.timestamp(now))
         plan.emit("Normal", "Resumed", "runPolicy.suspend is false: recreating pods")
     if not obs.has_service:
-        # PodMonitor first: if we stop between the two, the missing service brings both back.
+        # The service last: if we stop before it, its absence brings the others back
+        # (each create of an existing object is a harmless 409).
+        if not job.insecure:
+            # Without keys: they are random, so the reconciler adds them (see manifests).
+            plan.create.append(m.curve_secret(job, owner))
+        plan.create.append(m.network_policy(job, owner))
         plan.create.append(m.pod_monitor(job, owner))
         plan.create.append(m.service(job, owner))
     start = s.parse_time(st.get("startTime"))
@@ -235,13 +254,11 @@ def _active(plan: Plan, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
               f"the job ran longer than runPolicy.activeDeadlineSeconds={deadline}")
         return
     if s.condition(st["conditions"], "Created") is None:
-        msg = (f"service {m.service_name(job.name)}, {job.servers.replicas} server and "
-               f"{job.workers.replicas} worker pods")
-        st["conditions"] = s.set_condition(st["conditions"], "Created", "Created", msg, now)
-        plan.emit("Normal", "Created", msg)
+        _created(plan, job, now)
 
     live_uids = {v.uid for v in views}
     counted = [u for u in st.get("countedFailures", []) if u in live_uids]
+    tracked = {t["name"]: t["uid"] for t in st.get("trackedPods", [])}
     limit = job.run_policy["backoffLimit"]
     replicas = {"server": job.servers.replicas, "worker": job.workers.replicas}
     policies = {"server": job.servers.restart_policy, "worker": job.workers.restart_policy}
@@ -252,7 +269,19 @@ def _active(plan: Plan, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
             plan.delete_pods.append(v.name)
     for role in s.ROLES:
         for i in range(replicas[role]):
+            name = m.pod_name(job.name, role, i)
             v = s.current(views, role, i)
+            last_uid = tracked.pop(name, None)
+            if v is not None and not v.terminating and not v.ended:
+                tracked[name] = v.uid          # alive: should it vanish, it was lost
+            if last_uid is not None and (v is None or v.uid != last_uid or v.terminating):
+                lost = s.PodView(name=name, uid=last_uid, role=role, index=i, phase="Unknown",
+                                 terminating=True, exit_code=None, reason="Deleted")
+                if not _count(plan, body, views, job, policies[role], lost, now,
+                              f"{role} {i} (pod {name}) was deleted (a lost node, an "
+                              f"eviction or a deletion from outside)"):
+                    return
+                restarted = True
             if v is None:
                 plan.create.append(m.role_pod(job, role, i, owner))
                 continue
@@ -268,27 +297,19 @@ def _active(plan: Plan, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
             if v.uid in counted:               # counted by an earlier reconcile
                 plan.delete_pods.append(v.name)
                 continue
-            ok, why = restartable(policies[role], v)
-            if not ok:
-                _fail(plan, body, views, now, f"{role.capitalize()}Failed",
-                      f"{v.describe()}; {why}")
+            if not _count(plan, body, views, job, policies[role], v, now, v.describe()):
                 return
-            if st["restartCount"] >= limit:
-                _fail(plan, body, views, now, "BackoffLimitExceeded",
-                      f"{v.describe()}; {st['restartCount']} restarts already reached "
-                      f"runPolicy.backoffLimit={limit}")
-                return
-            st["restartCount"] += 1
             counted.append(v.uid)
             plan.delete_pods.append(v.name)
             restarted = True
-            plan.emit("Warning", "Restarting",
-                      f"{v.describe()}; restart {st['restartCount']} of "
-                      f"runPolicy.backoffLimit={limit}")
     if counted:
         st["countedFailures"] = counted
     else:
         st.pop("countedFailures", None)
+    if tracked:
+        st["trackedPods"] = [{"name": k, "uid": tracked[k]} for k in sorted(tracked)]
+    else:
+        st.pop("trackedPods", None)
     st["replicaStatuses"] = s.counts(views)
     if done == job.workers.replicas:
         _finish(plan, body, views, now, "Succeeded", "AllWorkersSucceeded",
@@ -312,3 +333,46 @@ def _active(plan: Plan, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
     else:
         phase = "Pending"
     st["phase"] = phase
+
+
+def _created(plan: Plan, job: _spec.GeePSJob, now: _dt.datetime) -> None:
+    st = plan.status
+    secret = "no CurveZMQ Secret" if job.insecure else \
+        f"secret {m.curve_secret_name(job.name)}"
+    msg = (f"service {m.service_name(job.name)}, {secret}, network policy "
+           f"{m.network_policy_name(job.name)}, {job.servers.replicas} server and "
+           f"{job.workers.replicas} worker pods")
+    st["conditions"] = s.set_condition(st["conditions"], "Created", "Created", msg, now)
+    plan.emit("Normal", "Created", msg)
+    if job.insecure:
+        plan.emit("Warning", "Insecure",
+                  "spec.security.insecure is true: traffic between workers and servers is "
+                  "unencrypted and unauthenticated (no CurveZMQ); anyone who reaches the "
+                  "servers can read and change the model")
+    if not m.checkpoints_durable(job):
+        why = ("spec.checkpoint.volume is not set: checkpoints go to an emptyDir, which "
+               "dies with its pod; a replaced server (a crash, a lost node) starts its "
+               "shard afresh. Set a persistentVolumeClaim to keep them")
+        st["conditions"] = s.set_condition(st["conditions"], "CheckpointsDurable",
+                                           "EmptyDir", why, now, status="False")
+        plan.emit("Warning", "CheckpointsNotDurable", why)
+
+
+def _count(plan: Plan, body: dict, views: list[s.PodView], job: _spec.GeePSJob, policy: str,
+           v: s.PodView, now: _dt.datetime, what: str) -> bool:
+    """Count failed or lost pod `v` as a restart; False if it fails the job instead."""
+    st = plan.status
+    limit = job.run_policy["backoffLimit"]
+    ok, why = restartable(policy, v)
+    if not ok:
+        _fail(plan, body, views, now, f"{v.role.capitalize()}Failed", f"{what}; {why}")
+        return False
+    if st["restartCount"] >= limit:
+        _fail(plan, body, views, now, "BackoffLimitExceeded",
+              f"{what}; {st['restartCount']} restarts already reached "
+              f"runPolicy.backoffLimit={limit}")
+        return False
+    st["restartCount"] += 1
+    plan.emit("Warning", "Restarting",
+              f"{what}; restart {st['restartCount']} of runPolicy.backoffLimit={limit}")
+    return True

@@ -30,6 +30,11 @@ RULES: tuple[dict, ...] = (
     # Worker 0's log carries its clock (geeps:progress lines).
     {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
+    # The job's CurveZMQ keys, created with its service; the operator never reads,
+    # lists or changes a Secret (the garbage collector removes them with the job).
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    # The job's NetworkPolicy, created with its service.
+    {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": ["create"]},
 )

@@ -135,6 +135,8 @@ class Reconciler:
         for manifest in plan.create:
             if manifest["kind"] == "PodMonitor":
                 await self._create_optional(manifest)
+            elif manifest["kind"] == "Secret":
+                await self._create_keys(manifest)
             else:
                 await self.kube.create(path_of(manifest), manifest)
         for pod in plan.delete_pods:
@@ -143,6 +145,17 @@ class Reconciler:
             kopf.event(job, type=ev.type, reason=ev.reason, message=ev.message)
         if plan.delete_job:
             await self.kube.delete(job_path(ns, name))
+
+    async def _create_keys(self, manifest: dict) -> None:
+        """Create the job's CurveZMQ Secret with fresh keys. If it already exists (409: a
+        reconcile that stopped before creating the service), the existing keys stay:
+        pods hold them. The operator never reads a Secret (no RBAC to): it needs not."""
+        # Imported here: geeps.curve needs pyzmq, which the rest of the operator does not.
+        from geeps import curve
+        secret = dict(manifest, stringData=curve.keys_as_files())
+        if await self.kube.create(path_of(secret), secret) is not None:
+            log.info("created CurveZMQ keys in secret %s/%s",
+                     secret["metadata"]["namespace"], secret["metadata"]["name"])
 
     async def _create_optional(self, manifest: dict) -> None:
         """Monitoring is a nicety: no Prometheus Operator (404) or no RBAC for it (403)

@@ -112,27 +112,28 @@ EXCLUSIVE = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
 
 def set_condition(conditions: list[dict], type_: str, reason: str, message: str,
-                  now: _dt.datetime) -> list[dict]:
-    """A new conditions list with `type_` True (and the other exclusive ones False).
+                  now: _dt.datetime, status: str = "True") -> list[dict]:
+    """A new conditions list with `type_` at `status` (and, when True, the other
+    exclusive ones False).
 
     lastTransitionTime moves only when a condition's status flips, as Kubernetes
     clients expect; reason and message always reflect the latest cause."""
     ts = timestamp(now)
     out = [dict(c) for c in conditions]
     by_type = {c["type"]: c for c in out}
-    if type_ in EXCLUSIVE:
+    if type_ in EXCLUSIVE and status == "True":
         for other in EXCLUSIVE:
             c = by_type.get(other)
             if other != type_ and c and c.get("status") == "True":
                 c.update(status="False", lastTransitionTime=ts)
     c = by_type.get(type_)
     if c is None:
-        out.append({"type": type_, "status": "True", "reason": reason, "message": message,
+        out.append({"type": type_, "status": status, "reason": reason, "message": message,
                     "lastTransitionTime": ts})
     else:
-        if c.get("status") != "True":
+        if c.get("status") != status:
             c["lastTransitionTime"] = ts
-        c.update(status="True", reason=reason, message=message)
+        c.update(status=status, reason=reason, message=message)
     return out
 
 

@@ -5,6 +5,8 @@ simple. This subclass adds, the way a real API server does them:
 
 - metadata on create: uid, creationTimestamp, name from generateName (kopf's Events
   use generateName; without it every Event after the first would conflict);
+- a Secret's write-only `stringData` merged into `data` (base64) on create, so
+  readers (the test kubelet) see what they would see on a cluster;
 - resourceVersion, moved by every write (kopf's JSON patches test it), and 422 when
   such a test fails;
 - registering a CustomResourceDefinition's resource for discovery when the CRD is
@@ -31,6 +33,7 @@ downloads), admission, and authorization (the RBAC test checks requests instead)
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as _dt
 import json
 import random
@@ -203,6 +206,11 @@ class GeepsEmulator(kmock.KubernetesEmulator):
         if request.resource == kmock.resource("apiextensions.k8s.io", "v1",
                                               "customresourcedefinitions"):
             self._register_crd(request.data)
+        if request.resource == kmock.resource("", "v1", "secrets"):
+            data = dict(request.data.get("data") or {})
+            for key, text in (request.data.pop("stringData", None) or {}).items():
+                data[key] = base64.b64encode(text.encode()).decode()
+            request.data["data"] = data
 
     def _register_crd(self, crd: dict) -> None:
         spec = crd["spec"]

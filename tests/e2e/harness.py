@@ -37,6 +37,12 @@ BUILTIN = {
     "v1/services": kmock.ResourceInfo(kind="Service", namespaced=True, shortnames={"svc"},
                                       verbs={"get", "list", "watch", "create", "patch",
                                              "delete"}),
+    "v1/secrets": kmock.ResourceInfo(kind="Secret", namespaced=True,
+                                     verbs={"get", "list", "watch", "create", "patch",
+                                            "delete"}),
+    "networking.k8s.io/v1/networkpolicies": kmock.ResourceInfo(
+        kind="NetworkPolicy", namespaced=True, shortnames={"netpol"},
+        verbs={"get", "list", "watch", "create", "patch", "delete"}),
     "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, shortnames={"ev"},
                                     verbs={"get", "list", "watch", "create", "patch"}),
     "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False,
@@ -152,7 +158,8 @@ class Cluster:
                         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
                         json=build_crd()) as r:
                     assert r.status < 300, await r.text()
-                self.kubelet = Kubelet(self.url, REPO, logs)
+                self.kubelet = Kubelet(self.url, REPO, logs,
+                                       os.path.join(self.workdir, "volumes"))
                 emu.logs = self.kubelet.log_text
                 kubelet_task = asyncio.ensure_future(self.kubelet.run())
                 started.set_result(None)

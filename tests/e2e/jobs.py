@@ -18,7 +18,6 @@ def job(ns: str, name: str, worker_code: str = "pass", *, servers: int = 1, work
             "command": ["python", "-c", worker_code],
             "servers": {"replicas": servers},
             "workers": {"replicas": workers, "gpus": 0, "restartPolicy": restart},
-            "security": {"insecure": True},
             "runPolicy": dict(run_policy or {}),
         },
     }

@@ -24,16 +24,29 @@ How a pod becomes a local process:
 - Logs: stdout and stderr go to a file per pod, served as pods/<name>/log.
 - Metrics: GEEPS_METRICS_PORT is remapped to a free port per pod (the runtime binds
   its metrics on every interface, and these pods share one network namespace).
-- Ignored: images, resources (GPUs included), probes, volumes, node selection.
+- Volumes: each mounted volume becomes a local directory, and an environment value
+  equal to a mountPath is rewritten to that directory (a process cannot see the
+  container's paths; GEEPS_CURVE_DIR and GEEPS_CHECKPOINT_DIR name their mounts).
+  `secret`: the Secret is read from the API (retried until it exists, as a kubelet
+  retries a failed mount) and its data written into a private directory of the pod,
+  files with the volume's defaultMode, removed when the pod ends. `emptyDir`: a fresh
+  directory per pod (so a replaced pod starts with an empty one, as on a node).
+  `persistentVolumeClaim`: one directory per claim (namespace + claimName) that
+  outlives pods, so a replaced server finds its checkpoints. subPath is honoured.
+  Other sources are not mounted, and the pod's /tmp is this host's.
+- Ignored: images, resources (GPUs included), probes, securityContext, node selection.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import base64
 import os
 import re
+import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -42,6 +55,7 @@ from tests.helpers import free_port
 
 FINALIZER = "kubelet.test/graceful"
 NODE = "test-node"
+MOUNT_TIMEOUT = 20.0           # seconds a pod waits for its Secret before it fails
 _DNS = re.compile(r"\b([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)"
                   r"\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.svc(?:\.cluster\.local)?\b")
 
@@ -65,13 +79,16 @@ class Proc:
     done: asyncio.Event = field(default_factory=asyncio.Event)      # exit reported
     command: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    mounts: dict[str, str] = field(default_factory=dict)    # mountPath -> local directory
 
 
 class Kubelet:
-    def __init__(self, api_url: str, root: str, log_dir: str, grace: float = 5.0):
+    def __init__(self, api_url: str, root: str, log_dir: str, volume_dir: str,
+                 grace: float = 5.0):
         self.api = api_url.rstrip("/")
         self.root = root
         self.log_dir = log_dir
+        self.volume_dir = volume_dir
         self.grace = grace
         self.procs: dict[str, Proc] = {}              # by pod uid
         self.history: list[Proc] = []                 # every process ever started
@@ -144,8 +161,59 @@ class Kubelet:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    # ---- volumes -----------------------------------------------------------------------
+    def _pod_dir(self, uid: str) -> str:
+        return os.path.join(self.volume_dir, "pods", uid)
+
+    def claim_dir(self, ns: str, claim: str) -> str:
+        """Where a persistentVolumeClaim's data lives (for tests to look at)."""
+        return os.path.join(self.volume_dir, "claims", ns, claim)
+
+    async def _secret(self, ns: str, name: str) -> dict:
+        url = f"{self.api}/api/v1/namespaces/{ns}/secrets/{name}"
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while True:
+            async with self._session.get(url) as r:
+                if r.status == 200:
+                    return await r.json()
+                if r.status != 404 or time.monotonic() > deadline:
+                    raise ValueError(f"secret {ns}/{name}: HTTP {r.status}")
+            await asyncio.sleep(0.1)   # a kubelet's mount retry, bounded by the deadline
+
+    async def _mount(self, pod: dict) -> dict[str, str]:
+        """{mountPath: local directory} for the container's mounts (see module doc)."""
+        meta, spec = pod["metadata"], pod["spec"]
+        ns, uid = meta["namespace"], meta["uid"]
+        local: dict[str, str] = {}
+        for vol in spec.get("volumes") or []:
+            name = vol["name"]
+            if "emptyDir" in vol:
+                local[name] = os.path.join(self._pod_dir(uid), name)
+            elif "persistentVolumeClaim" in vol:
+                local[name] = self.claim_dir(ns, vol["persistentVolumeClaim"]["claimName"])
+            elif "secret" in vol:
+                src = vol["secret"]
+                secret = await self._secret(ns, src["secretName"])
+                d = local[name] = os.path.join(self._pod_dir(uid), name)
+                os.makedirs(d, mode=0o700, exist_ok=True)
+                for key, b64 in (secret.get("data") or {}).items():
+                    path = os.path.join(d, key)
+                    with open(path, "wb") as f:
+                        f.write(base64.b64decode(b64))
+                    os.chmod(path, src.get("defaultMode", 0o644))
+            else:
+                continue
+            os.makedirs(local[name], mode=0o700, exist_ok=True)
+        out = {}
+        for mount in spec["containers"][0].get("volumeMounts") or []:
+            if mount["name"] in local:
+                d = os.path.join(local[mount["name"]], mount.get("subPath") or "")
+                os.makedirs(d, mode=0o700, exist_ok=True)
+                out[mount["mountPath"]] = d.rstrip("/")
+        return out
+
     # ---- pod lifecycle -----------------------------------------------------------------
-    def _environment(self, pod: dict, ip: str) -> dict[str, str]:
+    def _environment(self, pod: dict, ip: str, mounts: dict[str, str]) -> dict[str, str]:
         meta, spec = pod["metadata"], pod["spec"]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -160,6 +228,9 @@ class Kubelet:
                 if ref not in fields:
                     raise ValueError(f"env {e['name']}: only fieldRef {sorted(fields)} supported")
                 env[e["name"]] = fields[ref]
+        for key, value in env.items():
+            if value.rstrip("/") in mounts:
+                env[key] = mounts[value.rstrip("/")]
         if "GEEPS_BIND_HOST" in env:
             env["GEEPS_BIND_HOST"] = ip
         if env.get("GEEPS_METRICS_PORT", "0") != "0":
@@ -189,7 +260,8 @@ class Kubelet:
         try:
             try:
                 proc.command = self._command(container)
-                proc.env = self._environment(pod, ip)
+                proc.mounts = await self._mount(pod)
+                proc.env = self._environment(pod, ip, proc.mounts)
             except ValueError as e:
                 await self._report(proc, container, None, "CreateContainerConfigError", str(e))
                 return
@@ -218,6 +290,8 @@ class Kubelet:
             await self._report(proc, container, proc.exit_code,
                                "Completed" if proc.exit_code == 0 else "Error", "")
         finally:
+            # The pod's own volumes (its Secret's keys among them) end with it.
+            shutil.rmtree(self._pod_dir(uid), ignore_errors=True)
             proc.started.set()
             proc.done.set()
 

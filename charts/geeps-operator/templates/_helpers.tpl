@@ -98,6 +98,14 @@ requests it really makes.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, create]
+# The job's CurveZMQ keys, created once; the operator never reads or lists a Secret.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [create]
+# The job's NetworkPolicy: the parameter-server port only from the job's own pods.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [create]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

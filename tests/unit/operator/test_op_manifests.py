@@ -6,7 +6,7 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from geeps import config
+from geeps import config, curve
 from geeps import spec as _spec
 from geeps_operator import manifests as m
 
@@ -86,6 +86,9 @@ def test_server_pod():
     assert env["GEEPS_CHECKPOINT_EVERY"] == "10"
     assert {"name": m.CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": "ck"}} \
         in spec["volumes"]
+    assert {"name": m.CHECKPOINT_VOLUME, "mountPath": m.CHECKPOINT_MOUNT, "subPath": "digits"} \
+        in c["volumeMounts"]
+    assert m.checkpoints_durable(job)
 
 
 def test_worker_pod_carries_the_spec_pod_knobs():
@@ -102,8 +105,9 @@ def test_worker_pod_carries_the_spec_pod_knobs():
     assert spec["tolerations"][0]["key"] == "gpu"
     assert spec["affinity"] == {"nodeAffinity": {}}
     assert spec["priorityClassName"] == "training"
-    assert spec["volumes"] == [{"name": "data", "emptyDir": {}}]
-    assert c["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
+    assert spec["volumes"][0] == {"name": "data", "emptyDir": {}}
+    assert c["volumeMounts"][0] == {"name": "data", "mountPath": "/data"}
+    assert m.CHECKPOINT_VOLUME not in {v["name"] for v in spec["volumes"]}   # servers only
     assert "hostname" not in spec
     env = _env(pod)
     assert env["LR"] == "0.05" and env["GEEPS_ROLE"] == "worker" and env["GEEPS_RANK"] == "2"
@@ -132,15 +136,100 @@ def test_every_child_is_named_within_dns_label_limits(role, index):
     kubernetes_validate.validate(pod, "1.33", strict=True)
 
 
-def test_pod_monitor_and_curve_secret_seam():
+def test_pod_monitor():
     job, owner = _job()
     pm = m.pod_monitor(job, owner)
     assert pm["spec"]["selector"] == {"matchLabels": {m.LABEL_JOB: "digits"}}
     assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics",
                                                   "honorLabels": True}]
     assert pm["metadata"]["ownerReferences"] == [owner]
-    secret = m.curve_secret(job, owner, {"server.key": "k"})
+
+
+@pytest.mark.parametrize("role", ["server", "worker"])
+def test_curve_secret_is_mounted_read_only_and_named_by_geeps_curve_dir(role):
+    job, owner = _job()
+    secret = m.curve_secret(job, owner, curve.keys_as_files())
     kubernetes_validate.validate(secret, "1.33", strict=True)
-    volume, mount = m.curve_mount(job)
-    assert volume["secret"]["secretName"] == secret["metadata"]["name"]
-    assert mount["mountPath"] == m.CURVE_MOUNT
+    assert secret["metadata"]["name"] == "digits-curve"
+    assert secret["metadata"]["ownerReferences"] == [owner]
+    assert sorted(secret["stringData"]) == sorted(curve.FILES)
+    pod = m.role_pod(job, role, 0, owner)
+    spec, c = pod["spec"], pod["spec"]["containers"][0]
+    volume = next(v for v in spec["volumes"] if v["name"] == m.CURVE_VOLUME)
+    assert volume["secret"]["secretName"] == "digits-curve"
+    assert {"name": m.CURVE_VOLUME, "mountPath": m.CURVE_MOUNT, "readOnly": True} \
+        in c["volumeMounts"]
+    env = _env(pod)
+    assert env["GEEPS_CURVE_DIR"] == m.CURVE_MOUNT and env["GEEPS_INSECURE"] == "0"
+
+
+@pytest.mark.parametrize("role", ["server", "worker"])
+def test_insecure_jobs_get_no_keys(role):
+    job, owner = _job(security={"insecure": True})
+    pod = m.role_pod(job, role, 0, owner)
+    assert m.CURVE_VOLUME not in {v["name"] for v in pod["spec"]["volumes"]}
+    env = _env(pod)
+    assert env["GEEPS_INSECURE"] == "1" and env["GEEPS_CURVE_DIR"] == ""
+
+
+def test_checkpoints_without_a_volume_go_to_an_empty_dir_that_is_not_durable():
+    job, owner = _job(checkpoint={"everyClocks": 5})
+    pod = m.server_pod(job, 0, owner)
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+    assert {"name": m.CHECKPOINT_VOLUME, "emptyDir": {}} in pod["spec"]["volumes"]
+    env = _env(pod)
+    assert env["GEEPS_CHECKPOINT_DIR"] == m.CHECKPOINT_MOUNT
+    assert env["GEEPS_CHECKPOINT_EVERY"] == "5"
+    assert not m.checkpoints_durable(job)
+    off, _ = _job(checkpoint={"everyClocks": 0})
+    pod = m.server_pod(off, 0, owner)
+    assert m.CHECKPOINT_VOLUME not in {v["name"] for v in pod["spec"]["volumes"]}
+    assert _env(pod)["GEEPS_CHECKPOINT_DIR"] == "" and m.checkpoints_durable(off)
+
+
+@pytest.mark.parametrize("role", ["server", "worker"])
+def test_pods_are_hardened(role):
+    job, owner = _job()
+    pod = m.role_pod(job, role, 0, owner)
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+    spec, c = pod["spec"], pod["spec"]["containers"][0]
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["fsGroup"] == m.RUN_AS
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["runAsUser"] == m.RUN_AS != 0
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    # A read-only root still leaves Python, CuPy and torch somewhere to write.
+    assert {"name": m.TMP_VOLUME, "emptyDir": {}} in spec["volumes"]
+    assert {"name": m.TMP_VOLUME, "mountPath": "/tmp"} in c["volumeMounts"]
+    env = _env(pod)
+    assert all(env[k].startswith("/tmp/") for k in m.WRITABLE_CACHES)
+    # Each pod gets its own securityContext objects (no shared mutable state).
+    other = m.role_pod(job, role, 1, owner)["spec"]["containers"][0]["securityContext"]
+    assert other == sc and other is not sc
+
+
+def test_a_users_own_tmp_mount_is_kept():
+    job, owner = _job(workers={"replicas": 1, "volumes": [{"name": "t", "emptyDir": {}}],
+                               "volumeMounts": [{"name": "t", "mountPath": "/tmp"}]})
+    pod = m.worker_pod(job, 0, owner)
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+    assert [mt["name"] for mt in pod["spec"]["containers"][0]["volumeMounts"]
+            if mt["mountPath"] == "/tmp"] == ["t"]
+
+
+def test_network_policy_admits_the_ps_port_only_from_the_job():
+    job, owner = _job(metrics={"port": 9555})
+    pol = m.network_policy(job, owner)
+    kubernetes_validate.validate(pol, "1.33", strict=True)
+    assert pol["metadata"]["name"] == "digits-geeps"
+    assert pol["metadata"]["ownerReferences"] == [owner]
+    spec = pol["spec"]
+    assert spec["podSelector"] == {"matchLabels": {m.LABEL_JOB: "digits"}}
+    assert spec["policyTypes"] == ["Ingress"]
+    ps, metrics = spec["ingress"]
+    assert ps == {"from": [{"podSelector": {"matchLabels": {m.LABEL_JOB: "digits"}}}],
+                  "ports": [{"protocol": "TCP", "port": m.SERVER_PORT}]}
+    assert metrics == {"ports": [{"protocol": "TCP", "port": 9555}]}     # any source

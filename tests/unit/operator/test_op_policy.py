@@ -79,8 +79,11 @@ def then(body, plan):
 def test_a_new_job_gets_service_and_pods_and_is_pending():
     p = run(job(), [], service=False)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in p.create]
-    assert kinds == [("PodMonitor", "j"), ("Service", "j-server"), ("Pod", "j-server-0"),
+    # The Secret first (pods mount it), the Service after what it marks as made.
+    assert kinds == [("Secret", "j-curve"), ("NetworkPolicy", "j-geeps"), ("PodMonitor", "j"),
+                     ("Service", "j-server"), ("Pod", "j-server-0"),
                      ("Pod", "j-worker-0"), ("Pod", "j-worker-1")]
+    assert p.create[0]["stringData"] == {}          # the reconciler adds the keys
     assert all(o["metadata"]["ownerReferences"][0]["uid"] == "job-uid" for o in p.create)
     assert p.status["phase"] == "Pending"
     assert p.status["startTime"] == timestamp(T0)
@@ -324,3 +327,106 @@ def test_last_clock_reads_the_newest_progress_line():
     assert last_clock(text) == 4
     assert last_clock("nothing here\n") is None
     assert last_clock('geeps:progress {"clock": true}\n') is None
+
+
+# ---- security and durability set up with the job ----------------------------------------
+
+def test_insecure_jobs_get_no_secret_and_a_warning():
+    body = job()
+    body["spec"]["security"] = {"insecure": True}
+    p = run(body, [], service=False)
+    assert "Secret" not in [o["kind"] for o in p.create]
+    assert "NetworkPolicy" in [o["kind"] for o in p.create]
+    warning = next(e for e in p.events if e.reason == "Insecure")
+    assert warning.type == "Warning" and "unencrypted" in warning.message
+    # Said once, when the job is created.
+    assert "Insecure" not in reasons(run(then(body, p), running()))
+
+
+def test_checkpoints_without_a_volume_are_flagged_not_durable():
+    body = job()
+    body["spec"]["checkpoint"] = {"everyClocks": 10}
+    p = run(body, [], service=False)
+    c = cond(p, "CheckpointsDurable")
+    assert c["status"] == "False" and c["reason"] == "EmptyDir"
+    assert "emptyDir" in c["message"]
+    assert next(e for e in p.events if e.reason == "CheckpointsNotDurable").type == "Warning"
+    # Not an exclusive condition: the job still becomes Running.
+    p2 = run(then(body, p), running())
+    assert p2.status["phase"] == "Running"
+    assert cond(p2, "CheckpointsDurable")["status"] == "False"
+    body["spec"]["checkpoint"]["volume"] = {"persistentVolumeClaim": {"claimName": "c"}}
+    assert cond(run(body, [], service=False), "CheckpointsDurable") is None
+
+
+# ---- pods deleted from outside (a lost node) --------------------------------------------
+
+def test_a_deleted_pod_is_counted_once_and_replaced():
+    seen = run(job(active(), backoffLimit=2), running())
+    assert {t["name"] for t in seen.status["trackedPods"]} == {
+        "j-server-0", "j-worker-0", "j-worker-1"}
+    body = then(job(active(), backoffLimit=2), seen)
+    # Seen terminating (deleted by someone else): counted, nothing deleted by us.
+    pods = [pod("server", 0, terminating=True), pod("worker", 0), pod("worker", 1)]
+    p = run(body, pods)
+    assert p.status["restartCount"] == 1 and p.status["phase"] == "Restarting"
+    assert p.delete_pods == [] and p.create == []
+    ev = next(e for e in p.events if e.reason == "Restarting")
+    assert "server 0 (pod j-server-0) was deleted" in ev.message
+    # Still terminating, then gone: no second count; the replacement is created.
+    p2 = run(then(body, p), pods)
+    assert p2.status["restartCount"] == 1 and p2.create == []
+    p3 = run(then(body, p2), running()[1:])
+    assert p3.status["restartCount"] == 1
+    assert [o["metadata"]["name"] for o in p3.create] == ["j-server-0"]
+    assert p3.status["phase"] == "Restarting"
+    p4 = run(then(body, p3), [pod("server", 0, uid="new")] + running()[1:])
+    assert p4.status["phase"] == "Running" and p4.status["restartCount"] == 1
+    assert {"name": "j-server-0", "uid": "new"} in p4.status["trackedPods"]
+
+
+def test_a_pod_that_vanished_unseen_while_terminating_is_counted_too():
+    body = then(job(active()), run(job(active()), running()))
+    p = run(body, running()[:2])                      # worker 1 gone (force-deleted)
+    assert p.status["restartCount"] == 1
+    assert [o["metadata"]["name"] for o in p.create] == ["j-worker-1"]
+
+
+def test_a_deleted_pod_under_restart_policy_never_fails_the_job():
+    body = job(active(), restart="Never")
+    body = then(body, run(body, running()))
+    p = run(body, [pod("server", 0), pod("worker", 0), pod("worker", 1, terminating=True)])
+    assert p.status["phase"] == "Failed"
+    c = cond(p, "Failed")
+    assert c["reason"] == "WorkerFailed" and "was deleted" in c["message"]
+    assert "restartPolicy Never" in c["message"]
+
+
+def test_a_deleted_pod_past_the_backoff_limit_fails_the_job():
+    body = job(active(restartCount=1), backoffLimit=1)
+    body = then(body, run(body, running()))
+    p = run(body, running()[:2])
+    assert cond(p, "Failed")["reason"] == "BackoffLimitExceeded"
+
+
+def test_pods_the_operator_deletes_are_not_lost_pods():
+    # A failed pod counted and deleted by the operator: one count, not two.
+    body = then(job(active()), run(job(active()), running()))
+    failed = [pod("server", 0), pod("worker", 0, "Failed", code=1), pod("worker", 1)]
+    p = run(body, failed)
+    assert p.status["restartCount"] == 1
+    p2 = run(then(body, p), [pod("server", 0), pod("worker", 1)])
+    assert p2.status["restartCount"] == 1
+    # Suspended: every pod deleted by us; resumed while they still terminate: no count.
+    body = then(job(active()), run(job(active()), running()))
+    body["spec"]["runPolicy"]["suspend"] = True
+    s1 = run(body, running())
+    assert "trackedPods" not in s1.status
+    resumed = then(job(), s1)
+    s2 = run(resumed, [pod("server", 0, terminating=True)])
+    assert s2.status["restartCount"] == 0
+    # A succeeded worker is not tracked: removing it is no loss.
+    body = then(job(active()), run(job(active()), running()))
+    done = [pod("server", 0), pod("worker", 0, "Succeeded", code=0), pod("worker", 1)]
+    p = run(body, done)
+    assert "j-worker-0" not in {t["name"] for t in p.status["trackedPods"]}
