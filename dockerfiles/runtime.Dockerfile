@@ -40,8 +40,11 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" "torch==${TORCH_VERS
 # The wheel is bind-mounted from the build stage, so no copy of it stays in a layer.
 # Its torch requirement is a range the CUDA build above already satisfies, so pip keeps
 # that build instead of fetching the default one.
+# The [examples] extra brings scikit-learn, whose digits examples 01 and 02 train on;
+# the wheel built above is the only geeps pip can find, so its version is fixed.
+# hadolint ignore=DL3013
 RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-cache-dir /wheels/*.whl
+    pip install --no-cache-dir --find-links /wheels "geeps[examples]"
 # A fixed numeric UID, so the kubelet can verify runAsNonRoot; HOME is writable for
 # CuPy's kernel cache (~/.cupy), which it fills on first use of each kernel.
 RUN groupadd --gid 10001 geeps \
