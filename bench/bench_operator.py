@@ -1,7 +1,7 @@
 """Operator under a burst: N GeePSJobs applied at once on the Kubernetes API emulator.
 
     python bench/bench_operator.py                 # 50 jobs, 2 servers + 2 workers each
-    python bench/bench_operator.py --jobs 10
+    python bench/bench_operator.py --jobs 10 --json
 
 `geeps operator` runs as a subprocess against the e2e API emulator (a real HTTP API
 server, watches included), exactly as in the e2e tests. N jobs are created from a
@@ -165,6 +165,12 @@ def report(r: dict) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=50)
+    ap.add_argument("--json", action="store_true", help="print the numbers as one JSON line")
     a = ap.parse_args()
-    print(report(run(a.jobs)))
+    res = run(a.jobs)
+    if a.json:
+        import json
+        print(json.dumps(res))
+    else:
+        print(report(res))
     sys.exit(0)

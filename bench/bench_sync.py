@@ -174,6 +174,28 @@ def run(mib: int = 64, workers: int = 2, servers: int = 2, clocks: int = 10) -> 
             "bw_ratio": z / g, "gloo_ratio": g / a}
 
 
+def sweep(sizes=(1, 4, 16, 64, 256), workers: int = 2, servers=(1, 2),
+          clocks: int = 10) -> list[dict]:
+    """run() over model sizes (MiB) and server counts, one dict per (size, S) in run()'s
+    format. gloo does not depend on S, so it runs once per size and both rows share it.
+    Big tables get fewer clocks (at least 3): their time per clock is long and steady."""
+    out = []
+    for mib in sizes:
+        n_rows = mib * 2**20 // (ROW * 4)
+        nbytes = n_rows * ROW * 4
+        k = max(3, min(clocks, clocks * 16 // max(mib, 1)))
+        a = bench_gloo(nbytes // 4, workers, k)
+        for s in servers:
+            g = bench_geeps(n_rows, workers, s, k)
+            z = bench_zmq(nbytes, workers, s, k)
+            moved = 2 * nbytes * workers
+            out.append({"mib": mib, "workers": workers, "servers": s, "clocks": k,
+                        "bytes": nbytes, "geeps_s": g, "gloo_s": a, "zmq_s": z,
+                        "geeps_gbps": moved / g / 1e9, "zmq_gbps": moved / z / 1e9,
+                        "bw_ratio": z / g, "gloo_ratio": g / a})
+    return out
+
+
 def report(r: dict) -> str:
     return (f"sync of a {r['mib']} MiB table, W={r['workers']} workers, S={r['servers']} "
             f"servers, TCP loopback (no shard traffic stays local), this machine:\n"

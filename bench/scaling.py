@@ -144,3 +144,34 @@ def table(m: Model, machines=(1, 2, 4, 8, 16, 32, 64)) -> list[dict]:
 def with_(m: Model, **changes) -> Model:
     """A copy of m with some fields changed (for what-if rows)."""
     return replace(m, **changes)
+
+
+def robust_cv(samples: list[float]) -> float:
+    """Spread of per-iteration times as a Gaussian-equivalent coefficient of
+    variation, from the 10th and 90th percentiles over the median: a shared machine's
+    rare long pauses (another process scheduled) do not dominate it as they do the
+    standard deviation."""
+    if len(samples) < 10:
+        return cv(samples)
+    s = sorted(samples)
+    q = lambda p: s[min(len(s) - 1, int(round(p * (len(s) - 1))))]     # noqa: E731
+    med = q(0.5)
+    return (q(0.9) - q(0.1)) / (2 * 1.2816 * med) if med > 0 else 0.0
+
+
+def machines_for(m: Model, target_speedup: float, limit: int = 1024) -> int | None:
+    """The fewest machines that reach target_speedup, None if none up to limit does."""
+    for n in range(1, limit + 1):
+        if speedup(m, n) >= target_speedup:
+            return n
+    return None
+
+
+def jitter_for(m: Model, n: int, target_speedup: float) -> float:
+    """The compute jitter (cv) at which n machines give exactly target_speedup, the
+    rest of m unchanged; 0 when m without jitter is already at or below it."""
+    base = replace(m, jitter_cv=0.0)
+    if speedup(base, n) <= target_speedup:
+        return 0.0
+    want = n * m.compute_s / target_speedup                  # iteration time needed
+    return (want - iteration_time(base, n)) / (m.compute_s * math.sqrt(2 * math.log(n)))

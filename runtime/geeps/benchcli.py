@@ -1,9 +1,15 @@
-"""`geeps bench`: run the benchmarks in the repository's bench/ folder.
+"""`geeps bench`: the benchmark suite, written to bench/RESULTS.md and bench/*.png.
 
-    geeps bench                 # every bench/bench_*.py with its defaults
-    geeps bench sync cache      # only bench_sync.py and bench_cache_ops.py
+    geeps bench                       # every section, about 10 minutes on 2 cores
+    geeps bench --quick               # a tiny subset of each section, for a smoke test
+    geeps bench --only sync,scaling   # some sections (sync cache memory training
+                                      # operator scaling)
+    geeps bench --list                # the sections and what each compares
+    geeps bench --script sync         # one bench/bench_*.py alone, its own report
 
-Each benchmark prints its measurements beside a named baseline from the same run.
+Every row names its baseline and prints its ratio to it, measured in the same run.
+Run it from a checkout of the repository: the benchmarks live in bench/, not in the
+installed package.
 """
 from __future__ import annotations
 
@@ -13,34 +19,57 @@ import subprocess
 import sys
 
 
-def _bench_dir() -> str | None:
-    for base in (os.getcwd(), os.path.dirname(os.path.dirname(os.path.dirname(
-            os.path.abspath(__file__))))):
-        d = os.path.join(base, "bench")
-        if os.path.isdir(d):
-            return d
+def _repo() -> str | None:
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for base in (os.getcwd(), here):
+        if os.path.isfile(os.path.join(base, "bench", "suite", "run.py")):
+            return base
     return None
+
+
+def _scripts(repo: str, names: list[str]) -> list[str]:
+    scripts = sorted(glob.glob(os.path.join(repo, "bench", "bench_*.py")))
+    if names:
+        scripts = [s for s in scripts
+                   if any(os.path.basename(s).startswith(f"bench_{a}") or
+                          os.path.basename(s) == a for a in names)]
+    return scripts
 
 
 def main(argv: list[str]) -> int:
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
         return 0
-    d = _bench_dir()
-    if d is None:
+    repo = _repo()
+    if repo is None:
         print("geeps bench: no bench/ folder here; run it from a checkout of the repository",
               file=sys.stderr)
         return 2
-    scripts = sorted(glob.glob(os.path.join(d, "bench_*.py")))
-    if argv:
-        scripts = [s for s in scripts
-                   if any(os.path.basename(s).startswith(f"bench_{a}") or
-                          os.path.basename(s) == a for a in argv)]
+    # The suite imports bench.* and tests.workloads: the checkout goes first on the path,
+    # in a process of its own so that its spawn start method and imports stay there.
+    env = dict(os.environ)
+    env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if argv and argv[0] == "--script":
+        scripts = _scripts(repo, argv[1:])
         if not scripts:
-            print(f"geeps bench: no benchmark named {' '.join(argv)}", file=sys.stderr)
+            print(f"geeps bench: no benchmark script named {' '.join(argv[1:])}",
+                  file=sys.stderr)
             return 2
-    status = 0
-    for s in scripts:
-        print(f"== {os.path.basename(s)}", flush=True)
-        status |= subprocess.call([sys.executable, s])
-    return status
+        status = 0
+        for s in scripts:
+            print(f"== {os.path.basename(s)}", flush=True)
+            status |= subprocess.call([sys.executable, s], cwd=repo, env=env)
+        return status
+    return subprocess.call([sys.executable, "-m", "bench.suite", *_absolute_out(argv)],
+                           cwd=repo, env=env)
+
+
+def _absolute_out(argv: list[str]) -> list[str]:
+    """--out is the caller's path; the suite runs from the checkout's root."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a == "--out" and i + 1 < len(out):
+            out[i + 1] = os.path.abspath(out[i + 1])
+        elif a.startswith("--out="):
+            out[i] = "--out=" + os.path.abspath(a[len("--out="):])
+    return out

@@ -87,3 +87,18 @@ def test_table_rows_and_cv():
     assert rows[0]["throughput"] == pytest.approx(320)
     assert sc.cv([1.0, 1.0]) == 0.0 and sc.cv([1.0]) == 0.0
     assert sc.cv([1.0, 3.0]) == pytest.approx(0.5)
+
+
+def test_robust_cv_ignores_rare_pauses():
+    steady = [1.0] * 95 + [10.0] * 5
+    assert sc.robust_cv(steady) == 0.0
+    assert sc.cv(steady) > 1.0
+
+
+def test_jitter_for_inverts_the_straggler_term():
+    m = sc.Model(model_bytes=0, bandwidth=1e9, compute_s=1.0)
+    j = sc.jitter_for(m, 16, 13.0)
+    assert sc.speedup(sc.with_(m, jitter_cv=j), 16) == pytest.approx(13.0)
+    assert sc.jitter_for(m, 16, 17.0) == 0.0
+    assert sc.machines_for(m, 4.0) == 4
+    assert sc.machines_for(sc.with_(m, jitter_cv=5.0), 60.0, limit=64) is None

@@ -1,0 +1,5 @@
+import sys
+
+from bench.suite.run import main
+
+sys.exit(main())
