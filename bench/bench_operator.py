@@ -7,8 +7,9 @@
 server, watches included), exactly as in the e2e tests. N jobs are created from a
 pool of client threads; a poller lists pods, services and PodMonitors every 20 ms.
 Reported:
-- time until every child of every job exists (4 pods, a headless Service and a
-  PodMonitor per job), from the first create;
+- time until every child of every job exists (4 pods, a headless Service, a
+  PodMonitor, a NetworkPolicy and the CurveZMQ key Secret per job), from the first
+  create;
 - per job, create -> all its children: p50 and p99;
 - the operator's own reconcile duration (its histogram
   geeps_operator_reconcile_duration_seconds; p50/p99 interpolated in the buckets).
@@ -34,7 +35,11 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-CHILDREN = 6              # 2 server pods + 2 worker pods + Service + PodMonitor
+# 2 server pods + 2 worker pods, headless Service, PodMonitor, NetworkPolicy, the
+# job's CurveZMQ key Secret
+CHILDREN = 8
+KINDS = (("pods", ""), ("services", ""), ("podmonitors", "monitoring.coreos.com"),
+         ("networkpolicies", "networking.k8s.io"), ("secrets", ""))
 
 
 def _idle_kubelet():
@@ -90,7 +95,7 @@ def _reconcile_buckets(port: int) -> tuple[list[tuple[float, float]], float, flo
 
 def _children_by_job(api, ns: str) -> dict[str, int]:
     n: dict[str, int] = {}
-    for plural, group in (("pods", ""), ("services", ""), ("podmonitors", "monitoring.coreos.com")):
+    for plural, group in KINDS:
         for obj in api.items(api.path(plural, ns, group=group)):
             job = (obj["metadata"].get("labels") or {}).get("geeps.dev/job-name")
             if job:
@@ -122,7 +127,9 @@ def run(jobs: int = 50, timeout: float = 300.0) -> dict:
 
             def create(i: int) -> None:
                 name = f"burst-{i:03d}"
-                api.create_job(job(ns, name, servers=2, workers=2))
+                body = job(ns, name, servers=2, workers=2)
+                body["spec"].pop("security", None)      # production default: CurveZMQ on
+                api.create_job(body)
                 created[name] = time.perf_counter()
             start = time.perf_counter()
             with cf.ThreadPoolExecutor(8) as pool:

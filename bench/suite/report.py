@@ -197,8 +197,8 @@ def _training(s, r, pngs):
 
 def _operator(s, r, pngs):
     return ["## 5. Operator: 50 GeePSJobs at once", "",
-            f"{s['jobs']} GeePSJobs (2 servers + 2 workers each: 4 pods, a headless "
-            "Service and a PodMonitor) created from 8 client threads against the HTTP "
+            f"{s['jobs']} GeePSJobs (2 servers + 2 workers each, CurveZMQ on: 4 pods, a "
+            "headless Service, a PodMonitor, a NetworkPolicy and a key Secret) created from 8 client threads against the HTTP "
             "Kubernetes API emulator of the e2e tests, `geeps operator` as a subprocess. "
             "Pods are not started (a kubelet that runs nothing): this measures the control "
             "plane. Baseline: **the API server alone** writing the same number of objects "
