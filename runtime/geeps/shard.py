@@ -69,6 +69,9 @@ class ShardTable:
     pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray | None]]] = field(
         default_factory=dict, repr=False)
     scratch: np.ndarray | None = field(default=None, repr=False)   # reused sum buffer
+    # Zeroed accumulators of applied clocks, reused: a fresh array per worker per clock
+    # would page-fault its way through the whole shard on every partial push.
+    free: list = field(default_factory=list, repr=False)
 
     def spec(self) -> dict:
         return {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
@@ -345,7 +348,8 @@ class ShardState:
                 mine[w] = (values, None)
                 return [(peer, P.reply_ok(rid))]
             if w not in mine:
-                mine[w] = (np.zeros_like(t.rows), np.zeros(len(t.rows), bool))
+                mine[w] = t.free.pop() if t.free else (np.zeros_like(t.rows),
+                                                       np.zeros(len(t.rows), bool))
             elif mine[w][1] is None:    # a second push on top of a kept frame
                 mine[w] = (np.array(mine[w][0]), np.ones(len(t.rows), bool))
             acc, touched = mine[w]
@@ -476,6 +480,11 @@ class ShardState:
                     ids = np.flatnonzero(touched)
                     t.state.apply(t.rows, acc[ids], rows=ids, scale=self._scale(t),
                                   scratch=True)
+                for values, mask in entry.values():
+                    if mask is not None and len(t.free) < self.num_workers:
+                        values.fill(0)
+                        mask.fill(False)
+                        t.free.append((values, mask))
                 self.stats["applied"] += 1
         self.on_update(time.perf_counter() - t0)
 
