@@ -178,12 +178,12 @@ def sweep(sizes=(1, 4, 16, 64, 256), workers: int = 2, servers=(1, 2),
           clocks: int = 10) -> list[dict]:
     """run() over model sizes (MiB) and server counts, one dict per (size, S) in run()'s
     format. gloo does not depend on S, so it runs once per size and both rows share it.
-    Big tables get fewer clocks (at least 3): their time per clock is long and steady."""
+    Big tables get fewer clocks (at least 5): their time per clock is long."""
     out = []
     for mib in sizes:
         n_rows = mib * 2**20 // (ROW * 4)
         nbytes = n_rows * ROW * 4
-        k = max(3, min(clocks, clocks * 16 // max(mib, 1)))
+        k = max(5, min(clocks, clocks * 16 // max(mib, 1)))
         a = bench_gloo(nbytes // 4, workers, k)
         for s in servers:
             g = bench_geeps(n_rows, workers, s, k)

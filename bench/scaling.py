@@ -93,23 +93,30 @@ def bottleneck(m: Model, n: int) -> str:
 
 
 def fit_sync(points: list[tuple[float, float]]) -> tuple[float, float]:
-    """Least-squares fit of seconds = latency + bytes / bw over (bytes, seconds)
-    points; returns (latency_s, bw). The latency is clamped at 0 (noise on small
-    sizes can push the intercept below it) and the fit redone through the origin."""
+    """Fit seconds = latency + bytes / bw over (bytes, seconds) points; returns
+    (latency_s, bw). Least squares on the relative error (weights 1/seconds^2): sizes
+    span 1 to 256 MiB, and an absolute fit would let the largest decide the intercept
+    alone. The latency is clamped at 0 (noise can push the intercept below it) and the
+    fit redone through the origin."""
     if len(points) < 2:
         raise ValueError("fit_sync needs at least two (bytes, seconds) points")
     xs = [float(b) for b, _ in points]
     ys = [float(s) for _, s in points]
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
+    if len({x for x in xs}) < 2:
         raise ValueError("fit_sync needs points of at least two sizes")
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
+    if min(ys) <= 0:
+        raise ValueError("fit_sync needs positive times")
+    ws = [1.0 / (y * y) for y in ys]
+    sw = sum(ws)
+    mx = sum(w * x for w, x in zip(ws, xs)) / sw
+    my = sum(w * y for w, y in zip(ws, ys)) / sw
+    sxx = sum(w * (x - mx) ** 2 for w, x in zip(ws, xs))
+    slope = sum(w * (x - mx) * (y - my) for w, x, y in zip(ws, xs, ys)) / sxx
     lat = my - slope * mx
     if lat < 0:
         lat = 0.0
-        slope = sum(x * y for x, y in zip(xs, ys)) / sum(x * x for x in xs)
+        slope = (sum(w * x * y for w, x, y in zip(ws, xs, ys)) /
+                 sum(w * x * x for w, x in zip(ws, xs)))
     if slope <= 0:
         raise ValueError("fit_sync: time does not grow with bytes; no bandwidth to fit")
     return lat, 1.0 / slope

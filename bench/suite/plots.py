@@ -80,7 +80,7 @@ def _memory(r, out, names):
         ax.axhline(1.0, color="k", lw=0.8, ls=":")
         ax.set_title(f"{wl} workload")
         ax.set_xlabel("device budget (% of working set)")
-        ax.set_yscale("log")
+        ax.set_ylim(bottom=0)
     axes[0].set_ylabel("bytes moved / Belady's MIN")
     axes[0].legend(fontsize=8)
     _save(fig, out, "memory.png", names)

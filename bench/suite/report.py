@@ -104,24 +104,25 @@ def _memory(s, r, pngs):
          "(geeps' planner), *GeePS* (the paper's clientlib-viter policy), *pin nothing*. "
          "Stalled = host->device bytes of operations that cannot be prefetched (the "
          "application waits for them); MIN fetches on demand, so all its host->device "
-         "bytes stall."]
+         "bytes stall. These workloads are small (a cycle moves tens of KiB), so the "
+         "stall times are microseconds; the ratios are what carries to larger models."]
     if bw:
         L += ["", f"Stall time = stalled bytes / {bw:.1f} GB/s (this machine's memcpy "
               "bandwidth from section 2, standing in for a host->device copy; a PCIe 3 x16 "
               "link moves about 12 GB/s)."]
     L += ["", "| workload | budget | MIN bytes | ours / MIN | GeePS / MIN | pin nothing / MIN "
-          "| stalled: ours | GeePS | pin nothing | MIN (demand) | stall ms: ours | GeePS |",
+          "| stalled: ours | GeePS | pin nothing | MIN (demand) | stall us: ours | GeePS |",
           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in s["rows"]:
         ref = max(x["belady_bytes"], 1)
         st = lambda p: x[p]["stalled"] if x[p] else None       # noqa: E731
-        ms = lambda b: _f(b / (bw * 1e9) * 1e3, ".4f") if bw and b is not None else "n/a"  # noqa: E731
+        us = lambda b: _f(b / (bw * 1e9) * 1e6, ".2f") if bw and b is not None else "n/a"  # noqa: E731
         ratio = lambda p: f"{x[p]['moved'] / ref:.3f}" if x[p] else "refused"  # noqa: E731
         L.append(f"| {x['workload']} | {int(x['budget_frac'] * 100)}% | "
                  f"{_mb(x['belady_bytes'])} | **{ratio('benefit')}** | "
                  f"{ratio('geeps')} | {ratio('stream')} | "
                  f"{_mb(st('benefit'))} | {_mb(st('geeps'))} | {_mb(st('stream'))} | "
-                 f"{_mb(x['belady_h2d'])} | {ms(st('benefit'))} | {ms(st('geeps'))} |")
+                 f"{_mb(x['belady_h2d'])} | {us(st('benefit'))} | {us(st('geeps'))} |")
     L += ["", "At 100% everything is pinned and only the once-per-clock refresh and flush "
           "move, for every policy and for MIN alike (ratio 1). Ratios below 1 are possible: "
           "MIN minimises loads and ignores what an eviction writes back; the planner "

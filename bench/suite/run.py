@@ -152,9 +152,9 @@ def sec_training(quick: bool) -> dict:
         return r
     r["jitter"] = train.compute_jitter()
     r["tta"] = train.time_to_accuracy(epochs=8, eval_every=5)
-    r["digits"] = _bench_training("digits", 40, 1, 900)
-    r["resnet"] = _bench_training("resnet", 5, 1, 900)
-    r["sparse"] = train.sparse_lr(sizes=((50_000, 500_000), (200_000, 2_000_000)), epochs=2)
+    r["digits"] = _bench_training("digits", 50, 3, 900)
+    r["resnet"] = _bench_training("resnet", 8, 2, 1200)
+    r["sparse"] = train.sparse_lr(sizes=((100_000, 1_000_000), (400_000, 4_000_000)), epochs=2)
     return r
 
 
