@@ -130,12 +130,22 @@ class Client:
 
     # ---- push / pull / clock ----------------------------------------------------------
     @property
+    def rollbacks(self) -> int:
+        """How many times the job rolled back to a checkpoint since this client started
+        (a data loader compares it to know its position is stale)."""
+        return self._io.timeline
+
+    @property
     def clock_value(self) -> int:
         """Clocks this worker has finished (the clock its next pushes belong to)."""
         return self._clock
 
-    def push_async(self, table: Table, rows, values: np.ndarray) -> Handle:
-        """Send updates for `rows` (a range/slice, or int ids) of the current clock."""
+    def push_async(self, table: Table, rows, values: np.ndarray, *,
+                   timeline: int | None = None) -> Handle:
+        """Send updates for `rows` (a range/slice, or int ids) of the current clock.
+
+        `timeline` (a value of `rollbacks` read earlier): if the job has rolled back
+        since, the push is refused with RolledBack rather than sent."""
         sel = as_rows(rows, table.n_rows)
         values = np.ascontiguousarray(values, dtype=np.float32)
         n = len(sel)
@@ -150,7 +160,7 @@ class Client:
                                             "rows": rows_hdr}, payload, seq=True))
         if self.on_transfer:
             self.on_transfer("push", values.nbytes)
-        return self._io.submit(reqs, combine=lambda parts: None)
+        return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline)
 
     def push(self, table: Table, rows, values: np.ndarray) -> None:
         """push_async(...).wait()"""
@@ -198,8 +208,12 @@ class Client:
             self.metrics.clock_lag.observe(max(0, self._clock - data_clock))
         return values, data_clock
 
-    def clock_async(self) -> Handle:
-        """Finish the current clock on every shard; the result is the new clock."""
+    def clock_async(self, *, timeline: int | None = None) -> Handle:
+        """Finish the current clock on every shard; the result is the new clock.
+        `timeline`: as for push_async (a stale one leaves the clock unchanged)."""
+        if timeline is not None and timeline != self.rollbacks:
+            return self._io.submit([], combine=lambda parts: None, fail=RolledBack(
+                self._clock, "the job rolled back during this clock"))
         with self._lock:
             c = self._clock
             self._clock = c + 1
@@ -210,7 +224,8 @@ class Client:
             self.metrics.clock.set(c + 1)
         return self._io.submit(
             [Request(k, "clock", {"worker": self.worker, "clock": c})
-             for k in range(len(self.servers))], combine=lambda parts: c + 1)
+             for k in range(len(self.servers))], combine=lambda parts: c + 1,
+            timeline=timeline)
 
     def clock(self) -> int:
         """clock_async().wait()"""

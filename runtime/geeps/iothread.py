@@ -109,12 +109,18 @@ class IOThread(threading.Thread):
         self._fatal: GeepsError | None = None
 
     # ---- any thread ----------------------------------------------------------------
-    def submit(self, reqs: list[Request], combine: Callable[[list], Any]) -> Handle:
-        handle = Handle(len(reqs), combine)
+    def submit(self, reqs: list[Request], combine: Callable[[list], Any], *,
+               timeline: int | None = None, fail: BaseException | None = None) -> Handle:
+        """Queue `reqs` (one handle for all). `timeline`: the rollback count they belong
+        to (default: now); requests of an older one are refused with RolledBack."""
+        handle = Handle(max(1, len(reqs)) if fail else len(reqs), combine)
+        if fail is not None:
+            handle._fail(fail)
+            return handle
         if self._stopping or self._fatal is not None:
             handle._fail(self._fatal or GeepsError("client is closed"))
             return handle
-        timeline = self.timeline
+        timeline = self.timeline if timeline is None else timeline
         for i, r in enumerate(reqs):
             r.handle, r.part, r.timeline = handle, i, timeline
             self._queue.put(r)

@@ -49,8 +49,8 @@ def shard(data, *, rank: int | None = None, num_workers: int | None = None, seed
         for epoch in range(3):
             for x, y in gt.shard(loader):   # the same loader: its next epoch each time
     """
+    ctx = _context.current()
     if rank is None or num_workers is None:
-        ctx = _context.current()
         if ctx is None:
             from .config import load
             cfg = load()
@@ -61,14 +61,18 @@ def shard(data, *, rank: int | None = None, num_workers: int | None = None, seed
             num_workers = ctx.num_workers if num_workers is None else num_workers
     # The same loader sharded again (`for x, y in gt.shard(loader)` inside the epoch
     # loop) continues its epochs instead of replaying epoch 0.
+    # Under a connected worker the loader follows the job's rollbacks: after a server
+    # restart it continues from the batch of the checkpoint's clock.
+    tracker = ctx if ctx is not None and (rank, num_workers) == (ctx.rank, ctx.num_workers) \
+        else None
     key = (rank, num_workers, seed)
     try:
         known = _sharded.get(data)
     except TypeError:               # not weak-referenceable: nothing to remember
-        return _shard(data, rank, num_workers, seed)
+        return _shard(data, rank, num_workers, seed, tracker)
     if known is not None and known[0] == key:
         return known[1]
-    out = _shard(data, rank, num_workers, seed)
+    out = _shard(data, rank, num_workers, seed, tracker)
     if isinstance(out, ShardedLoader):
         _sharded[data] = (key, out)
     return out

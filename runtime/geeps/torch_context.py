@@ -35,6 +35,16 @@ class Context:
     client: Client
     server: object | None = None                  # the in-process shard, if any
     thread: threading.Thread | None = None
+    # Where the data stands, for a rollback (see torch_shard.ShardedLoader): the clock
+    # the batch in hand was drawn for, and a request to draw the next one anew.
+    batch_clock: int | None = None
+    reposition: bool = False
+
+    def clock(self) -> int:
+        return self.client.clock_value
+
+    def rollbacks(self) -> int:
+        return self.client.rollbacks
 
     @property
     def rank(self) -> int:

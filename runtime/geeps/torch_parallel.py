@@ -16,14 +16,19 @@ import threading
 from collections import OrderedDict
 from typing import Callable
 
+import logging
+
 import numpy as np
 import torch
 
 from . import torch_context as _context
 from .client import Client
+from .errors import RolledBack
 from .tables import DEFAULT_ROW_WIDTH
 from .torch_context import init
 from .torch_layout import Layout, Slot, Store, flat_view
+
+log = logging.getLogger("geeps.torch")
 
 BUCKET_BYTES = 4 << 20  # gradients per push: small enough that the first bucket leaves
 #                         early in backward, large enough that per-message cost vanishes
@@ -134,6 +139,11 @@ class DataParallel(torch.nn.Module):
         self._refresh: list = []        # pull handles of the refresh in flight
         self._clock_handle = None
         self._other_handles: list = []
+        # The job rolled back to a checkpoint while this iteration's batch belongs to a
+        # clock that no longer exists: its gradients are not pushed and its step does
+        # not clock (see _rolled_back).
+        self._void = False
+        self._timeline = 0      # the client's rollbacks when this iteration began
         self._pbase = self._bbase = None
         self._delta = self._bdelta = None
         _context.register(self)
@@ -161,7 +171,33 @@ class DataParallel(torch.nn.Module):
         return self.module(*args, **kwargs)
 
     def sync(self) -> None:
-        """Block until the parameters hold the refresh the last step() started."""
+        """Block until the parameters hold the refresh the last step() started.
+
+        If the job rolls back to a checkpoint meanwhile (a server restarted), the
+        parameters are refreshed at the checkpoint's clock instead."""
+        while True:
+            try:
+                self._sync()
+                self._timeline = self._client.rollbacks
+                return
+            except RolledBack:
+                self._rolled_back()
+
+    def _rolled_back(self) -> None:
+        """Drop what this clock sent; read the model at the clock the job is back at."""
+        log.warning("%s: the job rolled back to clock %d", self.name, self.clock)
+        self._clock_handle = None
+        self._other_handles = []
+        for b in self._buckets:
+            b.handle = None
+            b.ready.clear()
+            b.pushed = False
+        self._start_refresh()
+        ctx = _context.current()
+        # The batch in hand is still right if the loader already moved to the new clock.
+        self._void = ctx is None or ctx.batch_clock != self.clock
+
+    def _sync(self) -> None:
         if not self._refresh and self._clock_handle is None:
             return
         refresh, self._refresh = self._refresh, []
@@ -292,7 +328,7 @@ class DataParallel(torch.nn.Module):
 
     def _on_grad(self, index: int, p: torch.Tensor) -> None:
         """Autograd hook: the gradient of one parameter is complete."""
-        if not self._syncing:
+        if not self._syncing or self._void:
             return
         b = self._bucket_of[index]
         with self._lock:
@@ -302,12 +338,15 @@ class DataParallel(torch.nn.Module):
                     f"in clock {self.clock}: call opt.step() after each backward, or "
                     "accumulate over several backward passes inside `with model.no_sync():`")
             self._stage(b, index, p.grad)
-            if b.ready == b.trainable:
+            if b.ready == b.trainable and not self._void:
                 self._push_bucket(b)
 
     def _stage(self, b: _Bucket, index: int, grad: torch.Tensor) -> None:
         if b.handle is not None:     # the last clock's push of these rows left zero-copy
-            b.handle.wait()
+            try:
+                b.handle.wait()
+            except RolledBack:       # inside backward: void the iteration, don't raise
+                self._void = True
             b.handle = None
         if grad.is_sparse:
             grad = grad.to_dense()
@@ -318,8 +357,10 @@ class DataParallel(torch.nn.Module):
         for s in b.slots:               # untouched rows carry no stale gradient
             if s.index not in b.ready:
                 self._gstage[s.lo:s.hi] = 0.0
+        # timeline: if the job rolls back meanwhile, this push (of a clock that no
+        # longer exists) is refused by the client instead of landing in the new one.
         b.handle = self._client.push_async(self._table, range(b.lo, b.hi),
-                                           self._gstage[b.lo:b.hi])
+                                           self._gstage[b.lo:b.hi], timeline=self._timeline)
         b.pushed = True
         if self._on_push is not None:
             self._on_push(tuple(s.name for s in b.slots), range(b.lo, b.hi))
@@ -331,9 +372,15 @@ class DataParallel(torch.nn.Module):
             raise RuntimeError("no optimizer attached: create gt.ServerOptimizer(model, ...)")
         self.sync()         # a step without a forward since the last one
         with self._lock:
-            for h in self._other_handles:   # the delta arrays left zero-copy last clock
-                h.wait()
+            try:
+                for h in self._other_handles:   # the delta arrays left zero-copy
+                    h.wait()
+            except RolledBack:
+                self._rolled_back()
+                self._void = True
             self._other_handles = []
+            if self._void:
+                return self._skip_voided_step()
             if self._mode == "grad":
                 for b in self._buckets:
                     if b.pushed:
@@ -351,16 +398,32 @@ class DataParallel(torch.nn.Module):
                 self._pstore.download()
                 np.subtract(self._pstore.host, self._pbase, out=self._delta)
                 self._delta *= np.float32(1.0 / self.num_workers)
-                self._other_handles.append(
-                    self._client.push_async(self._table, None, self._delta))
+                self._other_handles.append(self._client.push_async(
+                    self._table, None, self._delta, timeline=self._timeline))
             if self._btable is not None:
                 self._bstore.download()
                 np.subtract(self._bstore.host, self._bbase, out=self._bdelta)
                 self._bdelta *= np.float32(1.0 / self.num_workers)
-                self._other_handles.append(
-                    self._client.push_async(self._btable, None, self._bdelta))
-            self._clock_handle = self._client.clock_async()
+                self._other_handles.append(self._client.push_async(
+                    self._btable, None, self._bdelta, timeline=self._timeline))
+            self._clock_handle = self._client.clock_async(timeline=self._timeline)
             self._start_refresh()
+        return self._client.clock_value
+
+    def _skip_voided_step(self) -> int:
+        # No clock: the job is at the checkpoint's clock and this batch was not its.
+        # The loader draws the right batch next; the refresh is already on its way
+        # unless the rollback surfaced in backward.
+        self._void = False
+        for b in self._buckets:
+            b.ready.clear()
+            b.pushed = False
+            b.handle = None
+        if not self._refresh:
+            self._start_refresh()
+        ctx = _context.current()
+        if ctx is not None:
+            ctx.reposition = True
         return self._client.clock_value
 
     def _start_refresh(self) -> None:

@@ -39,6 +39,7 @@ class ShardSampler(Sampler[int]):
         self.n, self.rank, self.num_workers = n, rank, num_workers
         self.shuffle, self.seed = shuffle, seed
         self.epoch = 0
+        self.start = 0          # skip this many of the epoch's indices (resuming)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -54,14 +55,16 @@ class ShardSampler(Sampler[int]):
         else:
             order = torch.arange(self.n)
         used = len(self) * self.num_workers
-        return iter(order[self.rank:used:self.num_workers].tolist())
+        return iter(order[self.rank:used:self.num_workers].tolist()[self.start:])
 
 
 class ShardedLoader:
     """A DataLoader's batches for one worker, reshuffled each epoch (each `iter()`)."""
 
-    def __init__(self, loader: DataLoader, rank: int, num_workers: int, seed: int = 0):
+    def __init__(self, loader: DataLoader, rank: int, num_workers: int, seed: int = 0,
+                 tracker=None):
         self.source = loader
+        self.tracker = tracker
         self.sampler = ShardSampler(len(loader.dataset), rank, num_workers,
                                     shuffle=isinstance(loader.sampler, RandomSampler),
                                     seed=seed)
@@ -86,8 +89,44 @@ class ShardedLoader:
 
     def __iter__(self):
         self.sampler.set_epoch(self.epoch)
+        self.sampler.start = 0
         self.epoch += 1
-        return iter(self.loader)
+        if self.tracker is None:
+            return iter(self.loader)
+        return self._follow(self.epoch - 1)
+
+    def _follow(self, my_epoch: int):
+        """The epoch's batches, one per clock; after the job rolled back to a
+        checkpoint (or a step was voided by it), continue from the batch of the clock
+        the job is at now, through to the end of this epoch. Assumes one optimizer step
+        per batch (the position is the clock)."""
+        t, steps = self.tracker, len(self.loader)
+        seen = t.rollbacks()
+        epoch, pos = my_epoch, my_epoch * steps
+        it = iter(self.loader)
+        while True:
+            if t.rollbacks() != seen or t.reposition:
+                seen, t.reposition = t.rollbacks(), False
+                pos = t.clock()
+                epoch, k = divmod(pos, steps)
+                if epoch > my_epoch:
+                    return
+                self.sampler.set_epoch(epoch)
+                self.sampler.start = k * self.loader.batch_size
+                it = iter(self.loader)
+            try:
+                batch = next(it)
+            except StopIteration:
+                if epoch >= my_epoch:
+                    return
+                epoch += 1                  # replaying an earlier epoch: go on to ours
+                self.sampler.set_epoch(epoch)
+                self.sampler.start = 0
+                it = iter(self.loader)
+                continue
+            t.batch_clock = pos
+            pos += 1
+            yield batch
 
 
 class ShardedDataset(Dataset):
@@ -128,13 +167,14 @@ class RoundRobin:
                 mine, seen = None, 0
 
 
-def shard(data, rank: int, num_workers: int, seed: int = 0):
-    """This worker's part of `data` (see the module docstring); never blocks."""
+def shard(data, rank: int, num_workers: int, seed: int = 0, tracker=None):
+    """This worker's part of `data` (see the module docstring); never blocks. With a
+    `tracker` (the geeps.torch context) a DataLoader follows the job's rollbacks."""
     _check(rank, num_workers)
     if isinstance(data, DataLoader):
         if isinstance(data.dataset, IterableDataset) or data.batch_size is None:
             return RoundRobin(data, rank, num_workers)
-        return ShardedLoader(data, rank, num_workers, seed)
+        return ShardedLoader(data, rank, num_workers, seed, tracker)
     if isinstance(data, Dataset) and not isinstance(data, IterableDataset) \
             and hasattr(data, "__len__"):
         return ShardedDataset(data, rank, num_workers)

@@ -123,3 +123,30 @@ def test_crash_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path):
         values, clock = c.pull(t)
         assert clock == 2
         np.testing.assert_array_equal(values, 2 * one)   # the state of clock 2, intact
+
+
+def test_server_killed_under_pytorch_training_the_job_rolls_back_and_finishes(tmp_path):
+    """geeps.torch follows the rollback: the loader goes back to the checkpoint's batch
+    and training still reaches the example's accuracy bar (its exit code)."""
+    with open(os.path.join(REPO, "examples", "02-digits-cnn", "job.yaml")) as f:
+        job = yaml.safe_load(f)
+    job["spec"]["args"] = ["--epochs", "10", "--min-accuracy", "0.95"]
+    job["spec"]["checkpoint"] = {"everyClocks": 10}
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geeps", "run", "--quiet", "--metrics-port", "0",
+         "--checkpoint-dir", str(ckpt), str(path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        wait_for(lambda: checkpoint.clocks(str(ckpt), 1) and
+                 checkpoint.clocks(str(ckpt), 1)[0] >= 40, 90, what="a checkpoint of clock 40")
+        os.kill(find_pid(ckpt, "server", "1"), signal.SIGKILL)
+        text, _ = proc.communicate(timeout=180)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 0, text
+    assert "restarting it" in text and "rolled back to clock" in text
+    assert "test accuracy" in text
