@@ -19,10 +19,10 @@ DIGITS_PARAMS = 40e3               # examples/02's CNN
 ASSUMED = {
     # name: (value, why)
     "bandwidth": (5e9, "40 Gb/s Ethernet per machine, the paper's cluster"),
-    "inception_bytes": (11e6 * 4, "Inception-BN: about 11M float32 parameters, "
-                                  "assumed (the paper's table is not at hand)"),
-    "inception_compute_s": (0.64, "one iteration of batch 32 on one of the paper's GPUs, "
-                                  "assumed (~50 images/s single-machine)"),
+    "inception_bytes": (11e6 * 4, "Inception-BN: about 11M float32 parameters "
+                                  "(assumed from the architecture, not from the paper)"),
+    "inception_compute_s": (0.64, "one iteration of batch 32 on one of the paper's GPUs "
+                                  "(assumed: ~50 images/s on one machine)"),
     "pcie_bw": (6e9, "host<->GPU staging, PCIe 2.0 x16 of the paper's era, assumed"),
 }
 PUBLISHED = (16, 13.0)
