@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import concurrent.futures as cf
 import os
-import statistics
 import sys
 import tempfile
 import time

@@ -9,7 +9,6 @@ here, each value named in ASSUMED and printed in RESULTS.md.
 from __future__ import annotations
 
 import math
-import statistics
 
 from bench import scaling as sc
 
@@ -105,7 +104,3 @@ def _bandwidth_for(m: sc.Model, n: int, target: float) -> float:
     if want <= 0:
         return math.inf
     return 2 * m.model_bytes * (n - 1) / n / want
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")

@@ -29,7 +29,8 @@ def render(r: dict, pngs: list[str]) -> str:
           f"{r['seconds'].get('total', 0) / 60:.1f} minutes on {m['date']}.", "",
           "**Machine.** " + f"{m['cores']} cores ({m['cpu'] or 'CPU'}), "
           f"{m['memory_gib']:.0f} GiB memory, Python {m['python']}, "
-          f"{'a GPU (CuPy)' if m['gpu'] else 'no GPU: the NumPy backend stands in for device memory'}. "
+          + ("a GPU (CuPy). " if m["gpu"] else
+             "no GPU: the NumPy backend stands in for device memory. ") +
           f"Load average {m['load_start'][0]:.1f} at the start, "
           f"{m.get('load_end', [float('nan')])[0]:.1f} at the end: the machine was shared "
           "with other jobs running tests, so every absolute number here is this loaded "
@@ -88,7 +89,8 @@ def _headline(r: dict) -> list[str]:
         tta = tr.get("tta") or {}
         if {"bsp", "ddp", "single"} <= set(tta):
             b, d, o = tta["bsp"], tta["ddp"], tta["single"]
-            H.append(f"Digits CNN to 95% test accuracy: geeps BSP **{b['to_target_s'] / d['to_target_s']:.2f}x** "
+            H.append("Digits CNN to 95% test accuracy: geeps BSP "
+                     f"**{b['to_target_s'] / d['to_target_s']:.2f}x** "
                      f"DDP gloo's time ({b['to_target_steps']} steps each), "
                      f"{b['to_target_s'] / o['to_target_s']:.2f}x one process's "
                      "(2 workers and 2 servers on 2 cores).")
@@ -99,7 +101,8 @@ def _headline(r: dict) -> list[str]:
         if len(sp) >= 2:
             H.append(f"Sparse LR: {sp[0]['samples_per_s']:,.0f} samples/s at "
                      f"{sp[0]['features']:,} features, {sp[-1]['samples_per_s']:,.0f} at "
-                     f"{sp[-1]['features']:,} (**{sp[-1]['samples_per_s'] / sp[0]['samples_per_s']:.2f}x**).")
+                     f"{sp[-1]['features']:,} "
+                     f"(**{sp[-1]['samples_per_s'] / sp[0]['samples_per_s']:.2f}x**).")
     op = _ok(r, "operator")
     if op:
         H.append(f"Operator: every child of {op['jobs']} jobs in {_f(op['all_children_s'])} s, "
@@ -187,7 +190,8 @@ def _memory(s, r, pngs):
     for x in s["rows"]:
         ref = max(x["belady_bytes"], 1)
         st = lambda p: x[p]["stalled"] if x[p] else None       # noqa: E731
-        us = lambda b: _f(b / (bw * 1e9) * 1e6, ".2f") if bw and b is not None else "n/a"  # noqa: E731
+        us = lambda b: (_f(b / (bw * 1e9) * 1e6, ".2f")              # noqa: E731
+                        if bw and b is not None else "n/a")
         ratio = lambda p: f"{x[p]['moved'] / ref:.3f}" if x[p] else "refused"  # noqa: E731
         L.append(f"| {x['workload']} | {int(x['budget_frac'] * 100)}% | "
                  f"{_mb(x['belady_bytes'])} | **{ratio('benefit')}** | "
@@ -268,9 +272,10 @@ def _training(s, r, pngs):
 
 
 def _operator(s, r, pngs):
-    return ["## 5. Operator: 50 GeePSJobs at once", "",
+    return [f"## 5. Operator: {s['jobs']} GeePSJobs at once", "",
             f"{s['jobs']} GeePSJobs (2 servers + 2 workers each, CurveZMQ on: 4 pods, a "
-            "headless Service, a PodMonitor, a NetworkPolicy and a key Secret) created from 8 client threads against the HTTP "
+            "headless Service, a PodMonitor, a NetworkPolicy and a key Secret) created "
+            "from 8 client threads against the HTTP "
             "Kubernetes API emulator of the e2e tests, `geeps operator` as a subprocess. "
             "Pods are not started (a kubelet that runs nothing): this measures the control "
             "plane. Baseline: **the API server alone** writing the same number of objects "
@@ -286,7 +291,8 @@ def _operator(s, r, pngs):
             f"({s['reconciles']:.0f} reconciles, mean {s['reconcile_mean_s'] * 1e3:.0f} ms) |",
             f"| baseline: API server alone, {s['baseline_writes']} writes | "
             f"{s['baseline_s']:.2f} s |",
-            f"| **operator / API-server baseline** | **{s['all_children_s'] / s['baseline_s']:.1f}x** |",
+            "| **operator / API-server baseline** | "
+            f"**{s['all_children_s'] / s['baseline_s']:.1f}x** |",
             "", "Reconcile durations include the API calls and the wait for the emulator, "
             "which serves all 50 jobs' writes on one event loop; the p99 is the reconciles "
             "that queued behind the burst.", ""]
@@ -299,8 +305,10 @@ def _scaling(s, r, pngs):
          "bench/scaling.py, pure functions (tests/unit/test_scaling.py). Per clock on N "
          "machines, one GPU and one server shard each:", "",
          "    sync(N) = latency + 2*M*(N-1)/N / min(bandwidth, software_bw) + 2*M / pcie_bw",
-         "    T(N)    = compute * (1 + jitter_cv * sqrt(2 ln N)) + max(0, sync(N) - overlap * compute)",
-         "    speedup(N) = N * compute / T(N)      (T(1) = compute: the single-machine code, no PS)",
+         "    T(N)    = compute * (1 + jitter_cv * sqrt(2 ln N))"
+         " + max(0, sync(N) - overlap * compute)",
+         "    speedup(N) = N * compute / T(N)"
+         "      (T(1) = compute: the single-machine code, no PS)",
          "", "**Assumptions.** Every machine sends its gradient to the N-1 remote shards and, "
          "as a server, the fresh rows to the N-1 other workers, on a full-duplex NIC; the "
          "local shard never touches the wire. The PS code cannot move bytes faster than "
@@ -314,13 +322,15 @@ def _scaling(s, r, pngs):
          "to accuracy).", "",
          "**Fitted on this machine.**", "",
          f"- From section 1 (S={fit['servers']}, {fit['points']} sizes): time per clock = "
-         f"{fit['latency_s'] * 1e3:.2f} ms + (2 x table bytes) / {fit['software_bw'] / 1e9:.2f} GB/s "
+         f"{fit['latency_s'] * 1e3:.2f} ms + (2 x table bytes) / "
+         f"{fit['software_bw'] / 1e9:.2f} GB/s "
          f"(largest relative residual {fit['residual_max']:.0%}). This is what the Python PS "
          "costs with no wire in the way (loopback, 2 workers and the servers on 2 cores).",
          ]
     if ov.get("from"):
-        L.append(f"- Overlap from the {ov['from']} step: one process {ov['compute_s'] * 1e3:.1f} ms, "
-                 f"geeps BSP {ov['iter_s'] * 1e3:.1f} ms, predicted sync {ov['sync_s'] * 1e3:.1f} ms "
+        L.append(f"- Overlap from the {ov['from']} step: one process "
+                 f"{ov['compute_s'] * 1e3:.1f} ms, geeps BSP {ov['iter_s'] * 1e3:.1f} ms, "
+                 f"predicted sync {ov['sync_s'] * 1e3:.1f} ms "
                  f"-> overlap = **{ov['overlap']:.2f}** (the least that explains the "
                  "measurement; on 2 shared cores the workers' compute and the servers' "
                  "compete, so little can hide).")
@@ -354,8 +364,9 @@ def _scaling(s, r, pngs):
     own = next(x for x in s["models"]["GeePS setting, this implementation's software"]["table"]
                if x["n"] == n)
     L += ["", f"**16 machines vs GeePS's {target:g}x.** With the paper's network and the "
-          f"assumed model and compute time, communication is small: {s['paper_sync_16_s'] * 1e3:.0f} ms "
-          f"per clock against {s['models']['GeePS setting, ideal overlap, no jitter']['params']['compute_s'] * 1e3:.0f} ms "
+          "assumed model and compute time, communication is small: "
+          f"{s['paper_sync_16_s'] * 1e3:.0f} ms per clock against "
+          f"{s['assumed']['inception_compute_s'][0] * 1e3:.0f} ms "
           f"of compute. Hidden behind compute the model predicts {p16['speedup']:.1f}x; even "
           f"with no overlap at all {nov16['speedup']:.1f}x. The model **agrees** that "
           "16 machines on 40 Gb/s are far from network-bound for a model of this size "

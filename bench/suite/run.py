@@ -3,7 +3,7 @@ bench/RESULTS.md with PNG plots beside it.
 
     python -m bench.suite                  # the full suite, about 10 minutes on 2 cores
     python -m bench.suite --quick          # a tiny subset of each, seconds
-    python -m bench.suite --only sync,scaling --out /tmp/b
+    python -m bench.suite --only sync,scaling --out out/
 
 Sections (each measured against a baseline in the same run):
     sync      push+pull per clock vs model size: geeps S=1/S=2 vs gloo vs ZeroMQ echo
@@ -23,7 +23,6 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -287,7 +286,3 @@ def _write(results: dict, out: str) -> int:
     print(f"wrote {path} and {len(pngs)} plots ({results['seconds'].get('total', 0):.0f} s "
           "of measurement)")
     return 0
-
-
-def median(xs):
-    return statistics.median(xs) if xs else float("nan")
