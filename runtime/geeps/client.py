@@ -75,6 +75,7 @@ class Client:
             raise
         # A restarted worker rejoins at the clock the servers know it finished.
         self._clock = min(h["worker_clock"] for h, _ in hellos)
+        self.joined_at = self._clock    # > 0: this client replaces a worker that died
 
     @classmethod
     def from_env(cls, environ=None, **kw) -> "Client":

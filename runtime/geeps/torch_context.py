@@ -46,6 +46,9 @@ class Context:
     def rollbacks(self) -> int:
         return self.client.rollbacks
 
+    def joined_at(self) -> int:
+        return self.client.joined_at
+
     @property
     def rank(self) -> int:
         return self.config.rank

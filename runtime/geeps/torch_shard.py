@@ -65,6 +65,7 @@ class ShardedLoader:
                  tracker=None):
         self.source = loader
         self.tracker = tracker
+        self._begun = False     # a replacement worker starts at its clock, once
         self.sampler = ShardSampler(len(loader.dataset), rank, num_workers,
                                     shuffle=isinstance(loader.sampler, RandomSampler),
                                     seed=seed)
@@ -97,11 +98,17 @@ class ShardedLoader:
 
     def _follow(self, my_epoch: int):
         """The epoch's batches, one per clock; after the job rolled back to a
-        checkpoint (or a step was voided by it), continue from the batch of the clock
-        the job is at now, through to the end of this epoch. Assumes one optimizer step
-        per batch (the position is the clock)."""
+        checkpoint (or a step was voided by it), or in a worker that replaced a dead
+        one, continue from the batch of the clock the job is at now, through to the end
+        of this epoch. Assumes one optimizer step per batch (the position is the clock):
+        shard the training loader this way, not an evaluation loader."""
         t, steps = self.tracker, len(self.loader)
         seen = t.rollbacks()
+        if not self._begun:
+            self._begun = True
+            # A worker that replaces a dead one joins at the clock its predecessor
+            # reached: epochs before it yield nothing, its own starts mid-way.
+            t.reposition = t.reposition or t.joined_at() > 0
         epoch, pos = my_epoch, my_epoch * steps
         it = iter(self.loader)
         while True:
@@ -110,6 +117,7 @@ class ShardedLoader:
                 pos = t.clock()
                 epoch, k = divmod(pos, steps)
                 if epoch > my_epoch:
+                    t.reposition = True     # a later epoch's iterator takes it from here
                     return
                 self.sampler.set_epoch(epoch)
                 self.sampler.start = k * self.loader.batch_size

@@ -150,3 +150,28 @@ def test_server_killed_under_pytorch_training_the_job_rolls_back_and_finishes(tm
     assert proc.returncode == 0, text
     assert "restarting it" in text and "rolled back to clock" in text
     assert "test accuracy" in text
+
+
+def test_worker_killed_under_pytorch_training_is_replaced_and_the_job_finishes(tmp_path):
+    """The replacement joins at its predecessor's clock, its loader positioned there."""
+    with open(os.path.join(REPO, "examples", "02-digits-cnn", "job.yaml")) as f:
+        job = yaml.safe_load(f)
+    job["spec"]["args"] = ["--epochs", "10", "--min-accuracy", "0.95"]
+    job["spec"]["checkpoint"] = {"everyClocks": 10}     # only to see progress on disk
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(job))
+    ckpt = tmp_path / "ckpt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "geeps", "run", "--quiet", "--metrics-port", "0",
+         "--checkpoint-dir", str(ckpt), str(path)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        wait_for(lambda: checkpoint.clocks(str(ckpt), 0) and
+                 checkpoint.clocks(str(ckpt), 0)[0] >= 40, 90, what="a checkpoint of clock 40")
+        os.kill(find_pid(ckpt, "worker", "1"), signal.SIGKILL)
+        text, _ = proc.communicate(timeout=180)
+    finally:
+        kill_group(proc)
+    assert proc.returncode == 0, text
+    assert "worker-1" in text and "restarting it" in text and "rejoined at clock" in text
