@@ -33,7 +33,10 @@ def render(r: dict, pngs: list[str]) -> str:
              "no GPU: the NumPy backend stands in for device memory. ") +
           f"Load average {m['load_start'][0]:.1f} at the start, "
           f"{m.get('load_end', [float('nan')])[0]:.1f} at the end: the machine was shared "
-          "with other jobs running tests, so every absolute number here is this loaded "
+          "with other jobs running tests"
+          + (" (1-minute load after each section: " + ", ".join(
+              f"{k} {v:.1f}" for k, v in r["load"].items()) + ")" if r.get("load") else "")
+          + ", so every absolute number here is this loaded "
           "machine's and moves between runs. Each ratio compares two measurements of the "
           "same run; those are the figures to read.", ""]
     L += _headline(r)

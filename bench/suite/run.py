@@ -280,6 +280,7 @@ def main(argv=None) -> int:
             results[name] = {"error": f"{type(e).__name__}: {e}"}
             status = 1
         results["seconds"][name] = time.perf_counter() - t0
+        results.setdefault("load", {})[name] = os.getloadavg()[0]
         print(f"   {results['seconds'][name]:.0f} s", flush=True)
     results["machine"]["load_end"] = os.getloadavg()
     results["seconds"]["total"] = time.perf_counter() - t_all
