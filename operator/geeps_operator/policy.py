@@ -26,10 +26,11 @@ Rules (see also DESIGN.md, "The operator"):
   counted pod's uid is kept in status.countedFailures until the pod is gone, so a
   repeated reconcile never counts it twice. While a replacement is pending the phase
   is Restarting; status.restartCount says how many there were.
-- Made with the headless service, before the first pods: the CurveZMQ Secret (unless spec.security.insecure,
-  which gets a Warning Event instead), the NetworkPolicy, and, when checkpoints are on
-  without a volume, a Warning Event and the condition CheckpointsDurable=False (an
-  emptyDir dies with its pod, so a replaced server starts its shard afresh).
+- Made with the headless service, before the first pods: the CurveZMQ Secret (unless
+  spec.security.insecure, which gets a Warning Event instead), the NetworkPolicy, and,
+  when checkpoints are on without a volume, a Warning Event and the condition
+  CheckpointsDurable=False (an emptyDir dies with its pod, so a replaced server
+  starts its shard afresh).
 - activeDeadlineSeconds counts from status.startTime (reset on resume, as Jobs do).
 - All workers succeeded -> Succeeded, and the servers are stopped whatever the
   cleanPodPolicy: a shard never exits by itself, and a finished job must not hold

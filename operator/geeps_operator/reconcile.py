@@ -7,6 +7,10 @@ per job with a lock (kopf may fire a pod event and the timer at once), and write
 the order that keeps a crash harmless: status first (it records counted restarts and
 terminal phases), then creates and deletes, then events.
 
+The CurveZMQ Secret is the one object not built whole by a pure function: its keys
+are random, so the policy plans it empty and _create_keys() fills it as it is
+created. The operator never reads a Secret back (and has no RBAC to).
+
 The job's clock is learned from worker 0's log through the pods/log API: workers
 print `geeps:progress {"clock": ...}` lines (geeps.progress), so the operator needs
 no network path to the pods and no protocol of its own, only RBAC on pods/log.

@@ -18,6 +18,8 @@ def _children(cluster, ns: str) -> list[dict]:
     """Every object in the namespace that is not the job itself or an Event."""
     out = []
     for plural, group, version in (("pods", "", "v1"), ("services", "", "v1"),
+                                   ("secrets", "", "v1"),
+                                   ("networkpolicies", "networking.k8s.io", "v1"),
                                    ("podmonitors", "monitoring.coreos.com", "v1")):
         out += cluster.api.items(cluster.api.path(plural, ns, group=group, version=version))
     return out
@@ -34,9 +36,11 @@ def test_every_child_is_owned_labelled_and_wired(cluster, operator, ns, tmp_path
 
     kids = _children(cluster, ns)
     kinds = sorted((k["kind"] if "kind" in k else "?", k["metadata"]["name"]) for k in kids)
-    assert kinds == [("Pod", "wired-server-0"), ("Pod", "wired-server-1"),
+    assert kinds == [("NetworkPolicy", "wired-geeps"),
+                     ("Pod", "wired-server-0"), ("Pod", "wired-server-1"),
                      ("Pod", "wired-worker-0"), ("Pod", "wired-worker-1"),
-                     ("PodMonitor", "wired"), ("Service", "wired-server")]
+                     ("PodMonitor", "wired"), ("Secret", "wired-curve"),
+                     ("Service", "wired-server")]
     for k in kids:
         # No garbage collector here: assert the references a real one would follow.
         assert k["metadata"]["ownerReferences"] == [{

@@ -3,7 +3,8 @@ is allowed by geeps_operator.rbac, and every rule there was needed.
 
 The operator talks to the emulator through a port of its own, so its requests are
 told apart from the tests' and the kubelet's. This test runs a job that exercises
-every path (restart, events, clock from logs, TTL) so it holds when run alone too."""
+every path (CurveZMQ Secret and NetworkPolicy, restart, events, clock from logs, TTL)
+so it holds when run alone too."""
 from __future__ import annotations
 
 import pytest

@@ -5,9 +5,8 @@ from __future__ import annotations
 import base64
 import os
 
-import yaml
-
 import pytest
+import yaml
 
 from geeps import curve
 from tests.helpers import REPO, wait_for
@@ -18,7 +17,11 @@ pytestmark = pytest.mark.e2e
 
 # A worker that makes one round trip to its server (so the server has started and
 # logged how it runs before the job ends).
-TALK = "import geeps\nwith geeps.Client.from_env() as c:\n    c.create_table('t', 1, 4, rule='add')\n"
+TALK = """
+import geeps
+with geeps.Client.from_env() as c:
+    c.create_table("t", 1, 4, rule="add")
+"""
 
 
 def _minimal(ns: str, name: str, **spec) -> dict:
