@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.list:
         for line in __doc__.split("Sections")[1].splitlines()[1:8]:
-            print(line.strip())
+            print(line[4:])
         return 0
     only = [s for s in args.only.split(",") if s] or list(SECTIONS)
     bad = [s for s in only if s not in SECTIONS]
