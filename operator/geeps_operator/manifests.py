@@ -172,10 +172,11 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
     source = checkpoint_source(job)
     if role == "server" and source is not None:
         volumes.append({"name": CHECKPOINT_VOLUME, **source})
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT})
         # One directory per job, so jobs sharing a claim never read each other's shards.
-        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT,
-                       "subPath": job.name})
-        checkpoint_dir = CHECKPOINT_MOUNT
+        # Made by the server, not by a subPath mount: the kubelet creates a subPath
+        # directory owned by root, which the non-root server could not write.
+        checkpoint_dir = f"{CHECKPOINT_MOUNT}/{job.name}"
     ports = [{"name": METRICS_PORT_NAME, "containerPort": job.metrics_port, "protocol": "TCP"}]
     if role == "server":
         ports.insert(0, {"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT,

@@ -25,15 +25,17 @@ How a pod becomes a local process:
 - Metrics: GEEPS_METRICS_PORT is remapped to a free port per pod (the runtime binds
   its metrics on every interface, and these pods share one network namespace).
 - Volumes: each mounted volume becomes a local directory, and an environment value
-  equal to a mountPath is rewritten to that directory (a process cannot see the
-  container's paths; GEEPS_CURVE_DIR and GEEPS_CHECKPOINT_DIR name their mounts).
+  naming a path under a mountPath is rewritten to the same path under that directory
+  (a process cannot see the container's paths; GEEPS_CURVE_DIR and
+  GEEPS_CHECKPOINT_DIR point into their mounts). A mount at /tmp is left as this
+  host's /tmp: tests hand pods directories under it (MARKS) that must stay as given.
   `secret`: the Secret is read from the API (retried until it exists, as a kubelet
   retries a failed mount) and its data written into a private directory of the pod,
   files with the volume's defaultMode, removed when the pod ends. `emptyDir`: a fresh
   directory per pod (so a replaced pod starts with an empty one, as on a node).
   `persistentVolumeClaim`: one directory per claim (namespace + claimName) that
   outlives pods, so a replaced server finds its checkpoints. subPath is honoured.
-  Other sources are not mounted, and the pod's /tmp is this host's.
+  Other sources are not mounted.
 - Ignored: images, resources (GPUs included), probes, securityContext, node selection.
 """
 from __future__ import annotations
@@ -206,7 +208,7 @@ class Kubelet:
             os.makedirs(local[name], mode=0o700, exist_ok=True)
         out = {}
         for mount in spec["containers"][0].get("volumeMounts") or []:
-            if mount["name"] in local:
+            if mount["name"] in local and mount["mountPath"].rstrip("/") != "/tmp":
                 d = os.path.join(local[mount["name"]], mount.get("subPath") or "")
                 os.makedirs(d, mode=0o700, exist_ok=True)
                 out[mount["mountPath"]] = d.rstrip("/")
@@ -229,8 +231,10 @@ class Kubelet:
                     raise ValueError(f"env {e['name']}: only fieldRef {sorted(fields)} supported")
                 env[e["name"]] = fields[ref]
         for key, value in env.items():
-            if value.rstrip("/") in mounts:
-                env[key] = mounts[value.rstrip("/")]
+            for path, local in mounts.items():
+                if value == path or value.startswith(path.rstrip("/") + "/"):
+                    env[key] = local + value[len(path.rstrip("/")):]
+                    break
         if "GEEPS_BIND_HOST" in env:
             env["GEEPS_BIND_HOST"] = ip
         if env.get("GEEPS_METRICS_PORT", "0") != "0":

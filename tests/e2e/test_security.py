@@ -104,7 +104,8 @@ def test_an_insecure_job_gets_no_keys_and_a_warning(cluster, operator, ns):
     assert durable["status"] == "False" and durable["reason"] == "EmptyDir"
     server = next(p for p in cluster.processes(ns) if "-server-" in p.name)
     assert server.env["GEEPS_INSECURE"] == "1" and server.env["GEEPS_CURVE_DIR"] == ""
-    assert server.env["GEEPS_CHECKPOINT_DIR"] == server.mounts["/var/lib/geeps/checkpoints"]
+    assert server.env["GEEPS_CHECKPOINT_DIR"] == \
+        server.mounts["/var/lib/geeps/checkpoints"] + "/open"
     assert server.env["GEEPS_CHECKPOINT_EVERY"] == "5"
     with open(server.log_path) as f:
         assert "INSECURE" in f.read()

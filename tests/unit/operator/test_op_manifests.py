@@ -82,12 +82,11 @@ def test_server_pod():
     assert (cfg.role, cfg.rank, cfg.num_workers) == ("server", 1, 3)
     assert cfg.servers == tuple(m.server_addresses(job))
     assert str(cfg.consistency) == "ssp:2"
-    assert env["GEEPS_CHECKPOINT_DIR"] == m.CHECKPOINT_MOUNT
+    assert env["GEEPS_CHECKPOINT_DIR"] == m.CHECKPOINT_MOUNT + "/digits"
     assert env["GEEPS_CHECKPOINT_EVERY"] == "10"
     assert {"name": m.CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": "ck"}} \
         in spec["volumes"]
-    assert {"name": m.CHECKPOINT_VOLUME, "mountPath": m.CHECKPOINT_MOUNT, "subPath": "digits"} \
-        in c["volumeMounts"]
+    assert {"name": m.CHECKPOINT_VOLUME, "mountPath": m.CHECKPOINT_MOUNT} in c["volumeMounts"]
     assert m.checkpoints_durable(job)
 
 
@@ -178,7 +177,7 @@ def test_checkpoints_without_a_volume_go_to_an_empty_dir_that_is_not_durable():
     kubernetes_validate.validate(pod, "1.33", strict=True)
     assert {"name": m.CHECKPOINT_VOLUME, "emptyDir": {}} in pod["spec"]["volumes"]
     env = _env(pod)
-    assert env["GEEPS_CHECKPOINT_DIR"] == m.CHECKPOINT_MOUNT
+    assert env["GEEPS_CHECKPOINT_DIR"] == m.CHECKPOINT_MOUNT + "/digits"
     assert env["GEEPS_CHECKPOINT_EVERY"] == "5"
     assert not m.checkpoints_durable(job)
     off, _ = _job(checkpoint={"everyClocks": 0})
