@@ -1,6 +1,6 @@
 """Import the whole operator and run `geeps operator --help`: run under `python -S` with a
 PYTHONPATH holding only the operator image's packages, so that anything else (torch,
-numpy, pyzmq...) is absent, as in the image. Exit 0 when all imports work.
+numpy...) is absent, as in the image. Exit 0 when all imports work.
 """
 import importlib
 import pkgutil
@@ -10,6 +10,9 @@ import geeps_operator
 
 for info in pkgutil.iter_modules(geeps_operator.__path__):
     importlib.import_module(f"geeps_operator.{info.name}")
+
+# The operator makes each job's CurveZMQ keys (imported lazily where a Secret is made).
+import geeps.curve  # noqa: E402,F401
 
 from geeps.cli import main  # noqa: E402  (the console script's own path)
 

@@ -235,7 +235,9 @@ def test_operator_image_installs_what_the_operator_imports(tmp_path):
         "pin every package: the image must be reproducible"
     dists = image_distributions(reqs)
     names = {_norm(d.metadata["Name"]) for d in dists}
-    assert not {"torch", "numpy", "pyzmq"} & names, "the operator image must stay slim"
+    # pyzmq stays: the operator makes each job's CurveZMQ keys with it.
+    assert not {"torch", "numpy"} & names, "the operator image must stay slim"
+    assert "pyzmq" in names
     site = str(tmp_path / "site-packages")
     image_site_packages(dists, site)
     path = os.pathsep.join([site, os.path.join(REPO, "runtime"), os.path.join(REPO, "operator")])
