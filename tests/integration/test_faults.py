@@ -125,9 +125,9 @@ def test_crash_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path):
         np.testing.assert_array_equal(values, 2 * one)   # the state of clock 2, intact
 
 
-def test_server_killed_under_pytorch_training_the_job_rolls_back_and_finishes(tmp_path):
-    """geeps.torch follows the rollback: the loader goes back to the checkpoint's batch
-    and training still reaches the example's accuracy bar (its exit code)."""
+def digits_cnn_with_a_kill(tmp_path, role: str, rank: str) -> tuple[int, str]:
+    """Run examples/02-digits-cnn (checkpoints every 10 clocks) and SIGKILL one of its
+    processes once clock 40 is checkpointed; (exit code, launcher output)."""
     with open(os.path.join(REPO, "examples", "02-digits-cnn", "job.yaml")) as f:
         job = yaml.safe_load(f)
     job["spec"]["args"] = ["--epochs", "10", "--min-accuracy", "0.95"]
@@ -143,35 +143,24 @@ def test_server_killed_under_pytorch_training_the_job_rolls_back_and_finishes(tm
     try:
         wait_for(lambda: checkpoint.clocks(str(ckpt), 1) and
                  checkpoint.clocks(str(ckpt), 1)[0] >= 40, 90, what="a checkpoint of clock 40")
-        os.kill(find_pid(ckpt, "server", "1"), signal.SIGKILL)
+        os.kill(find_pid(ckpt, role, rank), signal.SIGKILL)
         text, _ = proc.communicate(timeout=180)
     finally:
         kill_group(proc)
-    assert proc.returncode == 0, text
+    return proc.returncode, text
+
+
+def test_server_killed_under_pytorch_training_the_job_rolls_back_and_finishes(tmp_path):
+    """geeps.torch follows the rollback: the loader goes back to the checkpoint's batch
+    and training still reaches the example's accuracy bar (its exit code)."""
+    code, text = digits_cnn_with_a_kill(tmp_path, "server", "1")
+    assert code == 0, text
     assert "restarting it" in text and "rolled back to clock" in text
     assert "test accuracy" in text
 
 
 def test_worker_killed_under_pytorch_training_is_replaced_and_the_job_finishes(tmp_path):
     """The replacement joins at its predecessor's clock, its loader positioned there."""
-    with open(os.path.join(REPO, "examples", "02-digits-cnn", "job.yaml")) as f:
-        job = yaml.safe_load(f)
-    job["spec"]["args"] = ["--epochs", "10", "--min-accuracy", "0.95"]
-    job["spec"]["checkpoint"] = {"everyClocks": 10}     # only to see progress on disk
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(job))
-    ckpt = tmp_path / "ckpt"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "geeps", "run", "--quiet", "--metrics-port", "0",
-         "--checkpoint-dir", str(ckpt), str(path)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
-    try:
-        wait_for(lambda: checkpoint.clocks(str(ckpt), 0) and
-                 checkpoint.clocks(str(ckpt), 0)[0] >= 40, 90, what="a checkpoint of clock 40")
-        os.kill(find_pid(ckpt, "worker", "1"), signal.SIGKILL)
-        text, _ = proc.communicate(timeout=180)
-    finally:
-        kill_group(proc)
-    assert proc.returncode == 0, text
+    code, text = digits_cnn_with_a_kill(tmp_path, "worker", "1")
+    assert code == 0, text
     assert "worker-1" in text and "restarting it" in text and "rejoined at clock" in text
