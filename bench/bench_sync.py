@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,13 +25,10 @@ import time
 
 import numpy as np
 
+from geeps.ports import free_port
+
 ROW = 128
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _geeps_worker(rank, servers, workers, n_rows, clocks, out):

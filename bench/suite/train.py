@@ -21,19 +21,15 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 
+from geeps.ports import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = 0.95
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batches(x, y, epoch: int, rank: int, world: int, batch: int):

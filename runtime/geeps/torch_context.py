@@ -14,7 +14,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import logging
-import socket
 import threading
 import weakref
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import zmq
 from .client import Client
 from .config import Config, ConfigError, load as load_config
 from .metrics import Metrics
+from .ports import free_port
 
 log = logging.getLogger("geeps.torch")
 
@@ -69,17 +69,12 @@ def register(model) -> None:
     _models.add(model)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _local_server(cfg: Config) -> tuple[object, threading.Thread, Config]:
     from .server import Server
     last: Exception | None = None
     for _ in range(5):      # another program may take the probed port before we bind it
-        addr = f"127.0.0.1:{_free_port()}"
+        addr = f"127.0.0.1:{free_port()}"
         scfg = dataclasses.replace(cfg, role="server", rank=0, num_workers=1, servers=(addr,),
                                    bind_host="127.0.0.1", checkpoint_dir="",
                                    checkpoint_every=0, metrics_port=0, curve_dir="")
