@@ -106,6 +106,8 @@ def bench_gloo(n_floats, workers, iters):
 
 def _echo_server(port, ready):
     import zmq
+    from geeps.memtune import keep_freed_memory
+    keep_freed_memory()         # the same allocator settings as a geeps server
     s = zmq.Context().socket(zmq.ROUTER)
     s.bind(f"tcp://127.0.0.1:{port}")
     ready.set()
@@ -118,6 +120,9 @@ def _echo_server(port, ready):
 
 def _echo_client(ports, nbytes_each, iters, out):
     import zmq
+    from geeps.client import CHUNK_BYTES
+    from geeps.memtune import keep_freed_memory
+    keep_freed_memory()
     ctx = zmq.Context()
     socks = []
     for p in ports:
@@ -125,13 +130,18 @@ def _echo_client(ports, nbytes_each, iters, out):
         d.connect(f"tcp://127.0.0.1:{p}")
         socks.append(d)
     payload = np.ones(nbytes_each // 4, np.float32)
+    # In messages of the size geeps' client cuts pushes and pulls into: the same
+    # allocator behaviour on both sides (see geeps.client.CHUNK_BYTES).
+    chunks = [payload[i:i + CHUNK_BYTES // 4] for i in range(0, len(payload), CHUNK_BYTES // 4)]
     times = []
     for i in range(iters + 2):
         t0 = time.perf_counter()
         for d in socks:
-            d.send(payload, copy=False)
+            for c in chunks:
+                d.send(c, copy=False)
         for d in socks:
-            d.recv(copy=False)
+            for _ in chunks:
+                d.recv(copy=False)
         if i >= 2:
             times.append(time.perf_counter() - t0)
     out.put(times)

@@ -44,25 +44,36 @@ def _decayed(grad: np.ndarray, param: np.ndarray, weight_decay: float) -> np.nda
     return g
 
 
-def sgd(param: np.ndarray, grad: np.ndarray, lr: float, weight_decay: float = 0.0) -> None:
-    """p -= lr * (g + wd * p), in place on float32 `param` (twin of sgd_update)."""
+def sgd(param: np.ndarray, grad: np.ndarray, lr: float, weight_decay: float = 0.0,
+        scratch: bool = False) -> None:
+    """p -= lr * (g + wd * p), in place on float32 `param` (twin of sgd_update).
+    With `scratch` the caller's `grad` may be overwritten: the same arithmetic without
+    a temporary the size of `param` (the servers' shards are hundreds of MB)."""
     _check("param", param)
     _check("grad", grad, param)
     g = _decayed(grad, param, weight_decay)
-    param -= F32(lr) * g
+    if scratch or g is not grad:
+        np.multiply(g, F32(lr), out=g)
+        param -= g
+    else:
+        param -= F32(lr) * g
 
 
 def momentum(param: np.ndarray, grad: np.ndarray, velocity: np.ndarray, lr: float,
-             mu: float, weight_decay: float = 0.0) -> None:
+             mu: float, weight_decay: float = 0.0, scratch: bool = False) -> None:
     """v = mu * v + g; p -= lr * v (PyTorch's convention), in place (twin of
-    momentum_update)."""
+    momentum_update). `scratch`: as for sgd."""
     _check("param", param)
     _check("grad", grad, param)
     _check("velocity", velocity, param)
     g = _decayed(grad, param, weight_decay)
     velocity *= F32(mu)
     velocity += g
-    param -= F32(lr) * velocity
+    if scratch or g is not grad:
+        np.multiply(velocity, F32(lr), out=g)
+        param -= g
+    else:
+        param -= F32(lr) * velocity
 
 
 def adam_scalars(step: int, lr: float, beta1: float, beta2: float, eps: float,

@@ -24,10 +24,18 @@ import numpy as np
 
 from . import config as _config
 from . import consistency as _consistency
+from . import protocol as P
 from .errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from .handles import Handle
 from .iothread import IOThread, Request
 from .tables import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
+
+# Large pushes and pulls travel as requests of at most this many bytes of values.
+# ZeroMQ receives every message into a fresh malloc'd buffer; glibc serves blocks this
+# size from its heap (reused, see memtune) but maps blocks above its mmap threshold
+# (32 MiB at most) anew each time, and the kernel then zero-fills every page on first
+# touch: one 32 MiB message took twice as long as the same bytes in 4 MiB frames.
+CHUNK_BYTES = 4 << 20
 
 __all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
            "ServerUnreachable", "WaitTimeout"]
@@ -155,7 +163,10 @@ class Client:
                              f"expected ({n}, {table.row_width})")
         clock = self._clock
         reqs = []
-        for k, rows_hdr, payload, _ in self._split(table, sel, values):
+        # Only tables applied once per clock take chunks: under async each push is one
+        # update (an Adam step counts it), so it must arrive as one message.
+        for k, rows_hdr, payload, _ in self._split(table, sel, values,
+                                                     chunk=self.consistency.per_clock):
             reqs.append(Request(k, "push", {"table": table.name, "worker": self.worker,
                                             "session": self.session, "clock": clock,
                                             "rows": rows_hdr}, payload, seq=True))
@@ -181,18 +192,24 @@ class Client:
             raise ValueError(f"pull from {table.name!r}: out must be float32 "
                              f"({n}, {table.row_width})")
         need = self.consistency.need(self._clock) if need is None else need
-        reqs, places = [], []
+        reqs = []
+        width = table.row_width
+
+        def deliver(header, frames, place):
+            # On the I/O thread, as each chunk arrives (see Request.deliver).
+            if len(frames) != 1:
+                raise P.ProtocolError(f"expected 1 values frame, got {len(frames)}")
+            vals = np.frombuffer(frames[0], dtype="<f4")
+            out[place] = vals.reshape(-1, width)
         for k, rows_hdr, payload, place in self._split(table, sel, None):
             reqs.append(Request(k, "pull", {"table": table.name, "rows": rows_hdr,
-                                            "need": need}, payload))
-            places.append(place)
+                                            "need": need}, payload,
+                                deliver=lambda h, f, place=place: deliver(h, f, place)))
         on_transfer = self.on_transfer
 
         def combine(parts):
             clock = None
-            for (header, frames), place in zip(parts, places):
-                vals = np.frombuffer(frames[0], dtype="<f4").reshape(-1, table.row_width)
-                out[place] = vals
+            for header, _ in parts:
                 clock = header["clock"] if clock is None else min(clock, header["clock"])
             if on_transfer:
                 on_transfer("pull", out.nbytes)
@@ -258,15 +275,23 @@ class Client:
         return self._io.submit([make(k) for k in range(len(self.servers))],
                                combine=lambda parts: parts)
 
-    def _split(self, table: Table, sel, values):
-        """Per shard: (shard, rows header, payload frames, positions in the caller's order)."""
+    def _split(self, table: Table, sel, values, chunk: bool = True):
+        """Per request: (shard, rows header, payload frames, positions in the caller's
+        order). With `chunk`, a shard's part is cut into requests of at most
+        CHUNK_BYTES of values, so every message is small enough to be received into
+        reused heap memory (see CHUNK_BYTES)."""
+        step = max(1, CHUNK_BYTES // (table.row_width * 4)) if chunk else None
         if isinstance(sel, range):
             for k, lo, hi in table.split_range(sel.start, sel.stop):
-                a, b = lo - sel.start, hi - sel.start
-                payload = [] if values is None else [values[a:b]]
-                yield k, {"range": [lo, hi]}, payload, slice(a, b)
+                for s in range(lo, hi, step or hi - lo):
+                    e = min(hi, s + step) if step else hi
+                    a, b = s - sel.start, e - sel.start
+                    payload = [] if values is None else [values[a:b]]
+                    yield k, {"range": [s, e]}, payload, slice(a, b)
             return
         for k, pos, ids in table.split_index(sel):
-            ids = np.ascontiguousarray(ids, dtype="<i8")
-            payload = [ids] if values is None else [ids, values[pos]]
-            yield k, {"ids": len(ids)}, payload, pos
+            for s in range(0, len(ids), step or len(ids)):
+                p = pos[s:s + step] if step else pos
+                i = np.ascontiguousarray(ids[s:s + step] if step else ids, dtype="<i8")
+                payload = [i] if values is None else [i, values[p]]
+                yield k, {"ids": len(i)}, payload, p

@@ -30,6 +30,7 @@ from . import protocol as P
 from .config import Config
 from .errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from .handles import Handle
+from .memtune import keep_freed_memory
 from .transport import connect_dealer
 
 log = logging.getLogger("geeps.client")
@@ -56,6 +57,10 @@ class Request:
     unsent: bool = False               # the socket could not take it yet
     timeline: int = 0                  # the client's timeline when it was submitted
     internal: Callable | None = None   # the I/O thread's own request: called with the reply
+    # Called on the I/O thread with (header, payload buffers) of an ok reply, before
+    # the handle hears of it: a pull copies its rows out here, as each chunk arrives,
+    # and the message's buffer is freed at once.
+    deliver: Callable | None = None
 
 
 class _Shard:
@@ -84,6 +89,7 @@ class IOThread(threading.Thread):
         self.timeout = timeout
         self.wait_timeout = wait_timeout
         self._ctx = zmq.Context.instance()
+        keep_freed_memory()
         self._shards = [_Shard(k, a, connect_dealer(self._ctx, f"tcp://{a}", config))
                         for k, a in enumerate(servers)]
         # With CurveZMQ a server that refuses our key says so only in a handshake
@@ -262,7 +268,15 @@ class IOThread(threading.Thread):
             elif header.get("ok"):
                 if r.op == "hello":
                     shard.inc = header.get("inc")
-                r.handle._resolve(r.part, (header, [f.buffer for f in frames[1:]]))
+                payload = [f.buffer for f in frames[1:]]
+                if r.deliver is not None:
+                    try:
+                        r.deliver(header, payload)
+                    except Exception as e:      # a reply that does not fit the request
+                        r.handle._fail(ServerError(f"{shard.name()}: bad reply to {r.op}: {e}"))
+                        continue
+                    payload = []
+                r.handle._resolve(r.part, (header, payload))
             else:
                 r.handle._fail(ServerError(f"{shard.name()}: {header.get('error')}"))
 

@@ -42,26 +42,30 @@ class RuleState:
                 grad *= np.float32(scale)
             else:
                 grad = grad * np.float32(scale)
+        # The gradient may be overwritten when it is the caller's scratch or a copy
+        # made here.
+        own = (scratch and grad.flags.writeable) or scale != 1.0
         if rows is None:
-            self._update(params, grad, self.slots)
+            self._update(params, grad, self.slots, own)
             return
         p = params[rows]
         slots = {k: v[rows] for k, v in self.slots.items()}
-        self._update(p, grad, slots)
+        self._update(p, grad, slots, own)
         params[rows] = p
         for k, v in slots.items():
             self.slots[k][rows] = v
 
-    def _update(self, p: np.ndarray, g: np.ndarray, slots: dict) -> None:
+    def _update(self, p: np.ndarray, g: np.ndarray, slots: dict, own: bool) -> None:
         # The backend's NumPy twins are the arithmetic of the worker-side CUDA kernels:
         # one definition of each rule for servers and workers alike.
         h = self.hyper
         if self.rule == "add":
             p += g
         elif self.rule == "sgd":
-            _np.sgd(p, g, h["lr"], h["weight_decay"])
+            _np.sgd(p, g, h["lr"], h["weight_decay"], scratch=own)
         elif self.rule == "momentum":
-            _np.momentum(p, g, slots["velocity"], h["lr"], h["momentum"], h["weight_decay"])
+            _np.momentum(p, g, slots["velocity"], h["lr"], h["momentum"], h["weight_decay"],
+                         scratch=own)
         elif self.rule == "adam":
             _np.adam(p, g, slots["m"], slots["v"], self.step, h["lr"], h["beta1"],
                      h["beta2"], h["eps"], h["weight_decay"])

@@ -19,6 +19,7 @@ import zmq
 
 from . import config as _config
 from . import checkpoint
+from .memtune import keep_freed_memory
 from .curve import CurveError
 from .shard import ShardState, ShardTable
 from .transport import bind_router, security_note
@@ -35,6 +36,7 @@ class Server:
         self.cfg = cfg
         self.metrics = metrics
         self.ctx = context or zmq.Context.instance()
+        keep_freed_memory()
         self._stop = threading.Event()
         self._trackers: list[zmq.MessageTracker] = []
         self.state = ShardState(cfg.rank, cfg.num_workers, cfg.max_parked,

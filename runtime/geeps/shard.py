@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import checkpoint
+from .accumulate import Contribution
 from . import protocol as P
 from .protocol import ProtocolError
 from .rules import GRADIENT_RULES, RuleState
@@ -63,11 +64,10 @@ class ShardTable:
     per_clock: bool             # BSP/SSP: buffer pushes, apply once per clock
     rows: np.ndarray = field(repr=False, default=None)
     state: RuleState = field(repr=False, default=None)
-    # clock -> worker -> (sum of its pushed values, mask of rows touched); per_clock
-    # tables only. Kept per worker so the sum runs in rank order (results do not depend
-    # on arrival order) and a replaced worker's partial pushes can be dropped.
-    pending: dict[int, dict[int, tuple[np.ndarray, np.ndarray | None]]] = field(
-        default_factory=dict, repr=False)
+    # clock -> worker -> what it pushed (accumulate.Contribution); per_clock tables
+    # only. Kept per worker so the sum runs in rank order (results do not depend on
+    # arrival order) and a replaced worker's partial pushes can be dropped.
+    pending: dict[int, dict[int, Contribution]] = field(default_factory=dict, repr=False)
     scratch: np.ndarray | None = field(default=None, repr=False)   # reused sum buffer
     # Zeroed accumulators of applied clocks, reused: a fresh array per worker per clock
     # would page-fault its way through the whole shard on every partial push.
@@ -341,24 +341,14 @@ class ShardState:
         self.stats["push_bytes"] += values.nbytes
         if t.per_clock:
             mine = t.pending.setdefault(clock, {})
-            whole = sel[0] == "range" and sel[1] == 0 and sel[2] == len(t.rows)
-            if w not in mine and whole:
-                # The common dense case: keep the received frame itself (zero-copy);
-                # None = every row touched.
-                mine[w] = (values, None)
-                return [(peer, P.reply_ok(rid))]
             if w not in mine:
-                mine[w] = t.free.pop() if t.free else (np.zeros_like(t.rows),
-                                                       np.zeros(len(t.rows), bool))
-            elif mine[w][1] is None:    # a second push on top of a kept frame
-                mine[w] = (np.array(mine[w][0]), np.ones(len(t.rows), bool))
-            acc, touched = mine[w]
+                mine[w] = Contribution(len(t.rows))
+            alloc = lambda: t.free.pop() if t.free else (          # noqa: E731
+                np.zeros_like(t.rows), np.zeros(len(t.rows), bool))
             if sel[0] == "range":
-                acc[sel[1]:sel[2]] += values
-                touched[sel[1]:sel[2]] = True
+                mine[w].add_range(sel[1], sel[2], values, alloc)
             else:
-                np.add.at(acc, sel[1], values)
-                touched[sel[1]] = True
+                mine[w].add_ids(sel[1], values, alloc)
         else:
             self._apply_now(t, sel, values)
         return [(peer, P.reply_ok(rid))]
@@ -467,24 +457,24 @@ class ShardState:
                 if t.scratch is None:
                     t.scratch = np.empty_like(t.rows)
                 acc = t.scratch
-                np.copyto(acc, entry[ranks[0]][0])
-                touched = entry[ranks[0]][1]
-                for r in ranks[1:]:
-                    acc += entry[r][0]
-                    other = entry[r][1]
-                    touched = None if touched is None or other is None else touched | other
+                for i, r in enumerate(ranks):
+                    entry[r].sum_into(acc, first=i == 0)
                 self.before_write(t)
+                touched = None
+                if not any(entry[r].full for r in ranks):
+                    touched = np.zeros(len(t.rows), bool)
+                    for r in ranks:
+                        entry[r].mark(touched)
                 if touched is None or touched.all():
                     t.state.apply(t.rows, acc, scale=self._scale(t), scratch=True)
                 else:
                     ids = np.flatnonzero(touched)
                     t.state.apply(t.rows, acc[ids], rows=ids, scale=self._scale(t),
                                   scratch=True)
-                for values, mask in entry.values():
-                    if mask is not None and len(t.free) < self.num_workers:
-                        values.fill(0)
-                        mask.fill(False)
-                        t.free.append((values, mask))
+                for contribution in entry.values():
+                    spare = contribution.recycle()
+                    if spare is not None and len(t.free) < self.num_workers:
+                        t.free.append(spare)
                 self.stats["applied"] += 1
         self.on_update(time.perf_counter() - t0)
 
@@ -520,11 +510,8 @@ class ShardState:
                 h.update(t.state.slots[k].tobytes())
             for c in sorted(t.pending):
                 for w in sorted(t.pending[c]):
-                    values, touched = t.pending[c][w]
-                    h.update(repr((c, w, touched is None)).encode())
-                    h.update(values.tobytes())
-                    if touched is not None:
-                        h.update(touched.tobytes())
+                    h.update(repr((c, w)).encode())
+                    t.pending[c][w].feed(h)
         for key in sorted(self.windows):
             win = self.windows[key]
             h.update(repr((key, win.floor, sorted(win.above))).encode())

@@ -1,0 +1,68 @@
+"""Contribution: range pieces kept zero-copy sum to the same bits as a dense accumulator."""
+import numpy as np
+
+from geeps.accumulate import MAX_PIECES, Contribution
+
+N, W = 40, 3
+
+
+def alloc():
+    return np.zeros((N, W), np.float32), np.zeros(N, bool)
+
+
+def dense_sum(pushes_by_rank):
+    acc = np.zeros((N, W), np.float32)
+    for pushes in pushes_by_rank:
+        mine = np.zeros((N, W), np.float32)
+        for a, b, v in pushes:
+            mine[a:b] += v
+        acc += mine
+    return acc
+
+
+def test_disjoint_ranges_stay_pieces_and_sum_like_dense():
+    rng = np.random.default_rng(1)
+    ranks = [[(0, 10, rng.standard_normal((10, W), np.float32)),
+              (10, 40, rng.standard_normal((30, W), np.float32))],
+             [(5, 25, rng.standard_normal((20, W), np.float32))]]
+    cs = []
+    for pushes in ranks:
+        c = Contribution(N)
+        for a, b, v in pushes:
+            c.add_range(a, b, v, alloc)
+        cs.append(c)
+    assert cs[0].dense is None and cs[0].full and not cs[1].full
+    acc = np.empty((N, W), np.float32)
+    for i, c in enumerate(cs):
+        c.sum_into(acc, first=i == 0)
+    assert acc.tobytes() == dense_sum(ranks).tobytes()
+    touched = np.zeros(N, bool)
+    cs[1].mark(touched)
+    assert touched.tolist() == [5 <= i < 25 for i in range(N)]
+
+
+def test_overlap_turns_dense_and_first_partial_rank_counts_zeros():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((10, W), np.float32)
+    b = rng.standard_normal((10, W), np.float32)
+    c = Contribution(N)
+    c.add_range(0, 10, a, alloc)
+    c.add_range(5, 15, b, alloc)           # overlaps the first piece
+    assert c.dense is not None and not c.full
+    acc = np.full((N, W), 7, np.float32)    # garbage from an earlier clock
+    c.sum_into(acc, first=True)
+    assert acc.tobytes() == dense_sum([[(0, 10, a), (5, 15, b)]]).tobytes()
+    spare = c.recycle()
+    assert not spare[0].any() and not spare[1].any()
+
+
+def test_ids_and_too_many_pieces_are_dense():
+    c = Contribution(N)
+    c.add_ids(np.array([3, 3, 7]), np.ones((3, W), np.float32), alloc)
+    assert c.dense[3, 0] == 2 and c.dense[7, 0] == 1 and c.touched.sum() == 2
+    many = Contribution(N * MAX_PIECES)
+    for i in range(MAX_PIECES + 1):
+        many.add_range(i, i + 1, np.ones((1, W), np.float32),
+                       lambda: (np.zeros((N * MAX_PIECES, W), np.float32),
+                                np.zeros(N * MAX_PIECES, bool)))
+    assert many.dense is not None and many.touched.sum() == MAX_PIECES + 1
