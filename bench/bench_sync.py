@@ -31,9 +31,14 @@ ROW = 128
 
 
 
-def _geeps_worker(rank, servers, workers, n_rows, clocks, out):
+def _geeps_worker(rank, servers, workers, n_rows, clocks, out, colocate=False):
     import geeps
-    c = geeps.Client(servers, rank, workers, "bsp", timeout=120)
+    if colocate:        # this worker serves shard `rank` itself (geeps.colocate)
+        c = geeps.Client.from_env({"GEEPS_SERVERS": ",".join(servers), "GEEPS_RANK": str(rank),
+                                   "GEEPS_NUM_WORKERS": str(workers), "GEEPS_COLOCATE": "1",
+                                   "GEEPS_BIND_HOST": "127.0.0.1", "GEEPS_TIMEOUT": "120"})
+    else:
+        c = geeps.Client(servers, rank, workers, "bsp", timeout=120)
     t = c.create_table("w", n_rows, ROW, rule="sgd", lr=1e-6) if rank == 0 else c.open_table("w")
     g = np.ones((n_rows, ROW), np.float32)
     buf = np.empty((n_rows, ROW), np.float32)
@@ -49,10 +54,12 @@ def _geeps_worker(rank, servers, workers, n_rows, clocks, out):
     out.put(times)
 
 
-def bench_geeps(n_rows, workers, servers_n, clocks):
+def bench_geeps(n_rows, workers, servers_n, clocks, colocate=False):
+    """Median over clocks of the slowest worker's push+clock+pull time. `colocate`:
+    no server processes, worker r serves shard r (servers_n must equal workers)."""
     addrs = [f"127.0.0.1:{free_port()}" for _ in range(servers_n)]
     procs = []
-    for r in range(servers_n):
+    for r in range(0 if colocate else servers_n):
         env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
                    GEEPS_NUM_WORKERS=str(workers), GEEPS_SERVERS=",".join(addrs),
                    GEEPS_BIND_HOST="127.0.0.1")
@@ -60,7 +67,8 @@ def bench_geeps(n_rows, workers, servers_n, clocks):
                                       stderr=subprocess.DEVNULL))
     try:
         q = mp.Queue()
-        ws = [mp.Process(target=_geeps_worker, args=(r, addrs, workers, n_rows, clocks, q))
+        ws = [mp.Process(target=_geeps_worker,
+                         args=(r, addrs, workers, n_rows, clocks, q, colocate))
               for r in range(workers)]
         for w in ws:
             w.start()

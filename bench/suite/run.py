@@ -146,12 +146,13 @@ def _bench_training(model: str, steps: int, rounds: int, timeout: float) -> dict
                        timeout=timeout)
     out = {"text": p.stdout.strip(), "ok": p.returncode == 0}
     labels = {"single process": "single", "DDP gloo": "ddp", "geeps BSP": "bsp",
-              "geeps SSP(1)": "ssp"}
+              "geeps SSP(1)": "ssp", "geeps BSP co-located": "bsp_co",
+              "geeps SSP(1) co-located": "ssp_co"}
     for line in p.stdout.splitlines():
-        m = re.match(r"\s+(single process|DDP gloo|geeps BSP|geeps SSP\(1\))\s+([\d.]+) ms/iter",
-                     line)
+        m = re.match(r"\s+(single process|DDP gloo|geeps BSP|geeps SSP\(1\))"
+                     r"( co-located)?\s+([\d.]+) ms/iter", line)
         if m:
-            out[labels[m.group(1)]] = float(m.group(2)) / 1e3
+            out[labels[m.group(1) + (m.group(2) or "")]] = float(m.group(3)) / 1e3
     if not out["ok"]:
         out["error"] = (p.stdout + p.stderr)[-800:]
     return out

@@ -15,6 +15,7 @@ silent for `timeout` seconds.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import threading
 import time
@@ -36,6 +37,7 @@ from .tables import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve
 # (32 MiB at most) anew each time, and the kernel then zero-fills every page on first
 # touch: one 32 MiB message took twice as long as the same bytes in 4 MiB frames.
 CHUNK_BYTES = 4 << 20
+LEAVE_WAIT_S = 2.0      # seconds close() waits for the shards to hear a worker is done
 
 __all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
            "ServerUnreachable", "WaitTimeout"]
@@ -49,7 +51,7 @@ class Client:
                  timeout: float = 30.0, wait_timeout: float = 600.0,
                  config: _config.Config | None = None,
                  on_transfer: Callable[[str, int], None] | None = None,
-                 metrics=None):
+                 metrics=None, host=None):
         if not servers:
             raise ValueError("servers is empty: give host:port of every shard "
                              "(GEEPS_SERVERS)")
@@ -71,8 +73,14 @@ class Client:
         self.metrics = metrics
         self.on_transfer = on_transfer or (metrics.transfer if metrics else None)
         self._last_clock_at = time.monotonic()
+        # host: the shard this process serves itself (geeps.colocate.HostedShard),
+        # reached in memory; close() keeps it serving until every worker has left.
+        self._host = host
+        self._local = None if host is None else host.rank
+        self._closed = False
         self._io = IOThread(self.servers, config=config, timeout=timeout,
-                            wait_timeout=wait_timeout)
+                            wait_timeout=wait_timeout,
+                            local=None if host is None else {host.rank: host.endpoint})
         self._io.on_rollback = self._rolled_back
         self._io.start()
         try:
@@ -80,7 +88,13 @@ class Client:
                 "worker": worker, "session": self.session, "num_workers": num_workers})).wait()
         except BaseException:
             self._io.stop()
+            if host is not None:
+                host.stop()
             raise
+        if host is not None:
+            # Its peers may still read the hosted shard: leave (and serve on until they
+            # all have) even when the script never calls close().
+            atexit.register(self.close)
         # A restarted worker rejoins at the clock the servers know it finished.
         self._clock = min(h["worker_clock"] for h, _ in hellos)
         self.joined_at = self._clock    # > 0: this client replaces a worker that died
@@ -93,6 +107,9 @@ class Client:
             from .metrics import Metrics
             kw["metrics"] = Metrics.from_config(cfg)
             kw["metrics"].serve(cfg.metrics_port)
+        if cfg.colocate and "host" not in kw:
+            from .colocate import HostedShard
+            kw["host"] = HostedShard(cfg, metrics=kw["metrics"])
         return cls(cfg.servers, cfg.rank, cfg.num_workers, cfg.consistency,
                    timeout=cfg.timeout, wait_timeout=cfg.wait_timeout, config=cfg, **kw)
 
@@ -167,6 +184,10 @@ class Client:
         # update (an Adam step counts it), so it must arrive as one message.
         for k, rows_hdr, payload, _ in self._split(table, sel, values,
                                                      chunk=self.consistency.per_clock):
+            if k == self._local:
+                # In memory the shard would keep the caller's own array, which the
+                # caller may change once the push is acknowledged: hand it a copy.
+                payload = [np.array(x) for x in payload]
             reqs.append(Request(k, "push", {"table": table.name, "worker": self.worker,
                                             "session": self.session, "clock": clock,
                                             "rows": rows_hdr}, payload, seq=True))
@@ -254,8 +275,23 @@ class Client:
         return [h for h, _ in self._all(lambda k: Request(k, "stats", {})).wait()]
 
     def close(self) -> None:
-        """Stop the I/O thread; pending handles fail. Idempotent."""
+        """Tell every shard this worker is done, then stop the I/O thread; pending
+        handles fail. A worker hosting a shard first serves it until every worker has
+        left (or GEEPS_WAIT_TIMEOUT passes): the others may still need its rows.
+        Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._all(lambda k: Request(k, "leave", {"worker": self.worker})).wait(
+                min(self.timeout, LEAVE_WAIT_S))
+        except GeepsError:
+            pass        # a shard that is gone needs no goodbye
+        if self._host is not None:
+            self._host.serve_until_all_left(self.wait_timeout)
         self._io.stop()
+        if self._host is not None:
+            self._host.stop()
 
     def __enter__(self) -> "Client":
         return self

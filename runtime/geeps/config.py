@@ -117,6 +117,9 @@ VARS: tuple[Var, ...] = (
         "CurveZMQ keys (server.key, client.key); empty means no encryption"),
     Var("GEEPS_INSECURE", "insecure", "0", _bool, "0 | 1",
         "run without CurveZMQ even where keys are expected (logged loudly)"),
+    Var("GEEPS_COLOCATE", "colocate", "0", _bool, "0 | 1",
+        "1: this worker serves shard GEEPS_RANK of GEEPS_SERVERS itself and reaches it "
+        "in memory (GeePS's layout: one shard per worker, no server processes)"),
 )
 
 
@@ -140,6 +143,7 @@ class Config:
     max_parked: int = 4096                      # parked reads per server
     curve_dir: str = ""                         # CurveZMQ key directory
     insecure: bool = False                      # explicit opt-out of CurveZMQ
+    colocate: bool = False                      # worker hosts shard `rank` in-process
 
     def to_env(self) -> dict[str, str]:
         """The environment that `load()` turns back into this config."""
@@ -173,14 +177,21 @@ def load(environ: Mapping[str, str] | None = None) -> Config:
     if cfg.role == "worker" and cfg.rank >= cfg.num_workers:
         raise ConfigError("GEEPS_RANK", str(cfg.rank),
                           f"a worker rank below GEEPS_NUM_WORKERS={cfg.num_workers}")
+    if cfg.colocate and (cfg.role != "worker" or len(cfg.servers) != cfg.num_workers):
+        raise ConfigError("GEEPS_COLOCATE", "1",
+                          f"1 only in a worker, with one GEEPS_SERVERS entry per worker "
+                          f"(got role {cfg.role}, {len(cfg.servers)} servers for "
+                          f"{cfg.num_workers} workers)")
     return cfg
 
 
 def markdown_table() -> str:
     """The contract as a Markdown table (docs/environment.md)."""
     rows = ["| variable | default | accepts | meaning |", "|---|---|---|---|"]
+    def cell(text: str) -> str:     # "0 | 1" must not split the cell
+        return text.replace("|", "\\|")
     for v in VARS:
-        rows.append(f"| `{v.name}` | `{v.default}` | {v.accepts} | {v.doc} |")
+        rows.append(f"| `{v.name}` | `{v.default}` | {cell(v.accepts)} | {cell(v.doc)} |")
     return "\n".join(rows) + "\n"
 
 

@@ -13,7 +13,7 @@ from .spec import GeePSJob
 
 def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
             bind_host: str = "*", checkpoint_dir: str = "", curve_dir: str = "",
-            metrics_port: int | None = None) -> dict[str, str]:
+            metrics_port: int | None = None, colocate: bool = False) -> dict[str, str]:
     """GEEPS_* variables plus the manifest's plain `env` entries (valueFrom is the
     operator's business: it is not a value a local process can resolve)."""
     cfg = Config(
@@ -23,6 +23,7 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
         checkpoint_every=job.checkpoint_every if checkpoint_dir else 0,
         metrics_port=job.metrics_port if metrics_port is None else metrics_port,
         bind_host=bind_host, curve_dir=curve_dir, insecure=job.insecure,
+        colocate=colocate,
     )
     env = {e["name"]: e["value"] for e in job.env if "value" in e}
     env.update(cfg.to_env())

@@ -84,19 +84,27 @@ class _Shard:
 
 class IOThread(threading.Thread):
     def __init__(self, servers: Sequence[str], *, config: Config | None = None,
-                 timeout: float = 30.0, wait_timeout: float = 600.0):
+                 timeout: float = 30.0, wait_timeout: float = 600.0,
+                 local: dict[int, str] | None = None):
+        """`local`: shard index -> inproc:// endpoint of a shard served in this process
+        (geeps.colocate); the other shards are dialled over TCP."""
         super().__init__(name="geeps-io", daemon=True)
         self.timeout = timeout
         self.wait_timeout = wait_timeout
         self._ctx = zmq.Context.instance()
         keep_freed_memory()
-        self._shards = [_Shard(k, a, connect_dealer(self._ctx, f"tcp://{a}", config))
-                        for k, a in enumerate(servers)]
+        local = local or {}
+        self._shards = [
+            _Shard(k, "in-process", connect_dealer(self._ctx, local[k])) if k in local else
+            _Shard(k, a, connect_dealer(self._ctx, f"tcp://{a}", config))
+            for k, a in enumerate(servers)]
         # With CurveZMQ a server that refuses our key says so only in a handshake
         # event; watch for it so the caller hears "refused", not "unreachable".
         self._monitors = {}
         if config is not None and config.curve_dir and not config.insecure:
             for s in self._shards:
+                if s.index in local:
+                    continue
                 self._monitors[s.sock.get_monitor_socket(
                     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)] = s

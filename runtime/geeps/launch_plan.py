@@ -55,6 +55,8 @@ class Options:
     server_command: tuple[str, ...] = ()    # empty = <python> -m geeps server
     host: str = LOOPBACK                    # servers bind it; workers dial it
     curve_dir: str = ""                     # the job's CurveZMQ keys; empty = none
+    colocate: bool = False                  # each worker serves one shard itself: no
+                                            # server processes (geeps.colocate)
 
 
 @dataclass(frozen=True)
@@ -144,11 +146,13 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
 
     Pure: the same inputs give the same plan. Raises ValueError when `ports` does not
     match the job (one server port per shard, one metrics port per process or none)."""
-    n_servers, n_workers = job.servers.replicas, job.workers.replicas
+    n_workers = job.workers.replicas
+    n_servers = n_workers if options.colocate else job.servers.replicas
     if len(ports.servers) != n_servers:
         raise ValueError(f"{n_servers} server ports needed, got {len(ports.servers)}")
-    if ports.metrics and len(ports.metrics) != n_servers + n_workers:
-        raise ValueError(f"{n_servers + n_workers} metrics ports needed (one per process), "
+    n_procs = n_workers + (0 if options.colocate else n_servers)
+    if ports.metrics and len(ports.metrics) != n_procs:
+        raise ValueError(f"{n_procs} metrics ports needed (one per process), "
                          f"got {len(ports.metrics)}")
     servers = tuple(f"{options.host}:{p}" for p in ports.servers)
     ckpt = ""
@@ -162,14 +166,15 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
     base = {"PYTHONUNBUFFERED": "1"}
 
     procs = []
-    roles = [("server", r, server_argv) for r in range(n_servers)] + \
-            [("worker", r, worker_argv) for r in range(n_workers)]
+    roles = [] if options.colocate else [("server", r, server_argv) for r in range(n_servers)]
+    roles += [("worker", r, worker_argv) for r in range(n_workers)]
     for i, (role, rank, argv) in enumerate(roles):
         metrics = ports.metrics[i] if ports.metrics else 0
+        serves = role == "server" or options.colocate
         env = dict(base)
         env.update(job_env(job, role, rank, servers,
-                           bind_host=options.host if role == "server" else "*",
+                           bind_host=options.host if serves else "*",
                            checkpoint_dir=ckpt, metrics_port=metrics,
-                           curve_dir=options.curve_dir))
+                           curve_dir=options.curve_dir, colocate=options.colocate))
         procs.append(ProcessSpec(f"{role}-{rank}", role, rank, argv, env, metrics))
     return Plan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)))

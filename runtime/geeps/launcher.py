@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grace", type=_seconds, default=GRACE, metavar="SECONDS",
                    help=f"how long a stopped process may take before SIGKILL "
                         f"(default {GRACE:g})")
+    p.add_argument("--colocate", action="store_true",
+                   help="each worker serves one shard itself, reached in memory (GeePS's "
+                        "layout); no server processes, --servers is ignored")
     p.add_argument("--quiet", action="store_true", help="no live status line")
     p.add_argument("--resume", action="store_true",
                    help="start from the checkpoints a previous run left in the checkpoint "
@@ -184,17 +187,21 @@ def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
 
 def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
                server_command: Sequence[str] = (), curve_dir: str = "") -> Plan:
-    n = job.servers.replicas + job.workers.replicas
+    shards = job.workers.replicas if args.colocate else job.servers.replicas
+    n = job.workers.replicas + (0 if args.colocate else shards)
     base = job.metrics_port if args.metrics_port is None else args.metrics_port
-    ports = pick_ports(job.servers.replicas, n, base)
+    ports = pick_ports(shards, n, base)
     return plan(job, ports, Options(cwd=cwd, checkpoint_dir=args.checkpoint_dir,
                                     python=sys.executable, curve_dir=curve_dir,
-                                    server_command=tuple(server_command)))
+                                    server_command=tuple(server_command),
+                                    colocate=args.colocate))
 
 
 def _describe(p: Plan) -> list[str]:
     job = p.job
-    lines = [f"job {job.name}: {job.servers.replicas} servers ({','.join(p.servers)}), "
+    shards = (f"{len(p.servers)} shards served by the workers themselves"
+              if not p.role("server") else f"{len(p.servers)} servers")
+    lines = [f"job {job.name}: {shards} ({','.join(p.servers)}), "
              f"{job.workers.replicas} workers, {job.consistency}; "
              f"worker command: {' '.join(p.role('worker')[0].argv)}"]
     with_metrics = [x for x in p.processes if x.metrics_port]

@@ -17,6 +17,9 @@ Requests (fields beyond op/id):
     ping | stats | digest                                -> (ping: inc, base)
     checkpoints                                          -> clocks: valid checkpoints here
     restore clock, cause                                 -> roll back to that checkpoint
+    leave   worker                                       -> the worker is done (a worker
+                                                            hosting a shard serves on
+                                                            until every worker left)
 Requests of a timeline (create, open, push, clock, pull) may carry `inc`, the server
 incarnation the client knows; a server with another incarnation (it restarted, or
 rolled back) refuses them with `restarted: true, inc, base`.
@@ -34,7 +37,7 @@ import numpy as np
 VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes; a header is a few hundred bytes at most
 OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest",
-       "checkpoints", "restore")
+       "checkpoints", "restore", "leave")
 
 
 class ProtocolError(ValueError):

@@ -32,12 +32,16 @@ class Server:
     """Serve one shard until `stop()`; `serve()` blocks. Thread-safe: only `stop()`."""
 
     def __init__(self, cfg: _config.Config, context: zmq.Context | None = None,
-                 metrics=None):
+                 metrics=None, local: str | None = None):
+        """`local`: an inproc:// endpoint to serve too, for a worker that hosts this
+        shard in its own process (geeps.colocate); it needs `context` to be the
+        worker's. Never encrypted: nothing it carries leaves the process."""
         self.cfg = cfg
         self.metrics = metrics
         self.ctx = context or zmq.Context.instance()
         keep_freed_memory()
         self._stop = threading.Event()
+        self._changed = threading.Condition()     # notified after each batch of requests
         self._trackers: list[zmq.MessageTracker] = []
         self.state = ShardState(cfg.rank, cfg.num_workers, cfg.max_parked,
                                 before_write=self._finish_sends,
@@ -51,6 +55,18 @@ class Server:
         host, _, port = cfg.servers[cfg.rank].rpartition(":")
         self.address = f"tcp://{cfg.bind_host}:{port}"
         self.sock, self._auth = bind_router(self.ctx, self.address, cfg)
+        self.local_sock = None
+        if local is not None:
+            try:
+                self.local_sock = bind_router(self.ctx, local, None)[0]
+            except zmq.ZMQError:
+                self.sock.close(0)
+                if self._auth is not None:
+                    self._auth.stop()
+                raise
+        # The in-process peers, so their replies (also of reads parked by another
+        # peer's request) go back the way they came; everyone else is on `sock`.
+        self._route: dict[bytes, zmq.Socket] = {}
 
     def _restore_newest(self) -> None:
         found = checkpoint.newest(self.cfg.checkpoint_dir, self.cfg.rank)
@@ -74,25 +90,42 @@ class Server:
     def stop(self) -> None:
         self._stop.set()
 
+    def wait_changed(self, timeout: float) -> None:
+        """Block until the loop handled more requests, or `timeout` seconds (for a
+        thread in this process watching `state`)."""
+        with self._changed:
+            self._changed.wait(timeout)
+
     def serve(self) -> None:
         poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        log.info("server %d listening on %s for %d workers; %s", self.cfg.rank, self.address,
+        socks = [self.sock] + ([self.local_sock] if self.local_sock is not None else [])
+        for sock in socks:
+            poller.register(sock, zmq.POLLIN)
+        log.info("server %d listening on %s%s for %d workers; %s", self.cfg.rank,
+                 self.address, " and in-process" if self.local_sock is not None else "",
                  self.cfg.num_workers, security_note(self.cfg))
         try:
             while not self._stop.is_set():
-                if not poller.poll(POLL_MS):
-                    continue
-                # Drain what is queued before polling again: fewer syscalls under load.
-                for _ in range(256):
-                    try:
-                        msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self._handle(msg)
+                ready = dict(poller.poll(POLL_MS))
+                for sock in socks:
+                    if sock not in ready:
+                        continue
+                    # Drain what is queued before polling again: fewer syscalls under load.
+                    for _ in range(256):
+                        try:
+                            msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        if sock is not self.sock:   # the few in-process peers only
+                            self._route[msg[0].bytes] = sock
+                        self._handle(msg)
+                if ready:
+                    with self._changed:
+                        self._changed.notify_all()
                 self._export()
         finally:
-            self.sock.close(linger=0)
+            for sock in socks:
+                sock.close(linger=0)
             if self._auth is not None:
                 self._auth.stop()
 
@@ -116,13 +149,14 @@ class Server:
             from .protocol import reply_error
             replies = [(peer, reply_error(None, "internal server error (see server log)"))]
         for to, frames_out in replies:
+            sock = self._route.get(to, self.sock)
             if len(frames_out) > 1 and frames_out[1].nbytes >= zmq.COPY_THRESHOLD:
                 self._trackers.append(
-                    self.sock.send_multipart([to, *frames_out], copy=False, track=True))
+                    sock.send_multipart([to, *frames_out], copy=False, track=True))
                 if len(self._trackers) > 256:
                     self._trackers = [t for t in self._trackers if not t.done]
             else:
-                self.sock.send_multipart([to, *frames_out], copy=True)
+                sock.send_multipart([to, *frames_out], copy=True)
 
 
 def main(argv: list[str] | None = None) -> int:

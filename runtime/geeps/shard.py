@@ -111,6 +111,7 @@ class ShardState:
         self.max_parked = max_parked
         self.tables: dict[str, ShardTable] = {}
         self.done = [0] * num_workers          # clocks each worker has finished
+        self.left: set[int] = set()            # workers that said they are done
         self.windows: dict[tuple[int, str], SeqWindow] = {}
         self.parked: list[Parked] = []
         self.stats = {"pushes": 0, "duplicates": 0, "errors": 0, "pulls": 0, "applied": 0,
@@ -263,6 +264,11 @@ class ShardState:
                                   min_clock=self.min_clock, worker_clock=self.done[w],
                                   tables=sorted(self.tables), inc=self.inc,
                                   base=self.base))]
+
+    def _op_leave(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "leave")
+        self.left.add(self._worker(h))
+        return [(peer, P.reply_ok(rid, left=len(self.left)))]
 
     def _op_stats(self, peer, rid, h, frames):
         return [(peer, P.reply_ok(rid, **self.stats, parked=len(self.parked), clocks=self.done,

@@ -56,3 +56,13 @@ def test_environment_doc_is_current():
     with open(os.path.join(here, "..", "..", "docs", "environment.md")) as f:
         assert config.markdown_table() in f.read(), \
             "docs/environment.md is stale: regenerate its table with `geeps env`"
+
+
+def test_colocate_needs_a_worker_with_one_shard_per_worker():
+    ok = {"GEEPS_COLOCATE": "1", "GEEPS_NUM_WORKERS": "2",
+          "GEEPS_SERVERS": "127.0.0.1:7000,127.0.0.1:7001"}
+    assert config.load(ok).colocate
+    for bad in ({"GEEPS_SERVERS": "127.0.0.1:7000"}, {"GEEPS_ROLE": "server"}):
+        with pytest.raises(config.ConfigError, match="GEEPS_COLOCATE.*one GEEPS_SERVERS "
+                                                      "entry per worker"):
+            config.load({**ok, **bad})

@@ -190,3 +190,16 @@ def test_describe_exit():
     assert describe_exit(3) == "exit code 3"
     assert describe_exit(-9) == "killed by signal SIGKILL"
     assert describe_exit(-200) == "killed by signal 200"
+
+
+def test_colocate_runs_no_servers_and_each_worker_hosts_its_shard():
+    job = spec.validate(manifest())
+    p = plan(job, Ports((7000, 7001, 7002), (9400, 9401, 9402)),
+             Options(cwd="/repo", python="/venv/bin/python", colocate=True))
+    assert [x.name for x in p.processes] == ["worker-0", "worker-1", "worker-2"]
+    assert p.servers == ("127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002")
+    for x in p.processes:
+        cfg = config.load(x.env)
+        assert cfg.colocate and cfg.bind_host == "127.0.0.1" and len(cfg.servers) == 3
+    with pytest.raises(ValueError, match="3 server ports"):     # one shard per worker
+        plan(job, Ports((7000, 7001)), Options(colocate=True))
