@@ -9,9 +9,12 @@ Three measurements in the same run, same machine, same bytes:
 - gloo: torch.distributed all_reduce of a tensor of the same size in W processes.
 - zmq echo: the PS's byte pattern on bare sockets: each of W processes sends its
   table split across S echo processes and receives the same bytes back.
-All traffic crosses TCP loopback: no shard shares memory with a worker, so the PS
-moves 2x the table per worker per clock (push + pull), as all-reduce's ring moves
-about 2x(W-1)/W.
+Two layouts of the PS, both printed, each saying which it is:
+- separate servers: all traffic crosses TCP loopback, so at W=2 the PS moves 2x the
+  table per worker per clock (push + pull) where all-reduce's ring moves 2x(W-1)/W;
+- co-located (S = W, GEEPS_COLOCATE): worker r serves shard r in its own process and
+  reaches it in memory, so only (S-1)/S of the table crosses TCP: at W=2 the bytes of
+  all-reduce.
 """
 from __future__ import annotations
 
@@ -176,49 +179,77 @@ def bench_zmq(nbytes, workers, servers_n, iters):
     return statistics.median(max(ts) for ts in zip(*times))
 
 
-def run(mib: int = 64, workers: int = 2, servers: int = 2, clocks: int = 10) -> dict:
+def measure(mib: int, workers: int, servers: int, clocks: int, colocate: bool,
+            gloo_s: float) -> dict:
+    """One row: geeps and its raw ZeroMQ baseline for one layout; gloo measured by the
+    caller (it does not depend on the layout).
+
+    Separate servers: every byte of the PS crosses TCP, and the echo sends the same
+    bytes (the whole table per worker, split over S echo processes). Co-located (S = W,
+    worker r serves shard r): a worker's own shard is reached in memory, so only the
+    (S-1)/S of the table held by the other shards crosses TCP, and the echo sends those
+    bytes to S-1 echo processes."""
     n_rows = mib * 2**20 // (ROW * 4)
     nbytes = n_rows * ROW * 4
-    g = bench_geeps(n_rows, workers, servers, clocks)
-    a = bench_gloo(nbytes // 4, workers, clocks)
-    z = bench_zmq(nbytes, workers, servers, clocks)
-    moved = 2 * nbytes * workers          # every worker pushes and pulls the table
-    return {"mib": mib, "workers": workers, "servers": servers, "geeps_s": g, "gloo_s": a,
-            "zmq_s": z, "geeps_gbps": moved / g / 1e9, "zmq_gbps": moved / z / 1e9,
-            "bw_ratio": z / g, "gloo_ratio": g / a}
+    g = bench_geeps(n_rows, workers, servers, clocks, colocate=colocate)
+    remote = servers - 1 if colocate else servers
+    wire = nbytes * remote // servers                  # bytes per worker per direction
+    z = bench_zmq(wire, workers, remote, clocks) if remote else float("nan")
+    moved = 2 * wire * workers                         # push + pull across TCP
+    return {"mib": mib, "workers": workers, "servers": servers, "colocated": colocate,
+            "clocks": clocks, "bytes": nbytes, "wire_bytes": wire, "geeps_s": g,
+            "gloo_s": gloo_s, "zmq_s": z, "geeps_gbps": moved / g / 1e9,
+            "zmq_gbps": moved / z / 1e9, "bw_ratio": z / g, "gloo_ratio": g / gloo_s}
+
+
+def run(mib: int = 64, workers: int = 2, servers: int = 2, clocks: int = 10) -> list[dict]:
+    """The separate-server row and, when S == W, the co-located row."""
+    n_rows = mib * 2**20 // (ROW * 4)
+    a = bench_gloo(n_rows * ROW, workers, clocks)
+    rows = [measure(mib, workers, servers, clocks, False, a)]
+    if servers == workers:
+        rows.append(measure(mib, workers, servers, clocks, True, a))
+    return rows
 
 
 def sweep(sizes=(1, 4, 16, 64, 256), workers: int = 2, servers=(1, 2),
-          clocks: int = 10) -> list[dict]:
-    """run() over model sizes (MiB) and server counts, one dict per (size, S) in run()'s
-    format. gloo does not depend on S, so it runs once per size and both rows share it.
-    Big tables get fewer clocks (at least 5): their time per clock is long."""
+          clocks: int = 10, colocate: bool = True) -> list[dict]:
+    """measure() over model sizes (MiB) and server counts, plus the co-located layout
+    (S = W) when `colocate`. gloo does not depend on the layout, so it runs once per
+    size and the rows share it. Big tables get fewer clocks (at least 5): their time
+    per clock is long."""
     out = []
     for mib in sizes:
         n_rows = mib * 2**20 // (ROW * 4)
-        nbytes = n_rows * ROW * 4
         k = max(5, min(clocks, clocks * 16 // max(mib, 1)))
-        a = bench_gloo(nbytes // 4, workers, k)
+        a = bench_gloo(n_rows * ROW, workers, k)
         for s in servers:
-            g = bench_geeps(n_rows, workers, s, k)
-            z = bench_zmq(nbytes, workers, s, k)
-            moved = 2 * nbytes * workers
-            out.append({"mib": mib, "workers": workers, "servers": s, "clocks": k,
-                        "bytes": nbytes, "geeps_s": g, "gloo_s": a, "zmq_s": z,
-                        "geeps_gbps": moved / g / 1e9, "zmq_gbps": moved / z / 1e9,
-                        "bw_ratio": z / g, "gloo_ratio": g / a})
+            out.append(measure(mib, workers, s, k, False, a))
+        if colocate and workers > 1:
+            out.append(measure(mib, workers, workers, k, True, a))
     return out
 
 
-def report(r: dict) -> str:
-    return (f"sync of a {r['mib']} MiB table, W={r['workers']} workers, S={r['servers']} "
-            f"servers, TCP loopback (no shard traffic stays local), this machine:\n"
+def report(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        if r["colocated"]:
+            case = (f"S={r['servers']} shards served by the workers themselves: each "
+                    f"worker's own shard in memory, {r['servers'] - 1} of {r['servers']} "
+                    "over TCP loopback (the bytes all-reduce moves)")
+        else:
+            case = (f"S={r['servers']} server processes, all traffic over TCP loopback "
+                    "(no shard traffic stays local: twice all-reduce's bytes at W=2)")
+        lines += [
+            f"sync of a {r['mib']} MiB table, W={r['workers']} workers, {case}:",
             f"  geeps push+clock+pull  {r['geeps_s'] * 1e3:8.1f} ms/clock "
-            f"({r['geeps_gbps']:.2f} GB/s moved)\n"
-            f"  raw ZeroMQ echo         {r['zmq_s'] * 1e3:8.1f} ms ({r['zmq_gbps']:.2f} GB/s)\n"
-            f"  gloo all_reduce         {r['gloo_s'] * 1e3:8.1f} ms\n"
-            f"  geeps bandwidth / raw ZeroMQ bandwidth = {r['bw_ratio']:.2f}  (target >= 0.70)\n"
-            f"  geeps time / gloo time                 = {r['gloo_ratio']:.2f}  (target <= 1.50)")
+            f"({r['geeps_gbps']:.2f} GB/s across TCP)",
+            f"  raw ZeroMQ echo of the TCP bytes {r['zmq_s'] * 1e3:8.1f} ms "
+            f"({r['zmq_gbps']:.2f} GB/s)",
+            f"  gloo all_reduce         {r['gloo_s'] * 1e3:8.1f} ms",
+            f"  geeps bandwidth / raw ZeroMQ bandwidth = {r['bw_ratio']:.2f}  (target >= 0.70)",
+            f"  geeps time / gloo time                 = {r['gloo_ratio']:.2f}  (target <= 1.50)"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

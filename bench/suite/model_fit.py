@@ -28,6 +28,7 @@ PUBLISHED = (16, 13.0)
 
 
 def _sync_points(rows: list[dict]) -> tuple[list[tuple[float, float]], int]:
+    rows = [r for r in rows if not r.get("colocated")]     # the model has one path
     servers = max((r["servers"] for r in rows), default=1)
     pts = [(2.0 * r["bytes"], r["geeps_s"]) for r in rows if r["servers"] == servers]
     return pts, servers

@@ -29,13 +29,14 @@ def draw(results: dict, out: str) -> list[str]:
 def _sync(r, out, names):
     rows = r["sync"]["rows"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for s in sorted({x["servers"] for x in rows}):
-        sel = [x for x in rows if x["servers"] == s]
+    for s, co in sorted({(x["servers"], bool(x.get("colocated"))) for x in rows}):
+        sel = [x for x in rows if x["servers"] == s and bool(x.get("colocated")) == co]
+        what = f"S={s} in the workers" if co else f"S={s}"
         ax.plot([x["mib"] for x in sel], [x["geeps_s"] * 1e3 for x in sel], "o-",
-                label=f"geeps push+pull, S={s}")
+                label=f"geeps push+pull, {what}")
         ax.plot([x["mib"] for x in sel], [x["zmq_s"] * 1e3 for x in sel], "x--",
-                label=f"raw ZeroMQ echo, S={s}")
-    sel = [x for x in rows if x["servers"] == rows[0]["servers"]]
+                label=f"raw ZeroMQ echo, {what}")
+    sel = [x for x in rows if x["servers"] == rows[0]["servers"] and not x.get("colocated")]
     ax.plot([x["mib"] for x in sel], [x["gloo_s"] * 1e3 for x in sel], "s-k",
             label="gloo all_reduce")
     ax.set_xscale("log", base=2)

@@ -10,6 +10,7 @@ per clock would page-fault its way through the whole shard).
     c = Contribution(n_rows)
     c.add_range(0, 4096, frame_values, alloc)      # kept as a piece
     c.sum_into(scratch, first=True)                # scratch = this worker's values
+    sum_all([c0, c1, c2], scratch)                 # rank order: ((c0 + c1) + c2)
 """
 from __future__ import annotations
 
@@ -110,3 +111,23 @@ class Contribution:
         for a, b, v in sorted(self.pieces, key=lambda p: p[0]):
             h.update(repr((a, b)).encode())
             h.update(np.ascontiguousarray(v).tobytes())
+
+
+def sum_all(contributions: list[Contribution], acc: np.ndarray) -> None:
+    """acc = the sum of the contributions in the order given (rank order). When the
+    first two are both whole and cut alike (every worker's pushes are chunked the same
+    way) their pieces are added in one pass, out of place: one pass over the shard
+    fewer than copying the first and adding the second, and the same bits."""
+    rest = contributions
+    if len(contributions) >= 2:
+        a, b = contributions[0], contributions[1]
+        if a.dense is None and b.dense is None and a.full and b.full and \
+                [p[:2] for p in a.pieces] == [p[:2] for p in b.pieces]:
+            for (lo, hi, va), (_, _, vb) in zip(a.pieces, b.pieces):
+                np.add(va, vb, out=acc[lo:hi])
+            rest = contributions[2:]
+            for c in rest:
+                c.sum_into(acc, first=False)
+            return
+    for i, c in enumerate(rest):
+        c.sum_into(acc, first=i == 0)

@@ -29,14 +29,9 @@ from . import protocol as P
 from .errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from .handles import Handle
 from .iothread import IOThread, Request
+from .protocol import CHUNK_BYTES  # noqa: F401  (benchmarks size their messages by it)
 from .tables import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
 
-# Large pushes and pulls travel as requests of at most this many bytes of values.
-# ZeroMQ receives every message into a fresh malloc'd buffer; glibc serves blocks this
-# size from its heap (reused, see memtune) but maps blocks above its mmap threshold
-# (32 MiB at most) anew each time, and the kernel then zero-fills every page on first
-# touch: one 32 MiB message took twice as long as the same bytes in 4 MiB frames.
-CHUNK_BYTES = 4 << 20
 LEAVE_WAIT_S = 2.0      # seconds close() waits for the shards to hear a worker is done
 
 __all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
@@ -316,7 +311,7 @@ class Client:
         order). With `chunk`, a shard's part is cut into requests of at most
         CHUNK_BYTES of values, so every message is small enough to be received into
         reused heap memory (see CHUNK_BYTES)."""
-        step = max(1, CHUNK_BYTES // (table.row_width * 4)) if chunk else None
+        step = P.chunk_rows(table.row_width) if chunk else None
         if isinstance(sel, range):
             for k, lo, hi in table.split_range(sel.start, sel.stop):
                 for s in range(lo, hi, step or hi - lo):

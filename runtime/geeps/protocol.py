@@ -40,6 +40,21 @@ OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "dig
        "checkpoints", "restore", "leave")
 
 
+# Large pushes and pulls travel as requests of at most this many bytes of values.
+# ZeroMQ receives every message into a fresh malloc'd buffer; glibc serves blocks this
+# size from its heap (reused, see memtune) but maps blocks above its mmap threshold
+# (32 MiB at most) anew each time, and the kernel then zero-fills every page on first
+# touch: one 32 MiB message took twice as long as the same bytes in 4 MiB frames.
+# Servers apply updates in blocks of the same rows, answering each chunk's pull as
+# soon as its block is done.
+CHUNK_BYTES = 4 << 20
+
+
+def chunk_rows(row_width: int) -> int:
+    """Rows per chunk of a table `row_width` floats wide."""
+    return max(1, CHUNK_BYTES // (row_width * 4))
+
+
 class ProtocolError(ValueError):
     """A message that breaks the wire format; the text names the frame or field."""
 

@@ -55,6 +55,20 @@ class RuleState:
         for k, v in slots.items():
             self.slots[k][rows] = v
 
+    def begin(self) -> None:
+        """Count one update that apply_slice() then applies block by block."""
+        self.step += 1
+
+    def apply_slice(self, params: np.ndarray, grad: np.ndarray, lo: int, hi: int,
+                    scale: float = 1.0) -> None:
+        """Rows lo..hi of a dense update counted by begin(); `grad` is the caller's
+        scratch (overwritten). Elementwise, so the blocks together give the bits of
+        one apply() over all rows."""
+        g = grad[lo:hi]
+        if scale != 1.0:
+            g *= np.float32(scale)
+        self._update(params[lo:hi], g, {k: v[lo:hi] for k, v in self.slots.items()}, True)
+
     def _update(self, p: np.ndarray, g: np.ndarray, slots: dict, own: bool) -> None:
         # The backend's NumPy twins are the arithmetic of the worker-side CUDA kernels:
         # one definition of each rule for servers and workers alike.

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import checkpoint
-from .accumulate import Contribution
+from .accumulate import Contribution, sum_all
 from . import protocol as P
 from .protocol import ProtocolError
 from .rules import GRADIENT_RULES, RuleState
@@ -120,6 +120,11 @@ class ShardState:
         # Called before rows are mutated: lets the socket layer finish zero-copy sends
         # of those rows first.
         self.before_write = before_write or (lambda t: None)
+        # Sends replies at once, mid-request: a clock that applies a dense update in
+        # blocks answers each parked pull as soon as its rows are done, so the socket
+        # layer sends one block while the next is computed. None: replies wait for the
+        # end of the request like all others.
+        self.send_early: Callable[[list[Reply]], None] | None = None
 
     @property
     def min_clock(self) -> int:
@@ -463,15 +468,17 @@ class ShardState:
                 if t.scratch is None:
                     t.scratch = np.empty_like(t.rows)
                 acc = t.scratch
-                for i, r in enumerate(ranks):
-                    entry[r].sum_into(acc, first=i == 0)
+                sum_all([entry[r] for r in ranks], acc)
                 self.before_write(t)
                 touched = None
                 if not any(entry[r].full for r in ranks):
                     touched = np.zeros(len(t.rows), bool)
                     for r in ranks:
                         entry[r].mark(touched)
-                if touched is None or touched.all():
+                if (touched is None or touched.all()) and hi - lo == 1 \
+                        and self.send_early is not None:
+                    self._apply_in_blocks(t, acc)
+                elif touched is None or touched.all():
                     t.state.apply(t.rows, acc, scale=self._scale(t), scratch=True)
                 else:
                     ids = np.flatnonzero(touched)
@@ -483,6 +490,27 @@ class ShardState:
                         t.free.append(spare)
                 self.stats["applied"] += 1
         self.on_update(time.perf_counter() - t0)
+
+    def _apply_in_blocks(self, t: ShardTable, acc: np.ndarray) -> None:
+        """One dense update, a chunk of rows at a time; after each block the parked
+        pulls of this table that lie in rows already updated are answered (only for
+        the last clock of an advance: min_clock is already the new one)."""
+        t.state.begin()
+        step = P.chunk_rows(t.row_width)
+        scale = self._scale(t)
+        for a in range(0, len(t.rows), step):
+            b = min(len(t.rows), a + step)
+            t.state.apply_slice(t.rows, acc, a, b, scale)
+            ready, keep = [], []
+            for p in self.parked:
+                if p.kind == "pull" and p.table == t.name and p.sel[0] == "range" \
+                        and p.sel[2] <= b and self.min_clock >= p.need:
+                    ready.append((p.peer, self._pull_reply(p.rid, t, p.sel)))
+                else:
+                    keep.append(p)
+            if ready:
+                self.parked = keep
+                self.send_early(ready)
 
     def _apply_now(self, t: ShardTable, sel, values: np.ndarray) -> None:
         t0 = time.perf_counter()

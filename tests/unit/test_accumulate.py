@@ -66,3 +66,24 @@ def test_ids_and_too_many_pieces_are_dense():
                        lambda: (np.zeros((N * MAX_PIECES, W), np.float32),
                                 np.zeros(N * MAX_PIECES, bool)))
     assert many.dense is not None and many.touched.sum() == MAX_PIECES + 1
+
+
+def test_sum_all_fuses_the_first_two_alike_cut_workers_with_the_same_bits():
+    from geeps.accumulate import sum_all
+    rng = np.random.default_rng(3)
+    ranks = [[(0, 16, rng.standard_normal((16, W), np.float32)),
+              (16, 40, rng.standard_normal((24, W), np.float32))] for _ in range(3)]
+    cs = []
+    for pushes in ranks:
+        c = Contribution(N)
+        for a, b, v in pushes:
+            c.add_range(a, b, v, alloc)
+        cs.append(c)
+    acc = np.full((N, W), 9, np.float32)
+    sum_all(cs, acc)
+    assert acc.tobytes() == dense_sum(ranks).tobytes()
+    odd = Contribution(N)                      # cut differently: the general path
+    odd.add_range(0, 40, np.concatenate([v for _, _, v in ranks[0]]), alloc)
+    acc2 = np.full((N, W), 9, np.float32)
+    sum_all([odd] + cs[1:], acc2)
+    assert acc2.tobytes() == acc.tobytes()

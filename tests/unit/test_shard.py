@@ -154,3 +154,43 @@ def test_rules_match_reference(rule, hyper):
     for g in grads:
         st.apply(q, g.copy())   # apply may use the gradient as scratch
     np.testing.assert_allclose(q, _reference(rule, st.hyper, p, grads), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["sgd", "adam"])
+def test_a_dense_clock_applied_in_blocks_answers_each_pull_early_with_the_same_bits(rule):
+    w = 4096                                    # P.chunk_rows(w) = 256 rows per block
+    n = 2 * P.chunk_rows(w) + 100               # three blocks, the last one short
+    rng = np.random.default_rng(0)
+    init = rng.standard_normal((n, w)).astype(np.float32)
+    grads = [rng.standard_normal((n, w)).astype(np.float32) for _ in range(2)]
+
+    def run(early):
+        st = ShardState(0, 2)
+        sent = []
+        if early:
+            st.send_early = sent.append
+        st.handle(b"p", msg("create", table="t", n_rows=n, row_width=w, lo=0, hi=n,
+                            rule=rule, hyper={"lr": 0.1}, per_clock=True, init=True,
+                            payload=[init]))
+        for k in range(2):
+            step = P.chunk_rows(w)
+            for a in range(0, n, step):      # chunked as a client sends them
+                b = min(n, a + step)
+                st.handle(b"p", msg("push", table="t", worker=k, session=1, clock=0,
+                                    seq=a, rows={"range": [a, b]}, payload=[grads[k][a:b]]))
+        for a in range(0, n, P.chunk_rows(w)):
+            b = min(n, a + P.chunk_rows(w))
+            assert st.handle(b"r", msg("pull", rid=a, table="t", need=1,
+                                       rows={"range": [a, b]})) == []      # parked
+        st.handle(b"p", msg("clock", worker=0, clock=0))
+        out = st.handle(b"p", msg("clock", worker=1, clock=0))
+        return st, sent, out
+
+    whole, _, out_whole = run(False)
+    blocks, sent, out_blocks = run(True)
+    assert whole.digest() == blocks.digest()
+    assert len(out_whole) == 4 and len(out_blocks) == 1     # clock reply only
+    assert [len(batch) for batch in sent] == [1, 1, 1]      # one pull per block, in order
+    ids = [json.loads(batch[0][1][0])["id"] for batch in sent]
+    assert ids == [0, P.chunk_rows(w), 2 * P.chunk_rows(w)]
+    assert not blocks.parked
