@@ -22,7 +22,7 @@ from . import checkpoint
 from .memtune import keep_freed_memory
 from .curve import CurveError
 from .shard import ShardState, ShardTable
-from .transport import bind_router, security_note
+from .transport import ZERO_COPY_MIN, bind_router, security_note
 
 log = logging.getLogger("geeps.server")
 POLL_MS = 100     # how often the loop looks at the stop flag when idle
@@ -161,7 +161,7 @@ class Server:
     def _send(self, replies: list) -> None:
         for to, frames_out in replies:
             sock = self._route.get(to, self.sock)
-            if len(frames_out) > 1 and frames_out[1].nbytes >= zmq.COPY_THRESHOLD:
+            if len(frames_out) > 1 and frames_out[1].nbytes >= ZERO_COPY_MIN:
                 self._trackers.append(
                     sock.send_multipart([to, *frames_out], copy=False, track=True))
                 if len(self._trackers) > 256:
