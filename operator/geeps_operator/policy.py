@@ -261,7 +261,7 @@ def _active(plan: Plan, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
     counted = [u for u in st.get("countedFailures", []) if u in live_uids]
     tracked = {t["name"]: t["uid"] for t in st.get("trackedPods", [])}
     limit = job.run_policy["backoffLimit"]
-    replicas = {"server": job.servers.replicas, "worker": job.workers.replicas}
+    replicas = {"server": job.server_processes, "worker": job.workers.replicas}
     policies = {"server": job.servers.restart_policy, "worker": job.workers.restart_policy}
     up = done = 0
     restarted = False
@@ -316,7 +316,7 @@ def _active(plan: Plan, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
         _finish(plan, body, views, now, "Succeeded", "AllWorkersSucceeded",
                 f"all {done} workers succeeded; servers stopped")
         return
-    total = job.servers.replicas + job.workers.replicas
+    total = job.server_processes + job.workers.replicas
     if restarted:
         phase = "Restarting"
         st["conditions"] = s.set_condition(st["conditions"], "Restarting", "PodRestarting",
@@ -341,8 +341,9 @@ def _created(plan: Plan, job: _spec.GeePSJob, now: _dt.datetime) -> None:
     secret = "no CurveZMQ Secret" if job.insecure else \
         f"secret {m.curve_secret_name(job.name)}"
     msg = (f"service {m.service_name(job.name)}, {secret}, network policy "
-           f"{m.network_policy_name(job.name)}, {job.servers.replicas} server and "
-           f"{job.workers.replicas} worker pods")
+           f"{m.network_policy_name(job.name)}, {job.server_processes} server and "
+           f"{job.workers.replicas} worker pods"
+           + (" (each worker serves one shard)" if job.colocate else ""))
     st["conditions"] = s.set_condition(st["conditions"], "Created", "Created", msg, now)
     plan.emit("Normal", "Created", msg)
     if job.insecure:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -32,6 +33,7 @@ from .iothread import IOThread, Request
 from .protocol import CHUNK_BYTES  # noqa: F401  (benchmarks size their messages by it)
 from .tables import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
 
+MAX_ROLLBACK_RETRIES = 5  # times create/open_table are made again after rollbacks
 LEAVE_WAIT_S = 2.0      # seconds close() waits for the shards to hear a worker is done
 
 __all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
@@ -92,6 +94,22 @@ class Client:
             atexit.register(self.close)
         # A restarted worker rejoins at the clock the servers know it finished.
         self._clock = min(h["worker_clock"] for h, _ in hellos)
+        # A shard restored from its checkpoint (base > 0, its own restart the cause of
+        # its state) while another shard answers another cause: nobody has rolled the
+        # job back for that restart yet. With co-located shards this worker's own death
+        # took its shard along. Start the rollback here (the other workers join it:
+        # same cause) and join at its clock.
+        k = next((k for k, (h, _) in enumerate(hellos)
+                  if h.get("base", 0) > 0 and h.get("cause") == h.get("inc")
+                  and any(o.get("cause") != h["inc"] for o, _ in hellos)), None)
+        if k is not None:
+            try:
+                self._io.request_rollback(k, hellos[k][0]).wait(timeout)
+            except RolledBack as e:
+                self._clock = e.clock
+            except BaseException:
+                self.close(failed=True)
+                raise
         self.joined_at = self._clock    # > 0: this client replaces a worker that died
 
     @classmethod
@@ -133,7 +151,7 @@ class Client:
                 "table": name, "n_rows": n_rows, "row_width": row_width, "lo": lo, "hi": hi,
                 "rule": rule, "hyper": hyper, "per_clock": self.consistency.per_clock,
                 "init": init is not None}, [] if init is None else [init[lo:hi]])
-        self._all(req).wait()
+        self._across_rollbacks(lambda: self._all(req).wait())
         table = Table(name, n_rows, row_width, rule, hyper, tuple(bounds))
         self._tables[name] = table
         return table
@@ -141,7 +159,8 @@ class Client:
     def open_table(self, name: str, timeout: float | None = None) -> Table:
         """The table `name`, waiting (up to `timeout`, default wait_timeout) until some
         worker has created it."""
-        replies = self._all(lambda k: Request(k, "open", {"table": name})).wait(timeout)
+        replies = self._across_rollbacks(
+            lambda: self._all(lambda k: Request(k, "open", {"table": name})).wait(timeout))
         specs = [h for h, _ in replies]
         s = specs[0]
         table = Table(name, s["n_rows"], s["row_width"], s["rule"], s["hyper"],
@@ -269,21 +288,26 @@ class Client:
         """Each shard's counters (pushes, duplicates, errors, parked, clocks)."""
         return [h for h, _ in self._all(lambda k: Request(k, "stats", {})).wait()]
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         """Tell every shard this worker is done, then stop the I/O thread; pending
         handles fail. A worker hosting a shard first serves it until every worker has
         left (or GEEPS_WAIT_TIMEOUT passes): the others may still need its rows.
-        Idempotent."""
+        `failed` (also when a `with` block ends in an exception, or the interpreter
+        exits on one): stop at once instead, so the process fails fast and can be
+        replaced; its peers then see its shard go. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        try:
-            self._all(lambda k: Request(k, "leave", {"worker": self.worker})).wait(
-                min(self.timeout, LEAVE_WAIT_S))
-        except GeepsError:
-            pass        # a shard that is gone needs no goodbye
-        if self._host is not None:
-            self._host.serve_until_all_left(self.wait_timeout)
+        if not failed and getattr(sys, "last_value", None) is not None:
+            failed = True   # at exit after an uncaught exception (atexit has no exc_info)
+        if not failed:
+            try:
+                self._all(lambda k: Request(k, "leave", {"worker": self.worker})).wait(
+                    min(self.timeout, LEAVE_WAIT_S))
+            except GeepsError:
+                pass        # a shard that is gone needs no goodbye
+            if self._host is not None:
+                self._host.serve_until_all_left(self.wait_timeout)
         self._io.stop()
         if self._host is not None:
             self._host.stop()
@@ -291,10 +315,22 @@ class Client:
     def __enter__(self) -> "Client":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(failed=exc_type is not None)
 
     # ---- internals --------------------------------------------------------------------
+    def _across_rollbacks(self, call: Callable[[], Any]) -> Any:
+        # Creating or opening a table belongs to no clock, and a rollback keeps the
+        # tables a checkpoint holds: such a call is simply made again on the new
+        # timeline (a replacement worker opening its tables meets the rollback its
+        # own shard's restart set off).
+        for _ in range(MAX_ROLLBACK_RETRIES):
+            try:
+                return call()
+            except RolledBack:
+                continue
+        return call()
+
     def _rolled_back(self, clock: int) -> None:
         # Runs on the I/O thread before any caller hears RolledBack.
         with self._lock:

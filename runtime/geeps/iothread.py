@@ -34,6 +34,7 @@ from .memtune import keep_freed_memory
 from .transport import connect_dealer
 
 log = logging.getLogger("geeps.client")
+ROLLBACK = "rollback"  # a request of the client's own: start a rollback (see request_rollback)
 WINDOW = 64          # requests in flight per shard: bounds the server's queue per client
 PING_S = 1.0         # ping a quiet shard this often while requests are in flight
 RESEND_MIN_S = 0.5   # never resend one request more often than this
@@ -193,12 +194,30 @@ class IOThread(threading.Thread):
             os.close(self._rfd)
             os.close(self._wfd)
 
+    def request_rollback(self, shard: int, hello: dict) -> Handle:
+        """Roll the job back for the restart of `shard` that its `hello` reply shows
+        (its state is newer than the rollback the other shards answer). The handle
+        fails with RolledBack(clock) once every shard is back at that checkpoint."""
+        handle = Handle(1, lambda parts: None)
+        r = Request(shard, ROLLBACK, dict(hello))
+        r.handle = handle
+        self._queue.put(r)
+        self._wake()
+        return handle
+
     def _take_queue(self) -> None:
         while True:
             try:
                 r = self._queue.get_nowait()
             except queue.Empty:
                 return
+            if r.op == ROLLBACK:
+                self._detect_restart(self._shards[r.shard], r.header)
+                if self._recovery is not None:
+                    self._recovery["doomed"].append(r)    # hears RolledBack(clock)
+                else:
+                    r.handle._fail(self._fatal or GeepsError("rollback did not start"))
+                continue
             self._shards[r.shard].backlog.append(r)
 
     def _flush(self, shard: _Shard) -> None:
@@ -266,6 +285,12 @@ class IOThread(threading.Thread):
             r = shard.inflight.get(rid)
             if r is None:
                 continue  # the answer to a retry we already had
+            if header.get("restarted") and r.internal is None:
+                # Refused for carrying an incarnation we have since left behind: the
+                # request belongs to the timeline before the rollback.
+                del shard.inflight[rid]
+                r.handle._fail(RolledBack(self._rolled_to, "sent before the rollback"))
+                continue
             self._resend_overtaken(shard, r.order, now)
             if header.get("waiting"):
                 r.parked = True
@@ -333,7 +358,9 @@ class IOThread(threading.Thread):
     # that notice the same restart agree), then fail the calls in flight with
     # RolledBack(clock). Requests submitted meanwhile wait; older ones are refused.
     def _detect_restart(self, shard: _Shard, header: dict) -> None:
-        cause = header["inc"]
+        # The root cause (see ShardState._restarted_error); servers of older versions
+        # name only their incarnation.
+        cause = header.get("cause") or header["inc"]
         if self._recovery is not None and self._recovery["cause"] == cause:
             return
         log.warning("%s restarted (now at checkpoint clock %s); rolling back",

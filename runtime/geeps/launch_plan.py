@@ -11,6 +11,7 @@ hands them in, so every decision about a local job is testable without running i
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
@@ -56,7 +57,8 @@ class Options:
     host: str = LOOPBACK                    # servers bind it; workers dial it
     curve_dir: str = ""                     # the job's CurveZMQ keys; empty = none
     colocate: bool = False                  # each worker serves one shard itself: no
-                                            # server processes (geeps.colocate)
+                                            # server processes (geeps.colocate); also
+                                            # when the job says spec.servers.colocate
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,8 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
 
     Pure: the same inputs give the same plan. Raises ValueError when `ports` does not
     match the job (one server port per shard, one metrics port per process or none)."""
+    if job.colocate and not options.colocate:
+        options = dataclasses.replace(options, colocate=True)
     n_workers = job.workers.replicas
     n_servers = n_workers if options.colocate else job.servers.replicas
     if len(ports.servers) != n_servers:

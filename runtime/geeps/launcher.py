@@ -110,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                         f"(default {GRACE:g})")
     p.add_argument("--colocate", action="store_true",
                    help="each worker serves one shard itself, reached in memory (GeePS's "
-                        "layout); no server processes, --servers is ignored")
+                        "layout); no server processes, --servers is ignored "
+                        "(spec.servers.colocate in a manifest)")
     p.add_argument("--quiet", action="store_true", help="no live status line")
     p.add_argument("--resume", action="store_true",
                    help="start from the checkpoints a previous run left in the checkpoint "
@@ -187,14 +188,15 @@ def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
 
 def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
                server_command: Sequence[str] = (), curve_dir: str = "") -> Plan:
-    shards = job.workers.replicas if args.colocate else job.servers.replicas
-    n = job.workers.replicas + (0 if args.colocate else shards)
+    colocate = args.colocate or job.colocate
+    shards = job.workers.replicas if colocate else job.servers.replicas
+    n = job.workers.replicas + (0 if colocate else shards)
     base = job.metrics_port if args.metrics_port is None else args.metrics_port
     ports = pick_ports(shards, n, base)
     return plan(job, ports, Options(cwd=cwd, checkpoint_dir=args.checkpoint_dir,
                                     python=sys.executable, curve_dir=curve_dir,
                                     server_command=tuple(server_command),
-                                    colocate=args.colocate))
+                                    colocate=colocate))
 
 
 def _describe(p: Plan) -> list[str]:

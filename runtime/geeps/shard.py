@@ -159,11 +159,15 @@ class ShardState:
 
     # ---- operations -----------------------------------------------------------------
     def _op_ping(self, peer, rid, h, frames):
-        return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base))]
+        return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base, cause=self.last_cause))]
 
     def _restarted_error(self, rid) -> list:
+        # `cause`: the restart this state descends from. A shard rolled back for another
+        # shard's restart has a new incarnation too; naming the root cause lets a
+        # worker that notices it join that rollback instead of starting one of its own
+        # (which would roll the first shard back again, and so on).
         return [P.encode_header({"id": rid, "ok": False, "inc": self.inc, "base": self.base,
-                                 "restarted": True,
+                                 "cause": self.last_cause, "restarted": True,
                                  "error": f"server {self.rank} was restarted or rolled back "
                                           f"to clock {self.base}; roll back and retry"})]
 
@@ -268,7 +272,7 @@ class ShardState:
         return [(peer, P.reply_ok(rid, shard=self.rank, num_workers=self.num_workers,
                                   min_clock=self.min_clock, worker_clock=self.done[w],
                                   tables=sorted(self.tables), inc=self.inc,
-                                  base=self.base))]
+                                  base=self.base, cause=self.last_cause))]
 
     def _op_leave(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "leave")

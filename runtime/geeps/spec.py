@@ -87,6 +87,12 @@ def _role(description: str, *, workers: bool) -> dict:
     if workers:
         props["gpus"] = {"type": "integer", "minimum": 0, "default": 1,
                          "description": "nvidia.com/gpu per worker pod"}
+    else:
+        props["colocate"] = {
+            "type": "boolean", "default": False,
+            "description": "each worker serves one shard itself and reaches it in memory "
+                           "(GeePS's layout): no server pods; replicas is ignored, there "
+                           "is one shard per worker"}
     return {"type": "object", "description": description, "default": {}, "properties": props}
 
 
@@ -333,6 +339,21 @@ class GeePSJob:
     metrics_port: int
     insecure: bool
     run_policy: dict = field(default_factory=dict)
+
+    @property
+    def colocate(self) -> bool:
+        """spec.servers.colocate: worker r serves shard r (geeps.colocate)."""
+        return bool(self.servers.raw.get("colocate"))
+
+    @property
+    def shards(self) -> int:
+        """Parameter-server shards: one per worker when co-located."""
+        return self.workers.replicas if self.colocate else self.servers.replicas
+
+    @property
+    def server_processes(self) -> int:
+        """Server processes (pods) of their own: none when co-located."""
+        return 0 if self.colocate else self.servers.replicas
 
     @classmethod
     def from_spec(cls, name: str, namespace: str, spec: dict) -> "GeePSJob":

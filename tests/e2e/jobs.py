@@ -48,3 +48,22 @@ while not os.path.exists(os.path.join(os.environ["MARKS"], "go")):
 
 def env(**values: str) -> list[dict]:
     return [{"name": k, "value": str(v)} for k, v in values.items()]
+
+
+# Every worker adds (rank + 1) to a shared table once per clock for 5 clocks, then
+# checks the sum: 5 * (1 + 2 + ... + W).
+SUM_TABLE = """
+import numpy as np, geeps
+cfg = geeps.load_config()
+c = geeps.Client.from_env()
+t = c.create_table("w", n_rows=16, row_width=4, rule="add")
+for k in range(1, 6):
+    c.push(t, None, np.full((16, 4), cfg.rank + 1, np.float32))
+    c.clock()
+    values, _ = c.pull(t)
+    geeps.report(clock=k, loss=float(values[0, 0]))
+want = 5 * cfg.num_workers * (cfg.num_workers + 1) / 2
+assert np.all(values == want), (values[0, 0], want)
+print("sum ok", values[0, 0], flush=True)
+c.close()
+"""

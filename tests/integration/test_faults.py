@@ -47,13 +47,13 @@ def find_pid(ckpt, role: str, rank: str) -> int:
     raise AssertionError(f"no {role}-{rank} process found")
 
 
-def run_job(tmp_path, kill: str | None = None):
+def run_job(tmp_path, kill: str | None = None, **spec_extra):
     """Run the example with `geeps run`; SIGKILL process `kill` once the shards have
     checkpointed clock 30. Returns (exit code, launcher output, final parameters)."""
     ckpt = tmp_path / "ckpt"
     proc = subprocess.Popen(
         [sys.executable, "-m", "geeps", "run", "--quiet", "--metrics-port", "0",
-         "--checkpoint-dir", str(ckpt), manifest(tmp_path)],
+         "--checkpoint-dir", str(ckpt), manifest(tmp_path, **spec_extra)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
     try:
@@ -95,6 +95,19 @@ def test_worker_killed_mid_run_job_finishes(tmp_path, fault_free):
     assert "rejoined at clock" in text
     # The replacement redoes the clock its predecessor died in; what the dead one had
     # pushed for it was dropped, so nothing counts twice.
+    np.testing.assert_array_equal(params, fault_free)
+
+
+def test_colocated_worker_killed_with_its_shard_job_rolls_back_to_the_fault_free_result(
+        tmp_path, fault_free):
+    """Co-located, a worker's death takes its shard too: the replacement restores the
+    shard's newest checkpoint, every worker rolls back to it, and the replay under BSP
+    ends on the bits of the run that never failed (and of separate servers)."""
+    code, text, params = run_job(tmp_path, kill="worker-1",
+                                 servers={"replicas": 2, "colocate": True})
+    assert code == 0, text
+    assert "worker-1" in text and "restarting it" in text
+    assert "restored checkpoint clock" in text and "rolled back to clock" in text
     np.testing.assert_array_equal(params, fault_free)
 
 

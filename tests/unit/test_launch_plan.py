@@ -203,3 +203,10 @@ def test_colocate_runs_no_servers_and_each_worker_hosts_its_shard():
         assert cfg.colocate and cfg.bind_host == "127.0.0.1" and len(cfg.servers) == 3
     with pytest.raises(ValueError, match="3 server ports"):     # one shard per worker
         plan(job, Ports((7000, 7001)), Options(colocate=True))
+
+
+def test_a_manifest_asking_for_colocation_gets_it_without_the_flag():
+    job = spec.validate(manifest(servers={"colocate": True}))
+    assert job.colocate and job.shards == 3 and job.server_processes == 0
+    p = plan(job, Ports((7000, 7001, 7002)), Options(cwd="/repo"))
+    assert not p.role("server") and all(config.load(x.env).colocate for x in p.processes)

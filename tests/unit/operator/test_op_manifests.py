@@ -232,3 +232,22 @@ def test_network_policy_admits_the_ps_port_only_from_the_job():
     assert ps == {"from": [{"podSelector": {"matchLabels": {m.LABEL_JOB: "digits"}}}],
                   "ports": [{"protocol": "TCP", "port": m.SERVER_PORT}]}
     assert metrics == {"ports": [{"protocol": "TCP", "port": 9555}]}     # any source
+
+
+def test_colocated_workers_take_the_servers_place():
+    job, owner = _job(servers={"colocate": True, "replicas": 2})
+    assert job.shards == 3 and job.server_processes == 0
+    svc = m.service(job, owner)
+    assert svc["spec"]["selector"] == {m.LABEL_JOB: "digits", m.LABEL_ROLE: "worker"}
+    pod = m.worker_pod(job, 1, owner)
+    kubernetes_validate.validate(pod, "1.33", strict=True)
+    cfg = config.load({k: v for k, v in _env(pod).items() if v is not None})
+    assert cfg.colocate and cfg.role == "worker" and cfg.rank == 1
+    assert cfg.servers == tuple(f"digits-worker-{i}.digits-server.ml.svc:{m.SERVER_PORT}"
+                                for i in range(3))
+    assert cfg.checkpoint_dir == f"{m.CHECKPOINT_MOUNT}/digits"     # the shard's own
+    spec = pod["spec"]
+    assert (spec["hostname"], spec["subdomain"]) == ("digits-worker-1", "digits-server")
+    assert spec["containers"][0]["ports"][0] == {
+        "name": m.SERVER_PORT_NAME, "containerPort": m.SERVER_PORT, "protocol": "TCP"}
+    assert any(v["name"] == m.CHECKPOINT_VOLUME for v in spec["volumes"])
