@@ -32,13 +32,13 @@ def render(r: dict, pngs: list[str]) -> str:
           + ("a GPU (CuPy). " if m["gpu"] else
              "no GPU: the NumPy backend stands in for device memory. ") +
           f"Load average {m['load_start'][0]:.1f} at the start, "
-          f"{m.get('load_end', [float('nan')])[0]:.1f} at the end: the machine was shared "
-          "with other jobs running tests"
+          f"{m.get('load_end', [float('nan')])[0]:.1f} at the end"
           + (" (1-minute load after each section: " + ", ".join(
               f"{k} {v:.1f}" for k, v in r["load"].items()) + ")" if r.get("load") else "")
-          + ", so every absolute number here is this loaded "
-          "machine's and moves between runs. Each ratio compares two measurements of the "
-          "same run; those are the figures to read.", ""]
+          + "; the load includes the benchmark's own processes (up to four on two cores), "
+          "and a shared virtual machine's neighbours add more: absolute numbers move "
+          "between runs, sub-millisecond ones most. Each ratio compares two measurements "
+          "of the same run; those are the figures to read.", ""]
     L += _headline(r)
     for name, fn in (("sync", _sync), ("cache", _cache), ("memory", _memory),
                      ("training", _training), ("operator", _operator),
@@ -65,11 +65,13 @@ def _headline(r: dict) -> list[str]:
     if sy:
         big = max(x["mib"] for x in sy["rows"])
         for x in (x for x in sy["rows"] if x["mib"] == big):
+            x = dict(x, **_sync_ratios(x))
             if x.get("colocated"):
                 H.append(f"Sync, {big} MiB table, W=2, the shards in the workers (each "
                          f"worker's own shard in memory, the other over TCP: all-reduce's "
                          f"bytes): geeps takes **{x['gloo_ratio']:.2f}x** gloo all_reduce's "
-                         "time.")
+                         f"time and pushes and pulls at **{x['bw_ratio']:.2f}x** the bandwidth "
+                         "of a raw ZeroMQ echo.")
                 continue
             H.append(f"Sync, {big} MiB table, W=2, S={x['servers']} server processes: geeps "
                      f"moves **{x['bw_ratio']:.2f}x** the bandwidth of a raw ZeroMQ echo of "
@@ -135,6 +137,12 @@ def _headline(r: dict) -> list[str]:
     return ["## Headline ratios", ""] + [f"- {h}" for h in H] + [""]
 
 
+def _sync_ratios(row: dict) -> dict:
+    # From the row's times, so rows of an older results.json render the same way.
+    import bench_sync
+    return bench_sync.ratios(row) if "wire_bytes" in row else {}
+
+
 def _img(pngs, name, alt):
     return [f"![{alt}]({name})", ""] if name in pngs else []
 
@@ -152,22 +160,25 @@ def _sync(s, r, pngs):
          "PS's 4 MiB messages, and receives them back: the PS's byte pattern with no PS "
          "work). Median over clocks of the slowest worker, then over "
          f"{s.get('rounds', 1)} whole sweeps.", "",
-         "| table | S | clocks | geeps ms | ZeroMQ echo ms | gloo ms | geeps GB/s over TCP | "
-         "geeps BW / ZeroMQ BW | geeps time / gloo time |",
-         "|---|---|---|---|---|---|---|---|---|"]
+         "| table | S | clocks | geeps ms | ZeroMQ echo ms | gloo ms | geeps GB/s (of it over "
+         "TCP) | ZeroMQ GB/s | geeps BW / ZeroMQ BW | geeps time / gloo time |",
+         "|---|---|---|---|---|---|---|---|---|---|"]
     for x in rows:
+        x = dict(x, **_sync_ratios(x))
         layout = f"{x['servers']} in the workers" if x.get("colocated") else x["servers"]
         L.append(f"| {x['mib']} MiB | {layout} | {x['clocks']} | "
                  f"{x['geeps_s'] * 1e3:.1f} | {x['zmq_s'] * 1e3:.1f} | {x['gloo_s'] * 1e3:.1f} | "
-                 f"{x['geeps_gbps']:.2f} | **{x['bw_ratio']:.2f}** | **{x['gloo_ratio']:.2f}** |")
+                 f"{x['ps_gbps']:.2f} ({x['wire_gbps']:.2f}) | {x['zmq_gbps']:.2f} | "
+                 f"**{x['bw_ratio']:.2f}** | **{x['gloo_ratio']:.2f}** |")
     L += ["", "With server processes the PS moves 2x the table per worker per clock across "
           "TCP (push + pull, both through a server process), all-reduce's ring about "
           "2x(W-1)/W = 1x with no third process in the path, so at W=2 gloo moves half the "
-          "bytes of the PS. Co-located, a worker's own shard never crosses TCP and the PS "
-          "moves all-reduce's bytes; its ZeroMQ ratio is lower because the echo then times "
-          "only the TCP half while geeps also does the in-memory half and the update. At "
-          "small sizes the PS's fixed per-clock cost (a round trip to every shard, the "
-          "clock barrier) dominates.", ""]
+          "bytes of the PS. Co-located, a worker's own shard never crosses TCP: the PS "
+          "still pushes and pulls the whole table (the first GB/s figure), but only half "
+          "of it crosses TCP (in brackets), all-reduce's bytes; the bandwidth ratio divides "
+          "everything the PS pushed and pulled by the raw ZeroMQ bandwidth of the TCP "
+          "half. At small sizes the PS's fixed per-clock cost (a round trip to every "
+          "shard, the clock barrier) dominates.", ""]
     return L + _img(pngs, "sync.png", "time per clock vs table size")
 
 

@@ -56,11 +56,7 @@ def sec_sync(quick: bool) -> dict:
         row = dict(cells[0])
         for k in ("geeps_s", "gloo_s", "zmq_s"):
             row[k] = statistics.median(c[k] for c in cells)
-        moved = 2 * row["wire_bytes"] * row["workers"]     # what crosses TCP
-        row.update(geeps_gbps=moved / row["geeps_s"] / 1e9,
-                   zmq_gbps=moved / row["zmq_s"] / 1e9,
-                   bw_ratio=row["zmq_s"] / row["geeps_s"],
-                   gloo_ratio=row["geeps_s"] / row["gloo_s"], rounds=rounds)
+        row.update(bench_sync.ratios(row), rounds=rounds)
         rows.append(row)
     return {"rows": rows, "rounds": rounds}
 
