@@ -20,17 +20,23 @@ def dense_sum(pushes_by_rank):
     return acc
 
 
-def test_disjoint_ranges_stay_pieces_and_sum_like_dense():
-    rng = np.random.default_rng(1)
-    ranks = [[(0, 10, rng.standard_normal((10, W), np.float32)),
-              (10, 40, rng.standard_normal((30, W), np.float32))],
-             [(5, 25, rng.standard_normal((20, W), np.float32))]]
+def contributions(ranks) -> list[Contribution]:
+    """One Contribution per rank from its (a, b, values) range pushes."""
     cs = []
     for pushes in ranks:
         c = Contribution(N)
         for a, b, v in pushes:
             c.add_range(a, b, v, alloc)
         cs.append(c)
+    return cs
+
+
+def test_disjoint_ranges_stay_pieces_and_sum_like_dense():
+    rng = np.random.default_rng(1)
+    ranks = [[(0, 10, rng.standard_normal((10, W), np.float32)),
+              (10, 40, rng.standard_normal((30, W), np.float32))],
+             [(5, 25, rng.standard_normal((20, W), np.float32))]]
+    cs = contributions(ranks)
     assert cs[0].dense is None and cs[0].full and not cs[1].full
     acc = np.empty((N, W), np.float32)
     for i, c in enumerate(cs):
@@ -73,12 +79,7 @@ def test_sum_all_fuses_the_first_two_alike_cut_workers_with_the_same_bits():
     rng = np.random.default_rng(3)
     ranks = [[(0, 16, rng.standard_normal((16, W), np.float32)),
               (16, 40, rng.standard_normal((24, W), np.float32))] for _ in range(3)]
-    cs = []
-    for pushes in ranks:
-        c = Contribution(N)
-        for a, b, v in pushes:
-            c.add_range(a, b, v, alloc)
-        cs.append(c)
+    cs = contributions(ranks)
     acc = np.full((N, W), 9, np.float32)
     sum_all(cs, acc)
     assert acc.tobytes() == dense_sum(ranks).tobytes()
