@@ -131,7 +131,7 @@ def _echo_server(port, ready):
 
 def _echo_client(ports, nbytes_each, iters, out):
     import zmq
-    from geeps.client import CHUNK_BYTES
+    from geeps.protocol import CHUNK_BYTES
     from geeps.memtune import keep_freed_memory
     keep_freed_memory()
     ctx = zmq.Context()
@@ -142,7 +142,7 @@ def _echo_client(ports, nbytes_each, iters, out):
         socks.append(d)
     payload = np.ones(nbytes_each // 4, np.float32)
     # In messages of the size geeps' client cuts pushes and pulls into: the same
-    # allocator behaviour on both sides (see geeps.client.CHUNK_BYTES).
+    # allocator behaviour on both sides (see geeps.protocol.CHUNK_BYTES).
     chunks = [payload[i:i + CHUNK_BYTES // 4] for i in range(0, len(payload), CHUNK_BYTES // 4)]
     times = []
     for i in range(iters + 2):

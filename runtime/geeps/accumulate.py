@@ -1,6 +1,6 @@
 """What one worker pushed to one table of a shard for one clock, until the clock applies.
 
-Clients send a large push as several range chunks (client.CHUNK_BYTES), so the common
+Clients send a large push as several range chunks (protocol.CHUNK_BYTES), so the common
 dense case arrives as non-overlapping range pieces. Those are kept as the received
 frames themselves (zero-copy) and summed only when the clock applies; a push that
 overlaps an earlier piece, or names rows by id, turns the contribution into a dense

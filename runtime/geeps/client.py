@@ -30,7 +30,6 @@ from . import protocol as P
 from .errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from .handles import Handle
 from .iothread import IOThread, Request
-from .protocol import CHUNK_BYTES  # noqa: F401  (benchmarks size their messages by it)
 from .tables import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
 
 MAX_ROLLBACK_RETRIES = 5  # times create/open_table are made again after rollbacks
@@ -91,7 +90,7 @@ class Client:
         if host is not None:
             # Its peers may still read the hosted shard: leave (and serve on until they
             # all have) even when the script never calls close().
-            atexit.register(self.close)
+            atexit.register(self._close_at_exit)
         # A restarted worker rejoins at the clock the servers know it finished.
         self._clock = min(h["worker_clock"] for h, _ in hellos)
         # A shard restored from its checkpoint (base > 0, its own restart the cause of
@@ -298,8 +297,6 @@ class Client:
         if self._closed:
             return
         self._closed = True
-        if not failed and getattr(sys, "last_value", None) is not None:
-            failed = True   # at exit after an uncaught exception (atexit has no exc_info)
         if not failed:
             try:
                 self._all(lambda k: Request(k, "leave", {"worker": self.worker})).wait(
@@ -311,6 +308,11 @@ class Client:
         self._io.stop()
         if self._host is not None:
             self._host.stop()
+
+    def _close_at_exit(self) -> None:
+        # atexit has no exc_info; an uncaught exception that is ending the interpreter
+        # is left in sys.last_value.
+        self.close(failed=getattr(sys, "last_value", None) is not None)
 
     def __enter__(self) -> "Client":
         return self
@@ -345,20 +347,21 @@ class Client:
     def _split(self, table: Table, sel, values, chunk: bool = True):
         """Per request: (shard, rows header, payload frames, positions in the caller's
         order). With `chunk`, a shard's part is cut into requests of at most
-        CHUNK_BYTES of values, so every message is small enough to be received into
-        reused heap memory (see CHUNK_BYTES)."""
-        step = P.chunk_rows(table.row_width) if chunk else None
+        protocol.CHUNK_BYTES of values, so every message is small enough to be
+        received into reused heap memory (see there)."""
+        # Unchunked: one request per shard, a "chunk" as large as any shard's part.
+        step = P.chunk_rows(table.row_width) if chunk else max(1, len(sel))
         if isinstance(sel, range):
             for k, lo, hi in table.split_range(sel.start, sel.stop):
-                for s in range(lo, hi, step or hi - lo):
-                    e = min(hi, s + step) if step else hi
+                for s in range(lo, hi, step):
+                    e = min(hi, s + step)
                     a, b = s - sel.start, e - sel.start
                     payload = [] if values is None else [values[a:b]]
                     yield k, {"range": [s, e]}, payload, slice(a, b)
             return
         for k, pos, ids in table.split_index(sel):
-            for s in range(0, len(ids), step or len(ids)):
-                p = pos[s:s + step] if step else pos
-                i = np.ascontiguousarray(ids[s:s + step] if step else ids, dtype="<i8")
+            for s in range(0, len(ids), step):
+                p = pos[s:s + step]
+                i = np.ascontiguousarray(ids[s:s + step], dtype="<i8")
                 payload = [i] if values is None else [i, values[p]]
                 yield k, {"ids": len(i)}, payload, p

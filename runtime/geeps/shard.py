@@ -442,12 +442,14 @@ class ShardState:
         self.parked.append(p)
         return []
 
-    def _release(self) -> list[Reply]:
+    def _release(self, pulls: Callable[[Parked], bool] = lambda p: True) -> list[Reply]:
+        """Answer the parked requests that can be answered now; `pulls` narrows which
+        of the ready reads go (see _apply_in_blocks)."""
         out, keep = [], []
         for p in self.parked:
             if p.kind == "open" and p.table in self.tables:
                 out.append((p.peer, P.reply_ok(p.rid, **self.tables[p.table].spec())))
-            elif p.kind == "pull" and self.min_clock >= p.need:
+            elif p.kind == "pull" and self.min_clock >= p.need and pulls(p):
                 out.append((p.peer, self._pull_reply(p.rid, self.tables[p.table], p.sel)))
             else:
                 keep.append(p)
@@ -505,15 +507,9 @@ class ShardState:
         for a in range(0, len(t.rows), step):
             b = min(len(t.rows), a + step)
             t.state.apply_slice(t.rows, acc, a, b, scale)
-            ready, keep = [], []
-            for p in self.parked:
-                if p.kind == "pull" and p.table == t.name and p.sel[0] == "range" \
-                        and p.sel[2] <= b and self.min_clock >= p.need:
-                    ready.append((p.peer, self._pull_reply(p.rid, t, p.sel)))
-                else:
-                    keep.append(p)
+            ready = self._release(lambda p, b=b: p.table == t.name and p.sel[0] == "range"
+                                  and p.sel[2] <= b)
             if ready:
-                self.parked = keep
                 self.send_early(ready)
 
     def _apply_now(self, t: ShardTable, sel, values: np.ndarray) -> None:
