@@ -44,7 +44,7 @@ OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "dig
 # ZeroMQ receives every message into a fresh malloc'd buffer; glibc serves blocks this
 # size from its heap (reused, see memtune) but maps blocks above its mmap threshold
 # (32 MiB at most) anew each time, and the kernel then zero-fills every page on first
-# touch: one 32 MiB message took twice as long as the same bytes in 4 MiB frames.
+# touch (bench/bench_sync.py prints the echo's time in one message over 4 MiB ones).
 # Servers apply updates in blocks of the same rows, answering each chunk's pull as
 # soon as its block is done.
 CHUNK_BYTES = 4 << 20

@@ -42,8 +42,8 @@ class Server:
         if context is None:
             context = zmq.Context.instance()
             # A shard moves every worker's bytes: with one ZeroMQ I/O thread all its
-            # connections share one core's receive loop (10% slower per clock at W=2 on
-            # 2 cores). Takes effect only before the context's first socket.
+            # connections share one core's receive loop. Takes effect only before the
+            # context's first socket.
             context.set(zmq.IO_THREADS, IO_THREADS)
         self.ctx = context
         keep_freed_memory()

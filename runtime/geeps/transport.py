@@ -14,8 +14,8 @@ log = logging.getLogger("geeps.transport")
 
 # Frames below this size are copied into the message instead of sent zero-copy.
 # pyzmq frees a zero-copy frame through a garbage-collector thread (an inproc message
-# and a thread wake-up per frame): for a 160 KB reply that cost half of a 0.4 ms round
-# trip, while copying it takes ~10 us. Above 1 MiB the copy costs more than the wake-up.
+# and a thread wake-up per frame), which costs more than copying a small frame; above
+# about 1 MiB the copy costs more than the wake-up.
 ZERO_COPY_MIN = 1 << 20
 
 
