@@ -179,12 +179,24 @@ class Client:
         """Clocks this worker has finished (the clock its next pushes belong to)."""
         return self._clock
 
+    def batch(self):
+        """A context: the requests this thread makes inside it are sent at its end,
+        those to one shard in one message (a step's last pushes, clock and refresh).
+
+            with client.batch():
+                client.push_async(t, None, grads); client.clock_async()
+                refresh = client.pull_async(t)
+        """
+        return self._io.hold()
+
     def push_async(self, table: Table, rows, values: np.ndarray, *,
-                   timeline: int | None = None) -> Handle:
+                   timeline: int | None = None, defer: bool = False) -> Handle:
         """Send updates for `rows` (a range/slice, or int ids) of the current clock.
 
         `timeline` (a value of `rollbacks` read earlier): if the job has rolled back
-        since, the push is refused with RolledBack rather than sent."""
+        since, the push is refused with RolledBack rather than sent. `defer`: it may
+        wait (at most a fraction of a second) to leave with the next requests, in one
+        message with them: for a push that the clock will follow at once."""
         sel = as_rows(rows, table.n_rows)
         values = np.ascontiguousarray(values, dtype=np.float32)
         n = len(sel)
@@ -206,7 +218,8 @@ class Client:
                                             "rows": rows_hdr}, payload, seq=True))
         if self.on_transfer:
             self.on_transfer("push", values.nbytes)
-        return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline)
+        return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline,
+                               defer=defer)
 
     def push(self, table: Table, rows, values: np.ndarray) -> None:
         """push_async(...).wait()"""

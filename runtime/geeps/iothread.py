@@ -16,6 +16,7 @@ ServerUnreachable naming it; a read parked for `wait_timeout` fails with WaitTim
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -36,8 +37,10 @@ from .transport import connect_dealer
 log = logging.getLogger("geeps.client")
 ROLLBACK = "rollback"  # a request of the client's own: start a rollback (see request_rollback)
 WINDOW = 64          # requests in flight per shard: bounds the server's queue per client
+BATCH_BYTES = 1 << 20  # values in one batched message; a larger request goes alone
 PING_S = 1.0         # ping a quiet shard this often while requests are in flight
 RESEND_MIN_S = 0.5   # never resend one request more often than this
+POLL_MS = 100        # the loop's longest sleep: how late a deferred request may leave
 
 
 @dataclass
@@ -110,6 +113,7 @@ class IOThread(threading.Thread):
                     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)] = s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._held = threading.local()     # hold() depth of each submitting thread
         self._rfd, self._wfd = os.pipe()
         os.set_blocking(self._wfd, False)
         self._stopping = False
@@ -125,9 +129,12 @@ class IOThread(threading.Thread):
 
     # ---- any thread ----------------------------------------------------------------
     def submit(self, reqs: list[Request], combine: Callable[[list], Any], *,
-               timeline: int | None = None, fail: BaseException | None = None) -> Handle:
+               timeline: int | None = None, fail: BaseException | None = None,
+               defer: bool = False) -> Handle:
         """Queue `reqs` (one handle for all). `timeline`: the rollback count they belong
-        to (default: now); requests of an older one are refused with RolledBack."""
+        to (default: now); requests of an older one are refused with RolledBack.
+        `defer`: don't wake the thread; they leave with the next requests submitted,
+        or within POLL_MS."""
         handle = Handle(max(1, len(reqs)) if fail else len(reqs), combine)
         if fail is not None:
             handle._fail(fail)
@@ -139,8 +146,21 @@ class IOThread(threading.Thread):
         for i, r in enumerate(reqs):
             r.handle, r.part, r.timeline = handle, i, timeline
             self._queue.put(r)
-        self._wake()
+        if not (defer or getattr(self._held, "depth", 0)):
+            self._wake()
         return handle
+
+    @contextlib.contextmanager
+    def hold(self):
+        """Requests this thread submits inside the block are sent together at its end:
+        those to one shard leave in one message (see _flush)."""
+        self._held.depth = getattr(self._held, "depth", 0) + 1
+        try:
+            yield
+        finally:
+            self._held.depth -= 1
+            if not self._held.depth:
+                self._wake()
 
     def stop(self) -> None:
         if self._stopping:
@@ -168,7 +188,7 @@ class IOThread(threading.Thread):
             poller.register(m, zmq.POLLIN)
         try:
             while not self._stopping:
-                events = dict(poller.poll(100))
+                events = dict(poller.poll(POLL_MS))
                 if self._rfd in events:
                     os.read(self._rfd, 65536)
                 self._take_queue()
@@ -223,14 +243,46 @@ class IOThread(threading.Thread):
     def _flush(self, shard: _Shard) -> None:
         if self._recovery is not None:
             return          # user requests wait until the rollback is done
+        # What is queued for the shard leaves in as few messages as it can: every
+        # message costs each end a wake-up and a trip through its loop, which on a
+        # small model is most of what a clock costs. Large values go alone.
+        batch, size = [], 0
         while shard.backlog and len(shard.inflight) < WINDOW:
             r = shard.backlog.popleft()
             if r.timeline < self.timeline:
                 r.handle._fail(RolledBack(self._rolled_to, "submitted before the rollback"))
                 continue
-            self._send_new(shard, r)
+            self._prepare(shard, r)
+            n = sum(f.nbytes for f in r.payload)
+            if batch and (len(batch) == P.MAX_PARTS or size + n > BATCH_BYTES):
+                self._send_batch(shard, batch)
+                batch, size = [], 0
+            batch.append(r)
+            size += n
+        if batch:
+            self._send_batch(shard, batch)
+
+    def _send_batch(self, shard: _Shard, batch: list[Request]) -> None:
+        if len(batch) == 1:
+            return self._send(shard, batch[0])
+        for r in batch:
+            shard.sent += 1
+            r.order = shard.sent
+            r.last_sent = time.monotonic()
+        try:
+            shard.sock.send_multipart(P.batch(batch[0].rid, [r.frames for r in batch]),
+                                      copy=False, flags=zmq.NOBLOCK)
+            unsent = False
+        except zmq.Again:
+            unsent = True       # _tick sends them again, one by one
+        for r in batch:
+            r.unsent = unsent
 
     def _send_new(self, shard: _Shard, r: Request) -> None:
+        self._prepare(shard, r)
+        self._send(shard, r)
+
+    def _prepare(self, shard: _Shard, r: Request) -> None:
         r.rid = self._next_id
         self._next_id += 1
         header = dict(r.header, v=P.VERSION, op=r.op, id=r.rid)
@@ -244,7 +296,6 @@ class IOThread(threading.Thread):
         if not shard.inflight:
             shard.last_heard = r.first_sent  # silence counts from the first request
         shard.inflight[r.rid] = r
-        self._send(shard, r)
 
     def _send(self, shard: _Shard, r: Request) -> None:
         shard.sent += 1
@@ -269,49 +320,55 @@ class IOThread(threading.Thread):
             shard.last_heard = now
             try:
                 header = P.decode_header(frames[0])
+                replies = P.batch_parts(header, frames) if "parts" in header \
+                    else [(header, frames[1:])]
             except P.ProtocolError as e:
                 log.warning("%s sent a malformed reply: %s", shard.name(), e)
                 continue
-            rid = header.get("id")
-            inc = header.get("inc")
-            if inc is not None and shard.inc is not None and inc != shard.inc \
-                    and (header.get("restarted") or rid == shard.ping_rid):
-                self._detect_restart(shard, header)
-                continue
-            if rid is not None and rid == shard.ping_rid:
-                shard.ping_rid = None
-                self._resend_overtaken(shard, shard.ping_order, now)
-                continue
-            r = shard.inflight.get(rid)
-            if r is None:
-                continue  # the answer to a retry we already had
-            if header.get("restarted") and r.internal is None:
-                # Refused for carrying an incarnation we have since left behind: the
-                # request belongs to the timeline before the rollback.
-                del shard.inflight[rid]
-                r.handle._fail(RolledBack(self._rolled_to, "sent before the rollback"))
-                continue
-            self._resend_overtaken(shard, r.order, now)
-            if header.get("waiting"):
-                r.parked = True
-                continue
+            for header, payload in replies:
+                self._on_reply(shard, header, payload, now)
+
+    def _on_reply(self, shard: _Shard, header: dict, frames: list, now: float) -> None:
+        rid = header.get("id")
+        inc = header.get("inc")
+        if inc is not None and shard.inc is not None and inc != shard.inc \
+                and (header.get("restarted") or rid == shard.ping_rid):
+            self._detect_restart(shard, header)
+            return
+        if rid is not None and rid == shard.ping_rid:
+            shard.ping_rid = None
+            self._resend_overtaken(shard, shard.ping_order, now)
+            return
+        r = shard.inflight.get(rid)
+        if r is None:
+            return  # the answer to a retry we already had
+        if header.get("restarted") and r.internal is None:
+            # Refused for carrying an incarnation we have since left behind: the
+            # request belongs to the timeline before the rollback.
             del shard.inflight[rid]
-            if r.internal is not None:
-                r.internal(shard, header)
-            elif header.get("ok"):
-                if r.op == "hello":
-                    shard.inc = header.get("inc")
-                payload = [f.buffer for f in frames[1:]]
-                if r.deliver is not None:
-                    try:
-                        r.deliver(header, payload)
-                    except Exception as e:      # a reply that does not fit the request
-                        r.handle._fail(ServerError(f"{shard.name()}: bad reply to {r.op}: {e}"))
-                        continue
-                    payload = []
-                r.handle._resolve(r.part, (header, payload))
-            else:
-                r.handle._fail(ServerError(f"{shard.name()}: {header.get('error')}"))
+            r.handle._fail(RolledBack(self._rolled_to, "sent before the rollback"))
+            return
+        self._resend_overtaken(shard, r.order, now)
+        if header.get("waiting"):
+            r.parked = True
+            return
+        del shard.inflight[rid]
+        if r.internal is not None:
+            r.internal(shard, header)
+        elif header.get("ok"):
+            if r.op == "hello":
+                shard.inc = header.get("inc")
+            payload = [f.buffer for f in frames]
+            if r.deliver is not None:
+                try:
+                    r.deliver(header, payload)
+                except Exception as e:      # a reply that does not fit the request
+                    r.handle._fail(ServerError(f"{shard.name()}: bad reply to {r.op}: {e}"))
+                    return
+                payload = []
+            r.handle._resolve(r.part, (header, payload))
+        else:
+            r.handle._fail(ServerError(f"{shard.name()}: {header.get('error')}"))
 
     def _resend_overtaken(self, shard: _Shard, order: int, now: float) -> None:
         """Requests sent before one that was just answered lost their request or reply."""

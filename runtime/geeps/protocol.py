@@ -20,6 +20,15 @@ Requests (fields beyond op/id):
     leave   worker                                       -> the worker is done (a worker
                                                             hosting a shard serves on
                                                             until every worker left)
+    batch   parts: [request header, ...], nf: [payload frames of each part, ...]
+            + every part's payload frames, in order      -> parts, nf: the replies
+Batch: several requests to one shard in one message, handled in order exactly as if
+sent one by one (a part that is malformed gets its own error; the others still
+apply). The reply holds, in order, every reply to the sender that the parts produced
+(its parked reads released by them too); parked parts are answered later, alone. A
+client batches what is queued for a shard when it sends (a step's pushes, clock and
+refresh): one message instead of three per shard per clock, which on a small model
+is most of the time a clock costs. Parts are never batches themselves.
 Requests of a timeline (create, open, push, clock, pull) may carry `inc`, the server
 incarnation the client knows; a server with another incarnation (it restarted, or
 rolled back) refuses them with `restarted: true, inc, base`.
@@ -37,7 +46,8 @@ import numpy as np
 VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes; a header is a few hundred bytes at most
 OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest",
-       "checkpoints", "restore", "leave")
+       "checkpoints", "restore", "leave", "batch")
+MAX_PARTS = 256                 # requests in one batch
 
 
 # Large pushes and pulls travel as requests of at most this many bytes of values.
@@ -73,6 +83,45 @@ def reply_ok(rid: Any, payload: Sequence = (), **fields) -> list:
 
 def reply_error(rid: Any, error: str) -> list:
     return [encode_header({"id": rid, "ok": False, "error": error})]
+
+
+def batch(rid: int, parts: Sequence[list]) -> list:
+    """One message of several requests: each part is [encoded header, *payload]."""
+    return _splice({"v": VERSION, "op": "batch", "id": rid}, parts)
+
+
+def reply_batch(rid: Any, parts: Sequence[list]) -> list:
+    """One message of several replies, as `batch`."""
+    return _splice({"id": rid, "ok": True}, parts)
+
+
+def _splice(head: dict, parts: Sequence[list]) -> list:
+    # The parts' headers are already encoded: spliced in as they are.
+    raw = json.dumps(dict(head, nf=[len(p) - 1 for p in parts]), separators=(",", ":"))
+    raw = raw[:-1].encode() + b',"parts":[' + b",".join(p[0] for p in parts) + b"]}"
+    return [raw, *(f for p in parts for f in p[1:])]
+
+
+def batch_parts(header: dict, frames: Sequence) -> list[tuple[dict, list]]:
+    """The (header, payload frames) of each part of a batch, or ProtocolError naming
+    what does not fit. frames[0] is the batch's own header frame."""
+    parts, nf = header.get("parts"), header.get("nf")
+    if not isinstance(parts, list) or not all(isinstance(p, dict) for p in parts):
+        raise ProtocolError("header field 'parts' must be a list of request headers")
+    if not 1 <= len(parts) <= MAX_PARTS:
+        raise ProtocolError(f"header field 'parts': a batch holds 1..{MAX_PARTS} requests "
+                            f"(got {len(parts)})")
+    if (not isinstance(nf, list) or len(nf) != len(parts)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in nf)):
+        raise ProtocolError("header field 'nf' must list each part's payload frame count")
+    if sum(nf) != len(frames) - 1:
+        raise ProtocolError(f"batch: 'nf' counts {sum(nf)} payload frames, the message has "
+                            f"{len(frames) - 1}")
+    out, at = [], 1
+    for p, n in zip(parts, nf):
+        out.append((p, list(frames[at:at + n])))
+        at += n
+    return out
 
 
 def decode_header(frame) -> dict:

@@ -161,7 +161,7 @@ class Server:
     def _send(self, replies: list) -> None:
         for to, frames_out in replies:
             sock = self._route.get(to, self.sock)
-            if len(frames_out) > 1 and frames_out[1].nbytes >= ZERO_COPY_MIN:
+            if any(getattr(f, "nbytes", 0) >= ZERO_COPY_MIN for f in frames_out[1:]):
                 self._trackers.append(
                     sock.send_multipart([to, *frames_out], copy=False, track=True))
                 if len(self._trackers) > 256:

@@ -132,19 +132,28 @@ class ShardState:
 
     # ---- dispatch -------------------------------------------------------------------
     def handle(self, peer: bytes, frames: list) -> list[Reply]:
-        rid = None
         try:
             if not frames:
                 raise ProtocolError("empty message")
             header = P.decode_header(frames[0])
+        except ProtocolError as e:
+            self.stats["errors"] += 1
+            return [(peer, P.reply_error(None, str(e)))]
+        return self._dispatch(peer, header, frames)
+
+    def _dispatch(self, peer: bytes, header: dict, frames: list,
+                  part: int | None = None) -> list[Reply]:
+        rid = None
+        try:
             rid = header.get("id")
             if not isinstance(rid, (int, str)) or isinstance(rid, bool):
                 rid = None
                 raise ProtocolError("header field 'id' must be an integer or string")
             op = header.get("op")
-            if op not in P.OPS:
+            if op not in P.OPS or (op == "batch" and part is not None):
                 raise ProtocolError(f"header field 'op' {op!r:.40} is not one of "
-                                    f"{', '.join(P.OPS)}")
+                                    f"{', '.join(P.OPS)}" + ("" if part is None else
+                                                             " (and not a batch)"))
             if header.get("v", P.VERSION) != P.VERSION:
                 raise ProtocolError(f"header field 'v': protocol version {header.get('v')!r} "
                                     f"not supported (this server speaks {P.VERSION})")
@@ -155,9 +164,23 @@ class ShardState:
             return getattr(self, "_op_" + op)(peer, rid, header, frames)
         except ProtocolError as e:
             self.stats["errors"] += 1
-            return [(peer, P.reply_error(rid, str(e)))]
+            where = "" if part is None else f"batch part {part}: "
+            return [(peer, P.reply_error(rid, where + str(e)))]
 
     # ---- operations -----------------------------------------------------------------
+    def _op_batch(self, peer, rid, h, frames):
+        # Each part exactly as if it came alone; what goes back to the sender travels
+        # in one message, what goes to other workers (reads a part released) as usual.
+        parts = P.batch_parts(h, frames)
+        mine, out = [], []
+        for k, (header, payload) in enumerate(parts):
+            for to, reply in self._dispatch(peer, header, [frames[0], *payload], part=k):
+                if to == peer:
+                    mine.append(reply)
+                else:
+                    out.append((to, reply))
+        return ([(peer, P.reply_batch(rid, mine))] if mine else []) + out
+
     def _op_ping(self, peer, rid, h, frames):
         return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base, cause=self.last_cause))]
 

@@ -131,6 +131,8 @@ class DataParallel(torch.nn.Module):
         self._buckets = [_Bucket(b, {s.index for s in b if self._params[s.index].requires_grad})
                          for b in self._playout.buckets(bucket_bytes)]
         self._bucket_of = {s.index: bk for bk in self._buckets for s in bk.slots}
+        self._complete = sum(1 for bk in self._buckets if bk.trainable)
+        self._pushed = 0                # buckets completed by hooks in this clock
         self._lock = threading.Lock()
         self._syncing = True            # False inside no_sync()
         self._mode: str | None = None   # "grad" (ServerOptimizer) | "delta" (LocalOptimizer)
@@ -188,6 +190,7 @@ class DataParallel(torch.nn.Module):
         log.warning("%s: the job rolled back to clock %d", self.name, self.clock)
         self._clock_handle = None
         self._other_handles = []
+        self._pushed = 0
         for b in self._buckets:
             b.handle = None
             b.ready.clear()
@@ -339,7 +342,10 @@ class DataParallel(torch.nn.Module):
                     "accumulate over several backward passes inside `with model.no_sync():`")
             self._stage(b, index, p.grad)
             if b.ready == b.trainable and not self._void:
-                self._push_bucket(b)
+                # The bucket backward completes last is its end: step() follows, and
+                # the push leaves in one message with the clock (see Client.batch).
+                self._pushed += 1
+                self._push_bucket(b, defer=self._pushed == self._complete)
 
     def _stage(self, b: _Bucket, index: int, grad: torch.Tensor) -> None:
         if b.handle is not None:     # the last clock's push of these rows left zero-copy
@@ -353,14 +359,15 @@ class DataParallel(torch.nn.Module):
         self._gviews[index].copy_(grad)
         b.ready.add(index)
 
-    def _push_bucket(self, b: _Bucket) -> None:
+    def _push_bucket(self, b: _Bucket, defer: bool = False) -> None:
         for s in b.slots:               # untouched rows carry no stale gradient
             if s.index not in b.ready:
                 self._gstage[s.lo:s.hi] = 0.0
         # timeline: if the job rolls back meanwhile, this push (of a clock that no
         # longer exists) is refused by the client instead of landing in the new one.
         b.handle = self._client.push_async(self._table, range(b.lo, b.hi),
-                                           self._gstage[b.lo:b.hi], timeline=self._timeline)
+                                           self._gstage[b.lo:b.hi], timeline=self._timeline,
+                                           defer=defer)
         b.pushed = True
         if self._on_push is not None:
             self._on_push(tuple(s.name for s in b.slots), range(b.lo, b.hi))
@@ -371,7 +378,7 @@ class DataParallel(torch.nn.Module):
         if self._mode is None:
             raise RuntimeError("no optimizer attached: create gt.ServerOptimizer(model, ...)")
         self.sync()         # a step without a forward since the last one
-        with self._lock:
+        with self._lock, self._client.batch():
             try:
                 for h in self._other_handles:   # the delta arrays left zero-copy
                     h.wait()
@@ -391,6 +398,7 @@ class DataParallel(torch.nn.Module):
                             self._stage(b, i, g)
                     if b.ready:
                         self._push_bucket(b)
+                self._pushed = 0
                 for b in self._buckets:
                     b.ready.clear()
                     b.pushed = False
@@ -415,6 +423,7 @@ class DataParallel(torch.nn.Module):
         # The loader draws the right batch next; the refresh is already on its way
         # unless the rollback surfaced in backward.
         self._void = False
+        self._pushed = 0
         for b in self._buckets:
             b.ready.clear()
             b.pushed = False

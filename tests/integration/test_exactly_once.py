@@ -17,7 +17,8 @@ pytestmark = pytest.mark.integration
 
 class LossyProxy(threading.Thread):
     """Forwards one client's traffic to one server over real TCP sockets, dropping the
-    reply to the first push it forwards (as a network fault or a crash would)."""
+    reply to the first push it forwards (as a network fault or a crash would): the
+    whole message, when the push was part of a batch."""
 
     def __init__(self, server: str):
         super().__init__(daemon=True)
@@ -45,13 +46,15 @@ class LossyProxy(threading.Thread):
                     if sock is front:
                         peer, *frames = front.recv_multipart()
                         h = P.decode_header(frames[0])
-                        if h.get("op") == "push":
-                            push_ids.add(h["id"])
+                        for part in h.get("parts", [h]):      # a batch: its requests
+                            if part.get("op") == "push":
+                                push_ids.add(part["id"])
                         back.send_multipart(frames)
                     else:
                         frames = back.recv_multipart()
                         h = P.decode_header(frames[0])
-                        if h.get("id") in push_ids and not self.dropped:
+                        ids = {part.get("id") for part in h.get("parts", [h])}
+                        if ids & push_ids and not self.dropped:
                             self.dropped.append(h)
                             continue
                         front.send_multipart([peer, *frames])
@@ -71,6 +74,31 @@ def test_push_resent_after_lost_reply_is_applied_once():
             c.push(t, None, np.ones((4, 2), np.float32))   # its reply is dropped
             assert proxy.dropped, "the proxy did not drop the reply: the test proves nothing"
             c.clock()
+            values, clock = c.pull(t)
+            assert clock == 1
+            np.testing.assert_array_equal(values, np.ones((4, 2)))   # once, not twice
+            assert c.stats()[0]["duplicates"] == 1                   # the retry did arrive
+            c.close()
+        finally:
+            proxy.stop.set()
+            proxy.join(5)
+
+
+def test_batch_whose_reply_is_lost_is_resent_and_applied_once():
+    with Cluster(servers=1, workers=1) as cl:
+        proxy = LossyProxy(cl.servers[0])
+        proxy.start()
+        proxy.ready.wait(5)
+        try:
+            c = geeps.Client([proxy.address], 0, 1, "bsp", timeout=10)
+            t = c.create_table("w", 4, 2, rule="add")
+            with c.batch():      # one message: push and clock; its reply is dropped
+                pushed = c.push_async(t, None, np.ones((4, 2), np.float32))
+                clocked = c.clock_async()
+            pushed.wait(10)
+            assert clocked.wait(10) == 1
+            # The dropped message answered both: they did travel as one batch.
+            assert proxy.dropped and len(proxy.dropped[0].get("parts", [])) == 2
             values, clock = c.pull(t)
             assert clock == 1
             np.testing.assert_array_equal(values, np.ones((4, 2)))   # once, not twice

@@ -56,7 +56,24 @@ def malformed(draw):
     kind = draw(st.sampled_from([
         "frames", "header_bytes", "header_json", "op", "table", "rows_range", "rows_ids",
         "values_len", "values_dtype", "field_type", "clock_ahead", "create_bad", "pull_bad",
-        "version"]))
+        "version", "batch"]))
+    if kind == "batch":         # malformed requests in one batch, or a malformed batch
+        inner = [m for m in draw(st.lists(malformed(), min_size=1, max_size=3))
+                 if _json_obj(m[0])]
+        parts = [json.loads(m[0]) for m in inner]
+        nf = [len(m) - 1 for m in inner]
+        payload = [f for m in inner for f in m[1:]]
+        fault = draw(st.sampled_from(["parts", "nf_sum", "nf_type", "parts_type", "empty"]))
+        if fault == "nf_sum" and parts:
+            nf[0] += draw(st.sampled_from([-1, 1]).filter(lambda d: nf[0] + d >= 0))
+        elif fault == "nf_type":
+            nf = draw(junk.filter(lambda v: not isinstance(v, list)))
+        elif fault == "parts_type":
+            parts = draw(junk.filter(lambda v: not isinstance(v, list)))
+        elif fault == "empty" or not parts:
+            parts, nf, payload = [], [], []
+        return [json.dumps({"v": 1, "op": "batch", "id": 6, "parts": parts,
+                            "nf": nf}).encode(), *payload]
     if kind == "frames":        # a valid header with the wrong number of payload frames
         n = draw(st.sampled_from([0, 2, 3]))
         return [json.dumps(good_push()).encode()] + [VALUES] * n
@@ -144,7 +161,9 @@ def test_each_malformed_message_gets_an_error(live, frames):
     _, _, _, sock = live
     reply = ask(sock, frames)
     SENT["n"] += 1
-    assert reply["ok"] is False and reply["error"], reply
+    # A well-formed batch of malformed requests: an error for each of them.
+    for r in reply.get("parts", [reply]) if reply["ok"] else [reply]:
+        assert r["ok"] is False and r["error"], reply
 
 
 def test_state_is_unchanged_and_the_server_still_serves(live):

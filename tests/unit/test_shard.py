@@ -194,3 +194,65 @@ def test_a_dense_clock_applied_in_blocks_answers_each_pull_early_with_the_same_b
     ids = [json.loads(batch[0][1][0])["id"] for batch in sent]
     assert ids == [0, P.chunk_rows(w), 2 * P.chunk_rows(w)]
     assert not blocks.parked
+
+
+def batch_reply(out, peer=b"p"):
+    """The parts of the one batch reply to `peer`: [(header, payload frames)]."""
+    (frames,) = [f for to, f in out if to == peer]
+    return P.batch_parts(json.loads(frames[0]), frames)
+
+
+def test_a_batch_is_handled_as_its_parts_one_by_one():
+    st, init = make(workers=1)
+    g = np.ones((4, 2), np.float32)
+    parts = [msg("push", rid=1, table="t", worker=0, session=7, clock=0, seq=0,
+                 rows={"range": [0, 4]}, payload=[g]),
+             msg("clock", rid=2, worker=0, clock=0),
+             msg("pull", rid=3, table="t", rows={"range": [1, 3]}, need=1)]
+    replies = batch_reply(st.handle(b"p", P.batch(1, parts)))
+    assert [h["id"] for h, _ in replies] == [1, 2, 3] and all(h["ok"] for h, _ in replies)
+    (values,) = replies[2][1]
+    np.testing.assert_array_equal(np.frombuffer(values, "<f4").reshape(2, 2), init[1:3] - 1.0)
+    alone, _ = make(workers=1)
+    for m in parts:
+        alone.handle(b"p", m)
+    assert alone.digest() == st.digest()
+
+
+def test_a_malformed_part_gets_its_own_error_and_the_others_apply():
+    st, init = make(workers=1)
+    parts = [msg("push", rid=1, table="nope", worker=0, session=7, clock=0, seq=0,
+                 rows={"range": [0, 4]}, payload=[np.ones((4, 2), np.float32)]),
+             msg("batch", rid=2, parts=[], nf=[]),
+             msg("clock", rid=3, worker=0, clock=0)]
+    (bad, _), (nested, _), (ok, _) = batch_reply(st.handle(b"p", P.batch(1, parts)))
+    assert not bad["ok"] and "batch part 0" in bad["error"] and "'nope'" in bad["error"]
+    assert not nested["ok"] and "not a batch" in nested["error"]
+    assert ok["ok"] and st.done == [1]
+    np.testing.assert_array_equal(st.tables["t"].rows, init)     # the bad push changed nothing
+
+
+@pytest.mark.parametrize("fields, frames, fault", [
+    ({"parts": "x", "nf": [0]}, 0, "'parts'"),
+    ({"parts": [], "nf": []}, 0, "1..256"),
+    ({"parts": [{"op": "ping", "id": 1}], "nf": [2]}, 1, "'nf' counts 2"),
+    ({"parts": [{"op": "ping", "id": 1}], "nf": [True]}, 0, "'nf'"),
+])
+def test_a_malformed_batch_is_refused_whole(fields, frames, fault):
+    st, _ = make(workers=1)
+    before = st.digest()
+    h, _ = reply(st.handle(b"p", msg("batch", payload=[b"x"] * frames, **fields)))
+    assert not h["ok"] and fault in h["error"]
+    assert st.digest() == before
+
+
+def test_reads_released_by_a_batch_go_to_their_own_workers():
+    st, init = make(workers=2)
+    assert st.handle(b"q", msg("pull", rid=9, table="t", rows={"range": [0, 4]}, need=1)) == []
+    st.handle(b"q", msg("clock", worker=1, clock=0))
+    out = st.handle(b"p", P.batch(1, [msg("clock", rid=2, worker=0, clock=0),
+                                      msg("pull", rid=3, table="t", rows={"range": [0, 4]},
+                                          need=1)]))
+    assert [h["id"] for h, _ in batch_reply(out)] == [2, 3]
+    (released,) = [json.loads(f[0]) for to, f in out if to == b"q"]
+    assert released["id"] == 9 and released["clock"] == 1
