@@ -76,7 +76,7 @@ class Client:
         self._closed = False
         self._io = IOThread(self.servers, config=config, timeout=timeout,
                             wait_timeout=wait_timeout,
-                            local=None if host is None else {host.rank: host.endpoint})
+                            host=host)
         self._io.on_rollback = self._rolled_back
         self._io.start()
         try:

@@ -2,14 +2,15 @@
 
 In GeePS every machine runs one worker and one shard of the parameter data, and a
 worker reaches its own shard in memory. With GEEPS_COLOCATE=1 (`geeps run
---colocate`) worker r serves shard r of GEEPS_SERVERS on a thread of its own process:
-the other workers dial it over TCP as usual, while this worker's client talks to it
-over ZeroMQ's inproc transport, where a message is a pointer and no byte crosses the
-kernel. At W=2 that halves what crosses the network per clock: the same bytes as an
-all-reduce ring.
+--colocate`) worker r serves shard r of GEEPS_SERVERS: the other workers dial it over
+TCP as usual, while this worker's client hands its requests to it by a function call.
+The client's I/O thread runs the shard's loop beside its own (one poller, one
+thread), so a clock costs no thread hand-off inside the process and no message on
+the way to the worker's own shard. At W=2 that halves what crosses the network per
+clock: the same bytes as an all-reduce ring.
 
     host = HostedShard(cfg)                         # cfg: this worker's geeps.Config
-    client = Client(cfg.servers, cfg.rank, ..., host=host)
+    client = Client(cfg.servers, cfg.rank, ..., host=host)     # serves it from here on
     ...
     client.close()      # leaves, serves on until every worker has left, stops the shard
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 
 import zmq
@@ -31,25 +31,14 @@ from .config import Config
 log = logging.getLogger("geeps.colocate")
 
 
-def endpoint(rank: int) -> str:
-    return f"inproc://geeps-shard-{rank}"
-
-
 class HostedShard:
-    """Shard `cfg.rank` served on a background thread of this process."""
+    """Shard `cfg.rank`, bound and ready; the client made with it serves it."""
 
     def __init__(self, cfg: Config, metrics=None):
         from .server import Server
         self.rank = cfg.rank
-        self.endpoint = endpoint(cfg.rank)
         scfg = dataclasses.replace(cfg, role="server", colocate=False)
-        # inproc only connects sockets of one context: the client's I/O thread uses
-        # the process-wide instance, so the shard must too.
-        self.server = Server(scfg, context=zmq.Context.instance(), metrics=metrics,
-                             local=self.endpoint)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True,
-                                       name=f"geeps-shard-{cfg.rank}")
-        self.thread.start()
+        self.server = Server(scfg, context=zmq.Context.instance(), metrics=metrics)
 
     def serve_until_all_left(self, timeout: float) -> bool:
         """Block until every worker has said `leave` here, or `timeout` seconds; True
@@ -70,6 +59,5 @@ class HostedShard:
         return True
 
     def stop(self) -> None:
-        self.server.stop()
-        if threading.current_thread() is not self.thread:
-            self.thread.join(5.0)
+        """Close the shard's socket; call once its client's I/O thread has stopped."""
+        self.server.close()

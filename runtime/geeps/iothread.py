@@ -88,26 +88,35 @@ class _Shard:
 
 class IOThread(threading.Thread):
     def __init__(self, servers: Sequence[str], *, config: Config | None = None,
-                 timeout: float = 30.0, wait_timeout: float = 600.0,
-                 local: dict[int, str] | None = None):
-        """`local`: shard index -> inproc:// endpoint of a shard served in this process
-        (geeps.colocate); the other shards are dialled over TCP."""
+                 timeout: float = 30.0, wait_timeout: float = 600.0, host=None):
+        """`host`: the geeps.colocate.HostedShard this process serves. This thread
+        runs its server's loop too, and hands it requests by a function call; the
+        other shards are dialled over TCP."""
         super().__init__(name="geeps-io", daemon=True)
         self.timeout = timeout
         self.wait_timeout = wait_timeout
         self._ctx = zmq.Context.instance()
         keep_freed_memory()
-        local = local or {}
+        local = None if host is None else host.rank
         self._shards = [
-            _Shard(k, "in-process", connect_dealer(self._ctx, local[k])) if k in local else
+            _Shard(k, "in-process", None) if k == local else
             _Shard(k, a, connect_dealer(self._ctx, f"tcp://{a}", config))
             for k, a in enumerate(servers)]
+        # Over the network first: the hosted shard's requests are handled on this
+        # thread, after the others are on their way.
+        self._flush_order = sorted(self._shards, key=lambda s: s.sock is None)
+        self._host = None if host is None else host.server
+        # Requests to the hosted shard, handed over in order by _pump_local (never from
+        # inside the server's own handling: a reply may lead to a resend).
+        self._to_local: collections.deque[list] = collections.deque()
+        if self._host is not None:
+            self._host.local_sink = lambda frames: self._from_local(self._shards[local], frames)
         # With CurveZMQ a server that refuses our key says so only in a handshake
         # event; watch for it so the caller hears "refused", not "unreachable".
         self._monitors = {}
         if config is not None and config.curve_dir and not config.insecure:
             for s in self._shards:
-                if s.index in local:
+                if s.sock is None:
                     continue
                 self._monitors[s.sock.get_monitor_socket(
                     zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
@@ -182,10 +191,14 @@ class IOThread(threading.Thread):
         poller.register(self._rfd, zmq.POLLIN)
         by_sock = {}
         for s in self._shards:
-            poller.register(s.sock, zmq.POLLIN)
-            by_sock[s.sock] = s
+            if s.sock is not None:
+                poller.register(s.sock, zmq.POLLIN)
+                by_sock[s.sock] = s
         for m in self._monitors:
             poller.register(m, zmq.POLLIN)
+        host = self._host
+        if host is not None:
+            poller.register(host.sock, zmq.POLLIN)
         try:
             while not self._stopping:
                 events = dict(poller.poll(POLL_MS))
@@ -195,13 +208,23 @@ class IOThread(threading.Thread):
                 for sock, shard in by_sock.items():
                     if sock in events:
                         self._receive(shard)
+                served = host is not None and host.sock in events
+                if served:
+                    host.drain()
                 for mon, shard in self._monitors.items():
                     if mon in events:
                         self._handshake_failed(mon, shard)
                 now = time.monotonic()
-                for shard in self._shards:
+                for shard in self._flush_order:
                     self._tick(shard, now)
                     self._flush(shard)
+                while self._to_local:      # replies may open the window for more
+                    served = True
+                    self._pump_local()
+                    for shard in self._flush_order:
+                        self._flush(shard)
+                if host is not None:
+                    host.after_poll(served)
         except Exception as e:  # never leave callers waiting forever
             log.exception("geeps I/O thread failed")
             self._fail_all(GeepsError(f"client I/O thread failed: {e}"))
@@ -210,7 +233,8 @@ class IOThread(threading.Thread):
             for m in self._monitors:
                 m.close(linger=0)
             for s in self._shards:
-                s.sock.close(linger=0)
+                if s.sock is not None:
+                    s.sock.close(linger=0)
             os.close(self._rfd)
             os.close(self._wfd)
 
@@ -263,15 +287,16 @@ class IOThread(threading.Thread):
             self._send_batch(shard, batch)
 
     def _send_batch(self, shard: _Shard, batch: list[Request]) -> None:
-        if len(batch) == 1:
-            return self._send(shard, batch[0])
+        if len(batch) == 1 or shard.sock is None:     # in memory, one costs no more
+            for r in batch:
+                self._send(shard, r)
+            return
         for r in batch:
             shard.sent += 1
             r.order = shard.sent
             r.last_sent = time.monotonic()
         try:
-            shard.sock.send_multipart(P.batch(batch[0].rid, [r.frames for r in batch]),
-                                      copy=False, flags=zmq.NOBLOCK)
+            self._transmit(shard, P.batch(batch[0].rid, [r.frames for r in batch]))
             unsent = False
         except zmq.Again:
             unsent = True       # _tick sends them again, one by one
@@ -291,7 +316,8 @@ class IOThread(threading.Thread):
         if r.seq:
             header["seq"] = shard.seq
             shard.seq += 1
-        r.frames = [P.encode_header(header), *r.payload]
+        # The hosted shard takes the header as it is: nothing to encode or parse.
+        r.frames = [header if shard.sock is None else P.encode_header(header), *r.payload]
         r.first_sent = time.monotonic()
         if not shard.inflight:
             shard.last_heard = r.first_sent  # silence counts from the first request
@@ -305,10 +331,30 @@ class IOThread(threading.Thread):
         # refused our handshake) a DEALER would block in send, and then no timeout
         # could fire. An unsent request is retried by _tick.
         try:
-            shard.sock.send_multipart(r.frames, copy=False, flags=zmq.NOBLOCK)
+            self._transmit(shard, r.frames)
             r.unsent = False
         except zmq.Again:
             r.unsent = True
+
+    def _transmit(self, shard: _Shard, frames: list) -> None:
+        if shard.sock is None:
+            self._to_local.append(frames)
+        else:
+            shard.sock.send_multipart(frames, copy=False, flags=zmq.NOBLOCK)
+
+    def _pump_local(self) -> None:
+        while self._to_local:
+            self._host.handle_local(self._to_local.popleft())
+
+    def _from_local(self, shard: _Shard, frames: list) -> None:
+        # A reply of the hosted shard: its values may be views of the shard's rows,
+        # so it is taken (a pull copied out) before the shard runs again.
+        now = time.monotonic()
+        shard.last_heard = now
+        header = P.decode_header(frames[0])
+        for header, payload in (P.batch_parts(header, frames) if "parts" in header
+                                else [(header, frames[1:])]):
+            self._on_reply(shard, header, payload, now)
 
     def _receive(self, shard: _Shard) -> None:
         while True:
@@ -326,9 +372,10 @@ class IOThread(threading.Thread):
                 log.warning("%s sent a malformed reply: %s", shard.name(), e)
                 continue
             for header, payload in replies:
-                self._on_reply(shard, header, payload, now)
+                self._on_reply(shard, header, [f.buffer for f in payload], now)
 
-    def _on_reply(self, shard: _Shard, header: dict, frames: list, now: float) -> None:
+    def _on_reply(self, shard: _Shard, header: dict, payload: list, now: float) -> None:
+        """One reply; `payload`: its frames' buffers."""
         rid = header.get("id")
         inc = header.get("inc")
         if inc is not None and shard.inc is not None and inc != shard.inc \
@@ -358,7 +405,6 @@ class IOThread(threading.Thread):
         elif header.get("ok"):
             if r.op == "hello":
                 shard.inc = header.get("inc")
-            payload = [f.buffer for f in frames]
             if r.deliver is not None:
                 try:
                     r.deliver(header, payload)
@@ -401,7 +447,7 @@ class IOThread(threading.Thread):
             shard.ping_order = shard.sent
             shard.ping_sent = now
             try:
-                shard.sock.send_multipart(P.request("ping", shard.ping_rid), flags=zmq.NOBLOCK)
+                self._transmit(shard, P.request("ping", shard.ping_rid))
             except zmq.Again:
                 pass        # no connection: the silence itself will time out
         elif shard.ping_rid is not None and now - shard.ping_sent >= PING_S * 4:

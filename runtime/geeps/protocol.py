@@ -69,8 +69,11 @@ class ProtocolError(ValueError):
     """A message that breaks the wire format; the text names the frame or field."""
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))     # one, not one per header
+
+
 def encode_header(header: dict) -> bytes:
-    return json.dumps(header, separators=(",", ":")).encode()
+    return _ENCODER.encode(header).encode()
 
 
 def request(op: str, rid: int, payload: Sequence = (), **fields) -> list:
@@ -97,7 +100,7 @@ def reply_batch(rid: Any, parts: Sequence[list]) -> list:
 
 def _splice(head: dict, parts: Sequence[list]) -> list:
     # The parts' headers are already encoded: spliced in as they are.
-    raw = json.dumps(dict(head, nf=[len(p) - 1 for p in parts]), separators=(",", ":"))
+    raw = _ENCODER.encode(dict(head, nf=[len(p) - 1 for p in parts]))
     raw = raw[:-1].encode() + b',"parts":[' + b",".join(p[0] for p in parts) + b"]}"
     return [raw, *(f for p in parts for f in p[1:])]
 

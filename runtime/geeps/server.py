@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+from typing import Callable
 
 import zmq
 
@@ -27,16 +28,19 @@ from .transport import ZERO_COPY_MIN, bind_router, security_note
 log = logging.getLogger("geeps.server")
 POLL_MS = 100     # how often the loop looks at the stop flag when idle
 IO_THREADS = 2    # ZeroMQ I/O threads of a server process (see Server.__init__)
+# The routing id of the worker that hosts a shard: ZeroMQ never gives a peer an id
+# that starts with a zero byte and is this long, so it names no one else.
+LOCAL_PEER = b"\x00geeps-hosting-worker"
 
 
 class Server:
     """Serve one shard until `stop()`; `serve()` blocks. Thread-safe: only `stop()`."""
 
     def __init__(self, cfg: _config.Config, context: zmq.Context | None = None,
-                 metrics=None, local: str | None = None):
-        """`local`: an inproc:// endpoint to serve too, for a worker that hosts this
-        shard in its own process (geeps.colocate); it needs `context` to be the
-        worker's. Never encrypted: nothing it carries leaves the process."""
+                 metrics=None):
+        """A worker that serves this shard itself (geeps.colocate) runs the loop on
+        its client's I/O thread instead of serve() (drain, after_poll), hands its own
+        requests over directly (handle_local) and takes their replies in local_sink."""
         self.cfg = cfg
         self.metrics = metrics
         if context is None:
@@ -63,18 +67,10 @@ class Server:
         host, _, port = cfg.servers[cfg.rank].rpartition(":")
         self.address = f"tcp://{cfg.bind_host}:{port}"
         self.sock, self._auth = bind_router(self.ctx, self.address, cfg)
-        self.local_sock = None
-        if local is not None:
-            try:
-                self.local_sock = bind_router(self.ctx, local, None)[0]
-            except zmq.ZMQError:
-                self.sock.close(0)
-                if self._auth is not None:
-                    self._auth.stop()
-                raise
-        # The in-process peers, so their replies (also of reads parked by another
-        # peer's request) go back the way they came; everyone else is on `sock`.
-        self._route: dict[bytes, zmq.Socket] = {}
+        # Called on the serving thread with each reply to LOCAL_PEER (the hosting
+        # worker), its values possibly views of the rows: used before anything else
+        # runs on that thread.
+        self.local_sink: Callable[[list], None] | None = None
 
     def _restore_newest(self) -> None:
         found = checkpoint.newest(self.cfg.checkpoint_dir, self.cfg.rank)
@@ -106,36 +102,44 @@ class Server:
 
     def serve(self) -> None:
         poller = zmq.Poller()
-        socks = [self.sock] + ([self.local_sock] if self.local_sock is not None else [])
-        for sock in socks:
-            poller.register(sock, zmq.POLLIN)
-        log.info("server %d listening on %s%s for %d workers; %s", self.cfg.rank,
-                 self.address, " and in-process" if self.local_sock is not None else "",
-                 self.cfg.num_workers, security_note(self.cfg))
+        poller.register(self.sock, zmq.POLLIN)
+        log.info("server %d listening on %s for %d workers; %s", self.cfg.rank,
+                 self.address, self.cfg.num_workers, security_note(self.cfg))
         try:
             while not self._stop.is_set():
                 ready = dict(poller.poll(POLL_MS))
-                for sock in socks:
-                    if sock not in ready:
-                        continue
-                    # Drain what is queued before polling again: fewer syscalls under load.
-                    for _ in range(256):
-                        try:
-                            msg = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        if sock is not self.sock:   # the few in-process peers only
-                            self._route[msg[0].bytes] = sock
-                        self._handle(msg)
-                if ready:
-                    with self._changed:
-                        self._changed.notify_all()
-                self._export()
+                if self.sock in ready:
+                    self.drain()
+                self.after_poll(bool(ready))
         finally:
-            for sock in socks:
-                sock.close(linger=0)
-            if self._auth is not None:
-                self._auth.stop()
+            self.close()
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+
+    def drain(self) -> None:
+        """Handle what is queued on the socket (without blocking)."""
+        # All of it, up to a bound, before polling again: fewer syscalls under load.
+        for _ in range(256):
+            try:
+                msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(msg[0].bytes, msg[1:])
+
+    def after_poll(self, handled: bool) -> None:
+        if handled:
+            with self._changed:
+                self._changed.notify_all()
+        self._export()
+
+    def handle_local(self, frames: list) -> None:
+        """A request of the hosting worker, handled now; its replies go to local_sink.
+        Its header (frames[0]) may be the dict itself."""
+        self._handle(LOCAL_PEER, frames, frames[0] if isinstance(frames[0], dict) else None)
 
     def _export(self) -> None:
         if self.metrics is None:
@@ -148,10 +152,10 @@ class Server:
             self.metrics.server_push_bytes.inc(pushed - self._pushed_bytes)
             self._pushed_bytes = pushed
 
-    def _handle(self, msg: list) -> None:
-        peer, frames = msg[0].bytes, msg[1:]
+    def _handle(self, peer: bytes, frames: list, header: dict | None = None) -> None:
         try:
-            replies = self.state.handle(peer, frames)
+            replies = self.state.handle(peer, frames) if header is None \
+                else self.state.dispatch(peer, header, frames)
         except Exception:  # a bug must not take the shard down with every worker's state
             log.exception("server %d: internal error on a request", self.cfg.rank)
             from .protocol import reply_error
@@ -160,14 +164,15 @@ class Server:
 
     def _send(self, replies: list) -> None:
         for to, frames_out in replies:
-            sock = self._route.get(to, self.sock)
-            if any(getattr(f, "nbytes", 0) >= ZERO_COPY_MIN for f in frames_out[1:]):
+            if to == LOCAL_PEER:
+                self.local_sink(frames_out)
+            elif any(getattr(f, "nbytes", 0) >= ZERO_COPY_MIN for f in frames_out[1:]):
                 self._trackers.append(
-                    sock.send_multipart([to, *frames_out], copy=False, track=True))
+                    self.sock.send_multipart([to, *frames_out], copy=False, track=True))
                 if len(self._trackers) > 256:
                     self._trackers = [t for t in self._trackers if not t.done]
             else:
-                sock.send_multipart([to, *frames_out], copy=True)
+                self.sock.send_multipart([to, *frames_out], copy=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -139,10 +139,11 @@ class ShardState:
         except ProtocolError as e:
             self.stats["errors"] += 1
             return [(peer, P.reply_error(None, str(e)))]
-        return self._dispatch(peer, header, frames)
+        return self.dispatch(peer, header, frames)
 
-    def _dispatch(self, peer: bytes, header: dict, frames: list,
-                  part: int | None = None) -> list[Reply]:
+    def dispatch(self, peer: bytes, header: dict, frames: list,
+                 part: int | None = None) -> list[Reply]:
+        """handle() of a request whose header is decoded already (frames[0] unread)."""
         rid = None
         try:
             rid = header.get("id")
@@ -174,7 +175,7 @@ class ShardState:
         parts = P.batch_parts(h, frames)
         mine, out = [], []
         for k, (header, payload) in enumerate(parts):
-            for to, reply in self._dispatch(peer, header, [frames[0], *payload], part=k):
+            for to, reply in self.dispatch(peer, header, [frames[0], *payload], part=k):
                 if to == peer:
                     mine.append(reply)
                 else:
