@@ -1,21 +1,26 @@
 """Time per training iteration: geeps vs DistributedDataParallel (gloo) vs one process.
 
     python bench/bench_training.py                       # digits CNN and ResNet-18
-    python bench/bench_training.py --model digits --steps 100
-    python bench/bench_training.py --model resnet --resnet-batch 32 --steps 10
+    python bench/bench_training.py --model digits --blocks 20
+    python bench/bench_training.py --model resnet --resnet-batch 32 --block-steps 3
 
-For each model, in the same run, the same per-worker batch of random data, SGD with
-momentum, torch on one thread per process:
-- single: one process, plain torch.optim.SGD.
-- DDP: torch.nn.parallel.DistributedDataParallel, gloo, W processes.
-- geeps BSP / SSP: W worker processes (geeps.torch: gradients pushed from backward
-  hooks, momentum on the servers) and S `geeps server` processes; SSP slack 1.
+Modes, each with its own copy of the model (same initial weights), the same per-worker
+batch of random data, SGD with momentum, torch on one thread per process:
+- DDP: torch.nn.parallel.DistributedDataParallel, gloo.
+- geeps BSP / SSP: geeps.torch (gradients pushed from backward hooks, momentum on the
+  servers) against S `geeps server` processes; SSP slack 1.
 - geeps co-located: the same with no server processes: worker r serves shard r itself
-  (GEEPS_COLOCATE=1, GeePS's layout), reached in memory by its own worker.
-Each figure is the median over iterations of the slowest worker's iteration time,
-then the median over interleaved rounds.
-Printed as milliseconds and as ratios to DDP and to one process. The target: geeps
-BSP within 1.1x of DDP's time per iteration.
+  (GEEPS_COLOCATE=1, GeePS's layout).
+The W worker processes hold every mode at once and take turns: a block of iterations
+of each mode, then the next, for `blocks` rounds. A virtual machine's slow spells
+last long against a millisecond iteration; this way they fall on neighbouring blocks
+of every mode alike instead of on whole runs. Per block: the median over its
+iterations of the slowest worker's time (the first WARMUP of a block dropped: the
+workers line up again). Times: the median block; ratios: the median over rounds of
+each block's time over the same round's DDP block.
+- single: one process, plain torch.optim.SGD, run alone before the others (its ratio
+  is of medians).
+The target: geeps BSP within 1.1x of DDP's time per iteration.
 """
 from __future__ import annotations
 
@@ -30,8 +35,12 @@ import time
 from geeps.ports import free_port
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WARMUP = 3
-
+# Iterations at the start of each block that are not counted (the workers line up
+# again after the other modes' blocks); a ResNet-18 step is long enough for one.
+WARMUP = {"digits": 3, "resnet": 1}
+MODES = ("ddp", "bsp", "ssp", "bsp_co", "ssp_co")
+KEYS = ("single",) + MODES
+CONSISTENCY = {"bsp": "bsp", "ssp": "ssp:1", "bsp_co": "bsp", "ssp_co": "ssp:1"}
 
 
 def make_model(name: str, width: int):
@@ -46,110 +55,128 @@ def make_model(name: str, width: int):
     return model, (3, 32, 32)
 
 
-def _worker(kind, rank, world, model_name, width, batch, steps, extra, out):
+def _geeps_client(mode: str, rank: int, world: int, addrs: list[str]):
+    import geeps
+    if mode.endswith("_co"):        # worker `rank` serves shard `rank` itself
+        return geeps.Client.from_env({
+            "GEEPS_SERVERS": ",".join(addrs), "GEEPS_RANK": str(rank),
+            "GEEPS_NUM_WORKERS": str(world), "GEEPS_CONSISTENCY": CONSISTENCY[mode],
+            "GEEPS_COLOCATE": "1", "GEEPS_BIND_HOST": "127.0.0.1", "GEEPS_TIMEOUT": "120"})
+    return geeps.Client(addrs, rank, world, CONSISTENCY[mode], timeout=120)
+
+
+def _worker(rank, world, model_name, width, batch, block_steps, blocks, modes, extra, out):
+    """One worker process holding every mode in `modes`; `extra`: the gloo port and
+    each geeps mode's server addresses."""
     import torch
     import torch.nn.functional as F
     torch.set_num_threads(1)
-    torch.manual_seed(0)
-    net, shape = make_model(model_name, width)
     g = torch.Generator().manual_seed(rank)
+    _, shape = make_model(model_name, width)
     xs = [torch.randn(batch, *shape, generator=g) for _ in range(4)]
     ys = [torch.randint(0, 10, (batch,), generator=g) for _ in range(4)]
-    if kind == "single":
-        model, opt = net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-        barrier = lambda: None        # noqa: E731
-    elif kind == "ddp":
-        import torch.distributed as dist
-        from torch.nn.parallel import DistributedDataParallel
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{extra}", rank=rank,
-                                world_size=world)
-        model = DistributedDataParallel(net)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-        barrier = dist.barrier
-    else:
-        import geeps
-        import geeps.torch as gt
-        servers, consistency, colocate = extra
-        if colocate:        # worker `rank` serves shard `rank` itself (geeps.colocate)
-            client = geeps.Client.from_env({
-                "GEEPS_SERVERS": ",".join(servers), "GEEPS_RANK": str(rank),
-                "GEEPS_NUM_WORKERS": str(world), "GEEPS_CONSISTENCY": consistency,
-                "GEEPS_COLOCATE": "1", "GEEPS_BIND_HOST": "127.0.0.1", "GEEPS_TIMEOUT": "120"})
+    runs, clients = {}, []
+    for mode in modes:
+        torch.manual_seed(0)
+        net, _ = make_model(model_name, width)
+        if mode == "single":
+            runs[mode] = (net, torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9))
+        elif mode == "ddp":
+            import torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{extra['ddp']}",
+                                    rank=rank, world_size=world)
+            model = DistributedDataParallel(net)
+            runs[mode] = (model, torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9))
         else:
-            client = geeps.Client(servers, rank, world, consistency, timeout=120)
-        model = gt.DataParallel(net, client=client)
-        opt = gt.ServerOptimizer(model, "sgd", lr=0.01, momentum=0.9)
-        barrier = lambda: None        # noqa: E731  (the first clocks line the workers up)
-    barrier()
-    times = []
-    for i in range(WARMUP + steps):
-        t0 = time.perf_counter()
-        loss = F.cross_entropy(model(xs[i % 4]), ys[i % 4])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= WARMUP:
-            times.append(time.perf_counter() - t0)
-    if kind == "geeps":
-        model.sync()
-        model.close()
-        client.close()
-    elif kind == "ddp":
+            import geeps.torch as gt
+            client = _geeps_client(mode, rank, world, extra[mode])
+            clients.append(client)
+            model = gt.DataParallel(net, client=client, name=mode)
+            runs[mode] = (model, gt.ServerOptimizer(model, "sgd", lr=0.01, momentum=0.9))
+    times = {m: [] for m in modes}
+    i = 0
+    for _ in range(blocks):
+        for mode in modes:
+            model, opt = runs[mode]
+            block = []
+            for k in range(WARMUP[model_name] + block_steps):
+                t0 = time.perf_counter()
+                loss = F.cross_entropy(model(xs[i % 4]), ys[i % 4])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if k >= WARMUP[model_name]:
+                    block.append(time.perf_counter() - t0)
+                i += 1
+            times[mode].append(block)
+    for mode in modes:
+        if mode not in ("single", "ddp"):
+            runs[mode][0].sync()
+            runs[mode][0].close()
+    for c in clients:
+        c.close()
+    if "ddp" in modes:
         import torch.distributed as dist
         dist.destroy_process_group()
     out.put((rank, times))
 
 
-def run_workers(kind, world, model, width, batch, steps, extra=None) -> float:
+def run_workers(world, model, width, batch, block_steps, blocks, modes, extra) -> dict:
+    """mode -> [per block: median over its iterations of the slowest worker's time]"""
     q = mp.Queue()
-    ps = [mp.Process(target=_worker, args=(kind, r, world, model, width, batch, steps, extra, q))
-          for r in range(world)]
+    ps = [mp.Process(target=_worker, args=(r, world, model, width, batch, block_steps,
+                                           blocks, modes, extra, q)) for r in range(world)]
     for p in ps:
         p.start()
     try:
-        results = dict(q.get(timeout=1800) for _ in ps)
+        results = dict(q.get(timeout=3600) for _ in ps)
     finally:
         for p in ps:
             p.join(60)
             if p.is_alive():
                 p.terminate()
-    per_iter = [max(ts) for ts in zip(*(results[r] for r in range(world)))]
-    return statistics.median(per_iter)
+    return {m: [statistics.median(max(ts) for ts in zip(*(results[r][m][b]
+                                                        for r in range(world))))
+                for b in range(blocks)]
+            for m in modes}
 
 
-def run_geeps(world, servers_n, consistency, model, width, batch, steps,
-              colocate=False) -> float:
-    """`colocate`: no server processes; worker r serves shard r (one per worker)."""
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(world if colocate else servers_n)]
+def start_servers(world: int, servers_n: int, consistency: str):
+    addrs = [f"127.0.0.1:{free_port()}" for _ in range(servers_n)]
     procs = []
-    for r in range(0 if colocate else servers_n):
+    for r in range(servers_n):
         env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
                    GEEPS_NUM_WORKERS=str(world), GEEPS_SERVERS=",".join(addrs),
                    GEEPS_BIND_HOST="127.0.0.1", GEEPS_CONSISTENCY=consistency)
         procs.append(subprocess.Popen([sys.executable, "-m", "geeps", "server"], env=env,
                                       stderr=subprocess.DEVNULL))
+    return addrs, procs
+
+
+def bench(model, width, batch, block_steps, workers, servers, blocks) -> dict:
+    single = run_workers(1, model, width, batch, block_steps, blocks, ("single",), {})
+    extra, procs = {"ddp": free_port()}, []
     try:
-        return run_workers("geeps", world, model, width, batch, steps,
-                           (addrs, consistency, colocate))
+        for mode in MODES[1:]:
+            if mode.endswith("_co"):        # one shard per worker, in the worker
+                extra[mode] = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
+            else:
+                extra[mode], p = start_servers(workers, servers, CONSISTENCY[mode])
+                procs += p
+        runs = run_workers(workers, model, width, batch, block_steps, blocks, MODES, extra)
     finally:
         for p in procs:
             p.terminate()
             p.wait()
-
-
-def bench(model, width, batch, steps, workers, servers, rounds) -> dict:
-    """Each configuration `rounds` times, interleaved, so that load from anything else
-    on the machine falls on all of them alike; the median round counts."""
-    runs = {"single": [], "ddp": [], "bsp": [], "ssp": [], "bsp_co": [], "ssp_co": []}
-    for _ in range(rounds):
-        runs["single"].append(run_workers("single", 1, model, width, batch, steps))
-        runs["ddp"].append(run_workers("ddp", workers, model, width, batch, steps, free_port()))
-        for key, cons, co in (("bsp", "bsp", False), ("ssp", "ssp:1", False),
-                              ("bsp_co", "bsp", True), ("ssp_co", "ssp:1", True)):
-            runs[key].append(run_geeps(workers, servers, cons, model, width, batch, steps, co))
+    runs["single"] = single["single"]
     r = {"model": model, "batch": batch, "workers": workers, "servers": servers,
-         "rounds": rounds, "load": os.getloadavg()[0]}
+         "blocks": blocks, "block_steps": block_steps, "load": os.getloadavg()[0]}
     r.update({k: statistics.median(v) for k, v in runs.items()})
+    r["vs_ddp"] = {k: statistics.median(a / b for a, b in zip(runs[k], runs["ddp"]))
+                   for k in MODES}
+    r["vs_ddp"]["single"] = r["single"] / r["ddp"]
+    r["vs_single"] = {k: r[k] / r["single"] for k in KEYS}
     return r
 
 
@@ -158,14 +185,16 @@ def report(r: dict) -> str:
             "resnet": "ResNet-18 (11.2M parameters)"}[r["model"]]
     lines = [f"{name}, batch {r['batch']} per worker, {r['workers']} workers, "
              f"{r['servers']} servers, CPU ({os.cpu_count()} cores, load {r['load']:.1f}), "
-             f"one torch thread per process, median of {r['rounds']} interleaved rounds:"]
+             f"one torch thread per process; {r['blocks']} rounds of {r['block_steps']} "
+             "iterations of each mode, taking turns in the same processes (time: median "
+             "block; x DDP: median of each block's ratio to the same round's DDP block):"]
     for key, label in (("single", "single process"), ("ddp", "DDP gloo"),
                        ("bsp", "geeps BSP"), ("ssp", "geeps SSP(1)"),
                        ("bsp_co", "geeps BSP co-located"), ("ssp_co", "geeps SSP(1) co-located")):
         lines.append(f"  {label:24s} {r[key] * 1e3:9.1f} ms/iter   "
-                     f"x{r[key] / r['ddp']:5.2f} DDP   x{r[key] / r['single']:5.2f} single")
-    lines.append(f"  geeps BSP / DDP = {r['bsp'] / r['ddp']:.2f} with {r['servers']} server "
-                 f"processes, {r['bsp_co'] / r['ddp']:.2f} with the shards in the workers "
+                     f"x{r['vs_ddp'][key]:5.2f} DDP   x{r['vs_single'][key]:5.2f} single")
+    lines.append(f"  geeps BSP / DDP = {r['vs_ddp']['bsp']:.2f} with {r['servers']} server "
+                 f"processes, {r['vs_ddp']['bsp_co']:.2f} with the shards in the workers "
                  f"(target <= 1.10)")
     return "\n".join(lines)
 
@@ -173,18 +202,20 @@ def report(r: dict) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("digits", "resnet", "all"), default="all")
-    ap.add_argument("--steps", type=int, default=0, help="measured iterations (default: "
-                                                         "50 digits, 8 ResNet-18)")
+    ap.add_argument("--block-steps", type=int, default=0,
+                    help="measured iterations per block (default: 40 digits, 2 ResNet-18)")
+    ap.add_argument("--blocks", type=int, default=0,
+                    help="rounds of blocks (default: 15 digits, 6 ResNet-18)")
     ap.add_argument("--digits-batch", type=int, default=32)
     ap.add_argument("--resnet-batch", type=int, default=16)
     ap.add_argument("--width", type=int, default=64, help="ResNet-18 first-stage channels")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--servers", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved repetitions")
     a = ap.parse_args()
     mp.set_start_method("spawn")
     for m in (("digits", "resnet") if a.model == "all" else (a.model,)):
         batch = a.digits_batch if m == "digits" else a.resnet_batch
-        steps = a.steps or (50 if m == "digits" else 8)
-        print(report(bench(m, a.width, batch, steps, a.workers, a.servers, a.rounds)),
+        steps = a.block_steps or (40 if m == "digits" else 2)
+        blocks = a.blocks or (15 if m == "digits" else 6)
+        print(report(bench(m, a.width, batch, steps, a.workers, a.servers, blocks)),
               flush=True)

@@ -133,22 +133,24 @@ def sec_memory(quick: bool, h2d_gbps: float | None) -> dict:
     return {"rows": out, "h2d_gbps": h2d_gbps}
 
 
-def _bench_training(model: str, steps: int, rounds: int, timeout: float) -> dict | None:
+def _bench_training(model: str, block_steps: int, blocks: int, timeout: float) -> dict | None:
     script = os.path.join(BENCH, "bench_training.py")
     if not os.path.exists(script):
         return None
-    p = subprocess.run([sys.executable, script, "--model", model, "--steps", str(steps),
-                        "--rounds", str(rounds)], cwd=REPO, capture_output=True, text=True,
-                       timeout=timeout)
+    p = subprocess.run([sys.executable, script, "--model", model, "--block-steps",
+                        str(block_steps), "--blocks", str(blocks)], cwd=REPO,
+                       capture_output=True, text=True, timeout=timeout)
     out = {"text": p.stdout.strip(), "ok": p.returncode == 0}
     labels = {"single process": "single", "DDP gloo": "ddp", "geeps BSP": "bsp",
               "geeps SSP(1)": "ssp", "geeps BSP co-located": "bsp_co",
               "geeps SSP(1) co-located": "ssp_co"}
     for line in p.stdout.splitlines():
         m = re.match(r"\s+(single process|DDP gloo|geeps BSP|geeps SSP\(1\))"
-                     r"( co-located)?\s+([\d.]+) ms/iter", line)
+                     r"( co-located)?\s+([\d.]+) ms/iter\s+x\s*([\d.]+) DDP", line)
         if m:
-            out[labels[m.group(1) + (m.group(2) or "")]] = float(m.group(3)) / 1e3
+            key = labels[m.group(1) + (m.group(2) or "")]
+            out[key] = float(m.group(3)) / 1e3
+            out.setdefault("vs_ddp", {})[key] = float(m.group(4))
     if not out["ok"]:
         out["error"] = (p.stdout + p.stderr)[-800:]
     return out
@@ -170,8 +172,8 @@ def sec_training(quick: bool) -> dict:
         runs = sorted((x[mode] for x in rounds),
                       key=lambda v: (v["to_target_s"] != v["to_target_s"], v["to_target_s"]))
         r["tta"][mode] = dict(runs[1], rounds=[v["to_target_s"] for v in runs])
-    r["digits"] = _bench_training("digits", 50, 3, 900)
-    r["resnet"] = _bench_training("resnet", 8, 2, 1200)
+    r["digits"] = _bench_training("digits", 40, 15, 1200)
+    r["resnet"] = _bench_training("resnet", 2, 8, 1800)
     r["sparse"] = train.sparse_lr(sizes=((100_000, 1_000_000), (400_000, 4_000_000)), epochs=2)
     return r
 
