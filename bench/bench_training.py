@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from geeps.ports import free_port
+from geeps.ports import free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Iterations at the start of each block that are not counted (the workers line up
@@ -142,28 +142,31 @@ def run_workers(world, model, width, batch, block_steps, blocks, modes, extra) -
             for m in modes}
 
 
-def start_servers(world: int, servers_n: int, consistency: str):
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(servers_n)]
+def start_servers(world: int, addrs: list[str], consistency: str):
     procs = []
+    servers_n = len(addrs)
     for r in range(servers_n):
         env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
                    GEEPS_NUM_WORKERS=str(world), GEEPS_SERVERS=",".join(addrs),
                    GEEPS_BIND_HOST="127.0.0.1", GEEPS_CONSISTENCY=consistency)
         procs.append(subprocess.Popen([sys.executable, "-m", "geeps", "server"], env=env,
                                       stderr=subprocess.DEVNULL))
-    return addrs, procs
+    return procs
 
 
 def bench(model, width, batch, block_steps, workers, servers, blocks) -> dict:
     single = run_workers(1, model, width, batch, block_steps, blocks, ("single",), {})
-    extra, procs = {"ddp": free_port()}, []
+    # Every port at once: ports picked one by one may repeat.
+    ports = iter(free_ports(1 + sum(workers if m.endswith("_co") else servers
+                                    for m in MODES[1:])))
+    extra, procs = {"ddp": next(ports)}, []
     try:
         for mode in MODES[1:]:
-            if mode.endswith("_co"):        # one shard per worker, in the worker
-                extra[mode] = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
-            else:
-                extra[mode], p = start_servers(workers, servers, CONSISTENCY[mode])
-                procs += p
+            # Co-located: one shard per worker, in the worker.
+            n = workers if mode.endswith("_co") else servers
+            extra[mode] = [f"127.0.0.1:{next(ports)}" for _ in range(n)]
+            if not mode.endswith("_co"):
+                procs += start_servers(workers, extra[mode], CONSISTENCY[mode])
         runs = run_workers(workers, model, width, batch, block_steps, blocks, MODES, extra)
     finally:
         for p in procs:

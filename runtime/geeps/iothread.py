@@ -1,9 +1,14 @@
 """The client's I/O thread: the only owner of its ZeroMQ sockets (they are not
-thread-safe), one DEALER per shard.
+thread-safe), one DEALER per shard; in a worker that hosts a shard (geeps.colocate),
+also the thread that serves it.
 
 Requests arrive from any thread through a queue (a pipe wakes the poller). Per shard,
 at most WINDOW requests are in flight; each gets an id and, for pushes, the next
-per-shard sequence number, which the server uses to drop duplicates.
+per-shard sequence number, which the server uses to drop duplicates. What is queued
+for one shard when the thread sends leaves in one batch message (protocol `batch`):
+a step's last push, its clock and its refresh are one message per shard, not three.
+The hosted shard gets its requests by a function call instead, after the ones that
+travel.
 
 Lost replies: a shard answers in order except for parked reads. So when a reply
 arrives, every request sent to that shard before it and still unanswered has lost its
