@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from geeps.ports import free_port
+from geeps.ports import free_port, free_ports
 
 ROW = 128
 
@@ -60,7 +60,7 @@ def _geeps_worker(rank, servers, workers, n_rows, clocks, out, colocate=False):
 def bench_geeps(n_rows, workers, servers_n, clocks, colocate=False):
     """Median over clocks of the slowest worker's push+clock+pull time. `colocate`:
     no server processes, worker r serves shard r (servers_n must equal workers)."""
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(servers_n)]
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(servers_n)]
     procs = []
     for r in range(0 if colocate else servers_n):
         env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
@@ -162,7 +162,7 @@ def _echo_client(ports, nbytes_each, iters, out, chunked=True):
 def bench_zmq(nbytes, workers, servers_n, iters, chunked=True):
     """Median per-clock time of the raw echo; `chunked`: in geeps' 4 MiB messages, else
     one message per echo process."""
-    ports = [free_port() for _ in range(servers_n)]
+    ports = free_ports(servers_n)
     evs = [mp.Event() for _ in ports]
     srv = [mp.Process(target=_echo_server, args=(p, e), daemon=True) for p, e in zip(ports, evs)]
     for s in srv:

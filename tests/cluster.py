@@ -11,7 +11,7 @@ import sys
 
 import geeps
 
-from .helpers import die_with_parent, free_port, kill_group
+from .helpers import die_with_parent, free_ports, kill_group
 
 
 class Cluster:
@@ -22,7 +22,7 @@ class Cluster:
         self.consistency = consistency
         self.timeout = timeout
         self.extra_env = env
-        self.servers = [f"127.0.0.1:{free_port()}" for _ in range(servers)]
+        self.servers = [f"127.0.0.1:{p}" for p in free_ports(servers)]
         self.procs: list[subprocess.Popen] = []
         self.clients: list[geeps.Client] = []
 

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 
 import geeps
 from tests.cluster import Cluster
-from tests.helpers import REPO, free_port
+from tests.helpers import REPO, free_ports
 from tests.integration.test_consistency import N_ROWS, WIDTH, train
 
 pytestmark = pytest.mark.integration
@@ -26,7 +26,7 @@ class Colocated:
     def __init__(self, workers: int, consistency: str = "bsp"):
         self.num_workers = workers
         self.consistency = consistency
-        self.servers = [f"127.0.0.1:{free_port()}" for _ in range(workers)]
+        self.servers = [f"127.0.0.1:{p}" for p in free_ports(workers)]
         self.clients: list[geeps.Client] = []
 
     def client(self, worker: int) -> geeps.Client:
