@@ -27,6 +27,7 @@ import time
 import zmq
 
 from .config import Config
+from .transport import security_note
 
 log = logging.getLogger("geeps.colocate")
 
@@ -39,6 +40,9 @@ class HostedShard:
         self.rank = cfg.rank
         scfg = dataclasses.replace(cfg, role="server", colocate=False)
         self.server = Server(scfg, context=zmq.Context.instance(), metrics=metrics)
+        log.info("shard %d listening on %s for %d workers, served by worker %d; %s",
+                 cfg.rank, self.server.address, cfg.num_workers, cfg.rank,
+                 security_note(cfg))
 
     def serve_until_all_left(self, timeout: float) -> bool:
         """Block until every worker has said `leave` here, or `timeout` seconds; True
