@@ -163,9 +163,12 @@ class Server:
         self._send(replies)
 
     def _send(self, replies: list) -> None:
+        # The hosting worker's replies last: what travels is on its way while this
+        # thread copies the local rows out.
+        local = []
         for to, frames_out in replies:
             if to == LOCAL_PEER:
-                self.local_sink(frames_out)
+                local.append(frames_out)
             elif any(getattr(f, "nbytes", 0) >= ZERO_COPY_MIN for f in frames_out[1:]):
                 self._trackers.append(
                     self.sock.send_multipart([to, *frames_out], copy=False, track=True))
@@ -173,6 +176,8 @@ class Server:
                     self._trackers = [t for t in self._trackers if not t.done]
             else:
                 self.sock.send_multipart([to, *frames_out], copy=True)
+        for frames_out in local:
+            self.local_sink(frames_out)
 
 
 def main(argv: list[str] | None = None) -> int:
