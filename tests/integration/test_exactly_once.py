@@ -1,5 +1,6 @@
 """A push whose reply is lost is re-sent by the client and applied once; a server
 that is not there is named in the error."""
+import contextlib
 import threading
 import time
 
@@ -63,50 +64,47 @@ class LossyProxy(threading.Thread):
             back.close(0)
 
 
-def test_push_resent_after_lost_reply_is_applied_once():
+@contextlib.contextmanager
+def through_lossy_proxy():
+    """A client of one server whose first push reply is dropped, and a table of it."""
     with Cluster(servers=1, workers=1) as cl:
         proxy = LossyProxy(cl.servers[0])
         proxy.start()
         proxy.ready.wait(5)
         try:
             c = geeps.Client([proxy.address], 0, 1, "bsp", timeout=10)
-            t = c.create_table("w", 4, 2, rule="add")
-            c.push(t, None, np.ones((4, 2), np.float32))   # its reply is dropped
-            assert proxy.dropped, "the proxy did not drop the reply: the test proves nothing"
-            c.clock()
-            values, clock = c.pull(t)
-            assert clock == 1
-            np.testing.assert_array_equal(values, np.ones((4, 2)))   # once, not twice
-            assert c.stats()[0]["duplicates"] == 1                   # the retry did arrive
+            yield c, c.create_table("w", 4, 2, rule="add"), proxy
             c.close()
         finally:
             proxy.stop.set()
             proxy.join(5)
+
+
+def assert_applied_once(c, t):
+    values, clock = c.pull(t)
+    assert clock == 1
+    np.testing.assert_array_equal(values, np.ones((4, 2)))   # once, not twice
+    assert c.stats()[0]["duplicates"] == 1                   # the retry did arrive
+
+
+def test_push_resent_after_lost_reply_is_applied_once():
+    with through_lossy_proxy() as (c, t, proxy):
+        c.push(t, None, np.ones((4, 2), np.float32))   # its reply is dropped
+        assert proxy.dropped, "the proxy did not drop the reply: the test proves nothing"
+        c.clock()
+        assert_applied_once(c, t)
 
 
 def test_batch_whose_reply_is_lost_is_resent_and_applied_once():
-    with Cluster(servers=1, workers=1) as cl:
-        proxy = LossyProxy(cl.servers[0])
-        proxy.start()
-        proxy.ready.wait(5)
-        try:
-            c = geeps.Client([proxy.address], 0, 1, "bsp", timeout=10)
-            t = c.create_table("w", 4, 2, rule="add")
-            with c.batch():      # one message: push and clock; its reply is dropped
-                pushed = c.push_async(t, None, np.ones((4, 2), np.float32))
-                clocked = c.clock_async()
-            pushed.wait(10)
-            assert clocked.wait(10) == 1
-            # The dropped message answered both: they did travel as one batch.
-            assert proxy.dropped and len(proxy.dropped[0].get("parts", [])) == 2
-            values, clock = c.pull(t)
-            assert clock == 1
-            np.testing.assert_array_equal(values, np.ones((4, 2)))   # once, not twice
-            assert c.stats()[0]["duplicates"] == 1                   # the retry did arrive
-            c.close()
-        finally:
-            proxy.stop.set()
-            proxy.join(5)
+    with through_lossy_proxy() as (c, t, proxy):
+        with c.batch():      # one message: push and clock; its reply is dropped
+            pushed = c.push_async(t, None, np.ones((4, 2), np.float32))
+            clocked = c.clock_async()
+        pushed.wait(10)
+        assert clocked.wait(10) == 1
+        # The dropped message answered both: they did travel as one batch.
+        assert proxy.dropped and len(proxy.dropped[0].get("parts", [])) == 2
+        assert_applied_once(c, t)
 
 
 def test_raw_duplicate_push_is_acknowledged_and_dropped():
