@@ -292,21 +292,11 @@ class IOThread(threading.Thread):
             self._send_batch(shard, batch)
 
     def _send_batch(self, shard: _Shard, batch: list[Request]) -> None:
-        if len(batch) == 1 or shard.sock is None:     # in memory, one costs no more
+        if shard.sock is None:      # in memory, one costs no more than a batch
             for r in batch:
                 self._send(shard, r)
-            return
-        for r in batch:
-            shard.sent += 1
-            r.order = shard.sent
-            r.last_sent = time.monotonic()
-        try:
-            self._transmit(shard, P.batch(batch[0].rid, [r.frames for r in batch]))
-            unsent = False
-        except zmq.Again:
-            unsent = True       # _tick sends them again, one by one
-        for r in batch:
-            r.unsent = unsent
+        else:
+            self._send(shard, *batch)
 
     def _send_new(self, shard: _Shard, r: Request) -> None:
         self._prepare(shard, r)
@@ -328,18 +318,25 @@ class IOThread(threading.Thread):
             shard.last_heard = r.first_sent  # silence counts from the first request
         shard.inflight[r.rid] = r
 
-    def _send(self, shard: _Shard, r: Request) -> None:
-        shard.sent += 1
-        r.order = shard.sent
-        r.last_sent = time.monotonic()
+    def _send(self, shard: _Shard, *reqs: Request) -> None:
+        """Send `reqs` (already prepared) in one message: a batch if several."""
+        now = time.monotonic()
+        for r in reqs:
+            shard.sent += 1
+            r.order = shard.sent
+            r.last_sent = now
+        frames = reqs[0].frames if len(reqs) == 1 else \
+            P.batch(reqs[0].rid, [r.frames for r in reqs])
         # Never block this thread: with no live connection (the server is down, or it
         # refused our handshake) a DEALER would block in send, and then no timeout
-        # could fire. An unsent request is retried by _tick.
+        # could fire. An unsent request is retried by _tick, alone.
         try:
-            self._transmit(shard, r.frames)
-            r.unsent = False
+            self._transmit(shard, frames)
+            unsent = False
         except zmq.Again:
-            r.unsent = True
+            unsent = True
+        for r in reqs:
+            r.unsent = unsent
 
     def _transmit(self, shard: _Shard, frames: list) -> None:
         if shard.sock is None:
@@ -356,9 +353,7 @@ class IOThread(threading.Thread):
         # so it is taken (a pull copied out) before the shard runs again.
         now = time.monotonic()
         shard.last_heard = now
-        header = P.decode_header(frames[0])
-        for header, payload in (P.batch_parts(header, frames) if "parts" in header
-                                else [(header, frames[1:])]):
+        for header, payload in P.replies(P.decode_header(frames[0]), frames):
             self._on_reply(shard, header, payload, now)
 
     def _receive(self, shard: _Shard) -> None:
@@ -370,9 +365,7 @@ class IOThread(threading.Thread):
             now = time.monotonic()
             shard.last_heard = now
             try:
-                header = P.decode_header(frames[0])
-                replies = P.batch_parts(header, frames) if "parts" in header \
-                    else [(header, frames[1:])]
+                replies = P.replies(P.decode_header(frames[0]), frames)
             except P.ProtocolError as e:
                 log.warning("%s sent a malformed reply: %s", shard.name(), e)
                 continue

@@ -142,6 +142,11 @@ def batch_parts(header: dict, frames: Sequence) -> list[tuple[dict, list]]:
     return out
 
 
+def replies(header: dict, frames: Sequence) -> list[tuple[dict, list]]:
+    """The (header, payload frames) of each reply a message holds: one, or a batch's."""
+    return batch_parts(header, frames) if "parts" in header else [(header, list(frames[1:]))]
+
+
 def decode_header(frame) -> dict:
     raw = bytes(frame)
     if len(raw) > MAX_HEADER:
