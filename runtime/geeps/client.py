@@ -114,7 +114,12 @@ class Client:
     @classmethod
     def from_env(cls, environ=None, **kw) -> "Client":
         """A client configured by the GEEPS_* environment (see geeps.config)."""
-        cfg = _config.load(environ)
+        return cls.from_config(_config.load(environ), **kw)
+
+    @classmethod
+    def from_config(cls, cfg: _config.Config, **kw) -> "Client":
+        """A client of `cfg`: its metrics served (unless given), and the shard it hosts
+        when cfg.colocate."""
         if "metrics" not in kw:
             from .metrics import Metrics
             kw["metrics"] = Metrics.from_config(cfg)

@@ -111,13 +111,7 @@ def init(environ: Mapping[str, str] | None = None) -> Context:
         metrics = Metrics.from_config(cfg)
         metrics.serve(cfg.metrics_port)
         try:
-            host = None
-            if cfg.colocate:            # this worker serves its own shard (geeps.colocate)
-                from .colocate import HostedShard
-                host = HostedShard(cfg, metrics=metrics)
-            client = Client(cfg.servers, cfg.rank, cfg.num_workers, cfg.consistency,
-                            timeout=cfg.timeout, wait_timeout=cfg.wait_timeout, config=cfg,
-                            metrics=metrics, host=host)
+            client = Client.from_config(cfg, metrics=metrics)
         except BaseException:
             if server is not None:
                 server.stop()
