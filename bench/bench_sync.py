@@ -36,10 +36,9 @@ ROW = 128
 
 def _geeps_worker(rank, servers, workers, n_rows, clocks, out, colocate=False):
     import geeps
+    import geeps.colocate
     if colocate:        # this worker serves shard `rank` itself (geeps.colocate)
-        c = geeps.Client.from_env({"GEEPS_SERVERS": ",".join(servers), "GEEPS_RANK": str(rank),
-                                   "GEEPS_NUM_WORKERS": str(workers), "GEEPS_COLOCATE": "1",
-                                   "GEEPS_BIND_HOST": "127.0.0.1", "GEEPS_TIMEOUT": "120"})
+        c = geeps.colocate.client(servers, rank, workers, timeout=120)
     else:
         c = geeps.Client(servers, rank, workers, "bsp", timeout=120)
     t = c.create_table("w", n_rows, ROW, rule="sgd", lr=1e-6) if rank == 0 else c.open_table("w")

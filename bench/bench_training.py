@@ -57,11 +57,9 @@ def make_model(name: str, width: int):
 
 def _geeps_client(mode: str, rank: int, world: int, addrs: list[str]):
     import geeps
+    import geeps.colocate
     if mode.endswith("_co"):        # worker `rank` serves shard `rank` itself
-        return geeps.Client.from_env({
-            "GEEPS_SERVERS": ",".join(addrs), "GEEPS_RANK": str(rank),
-            "GEEPS_NUM_WORKERS": str(world), "GEEPS_CONSISTENCY": CONSISTENCY[mode],
-            "GEEPS_COLOCATE": "1", "GEEPS_BIND_HOST": "127.0.0.1", "GEEPS_TIMEOUT": "120"})
+        return geeps.colocate.client(addrs, rank, world, CONSISTENCY[mode], timeout=120)
     return geeps.Client(addrs, rank, world, CONSISTENCY[mode], timeout=120)
 
 

@@ -32,6 +32,17 @@ from .transport import security_note
 log = logging.getLogger("geeps.colocate")
 
 
+def client(servers: list[str], rank: int, num_workers: int, consistency: str = "bsp",
+           timeout: float = 30.0, host: str = "127.0.0.1"):
+    """A client that hosts shard `rank` of `servers` (on `host`), as GEEPS_COLOCATE=1
+    makes one: for programs that wire workers up themselves (benchmarks, tests)."""
+    from .client import Client
+    return Client.from_env({
+        "GEEPS_SERVERS": ",".join(servers), "GEEPS_RANK": str(rank),
+        "GEEPS_NUM_WORKERS": str(num_workers), "GEEPS_CONSISTENCY": consistency,
+        "GEEPS_COLOCATE": "1", "GEEPS_BIND_HOST": host, "GEEPS_TIMEOUT": str(timeout)})
+
+
 class HostedShard:
     """Shard `cfg.rank`, bound and ready; the client made with it serves it."""
 

@@ -12,6 +12,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import geeps
+import geeps.colocate
 from tests.cluster import Cluster
 from tests.helpers import REPO, free_ports
 from tests.integration.test_consistency import N_ROWS, WIDTH, train
@@ -30,11 +31,8 @@ class Colocated:
         self.clients: list[geeps.Client] = []
 
     def client(self, worker: int) -> geeps.Client:
-        c = geeps.Client.from_env({
-            "GEEPS_SERVERS": ",".join(self.servers), "GEEPS_RANK": str(worker),
-            "GEEPS_NUM_WORKERS": str(self.num_workers), "GEEPS_COLOCATE": "1",
-            "GEEPS_CONSISTENCY": self.consistency, "GEEPS_BIND_HOST": "127.0.0.1",
-            "GEEPS_TIMEOUT": "10"})
+        c = geeps.colocate.client(self.servers, worker, self.num_workers, self.consistency,
+                                  timeout=10)
         self.clients.append(c)
         return c
 
