@@ -143,6 +143,14 @@ def local_warnings(job: GeePSJob) -> list[str]:
     return out
 
 
+def sizes(job: GeePSJob, colocate: bool = False) -> tuple[int, int]:
+    """(shards, processes) of `job` run here; `colocate`: as if spec.servers.colocate."""
+    colocate = colocate or job.colocate
+    n_workers = job.workers.replicas
+    n_servers = n_workers if colocate else job.servers.replicas
+    return n_servers, n_workers + (0 if colocate else n_servers)
+
+
 def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
     """Every process of `job` on this host, servers first, with argv and environment.
 
@@ -151,10 +159,9 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
     if job.colocate and not options.colocate:
         options = dataclasses.replace(options, colocate=True)
     n_workers = job.workers.replicas
-    n_servers = n_workers if options.colocate else job.servers.replicas
+    n_servers, n_procs = sizes(job, options.colocate)
     if len(ports.servers) != n_servers:
         raise ValueError(f"{n_servers} server ports needed, got {len(ports.servers)}")
-    n_procs = n_workers + (0 if options.colocate else n_servers)
     if ports.metrics and len(ports.metrics) != n_procs:
         raise ValueError(f"{n_procs} metrics ports needed (one per process), "
                          f"got {len(ports.metrics)}")

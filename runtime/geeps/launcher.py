@@ -31,7 +31,7 @@ from . import consistency as _consistency
 from . import curve
 from . import spec as _spec
 from .launch_plan import (LOOPBACK, Options, Plan, Ports, apply_overrides, job_from_command,
-                          plan)
+                          plan, sizes)
 from .supervise import GRACE, Supervisor
 
 EXIT_USAGE = 2
@@ -189,8 +189,7 @@ def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
 def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
                server_command: Sequence[str] = (), curve_dir: str = "") -> Plan:
     colocate = args.colocate or job.colocate
-    shards = job.workers.replicas if colocate else job.servers.replicas
-    n = job.workers.replicas + (0 if colocate else shards)
+    shards, n = sizes(job, colocate)
     base = job.metrics_port if args.metrics_port is None else args.metrics_port
     ports = pick_ports(shards, n, base)
     return plan(job, ports, Options(cwd=cwd, checkpoint_dir=args.checkpoint_dir,
