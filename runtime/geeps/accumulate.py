@@ -66,6 +66,12 @@ class Contribution:
             return bool(self.touched.all())
         return self.covered == self.n_rows
 
+    def runs(self) -> list[tuple[int, int]]:
+        """The rows this worker pushed, as sorted disjoint [a, b) runs."""
+        if self.dense is not None:
+            return mask_runs(self.touched)
+        return merge((a, b) for a, b, _ in self.pieces)
+
     def mark(self, touched: np.ndarray) -> None:
         """touched |= the rows this worker pushed."""
         if self.dense is not None:
@@ -85,8 +91,10 @@ class Contribution:
                 acc += self.dense
             return
         if first and not self.full:
-            acc.fill(0)
-            first = False
+            # Rows this worker did not push count as zeros; only they need clearing
+            # (typically a row or two: a table's fingerprint row is never pushed).
+            for a, b in gaps(self.runs(), self.n_rows):
+                acc[a:b] = 0
         for a, b, v in self.pieces:
             if first:
                 np.copyto(acc[a:b], v)
@@ -113,19 +121,61 @@ class Contribution:
             h.update(np.ascontiguousarray(v).tobytes())
 
 
+def merge(intervals) -> list[tuple[int, int]]:
+    """Sorted disjoint runs covering the given [a, b) intervals."""
+    out: list[list[int]] = []
+    for a, b in sorted(intervals):
+        if a >= b:
+            continue
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def gaps(runs: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """The rows of 0..n outside the sorted disjoint runs."""
+    out, at = [], 0
+    for a, b in runs:
+        if a > at:
+            out.append((at, a))
+        at = b
+    return out + ([(at, n)] if at < n else [])
+
+
+def mask_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
+    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+
+
+def union_runs(contributions: list[Contribution], n_rows: int) -> list[tuple[int, int]]:
+    """The rows any of the contributions pushed, as sorted disjoint runs."""
+    if any(c.dense is not None for c in contributions):
+        touched = np.zeros(n_rows, bool)
+        for c in contributions:
+            c.mark(touched)
+        return mask_runs(touched)
+    return merge((a, b) for c in contributions for a, b, _ in c.pieces)
+
+
 def sum_all(contributions: list[Contribution], acc: np.ndarray) -> None:
-    """acc = the sum of the contributions in the order given (rank order). When the
-    first two are both whole and cut alike (every worker's pushes are chunked the same
-    way) their pieces are added in one pass, out of place: one pass over the shard
-    fewer than copying the first and adding the second, and the same bits."""
+    """acc = the sum of the contributions in the order given (rank order); rows no one
+    pushed hold no meaning. When the first two are cut alike (every worker's pushes
+    are chunked the same way) their pieces are added in one pass, out of place: one
+    pass over the shard fewer than copying the first and adding the second, and the
+    same bits."""
     rest = contributions
     if len(contributions) >= 2:
         a, b = contributions[0], contributions[1]
-        if a.dense is None and b.dense is None and a.full and b.full and \
+        if a.dense is None and b.dense is None and \
                 [p[:2] for p in a.pieces] == [p[:2] for p in b.pieces]:
             for (lo, hi, va), (_, _, vb) in zip(a.pieces, b.pieces):
                 np.add(va, vb, out=acc[lo:hi])
             rest = contributions[2:]
+            if rest and not a.full:         # the later ranks add onto zeros there
+                for lo, hi in gaps(a.runs(), a.n_rows):
+                    acc[lo:hi] = 0
             for c in rest:
                 c.sum_into(acc, first=False)
             return

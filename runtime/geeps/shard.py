@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import checkpoint
-from .accumulate import Contribution, sum_all
+from .accumulate import Contribution, sum_all, union_runs
 from . import protocol as P
 from .protocol import ProtocolError
 from .rules import GRADIENT_RULES, RuleState
@@ -27,6 +27,9 @@ log = logging.getLogger("geeps.server")
 # Requests that belong to one timeline of the job: refused when their client knows an
 # older incarnation of this shard.
 _TIMELINE_OPS = ("create", "open", "push", "clock", "pull")
+# Runs of pushed rows up to which a clock is applied slice by slice; beyond, rows
+# pushed by id are gathered, updated and scattered back.
+MAX_RUNS = 64
 
 
 def _new_inc() -> str:
@@ -494,25 +497,18 @@ class ShardState:
                     continue
                 # Sum in rank order, whatever order the pushes arrived in: results are
                 # reproducible bit for bit (a replay after a restart gives the same).
-                ranks = sorted(entry)
+                contributions = [entry[r] for r in sorted(entry)]
                 if t.scratch is None:
                     t.scratch = np.empty_like(t.rows)
-                acc = t.scratch
-                sum_all([entry[r] for r in ranks], acc)
+                sum_all(contributions, t.scratch)
                 self.before_write(t)
-                touched = None
-                if not any(entry[r].full for r in ranks):
-                    touched = np.zeros(len(t.rows), bool)
-                    for r in ranks:
-                        entry[r].mark(touched)
-                if (touched is None or touched.all()) and hi - lo == 1 \
-                        and self.send_early is not None:
-                    self._apply_in_blocks(t, acc)
-                elif touched is None or touched.all():
-                    t.state.apply(t.rows, acc, scale=self._scale(t), scratch=True)
-                else:
-                    ids = np.flatnonzero(touched)
-                    t.state.apply(t.rows, acc[ids], rows=ids, scale=self._scale(t),
+                runs = union_runs(contributions, len(t.rows))
+                if len(runs) <= MAX_RUNS:
+                    self._apply_runs(t, t.scratch, runs,
+                                     early=hi - lo == 1 and self.send_early is not None)
+                else:       # scattered rows (pushes by id): gather, update, scatter
+                    ids = np.concatenate([np.arange(a, b) for a, b in runs])
+                    t.state.apply(t.rows, t.scratch[ids], rows=ids, scale=self._scale(t),
                                   scratch=True)
                 for contribution in entry.values():
                     spare = contribution.recycle()
@@ -521,20 +517,28 @@ class ShardState:
                 self.stats["applied"] += 1
         self.on_update(time.perf_counter() - t0)
 
-    def _apply_in_blocks(self, t: ShardTable, acc: np.ndarray) -> None:
-        """One dense update, a chunk of rows at a time; after each block the parked
-        pulls of this table that lie in rows already updated are answered (only for
-        the last clock of an advance: min_clock is already the new one)."""
+    def _apply_runs(self, t: ShardTable, acc: np.ndarray, runs: list, early: bool) -> None:
+        """One update of the rows in `runs` (sorted disjoint [a, b)), as slices: a
+        dense clock or one that missed a few rows (the fingerprint row no one pushes)
+        needs no gather and scatter. `early` (only for the last clock of an advance:
+        min_clock is already the new one): a chunk of rows at a time, and after each
+        chunk the parked pulls of this table that lie in rows already final are
+        answered, so the socket layer sends one block while the next is computed."""
         t.state.begin()
-        step = P.chunk_rows(t.row_width)
         scale = self._scale(t)
-        for a in range(0, len(t.rows), step):
-            b = min(len(t.rows), a + step)
-            t.state.apply_slice(t.rows, acc, a, b, scale)
-            ready = self._release(lambda p, b=b: p.table == t.name and p.sel[0] == "range"
-                                  and p.sel[2] <= b)
-            if ready:
-                self.send_early(ready)
+        step = P.chunk_rows(t.row_width) if early else len(t.rows) or 1
+        ends = [a for a, _ in runs[1:]] + [len(t.rows)]
+        for (a, b), end in zip(runs, ends):
+            for x in range(a, b, step):
+                y = min(b, x + step)
+                t.state.apply_slice(t.rows, acc, x, y, scale)
+                if not early:
+                    continue
+                final = end if y == b else y        # no one pushed the rows up to `end`
+                ready = self._release(lambda p, f=final: p.table == t.name
+                                      and p.sel[0] == "range" and p.sel[2] <= f)
+                if ready:
+                    self.send_early(ready)
 
     def _apply_now(self, t: ShardTable, sel, values: np.ndarray) -> None:
         t0 = time.perf_counter()

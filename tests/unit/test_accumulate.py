@@ -88,3 +88,23 @@ def test_sum_all_fuses_the_first_two_alike_cut_workers_with_the_same_bits():
     acc2 = np.full((N, W), 9, np.float32)
     sum_all([odd] + cs[1:], acc2)
     assert acc2.tobytes() == acc.tobytes()
+
+
+def test_partial_pushes_sum_over_zeros_where_a_rank_pushed_nothing():
+    # Ranks 0 and 1 miss rows 36..40 (cut alike: the fused path), rank 2 pushes some of
+    # them: its values must land on zeros, not on the scratch's old contents.
+    from geeps.accumulate import gaps, sum_all, union_runs
+    rng = np.random.default_rng(4)
+    alike = [[(0, 20, rng.standard_normal((20, W), np.float32)),
+              (20, 36, rng.standard_normal((16, W), np.float32))] for _ in range(2)]
+    ranks = alike + [[(30, 38, rng.standard_normal((8, W), np.float32))]]
+    for order in (ranks, ranks[1:] + ranks[:1]):       # the fused path, and not
+        cs = contributions(order)
+        acc = np.full((N, W), 9, np.float32)
+        sum_all(cs, acc)
+        assert acc[:38].tobytes() == dense_sum(order)[:38].tobytes()
+        assert union_runs(cs, N) == [(0, 38)]
+    assert gaps([(2, 5), (7, 9)], 12) == [(0, 2), (5, 7), (9, 12)]
+    dense = Contribution(N)
+    dense.add_ids(np.array([1, 2, 9]), np.ones((3, W), np.float32), alloc)
+    assert dense.runs() == [(1, 3), (9, 10)]

@@ -157,9 +157,14 @@ def test_rules_match_reference(rule, hyper):
 
 
 @pytest.mark.parametrize("rule", ["sgd", "adam"])
-def test_a_dense_clock_applied_in_blocks_answers_each_pull_early_with_the_same_bits(rule):
+@pytest.mark.parametrize("unpushed", [0, 1])
+def test_a_dense_clock_applied_in_blocks_answers_each_pull_early_with_the_same_bits(
+        rule, unpushed):
+    # unpushed=1: the last row gets no gradient (DataParallel's fingerprint row): the
+    # clock is still applied as slices, block by block, never gathered and scattered.
     w = 4096                                    # P.chunk_rows(w) = 256 rows per block
     n = 2 * P.chunk_rows(w) + 100               # three blocks, the last one short
+    pushed = n - unpushed
     rng = np.random.default_rng(0)
     init = rng.standard_normal((n, w)).astype(np.float32)
     grads = [rng.standard_normal((n, w)).astype(np.float32) for _ in range(2)]
@@ -174,8 +179,8 @@ def test_a_dense_clock_applied_in_blocks_answers_each_pull_early_with_the_same_b
                             payload=[init]))
         for k in range(2):
             step = P.chunk_rows(w)
-            for a in range(0, n, step):      # chunked as a client sends them
-                b = min(n, a + step)
+            for a in range(0, pushed, step):      # chunked as a client sends them
+                b = min(pushed, a + step)
                 st.handle(b"p", msg("push", table="t", worker=k, session=1, clock=0,
                                     seq=a, rows={"range": [a, b]}, payload=[grads[k][a:b]]))
         for a in range(0, n, P.chunk_rows(w)):
@@ -189,6 +194,11 @@ def test_a_dense_clock_applied_in_blocks_answers_each_pull_early_with_the_same_b
     whole, _, out_whole = run(False)
     blocks, sent, out_blocks = run(True)
     assert whole.digest() == blocks.digest()
+    # The reference: one update of the pushed rows through gather and scatter.
+    ref = RuleState(rule, {"lr": 0.1}, (n, w))
+    rows = init.copy()
+    ref.apply(rows, (grads[0] + grads[1])[:pushed], rows=np.arange(pushed), scale=0.5)
+    assert blocks.tables["t"].rows.tobytes() == rows.tobytes()
     assert len(out_whole) == 4 and len(out_blocks) == 1     # clock reply only
     assert [len(batch) for batch in sent] == [1, 1, 1]      # one pull per block, in order
     ids = [json.loads(batch[0][1][0])["id"] for batch in sent]
