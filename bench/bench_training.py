@@ -14,10 +14,15 @@ batch of random data, SGD with momentum, torch on one thread per process:
 The W worker processes hold every mode at once and take turns: a block of iterations
 of each mode, then the next, for `blocks` rounds. A virtual machine's slow spells
 last long against a millisecond iteration; this way they fall on neighbouring blocks
-of every mode alike instead of on whole runs. Per block: the median over its
-iterations of the slowest worker's time (the first WARMUP of a block dropped: the
-workers line up again). Times: the median block; ratios: the median over rounds of
-each block's time over the same round's DDP block.
+of every mode alike instead of on whole runs. Per block: the slowest worker's wall
+time over its iterations, divided by their number, from a point where the workers are
+lined up (after the first WARMUP iterations of the block) to the next (the last
+step's refresh in, for geeps): the job's time per iteration. (Not a per-iteration
+maximum over workers: a BSP worker that waits at the top of an iteration and one that
+waits in the middle time their iterations from different points, and the larger of
+their two times overstates the job's by about the workers' jitter.) Times: the median
+block; ratios: the median over rounds of each block's time over the same round's DDP
+block.
 - single: one process, plain torch.optim.SGD, run alone before the others (its ratio
   is of medians).
 The target: geeps BSP within 1.1x of DDP's time per iteration.
@@ -63,6 +68,15 @@ def _geeps_client(mode: str, rank: int, world: int, addrs: list[str]):
     return geeps.Client(addrs, rank, world, CONSISTENCY[mode], timeout=120)
 
 
+def _aligned(model) -> None:
+    """Wait until every worker is at the same point of its training loop, as far as
+    the mode makes them: geeps workers leave sync() when the last step's refresh is
+    in (under BSP every worker's clock is in it); DDP workers leave step() together
+    already (its all-reduce ends backward on every worker at once)."""
+    if hasattr(model, "sync"):
+        model.sync()
+
+
 def _worker(rank, world, model_name, width, batch, block_steps, blocks, modes, extra, out):
     """One worker process holding every mode in `modes`; `extra`: the gloo port and
     each geeps mode's server addresses."""
@@ -97,17 +111,17 @@ def _worker(rank, world, model_name, width, batch, block_steps, blocks, modes, e
     for _ in range(blocks):
         for mode in modes:
             model, opt = runs[mode]
-            block = []
             for k in range(WARMUP[model_name] + block_steps):
-                t0 = time.perf_counter()
+                if k == WARMUP[model_name]:
+                    _aligned(model)
+                    t0 = time.perf_counter()
                 loss = F.cross_entropy(model(xs[i % 4]), ys[i % 4])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                if k >= WARMUP[model_name]:
-                    block.append(time.perf_counter() - t0)
                 i += 1
-            times[mode].append(block)
+            _aligned(model)
+            times[mode].append((time.perf_counter() - t0) / block_steps)
     for mode in modes:
         if mode not in ("single", "ddp"):
             runs[mode][0].sync()
@@ -121,7 +135,7 @@ def _worker(rank, world, model_name, width, batch, block_steps, blocks, modes, e
 
 
 def run_workers(world, model, width, batch, block_steps, blocks, modes, extra) -> dict:
-    """mode -> [per block: median over its iterations of the slowest worker's time]"""
+    """mode -> [per block: the slowest worker's time per iteration]"""
     q = mp.Queue()
     ps = [mp.Process(target=_worker, args=(r, world, model, width, batch, block_steps,
                                            blocks, modes, extra, q)) for r in range(world)]
@@ -134,9 +148,7 @@ def run_workers(world, model, width, batch, block_steps, blocks, modes, extra) -
             p.join(60)
             if p.is_alive():
                 p.terminate()
-    return {m: [statistics.median(max(ts) for ts in zip(*(results[r][m][b]
-                                                        for r in range(world))))
-                for b in range(blocks)]
+    return {m: [max(results[r][m][b] for r in range(world)) for b in range(blocks)]
             for m in modes}
 
 
@@ -187,8 +199,10 @@ def report(r: dict) -> str:
     lines = [f"{name}, batch {r['batch']} per worker, {r['workers']} workers, "
              f"{r['servers']} servers, CPU ({os.cpu_count()} cores, load {r['load']:.1f}), "
              f"one torch thread per process; {r['blocks']} rounds of {r['block_steps']} "
-             "iterations of each mode, taking turns in the same processes (time: median "
-             "block; x DDP: median of each block's ratio to the same round's DDP block):"]
+             "iterations of each mode, taking turns in the same processes (a block: the "
+             "slowest worker's wall time per iteration between two points where the "
+             "workers are lined up; time: median block; x DDP: median of each block's "
+             "ratio to the same round's DDP block):"]
     for key, label in (("single", "single process"), ("ddp", "DDP gloo"),
                        ("bsp", "geeps BSP"), ("ssp", "geeps SSP(1)"),
                        ("bsp_co", "geeps BSP co-located"), ("ssp_co", "geeps SSP(1) co-located")):

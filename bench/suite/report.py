@@ -282,7 +282,7 @@ def _training(s, r, pngs):
         bt = s.get(key)
         if not bt:
             continue
-        L += [f"### {title}: bench/bench_training.py (random data, median per iteration)", ""]
+        L += [f"### {title}: bench/bench_training.py (random data, time per iteration of the job)", ""]
         if not bt.get("ok"):
             L += [f"Failed: `{bt.get('error', '')[-300:]}`", ""]
             continue
