@@ -9,7 +9,8 @@ test_batch.bin (the `cifar-10-batches-bin` folder of the binary archive). Withou
 them the script says where to put them and exits 2. --synthetic trains on random
 images for throughput measurements only: it says so, and reports no accuracy.
 
-Momentum SGD with weight decay runs on the servers; BatchNorm statistics are
+Momentum SGD with weight decay runs on the servers, its learning rate on a cosine
+schedule with a short warm-up that the servers follow themselves; BatchNorm statistics are
 averaged over the workers every clock (see geeps.torch.DataParallel). Each worker
 evaluates its share of the test set after every epoch; `geeps run` shows the mean.
 """
@@ -48,6 +49,11 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=128, help="images per worker per clock")
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--weight-decay", type=float, default=5e-4)
+    ap.add_argument("--schedule", choices=("cosine", "constant"), default="cosine",
+                    help="learning rate over the run: cosine decay to 0 (the servers "
+                         "follow it), or constant")
+    ap.add_argument("--warmup", type=int, default=200,
+                    help="clocks of linear warm-up (at most a fifth of the run)")
     ap.add_argument("--width", type=int, default=64, help="channels of the first stage (64: ResNet-18)")
     ap.add_argument("--report-every", type=int, default=10, help="clocks between progress lines")
     ap.add_argument("--save", default="", help="rank 0 writes the trained state_dict here")
@@ -110,10 +116,15 @@ def main(argv=None) -> int:
     torch.manual_seed(0)
     np.random.seed(ctx.rank)                 # augmentation differs per worker
     model = gt.DataParallel(ResNet18(width=args.width).to(device))
-    opt = gt.ServerOptimizer(model, "momentum", lr=args.lr, momentum=0.9,
-                             weight_decay=args.weight_decay)
     train = DataLoader(TensorDataset(x_train, y_train), batch_size=args.batch, shuffle=True,
                        drop_last=True)
+    total = args.epochs * len(gt.shard(train))            # clocks of the whole run
+    if args.steps:
+        total = min(total, args.steps)
+    schedule = {"decay": "cosine", "total": total,
+                "warmup": min(args.warmup, total // 5)} if args.schedule == "cosine" else {}
+    opt = gt.ServerOptimizer(model, "momentum", lr=args.lr, momentum=0.9,
+                             weight_decay=args.weight_decay, schedule=schedule)
     test = None if x_test is None else DataLoader(TensorDataset(x_test, y_test),
                                                   batch_size=256)
     clock, samples, t0, t_last = 0, 0, time.monotonic(), time.monotonic()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backend_numpy as _np
+from . import schedules
 from .tables import resolve_hyper
 
 GRADIENT_RULES = ("sgd", "momentum", "adam")    # averaged over workers; `add` is summed
@@ -73,6 +74,8 @@ class RuleState:
         # The backend's NumPy twins are the arithmetic of the worker-side CUDA kernels:
         # one definition of each rule for servers and workers alike.
         h = self.hyper
+        if "schedule" in h:     # this update is the step-th (apply and begin count it)
+            h = dict(h, lr=schedules.lr_at(h["lr"], h["schedule"], self.step - 1))
         if self.rule == "add":
             p += g
         elif self.rule == "sgd":

@@ -12,9 +12,12 @@ from typing import Iterator
 
 import numpy as np
 
+from . import schedules
+
 DTYPE = np.float32
 DEFAULT_ROW_WIDTH = 128     # floats per row: 512 B, large enough that per-row overhead vanishes
 RULES = ("add", "sgd", "momentum", "adam")
+SCHEDULED = ("sgd", "momentum", "adam")     # rules with a learning rate to schedule
 HYPER = {   # accepted hyperparameters of each rule, with defaults
     "add": {},
     "sgd": {"lr": 0.01, "weight_decay": 0.0},
@@ -35,15 +38,25 @@ def partition(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
 
 
 def resolve_hyper(rule: str, hyper: dict) -> dict:
-    """The rule's hyperparameters with defaults filled; ValueError naming a bad one."""
+    """The rule's hyperparameters with defaults filled; ValueError naming a bad one.
+    Gradient rules also take `schedule`, a learning-rate schedule (geeps.schedules)."""
     if rule not in HYPER:
         raise ValueError(f"rule {rule!r} is not one of {', '.join(RULES)}")
-    unknown = set(hyper) - set(HYPER[rule])
+    accepted = list(HYPER[rule]) + (["schedule"] if rule in SCHEDULED else [])
+    unknown = set(hyper) - set(accepted)
     if unknown:
         raise ValueError(f"rule {rule!r} takes no hyperparameter {sorted(unknown)[0]!r} "
-                         f"(accepted: {', '.join(HYPER[rule]) or 'none'})")
+                         f"(accepted: {', '.join(accepted) or 'none'})")
     out = dict(HYPER[rule])
     for k, v in hyper.items():
+        if k == "schedule":
+            try:
+                schedule = schedules.resolve(v)
+            except ValueError as e:
+                raise ValueError(f"hyperparameter 'schedule': {e}") from None
+            if schedule:
+                out[k] = schedule
+            continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
             raise ValueError(f"hyperparameter {k!r} must be a finite number (got {v!r})")
         out[k] = float(v)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from . import schedules
 from .tables import resolve_hyper
 from .torch_parallel import DataParallel
 
@@ -21,7 +22,16 @@ class ServerOptimizer:
 
     Rules: sgd, momentum, adam (their hyperparameters: geeps.tables.HYPER); like
     torch.optim.SGD, "sgd" with a nonzero momentum means the momentum rule. The
-    hyperparameters are fixed for the run (a torch LR scheduler cannot change them).
+    learning rate follows `schedule` (geeps.schedules: warm-up, then step, cosine or
+    linear decay over updates, i.e. clocks), which the servers evaluate themselves:
+
+        opt = gt.ServerOptimizer(model, "momentum", lr=0.1, momentum=0.9,
+                                 schedule={"decay": "cosine", "total": 10 * len(loader),
+                                           "warmup": 100})
+
+    A torch LR scheduler cannot drive it (the rate lives on the servers, where a
+    restarted shard or a rollback must find it again); `opt.lr` is the rate of this
+    worker's next update.
     Creating it creates the tables (rank 0) or waits until rank 0 has (others) and
     loads the starting values: blocks for that. step() never blocks (see
     DataParallel for what does).
@@ -43,6 +53,18 @@ class ServerOptimizer:
         self.hyper = resolve_hyper(rule, hyper)
         self.model = model
         model._attach("grad", rule, self.hyper)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the update of this worker's current clock."""
+        return schedules.lr_at(self.hyper["lr"], self.hyper.get("schedule", {}),
+                               self.model.clock)
+
+    @property
+    def param_groups(self):
+        raise AttributeError(
+            "ServerOptimizer has no param_groups: the update runs on the servers, so a "
+            "torch LR scheduler cannot change it; pass schedule={...} (geeps.schedules)")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.model.module.zero_grad(set_to_none=set_to_none)

@@ -88,11 +88,13 @@ def train_geeps(cl, rank, n, rule, hyper, steps=STEPS, name="cnn"):
     return {k: v.detach().clone() for k, v in net.state_dict().items()}, model.state_dict()
 
 
-def train_reference(make_opt, batch, steps=STEPS):
-    """Plain PyTorch in one process, the same samples per step as all workers together."""
+def train_reference(make_opt, batch, steps=STEPS, make_sched=None):
+    """Plain PyTorch in one process, the same samples per step as all workers together
+    (with make_sched: a torch LR scheduler stepped after every step)."""
     torch.manual_seed(0)
     net = SmallCNN()
     opt = make_opt(net.parameters())
+    sched = make_sched(opt) if make_sched else None
     # One worker of the same sampler: its batch k is the union of the workers' batch k.
     loader = gt.shard(DataLoader(digits(), batch_size=batch, shuffle=True), rank=0,
                       num_workers=1, seed=7)
@@ -103,6 +105,8 @@ def train_reference(make_opt, batch, steps=STEPS):
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if sched is not None:
+            sched.step()
     return net.state_dict()
 
 
@@ -113,15 +117,28 @@ def assert_same(got, want):
                                    err_msg=k)
 
 
-@pytest.mark.parametrize("rule,hyper,make_opt", [
-    ("sgd", {"lr": 0.1}, lambda p: torch.optim.SGD(p, lr=0.1)),
+_LR = torch.optim.lr_scheduler
+
+
+@pytest.mark.parametrize("rule,hyper,make_opt,make_sched", [
+    ("sgd", {"lr": 0.1}, lambda p: torch.optim.SGD(p, lr=0.1), None),
     ("sgd", {"lr": 0.05, "momentum": 0.9},
-     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9)),
-])
-def test_two_bsp_workers_equal_one_process_with_twice_the_batch(rule, hyper, make_opt):
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), None),
+    # Learning-rate schedules the servers follow, against torch's own schedulers.
+    ("sgd", {"lr": 0.05, "momentum": 0.9,
+             "schedule": {"decay": "step", "milestones": [4, 7], "gamma": 0.5, "warmup": 3}},
+     lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+     lambda o: _LR.ChainedScheduler([_LR.LinearLR(o, start_factor=1 / 3, total_iters=2),
+                                     _LR.MultiStepLR(o, milestones=[4, 7], gamma=0.5)])),
+    ("sgd", {"lr": 0.2, "schedule": {"decay": "cosine", "total": STEPS, "min_lr": 0.02}},
+     lambda p: torch.optim.SGD(p, lr=0.2),
+     lambda o: _LR.CosineAnnealingLR(o, T_max=STEPS, eta_min=0.02)),
+], ids=["sgd", "momentum", "momentum-warmup-step", "sgd-cosine"])
+def test_two_bsp_workers_equal_one_process_with_twice_the_batch(rule, hyper, make_opt,
+                                                                make_sched):
     with Cluster(servers=2, workers=2, consistency="bsp") as cl:
         results = run_threads(2, lambda r: train_geeps(cl, r, 2, rule, hyper))
-    want = train_reference(make_opt, 2 * B)
+    want = train_reference(make_opt, 2 * B, make_sched=make_sched)
     start = seeded(SmallCNN).state_dict()
     assert not torch.allclose(want["fc.weight"], start["fc.weight"]), "reference did not train"
     for local, from_servers in results:

@@ -36,7 +36,7 @@ def test_as_rows_rejects_out_of_range_and_non_integers():
 
 def test_resolve_hyper_names_the_unknown_one():
     assert resolve_hyper("sgd", {"lr": 0.5})["lr"] == 0.5
-    with pytest.raises(ValueError, match="'momentum'.*accepted: lr, weight_decay"):
+    with pytest.raises(ValueError, match="'momentum'.*accepted: lr, weight_decay, schedule"):
         resolve_hyper("sgd", {"momentum": 0.9})
     with pytest.raises(ValueError, match="rule 'rmsprop'"):
         resolve_hyper("rmsprop", {})
