@@ -72,6 +72,12 @@ class Plan:
     def role(self, role: str) -> tuple[ProcessSpec, ...]:
         return tuple(p for p in self.processes if p.role == role)
 
+    def shard_layout(self) -> str:
+        """Where the shards run, as the launcher's lines say it."""
+        n = len(self.servers)
+        return f"{n} servers" if self.role("server") else \
+            f"{n} shards served by the workers themselves"
+
 
 def apply_overrides(job: GeePSJob, *, servers: int | None = None, workers: int | None = None,
                     consistency: str | None = None) -> GeePSJob:

@@ -200,9 +200,7 @@ def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
 
 def _describe(p: Plan) -> list[str]:
     job = p.job
-    shards = (f"{len(p.servers)} shards served by the workers themselves"
-              if not p.role("server") else f"{len(p.servers)} servers")
-    lines = [f"job {job.name}: {shards} ({','.join(p.servers)}), "
+    lines = [f"job {job.name}: {p.shard_layout()} ({','.join(p.servers)}), "
              f"{job.workers.replicas} workers, {job.consistency}; "
              f"worker command: {' '.join(p.role('worker')[0].argv)}"]
     with_metrics = [x for x in p.processes if x.metrics_port]

@@ -454,7 +454,7 @@ class Supervisor:
         job = self.plan.job
         head = f"job {job.name} {'succeeded' if ok else 'finished, but a server failed'} " \
                f"in {elapsed:.1f} s ({job.workers.replicas} workers, " \
-               f"{self._shards()})"
+               f"{self.plan.shard_layout()})"
         c, n = self.board.clocks(), self.board.total_samples
         extra = []
         if c:
@@ -465,10 +465,6 @@ class Supervisor:
         if loss is not None:
             extra.append(f"final loss {loss:.4g}")
         return head + (": " + "; ".join(extra) if extra else "")
-
-    def _shards(self) -> str:
-        n = len(self.plan.servers)
-        return f"{n} servers" if self.plan.role("server") else f"{n} shards in the workers"
 
     def _running_count(self) -> int:
         return sum(1 for c in self.children if c.code is None and c.proc.poll() is None)
