@@ -28,7 +28,7 @@ def render(r: dict, pngs: list[str]) -> str:
     L += ["Produced by `geeps bench` (`python -m bench.suite`) in "
           f"{r['seconds'].get('total', 0) / 60:.1f} minutes on {m['date']}.", "",
           "**Machine.** " + f"{m['cores']} cores ({m['cpu'] or 'CPU'}), "
-          f"{m['memory_gib']:.0f} GiB memory, Python {m['python']}, "
+          f"{m['memory_gib']:.0f} GiB memory{_bandwidth(r)}, Python {m['python']}, "
           + ("a GPU (CuPy). " if m["gpu"] else
              "no GPU: the NumPy backend stands in for device memory. ") +
           f"Load average {m['load_start'][0]:.1f} at the start, "
@@ -56,6 +56,15 @@ def render(r: dict, pngs: list[str]) -> str:
 def _ok(r, name):
     sec = r.get(name)
     return sec if sec and "error" not in sec else None
+
+
+def _bandwidth(r: dict) -> str:
+    """The memory bandwidth of this run (section 2's memcpy baseline): a shared virtual
+    machine's varies from day to day by several times, and with it every figure that
+    copies, sums or sends large arrays."""
+    ca = _ok(r, "cache")
+    bw = max((x["memcpy_gbps"] for x in ca["rows"]), default=None) if ca else None
+    return "" if bw is None else f" (memcpy {bw:.1f} GB/s during this run)"
 
 
 def _headline(r: dict) -> list[str]:

@@ -220,7 +220,18 @@ class DataParallel(torch.nn.Module):
     @contextlib.contextmanager
     def no_sync(self):
         """Accumulate gradients locally across several backward passes; the gradients
-        leave at the next backward outside this block, or at step()."""
+        leave at the next backward outside this block, or at step().
+
+        Also the way to change gradients between backward and step() (clipping, say):
+        outside this block each bucket leaves as soon as backward completes it, so a
+        later change of `.grad` reaches no server. Inside it, step() pushes `.grad` as
+        it is then (each worker's own gradient, before the servers average them):
+
+            with model.no_sync():
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        """
         old, self._syncing = self._syncing, False
         try:
             yield

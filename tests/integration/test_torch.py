@@ -3,6 +3,7 @@
 Workers are threads of this process, each with its own client and its own copy of the
 model, as separate processes would be; the servers are real processes.
 """
+import contextlib
 import threading
 
 import numpy as np
@@ -260,6 +261,36 @@ def test_batchnorm_statistics_are_averaged_over_workers():
         torch.testing.assert_close(running, want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(sd["1.running_mean"], want, rtol=1e-5, atol=1e-6)
         assert tracked == 1 and sd["1.num_batches_tracked"].item() == 1
+
+
+def test_gradients_clipped_after_a_no_sync_backward_are_the_ones_pushed():
+    def train(cl, name, no_sync):
+        net = seeded(SmallCNN)
+        model = gt.DataParallel(net, client=cl.client(0), name=name)
+        opt = gt.ServerOptimizer(model, "sgd", lr=0.5)
+        for x, y in list(DataLoader(digits(), batch_size=B))[:3]:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            with model.no_sync() if no_sync else contextlib.nullcontext():
+                loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+            opt.step()
+        model.sync()
+        return net.state_dict()
+
+    with Cluster(servers=1, workers=1) as cl:
+        clipped, unclipped = train(cl, "clip", True), train(cl, "late", False)
+    net = seeded(SmallCNN)
+    opt = torch.optim.SGD(net.parameters(), lr=0.5)
+    for x, y in list(DataLoader(digits(), batch_size=B))[:3]:
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 0.05)
+        opt.step()
+    assert_same(clipped, net.state_dict())
+    # Outside no_sync the buckets left during backward: the clip came too late.
+    assert not torch.allclose(unclipped["fc.weight"], net.state_dict()["fc.weight"],
+                              rtol=1e-3)
 
 
 def test_no_sync_accumulates_and_a_second_backward_is_refused():
