@@ -15,7 +15,11 @@ working set) and streams the rest through its access buffers; the hit ratio prin
 at the end is geeps_cache_reads_total{result="hit"} over all reads.
 
 Each worker's data is fixed and visited in the same order every epoch: the first
-epoch is recorded (the virtual iteration) and later clocks repeat it.
+epoch is recorded (the virtual iteration) and later clocks repeat it. Clock c trains
+on batch c mod (batches per epoch), so a replacement worker resumes at its
+predecessor's clock. After a rollback (a server restarted from its checkpoint) a
+worker exits with status 3 and its restart resumes at the checkpoint's clock: the
+operation API's cache does not rewind in place.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ import numpy as np
 import geeps
 from geeps import data as gdata
 from geeps import memory
+from geeps.errors import RolledBack
 from geeps.memory_layout import analyze
 from geeps.ops import Recorder
 from geeps.torch_context import init
@@ -200,17 +205,27 @@ def main(argv=None) -> int:
 
     t0 = time.monotonic()
     losses = []
-    clock = 0
-    for epoch in range(args.epochs):
-        for j in range(len(data)):
-            losses.append(step(worker, table, data[j], args.features, width, xp))
+    # Clock c trains on batch c mod len(data): a replacement for a worker that died
+    # (or every worker, after a rollback, see below) starts where the job is.
+    clock = start = worker.client.clock_value
+    if start:
+        print(f"worker {rank}: resuming at clock {start} (epoch {start // len(data)})")
+    try:
+        for c in range(start, args.epochs * len(data)):
+            losses.append(step(worker, table, data[c % len(data)], args.features, width, xp))
             clock = worker.client.clock_value
             if clock % args.report_every == 0:
                 hits, misses = reads("hit"), reads("miss")
-                geeps.report(clock=clock, loss=float(np.mean(losses)), epoch=epoch,
+                geeps.report(clock=clock, loss=float(np.mean(losses)), epoch=c // len(data),
                              samples=len(losses) * args.batch,
                              hit_ratio=hits / max(1.0, hits + misses))
                 losses = []
+    except RolledBack as e:
+        # The worker's cache, plan position and accumulators belong to a timeline that
+        # no longer exists; a fresh process rebuilds them at the job's clock.
+        print(f"worker {rank}: {e}; exiting so that the restart policy brings this "
+              "worker back at the checkpoint's clock", file=sys.stderr)
+        return 3
     worker.drain()
     worker.close()
     hits, misses = reads("hit"), reads("miss")

@@ -138,12 +138,14 @@ def test_crash_between_write_and_rename_keeps_the_previous_checkpoint(tmp_path):
         np.testing.assert_array_equal(values, 2 * one)   # the state of clock 2, intact
 
 
-def digits_cnn_with_a_kill(tmp_path, role: str, rank: str) -> tuple[int, str]:
-    """Run examples/02-digits-cnn (checkpoints every 10 clocks) and SIGKILL one of its
-    processes once clock 40 is checkpointed; (exit code, launcher output)."""
-    with open(os.path.join(REPO, "examples", "02-digits-cnn", "job.yaml")) as f:
+def example_with_a_kill(tmp_path, example: str, args: list[str], role: str, rank: str,
+                        at_clock: int) -> tuple[int, str]:
+    """Run examples/`example` with `args` (checkpoints every 10 clocks) and SIGKILL one
+    of its processes once clock `at_clock` is checkpointed; (exit code, launcher
+    output)."""
+    with open(os.path.join(REPO, "examples", example, "job.yaml")) as f:
         job = yaml.safe_load(f)
-    job["spec"]["args"] = ["--epochs", "10", "--min-accuracy", "0.95"]
+    job["spec"]["args"] = args
     job["spec"]["checkpoint"] = {"everyClocks": 10}
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(job))
@@ -155,12 +157,25 @@ def digits_cnn_with_a_kill(tmp_path, role: str, rank: str) -> tuple[int, str]:
         start_new_session=True)
     try:
         wait_for(lambda: checkpoint.clocks(str(ckpt), 1) and
-                 checkpoint.clocks(str(ckpt), 1)[0] >= 40, 90, what="a checkpoint of clock 40")
+                 checkpoint.clocks(str(ckpt), 1)[0] >= at_clock, 90,
+                 what=f"a checkpoint of clock {at_clock}")
         os.kill(find_pid(ckpt, role, rank), signal.SIGKILL)
-        text, _ = proc.communicate(timeout=180)
+        text, _ = proc.communicate(timeout=240)
     finally:
         kill_group(proc)
     return proc.returncode, text
+
+
+def digits_cnn_with_a_kill(tmp_path, role: str, rank: str) -> tuple[int, str]:
+    return example_with_a_kill(tmp_path, "02-digits-cnn",
+                               ["--epochs", "10", "--min-accuracy", "0.95"], role, rank, 40)
+
+
+# examples/04-sparse-lr at CI size: 80 clocks an epoch, 240 in all; exits 1 when the
+# held-out log-loss ends above the bound.
+SPARSE = ["--samples", "40000", "--features", "200000", "--informative", "5000",
+          "--batch", "250", "--epochs", "3", "--device-fraction", "0.5",
+          "--report-every", "5", "--max-logloss", "0.40"]
 
 
 def test_server_killed_under_pytorch_training_the_job_rolls_back_and_finishes(tmp_path):
@@ -177,3 +192,20 @@ def test_worker_killed_under_pytorch_training_is_replaced_and_the_job_finishes(t
     code, text = digits_cnn_with_a_kill(tmp_path, "worker", "1")
     assert code == 0, text
     assert "worker-1" in text and "restarting it" in text and "rejoined at clock" in text
+
+
+def test_worker_killed_under_the_operation_api_is_replaced_and_the_job_converges(tmp_path):
+    """examples/04-sparse-lr (the GPU-specialized worker): the replacement records its
+    cycle again and trains from its predecessor's clock; the log-loss bound holds."""
+    code, text = example_with_a_kill(tmp_path, "04-sparse-lr", SPARSE, "worker", "1", 40)
+    assert code == 0, text
+    assert "restarting it" in text and "worker 1: resuming at clock" in text
+    assert "held-out log-loss" in text
+
+
+def test_server_killed_under_the_operation_api_the_workers_restart_at_the_checkpoint(
+        tmp_path):
+    code, text = example_with_a_kill(tmp_path, "04-sparse-lr", SPARSE, "server", "1", 40)
+    assert code == 0, text
+    assert "rolled back to clock" in text and "exiting so that the restart policy" in text
+    assert "resuming at clock" in text and "held-out log-loss" in text
