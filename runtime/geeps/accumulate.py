@@ -69,7 +69,7 @@ class Contribution:
     def runs(self) -> list[tuple[int, int]]:
         """The rows this worker pushed, as sorted disjoint [a, b) runs."""
         if self.dense is not None:
-            return mask_runs(self.touched)
+            return list(zip(*(x.tolist() for x in mask_runs(self.touched))))
         return merge((a, b) for a, b, _ in self.pieces)
 
     def mark(self, touched: np.ndarray) -> None:
@@ -144,19 +144,28 @@ def gaps(runs: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     return out + ([(at, n)] if at < n else [])
 
 
-def mask_runs(mask: np.ndarray) -> list[tuple[int, int]]:
+def mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The runs of True in a boolean mask: (starts, ends) arrays."""
     edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
-    return list(zip(edges[::2].tolist(), edges[1::2].tolist()))
+    return edges[::2], edges[1::2]
 
 
-def union_runs(contributions: list[Contribution], n_rows: int) -> list[tuple[int, int]]:
-    """The rows any of the contributions pushed, as sorted disjoint runs."""
+def union_runs(contributions: list[Contribution], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The rows any of the contributions pushed, as sorted disjoint runs: (starts,
+    ends) arrays (a sparse clock has as many runs as rows, so no Python list)."""
     if any(c.dense is not None for c in contributions):
         touched = np.zeros(n_rows, bool)
         for c in contributions:
             c.mark(touched)
         return mask_runs(touched)
-    return merge((a, b) for c in contributions for a, b, _ in c.pieces)
+    runs = merge((a, b) for c in contributions for a, b, _ in c.pieces)
+    return (np.array([a for a, _ in runs], np.int64), np.array([b for _, b in runs], np.int64))
+
+
+def run_rows(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Every row of the runs, in order."""
+    lens = ends - starts
+    return np.arange(lens.sum()) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
 
 
 def sum_all(contributions: list[Contribution], acc: np.ndarray) -> None:

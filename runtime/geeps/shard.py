@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import checkpoint
-from .accumulate import Contribution, sum_all, union_runs
+from .accumulate import Contribution, run_rows, sum_all, union_runs
 from . import protocol as P
 from .protocol import ProtocolError
 from .rules import GRADIENT_RULES, RuleState
@@ -502,12 +502,12 @@ class ShardState:
                     t.scratch = np.empty_like(t.rows)
                 sum_all(contributions, t.scratch)
                 self.before_write(t)
-                runs = union_runs(contributions, len(t.rows))
-                if len(runs) <= MAX_RUNS:
-                    self._apply_runs(t, t.scratch, runs,
+                starts, ends = union_runs(contributions, len(t.rows))
+                if len(starts) <= MAX_RUNS:
+                    self._apply_runs(t, t.scratch, list(zip(starts.tolist(), ends.tolist())),
                                      early=hi - lo == 1 and self.send_early is not None)
                 else:       # scattered rows (pushes by id): gather, update, scatter
-                    ids = np.concatenate([np.arange(a, b) for a, b in runs])
+                    ids = run_rows(starts, ends)
                     t.state.apply(t.rows, t.scratch[ids], rows=ids, scale=self._scale(t),
                                   scratch=True)
                 for contribution in entry.values():

@@ -93,7 +93,7 @@ def test_sum_all_fuses_the_first_two_alike_cut_workers_with_the_same_bits():
 def test_partial_pushes_sum_over_zeros_where_a_rank_pushed_nothing():
     # Ranks 0 and 1 miss rows 36..40 (cut alike: the fused path), rank 2 pushes some of
     # them: its values must land on zeros, not on the scratch's old contents.
-    from geeps.accumulate import gaps, sum_all, union_runs
+    from geeps.accumulate import gaps, run_rows, sum_all, union_runs
     rng = np.random.default_rng(4)
     alike = [[(0, 20, rng.standard_normal((20, W), np.float32)),
               (20, 36, rng.standard_normal((16, W), np.float32))] for _ in range(2)]
@@ -103,8 +103,11 @@ def test_partial_pushes_sum_over_zeros_where_a_rank_pushed_nothing():
         acc = np.full((N, W), 9, np.float32)
         sum_all(cs, acc)
         assert acc[:38].tobytes() == dense_sum(order)[:38].tobytes()
-        assert union_runs(cs, N) == [(0, 38)]
+        assert [x.tolist() for x in union_runs(cs, N)] == [[0], [38]]
     assert gaps([(2, 5), (7, 9)], 12) == [(0, 2), (5, 7), (9, 12)]
     dense = Contribution(N)
     dense.add_ids(np.array([1, 2, 9]), np.ones((3, W), np.float32), alloc)
     assert dense.runs() == [(1, 3), (9, 10)]
+    assert [x.tolist() for x in union_runs([dense], N)] == [[1, 9], [3, 10]]
+    assert run_rows(np.array([1, 9, 20]), np.array([3, 10, 23])).tolist() == \
+        [1, 2, 9, 20, 21, 22]

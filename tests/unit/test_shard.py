@@ -266,3 +266,26 @@ def test_reads_released_by_a_batch_go_to_their_own_workers():
     assert [h["id"] for h, _ in batch_reply(out)] == [2, 3]
     (released,) = [json.loads(f[0]) for to, f in out if to == b"q"]
     assert released["id"] == 9 and released["clock"] == 1
+
+
+def test_a_sparse_clock_of_scattered_rows_is_gathered_and_scattered_with_the_same_bits():
+    # Every third row of 300, pushed by id by both workers: 100 runs, more than
+    # MAX_RUNS, so the update goes through the gather/scatter path.
+    from geeps.shard import MAX_RUNS
+    n, w = 300, 4
+    st, init = make(rule="momentum", n=n, w=w, lr=0.1, momentum=0.9)
+    rng = np.random.default_rng(5)
+    ids = np.arange(0, n, 3, dtype=np.int64)
+    assert len(ids) > MAX_RUNS
+    grads = [rng.standard_normal((len(ids), w)).astype(np.float32) for _ in range(2)]
+    for k in range(2):
+        h, _ = reply(st.handle(b"p", msg("push", table="t", worker=k, session=7, clock=0,
+                                         seq=0, rows={"ids": len(ids)},
+                                         payload=[ids, grads[k]])))
+        assert h["ok"], h
+        st.handle(b"p", msg("clock", worker=k, clock=0))
+    ref = RuleState("momentum", {"lr": 0.1, "momentum": 0.9}, (n, w))
+    want = init.copy()
+    ref.apply(want, grads[0] + grads[1], rows=ids, scale=0.5)
+    assert st.tables["t"].rows.tobytes() == want.tobytes()
+    assert st.tables["t"].state.slots["velocity"].tobytes() == ref.slots["velocity"].tobytes()
