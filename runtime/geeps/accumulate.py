@@ -58,6 +58,15 @@ class Contribution:
             self.touched[a:b] = True
         self.pieces, self.covered = [], 0
 
+    def piece(self, a: int, b: int) -> np.ndarray | None:
+        """The values of the piece that is exactly rows [a, b), if there is one."""
+        return next((v for pa, pb, v in self.pieces if (pa, pb) == (a, b)), None)
+
+    def remove_piece(self, a: int, b: int) -> None:
+        """Drop the piece [a, b) (its rows were updated already)."""
+        self.pieces = [p for p in self.pieces if (p[0], p[1]) != (a, b)]
+        self.covered -= b - a
+
     # ---- applying -------------------------------------------------------------------
     @property
     def full(self) -> bool:

@@ -195,13 +195,18 @@ class Client:
         return self._io.hold()
 
     def push_async(self, table: Table, rows, values: np.ndarray, *,
-                   timeline: int | None = None, defer: bool = False) -> Handle:
+                   timeline: int | None = None, defer: bool = False,
+                   last: bool = False) -> Handle:
         """Send updates for `rows` (a range/slice, or int ids) of the current clock.
 
         `timeline` (a value of `rollbacks` read earlier): if the job has rolled back
         since, the push is refused with RolledBack rather than sent. `defer`: it may
         wait (at most a fraction of a second) to leave with the next requests, in one
-        message with them: for a push that the clock will follow at once."""
+        message with them: for a push that the clock will follow at once. `last`
+        (range pushes of BSP/SSP tables): this worker pushes nothing more to these
+        rows in this clock, so once every worker's last push of them is in, a shard
+        may update them before the clock ends (and answer reads of them early);
+        pushing to them again in the clock is an error."""
         sel = as_rows(rows, table.n_rows)
         values = np.ascontiguousarray(values, dtype=np.float32)
         n = len(sel)
@@ -218,9 +223,11 @@ class Client:
                 # In memory the shard would keep the caller's own array, which the
                 # caller may change once the push is acknowledged: hand it a copy.
                 payload = [np.array(x) for x in payload]
-            reqs.append(Request(k, "push", {"table": table.name, "worker": self.worker,
-                                            "session": self.session, "clock": clock,
-                                            "rows": rows_hdr}, payload, seq=True))
+            header = {"table": table.name, "worker": self.worker, "session": self.session,
+                      "clock": clock, "rows": rows_hdr}
+            if last and "range" in rows_hdr:
+                header["last"] = True
+            reqs.append(Request(k, "push", header, payload, seq=True))
         if self.on_transfer:
             self.on_transfer("push", values.nbytes)
         return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline,

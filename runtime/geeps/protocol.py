@@ -12,6 +12,10 @@ Requests (fields beyond op/id):
             [+ values frame for rows lo..hi when init]
     open    table                                        -> the table's spec (parks until created)
     push    table, worker, session, clock, seq, rows     + [ids frame] + values frame
+            [last: true: no more pushes to these rows in this clock (range pushes,
+            BSP/SSP); once every worker's last push of the same rows is in, the shard
+            updates them and answers the next clock's reads of them before the clock
+            ends. Pushing to them again in the clock is an error]
     clock   worker, clock                                -> min_clock
     pull    table, rows, need                            + [ids frame] -> clock + values frame
     ping | stats | digest                                -> (ping: inc, base)

@@ -32,12 +32,13 @@ class RuleState:
             self.slots["v"] = np.zeros(shape, np.float32)
 
     def apply(self, params: np.ndarray, grad: np.ndarray, rows: np.ndarray | None = None,
-              scale: float = 1.0, scratch: bool = False) -> None:
+              scale: float = 1.0, scratch: bool = False, count: bool = True) -> None:
         """Apply one update of `scale * grad`. `grad` is dense (like params) or, with
         `rows`, one row per id. With `scratch`, `grad` belongs to the caller's scratch
         space and is scaled in place (no temporary the size of the shard); otherwise it
-        is left as it is."""
-        self.step += 1
+        is left as it is. `count=False`: the rest of an update begin() counted."""
+        if count:
+            self.step += 1
         if scale != 1.0:
             if scratch and grad.flags.writeable:
                 grad *= np.float32(scale)

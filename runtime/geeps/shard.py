@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import checkpoint
-from .accumulate import Contribution, run_rows, sum_all, union_runs
+from .accumulate import Contribution, merge, run_rows, sum_all, union_runs
 from . import protocol as P
 from .protocol import ProtocolError
 from .rules import GRADIENT_RULES, RuleState
@@ -75,6 +75,15 @@ class ShardTable:
     # Zeroed accumulators of applied clocks, reused: a fresh array per worker per clock
     # would page-fault its way through the whole shard on every partial push.
     free: list = field(default_factory=list, repr=False)
+    # Early apply (pushes marked `last`, see ShardState._early): clock -> worker -> the
+    # row ranges it pushed for the last time in that clock; clock -> the rows already
+    # updated (sorted disjoint runs); the clock whose update the rule's step counts.
+    final: dict = field(default_factory=dict, repr=False)
+    applied: dict = field(default_factory=dict, repr=False)
+    begun: int = -1
+    # worker -> (clock, runs): rows its dead predecessor's last pushes helped update
+    # early in the clock the replacement redoes; what it pushes there again is dropped.
+    absorbed: dict = field(default_factory=dict, repr=False)
 
     def spec(self) -> dict:
         return {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
@@ -118,7 +127,7 @@ class ShardState:
         self.windows: dict[tuple[int, str], SeqWindow] = {}
         self.parked: list[Parked] = []
         self.stats = {"pushes": 0, "duplicates": 0, "errors": 0, "pulls": 0, "applied": 0,
-                      "push_bytes": 0}
+                      "push_bytes": 0, "early": 0, "absorbed": 0}
         self.on_update: Callable[[float], None] = lambda seconds: None   # for metrics
         # Called before rows are mutated: lets the socket layer finish zero-copy sends
         # of those rows first.
@@ -293,6 +302,12 @@ class ShardState:
             for t in self.tables.values():
                 for per_worker in t.pending.values():
                     per_worker.pop(w, None)
+                for per_worker in t.final.values():
+                    per_worker.pop(w, None)
+                # Rows updated early in its unfinished clock hold the dead one's last
+                # pushes already (of the same clock's parameters and batch).
+                if t.applied.get(self.done[w]):
+                    t.absorbed[w] = (self.done[w], list(t.applied[self.done[w]]))
             log.warning("server %d: worker %d rejoined at clock %d (new session)",
                         self.rank, w, self.done[w])
         self.sessions[w] = session
@@ -371,6 +386,10 @@ class ShardState:
         seq = P.field(h, "seq", int, minimum=0)
         sel, n = self._selection(t, h, frames, payload=1)
         values = P.values_frame(frames[-1], len(frames) - 1, n, t.row_width)
+        last = P.field(h, "last", bool) if "last" in h else False
+        if last and not (t.per_clock and sel[0] == "range"):
+            raise ProtocolError("header field 'last': only range pushes to a table applied "
+                                "once per clock (BSP/SSP) can be a last push")
         window = self.windows.get((w, str(session)))
         if window is not None and window.seen(seq):
             self.stats["duplicates"] += 1
@@ -378,22 +397,98 @@ class ShardState:
         if clock != self.done[w]:
             raise ProtocolError(f"header field 'clock': push for clock {clock} but worker {w} "
                                 f"is at clock {self.done[w]} on server {self.rank}")
+        if t.per_clock:
+            self._check_not_final(t, w, clock, sel)
         self.windows.setdefault((w, str(session)), SeqWindow()).add(seq)
         self.stats["pushes"] += 1
         self.stats["push_bytes"] += values.nbytes
-        if t.per_clock:
-            mine = t.pending.setdefault(clock, {})
-            if w not in mine:
-                mine[w] = Contribution(len(t.rows))
-            alloc = lambda: t.free.pop() if t.free else (          # noqa: E731
-                np.zeros_like(t.rows), np.zeros(len(t.rows), bool))
-            if sel[0] == "range":
-                mine[w].add_range(sel[1], sel[2], values, alloc)
-            else:
-                mine[w].add_ids(sel[1], values, alloc)
-        else:
+        if not t.per_clock:
             self._apply_now(t, sel, values)
-        return [(peer, P.reply_ok(rid))]
+            return [(peer, P.reply_ok(rid))]
+        gone = t.absorbed.get(w)
+        if gone is not None and gone[0] == clock:
+            sel, values = _outside(sel, values, gone[1])
+            if sel is None:
+                self.stats["absorbed"] += 1
+                return [(peer, P.reply_ok(rid, absorbed=True))]
+            last = False        # what is left of it waits for the clock's end
+        mine = t.pending.setdefault(clock, {})
+        if w not in mine:
+            mine[w] = Contribution(len(t.rows))
+        alloc = lambda: t.free.pop() if t.free else (          # noqa: E731
+            np.zeros_like(t.rows), np.zeros(len(t.rows), bool))
+        if sel[0] == "range":
+            mine[w].add_range(sel[1], sel[2], values, alloc)
+        else:
+            mine[w].add_ids(sel[1], values, alloc)
+        out = [(peer, P.reply_ok(rid))]
+        if last and sel[1] < sel[2]:
+            t.final.setdefault(clock, {}).setdefault(w, []).append((sel[1], sel[2]))
+            out += self._early(t, clock, sel[1], sel[2])
+        return out
+
+    def _check_not_final(self, t: ShardTable, w: int, clock: int, sel) -> None:
+        mine = t.final.get(clock, {}).get(w, ())
+        for a, b in mine:
+            hit = sel[1] < b and a < sel[2] if sel[0] == "range" else \
+                bool(((sel[1] >= a) & (sel[1] < b)).any())
+            if hit:
+                raise ProtocolError(
+                    f"header field 'rows': worker {w} already sent its last push of rows "
+                    f"[{a + t.lo}, {b + t.lo}) for clock {clock}; it cannot push to them "
+                    "again in that clock")
+
+    def _early(self, t: ShardTable, clock: int, a: int, b: int) -> list[Reply]:
+        """Update rows [a, b) of `clock` now if every worker's last push of exactly
+        these rows is in (as range pieces), and answer the reads of the next clock
+        that lie in rows updated so far. The clock's update is elementwise, so rows
+        updated apart get the bits of one update over all of them; the rest of the
+        clock's rows follow when it ends. Only the clock every worker is at
+        (min_clock) can be complete here, so a checkpoint never sees it half done."""
+        entry = t.pending.get(clock, {})
+        finals = t.final.get(clock, {})
+        if clock != self.min_clock or len(entry) < self.num_workers:
+            return []
+        values = []
+        for r in range(self.num_workers):
+            c = entry.get(r)
+            if c is None or c.dense is not None or (a, b) not in finals.get(r, ()):
+                return []
+            v = c.piece(a, b)
+            if v is None:
+                return []
+            values.append(v)
+        t0 = time.perf_counter()
+        if t.begun != clock:
+            t.state.begin()
+            t.begun = clock
+        if t.scratch is None:
+            t.scratch = np.empty_like(t.rows)
+        acc = t.scratch[a:b]
+        # The order and pairing of sum_all (rank order, the first two in one pass).
+        if len(values) == 1:
+            np.copyto(acc, values[0])
+        else:
+            np.add(values[0], values[1], out=acc)
+        for v in values[2:]:
+            acc += v
+        self.before_write(t)
+        t.state.apply_slice(t.rows, t.scratch, a, b, self._scale(t))
+        for r in range(self.num_workers):
+            entry[r].remove_piece(a, b)
+        runs = merge(t.applied.get(clock, []) + [(a, b)])
+        t.applied[clock] = runs
+        self.stats["early"] += 1
+        self.on_update(time.perf_counter() - t0)
+        out, keep = [], []
+        for p in self.parked:
+            if p.kind == "pull" and p.table == t.name and p.need == clock + 1 \
+                    and p.sel[0] == "range" and _inside(p.sel[1], p.sel[2], runs):
+                out.append((p.peer, self._pull_reply(p.rid, t, p.sel, clock + 1)))
+            else:
+                keep.append(p)
+        self.parked = keep
+        return out
 
     def _op_clock(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "clock")
@@ -416,6 +511,9 @@ class ShardState:
         self.stats["pulls"] += 1
         if self.min_clock >= need:
             return [(peer, self._pull_reply(rid, t, sel))]
+        if need == self.min_clock + 1 and sel[0] == "range" and \
+                _inside(sel[1], sel[2], t.applied.get(self.min_clock, ())):
+            return [(peer, self._pull_reply(rid, t, sel, need))]      # updated early
         if any(p.peer == peer and p.rid == rid for p in self.parked):
             return [(peer, P.reply_ok(rid, waiting=True))]  # a retry: say we are alive
         if sel[0] == "ids":
@@ -453,12 +551,14 @@ class ShardState:
                                 f"[{t.lo}, {t.hi}) held by server {self.rank}")
         return ("ids", ids - t.lo), arg
 
-    def _pull_reply(self, rid, t: ShardTable, sel) -> list:
+    def _pull_reply(self, rid, t: ShardTable, sel, clock: int | None = None) -> list:
+        """`clock`: every update of the clocks before it is in the rows read (default
+        min_clock; rows updated early hold the next clock's too)."""
         if sel[0] == "range":
             data = t.rows[sel[1]:sel[2]]
         else:
             data = t.rows[sel[1]]
-        return P.reply_ok(rid, [data], clock=self.min_clock)
+        return P.reply_ok(rid, [data], clock=self.min_clock if clock is None else clock)
 
     def _park(self, p: Parked) -> list[Reply]:
         if len(self.parked) >= self.max_parked:
@@ -493,8 +593,13 @@ class ShardState:
         for clock in range(lo, hi):
             for t in self.tables.values():
                 entry = t.pending.pop(clock, None)
+                t.final.pop(clock, None)
+                t.applied.pop(clock, None)
+                t.absorbed = {w: v for w, v in t.absorbed.items() if v[0] > clock}
                 if not entry:
                     continue
+                counted = t.begun == clock      # rows of it were updated early
+                t.begun = clock
                 # Sum in rank order, whatever order the pushes arrived in: results are
                 # reproducible bit for bit (a replay after a restart gives the same).
                 contributions = [entry[r] for r in sorted(entry)]
@@ -504,12 +609,14 @@ class ShardState:
                 self.before_write(t)
                 starts, ends = union_runs(contributions, len(t.rows))
                 if len(starts) <= MAX_RUNS:
+                    if not counted:
+                        t.state.begin()
                     self._apply_runs(t, t.scratch, list(zip(starts.tolist(), ends.tolist())),
                                      early=hi - lo == 1 and self.send_early is not None)
                 else:       # scattered rows (pushes by id): gather, update, scatter
                     ids = run_rows(starts, ends)
                     t.state.apply(t.rows, t.scratch[ids], rows=ids, scale=self._scale(t),
-                                  scratch=True)
+                                  scratch=True, count=not counted)
                 for contribution in entry.values():
                     spare = contribution.recycle()
                     if spare is not None and len(t.free) < self.num_workers:
@@ -523,8 +630,8 @@ class ShardState:
         needs no gather and scatter. `early` (only for the last clock of an advance:
         min_clock is already the new one): a chunk of rows at a time, and after each
         chunk the parked pulls of this table that lie in rows already final are
-        answered, so the socket layer sends one block while the next is computed."""
-        t.state.begin()
+        answered, so the socket layer sends one block while the next is computed.
+        The caller counts the update (RuleState.begin)."""
         scale = self._scale(t)
         step = P.chunk_rows(t.row_width) if early else len(t.rows) or 1
         ends = [a for a, _ in runs[1:]] + [len(t.rows)]
@@ -574,7 +681,35 @@ class ShardState:
                 for w in sorted(t.pending[c]):
                     h.update(repr((c, w)).encode())
                     t.pending[c][w].feed(h)
+            h.update(repr((sorted((c, sorted(f.items())) for c, f in t.final.items()),
+                           sorted(t.applied.items()), t.begun,
+                           sorted(t.absorbed.items()))).encode())
         for key in sorted(self.windows):
             win = self.windows[key]
             h.update(repr((key, win.floor, sorted(win.above))).encode())
         return h.hexdigest()
+
+
+def _inside(a: int, b: int, runs: list[tuple[int, int]]) -> bool:
+    """Rows [a, b) lie in one of the sorted disjoint runs."""
+    return a >= b or any(ra <= a and b <= rb for ra, rb in runs)
+
+
+def _outside(sel, values: np.ndarray, runs: list[tuple[int, int]]):
+    """The part of a push outside `runs`, as (selection, values); (None, None) when
+    nothing is. A range partly inside becomes the ids of its rows outside."""
+    if sel[0] == "ids":
+        keep = np.ones(len(sel[1]), bool)
+        for a, b in runs:
+            keep &= ~((sel[1] >= a) & (sel[1] < b))
+        return (("ids", sel[1][keep]), values[keep]) if keep.any() else (None, None)
+    a, b = sel[1], sel[2]
+    cut = np.zeros(b - a, bool)
+    for ra, rb in runs:
+        cut[max(ra, a) - a:max(min(rb, b) - a, 0)] = True
+    if cut.all():
+        return None, None
+    if not cut.any():
+        return sel, values
+    keep = np.flatnonzero(~cut) + a
+    return ("ids", keep), values[keep - a]

@@ -376,9 +376,11 @@ class DataParallel(torch.nn.Module):
                 self._gstage[s.lo:s.hi] = 0.0
         # timeline: if the job rolls back meanwhile, this push (of a clock that no
         # longer exists) is refused by the client instead of landing in the new one.
+        # last: a bucket leaves once per clock, so the shards may update its rows as
+        # soon as every worker's push of it is in, while backward goes on.
         b.handle = self._client.push_async(self._table, range(b.lo, b.hi),
                                            self._gstage[b.lo:b.hi], timeline=self._timeline,
-                                           defer=defer)
+                                           defer=defer, last=True)
         b.pushed = True
         if self._on_push is not None:
             self._on_push(tuple(s.name for s in b.slots), range(b.lo, b.hi))

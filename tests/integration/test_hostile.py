@@ -106,7 +106,8 @@ def malformed(draw):
         dt = draw(st.sampled_from(["<f8", "<i2", "<f2"]))
         return [json.dumps(good_push()).encode(), np.ones((N_ROWS, WIDTH), dt).tobytes()]
     if kind == "field_type":
-        name = draw(st.sampled_from(["worker", "clock", "seq", "session", "table", "rows"]))
+        name = draw(st.sampled_from(["worker", "clock", "seq", "session", "table", "rows",
+                                     "last"]))
         bad = draw(junk.filter(lambda v: not _valid(name, v)))
         return [json.dumps(good_push(**{name: bad})).encode(), VALUES]
     if kind == "clock_ahead":   # finishing a clock the worker has not reached
@@ -150,6 +151,8 @@ def _valid(name, v) -> bool:
         return ok_int or isinstance(v, str)
     if name == "table":
         return v == "w"
+    if name == "last":
+        return isinstance(v, bool)
     return False
 
 

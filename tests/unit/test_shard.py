@@ -289,3 +289,120 @@ def test_a_sparse_clock_of_scattered_rows_is_gathered_and_scattered_with_the_sam
     ref.apply(want, grads[0] + grads[1], rows=ids, scale=0.5)
     assert st.tables["t"].rows.tobytes() == want.tobytes()
     assert st.tables["t"].state.slots["velocity"].tobytes() == ref.slots["velocity"].tobytes()
+
+
+# ---- early apply: rows updated once every worker's last push of them is in ----------
+
+def _early_run(rule, last, n=8, w=3, replace_at=None):
+    """Two workers push rows [0, 4) and [4, 8) of clock 0 (optionally as last pushes),
+    a read of [0, 4) for clock 1 is parked first; then both clock. replace_at: worker
+    1 is replaced (new session) after that many of its pushes, and the replacement
+    pushes everything again. Returns (state, replies to the reader in order)."""
+    st, _ = make(rule=rule, n=n, w=w, lr=0.1)
+    rng = np.random.default_rng(9)
+    grads = [rng.standard_normal((n, w)).astype(np.float32) for _ in range(2)]
+    seen = []
+
+    def send(frames):
+        for to, r in st.handle(b"p", frames):
+            if to == b"r":
+                seen.append(json.loads(r[0]))
+
+    for k in (0, 1):
+        send(msg("hello", worker=k, session=7))
+    assert st.handle(b"r", msg("pull", rid=99, table="t", need=1,
+                               rows={"range": [0, 4]})) == []
+    pushes = [(k, a, b) for a, b in ((0, 4), (4, 8)) for k in (0, 1)]
+    done, replaced = 0, False
+    for k, a, b in pushes:
+        if k == 1 and replaced:
+            continue            # the dead worker's remaining pushes never came
+        fields = dict(table="t", worker=k, session=7, clock=0, seq=a, rows={"range": [a, b]},
+                      payload=[grads[k][a:b]])
+        if last:
+            fields["last"] = True
+        send(msg("push", **fields))
+        done += k == 1
+        if k == 1 and done == replace_at:
+            send(msg("hello", worker=1, session=8))
+            for a2, b2 in ((0, 4), (4, 8)):
+                h, _ = reply(st.handle(b"p", msg(
+                    "push", table="t", worker=1, session=8, clock=0, seq=a2,
+                    rows={"range": [a2, b2]}, payload=[grads[1][a2:b2]],
+                    **({"last": True} if last else {}))))
+                assert h["ok"], h
+                seen.append(("replacement", a2, h.get("absorbed", False)))
+            replaced = True
+    seen.append("clocks")
+    send(msg("clock", worker=0, clock=0))
+    send(msg("clock", worker=1, clock=0))
+    return st, seen
+
+
+@pytest.mark.parametrize("rule", ["sgd", "momentum", "adam"])
+def test_last_pushes_update_rows_early_with_the_same_bits(rule):
+    late, late_seen = _early_run(rule, last=False)
+    early, early_seen = _early_run(rule, last=True)
+    assert early.digest() == late.digest()           # rows, rule state (Adam's step)
+    assert early.stats["early"] == 2 and late.stats["early"] == 0
+    # The read of [0, 4) for clock 1 went when both workers' last pushes of those rows
+    # were in: before the clock ended, which answers nothing more.
+    assert early_seen[0]["id"] == 99 and early_seen[0]["clock"] == 1
+    assert early_seen[1:] == ["clocks"]
+    assert late_seen[0] == "clocks" and [h["id"] for h in late_seen[1:]] == [99]
+
+
+def test_a_read_of_rows_already_updated_early_is_answered_at_once():
+    st, _ = make(n=8, w=3)
+    for k in (0, 1):
+        assert push_last(st, k, 0, np.ones((4, 3), np.float32))["ok"]
+    (to, frames), = st.handle(b"r", msg("pull", rid=5, table="t", need=1,
+                                        rows={"range": [1, 3]}))
+    h = json.loads(frames[0])
+    assert h["ok"] and h["clock"] == 1 and st.min_clock == 0
+    np.testing.assert_allclose(np.frombuffer(frames[1], np.float32).reshape(2, 3),
+                               np.arange(24, dtype=np.float32).reshape(8, 3)[1:3] - 1.0)
+    # Rows not all updated yet wait for the clock.
+    assert st.handle(b"r", msg("pull", rid=6, table="t", need=1,
+                               rows={"range": [2, 6]})) == []
+
+
+def test_a_push_to_rows_already_pushed_last_is_refused_and_changes_nothing():
+    st, _ = make(n=8, w=3)
+    v = np.ones((4, 3), np.float32)
+    assert push_last(st, 0, 0, v)["ok"]
+    before = st.digest()
+    for rows in ({"range": [2, 6]}, {"range": [0, 4]}):
+        h = push_last(st, 0, 1, np.ones((4, 3), np.float32), rows=rows)
+        assert not h["ok"] and "already sent its last push of rows [0, 4)" in h["error"]
+    h, _ = reply(st.handle(b"p", msg("push", table="t", worker=0, session=7, clock=0, seq=2,
+                                     rows={"ids": 1}, last=True,
+                                     payload=[np.array([6]), np.ones((1, 3), np.float32)])))
+    assert not h["ok"] and "header field 'last'" in h["error"]
+    assert st.digest() == before
+
+
+def push_last(st, worker, seq, values, rows=None):
+    rows = rows or {"range": [0, len(values)]}
+    return reply(st.handle(b"p", msg("push", table="t", worker=worker, session=7, clock=0,
+                                     seq=seq, rows=rows, last=True,
+                                     payload=[np.asarray(values, np.float32)])))[0]
+
+
+def test_a_last_push_to_an_async_table_is_refused():
+    st, _ = make(per_clock=False)
+    h = push_last(st, 0, 0, np.ones((4, 2), np.float32))
+    assert not h["ok"] and "header field 'last'" in h["error"]
+
+
+def test_a_replacement_redoing_rows_updated_early_does_not_count_them_twice():
+    # Worker 1 dies after its last push of [0, 4) (updated early with worker 0's) and
+    # its replacement pushes both ranges again: [0, 4) is dropped, [4, 8) counts. With
+    # the same gradients the result is the fault-free one, bit for bit.
+    clean, _ = _early_run("momentum", last=True)
+    st, seen = _early_run("momentum", last=True, replace_at=1)
+    assert ("replacement", 0, True) in seen and ("replacement", 4, False) in seen
+    assert st.tables["t"].rows.tobytes() == clean.tables["t"].rows.tobytes()
+    assert st.tables["t"].state.slots["velocity"].tobytes() == \
+        clean.tables["t"].state.slots["velocity"].tobytes()
+    assert st.stats["absorbed"] == 1
