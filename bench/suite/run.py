@@ -10,7 +10,8 @@ Sections (each measured against a baseline in the same run):
     cache     batched gather/scatter-add vs memcpy vs a per-row loop
     memory    memory manager bytes moved and stalled vs Belady's MIN, 25..100% budgets
     training  digits CNN: ms/iteration and time to 95% accuracy (geeps BSP/SSP, DDP,
-              one process); ResNet-18 ms/iteration; sparse LR samples/s at two sizes
+              one process); ResNet-18 ms/iteration; updates overlapping backward
+              (early apply vs at the clock's end); sparse LR samples/s at two sizes
     operator  50 GeePSJobs at once on the API emulator
     scaling   the cost model of bench/scaling.py fitted to the above, 1..64 machines
 Sections run in separate processes where they start workers, so a crash or a hung
@@ -156,6 +157,16 @@ def _bench_training(model: str, block_steps: int, blocks: int, timeout: float) -
     return out
 
 
+def _bench_overlap() -> list[dict]:
+    """Early apply against updating at the clock's end, both layouts."""
+    import bench_overlap
+    out = []
+    for colocate in (False, True):
+        r = bench_overlap.bench(32, 8, 20.0, 2, 2, 10, colocate)
+        out.append(dict(r, text=bench_overlap.report(r)))
+    return out
+
+
 def sec_training(quick: bool) -> dict:
     from bench.suite import train
     r: dict = {}
@@ -174,6 +185,7 @@ def sec_training(quick: bool) -> dict:
         r["tta"][mode] = dict(runs[1], rounds=[v["to_target_s"] for v in runs])
     r["digits"] = _bench_training("digits", 40, 15, 1200)
     r["resnet"] = _bench_training("resnet", 2, 8, 1800)
+    r["overlap"] = _bench_overlap()
     r["sparse"] = train.sparse_lr(sizes=((100_000, 1_000_000), (400_000, 4_000_000)), epochs=2)
     return r
 
