@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
 
+from bench_training import start_servers
 from geeps.ports import free_ports
 
 ROW = 128
@@ -73,14 +71,7 @@ def bench(mib: int, buckets: int, gap_ms: float, workers: int, servers: int, clo
     n_rows = mib * 2**20 // (ROW * 4)
     n = workers if colocate else servers
     addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
-    procs = []
-    if not colocate:
-        for r in range(n):
-            env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
-                       GEEPS_NUM_WORKERS=str(workers), GEEPS_SERVERS=",".join(addrs),
-                       GEEPS_BIND_HOST="127.0.0.1", GEEPS_CONSISTENCY="bsp")
-            procs.append(subprocess.Popen([sys.executable, "-m", "geeps", "server"], env=env,
-                                          stderr=subprocess.DEVNULL))
+    procs = [] if colocate else start_servers(workers, addrs, "bsp")
     q = mp.Queue()
     ps = [mp.Process(target=_worker, args=(r, addrs, workers, n_rows, buckets,
                                            gap_ms / 1e3, clocks, colocate, q))
