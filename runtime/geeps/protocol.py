@@ -15,7 +15,9 @@ Requests (fields beyond op/id):
             [last: true: no more pushes to these rows in this clock (range pushes,
             BSP/SSP); once every worker's last push of the same rows is in, the shard
             updates them and answers the next clock's reads of them before the clock
-            ends. Pushing to them again in the clock is an error]
+            ends; a read that may already see that clock (SSP, or a worker reading
+            between its last pushes and its clock) can get such rows fresher than it
+            asked for. Pushing to them again in the clock is an error]
     clock   worker, clock                                -> min_clock
     pull    table, rows, need                            + [ids frame] -> clock + values frame
     ping | stats | digest                                -> (ping: inc, base)
