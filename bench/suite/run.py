@@ -247,7 +247,9 @@ def main(argv=None) -> int:
                          "and the plots from the last run's results.json")
     args = ap.parse_args(argv)
     if args.list:
-        for line in __doc__.split("Sections")[1].splitlines()[1:8]:
+        for line in __doc__.split("Sections (")[1].splitlines()[1:]:
+            if not line.startswith("    "):        # the table ends with the indent
+                break
             print(line[4:])
         return 0
     only = [s for s in args.only.split(",") if s] or list(SECTIONS)
