@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from bench_training import start_servers
+from procs import run_ranks, start_servers, stop
 from geeps.ports import free_ports
 
 ROW = 128
@@ -72,22 +72,11 @@ def bench(mib: int, buckets: int, gap_ms: float, workers: int, servers: int, clo
     n = workers if colocate else servers
     addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
     procs = [] if colocate else start_servers(workers, addrs, "bsp")
-    q = mp.Queue()
-    ps = [mp.Process(target=_worker, args=(r, addrs, workers, n_rows, buckets,
-                                           gap_ms / 1e3, clocks, colocate, q))
-          for r in range(workers)]
     try:
-        for p in ps:
-            p.start()
-        results = [q.get(timeout=600) for _ in ps]
+        results = run_ranks(_worker, [(r, addrs, workers, n_rows, buckets, gap_ms / 1e3,
+                                       clocks, colocate) for r in range(workers)], timeout=600)
     finally:
-        for p in ps:
-            p.join(60)
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.terminate()
-            p.wait()
+        stop(procs)
     r = {"mib": mib, "buckets": buckets, "gap_ms": gap_ms, "workers": workers,
          "servers": n, "colocate": colocate, "clocks": clocks}
     for m in MODES:

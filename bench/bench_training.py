@@ -33,11 +33,11 @@ import argparse
 import multiprocessing as mp
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 from geeps.ports import free_ports
+from procs import run_ranks, start_servers, stop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Iterations at the start of each block that are not counted (the workers line up
@@ -136,32 +136,10 @@ def _worker(rank, world, model_name, width, batch, block_steps, blocks, modes, e
 
 def run_workers(world, model, width, batch, block_steps, blocks, modes, extra) -> dict:
     """mode -> [per block: the slowest worker's time per iteration]"""
-    q = mp.Queue()
-    ps = [mp.Process(target=_worker, args=(r, world, model, width, batch, block_steps,
-                                           blocks, modes, extra, q)) for r in range(world)]
-    for p in ps:
-        p.start()
-    try:
-        results = dict(q.get(timeout=3600) for _ in ps)
-    finally:
-        for p in ps:
-            p.join(60)
-            if p.is_alive():
-                p.terminate()
+    results = dict(run_ranks(_worker, [(r, world, model, width, batch, block_steps, blocks,
+                                        modes, extra) for r in range(world)], timeout=3600))
     return {m: [max(results[r][m][b] for r in range(world)) for b in range(blocks)]
             for m in modes}
-
-
-def start_servers(world: int, addrs: list[str], consistency: str):
-    procs = []
-    servers_n = len(addrs)
-    for r in range(servers_n):
-        env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
-                   GEEPS_NUM_WORKERS=str(world), GEEPS_SERVERS=",".join(addrs),
-                   GEEPS_BIND_HOST="127.0.0.1", GEEPS_CONSISTENCY=consistency)
-        procs.append(subprocess.Popen([sys.executable, "-m", "geeps", "server"], env=env,
-                                      stderr=subprocess.DEVNULL))
-    return procs
 
 
 def bench(model, width, batch, block_steps, workers, servers, blocks) -> dict:
@@ -179,9 +157,7 @@ def bench(model, width, batch, block_steps, workers, servers, blocks) -> dict:
                 procs += start_servers(workers, extra[mode], CONSISTENCY[mode])
         runs = run_workers(workers, model, width, batch, block_steps, blocks, MODES, extra)
     finally:
-        for p in procs:
-            p.terminate()
-            p.wait()
+        stop(procs)
     runs["single"] = single["single"]
     r = {"model": model, "batch": batch, "workers": workers, "servers": servers,
          "blocks": blocks, "block_steps": block_steps, "load": os.getloadavg()[0]}

@@ -25,7 +25,8 @@ import subprocess
 import sys
 import time
 
-from geeps.ports import free_port
+from bench.procs import run_ranks, start_servers, stop
+from geeps.ports import free_port, free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = 0.95
@@ -97,15 +98,9 @@ def _worker(mode, rank, world, epochs, batch, eval_every, extra, out):
 
 
 def _servers(n: int, world: int, consistency: str):
-    addrs = [f"127.0.0.1:{free_port()}" for _ in range(n)]
-    procs = []
-    for r in range(n):
-        env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
-                   GEEPS_NUM_WORKERS=str(world), GEEPS_SERVERS=",".join(addrs),
-                   GEEPS_BIND_HOST="127.0.0.1", GEEPS_CONSISTENCY=consistency)
-        procs.append(subprocess.Popen([sys.executable, "-m", "geeps", "server"], env=env,
-                                      stderr=subprocess.DEVNULL))
-    return addrs, procs
+    # Every port at once: ports picked one by one may repeat.
+    addrs = [f"127.0.0.1:{p}" for p in free_ports(n)]
+    return addrs, start_servers(world, addrs, consistency)
 
 
 def run_mode(mode: str, workers: int, servers: int, epochs: int, batch: int,
@@ -119,25 +114,12 @@ def run_mode(mode: str, workers: int, servers: int, epochs: int, batch: int,
         consistency = "bsp" if mode == "bsp" else "ssp:1"
         addrs, procs = _servers(servers, world, consistency)
         extra = (addrs, consistency)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    ps = [ctx.Process(target=_worker, args=(mode, r, world, epochs, batch, eval_every, extra, q))
-          for r in range(world)]
     try:
-        for p in ps:
-            p.start()
-        results = {}
-        for _ in ps:
-            rank, curve, iters = q.get(timeout=900)
-            results[rank] = (curve, iters)
+        results = {rank: (curve, iters) for rank, curve, iters in run_ranks(
+            _worker, [(mode, r, world, epochs, batch, eval_every, extra)
+                      for r in range(world)], timeout=900)}
     finally:
-        for p in ps:
-            p.join(30)
-            if p.is_alive():
-                p.terminate()
-        for p in procs:
-            p.terminate()
-            p.wait()
+        stop(procs)
     curve = results[0][0]
     per_iter = sorted(max(ts) for ts in zip(*(results[r][1] for r in range(world))))
     hit = next(((s, t, a) for s, t, a in curve if a >= TARGET), None)
