@@ -17,7 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import checkpoint
-from .accumulate import Contribution, merge, run_rows, sum_all, union_runs
+from .accumulate import Contribution, merge, run_rows, sum_all, sum_pieces, union_runs
 from . import protocol as P
 from .protocol import ProtocolError
 from .rules import GRADIENT_RULES, RuleState
@@ -428,10 +428,9 @@ class ShardState:
         return out
 
     def _check_not_final(self, t: ShardTable, w: int, clock: int, sel) -> None:
-        mine = t.final.get(clock, {}).get(w, ())
-        for a, b in mine:
+        for a, b in t.final.get(clock, {}).get(w, ()):
             hit = sel[1] < b and a < sel[2] if sel[0] == "range" else \
-                bool(((sel[1] >= a) & (sel[1] < b)).any())
+                bool(_in_runs(sel[1], [(a, b)]).any())
             if hit:
                 raise ProtocolError(
                     f"header field 'rows': worker {w} already sent its last push of rows "
@@ -464,14 +463,7 @@ class ShardState:
             t.begun = clock
         if t.scratch is None:
             t.scratch = np.empty_like(t.rows)
-        acc = t.scratch[a:b]
-        # The order and pairing of sum_all (rank order, the first two in one pass).
-        if len(values) == 1:
-            np.copyto(acc, values[0])
-        else:
-            np.add(values[0], values[1], out=acc)
-        for v in values[2:]:
-            acc += v
+        sum_pieces(values, t.scratch[a:b])
         self.before_write(t)
         t.state.apply_slice(t.rows, t.scratch, a, b, self._scale(t))
         for r in range(self.num_workers):
@@ -480,15 +472,8 @@ class ShardState:
         t.applied[clock] = runs
         self.stats["early"] += 1
         self.on_update(time.perf_counter() - t0)
-        out, keep = [], []
-        for p in self.parked:
-            if p.kind == "pull" and p.table == t.name and p.need == clock + 1 \
-                    and p.sel[0] == "range" and _inside(p.sel[1], p.sel[2], runs):
-                out.append((p.peer, self._pull_reply(p.rid, t, p.sel, clock + 1)))
-            else:
-                keep.append(p)
-        self.parked = keep
-        return out
+        return self._release(lambda p: p.table == t.name and p.sel[0] == "range"
+                             and _inside(p.sel[1], p.sel[2], runs), clock + 1)
 
     def _op_clock(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "clock")
@@ -569,15 +554,20 @@ class ShardState:
         self.parked.append(p)
         return []
 
-    def _release(self, pulls: Callable[[Parked], bool] = lambda p: True) -> list[Reply]:
+    def _release(self, pulls: Callable[[Parked], bool] = lambda p: True,
+                 clock: int | None = None) -> list[Reply]:
         """Answer the parked requests that can be answered now; `pulls` narrows which
-        of the ready reads go (see _apply_in_blocks)."""
+        of the ready reads go (see _apply_runs and _early). `clock`: the reads it
+        selects see every update before it (default min_clock; one more when their
+        rows were updated early)."""
+        clock = self.min_clock if clock is None else clock
         out, keep = [], []
         for p in self.parked:
             if p.kind == "open" and p.table in self.tables:
                 out.append((p.peer, P.reply_ok(p.rid, **self.tables[p.table].spec())))
-            elif p.kind == "pull" and self.min_clock >= p.need and pulls(p):
-                out.append((p.peer, self._pull_reply(p.rid, self.tables[p.table], p.sel)))
+            elif p.kind == "pull" and clock >= p.need and pulls(p):
+                out.append((p.peer, self._pull_reply(p.rid, self.tables[p.table], p.sel,
+                                                     clock)))
             else:
                 keep.append(p)
         self.parked = keep
@@ -695,21 +685,21 @@ def _inside(a: int, b: int, runs: list[tuple[int, int]]) -> bool:
     return a >= b or any(ra <= a and b <= rb for ra, rb in runs)
 
 
+def _in_runs(rows: np.ndarray, runs) -> np.ndarray:
+    """Which of `rows` lie in the [a, b) runs."""
+    inside = np.zeros(len(rows), bool)
+    for a, b in runs:
+        inside |= (rows >= a) & (rows < b)
+    return inside
+
+
 def _outside(sel, values: np.ndarray, runs: list[tuple[int, int]]):
     """The part of a push outside `runs`, as (selection, values); (None, None) when
     nothing is. A range partly inside becomes the ids of its rows outside."""
-    if sel[0] == "ids":
-        keep = np.ones(len(sel[1]), bool)
-        for a, b in runs:
-            keep &= ~((sel[1] >= a) & (sel[1] < b))
-        return (("ids", sel[1][keep]), values[keep]) if keep.any() else (None, None)
-    a, b = sel[1], sel[2]
-    cut = np.zeros(b - a, bool)
-    for ra, rb in runs:
-        cut[max(ra, a) - a:max(min(rb, b) - a, 0)] = True
-    if cut.all():
+    rows = np.arange(sel[1], sel[2]) if sel[0] == "range" else sel[1]
+    keep = ~_in_runs(rows, runs)
+    if not keep.any():
         return None, None
-    if not cut.any():
+    if keep.all():
         return sel, values
-    keep = np.flatnonzero(~cut) + a
-    return ("ids", keep), values[keep - a]
+    return ("ids", rows[keep]), values[keep]

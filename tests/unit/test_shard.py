@@ -28,10 +28,10 @@ def make(workers=2, rule="sgd", per_clock=True, n=4, w=2, **hyper):
     return st, init
 
 
-def push(st, worker, clock, seq, values, rows=None, session=7):
+def push(st, worker, clock, seq, values, rows=None, session=7, **fields):
     rows = rows or {"range": [0, len(values)]}
     return reply(st.handle(b"p", msg("push", table="t", worker=worker, session=session,
-                                     clock=clock, seq=seq, rows=rows,
+                                     clock=clock, seq=seq, rows=rows, **fields,
                                      payload=[np.asarray(values, np.float32)])))[0]
 
 
@@ -355,7 +355,7 @@ def test_last_pushes_update_rows_early_with_the_same_bits(rule):
 def test_a_read_of_rows_already_updated_early_is_answered_at_once():
     st, _ = make(n=8, w=3)
     for k in (0, 1):
-        assert push_last(st, k, 0, np.ones((4, 3), np.float32))["ok"]
+        assert push(st, k, 0, 0, np.ones((4, 3), np.float32), last=True)["ok"]
     (to, frames), = st.handle(b"r", msg("pull", rid=5, table="t", need=1,
                                         rows={"range": [1, 3]}))
     h = json.loads(frames[0])
@@ -370,10 +370,10 @@ def test_a_read_of_rows_already_updated_early_is_answered_at_once():
 def test_a_push_to_rows_already_pushed_last_is_refused_and_changes_nothing():
     st, _ = make(n=8, w=3)
     v = np.ones((4, 3), np.float32)
-    assert push_last(st, 0, 0, v)["ok"]
+    assert push(st, 0, 0, 0, v, last=True)["ok"]
     before = st.digest()
     for rows in ({"range": [2, 6]}, {"range": [0, 4]}):
-        h = push_last(st, 0, 1, np.ones((4, 3), np.float32), rows=rows)
+        h = push(st, 0, 0, 1, np.ones((4, 3), np.float32), rows=rows, last=True)
         assert not h["ok"] and "already sent its last push of rows [0, 4)" in h["error"]
     h, _ = reply(st.handle(b"p", msg("push", table="t", worker=0, session=7, clock=0, seq=2,
                                      rows={"ids": 1}, last=True,
@@ -382,16 +382,9 @@ def test_a_push_to_rows_already_pushed_last_is_refused_and_changes_nothing():
     assert st.digest() == before
 
 
-def push_last(st, worker, seq, values, rows=None):
-    rows = rows or {"range": [0, len(values)]}
-    return reply(st.handle(b"p", msg("push", table="t", worker=worker, session=7, clock=0,
-                                     seq=seq, rows=rows, last=True,
-                                     payload=[np.asarray(values, np.float32)])))[0]
-
-
 def test_a_last_push_to_an_async_table_is_refused():
     st, _ = make(per_clock=False)
-    h = push_last(st, 0, 0, np.ones((4, 2), np.float32))
+    h = push(st, 0, 0, 0, np.ones((4, 2), np.float32), last=True)
     assert not h["ok"] and "header field 'last'" in h["error"]
 
 
