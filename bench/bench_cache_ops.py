@@ -35,8 +35,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from geeps.backend import make_index, select                       # noqa: E402
-from geeps.backend_numpy import NumpyBackend                       # noqa: E402
-from geeps.memory import POLICIES, belady, make_plan, working_set  # noqa: E402
+from geeps.backend.numpy_backend import NumpyBackend                       # noqa: E402
+from geeps.worker.memory.planner import POLICIES, belady, make_plan, working_set  # noqa: E402
 
 
 def timings(fns: dict, repeat: int) -> dict:

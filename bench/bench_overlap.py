@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 from procs import run_ranks, start_servers, stop
-from geeps.ports import free_ports
+from geeps.wire.ports import free_ports
 
 ROW = 128
 MODES = ("early", "baseline")
@@ -34,9 +34,9 @@ MODES = ("early", "baseline")
 
 def _worker(rank, servers, workers, n_rows, buckets, gap, clocks, colocate, out):
     import geeps
-    import geeps.colocate
+    import geeps.client
     if colocate:
-        c = geeps.colocate.client(servers, rank, workers, timeout=120)
+        c = geeps.client.colocated(servers, rank, workers, timeout=120)
     else:
         c = geeps.Client(servers, rank, workers, "bsp", timeout=120)
     t = c.create_table("w", n_rows, ROW, rule="momentum", lr=1e-6) if rank == 0 \

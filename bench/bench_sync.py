@@ -28,7 +28,7 @@ import time
 
 import numpy as np
 
-from geeps.ports import free_port, free_ports
+from geeps.wire.ports import free_port, free_ports
 
 ROW = 128
 
@@ -36,9 +36,9 @@ ROW = 128
 
 def _geeps_worker(rank, servers, workers, n_rows, clocks, out, colocate=False):
     import geeps
-    import geeps.colocate
-    if colocate:        # this worker serves shard `rank` itself (geeps.colocate)
-        c = geeps.colocate.client(servers, rank, workers, timeout=120)
+    import geeps.client
+    if colocate:        # this worker serves shard `rank` itself (geeps.client.hosted)
+        c = geeps.client.colocated(servers, rank, workers, timeout=120)
     else:
         c = geeps.Client(servers, rank, workers, "bsp", timeout=120)
     t = c.create_table("w", n_rows, ROW, rule="sgd", lr=1e-6) if rank == 0 else c.open_table("w")
@@ -116,7 +116,7 @@ def bench_gloo(n_floats, workers, iters):
 
 def _echo_server(port, ready):
     import zmq
-    from geeps.memtune import keep_freed_memory
+    from geeps.wire.memtune import keep_freed_memory
     keep_freed_memory()         # the same allocator settings as a geeps server
     s = zmq.Context().socket(zmq.ROUTER)
     s.bind(f"tcp://127.0.0.1:{port}")
@@ -130,8 +130,8 @@ def _echo_server(port, ready):
 
 def _echo_client(ports, nbytes_each, iters, out, chunked=True):
     import zmq
-    from geeps.protocol import CHUNK_BYTES
-    from geeps.memtune import keep_freed_memory
+    from geeps.wire.protocol import CHUNK_BYTES
+    from geeps.wire.memtune import keep_freed_memory
     keep_freed_memory()
     ctx = zmq.Context()
     socks = []
@@ -141,7 +141,7 @@ def _echo_client(ports, nbytes_each, iters, out, chunked=True):
         socks.append(d)
     payload = np.ones(nbytes_each // 4, np.float32)
     # In messages of the size geeps' client cuts pushes and pulls into: the same
-    # allocator behaviour on both sides (see geeps.protocol.CHUNK_BYTES).
+    # allocator behaviour on both sides (see geeps.wire.protocol.CHUNK_BYTES).
     step = CHUNK_BYTES // 4 if chunked else len(payload)
     chunks = [payload[i:i + step] for i in range(0, len(payload), step)]
     times = []

@@ -36,7 +36,7 @@ import statistics
 import sys
 import time
 
-from geeps.ports import free_ports
+from geeps.wire.ports import free_ports
 from procs import run_ranks, start_servers, stop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -62,9 +62,9 @@ def make_model(name: str, width: int):
 
 def _geeps_client(mode: str, rank: int, world: int, addrs: list[str]):
     import geeps
-    import geeps.colocate
+    import geeps.client
     if mode.endswith("_co"):        # worker `rank` serves shard `rank` itself
-        return geeps.colocate.client(addrs, rank, world, CONSISTENCY[mode], timeout=120)
+        return geeps.client.colocated(addrs, rank, world, CONSISTENCY[mode], timeout=120)
     return geeps.Client(addrs, rank, world, CONSISTENCY[mode], timeout=120)
 
 

@@ -7,7 +7,7 @@ import subprocess
 import time
 from typing import Callable, TypeVar
 
-from geeps.ports import free_port, free_ports  # noqa: F401  (tests import them from here)
+from geeps.wire.ports import free_port, free_ports  # noqa: F401  (tests import them from here)
 
 T = TypeVar("T")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

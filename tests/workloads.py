@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from geeps.ops import Recorder
+from geeps.worker.ops import Recorder
 from geeps.tables import Table
 
 F32 = np.float32

@@ -108,7 +108,7 @@ def sec_cache(quick: bool) -> dict:
 
 
 def sec_memory(quick: bool, h2d_gbps: float | None) -> dict:
-    from geeps.memory import POLICIES, BudgetError, belady, make_plan, working_set
+    from geeps.worker.memory.planner import POLICIES, BudgetError, belady, make_plan, working_set
     from tests.workloads import (DenseModel, SparseModel, dense_batches, dense_step, record,
                                  sparse_batches, sparse_step)
     cycles = {"dense": record(dense_step, DenseModel(), dense_batches(1)),

@@ -26,7 +26,7 @@ import sys
 import time
 
 from bench.procs import run_ranks, start_servers, stop
-from geeps.ports import free_port, free_ports
+from geeps.wire.ports import free_port, free_ports
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TARGET = 0.95

@@ -60,7 +60,7 @@ def accuracy(model, x, y) -> float:
 def report(**fields) -> None:
     """A progress line: `geeps run` turns it into its status line; alone it is printed."""
     try:
-        from geeps.progress import report as geeps_report
+        from geeps import report as geeps_report
     except ImportError:
         print("progress " + json.dumps(fields), file=sys.stderr)
         return

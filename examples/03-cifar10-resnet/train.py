@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import geeps
 import geeps.torch as gt
-from geeps import data as gdata
+from geeps_examples import datasets as gdata
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from resnet import ResNet18  # noqa: E402  (the example's own module, beside this file)

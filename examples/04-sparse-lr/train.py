@@ -30,13 +30,11 @@ import time
 import numpy as np
 
 import geeps
-from geeps import data as gdata
-from geeps import memory
+from geeps_examples import datasets as gdata
 from geeps.errors import RolledBack
-from geeps.memory_layout import analyze
-from geeps.ops import Recorder
-from geeps.torch_context import init
-from geeps.worker import Worker
+from geeps.torch import init
+from geeps.worker import Recorder, Worker, memory
+from geeps.worker.memory import analyze
 
 
 def parse_args(argv=None):

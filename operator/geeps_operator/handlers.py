@@ -15,7 +15,7 @@ import logging
 
 import kopf
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 
 from . import manifests as m
 from .config import OperatorConfig

@@ -1,6 +1,6 @@
 """Pure builders of every object the operator creates for a GeePSJob.
 
-    job = geeps.spec.validate(body)
+    job = geeps.job.spec.validate(body)
     svc = service(job, owner)                  # headless: stable server DNS names
     pods = [server_pod(job, i, owner) for i in range(job.server_processes)]
 
@@ -29,9 +29,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from geeps import spec as _spec
-from geeps.contract import job_env
-from geeps.spec import GeePSJob
+from geeps.job import spec as _spec
+from geeps.job.env import job_env
+from geeps.job.spec import GeePSJob
 
 LABEL_JOB = "geeps.dev/job-name"
 LABEL_ROLE = "geeps.dev/role"
@@ -267,10 +267,10 @@ def curve_secret_name(job_name: str) -> str:
 
 
 def curve_secret(job: GeePSJob, owner: dict, keys: dict[str, str] | None = None) -> dict:
-    """The per-job Secret holding CurveZMQ keys (geeps.curve.FILES as {file: text}).
+    """The per-job Secret holding CurveZMQ keys (geeps.wire.curve.FILES as {file: text}).
 
     Keys are random, so they are not made here: the policy plans this Secret without
-    them and the reconciler fills `stringData` from geeps.curve.keys_as_files() just
+    them and the reconciler fills `stringData` from geeps.wire.curve.keys_as_files() just
     before it creates the Secret, once; it is never regenerated while it exists (pods
     already running hold its keys)."""
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",

@@ -53,7 +53,7 @@ import copy
 import datetime as _dt
 from dataclasses import dataclass, field
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 
 from . import manifests as m
 from . import status as s

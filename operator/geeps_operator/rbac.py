@@ -16,7 +16,7 @@ import sys
 
 import yaml
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 
 # Namespaced resources, in every namespace the operator watches.
 RULES: tuple[dict, ...] = (

@@ -12,7 +12,7 @@ are random, so the policy plans it empty and _create_keys() fills it as it is
 created. The operator never reads a Secret back (and has no RBAC to).
 
 The job's clock is learned from worker 0's log through the pods/log API: workers
-print `geeps:progress {"clock": ...}` lines (geeps.progress), so the operator needs
+print `geeps:progress {"clock": ...}` lines (geeps.job.progress), so the operator needs
 no network path to the pods and no protocol of its own, only RBAC on pods/log.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Callable
 
 import kopf
 
-from geeps import progress
-from geeps import spec as _spec
+from geeps.job import progress
+from geeps.job import spec as _spec
 
 from . import manifests as m
 from . import metrics
@@ -154,8 +154,8 @@ class Reconciler:
         """Create the job's CurveZMQ Secret with fresh keys. If it already exists (409: a
         reconcile that stopped before creating the service), the existing keys stay:
         pods hold them. The operator never reads a Secret (no RBAC to): it needs not."""
-        # Imported here: geeps.curve needs pyzmq, which the rest of the operator does not.
-        from geeps import curve
+        # Imported here: geeps.wire.curve needs pyzmq, which the rest of the operator does not.
+        from geeps.wire import curve
         secret = dict(manifest, stringData=curve.keys_as_files())
         if await self.kube.create(path_of(secret), secret) is not None:
             log.info("created CurveZMQ keys in secret %s/%s",

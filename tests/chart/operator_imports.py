@@ -12,7 +12,7 @@ for info in pkgutil.iter_modules(geeps_operator.__path__):
     importlib.import_module(f"geeps_operator.{info.name}")
 
 # The operator makes each job's CurveZMQ keys (imported lazily where a Secret is made).
-import geeps.curve  # noqa: E402,F401
+import geeps.wire.curve  # noqa: E402,F401
 
 from geeps.cli import main  # noqa: E402  (the console script's own path)
 

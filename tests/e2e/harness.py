@@ -22,7 +22,7 @@ from typing import Any
 import kmock
 import requests
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 from geeps_operator.crd import build_crd
 from tests.helpers import REPO, free_port, kill_group, wait_for
 

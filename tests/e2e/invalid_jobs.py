@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from typing import Callable
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 
 
 def base(ns: str = "default", name: str = "bad") -> dict:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 
 
 def job(ns: str, name: str, worker_code: str = "pass", *, servers: int = 1, workers: int = 1,

@@ -16,7 +16,7 @@ import threading
 
 import aiohttp
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 from tests.helpers import wait_for
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from geeps import config
+from geeps.job import env as config
 from tests.helpers import wait_for
 
 from .jobs import WAIT_FOR_GO, env, job

@@ -10,7 +10,7 @@ import signal
 import pytest
 import yaml
 
-from geeps import checkpoint
+from geeps.server import checkpoint
 from tests.helpers import REPO, wait_for
 
 from .jobs import WAIT_FOR_GO, env, job

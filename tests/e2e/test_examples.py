@@ -10,7 +10,7 @@ import os
 import pytest
 import yaml
 
-from geeps import progress
+from geeps.job import progress
 from tests.helpers import REPO, wait_for
 
 pytestmark = pytest.mark.e2e

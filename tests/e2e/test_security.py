@@ -8,7 +8,7 @@ import os
 import pytest
 import yaml
 
-from geeps import curve
+from geeps.wire import curve
 from tests.helpers import REPO, wait_for
 
 from .jobs import job

@@ -12,7 +12,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 import geeps
-import geeps.colocate
+import geeps.client
 from tests.cluster import Cluster
 from tests.helpers import REPO, free_ports
 from tests.integration.test_consistency import N_ROWS, WIDTH, train
@@ -31,7 +31,7 @@ class Colocated:
         self.clients: list[geeps.Client] = []
 
     def client(self, worker: int) -> geeps.Client:
-        c = geeps.colocate.client(self.servers, worker, self.num_workers, self.consistency,
+        c = geeps.client.colocated(self.servers, worker, self.num_workers, self.consistency,
                                   timeout=10)
         self.clients.append(c)
         return c

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import geeps
-from geeps import config, curve
+from geeps.job import env as config
+from geeps.wire import curve
 from tests.helpers import free_port, kill_group
 
 pytestmark = pytest.mark.integration

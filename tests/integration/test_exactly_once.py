@@ -9,7 +9,7 @@ import pytest
 import zmq
 
 import geeps
-from geeps import protocol as P
+from geeps.wire import protocol as P
 from tests.cluster import Cluster
 from tests.helpers import free_port
 

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from geeps import data as gdata
+from geeps_examples import datasets as gdata
 from tests.helpers import REPO, kill_group
 
 pytestmark = pytest.mark.integration

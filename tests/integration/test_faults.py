@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import geeps
-from geeps import checkpoint
+from geeps.server import checkpoint
 from tests.cluster import Cluster
 from tests.helpers import REPO, kill_group, wait_for
 

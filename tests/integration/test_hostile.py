@@ -8,7 +8,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from geeps import protocol as P
+from geeps.wire import protocol as P
 from tests.cluster import Cluster
 
 pytestmark = pytest.mark.integration

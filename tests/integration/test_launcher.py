@@ -19,7 +19,7 @@ import time
 import pytest
 import yaml
 
-from geeps import config
+from geeps.job import env as config
 from tests.helpers import REPO, kill_group, wait_for
 
 pytestmark = pytest.mark.integration

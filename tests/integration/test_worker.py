@@ -11,10 +11,10 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from geeps import memory
-from geeps.config import ConfigError
+from geeps.worker.memory import planner as memory
+from geeps.job.env import ConfigError
 from geeps.metrics import Metrics
-from geeps.ops import SequenceError
+from geeps.worker.ops import SequenceError
 from geeps.worker import Worker
 from tests.cluster import Cluster
 from tests.helpers import free_port, kill_group, wait_for

@@ -1,7 +1,7 @@
 """Contribution: range pieces kept zero-copy sum to the same bits as a dense accumulator."""
 import numpy as np
 
-from geeps.accumulate import MAX_PIECES, Contribution
+from geeps.server.accumulate import MAX_PIECES, Contribution
 
 N, W = 40, 3
 
@@ -75,7 +75,7 @@ def test_ids_and_too_many_pieces_are_dense():
 
 
 def test_sum_all_fuses_the_first_two_alike_cut_workers_with_the_same_bits():
-    from geeps.accumulate import sum_all
+    from geeps.server.accumulate import sum_all
     rng = np.random.default_rng(3)
     ranks = [[(0, 16, rng.standard_normal((16, W), np.float32)),
               (16, 40, rng.standard_normal((24, W), np.float32))] for _ in range(3)]
@@ -93,7 +93,7 @@ def test_sum_all_fuses_the_first_two_alike_cut_workers_with_the_same_bits():
 def test_partial_pushes_sum_over_zeros_where_a_rank_pushed_nothing():
     # Ranks 0 and 1 miss rows 36..40 (cut alike: the fused path), rank 2 pushes some of
     # them: its values must land on zeros, not on the scratch's old contents.
-    from geeps.accumulate import gaps, run_rows, sum_all, union_runs
+    from geeps.server.accumulate import gaps, run_rows, sum_all, union_runs
     rng = np.random.default_rng(4)
     alike = [[(0, 20, rng.standard_normal((20, W), np.float32)),
               (20, 36, rng.standard_normal((16, W), np.float32))] for _ in range(2)]

@@ -11,17 +11,17 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from geeps import backend
-from geeps.config import ConfigError
+from geeps.job.env import ConfigError
 from geeps.backend import make_index
-from geeps.backend_numpy import TORCH_MIN_ELEMS, NumpyBackend
-from geeps.rules import RuleState
+from geeps.backend.numpy_backend import TORCH_MIN_ELEMS, NumpyBackend
+from geeps.server.rules import RuleState
 
 FAST = NumpyBackend(use_torch=True)
 PLAIN = NumpyBackend(use_torch=False)
 
 
 def test_importing_geeps_never_imports_cupy():
-    code = ("import sys, geeps, geeps.backend, geeps.worker, geeps.cache, geeps.memory, geeps.metrics; "
+    code = ("import sys, geeps, geeps.backend, geeps.worker, geeps.worker.cache, geeps.worker.memory.planner, geeps.metrics; "
             "geeps.backend.select('auto'); print('cupy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-from geeps.benchcli import _absolute_out
+from bench.cli import _absolute_out
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from geeps import checkpoint
+from geeps.server import checkpoint
 
 
 def arrays(v):
@@ -35,7 +35,7 @@ def test_a_damaged_newest_is_skipped_with_a_warning_naming_it(tmp_path, caplog, 
             byte = f.read(1)
             f.seek(100)
             f.write(bytes([byte[0] ^ 0xFF]))
-    with caplog.at_level(logging.WARNING, logger="geeps.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="geeps.server.checkpoint"):
         clock, _, got = checkpoint.newest(d, 1)
     assert clock == 2
     assert os.path.basename(bad) in caplog.text

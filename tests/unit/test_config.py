@@ -2,8 +2,8 @@ import os
 
 import pytest
 
-from geeps import config
-from geeps.units import parse_bytes
+from geeps.job import env as config
+from geeps.job.units import parse_bytes
 
 
 def test_defaults_load():

@@ -1,4 +1,4 @@
-"""geeps.data: the CIFAR-10 binary reader, the libsvm reader, the KDD2010-shaped generator."""
+"""geeps_examples.datasets: the CIFAR-10 binary reader, the libsvm reader, the KDD2010-shaped generator."""
 import bz2
 import gzip
 import tracemalloc
@@ -6,7 +6,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from geeps import data as gdata
+from geeps_examples import datasets as gdata
 
 
 # ---- CIFAR-10 -------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from geeps.backend import KERNELS
 NVCC = shutil.which("nvcc")
 pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine "
                                                      "(the CUDA sources cannot be compiled)")
-KDIR = resources.files("geeps").joinpath("kernels")
+KDIR = resources.files("geeps.backend.kernels")
 
 
 def sources():

@@ -5,11 +5,12 @@ import socket
 
 import pytest
 
-from geeps import config, spec
-from geeps.launch_plan import (Options, Ports, apply_overrides, command_argv,
+from geeps.job import env as config
+from geeps.job import spec
+from geeps.launch.plan import (Options, Ports, apply_overrides, command_argv,
                                job_from_command, plan)
-from geeps.launcher import UsageError, parse_args, pick_ports
-from geeps.supervise import ProgressBoard, describe_exit
+from geeps.launch.launcher import UsageError, parse_args, pick_ports
+from geeps.launch.supervise import ProgressBoard, describe_exit
 
 
 def manifest(**spec_fields) -> dict:

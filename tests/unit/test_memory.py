@@ -2,10 +2,10 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from geeps.memory import (BudgetError, belady, make_plan, minimum_budget, working_set,
+from geeps.worker.memory.planner import (BudgetError, belady, make_plan, minimum_budget, working_set,
                           POLICIES)
-from geeps.memory_layout import align
-from geeps.ops import Recorder
+from geeps.worker.memory.layout import align
+from geeps.worker.ops import Recorder
 from geeps.tables import Table
 from tests.workloads import (DenseModel, SparseModel, dense_batches, dense_step, record,
                              sparse_batches, sparse_step)

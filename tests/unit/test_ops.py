@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from geeps.ops import Cursor, Recorder, SequenceError
+from geeps.worker.ops import Cursor, Recorder, SequenceError
 from geeps.tables import Table
 
 T = Table("w", 100, 8, "sgd")

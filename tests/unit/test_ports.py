@@ -1,5 +1,5 @@
 """Free ports for servers that tests and benchmarks start."""
-from geeps.ports import free_ports
+from geeps.wire.ports import free_ports
 
 
 def test_free_ports_are_distinct():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from geeps.rules import RuleState
-from geeps.schedules import lr_at, resolve
+from geeps.server.rules import RuleState
+from geeps.tables.schedules import lr_at, resolve
 from geeps.tables import resolve_hyper
 
 LR = torch.optim.lr_scheduler

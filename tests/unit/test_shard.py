@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from geeps import protocol as P
-from geeps.rules import RuleState
-from geeps.shard import SeqWindow, ShardState
+from geeps.wire import protocol as P
+from geeps.server.rules import RuleState
+from geeps.server.shard import SeqWindow, ShardState
 
 
 def msg(op, rid=1, payload=(), **fields):
@@ -271,7 +271,7 @@ def test_reads_released_by_a_batch_go_to_their_own_workers():
 def test_a_sparse_clock_of_scattered_rows_is_gathered_and_scattered_with_the_same_bits():
     # Every third row of 300, pushed by id by both workers: 100 runs, more than
     # MAX_RUNS, so the update goes through the gather/scatter path.
-    from geeps.shard import MAX_RUNS
+    from geeps.server.shard import MAX_RUNS
     n, w = 300, 4
     st, init = make(rule="momentum", n=n, w=w, lr=0.1, momentum=0.9)
     rng = np.random.default_rng(5)

@@ -1,11 +1,11 @@
-"""geeps.torch_layout and DataParallel's mapping of tensors onto table rows (no servers)."""
+"""geeps.torch.layout and DataParallel's mapping of tensors onto table rows (no servers)."""
 import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 
-from geeps.torch_parallel import _fingerprint, _tensor_store
-from geeps.torch_layout import Layout, Store, flat_view
+from geeps.torch.parallel import _fingerprint, _tensor_store
+from geeps.torch.layout import Layout, Store, flat_view
 
 
 def test_each_tensor_takes_whole_contiguous_rows():

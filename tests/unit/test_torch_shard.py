@@ -4,7 +4,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 import geeps.torch as gt
-from geeps.torch_shard import RoundRobin, ShardedDataset, ShardedLoader, ShardSampler
+from geeps.torch.partition import RoundRobin, ShardedDataset, ShardedLoader, ShardSampler
 
 
 def indices(n):

@@ -2,7 +2,7 @@
 import os
 import sys
 
-from geeps import launcher
+from geeps.launch import launcher
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.exit(launcher.run(sys.argv[1:],

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 from geeps_operator import crd
 from tests.e2e.invalid_jobs import CASES, base, manifest
 from tests.helpers import REPO

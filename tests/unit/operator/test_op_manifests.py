@@ -6,8 +6,9 @@ from __future__ import annotations
 import kubernetes_validate
 import pytest
 
-from geeps import config, curve
-from geeps import spec as _spec
+from geeps.job import env as config
+from geeps.wire import curve
+from geeps.job import spec as _spec
 from geeps_operator import manifests as m
 
 UID = "0f3e4d2c-1111-2222-3333-444455556666"

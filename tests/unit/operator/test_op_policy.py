@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 
-from geeps import spec as _spec
+from geeps.job import spec as _spec
 from geeps_operator import manifests as m
 from geeps_operator import policy
 from geeps_operator.policy import Observed, decide

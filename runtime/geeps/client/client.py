@@ -1,0 +1,403 @@
+"""The low-level client: tables, push, pull and clock against the server shards.
+
+    c = geeps.Client.from_env()                      # or Client(servers=[...], worker=0, ...)
+    w = c.create_table("w", n_rows=64, rule="sgd", lr=0.1)
+    c.push(w, range(0, 64), grads); c.clock()
+    values, data_clock = c.pull(w)                   # waits as the consistency model says
+
+Every call is thread-safe. The `*_async` variants return a Handle at once; `wait()`
+blocks until every shard answered. Blocking variants are `*_async(...).wait()`.
+Arrays handed to `push_async` are sent zero-copy: don't change them until the handle
+completes. One background I/O thread owns all sockets (see iothread.py): it retries
+requests whose reply was lost (servers drop duplicates, so an update is applied once)
+and fails a request with ServerUnreachable, naming the server, when a shard stays
+silent for `timeout` seconds.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from geeps.job import env as _config
+from geeps.job import consistency as _consistency
+from geeps.wire import protocol as P
+from geeps.errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
+from geeps.client.handles import Handle
+from geeps.client.iothread import IOThread, Request
+from geeps.tables.table import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
+
+MAX_ROLLBACK_RETRIES = 5  # times create/open_table are made again after rollbacks
+LEAVE_WAIT_S = 2.0      # seconds close() waits for the shards to hear a worker is done
+
+__all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
+           "ServerUnreachable", "WaitTimeout"]
+
+
+class Client:
+    """A worker's connection to every server shard (see the module docstring)."""
+
+    def __init__(self, servers: Sequence[str], worker: int = 0, num_workers: int = 1,
+                 consistency: str | _consistency.Consistency = "bsp", *,
+                 timeout: float = 30.0, wait_timeout: float = 600.0,
+                 config: _config.Config | None = None,
+                 on_transfer: Callable[[str, int], None] | None = None,
+                 metrics=None, host=None):
+        if not servers:
+            raise ValueError("servers is empty: give host:port of every shard "
+                             "(GEEPS_SERVERS)")
+        if not 0 <= worker < num_workers:
+            raise ValueError(f"worker {worker} outside 0..{num_workers - 1}")
+        self.servers = list(servers)
+        self.worker = worker
+        self.num_workers = num_workers
+        self.consistency = (consistency if isinstance(consistency, _consistency.Consistency)
+                            else _consistency.parse(consistency))
+        self.timeout = timeout
+        self.wait_timeout = wait_timeout
+        self.session = int.from_bytes(os.urandom(6), "big")
+        self._lock = threading.Lock()
+        self._clock = 0
+        self._tables: dict[str, Table] = {}
+        # metrics: a geeps.metrics.Metrics; it counts pushed/pulled bytes unless the
+        # caller counts them itself through on_transfer.
+        self.metrics = metrics
+        self.on_transfer = on_transfer or (metrics.transfer if metrics else None)
+        self._last_clock_at = time.monotonic()
+        # host: the shard this process serves itself (geeps.client.hosted.HostedShard),
+        # reached in memory; close() keeps it serving until every worker has left.
+        self._host = host
+        self._local = None if host is None else host.rank
+        self._closed = False
+        self._io = IOThread(self.servers, config=config, timeout=timeout,
+                            wait_timeout=wait_timeout,
+                            host=host)
+        self._io.on_rollback = self._rolled_back
+        self._io.start()
+        try:
+            hellos = self._all(lambda k: Request(k, "hello", {
+                "worker": worker, "session": self.session, "num_workers": num_workers})).wait()
+        except BaseException:
+            self._io.stop()
+            if host is not None:
+                host.stop()
+            raise
+        if host is not None:
+            # Its peers may still read the hosted shard: leave (and serve on until they
+            # all have) even when the script never calls close().
+            atexit.register(self._close_at_exit)
+        # A restarted worker rejoins at the clock the servers know it finished.
+        self._clock = min(h["worker_clock"] for h, _ in hellos)
+        # A shard restored from its checkpoint (base > 0, its own restart the cause of
+        # its state) while another shard answers another cause: nobody has rolled the
+        # job back for that restart yet. With co-located shards this worker's own death
+        # took its shard along. Start the rollback here (the other workers join it:
+        # same cause) and join at its clock.
+        k = next((k for k, (h, _) in enumerate(hellos)
+                  if h.get("base", 0) > 0 and h.get("cause") == h.get("inc")
+                  and any(o.get("cause") != h["inc"] for o, _ in hellos)), None)
+        if k is not None:
+            try:
+                self._io.request_rollback(k, hellos[k][0]).wait(timeout)
+            except RolledBack as e:
+                self._clock = e.clock
+            except BaseException:
+                self.close(failed=True)
+                raise
+        self.joined_at = self._clock    # > 0: this client replaces a worker that died
+
+    @classmethod
+    def from_env(cls, environ=None, **kw) -> "Client":
+        """A client configured by the GEEPS_* environment (see geeps.job.env)."""
+        return cls.from_config(_config.load(environ), **kw)
+
+    @classmethod
+    def from_config(cls, cfg: _config.Config, **kw) -> "Client":
+        """A client of `cfg`: its metrics served (unless given), and the shard it hosts
+        when cfg.colocate."""
+        if "metrics" not in kw:
+            from geeps.metrics import Metrics
+            kw["metrics"] = Metrics.from_config(cfg)
+            kw["metrics"].serve(cfg.metrics_port)
+        if cfg.colocate and "host" not in kw:
+            from geeps.client.hosted import HostedShard
+            kw["host"] = HostedShard(cfg, metrics=kw["metrics"])
+        return cls(cfg.servers, cfg.rank, cfg.num_workers, cfg.consistency,
+                   timeout=cfg.timeout, wait_timeout=cfg.wait_timeout, config=cfg, **kw)
+
+    # ---- tables -----------------------------------------------------------------------
+    def create_table(self, name: str, n_rows: int, row_width: int = DEFAULT_ROW_WIDTH,
+                     rule: str = "sgd", init: np.ndarray | None = None, **hyper) -> Table:
+        """Create a table on every shard (idempotent for the same spec) and return it.
+
+        `init` (n_rows x row_width) seeds the values; without it rows start at zero. If
+        the table exists already its values are kept and `init` is ignored."""
+        if rule not in RULES:
+            raise ValueError(f"rule {rule!r} is not one of {', '.join(RULES)}")
+        hyper = resolve_hyper(rule, hyper)
+        if n_rows < 0 or row_width < 1:
+            raise ValueError(f"table {name!r}: n_rows must be >= 0 and row_width >= 1")
+        if init is not None:
+            init = np.ascontiguousarray(init, dtype=np.float32)
+            if init.shape != (n_rows, row_width):
+                raise ValueError(f"table {name!r}: init has shape {init.shape}, "
+                                 f"expected ({n_rows}, {row_width})")
+        bounds = partition(n_rows, len(self.servers))
+
+        def req(k: int) -> Request:
+            lo, hi = bounds[k]
+            return Request(k, "create", {
+                "table": name, "n_rows": n_rows, "row_width": row_width, "lo": lo, "hi": hi,
+                "rule": rule, "hyper": hyper, "per_clock": self.consistency.per_clock,
+                "init": init is not None}, [] if init is None else [init[lo:hi]])
+        self._across_rollbacks(lambda: self._all(req).wait())
+        table = Table(name, n_rows, row_width, rule, hyper, tuple(bounds))
+        self._tables[name] = table
+        return table
+
+    def open_table(self, name: str, timeout: float | None = None) -> Table:
+        """The table `name`, waiting (up to `timeout`, default wait_timeout) until some
+        worker has created it."""
+        replies = self._across_rollbacks(
+            lambda: self._all(lambda k: Request(k, "open", {"table": name})).wait(timeout))
+        specs = [h for h, _ in replies]
+        s = specs[0]
+        table = Table(name, s["n_rows"], s["row_width"], s["rule"], s["hyper"],
+                      tuple((h["lo"], h["hi"]) for h in specs))
+        self._tables[name] = table
+        return table
+
+    # ---- push / pull / clock ----------------------------------------------------------
+    @property
+    def rollbacks(self) -> int:
+        """How many times the job rolled back to a checkpoint since this client started
+        (a data loader compares it to know its position is stale)."""
+        return self._io.timeline
+
+    @property
+    def clock_value(self) -> int:
+        """Clocks this worker has finished (the clock its next pushes belong to)."""
+        return self._clock
+
+    def batch(self):
+        """A context: the requests this thread makes inside it are sent at its end,
+        those to one shard in one message (a step's last pushes, clock and refresh).
+
+            with client.batch():
+                client.push_async(t, None, grads); client.clock_async()
+                refresh = client.pull_async(t)
+        """
+        return self._io.hold()
+
+    def push_async(self, table: Table, rows, values: np.ndarray, *,
+                   timeline: int | None = None, defer: bool = False,
+                   last: bool = False) -> Handle:
+        """Send updates for `rows` (a range/slice, or int ids) of the current clock.
+
+        `timeline` (a value of `rollbacks` read earlier): if the job has rolled back
+        since, the push is refused with RolledBack rather than sent. `defer`: it may
+        wait (at most a fraction of a second) to leave with the next requests, in one
+        message with them: for a push that the clock will follow at once. `last`
+        (range pushes of BSP/SSP tables): this worker pushes nothing more to these
+        rows in this clock, so once every worker's last push of them is in, a shard
+        may update them before the clock ends (and answer reads of them early);
+        pushing to them again in the clock is an error."""
+        sel = as_rows(rows, table.n_rows)
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        n = len(sel)
+        if values.shape != (n, table.row_width):
+            raise ValueError(f"push to {table.name!r}: values have shape {values.shape}, "
+                             f"expected ({n}, {table.row_width})")
+        clock = self._clock
+        reqs = []
+        # Only tables applied once per clock take chunks: under async each push is one
+        # update (an Adam step counts it), so it must arrive as one message.
+        for k, rows_hdr, payload, _ in self._split(table, sel, values,
+                                                     chunk=self.consistency.per_clock):
+            if k == self._local:
+                # In memory the shard would keep the caller's own array, which the
+                # caller may change once the push is acknowledged: hand it a copy.
+                payload = [np.array(x) for x in payload]
+            header = {"table": table.name, "worker": self.worker, "session": self.session,
+                      "clock": clock, "rows": rows_hdr}
+            if last and "range" in rows_hdr:
+                header["last"] = True
+            reqs.append(Request(k, "push", header, payload, seq=True))
+        if self.on_transfer:
+            self.on_transfer("push", values.nbytes)
+        return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline,
+                               defer=defer)
+
+    def push(self, table: Table, rows, values: np.ndarray) -> None:
+        """push_async(...).wait()"""
+        self.push_async(table, rows, values).wait()
+
+    def pull_async(self, table: Table, rows=None, *, out: np.ndarray | None = None,
+                   need: int | None = None) -> Handle:
+        """Read `rows` (default all); the handle's result is (values, data_clock).
+
+        The read waits on the servers until they hold every update the consistency
+        model requires at this worker's clock (`need` overrides that bound)."""
+        sel = as_rows(rows, table.n_rows)
+        n = len(sel)
+        if out is None:
+            out = np.empty((n, table.row_width), np.float32)
+        elif out.shape != (n, table.row_width) or out.dtype != np.float32:
+            raise ValueError(f"pull from {table.name!r}: out must be float32 "
+                             f"({n}, {table.row_width})")
+        need = self.consistency.need(self._clock) if need is None else need
+        reqs = []
+        width = table.row_width
+
+        def deliver(header, frames, place):
+            # On the I/O thread, as each chunk arrives (see Request.deliver).
+            if len(frames) != 1:
+                raise P.ProtocolError(f"expected 1 values frame, got {len(frames)}")
+            vals = np.frombuffer(frames[0], dtype="<f4")
+            out[place] = vals.reshape(-1, width)
+        for k, rows_hdr, payload, place in self._split(table, sel, None):
+            reqs.append(Request(k, "pull", {"table": table.name, "rows": rows_hdr,
+                                            "need": need}, payload,
+                                deliver=lambda h, f, place=place: deliver(h, f, place)))
+        on_transfer = self.on_transfer
+
+        def combine(parts):
+            clock = None
+            for header, _ in parts:
+                clock = header["clock"] if clock is None else min(clock, header["clock"])
+            if on_transfer:
+                on_transfer("pull", out.nbytes)
+            return out, (clock if clock is not None else need)
+        return self._io.submit(reqs, combine=combine)
+
+    def pull(self, table: Table, rows=None, *, out: np.ndarray | None = None,
+             need: int | None = None) -> tuple[np.ndarray, int]:
+        """pull_async(...).wait(): (values, data_clock)."""
+        t0 = time.monotonic()
+        values, data_clock = self.pull_async(table, rows, out=out, need=need).wait()
+        if self.metrics is not None:
+            self.metrics.read_wait.observe(time.monotonic() - t0)
+            self.metrics.clock_lag.observe(max(0, self._clock - data_clock))
+        return values, data_clock
+
+    def clock_async(self, *, timeline: int | None = None) -> Handle:
+        """Finish the current clock on every shard; the result is the new clock.
+        `timeline`: as for push_async (a stale one leaves the clock unchanged)."""
+        if timeline is not None and timeline != self.rollbacks:
+            return self._io.submit([], combine=lambda parts: None, fail=RolledBack(
+                self._clock, "the job rolled back during this clock"))
+        with self._lock:
+            c = self._clock
+            self._clock = c + 1
+        if self.metrics is not None:
+            now = time.monotonic()
+            self.metrics.iteration.observe(now - self._last_clock_at)
+            self._last_clock_at = now
+            self.metrics.clock.set(c + 1)
+        return self._io.submit(
+            [Request(k, "clock", {"worker": self.worker, "clock": c})
+             for k in range(len(self.servers))], combine=lambda parts: c + 1,
+            timeline=timeline)
+
+    def clock(self) -> int:
+        """clock_async().wait()"""
+        return self.clock_async().wait()
+
+    def stats(self) -> list[dict]:
+        """Each shard's counters (pushes, duplicates, errors, parked, clocks)."""
+        return [h for h, _ in self._all(lambda k: Request(k, "stats", {})).wait()]
+
+    def close(self, failed: bool = False) -> None:
+        """Tell every shard this worker is done, then stop the I/O thread; pending
+        handles fail. A worker hosting a shard first serves it until every worker has
+        left (or GEEPS_WAIT_TIMEOUT passes): the others may still need its rows.
+        `failed` (also when a `with` block ends in an exception, or the interpreter
+        exits on one): stop at once instead, so the process fails fast and can be
+        replaced; its peers then see its shard go. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if not failed:
+            try:
+                self._all(lambda k: Request(k, "leave", {"worker": self.worker})).wait(
+                    min(self.timeout, LEAVE_WAIT_S))
+            except GeepsError:
+                pass        # a shard that is gone needs no goodbye
+            if self._host is not None:
+                self._host.serve_until_all_left(self.wait_timeout)
+        self._io.stop()
+        if self._host is not None:
+            self._host.stop()
+
+    def _close_at_exit(self) -> None:
+        # atexit has no exc_info; an uncaught exception that is ending the interpreter
+        # is left in sys.last_value.
+        self.close(failed=getattr(sys, "last_value", None) is not None)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(failed=exc_type is not None)
+
+    # ---- internals --------------------------------------------------------------------
+    def _across_rollbacks(self, call: Callable[[], Any]) -> Any:
+        # Creating or opening a table belongs to no clock, and a rollback keeps the
+        # tables a checkpoint holds: such a call is simply made again on the new
+        # timeline (a replacement worker opening its tables meets the rollback its
+        # own shard's restart set off).
+        for _ in range(MAX_ROLLBACK_RETRIES):
+            try:
+                return call()
+            except RolledBack:
+                continue
+        return call()
+
+    def _rolled_back(self, clock: int) -> None:
+        # Runs on the I/O thread before any caller hears RolledBack.
+        with self._lock:
+            self._clock = clock
+        if self.metrics is not None:
+            self.metrics.clock.set(clock)
+
+    def _all(self, make: Callable[[int], Request]) -> Handle:
+        return self._io.submit([make(k) for k in range(len(self.servers))],
+                               combine=lambda parts: parts)
+
+    def _split(self, table: Table, sel, values, chunk: bool = True):
+        """Per request: (shard, rows header, payload frames, positions in the caller's
+        order). With `chunk`, a shard's part is cut into requests of at most
+        protocol.CHUNK_BYTES of values, so every message is small enough to be
+        received into reused heap memory (see there)."""
+        # Unchunked: one request per shard, a "chunk" as large as any shard's part.
+        step = P.chunk_rows(table.row_width) if chunk else max(1, len(sel))
+        if isinstance(sel, range):
+            for k, lo, hi in table.split_range(sel.start, sel.stop):
+                for s in range(lo, hi, step):
+                    e = min(hi, s + step)
+                    a, b = s - sel.start, e - sel.start
+                    payload = [] if values is None else [values[a:b]]
+                    yield k, {"range": [s, e]}, payload, slice(a, b)
+            return
+        for k, pos, ids in table.split_index(sel):
+            for s in range(0, len(ids), step):
+                p = pos[s:s + step]
+                i = np.ascontiguousarray(ids[s:s + step], dtype="<i8")
+                payload = [i] if values is None else [i, values[p]]
+                yield k, {"ids": len(i)}, payload, p
+
+
+def colocated(servers: Sequence[str], rank: int, num_workers: int, consistency: str = "bsp",
+              timeout: float = 30.0, host: str = "127.0.0.1") -> Client:
+    """A client that hosts shard `rank` of `servers` (bound on `host`), as
+    GEEPS_COLOCATE=1 makes one: for programs that wire workers up themselves
+    (benchmarks, tests). The same Config the environment would have given."""
+    return Client.from_config(_config.check(_config.Config(
+        role="worker", rank=rank, num_workers=num_workers, servers=tuple(servers),
+        consistency=_consistency.parse(consistency), colocate=True, bind_host=host,
+        timeout=timeout)))

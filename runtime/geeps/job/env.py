@@ -1,0 +1,228 @@
+"""The environment contract: every GEEPS_* variable, read and validated here only.
+
+`load()` reads a process's variables into a Config; `job_env()` writes them for one
+process of a GeePSJob. Both `geeps run` and the operator call `job_env`, so a process
+sees the same variables on a laptop and in a pod.
+
+The operator sets these in pods and `geeps run` sets them for local processes; a
+script reads them with `geeps.job.env.load()`. A bad value raises ConfigError naming
+the variable and what it accepts. `geeps env` prints the table below as Markdown
+(docs/environment.md is that output, checked by a test).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from geeps.job import consistency as _consistency
+from geeps.job.units import parse_bytes
+
+if TYPE_CHECKING:   # the spec pulls in jsonschema, which a worker never needs
+    from geeps.job.spec import GeePSJob
+
+
+class ConfigError(ValueError):
+    """A GEEPS_* variable holds a value outside what it accepts."""
+
+    def __init__(self, var: str, value: str, accepts: str):
+        super().__init__(f"{var}={value!r} is invalid: accepted {accepts}")
+        self.var = var
+
+
+def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    def parse(v: str) -> int:
+        n = int(v)
+        if n < lo or (hi is not None and n > hi):
+            raise ValueError(v)
+        return n
+    return parse
+
+
+def _positive_float(v: str) -> float:
+    x = float(v)
+    if not x > 0:
+        raise ValueError(v)
+    return x
+
+
+def _servers(v: str) -> tuple[str, ...]:
+    out = []
+    for part in (p.strip() for p in v.split(",")):
+        if not part:
+            continue
+        host, sep, port = part.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(part)
+        out.append(part)
+    return tuple(out)
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def parse(v: str) -> str:
+        if v.lower() not in options:
+            raise ValueError(v)
+        return v.lower()
+    return parse
+
+
+def _bool(v: str) -> bool:
+    t = v.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(v)
+
+
+def _optional_bytes(v: str) -> int | None:
+    return None if v.strip() in ("", "unlimited") else parse_bytes(v)
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    attr: str
+    default: str
+    parse: Callable[[str], Any]
+    accepts: str
+    doc: str
+
+
+VARS: tuple[Var, ...] = (
+    Var("GEEPS_JOB", "job", "local", str, "any name", "job name; a label on every metric"),
+    Var("GEEPS_ROLE", "role", "worker", _choice("server", "worker"), "server | worker",
+        "what this process is"),
+    Var("GEEPS_RANK", "rank", "0", _int_in(0), "an integer >= 0",
+        "index of this process within its role"),
+    Var("GEEPS_NUM_WORKERS", "num_workers", "1", _int_in(1), "an integer >= 1",
+        "workers in the job; servers track a clock for each"),
+    Var("GEEPS_SERVERS", "servers", "", _servers, "host:port[,host:port...]",
+        "every server shard, in rank order"),
+    Var("GEEPS_CONSISTENCY", "consistency", "bsp", _consistency.parse, _consistency.ACCEPTED,
+        "how far a reader may run ahead of the slowest worker"),
+    Var("GEEPS_DEVICE_MEMORY", "device_memory", "", _optional_bytes,
+        "a quantity (bytes, e.g. 2Gi) or empty for unlimited",
+        "device-memory budget of the worker's memory manager"),
+    Var("GEEPS_BACKEND", "backend", "auto", _choice("auto", "numpy", "cupy"),
+        "auto | numpy | cupy", "array backend; auto takes CuPy when a GPU is present"),
+    Var("GEEPS_CHECKPOINT_DIR", "checkpoint_dir", "", str, "a directory path or empty",
+        "where servers write checkpoints; empty disables them"),
+    Var("GEEPS_CHECKPOINT_EVERY", "checkpoint_every", "0", _int_in(0), "an integer >= 0 (clocks)",
+        "checkpoint every K clocks; 0 disables"),
+    Var("GEEPS_METRICS_PORT", "metrics_port", "0", _int_in(0, 65535), "a port 0-65535",
+        "Prometheus metrics HTTP port; 0 disables"),
+    Var("GEEPS_BIND_HOST", "bind_host", "*", str, "an address or *",
+        "address a server binds (its port comes from GEEPS_SERVERS[rank])"),
+    Var("GEEPS_TIMEOUT", "timeout", "30", _positive_float, "seconds > 0",
+        "how long a server may stay silent before a request fails naming it"),
+    Var("GEEPS_WAIT_TIMEOUT", "wait_timeout", "600", _positive_float, "seconds > 0",
+        "how long a read may stay parked waiting for slower workers"),
+    Var("GEEPS_MAX_PARKED", "max_parked", "4096", _int_in(1), "an integer >= 1",
+        "reads a server parks at once; past it a read gets an error"),
+    Var("GEEPS_CURVE_DIR", "curve_dir", "", str, "a directory path or empty",
+        "CurveZMQ keys (server.key, client.key); empty means no encryption"),
+    Var("GEEPS_INSECURE", "insecure", "0", _bool, "0 | 1",
+        "run without CurveZMQ even where keys are expected (logged loudly)"),
+    Var("GEEPS_COLOCATE", "colocate", "0", _bool, "0 | 1",
+        "1: this worker serves shard GEEPS_RANK of GEEPS_SERVERS itself and reaches it "
+        "in memory (GeePS's layout: one shard per worker, no server processes)"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    job: str = "local"                          # job name
+    role: str = "worker"                        # server | worker
+    rank: int = 0                               # index within the role
+    num_workers: int = 1                        # workers in the job
+    servers: tuple[str, ...] = ()               # host:port of every shard, rank order
+    consistency: _consistency.Consistency = field(
+        default_factory=lambda: _consistency.parse("bsp"))
+    device_memory: int | None = None            # bytes; None = unlimited
+    backend: str = "auto"                       # auto | numpy | cupy
+    checkpoint_dir: str = ""                    # empty = no checkpoints
+    checkpoint_every: int = 0                   # clocks; 0 = off
+    metrics_port: int = 0                       # 0 = no metrics endpoint
+    bind_host: str = "*"                        # server bind address
+    timeout: float = 30.0                       # seconds of server silence tolerated
+    wait_timeout: float = 600.0                 # seconds a read may be parked
+    max_parked: int = 4096                      # parked reads per server
+    curve_dir: str = ""                         # CurveZMQ key directory
+    insecure: bool = False                      # explicit opt-out of CurveZMQ
+    colocate: bool = False                      # worker hosts shard `rank` in-process
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that `load()` turns back into this config."""
+        out = {}
+        for var in VARS:
+            v = getattr(self, var.attr)
+            if isinstance(v, tuple):
+                v = ",".join(v)
+            elif isinstance(v, bool):
+                v = "1" if v else "0"
+            elif v is None:
+                v = ""
+            out[var.name] = str(v)
+        return out
+
+
+def load(environ: Mapping[str, str] | None = None) -> Config:
+    """Read every GEEPS_* variable from `environ` (default os.environ) and validate it."""
+    env = os.environ if environ is None else environ
+    values = {}
+    for var in VARS:
+        raw = env.get(var.name, var.default)
+        try:
+            values[var.attr] = var.parse(raw)
+        except (ValueError, TypeError):
+            raise ConfigError(var.name, raw, var.accepts) from None
+    return check(Config(**values))
+
+
+def check(cfg: Config) -> Config:
+    """`cfg`, if its variables agree with each other (ConfigError naming one if not)."""
+    if cfg.role == "server" and cfg.servers and cfg.rank >= len(cfg.servers):
+        raise ConfigError("GEEPS_RANK", str(cfg.rank),
+                          f"a server rank below {len(cfg.servers)} (the number of GEEPS_SERVERS)")
+    if cfg.role == "worker" and cfg.rank >= cfg.num_workers:
+        raise ConfigError("GEEPS_RANK", str(cfg.rank),
+                          f"a worker rank below GEEPS_NUM_WORKERS={cfg.num_workers}")
+    if cfg.colocate and (cfg.role != "worker" or len(cfg.servers) != cfg.num_workers):
+        raise ConfigError("GEEPS_COLOCATE", "1",
+                          f"1 only in a worker, with one GEEPS_SERVERS entry per worker "
+                          f"(got role {cfg.role}, {len(cfg.servers)} servers for "
+                          f"{cfg.num_workers} workers)")
+    return cfg
+
+
+def markdown_table() -> str:
+    """The contract as a Markdown table (docs/environment.md)."""
+    rows = ["| variable | default | accepts | meaning |", "|---|---|---|---|"]
+    def cell(text: str) -> str:     # "0 | 1" must not split the cell
+        return text.replace("|", "\\|")
+    for v in VARS:
+        rows.append(f"| `{v.name}` | `{v.default}` | {cell(v.accepts)} | {cell(v.doc)} |")
+    return "\n".join(rows) + "\n"
+
+
+assert {f.name for f in fields(Config)} == {v.attr for v in VARS}, "VARS and Config drifted"
+
+
+def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
+            bind_host: str = "*", checkpoint_dir: str = "", curve_dir: str = "",
+            metrics_port: int | None = None, colocate: bool = False) -> dict[str, str]:
+    """GEEPS_* variables plus the manifest's plain `env` entries (valueFrom is the
+    operator's business: it is not a value a local process can resolve)."""
+    cfg = Config(
+        job=job.name, role=role, rank=rank, num_workers=job.workers.replicas,
+        servers=tuple(servers), consistency=job.consistency,
+        device_memory=job.device_memory, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=job.checkpoint_every if checkpoint_dir else 0,
+        metrics_port=job.metrics_port if metrics_port is None else metrics_port,
+        bind_host=bind_host, curve_dir=curve_dir, insecure=job.insecure,
+        colocate=colocate,
+    )
+    env = {e["name"]: e["value"] for e in job.env if "value" in e}
+    env.update(cfg.to_env())
+    return env

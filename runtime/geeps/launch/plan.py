@@ -1,0 +1,197 @@
+"""What `geeps run` starts for a job on one host: the pure plan (names, argv, env).
+
+No process is started and no port is probed here; the launcher picks the ports and
+hands them in, so every decision about a local job is testable without running it.
+
+    job = spec.load_file("examples/01-minimal/job.yaml")
+    job = apply_overrides(job, workers=4, consistency="ssp:2")      # SpecError if invalid
+    p = plan(job, Ports(servers=(5001, 5002), metrics=()), Options(cwd="/repo"))
+    [(x.name, x.argv) for x in p.processes]      # server-0, server-1, worker-0 .. worker-3
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+
+from geeps.job import consistency as _consistency
+from geeps.job import spec as _spec
+from geeps.job.env import job_env
+from geeps.job.spec import GeePSJob
+
+LOOPBACK = "127.0.0.1"
+# The interpreter names a manifest uses for "Python"; locally they mean the launcher's
+# own interpreter, so a job runs in the virtualenv that has geeps installed.
+PYTHON_NAMES = ("python", "python3")
+# How a shard starts when nothing else is asked for: the `geeps server` of this install.
+SERVER_MODULE = ("-m", "geeps", "server")
+LOCAL_JOB_NAME = "local"        # name of a job given as a command instead of a manifest
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """One local process: `env` is added to the launcher's own environment."""
+    name: str                   # "server-0", "worker-1": how messages name it
+    role: str                   # server | worker
+    rank: int                   # index within the role
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    metrics_port: int = 0       # 0 = serves no metrics
+
+
+@dataclass(frozen=True)
+class Ports:
+    servers: tuple[int, ...]    # one per shard, rank order
+    metrics: tuple[int, ...] = ()   # one per process in plan order (servers, then
+                                    # workers); empty = metrics off
+
+
+@dataclass(frozen=True)
+class Options:
+    cwd: str = "."                          # where commands run and relative paths resolve
+    checkpoint_dir: str = ""                # empty = <cwd>/.geeps/<job>/checkpoints
+    python: str = sys.executable            # replaces python/python3 in the command
+    server_command: tuple[str, ...] = ()    # empty = <python> -m geeps server
+    host: str = LOOPBACK                    # servers bind it; workers dial it
+    curve_dir: str = ""                     # the job's CurveZMQ keys; empty = none
+    colocate: bool = False                  # each worker serves one shard itself: no
+                                            # server processes (geeps.client.hosted); also
+                                            # when the job says spec.servers.colocate
+
+
+@dataclass(frozen=True)
+class Plan:
+    job: GeePSJob
+    processes: tuple[ProcessSpec, ...]      # servers first, then workers
+    servers: tuple[str, ...]                # GEEPS_SERVERS, host:port in rank order
+    checkpoint_dir: str                     # empty = checkpoints off
+    warnings: tuple[str, ...] = field(default=())
+
+    def role(self, role: str) -> tuple[ProcessSpec, ...]:
+        return tuple(p for p in self.processes if p.role == role)
+
+    def shard_layout(self) -> str:
+        """Where the shards run, as the launcher's lines say it."""
+        n = len(self.servers)
+        return f"{n} servers" if self.role("server") else \
+            f"{n} shards served by the workers themselves"
+
+
+def apply_overrides(job: GeePSJob, *, servers: int | None = None, workers: int | None = None,
+                    consistency: str | None = None) -> GeePSJob:
+    """The job with replicas and consistency replaced, revalidated by the same schema.
+
+    Raises SpecError naming the spec field (e.g. spec.workers.replicas) when an
+    override is out of range, and ValueError for an unknown consistency model."""
+    if servers is None and workers is None and consistency is None:
+        return job
+    spec = copy.deepcopy(job.spec)
+    if servers is not None:
+        spec["servers"]["replicas"] = servers
+    if workers is not None:
+        spec["workers"]["replicas"] = workers
+    if consistency is not None:
+        spec["consistency"] = _consistency_spec(consistency)
+    return _spec.validate(_manifest(job.name, job.namespace, spec))
+
+
+def job_from_command(command: list[str] | tuple[str, ...], *, servers: int | None = None,
+                     workers: int | None = None, consistency: str | None = None,
+                     name: str = LOCAL_JOB_NAME) -> GeePSJob:
+    """An in-memory GeePSJob for `geeps run --servers 2 --workers 2 -- python x.py`.
+
+    It goes through the same validation as a manifest, so the two paths cannot drift."""
+    spec: dict = {"command": list(command)}
+    if servers is not None:
+        spec["servers"] = {"replicas": servers}
+    if workers is not None:
+        spec["workers"] = {"replicas": workers}
+    if consistency is not None:
+        spec["consistency"] = _consistency_spec(consistency)
+    return _spec.validate(_manifest(name, "default", spec))
+
+
+def _manifest(name: str, namespace: str, spec: dict) -> dict:
+    return {"apiVersion": _spec.API_VERSION, "kind": _spec.KIND,
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def _consistency_spec(text: str) -> dict:
+    c = _consistency.parse(text)
+    model = {"bsp": "BSP", "ssp": "SSP", "async": "Async"}[c.model]
+    return {"model": model, "slack": c.slack}
+
+
+def command_argv(job: GeePSJob, python: str = sys.executable) -> tuple[str, ...]:
+    """What a worker runs: command + args, `python` meaning the launcher's interpreter."""
+    argv = list(job.command) + list(job.args)
+    if argv[0] in PYTHON_NAMES:
+        argv[0] = python
+    return tuple(argv)
+
+
+def default_checkpoint_dir(job: GeePSJob, cwd: str) -> str:
+    return os.path.join(os.path.abspath(cwd), ".geeps", job.name, "checkpoints")
+
+
+def local_warnings(job: GeePSJob) -> list[str]:
+    """Parts of the manifest that mean something in a cluster and nothing here."""
+    out = []
+    for i, e in enumerate(job.env):
+        if "valueFrom" in e and "value" not in e:
+            out.append(f"spec.env[{i}] ({e['name']}): valueFrom is ignored by geeps run "
+                       f"(it needs Kubernetes); {e['name']} is left unset")
+    if job.spec.get("workingDir"):
+        out.append(f"spec.workingDir ({job.spec['workingDir']}) is ignored by geeps run: "
+                   "commands run from the current directory")
+    return out
+
+
+def sizes(job: GeePSJob, colocate: bool = False) -> tuple[int, int]:
+    """(shards, processes) of `job` run here; `colocate`: as if spec.servers.colocate."""
+    colocate = colocate or job.colocate
+    n_workers = job.workers.replicas
+    n_servers = n_workers if colocate else job.servers.replicas
+    return n_servers, n_workers + (0 if colocate else n_servers)
+
+
+def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
+    """Every process of `job` on this host, servers first, with argv and environment.
+
+    Pure: the same inputs give the same plan. Raises ValueError when `ports` does not
+    match the job (one server port per shard, one metrics port per process or none)."""
+    if job.colocate and not options.colocate:
+        options = dataclasses.replace(options, colocate=True)
+    n_workers = job.workers.replicas
+    n_servers, n_procs = sizes(job, options.colocate)
+    if len(ports.servers) != n_servers:
+        raise ValueError(f"{n_servers} server ports needed, got {len(ports.servers)}")
+    if ports.metrics and len(ports.metrics) != n_procs:
+        raise ValueError(f"{n_procs} metrics ports needed (one per process), "
+                         f"got {len(ports.metrics)}")
+    servers = tuple(f"{options.host}:{p}" for p in ports.servers)
+    ckpt = ""
+    if job.checkpoint_every > 0:
+        ckpt = os.path.abspath(os.path.join(options.cwd, options.checkpoint_dir)) \
+            if options.checkpoint_dir else default_checkpoint_dir(job, options.cwd)
+    server_argv = tuple(options.server_command) or (options.python, *SERVER_MODULE)
+    worker_argv = command_argv(job, options.python)
+    # Pipes are not terminals: without this, a Python child's prints would reach the
+    # launcher in 8 KiB bursts instead of line by line.
+    base = {"PYTHONUNBUFFERED": "1"}
+
+    procs = []
+    roles = [] if options.colocate else [("server", r, server_argv) for r in range(n_servers)]
+    roles += [("worker", r, worker_argv) for r in range(n_workers)]
+    for i, (role, rank, argv) in enumerate(roles):
+        metrics = ports.metrics[i] if ports.metrics else 0
+        serves = role == "server" or options.colocate
+        env = dict(base)
+        env.update(job_env(job, role, rank, servers,
+                           bind_host=options.host if serves else "*",
+                           checkpoint_dir=ckpt, metrics_port=metrics,
+                           curve_dir=options.curve_dir, colocate=options.colocate))
+        procs.append(ProcessSpec(f"{role}-{rank}", role, rank, argv, env, metrics))
+    return Plan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)))

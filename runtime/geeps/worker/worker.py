@@ -1,0 +1,305 @@
+"""The GPU-specialized worker: batched operations on a device-memory parameter cache.
+
+    c = geeps.Client.from_env()
+    w = Worker(c)                           # budget GEEPS_DEVICE_MEMORY, backend GEEPS_BACKEND
+    t = c.create_table("w", 64, 128, rule="sgd", lr=0.1) if rank == 0 else c.open_table("w")
+    with w.virtual_iteration():             # record once (buffers are scratch zeros here)
+        step(w, t, batches[0])
+    for b in batches:                       # real iterations repeat the recorded cycle
+        step(w, t, b)
+
+    def step(w, t, batch):
+        p = w.read(t, range(0, 64))         # device array, (64, 128); read-only
+        g = w.pre_update(t, range(0, 64))   # zeroed device array for the gradient
+        g[...] = grad(p, batch)
+        w.update(g); w.post_read(p)
+        w.clock()                           # push this clock's updates; refresh the cache
+
+The virtual iteration records the application's operations in order; leaving it
+builds, once, every operation's gather/scatter indices and the placement plan for the
+device budget (geeps.worker.memory.planner). A recording may span several clocks (a cycle); real
+clock c follows recorded clock c mod K. Any deviation raises SequenceError naming the
+operation and what was recorded.
+
+What blocks: `read` waits until its rows are in device memory: the refresh after the
+last clock (which the servers hold back as long as the consistency model requires)
+and the copy of rows that live in host memory (usually already prefetched while the
+previous operation ran). `local_access` and `pre_update` wait only for their buffer.
+`clock` waits for the clock's device->host copies, then hands the pushes and the next
+refresh to the client's I/O thread and returns. Not thread-safe: one thread per Worker.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+
+from geeps import backend as _backend
+from geeps.backend import from_env
+from geeps.worker.memory import planner as memory
+from geeps.worker.cache import ParameterCache
+from geeps.errors import WaitTimeout
+from geeps.metrics import Metrics
+from geeps.worker.ops import Cursor, Recorder, SequenceError
+from geeps.job.units import parse_bytes
+
+_FROM_ENV = object()
+
+
+class Worker:
+    """A worker's GPU-specialized client over a geeps.Client (see module docstring)."""
+
+    def __init__(self, client, device_memory=_FROM_ENV, backend=None, policy: str = "benefit",
+                 metrics: Metrics | None = None):
+        """device_memory: bytes or a quantity ("2Gi"), None for unlimited; default
+        GEEPS_DEVICE_MEMORY. backend: "auto" | "numpy" | "cupy" or a backend object;
+        default GEEPS_BACKEND. policy: see geeps.worker.memory.planner. Never blocks."""
+        self.client = client
+        if device_memory is _FROM_ENV:
+            device_memory = from_env("GEEPS_DEVICE_MEMORY")
+        elif device_memory is not None:
+            device_memory = parse_bytes(device_memory)
+        self.budget: int | None = device_memory
+        if not hasattr(backend, "take"):
+            backend = _backend.select(backend or from_env("GEEPS_BACKEND"))
+        self.backend = backend
+        if policy not in memory.POLICIES:
+            raise ValueError(f"placement policy {policy!r} is not one of "
+                             f"{', '.join(memory.POLICIES)}")
+        self.policy = policy
+        # A client made by Client.from_env() carries the process's Metrics and counts
+        # push/pull bytes, the clock and iteration time itself: share it, don't recount.
+        client_metrics = getattr(client, "metrics", None)
+        self.metrics = metrics or client_metrics or Metrics(
+            from_env("GEEPS_JOB"), "worker", client.worker)
+        self._count_net = getattr(client, "on_transfer", None) is None
+        self._count_clock = client_metrics is None
+        self.recording = False
+        self.cycle = None
+        self.plan = None
+        self.cache: ParameterCache | None = None
+        self._rec: Recorder | None = None
+        self._cursor: Cursor | None = None
+        self._open: dict[int, tuple[int, object]] = {}     # id(buffer) -> (op id, buffer)
+        self._tables: dict = {}
+        self._k = 0
+        self._push_handles: list[list] = []
+        self._clock_handle = None
+        self._data_clock: dict[str, int] = {}
+        self._last_clock_t: float | None = None
+        self._closing = False
+
+    # ---- recording ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def virtual_iteration(self):
+        """Record the operations of one cycle (ending with clock()); on exit build the
+        indices and the plan (raises memory.BudgetError for an impossible budget) and
+        start the first refresh. Buffers handed out inside are scratch zeros."""
+        if self.cycle is not None:
+            raise SequenceError("the sequence is already recorded; real iterations follow")
+        self._rec = Recorder()
+        self.recording = True
+        try:
+            yield self
+            cycle = self._rec.finish()
+        finally:
+            self.recording = False
+            self._open.clear()
+        self.plan = memory.make_plan(cycle, self.budget, self.policy)
+        self.cycle = cycle
+        self.cache = ParameterCache(self.plan, self.backend, self.budget,
+                                    on_bytes=self.metrics.transfer)
+        self._push_handles = [[] for _ in range(cycle.n_clocks)]
+        clock = self.client.clock_value
+        self._cursor = Cursor(cycle, clock)
+        self._k = clock % cycle.n_clocks
+        self.metrics.clock.set(clock)
+        self._begin(self._k)
+
+    def _scratch(self, op_id: int, shape):
+        buf = self.backend.xp.zeros(shape, np.float32)   # outside the budget: recording
+        self._open[id(buf)] = (op_id, buf)
+        return buf
+
+    def _live(self):
+        if self._cursor is None:
+            raise SequenceError("no recorded sequence: run one iteration inside "
+                                "`with worker.virtual_iteration():` first")
+        return self._cursor
+
+    def _op_of(self, buf, kind: str) -> int:
+        got = self._open.get(id(buf))
+        if got is None or got[1] is not buf:
+            raise SequenceError(f"{kind}: this array is not a buffer of an open operation "
+                                "(pass the array the operation returned)")
+        return got[0]
+
+    # ---- operations ----------------------------------------------------------------------
+    def read(self, table, rows):
+        """Rows of `table` as a (len(rows), row_width) device array; blocks until they
+        are in device memory (see module docstring). Treat it as read-only: pinned rows
+        come in place (NumPy refuses writes to them)."""
+        if self.recording:
+            self._tables[table.name] = table
+            return self._scratch(self._rec.read(table, rows), (len(rows), table.row_width))
+        op = self._live().call("read", table.name, rows)
+        p = self.plan.ops[op.id]
+        t0 = time.perf_counter()
+        buf = self.cache.call(p)
+        self.metrics.read_wait.observe(time.perf_counter() - t0)
+        self.metrics.cache_reads(table.name, p.hits, p.misses)
+        lag = self.client.clock_value - self._data_clock.get(table.name, 0)
+        self.metrics.clock_lag.observe(max(0, lag))
+        if isinstance(buf, np.ndarray) and p.view is not None:
+            buf = buf.view()
+            buf.flags.writeable = False     # a view of the cache: writes would corrupt it
+        self._open[id(buf)] = (op.id, buf)
+        return buf
+
+    def post_read(self, buf) -> None:
+        """The application is done with a read's buffer."""
+        op_id = self._op_of(buf, "post_read")
+        if self.recording:
+            self._rec.post_read(op_id)
+        else:
+            self._cursor.post("read", op_id)
+        del self._open[id(buf)]
+
+    def pre_update(self, table, rows):
+        """A zeroed (len(rows), row_width) device array for this clock's update of
+        `rows` (distinct); hand it to update(). Blocks only for buffer space."""
+        if self.recording:
+            self._tables[table.name] = table
+            return self._scratch(self._rec.pre_update(table, rows), (len(rows), table.row_width))
+        op = self._live().call("pre_update", table.name, rows)
+        buf = self.cache.call(self.plan.ops[op.id])
+        self._open[id(buf)] = (op.id, buf)
+        return buf
+
+    def update(self, buf) -> None:
+        """Add the buffer into the clock's update accumulator (gradients for sgd/
+        momentum/adam tables, deltas for add); pushed at clock()."""
+        op_id = self._op_of(buf, "update")
+        if self.recording:
+            self._rec.update(op_id)
+        else:
+            self._cursor.post("pre_update", op_id)
+            self.cache.post(self.plan.ops[op_id], buf)
+        del self._open[id(buf)]
+
+    def local_access(self, name: str, nbytes: int):
+        """Local data (never leaves the worker; lives within a clock, zeroed at its
+        first access in each clock) as a flat float32 device array of nbytes/4."""
+        if self.recording:
+            return self._scratch(self._rec.local_access(name, nbytes), (nbytes // 4,))
+        op = self._live().call("local", name=name, nbytes=nbytes)
+        buf = self.cache.call(self.plan.ops[op.id])
+        self._open[id(buf)] = (op.id, buf)
+        return buf
+
+    def post_local_access(self, buf) -> None:
+        op_id = self._op_of(buf, "post_local_access")
+        if self.recording:
+            self._rec.post_local_access(op_id)
+        else:
+            self._cursor.post("local", op_id)
+            self.cache.post(self.plan.ops[op_id], buf)
+        del self._open[id(buf)]
+
+    # ---- clocks --------------------------------------------------------------------------
+    def clock(self) -> int:
+        """End this worker's clock: push its updates (one batched push per table), tell
+        the servers, and start refreshing the cache for the next clock. Returns the new
+        clock (the recorded cycle's clock count while recording)."""
+        if self.recording:
+            return self._rec.clock()
+        k = self._k
+        self._live().clock()        # the recording closes every operation before clock()
+        acc = self.cache.end_clock(k)
+        handles = []
+        for t, rows in self.plan.clocks[k].push.items():
+            h = self.client.push_async(self._tables[t], _selection(rows), acc[t])
+            handles.append(h)
+            if self._count_net:
+                self.metrics.transfer("push", acc[t].nbytes)
+        self._push_handles[k] = handles
+        self._clock_handle = self.client.clock_async()
+        now = time.perf_counter()
+        if self._last_clock_t is not None and self._count_clock:
+            self.metrics.iteration.observe(now - self._last_clock_t)
+        self._last_clock_t = now
+        clock = self.client.clock_value
+        if self._count_clock:
+            self.metrics.clock.set(clock)
+        self._k = clock % self.cycle.n_clocks
+        self._begin(self._k)
+        return clock
+
+    def _begin(self, k: int) -> None:
+        # The host accumulators of clock k went to a push one cycle ago, zero-copy:
+        # they must be on the wire before clock k's transfers write them again. The
+        # refresh job waits for that on the transfer thread, ahead of those writes.
+        pushes, self._push_handles[k] = self._push_handles[k], []
+        handles = []
+        for t, rows in self.plan.clocks[k].pull.items():
+            out = self.cache.pulled[k][t]
+            handles.append((t, self.client.pull_async(self._tables[t], _selection(rows),
+                                                      out=out)))
+            if self._count_net:
+                self.metrics.transfer("pull", out.nbytes)
+        clock_handle = self._clock_handle
+
+        def wait_pull():
+            for h in pushes:
+                self._wait(h)
+            if clock_handle is not None:
+                self._wait(clock_handle)
+            for t, h in handles:
+                _values, data_clock = self._wait(h)
+                self._data_clock[t] = data_clock
+        self.cache.begin_clock(k, wait_pull)
+
+    def _wait(self, handle):
+        # A refresh may wait for slower workers as long as consistency requires, but
+        # not past close(): the next clock's rows are then of no use to anyone.
+        while True:
+            try:
+                return handle.wait(0.2)
+            except WaitTimeout:
+                if handle.done():
+                    raise                   # the servers' own timeout, not our poll
+                if self._closing:
+                    raise SequenceError("the worker was closed") from None
+
+    def drain(self) -> None:
+        """Block until every background transfer queued so far is done (the refresh
+        and prefetch that clock() started included); raises a transfer's error."""
+        if self.cache is not None:
+            self.cache.io.drain()
+
+    def close(self) -> None:
+        """Wait for outstanding pushes, stop the transfer thread. The client stays open."""
+        self._closing = True
+        try:
+            for hs in self._push_handles:
+                for h in hs:
+                    h.wait()
+            if self._clock_handle is not None:
+                self._clock_handle.wait()
+        finally:
+            if self.cache is not None:
+                self.cache.close()
+
+    def __enter__(self) -> "Worker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _selection(rows: np.ndarray):
+    """A contiguous row set as a range (the client then sends zero-copy slices)."""
+    if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
+        return range(int(rows[0]), int(rows[-1]) + 1)
+    return rows
