@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from geeps.backend import make_index, select                       # noqa: E402
 from geeps.backend.numpy_backend import NumpyBackend                       # noqa: E402
-from geeps.worker.memory.planner import POLICIES, belady, make_plan, working_set  # noqa: E402
+from geeps.worker.memory import POLICIES, belady, make_plan, working_set  # noqa: E402
 
 
 def timings(fns: dict, repeat: int) -> dict:

@@ -20,15 +20,13 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import os
 import statistics
-import subprocess
-import sys
 import time
 
 import numpy as np
 
 from geeps.wire.ports import free_port, free_ports
+from procs import start_servers
 
 ROW = 128
 
@@ -60,13 +58,7 @@ def bench_geeps(n_rows, workers, servers_n, clocks, colocate=False):
     """Median over clocks of the slowest worker's push+clock+pull time. `colocate`:
     no server processes, worker r serves shard r (servers_n must equal workers)."""
     addrs = [f"127.0.0.1:{p}" for p in free_ports(servers_n)]
-    procs = []
-    for r in range(0 if colocate else servers_n):
-        env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
-                   GEEPS_NUM_WORKERS=str(workers), GEEPS_SERVERS=",".join(addrs),
-                   GEEPS_BIND_HOST="127.0.0.1")
-        procs.append(subprocess.Popen([sys.executable, "-m", "geeps", "server"], env=env,
-                                      stderr=subprocess.DEVNULL))
+    procs = [] if colocate else start_servers(workers, addrs, "bsp")
     try:
         q = mp.Queue()
         ws = [mp.Process(target=_geeps_worker,

@@ -6,20 +6,32 @@ hand their results back through a queue.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import subprocess
 import sys
+
+from geeps.job import consistency as _consistency
+from geeps.job import env as _env
+
+
+def server_env(rank: int, world: int, addrs: list[str], consistency: str) -> dict[str, str]:
+    """The environment of shard `rank`: this process's own, with the GEEPS_* contract
+    (geeps.job.env) of a server on loopback. GEEPS_* settings the benchmark runs under
+    (GEEPS_BACKEND, GEEPS_TIMEOUT...) carry over; the server's identity is replaced."""
+    cfg = _env.check(dataclasses.replace(
+        _env.load(), role="server", rank=rank, num_workers=world, servers=tuple(addrs),
+        bind_host="127.0.0.1", consistency=_consistency.parse(consistency)))
+    return dict(os.environ, **cfg.to_env())
 
 
 def start_servers(world: int, addrs: list[str], consistency: str) -> list[subprocess.Popen]:
     """One `geeps server` process per address, for `world` workers."""
     procs = []
     for r in range(len(addrs)):
-        env = dict(os.environ, GEEPS_ROLE="server", GEEPS_RANK=str(r),
-                   GEEPS_NUM_WORKERS=str(world), GEEPS_SERVERS=",".join(addrs),
-                   GEEPS_BIND_HOST="127.0.0.1", GEEPS_CONSISTENCY=consistency)
-        procs.append(subprocess.Popen([sys.executable, "-m", "geeps", "server"], env=env,
+        procs.append(subprocess.Popen([sys.executable, "-m", "geeps", "server"],
+                                      env=server_env(r, world, addrs, consistency),
                                       stderr=subprocess.DEVNULL))
     return procs
 

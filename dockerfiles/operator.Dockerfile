@@ -12,6 +12,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runtime/ runtime/
 COPY operator/ operator/
+COPY examples/geeps_examples/ examples/geeps_examples/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 # The project's own dependencies include torch and numpy for the training runtime; the
 # operator never imports them, so the wheel goes in with --no-deps next to the short
@@ -31,5 +32,6 @@ ENV PATH=/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 USER 10001:10001
-# The chart passes --all-namespaces or --namespace, --health-port and --metrics-port.
-ENTRYPOINT ["geeps", "operator"]
+# The operator's own console script (`geeps operator` is the same command, found through
+# an entry point). The chart passes --all-namespaces or --namespace, --health-port and --metrics-port.
+ENTRYPOINT ["geeps-operator"]

@@ -16,6 +16,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY runtime/ runtime/
 COPY operator/ operator/
+COPY examples/geeps_examples/ examples/geeps_examples/
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # --- final: CUDA runtime libraries (CuPy's NVRTC and cuBLAS come from here) ---

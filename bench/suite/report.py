@@ -42,7 +42,7 @@ def render(r: dict, pngs: list[str]) -> str:
     L += _headline(r)
     for name, fn in (("sync", _sync), ("cache", _cache), ("memory", _memory),
                      ("training", _training), ("operator", _operator),
-                     ("scaling", _scaling)):
+                     ("scaling", _scaling), ("gpu", _gpu)):
         sec = r.get(name)
         if sec is None:
             continue
@@ -454,3 +454,8 @@ def _scaling(s, r, pngs):
           "come from a machine where workers and servers share two cores; on machines "
           "with a core per role they are pessimistic.", ""]
     return L + _img(pngs, "scaling.png", "scaling model")
+
+
+def _gpu(s, r, pngs):
+    import bench_gpu
+    return ["## gpu", "", bench_gpu.report(s), ""]

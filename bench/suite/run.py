@@ -14,6 +14,8 @@ Sections (each measured against a baseline in the same run):
               (early apply vs at the clock's end); sparse LR samples/s at two sizes
     operator  50 GeePSJobs at once on the API emulator
     scaling   the cost model of bench/scaling.py fitted to the above, 1..64 machines
+    gpu       on a GPU: every CuPy kernel vs its NumPy twin, gather/scatter-add vs
+              device memcpy (skipped, saying why, without one; tools/gpu_check.sh)
 Sections run in separate processes where they start workers, so a crash or a hung
 process in one is reported and the others still run.
 """
@@ -32,7 +34,7 @@ import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench")
-SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling")
+SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu")
 
 
 def _path():
@@ -108,7 +110,7 @@ def sec_cache(quick: bool) -> dict:
 
 
 def sec_memory(quick: bool, h2d_gbps: float | None) -> dict:
-    from geeps.worker.memory.planner import POLICIES, BudgetError, belady, make_plan, working_set
+    from geeps.worker.memory import POLICIES, BudgetError, belady, make_plan, working_set
     from tests.workloads import (DenseModel, SparseModel, dense_batches, dense_step, record,
                                  sparse_batches, sparse_step)
     cycles = {"dense": record(dense_step, DenseModel(), dense_batches(1)),
@@ -197,6 +199,11 @@ def sec_operator(quick: bool) -> dict:
     if p.returncode != 0:
         return {"error": (p.stdout + p.stderr)[-800:]}
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def sec_gpu(quick: bool) -> dict:
+    import bench_gpu
+    return bench_gpu.run(quick)
 
 
 def sec_scaling(results: dict) -> dict:

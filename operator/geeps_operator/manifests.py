@@ -2,7 +2,7 @@
 
     job = geeps.job.spec.validate(body)
     svc = service(job, owner)                  # headless: stable server DNS names
-    pods = [server_pod(job, i, owner) for i in range(job.server_processes)]
+    pods = [server_pod(job, i, owner) for i in range(job.processes("server"))]
 
 Nothing here talks to the API; the reconciler decides *when* to create, these say
 *what*. Every child carries an owner reference to its job (so the garbage collector
@@ -23,7 +23,8 @@ port only from the job's own pods.
 
 Co-located jobs (spec.servers.colocate): no server pods; worker pod i serves shard i
 itself (GEEPS_COLOCATE=1), so it takes what a server pod has: the parameter-server
-port, the headless service's DNS record, the checkpoint volume.
+port, the headless service's DNS record, the checkpoint volume. Which pods serve the
+shards is the job's to say (GeePSJob.shard_role, the same answer `geeps run` gets).
 """
 from __future__ import annotations
 
@@ -81,20 +82,10 @@ def pod_name(job_name: str, role: str, index: int) -> str:
     return f"{job_name}-{role}-{index}"
 
 
-def shard_role(job: GeePSJob) -> str:
-    """The role of the pods that serve the shards: workers when co-located."""
-    return "worker" if job.colocate else "server"
-
-
-def serves(job: GeePSJob, role: str) -> bool:
-    return role == shard_role(job)
-
-
 def server_addresses(job: GeePSJob) -> list[str]:
     """GEEPS_SERVERS: the DNS name of each shard through the headless service."""
     svc = service_name(job.name)
-    role = shard_role(job)
-    return [f"{pod_name(job.name, role, i)}.{svc}.{job.namespace}.svc:{SERVER_PORT}"
+    return [f"{pod_name(job.name, job.shard_role, i)}.{svc}.{job.namespace}.svc:{SERVER_PORT}"
             for i in range(job.shards)]
 
 
@@ -113,7 +104,7 @@ def service(job: GeePSJob, owner: dict) -> dict:
         "spec": {
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
-            "selector": {LABEL_JOB: job.name, LABEL_ROLE: shard_role(job)},
+            "selector": {LABEL_JOB: job.name, LABEL_ROLE: job.shard_role},
             "ports": [{"name": SERVER_PORT_NAME, "port": SERVER_PORT,
                        "targetPort": SERVER_PORT_NAME, "protocol": "TCP"}],
         },
@@ -125,7 +116,7 @@ def _env(job: GeePSJob, role: str, index: int, checkpoint_dir: str) -> list[dict
     plain.update(job_env(job, role, index, server_addresses(job), bind_host="*",
                          checkpoint_dir=checkpoint_dir,
                          curve_dir="" if job.insecure else CURVE_MOUNT,
-                         metrics_port=job.metrics_port, colocate=job.colocate))
+                         metrics_port=job.metrics_port))
     env = [{"name": k, "value": v} for k, v in plain.items()]
     # valueFrom entries (secrets, field refs) are resolved by the kubelet, not by us.
     env += [dict(e) for e in job.env if "valueFrom" in e and "value" not in e]
@@ -184,7 +175,7 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
         mounts.append(mount)
     checkpoint_dir = ""
     source = checkpoint_source(job)
-    if serves(job, role) and source is not None:
+    if job.serves_shards(role) and source is not None:
         volumes.append({"name": CHECKPOINT_VOLUME, **source})
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": CHECKPOINT_MOUNT})
         # One directory per job, so jobs sharing a claim never read each other's shards.
@@ -192,7 +183,7 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
         # directory owned by root, which the non-root server could not write.
         checkpoint_dir = f"{CHECKPOINT_MOUNT}/{job.name}"
     ports = [{"name": METRICS_PORT_NAME, "containerPort": job.metrics_port, "protocol": "TCP"}]
-    if serves(job, role):
+    if job.serves_shards(role):
         ports.insert(0, {"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT,
                          "protocol": "TCP"})
     container: dict[str, Any] = {
@@ -220,7 +211,7 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
         "securityContext": pod_security(),
         "containers": [container],
     }
-    if serves(job, role):
+    if job.serves_shards(role):
         # hostname + subdomain = the headless service's DNS record for this shard.
         pod_spec["hostname"] = name
         pod_spec["subdomain"] = service_name(job.name)

@@ -1,7 +1,8 @@
 """The operator's own Prometheus metrics, on a registry of their own.
 
     metrics.serve(9090)                 # GET :9090/metrics
-    with metrics.reconciling("ns/job"): ...
+    with metrics.reconciling("timer"): ...          # trigger: job | pod | timer
+    metrics.observe_phase("ns/job", "Running")
 
 Separate from the runtime's metrics (a different CollectorRegistry and the
 geeps_operator_ prefix), so importing both in one process never collides.

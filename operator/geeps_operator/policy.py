@@ -1,20 +1,21 @@
 """Run policy: from what is observed now to what should change. Pure; no API calls.
 
-    plan = decide(Observed(job=body, pods=pods, has_service=True, now=now, clock=12))
-    plan.status, plan.create, plan.delete_pods, plan.events, plan.delete_job
+    actions = decide(Observed(job=body, pods=pods, has_service=True, now=now, clock=12))
+    actions.status, actions.create, actions.delete_pods, actions.events, actions.delete_job
 
 The reconciler reads the job, its pods and its service, calls decide(), and carries
-the plan out; it remembers nothing between calls, so any reconcile may be repeated
+the actions out; it remembers nothing between calls, so any reconcile may be repeated
 or interrupted and the next one picks up from what the API shows.
 
-Rules (see also DESIGN.md, "The operator"):
-- restartPolicy per role. Never: a failed pod fails the job. OnFailure: any failed
-  pod is replaced. ExitCode: replaced only if the failure looks transient: exit codes
-  128-255 (killed by a signal: OOM kill 137, SIGTERM 143...), 75 (EX_TEMPFAIL), no
-  exit code at all, or a pod the node gave up on (Evicted, Preempting, NodeLost,
-  Shutdown, Terminated); any other code (1-127) is the program's own verdict and fails
-  the job at once. A server exits only when stopped from outside, so a server pod that
-  ends while the job runs is a failure whatever its exit code.
+Rules (see also README.md, "Kubernetes"):
+- restartPolicy per role, as `geeps run` applies it (geeps.job.exits). Never: a failed
+  pod fails the job. OnFailure: any failed pod is replaced. ExitCode: replaced only if
+  the failure looks transient: exit codes 128-255 (killed by a signal: OOM kill 137,
+  SIGTERM 143...), 75 (EX_TEMPFAIL), no exit code at all, or a pod the node gave up on
+  (Evicted, Preempting, NodeLost, Shutdown, Terminated); any other code (1-127) is the
+  program's own verdict and fails the job at once. A server exits only when stopped
+  from outside, so a server pod that ends while the job runs is a failure whatever its
+  exit code.
 - A pod deleted from outside (a lost node, an eviction, a drain, kubectl delete) is a
   failure of the infrastructure (reason Deleted): replaced under OnFailure and
   ExitCode, fatal under Never. status.trackedPods holds the pod each slot had when
@@ -53,13 +54,14 @@ import copy
 import datetime as _dt
 from dataclasses import dataclass, field
 
+from geeps.job import exits
 from geeps.job import spec as _spec
 
 from . import manifests as m
 from . import status as s
 
 TERMINAL = ("Succeeded", "Failed")
-RETRYABLE_CODES = frozenset([75]) | frozenset(range(128, 256))
+# Pod and container reasons of a pod the node gave up on: worth a retry whatever its code.
 INFRA_REASONS = frozenset(["Evicted", "Preempting", "NodeLost", "Shutdown", "Terminated",
                            "UnexpectedAdmissionError", "NodeAffinity", "OOMKilled",
                            "Deleted"])
@@ -85,7 +87,9 @@ class Event:
 
 
 @dataclass
-class Plan:
+class Actions:
+    """What one reconcile should do: the status to write, then the objects to create,
+    the pods to delete, the events to post, and whether to delete the job."""
     status: dict                        # the operator-owned status the job should have
     create: list[dict] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
@@ -100,9 +104,9 @@ def restartable(policy: str, pod: s.PodView) -> tuple[bool, str]:
     """Whether restartPolicy `policy` replaces this ended pod, and why not if it does not."""
     if policy == "Never":
         return False, "restartPolicy Never"
-    if policy == "OnFailure" or (pod.role == "server" and pod.phase == "Succeeded"):
-        return True, ""
-    if pod.reason in INFRA_REASONS or pod.exit_code is None or pod.exit_code in RETRYABLE_CODES:
+    if pod.role == "server" and pod.phase == "Succeeded":
+        return True, ""             # a server that ends while the job runs was stopped
+    if pod.reason in INFRA_REASONS or exits.retryable(policy, pod.exit_code):
         return True, ""
     return False, f"restartPolicy ExitCode: exit code {pod.exit_code} is not retryable"
 
@@ -119,19 +123,17 @@ def run_policy(body: dict) -> dict:
     return rp
 
 
-def decide(obs: Observed) -> Plan:
+def decide(obs: Observed) -> Actions:
+    """What this reconcile should do about the job, as observed now."""
     body = obs.job
-    old = body.get("status") or {}
-    st = {k: copy.deepcopy(old[k]) for k in OWNED if k in old}
-    st.setdefault("conditions", [])
-    st.setdefault("restartCount", 0)
-    plan = Plan(status=st)
+    actions = _begin(body)
+    st = actions.status
     if (body.get("metadata") or {}).get("deletionTimestamp"):
-        return plan
+        return actions
     views = s.observe(obs.pods, body["metadata"]["name"])
-    if old.get("phase") in TERMINAL:
-        _finished(plan, body, views, obs.now)
-        return plan
+    if st.get("phase") in TERMINAL:
+        _finished(actions, body, views, obs.now)
+        return actions
     if obs.clock is not None:
         st["clock"] = obs.clock
     try:
@@ -139,80 +141,86 @@ def decide(obs: Observed) -> Plan:
     except _spec.SpecError as e:
         field_, message = e.problems[0]
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
-        _fail(plan, body, views, obs.now, "InvalidSpec", f"{field_}: {message}{more}")
-        return plan
+        _fail(actions, body, views, obs.now, "InvalidSpec", f"{field_}: {message}{more}")
+        return actions
     if job.run_policy["suspend"]:
-        _suspend(plan, views, obs.now)
-        return plan
-    _active(plan, body, job, views, obs)
-    return plan
+        _suspend(actions, views, obs.now)
+        return actions
+    _active(actions, body, job, views, obs)
+    return actions
 
 
-def reject(obs: Observed, reason: str, message: str) -> Plan:
+def reject(obs: Observed, reason: str, message: str) -> Actions:
     """Fail the job for a cause found while acting, e.g. the API server refusing a pod
     the spec produced (an invalid resource quantity): retrying cannot fix it."""
     body = obs.job
+    actions = _begin(body)
+    if actions.status.get("phase") not in TERMINAL:
+        _fail(actions, body, s.observe(obs.pods, body["metadata"]["name"]), obs.now, reason,
+              message)
+    return actions
+
+
+def _begin(body: dict) -> Actions:
+    """No actions yet, and the status as this operator last wrote it (its own keys)."""
     old = body.get("status") or {}
     st = {k: copy.deepcopy(old[k]) for k in OWNED if k in old}
     st.setdefault("conditions", [])
     st.setdefault("restartCount", 0)
-    plan = Plan(status=st)
-    if old.get("phase") not in TERMINAL:
-        _fail(plan, body, s.observe(obs.pods, body["metadata"]["name"]), obs.now, reason,
-              message)
-    return plan
+    return Actions(status=st)
 
 
-def _cleanup(plan: Plan, views: list[s.PodView], phase: str, policy: str) -> None:
+def _cleanup(actions: Actions, views: list[s.PodView], phase: str, policy: str) -> None:
     doomed = []
     for v in views:
-        if v.terminating or v.name in plan.delete_pods:
+        if v.terminating or v.name in actions.delete_pods:
             continue
         if (policy == "All" or (policy == "Running" and v.active)
                 or (phase == "Succeeded" and v.role == "server" and v.active)):
             doomed.append(v.name)
     if doomed:
-        plan.delete_pods.extend(doomed)
-        plan.emit("Normal", "CleanPodPolicy",
-                  f"deleting pods {', '.join(sorted(doomed))} (job {phase}, "
-                  f"cleanPodPolicy {policy})")
+        actions.delete_pods.extend(doomed)
+        actions.emit("Normal", "CleanPodPolicy",
+                     f"deleting pods {', '.join(sorted(doomed))} (job {phase}, "
+                     f"cleanPodPolicy {policy})")
 
 
-def _finish(plan: Plan, body: dict, views: list[s.PodView], now: _dt.datetime, phase: str,
-            reason: str, message: str) -> None:
-    st = plan.status
-    plan.create.clear()                            # nothing new for a finished job
+def _finish(actions: Actions, body: dict, views: list[s.PodView], now: _dt.datetime,
+            phase: str, reason: str, message: str) -> None:
+    st = actions.status
+    actions.create.clear()                         # nothing new for a finished job
     st["phase"] = phase
     st["conditions"] = s.set_condition(st["conditions"], phase, reason, message, now)
     st["completionTime"] = s.timestamp(now)
     st.setdefault("startTime", s.timestamp(now))
     st.pop("countedFailures", None)
     st.pop("trackedPods", None)
-    plan.emit("Normal" if phase == "Succeeded" else "Warning", reason, message)
-    _cleanup(plan, views, phase, run_policy(body)["cleanPodPolicy"])
+    actions.emit("Normal" if phase == "Succeeded" else "Warning", reason, message)
+    _cleanup(actions, views, phase, run_policy(body)["cleanPodPolicy"])
     # Frozen from here on, as the outcome: pods being deleted are no longer active.
-    final = s.counts([v for v in views if not v.active or v.name not in plan.delete_pods])
+    final = s.counts([v for v in views if not v.active or v.name not in actions.delete_pods])
     st["replicaStatuses"] = final
 
 
-def _fail(plan, body, views, now, reason, message) -> None:
-    _finish(plan, body, views, now, "Failed", reason, message)
+def _fail(actions: Actions, body: dict, views: list[s.PodView], now: _dt.datetime,
+          reason: str, message: str) -> None:
+    _finish(actions, body, views, now, "Failed", reason, message)
 
 
-def _finished(plan: Plan, body: dict, views: list[s.PodView], now: _dt.datetime) -> None:
+def _finished(actions: Actions, body: dict, views: list[s.PodView], now: _dt.datetime) -> None:
     rp = run_policy(body)
-    _cleanup(plan, views, plan.status["phase"], rp["cleanPodPolicy"])
-    ttl, done = rp["ttlSecondsAfterFinished"], s.parse_time(plan.status.get("completionTime"))
+    _cleanup(actions, views, actions.status["phase"], rp["cleanPodPolicy"])
+    ttl, done = rp["ttlSecondsAfterFinished"], s.parse_time(actions.status.get("completionTime"))
     if ttl is not None and done is not None and now >= done + _dt.timedelta(seconds=ttl):
-        plan.delete_job = True
-        plan.emit("Normal", "TTLExpired", f"deleting the job {ttl} s after it finished "
-                                          f"(runPolicy.ttlSecondsAfterFinished)")
+        actions.delete_job = True
+        actions.emit("Normal", "TTLExpired", f"deleting the job {ttl} s after it finished "
+                                             f"(runPolicy.ttlSecondsAfterFinished)")
 
 
-def _suspend(plan: Plan, views: list[s.PodView], now: _dt.datetime) -> None:
-    st = plan.status
+def _suspend(actions: Actions, views: list[s.PodView], now: _dt.datetime) -> None:
+    st = actions.status
     doomed = [v.name for v in views if not v.terminating]
-    plan.delete_pods.extend(doomed)
+    actions.delete_pods.extend(doomed)
     st["replicaStatuses"] = s.counts([v for v in views if v.name not in doomed])
     st.pop("startTime", None)          # the deadline restarts on resume
     st.pop("countedFailures", None)
@@ -222,122 +230,168 @@ def _suspend(plan: Plan, views: list[s.PodView], now: _dt.datetime) -> None:
             f" ({', '.join(sorted(doomed))})" if doomed else "")
         st["phase"] = "Suspended"
         st["conditions"] = s.set_condition(st["conditions"], "Suspended", "Suspended", msg, now)
-        plan.emit("Normal", "Suspended", msg)
+        actions.emit("Normal", "Suspended", msg)
 
 
-def _active(plan: Plan, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
+def _active(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
             obs: Observed) -> None:
-    st, now = plan.status, obs.now
+    """A job that runs, or should: its children, its deadline, a walk over its pod
+    slots (create, count, replace), then its phase."""
+    st, now = actions.status, obs.now
     owner = m.owner_reference(body)
     was = st.get("phase")
     if was == "Suspended":
-        c = s.condition(st["conditions"], "Suspended")
-        if c is not None:
-            c.update(status="False", reason="Resumed", message="runPolicy.suspend is false",
-                     lastTransitionTime=s.timestamp(now))
-        plan.emit("Normal", "Resumed", "runPolicy.suspend is false: recreating pods")
+        _resumed(actions, now)
     if not obs.has_service:
-        # The service last: if we stop before it, its absence brings the others back
-        # (each create of an existing object is a harmless 409).
-        if not job.insecure:
-            # Without keys: they are random, so the reconciler adds them (see manifests).
-            plan.create.append(m.curve_secret(job, owner))
-        plan.create.append(m.network_policy(job, owner))
-        plan.create.append(m.pod_monitor(job, owner))
-        plan.create.append(m.service(job, owner))
+        _create_children(actions, job, owner)
+    if _past_deadline(actions, body, job, views, now):
+        return
+    if s.condition(st["conditions"], "Created") is None:
+        _created(actions, job, now)
+    pods = _walk_pods(actions, body, job, views, owner, now)
+    if pods is None:                                # a failure failed the job
+        return
+    st["replicaStatuses"] = s.counts(views)
+    if pods.done == job.workers.replicas:
+        _finish(actions, body, views, now, "Succeeded", "AllWorkersSucceeded",
+                f"all {pods.done} workers succeeded; servers stopped")
+        return
+    st["phase"] = _phase(actions, job, pods, was, now)
+
+
+def _resumed(actions: Actions, now: _dt.datetime) -> None:
+    c = s.condition(actions.status["conditions"], "Suspended")
+    if c is not None:
+        c.update(status="False", reason="Resumed", message="runPolicy.suspend is false",
+                 lastTransitionTime=s.timestamp(now))
+    actions.emit("Normal", "Resumed", "runPolicy.suspend is false: recreating pods")
+
+
+def _create_children(actions: Actions, job: _spec.GeePSJob, owner: dict) -> None:
+    """The objects made before the first pods. The service last: if we stop before it,
+    its absence brings the others back (each create of an existing object is a
+    harmless 409)."""
+    if not job.insecure:
+        # Without keys: they are random, so the reconciler adds them (see manifests).
+        actions.create.append(m.curve_secret(job, owner))
+    actions.create.append(m.network_policy(job, owner))
+    actions.create.append(m.pod_monitor(job, owner))
+    actions.create.append(m.service(job, owner))
+
+
+def _past_deadline(actions: Actions, body: dict, job: _spec.GeePSJob,
+                   views: list[s.PodView], now: _dt.datetime) -> bool:
+    """Start the job's clock (status.startTime) if it has not started; past
+    runPolicy.activeDeadlineSeconds, fail the job and say True."""
+    st = actions.status
     start = s.parse_time(st.get("startTime"))
     if start is None:
         start = now
         st["startTime"] = s.timestamp(now)
     deadline = job.run_policy.get("activeDeadlineSeconds")
     if deadline is not None and now >= start + _dt.timedelta(seconds=deadline):
-        _fail(plan, body, views, now, "DeadlineExceeded",
+        _fail(actions, body, views, now, "DeadlineExceeded",
               f"the job ran longer than runPolicy.activeDeadlineSeconds={deadline}")
-        return
-    if s.condition(st["conditions"], "Created") is None:
-        _created(plan, job, now)
+        return True
+    return False
 
+
+@dataclass
+class _Pods:
+    """The pod slots of a running job, as _walk_pods finds them."""
+    counted: list[str]                  # uids of failed pods counted, not yet gone
+    tracked: dict[str, str]             # pod name -> uid of the slot's pod last seen alive
+    up: int = 0                         # pods running, and workers that succeeded
+    done: int = 0                       # workers that succeeded
+    restarted: bool = False             # this reconcile counted a restart
+
+
+def _walk_pods(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
+               owner: dict, now: _dt.datetime) -> _Pods | None:
+    """Every (role, index) slot of the job: None if a failure failed the job.
+    Records status.countedFailures and status.trackedPods for the next reconcile."""
+    st = actions.status
     live_uids = {v.uid for v in views}
-    counted = [u for u in st.get("countedFailures", []) if u in live_uids]
-    tracked = {t["name"]: t["uid"] for t in st.get("trackedPods", [])}
-    limit = job.run_policy["backoffLimit"]
-    replicas = {"server": job.server_processes, "worker": job.workers.replicas}
-    policies = {"server": job.servers.restart_policy, "worker": job.workers.restart_policy}
-    up = done = 0
-    restarted = False
+    pods = _Pods(counted=[u for u in st.get("countedFailures", []) if u in live_uids],
+                 tracked={t["name"]: t["uid"] for t in st.get("trackedPods", [])})
     for v in views:   # left over from a larger spec: not part of this job any more
-        if v.index >= replicas[v.role] and not v.terminating:
-            plan.delete_pods.append(v.name)
+        if v.index >= job.processes(v.role) and not v.terminating:
+            actions.delete_pods.append(v.name)
     for role in s.ROLES:
-        for i in range(replicas[role]):
-            name = m.pod_name(job.name, role, i)
-            v = s.current(views, role, i)
-            last_uid = tracked.pop(name, None)
-            if v is not None and not v.terminating and not v.ended:
-                tracked[name] = v.uid          # alive: should it vanish, it was lost
-            if last_uid is not None and (v is None or v.uid != last_uid or v.terminating):
-                lost = s.PodView(name=name, uid=last_uid, role=role, index=i, phase="Unknown",
-                                 terminating=True, exit_code=None, reason="Deleted")
-                if not _count(plan, body, views, job, policies[role], lost, now,
-                              f"{role} {i} (pod {name}) was deleted (a lost node, an "
-                              f"eviction or a deletion from outside)"):
-                    return
-                restarted = True
-            if v is None:
-                plan.create.append(m.role_pod(job, role, i, owner))
-                continue
-            if v.terminating:
-                continue
-            if role == "worker" and v.phase == "Succeeded":
-                done += 1
-                up += 1
-                continue
-            if not v.ended:
-                up += v.phase == "Running"
-                continue
-            if v.uid in counted:               # counted by an earlier reconcile
-                plan.delete_pods.append(v.name)
-                continue
-            if not _count(plan, body, views, job, policies[role], v, now, v.describe()):
-                return
-            counted.append(v.uid)
-            plan.delete_pods.append(v.name)
-            restarted = True
-    if counted:
-        st["countedFailures"] = counted
+        for i in range(job.processes(role)):
+            if not _slot(actions, body, job, views, owner, now, pods, role, i):
+                return None
+    if pods.counted:
+        st["countedFailures"] = pods.counted
     else:
         st.pop("countedFailures", None)
-    if tracked:
-        st["trackedPods"] = [{"name": k, "uid": tracked[k]} for k in sorted(tracked)]
+    if pods.tracked:
+        st["trackedPods"] = [{"name": k, "uid": pods.tracked[k]} for k in sorted(pods.tracked)]
     else:
         st.pop("trackedPods", None)
-    st["replicaStatuses"] = s.counts(views)
-    if done == job.workers.replicas:
-        _finish(plan, body, views, now, "Succeeded", "AllWorkersSucceeded",
-                f"all {done} workers succeeded; servers stopped")
-        return
-    total = job.server_processes + job.workers.replicas
-    if restarted:
-        phase = "Restarting"
+    return pods
+
+
+def _slot(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
+          owner: dict, now: _dt.datetime, pods: _Pods, role: str, i: int) -> bool:
+    """Slot (role, i): count its pod as lost if it vanished, create it if missing,
+    count and delete it if it failed. False if a failure failed the job."""
+    name = m.pod_name(job.name, role, i)
+    policy = job.servers.restart_policy if role == "server" else job.workers.restart_policy
+    v = s.current(views, role, i)
+    last_uid = pods.tracked.pop(name, None)
+    if v is not None and not v.terminating and not v.ended:
+        pods.tracked[name] = v.uid             # alive: should it vanish, it was lost
+    if last_uid is not None and (v is None or v.uid != last_uid or v.terminating):
+        lost = s.PodView(name=name, uid=last_uid, role=role, index=i, phase="Unknown",
+                         terminating=True, exit_code=None, reason="Deleted")
+        if not _count(actions, body, views, job, policy, lost, now,
+                      f"{role} {i} (pod {name}) was deleted (a lost node, an "
+                      f"eviction or a deletion from outside)"):
+            return False
+        pods.restarted = True
+    if v is None:
+        actions.create.append(m.role_pod(job, role, i, owner))
+    elif v.terminating:
+        pass                                   # its replacement waits for the name
+    elif role == "worker" and v.phase == "Succeeded":
+        pods.done += 1
+        pods.up += 1
+    elif not v.ended:
+        pods.up += v.phase == "Running"
+    elif v.uid in pods.counted:                # counted by an earlier reconcile
+        actions.delete_pods.append(v.name)
+    else:
+        if not _count(actions, body, views, job, policy, v, now, v.describe()):
+            return False
+        pods.counted.append(v.uid)
+        actions.delete_pods.append(v.name)
+        pods.restarted = True
+    return True
+
+
+def _phase(actions: Actions, job: _spec.GeePSJob, pods: _Pods, was: str | None,
+           now: _dt.datetime) -> str:
+    """The phase of a job still running (conditions and events set on the way)."""
+    st = actions.status
+    total = job.processes()
+    if pods.restarted:
         st["conditions"] = s.set_condition(st["conditions"], "Restarting", "PodRestarting",
-                                           plan.events[-1].message, now)
-    elif up == total:
-        phase = "Running"
+                                           actions.events[-1].message, now)
+        return "Restarting"
+    if pods.up == total:
         if was != "Running":
-            msg = f"all {total} pods running ({done} workers already succeeded)" if done \
-                else f"all {total} pods running"
+            msg = f"all {total} pods running ({pods.done} workers already succeeded)" \
+                if pods.done else f"all {total} pods running"
             st["conditions"] = s.set_condition(st["conditions"], "Running", "AllPodsRunning",
                                                msg, now)
-            plan.emit("Normal", "Running", msg)
-    elif was == "Restarting":
-        phase = "Restarting"
-    else:
-        phase = "Pending"
-    st["phase"] = phase
+            actions.emit("Normal", "Running", msg)
+        return "Running"
+    return "Restarting" if was == "Restarting" else "Pending"
 
 
-def _created(plan: Plan, job: _spec.GeePSJob, now: _dt.datetime) -> None:
-    st = plan.status
+def _created(actions: Actions, job: _spec.GeePSJob, now: _dt.datetime) -> None:
+    st = actions.status
     secret = "no CurveZMQ Secret" if job.insecure else \
         f"secret {m.curve_secret_name(job.name)}"
     msg = (f"service {m.service_name(job.name)}, {secret}, network policy "
@@ -345,9 +399,9 @@ def _created(plan: Plan, job: _spec.GeePSJob, now: _dt.datetime) -> None:
            f"{job.workers.replicas} worker pods"
            + (" (each worker serves one shard)" if job.colocate else ""))
     st["conditions"] = s.set_condition(st["conditions"], "Created", "Created", msg, now)
-    plan.emit("Normal", "Created", msg)
+    actions.emit("Normal", "Created", msg)
     if job.insecure:
-        plan.emit("Warning", "Insecure",
+        actions.emit("Warning", "Insecure",
                   "spec.security.insecure is true: traffic between workers and servers is "
                   "unencrypted and unauthenticated (no CurveZMQ); anyone who reaches the "
                   "servers can read and change the model")
@@ -357,24 +411,24 @@ def _created(plan: Plan, job: _spec.GeePSJob, now: _dt.datetime) -> None:
                "shard afresh. Set a persistentVolumeClaim to keep them")
         st["conditions"] = s.set_condition(st["conditions"], "CheckpointsDurable",
                                            "EmptyDir", why, now, status="False")
-        plan.emit("Warning", "CheckpointsNotDurable", why)
+        actions.emit("Warning", "CheckpointsNotDurable", why)
 
 
-def _count(plan: Plan, body: dict, views: list[s.PodView], job: _spec.GeePSJob, policy: str,
-           v: s.PodView, now: _dt.datetime, what: str) -> bool:
+def _count(actions: Actions, body: dict, views: list[s.PodView], job: _spec.GeePSJob,
+           policy: str, v: s.PodView, now: _dt.datetime, what: str) -> bool:
     """Count failed or lost pod `v` as a restart; False if it fails the job instead."""
-    st = plan.status
+    st = actions.status
     limit = job.run_policy["backoffLimit"]
     ok, why = restartable(policy, v)
     if not ok:
-        _fail(plan, body, views, now, f"{v.role.capitalize()}Failed", f"{what}; {why}")
+        _fail(actions, body, views, now, f"{v.role.capitalize()}Failed", f"{what}; {why}")
         return False
     if st["restartCount"] >= limit:
-        _fail(plan, body, views, now, "BackoffLimitExceeded",
+        _fail(actions, body, views, now, "BackoffLimitExceeded",
               f"{what}; {st['restartCount']} restarts already reached "
               f"runPolicy.backoffLimit={limit}")
         return False
     st["restartCount"] += 1
-    plan.emit("Warning", "Restarting",
+    actions.emit("Warning", "Restarting",
               f"{what}; restart {st['restartCount']} of runPolicy.backoffLimit={limit}")
     return True

@@ -1,8 +1,8 @@
 """The Kubernetes permissions the operator needs, declared once.
 
-    from geeps_operator.rbac import RULES, CLUSTER_RULES, NAMESPACE_RULES
-    # --all-namespaces: one ClusterRole with [*RULES, *CLUSTER_RULES]
-    # --namespace NS..: a Role with RULES in each NS, and a ClusterRole with
+    from geeps_operator.rbac import JOB_RBAC_RULES, CLUSTER_RULES, NAMESPACE_RULES
+    # --all-namespaces: one ClusterRole with [*JOB_RBAC_RULES, *CLUSTER_RULES]
+    # --namespace NS..: a Role with JOB_RBAC_RULES in each NS, and a ClusterRole with
     #                   [*CLUSTER_RULES, *NAMESPACE_RULES]
 
 The Helm chart renders its ClusterRole/Role from these lists; an end-to-end test
@@ -18,8 +18,9 @@ import yaml
 
 from geeps.job import spec as _spec
 
-# Namespaced resources, in every namespace the operator watches.
-RULES: tuple[dict, ...] = (
+# RBAC rules on the jobs and what they make (namespaced), in every namespace the
+# operator watches.
+JOB_RBAC_RULES: tuple[dict, ...] = (
     # kopf lists and watches jobs, patches its finalizer on; the TTL deletes them.
     {"apiGroups": [_spec.GROUP], "resources": [_spec.PLURAL],
      "verbs": ["get", "list", "watch", "patch", "delete"]},
@@ -64,7 +65,7 @@ def triples(rules) -> set[tuple[str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    yaml.safe_dump({"rules": list(RULES), "clusterRules": list(CLUSTER_RULES),
+    yaml.safe_dump({"rules": list(JOB_RBAC_RULES), "clusterRules": list(CLUSTER_RULES),
                     "namespaceRules": list(NAMESPACE_RULES)}, sys.stdout, sort_keys=False)
     return 0
 

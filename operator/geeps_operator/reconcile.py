@@ -8,7 +8,7 @@ the order that keeps a crash harmless: status first (it records counted restarts
 terminal phases), then creates and deletes, then events.
 
 The CurveZMQ Secret is the one object not built whole by a pure function: its keys
-are random, so the policy plans it empty and _create_keys() fills it as it is
+are random, so the policy asks for it empty and _create_keys() fills it as it is
 created. The operator never reads a Secret back (and has no RBAC to).
 
 The job's clock is learned from worker 0's log through the pods/log API: workers
@@ -31,7 +31,7 @@ from . import manifests as m
 from . import metrics
 from .config import OperatorConfig
 from .kube import ApiError, Kube, path, path_of
-from .policy import OWNED, Observed, Plan, decide, reject
+from .policy import OWNED, Actions, Observed, decide, reject
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +73,13 @@ class Reconciler:
         self._locks.pop((ns, name), None)
         metrics.observe_phase(f"{ns}/{name}", None)
 
-    async def reconcile(self, ns: str, name: str, *, trigger: str) -> Plan | None:
+    async def reconcile(self, ns: str, name: str, *, trigger: str) -> Actions | None:
         lock = self._locks.setdefault((ns, name), asyncio.Lock())
         async with lock:
             with metrics.reconciling(trigger):
                 return await self._reconcile(ns, name, trigger)
 
-    async def _reconcile(self, ns: str, name: str, trigger: str) -> Plan | None:
+    async def _reconcile(self, ns: str, name: str, trigger: str) -> Actions | None:
         job = await self.kube.get(job_path(ns, name))
         if job is None:
             self.forget(ns, name)
@@ -99,19 +99,19 @@ class Reconciler:
             await self._clock(ns, name, pods, periodic=trigger == "timer")
         observed = Observed(job=job, pods=pods, has_service=has_service, now=self.now(),
                             clock=clock)
-        plan = decide(observed)
+        actions = decide(observed)
         try:
-            await self._apply(job, plan)
+            await self._apply(job, actions)
         except ApiError as e:
             if e.status != 422:                # quota, conflicts, outages: retried later
                 raise
             # The API server refused an object the spec produced: no retry can help.
             job = await self.kube.get(job_path(ns, name)) or job
-            plan = reject(Observed(job=job, pods=pods, has_service=has_service,
-                                   now=self.now()), "Rejected", e.message)
-            await self._apply(job, plan)
-        metrics.observe_phase(f"{ns}/{name}", plan.status.get("phase"))
-        return plan
+            actions = reject(Observed(job=job, pods=pods, has_service=has_service,
+                                      now=self.now()), "Rejected", e.message)
+            await self._apply(job, actions)
+        metrics.observe_phase(f"{ns}/{name}", actions.status.get("phase"))
+        return actions
 
     async def _clock(self, ns: str, name: str, pods: list[dict], *,
                      periodic: bool) -> int | None:
@@ -131,23 +131,23 @@ class Reconciler:
             return None
         return last_clock(text or "")
 
-    async def _apply(self, job: dict, plan: Plan) -> None:
+    async def _apply(self, job: dict, actions: Actions) -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
-        patch = status_patch(job.get("status") or {}, plan.status)
+        patch = status_patch(job.get("status") or {}, actions.status)
         if patch is not None:
             await self.kube.patch(job_path(ns, name, "status"), {"status": patch})
-        for manifest in plan.create:
+        for manifest in actions.create:
             if manifest["kind"] == "PodMonitor":
                 await self._create_optional(manifest)
             elif manifest["kind"] == "Secret":
                 await self._create_keys(manifest)
             else:
                 await self.kube.create(path_of(manifest), manifest)
-        for pod in plan.delete_pods:
+        for pod in actions.delete_pods:
             await self.kube.delete(path("", "v1", "pods", ns, pod))
-        for ev in plan.events:
+        for ev in actions.events:
             kopf.event(job, type=ev.type, reason=ev.reason, message=ev.message)
-        if plan.delete_job:
+        if actions.delete_job:
             await self.kube.delete(job_path(ns, name))
 
     async def _create_keys(self, manifest: dict) -> None:

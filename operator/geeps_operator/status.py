@@ -1,7 +1,8 @@
 """Pure reading of observed pods, and the status conditions of a GeePSJob.
 
-    slots = observe(pods)                          # (role, index) -> PodView
-    counts(slots)                                  # {"servers": {...}, "workers": {...}}
+    views = observe(pods, "digits")                # a PodView per pod of job digits
+    current(views, "worker", 0)                    # the pod standing for worker 0
+    counts(views)                                  # {"servers": {...}, "workers": {...}}
     set_condition(conditions, "Running", "AllPodsRunning", "2 servers, 4 workers", now)
 
 A pod being deleted (deletionTimestamp set) still holds its name, so the reconciler

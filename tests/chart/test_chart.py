@@ -177,7 +177,7 @@ def test_deployment_is_one_hardened_replica(rendered, sid):
 
 @pytest.mark.parametrize("sid", SCENARIO_IDS)
 def test_operator_cli_accepts_the_rendered_args(rendered, sid):
-    # The real argument parser of `geeps operator` (what the image's ENTRYPOINT runs)
+    # The real argument parser of `geeps-operator` (what the image's ENTRYPOINT runs)
     # must accept every flag the chart passes, extraArgs included.
     from geeps_operator.main import _parser
     args = _parser().parse_args(container(rendered[sid])["args"])
@@ -369,7 +369,7 @@ def test_rbac_grants_exactly_what_the_operator_uses(rendered, sid):
 
     geeps_operator.rbac is itself checked by the operator's end-to-end test against
     every request the running operator makes, so this pins the chart to real use."""
-    from geeps_operator.rbac import CLUSTER_RULES, NAMESPACE_RULES, RULES
+    from geeps_operator.rbac import CLUSTER_RULES, JOB_RBAC_RULES, NAMESPACE_RULES
     objs = rendered[sid]
     cluster_roles = by_kind(objs, "ClusterRole")
     roles = by_kind(objs, "Role")
@@ -378,18 +378,20 @@ def test_rbac_grants_exactly_what_the_operator_uses(rendered, sid):
     (cluster_role,) = cluster_roles
     if sid == "namespaced":
         (role,) = roles
-        assert _triples(role["rules"]) == _triples(RULES)
+        assert _triples(role["rules"]) == _triples(JOB_RBAC_RULES)
         assert _triples(cluster_role["rules"]) == _triples(CLUSTER_RULES) | _triples(
             NAMESPACE_RULES)
     else:
         assert roles == []
-        assert _triples(cluster_role["rules"]) == _triples(RULES) | _triples(CLUSTER_RULES)
+        assert _triples(cluster_role["rules"]) == _triples(JOB_RBAC_RULES) | _triples(
+            CLUSTER_RULES)
 
 
 def test_rbac_comparison_can_fail():
-    from geeps_operator.rbac import RULES
-    more = list(RULES) + [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]
-    assert _triples(more) != _triples(RULES)
+    from geeps_operator.rbac import JOB_RBAC_RULES
+    more = list(JOB_RBAC_RULES) + [{"apiGroups": [""], "resources": ["secrets"],
+                                    "verbs": ["get"]}]
+    assert _triples(more) != _triples(JOB_RBAC_RULES)
     with pytest.raises(AssertionError):
         _only_group_resource_verb([{"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]}])
 

@@ -145,16 +145,19 @@ def cli_commands() -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("name,expected", [("operator", ["geeps", "operator"]),
+@pytest.mark.parametrize("name,expected", [("operator", ["geeps-operator"]),
                                            ("runtime", ["geeps", "server"])])
 def test_entrypoint_is_a_real_geeps_command(name, expected):
     _, stages = load(name)
     argv = entry_command(stages[-1])
     assert argv == expected
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-        scripts = tomllib.load(f)["project"]["scripts"]
-    assert argv[0] in scripts, f"{argv[0]} is not a console script of the project"
-    assert argv[1] in cli_commands(), f"`geeps {argv[1]}` is not a geeps command"
+        project = tomllib.load(f)["project"]
+    assert argv[0] in project["scripts"], f"{argv[0]} is not a console script of the project"
+    if argv[0] == "geeps":
+        assert argv[1] in cli_commands(), f"`geeps {argv[1]}` is not a geeps command"
+    else:   # the operator's own script is the command `geeps operator` finds by entry point
+        assert project["scripts"][argv[0]] == project["entry-points"]["geeps.commands"]["operator"]
 
 
 def test_operator_entrypoint_starts_the_operators_cli():
@@ -186,10 +189,14 @@ def test_build_stage_builds_the_wheel_from_what_it_copies(name, tmp_path):
     assert out.returncode == 0, out.stderr
     (wheel,) = os.listdir(tmp_path / "wheels")
     names = set(zipfile.ZipFile(tmp_path / "wheels" / wheel).namelist())
-    assert {"geeps/cli.py", "geeps/spec.py", "geeps_operator/crd.py"} <= names
+    assert {"geeps/cli.py", "geeps/job/spec.py", "geeps/backend/kernels/rows.cu",
+            "geeps_operator/crd.py", "geeps_examples/datasets.py"} <= names
     entry = [n for n in names if n.endswith("entry_points.txt")]
-    assert entry and "geeps = geeps.cli:main" in zipfile.ZipFile(
-        tmp_path / "wheels" / wheel).read(entry[0]).decode()
+    assert entry
+    text = zipfile.ZipFile(tmp_path / "wheels" / wheel).read(entry[0]).decode()
+    for line in ("geeps = geeps.cli:main", "geeps-operator = geeps_operator.main:main",
+                 "[geeps.commands]", "operator = geeps_operator.main:main"):
+        assert line in text
 
 
 def _norm(name: str) -> str:

@@ -29,10 +29,11 @@ def test_a_namespaced_operator_serves_only_its_namespace(tmp_path):
         assert cluster.api.pods("elsewhere", "ignored") == []
         touched = {r.namespace for r in requests_ if r.namespace}
         assert touched == {"watched"}, touched
-        # Namespaced requests need only RULES (a Role); cluster-wide ones only CRDs and
-        # namespaces (a ClusterRole with CLUSTER_RULES + NAMESPACE_RULES), all of them used.
+        # Namespaced requests need only JOB_RBAC_RULES (a Role); cluster-wide ones only
+        # CRDs and namespaces (a ClusterRole with CLUSTER_RULES + NAMESPACE_RULES), all
+        # of them used.
         triples = request_triples(requests_)
-        assert {(g, r, v) for g, r, v, ns in triples if ns} <= rbac.triples(rbac.RULES)
+        assert {(g, r, v) for g, r, v, ns in triples if ns} <= rbac.triples(rbac.JOB_RBAC_RULES)
         assert {(g, r, v) for g, r, v, ns in triples if not ns} == \
             rbac.triples(rbac.CLUSTER_RULES) | rbac.triples(rbac.NAMESPACE_RULES)
         # No PodMonitor CRD here: the operator tried once, got 404, and the job ran anyway.

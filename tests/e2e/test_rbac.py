@@ -39,6 +39,6 @@ def test_the_operator_uses_exactly_the_declared_rules(cluster, operator, ns, tmp
              what="the job to run, restart once, succeed and be deleted by its TTL")
     used = {(g, res, v) for g, res, v, _ in request_triples(
         cluster.requests_on(cluster.operator_url))}
-    declared = rbac.triples(rbac.RULES) | rbac.triples(rbac.CLUSTER_RULES)
+    declared = rbac.triples(rbac.JOB_RBAC_RULES) | rbac.triples(rbac.CLUSTER_RULES)
     assert used - declared == set(), "requests no rule allows"
     assert declared - used == set(), "rules the operator never needed"

@@ -11,11 +11,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from geeps.worker.memory import planner as memory
 from geeps.job.env import ConfigError
 from geeps.metrics import Metrics
-from geeps.worker.ops import SequenceError
-from geeps.worker import Worker
+from geeps.worker import SequenceError, Worker, memory
 from tests.cluster import Cluster
 from tests.helpers import free_port, kill_group, wait_for
 from tests.workloads import (DenseModel, SparseModel, dense_batches, dense_step, record,

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from geeps.backend import select
 from geeps.worker.cache import DeviceBudgetExceeded, DeviceMemory, ParameterCache, TransferThread
-from geeps.worker.memory.planner import POLICIES, make_plan, minimum_budget, working_set
+from geeps.worker.memory import POLICIES, make_plan, minimum_budget, working_set
 from tests.unit.test_memory import cycles
 
 BE = select("numpy")

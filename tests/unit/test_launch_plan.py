@@ -1,4 +1,5 @@
-"""The pure parts of `geeps run`: the launch plan, argument parsing, the progress board."""
+"""The pure parts of `geeps run`: the launch plan, argument parsing, the progress board,
+the restart rules."""
 from __future__ import annotations
 
 import socket
@@ -6,11 +7,13 @@ import socket
 import pytest
 
 from geeps.job import env as config
-from geeps.job import spec
+from geeps.job import exits, spec
+from geeps.job.consistency import Consistency, parse
+from geeps.job.exits import describe_exit
+from geeps.launch.board import ProgressBoard
+from geeps.launch.launcher import UsageError, load_job, parse_args, pick_ports
 from geeps.launch.plan import (Options, Ports, apply_overrides, command_argv,
                                job_from_command, plan)
-from geeps.launch.launcher import UsageError, parse_args, pick_ports
-from geeps.launch.supervise import ProgressBoard, describe_exit
 
 
 def manifest(**spec_fields) -> dict:
@@ -106,7 +109,7 @@ def test_env_values_pass_and_value_from_is_warned_about():
 
 def test_overrides_go_through_the_schema():
     job = spec.validate(manifest())
-    j = apply_overrides(job, servers=1, workers=4, consistency="ssp:2")
+    j = apply_overrides(job, servers=1, workers=4, consistency=parse("ssp:2"))
     assert (j.servers.replicas, j.workers.replicas, str(j.consistency)) == (1, 4, "ssp:2")
     assert j.command == job.command and j.args == job.args
     assert apply_overrides(job) is job
@@ -114,12 +117,13 @@ def test_overrides_go_through_the_schema():
         apply_overrides(job, workers=0)
     assert e.value.field == "spec.workers.replicas"
     with pytest.raises(ValueError):
-        apply_overrides(job, consistency="ssp:0")
+        apply_overrides(job, consistency=Consistency("ssp", 0))
+    assert j.spec["consistency"] == {"model": "SSP", "slack": 2}     # as a manifest says it
 
 
 def test_a_command_becomes_a_job_named_local():
     j = job_from_command(["python", "x.py", "--lr", "1"], servers=2, workers=2,
-                         consistency="async")
+                         consistency=parse("async"))
     assert j.name == "local" and j.command == ("python", "x.py", "--lr", "1")
     assert (j.servers.replicas, j.workers.replicas, str(j.consistency)) == (2, 2, "async")
     d = job_from_command(["python", "x.py"])
@@ -131,7 +135,8 @@ def test_parse_args_splits_at_double_dash():
     assert args.servers == 2 and args.workers is None
     assert cmd == ["python", "x.py", "--workers", "9"]
     args, cmd = parse_args(["job.yaml", "--workers", "3", "--consistency", "SSP:2"])
-    assert (args.manifest, args.workers, args.consistency, cmd) == ("job.yaml", 3, "ssp:2", [])
+    assert (args.manifest, args.workers, args.consistency, cmd) == \
+        ("job.yaml", 3, Consistency("ssp", 2), [])
     with pytest.raises(UsageError, match="not both"):
         parse_args(["job.yaml", "--", "python"])
     with pytest.raises(UsageError, match="nothing to run"):
@@ -193,17 +198,39 @@ def test_describe_exit():
     assert describe_exit(-200) == "killed by signal 200"
 
 
+@pytest.mark.parametrize("policy,returncode,want", [
+    ("Never", -9, False), ("Never", 75, False),
+    ("OnFailure", 1, True), ("OnFailure", -9, True),
+    ("ExitCode", 1, False), ("ExitCode", 2, False), ("ExitCode", 127, False),
+    ("ExitCode", 75, True), ("ExitCode", 137, True), ("ExitCode", 255, True),
+    ("ExitCode", -9, True), ("ExitCode", -15, True),
+])
+def test_restart_rules_of_a_local_process(policy, returncode, want):
+    assert exits.retryable(policy, exits.shell_code(returncode)) is want
+
+
 def test_colocate_runs_no_servers_and_each_worker_hosts_its_shard():
-    job = spec.validate(manifest())
+    job = apply_overrides(spec.validate(manifest()), colocate=True)    # what --colocate does
     p = plan(job, Ports((7000, 7001, 7002), (9400, 9401, 9402)),
-             Options(cwd="/repo", python="/venv/bin/python", colocate=True))
+             Options(cwd="/repo", python="/venv/bin/python"))
     assert [x.name for x in p.processes] == ["worker-0", "worker-1", "worker-2"]
     assert p.servers == ("127.0.0.1:7000", "127.0.0.1:7001", "127.0.0.1:7002")
     for x in p.processes:
         cfg = config.load(x.env)
         assert cfg.colocate and cfg.bind_host == "127.0.0.1" and len(cfg.servers) == 3
     with pytest.raises(ValueError, match="3 server ports"):     # one shard per worker
-        plan(job, Ports((7000, 7001)), Options(colocate=True))
+        plan(job, Ports((7000, 7001)))
+
+
+def test_the_colocate_flag_makes_the_job_colocated():
+    args, cmd = parse_args(["--colocate", "--servers", "2", "--workers", "3", "--",
+                            "python", "x.py"])
+    job = load_job(args, cmd)
+    assert job.colocate and job.shard_role == "worker"
+    assert (job.shards, job.processes("server"), job.processes()) == (3, 0, 3)
+    plain = load_job(*parse_args(["--servers", "2", "--workers", "3", "--", "python", "x.py"]))
+    assert not plain.colocate and plain.shard_role == "server"
+    assert (plain.shards, plain.processes("server"), plain.processes()) == (2, 2, 5)
 
 
 def test_a_manifest_asking_for_colocation_gets_it_without_the_flag():

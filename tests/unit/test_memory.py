@@ -2,9 +2,8 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from geeps.worker.memory.planner import (BudgetError, belady, make_plan, minimum_budget, working_set,
-                          POLICIES)
-from geeps.worker.memory.layout import align
+from geeps.worker.memory import (POLICIES, BudgetError, align, belady, make_plan, minimum_budget,
+                                 working_set)
 from geeps.worker.ops import Recorder
 from geeps.tables import Table
 from tests.workloads import (DenseModel, SparseModel, dense_batches, dense_step, record,

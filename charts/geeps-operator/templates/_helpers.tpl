@@ -72,7 +72,7 @@ app.kubernetes.io/component: operator
 {{- end }}
 
 {{/*
-The rights the operator uses, and nothing more: geeps_operator.rbac.RULES (namespaced,
+The rights the operator uses, and nothing more: geeps_operator.rbac.JOB_RBAC_RULES (namespaced,
 granted in each watched namespace), CLUSTER_RULES (cluster-scoped, always) and
 NAMESPACE_RULES (cluster-scoped, only when watching one namespace). A test compares the
 rendered rules with those lists, which the operator's end-to-end test checks against the

@@ -5,8 +5,10 @@
     sgd(param, grad, lr=0.1, weight_decay=0.0)                # in place, float32
 
 The twins compute the same function as geeps/backend/kernels/*.cu, bit for bit: every float32
-operation rounded separately, in the kernels' order. The update rules are plain
-functions so the parameter servers can call them on their host rows:
+operation rounded separately, in the kernels' order, subnormals kept
+(tests/unit/test_kernels_host.py runs the kernels on the CPU against them, tests/gpu on a
+device). The update rules are plain functions so the parameter servers can call them on
+their host rows:
 
     sgd(param, grad, lr, weight_decay)
     momentum(param, grad, velocity, lr, mu, weight_decay)        # v = mu*v + g; p -= lr*v
@@ -149,6 +151,10 @@ class NumpyBackend:
 
     def to_numpy(self, a) -> np.ndarray:
         return np.asarray(a)
+
+    def release(self) -> None:
+        """Give cached memory back (the CuPy backend's pools; nothing to do here)."""
+        return None
 
     def prepare(self, ix):
         """Give an Index the form this backend's kernels take (done once per index)."""

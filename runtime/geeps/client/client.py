@@ -8,10 +8,11 @@
 Every call is thread-safe. The `*_async` variants return a Handle at once; `wait()`
 blocks until every shard answered. Blocking variants are `*_async(...).wait()`.
 Arrays handed to `push_async` are sent zero-copy: don't change them until the handle
-completes. One background I/O thread owns all sockets (see iothread.py): it retries
-requests whose reply was lost (servers drop duplicates, so an update is applied once)
-and fails a request with ServerUnreachable, naming the server, when a shard stays
-silent for `timeout` seconds.
+completes. One background I/O thread owns all sockets (geeps.client.iothread): it
+retries requests whose reply was lost (servers drop duplicates, so an update is applied
+once), fails a request with ServerUnreachable, naming the server, when a shard stays
+silent for `timeout` seconds, and rolls the job back to a checkpoint when a shard
+restarts (geeps.client.recovery): the calls in flight then raise RolledBack.
 """
 from __future__ import annotations
 
@@ -309,7 +310,8 @@ class Client:
         return self.clock_async().wait()
 
     def stats(self) -> list[dict]:
-        """Each shard's counters (pushes, duplicates, errors, parked, clocks)."""
+        """Each shard's counters and state, one dict per shard: pushes, duplicates,
+        errors, pulls, applied, parked, clocks, min_clock, tables, ..."""
         return [h for h, _ in self._all(lambda k: Request(k, "stats", {})).wait()]
 
     def close(self, failed: bool = False) -> None:
@@ -372,8 +374,8 @@ class Client:
     def _split(self, table: Table, sel, values, chunk: bool = True):
         """Per request: (shard, rows header, payload frames, positions in the caller's
         order). With `chunk`, a shard's part is cut into requests of at most
-        protocol.CHUNK_BYTES of values, so every message is small enough to be
-        received into reused heap memory (see there)."""
+        geeps.wire.protocol.CHUNK_BYTES of values, so every message is small enough to
+        be received into reused heap memory (see there)."""
         # Unchunked: one request per shard, a "chunk" as large as any shard's part.
         step = P.chunk_rows(table.row_width) if chunk else max(1, len(sel))
         if isinstance(sel, range):
@@ -392,12 +394,15 @@ class Client:
                 yield k, {"ids": len(i)}, payload, p
 
 
-def colocated(servers: Sequence[str], rank: int, num_workers: int, consistency: str = "bsp",
+def colocated(servers: Sequence[str], rank: int, num_workers: int,
+              consistency: str | _consistency.Consistency = "bsp",
               timeout: float = 30.0, host: str = "127.0.0.1") -> Client:
     """A client that hosts shard `rank` of `servers` (bound on `host`), as
     GEEPS_COLOCATE=1 makes one: for programs that wire workers up themselves
     (benchmarks, tests). The same Config the environment would have given."""
     return Client.from_config(_config.check(_config.Config(
         role="worker", rank=rank, num_workers=num_workers, servers=tuple(servers),
-        consistency=_consistency.parse(consistency), colocate=True, bind_host=host,
+        consistency=(consistency if isinstance(consistency, _consistency.Consistency)
+                     else _consistency.parse(consistency)),
+        colocate=True, bind_host=host,
         timeout=timeout)))

@@ -1,58 +1,54 @@
 """Handles returned by asynchronous calls: `wait()` blocks until every part answered."""
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable
 
+from geeps.errors import WaitTimeout
+from geeps.futures import Future
 
-class Handle:
+
+class Handle(Future):
     """Completion of one asynchronous call made of one request per shard.
 
         h = client.pull_async(table); ...; values, clock = h.wait()
 
     `wait()` may be called from any thread, any number of times; it returns the
-    result or raises the first error a part failed with."""
+    result or raises the first error a part failed with (WaitTimeout if `timeout`
+    seconds pass first). The result is `combine(parts)`, computed once, by the first
+    thread that waits for it.
+
+    Producer side (the client's I/O thread, see geeps.client.iothread; not for callers
+    of the client): `set_part(i, answer)` for each part, or `set_exception(error)`,
+    which completes the handle whatever parts are still missing. `set_result(parts)`
+    gives every part at once."""
 
     def __init__(self, n_parts: int, combine: Callable[[list], Any]):
+        super().__init__()
         self._parts: list = [None] * n_parts
         self._left = n_parts
         self._combine = combine
-        self._error: BaseException | None = None
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._result: Any = None
         self._combined = False
         if n_parts == 0:
-            self._event.set()
+            self._settle([], None)
 
-    def _resolve(self, index: int, value: Any) -> None:
+    def set_part(self, index: int, value: Any) -> None:
+        """Part `index` answered `value`; the handle completes with its last part.
+        Ignored once the handle is complete (a part failed, say)."""
         with self._lock:
             if self._event.is_set():
                 return
             self._parts[index] = value
             self._left -= 1
             if self._left == 0:
-                self._event.set()
+                parts, self._parts = self._parts, []
+                self._settle(parts, None)
 
-    def _fail(self, error: BaseException) -> None:
-        with self._lock:
-            if self._event.is_set():
-                return
-            self._error = error
-            self._event.set()
-
-    def done(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> Any:
-        if not self._event.wait(timeout):
-            from geeps.errors import WaitTimeout
-            raise WaitTimeout(f"no answer within {timeout} s")
-        if self._error is not None:
-            raise self._error
+    def _value(self) -> Any:
         with self._lock:
             if not self._combined:
-                self._result = self._combine(self._parts)
+                self._result = self._combine(self._result)
                 self._combined = True
-                self._parts = []
         return self._result
+
+    def _timeout_error(self, timeout: float | None) -> BaseException:
+        return WaitTimeout(f"no answer within {timeout} s")

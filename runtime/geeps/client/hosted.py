@@ -15,9 +15,9 @@ clock: the same bytes as an all-reduce ring.
     client.close()      # leaves, serves on until every worker has left, stops the shard
 
 Client.from_env(), geeps.client.colocated() and geeps.torch.init() do this when
-GEEPS_COLOCATE=1. A worker
-that dies takes its shard with it: with checkpoints on, its replacement restores the
-shard's newest checkpoint and the job rolls back to it, as after a server restart.
+GEEPS_COLOCATE=1. A worker that dies takes its shard with it: with checkpoints on, its
+replacement restores the shard's newest checkpoint and the job rolls back to it, as
+after a server restart (geeps.client.recovery).
 """
 from __future__ import annotations
 

@@ -17,6 +17,14 @@ which proves it is still there). While anything is in flight the thread pings a 
 that has been quiet for PING_S, which both proves it is alive and exposes lost
 replies. A shard silent for `timeout` seconds fails its requests with
 ServerUnreachable naming it; a read parked for `wait_timeout` fails with WaitTimeout.
+
+Restarts: a reply from a new incarnation of a shard starts a rollback of the job to a
+checkpoint (geeps.client.recovery.Rollback holds its steps and state; this thread
+sends its requests and carries out its steps). Until it ends no other request leaves;
+then the calls in flight fail with RolledBack and `timeline` counts one more.
+
+Handles (geeps.client.handles) are completed here, through their producer side:
+`set_part` per answered request, `set_exception` for a failure.
 """
 from __future__ import annotations
 
@@ -36,6 +44,7 @@ from geeps.wire import protocol as P
 from geeps.job.env import Config
 from geeps.errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from geeps.client.handles import Handle
+from geeps.client.recovery import Done, Failed, Restore, Rollback, Step
 from geeps.wire.memtune import keep_freed_memory
 from geeps.wire.transport import connect_dealer
 
@@ -50,6 +59,8 @@ POLL_MS = 100        # the loop's longest sleep: how late a deferred request may
 
 @dataclass
 class Request:
+    """One request to one shard: `op` and its `header` (the thread adds v, op, id, and
+    inc / seq where they apply) and `payload` frames; part `part` of `handle`."""
     shard: int
     op: str
     header: dict
@@ -62,7 +73,6 @@ class Request:
     first_sent: float = 0.0
     last_sent: float = 0.0
     order: int = 0                     # per-shard send counter at the last send
-    parked: bool = False
     unsent: bool = False               # the socket could not take it yet
     timeline: int = 0                  # the client's timeline when it was submitted
     internal: Callable | None = None   # the I/O thread's own request: called with the reply
@@ -138,7 +148,7 @@ class IOThread(threading.Thread):
         # rollbacks; requests submitted on an older one are refused.
         self.timeline = 0
         self.on_rollback: Callable[[int], None] = lambda clock: None
-        self._recovery: dict | None = None
+        self._recovery: Rollback | None = None     # the rollback in progress
         self._fatal: GeepsError | None = None
 
     # ---- any thread ----------------------------------------------------------------
@@ -151,10 +161,10 @@ class IOThread(threading.Thread):
         or within POLL_MS."""
         handle = Handle(max(1, len(reqs)) if fail else len(reqs), combine)
         if fail is not None:
-            handle._fail(fail)
+            handle.set_exception(fail)
             return handle
         if self._stopping or self._fatal is not None:
-            handle._fail(self._fatal or GeepsError("client is closed"))
+            handle.set_exception(self._fatal or GeepsError("client is closed"))
             return handle
         timeline = self.timeline if timeline is None else timeline
         for i, r in enumerate(reqs):
@@ -263,9 +273,9 @@ class IOThread(threading.Thread):
             if r.op == ROLLBACK:
                 self._detect_restart(self._shards[r.shard], r.header)
                 if self._recovery is not None:
-                    self._recovery["doomed"].append(r)    # hears RolledBack(clock)
+                    self._recovery.doom(r.handle)    # hears RolledBack(clock)
                 else:
-                    r.handle._fail(self._fatal or GeepsError("rollback did not start"))
+                    r.handle.set_exception(self._fatal or GeepsError("rollback did not start"))
                 continue
             self._shards[r.shard].backlog.append(r)
 
@@ -279,7 +289,8 @@ class IOThread(threading.Thread):
         while shard.backlog and len(shard.inflight) < WINDOW:
             r = shard.backlog.popleft()
             if r.timeline < self.timeline:
-                r.handle._fail(RolledBack(self._rolled_to, "submitted before the rollback"))
+                r.handle.set_exception(
+                    RolledBack(self._rolled_to, "submitted before the rollback"))
                 continue
             self._prepare(shard, r)
             n = sum(f.nbytes for f in r.payload)
@@ -306,7 +317,7 @@ class IOThread(threading.Thread):
         r.rid = self._next_id
         self._next_id += 1
         header = dict(r.header, v=P.VERSION, op=r.op, id=r.rid)
-        if shard.inc is not None and r.op in ("create", "open", "push", "clock", "pull"):
+        if shard.inc is not None and r.op in P.TIMELINE_OPS:
             header["inc"] = shard.inc
         if r.seq:
             header["seq"] = shard.seq
@@ -391,12 +402,11 @@ class IOThread(threading.Thread):
             # Refused for carrying an incarnation we have since left behind: the
             # request belongs to the timeline before the rollback.
             del shard.inflight[rid]
-            r.handle._fail(RolledBack(self._rolled_to, "sent before the rollback"))
+            r.handle.set_exception(RolledBack(self._rolled_to, "sent before the rollback"))
             return
         self._resend_overtaken(shard, r.order, now)
         if header.get("waiting"):
-            r.parked = True
-            return
+            return                  # parked on the shard: its answer comes later
         del shard.inflight[rid]
         if r.internal is not None:
             r.internal(shard, header)
@@ -407,12 +417,13 @@ class IOThread(threading.Thread):
                 try:
                     r.deliver(header, payload)
                 except Exception as e:      # a reply that does not fit the request
-                    r.handle._fail(ServerError(f"{shard.name()}: bad reply to {r.op}: {e}"))
+                    r.handle.set_exception(
+                        ServerError(f"{shard.name()}: bad reply to {r.op}: {e}"))
                     return
                 payload = []
-            r.handle._resolve(r.part, (header, payload))
+            r.handle.set_part(r.part, (header, payload))
         else:
-            r.handle._fail(ServerError(f"{shard.name()}: {header.get('error')}"))
+            r.handle.set_exception(ServerError(f"{shard.name()}: {header.get('error')}"))
 
     def _resend_overtaken(self, shard: _Shard, order: int, now: float) -> None:
         """Requests sent before one that was just answered lost their request or reply."""
@@ -435,7 +446,7 @@ class IOThread(threading.Thread):
             if r.op == "pull" or r.op == "open":
                 if now - r.first_sent > self.wait_timeout:
                     del shard.inflight[rid]
-                    r.handle._fail(WaitTimeout(
+                    r.handle.set_exception(WaitTimeout(
                         f"{r.op} of table {r.header.get('table')!r} on {shard.name()} waited "
                         f"{self.wait_timeout:g} s for slower workers (GEEPS_WAIT_TIMEOUT)"))
         if shard.ping_rid is None and now - max(shard.last_heard, shard.ping_sent) >= PING_S:
@@ -453,29 +464,30 @@ class IOThread(threading.Thread):
 
     # ---- rollback after a server restart ------------------------------------------
     # A shard that restarted from its newest checkpoint (or was rolled back) has a new
-    # incarnation. Every shard must then return to one common checkpoint and every
-    # worker to its clock: ask each shard for its checkpoints, pick the newest clock
-    # all of them hold, restore it everywhere (idempotent per cause, so the workers
-    # that notice the same restart agree), then fail the calls in flight with
-    # RolledBack(clock). Requests submitted meanwhile wait; older ones are refused.
+    # incarnation: the job returns to one checkpoint every shard holds. The steps and
+    # their state are geeps.client.recovery.Rollback's; this thread sends its requests
+    # (`checkpoints`, then `restore`), feeds it the replies and carries out the step
+    # each returns (_take). The calls in flight fail with RolledBack(clock) at the
+    # end; requests submitted meanwhile wait (see _flush); older ones are refused.
     def _detect_restart(self, shard: _Shard, header: dict) -> None:
-        # The root cause (see ShardState._restarted_error); servers of older versions
-        # name only their incarnation.
+        # The root cause (see geeps.server.shard.ShardState._restarted_error); servers
+        # of older versions name only their incarnation.
         cause = header.get("cause") or header["inc"]
-        if self._recovery is not None and self._recovery["cause"] == cause:
+        if self._recovery is not None and self._recovery.cause == cause:
             return
         log.warning("%s restarted (now at checkpoint clock %s); rolling back",
                     shard.name(), header.get("base"))
-        doomed = [] if self._recovery is None else self._recovery["doomed"]
+        # Another restart during a rollback: the new one takes over its doomed calls.
+        doomed = [] if self._recovery is None else self._recovery.doomed
         for s in self._shards:
             for r in list(s.inflight.values()) + list(s.backlog):
                 if r.internal is None:
-                    doomed.append(r)
+                    doomed.append(r.handle)
             s.inflight.clear()
             s.backlog.clear()
             s.ping_rid = None
-        self._recovery = {"cause": cause, "doomed": doomed, "clocks": {}, "restored": {},
-                          "why": f"{shard.name()} restarted"}
+        self._recovery = Rollback(cause, f"{shard.name()} restarted", len(self._shards),
+                                  doomed)
         for s in self._shards:
             self._internal(s, "checkpoints", {}, self._on_checkpoints)
 
@@ -484,51 +496,36 @@ class IOThread(threading.Thread):
         self._send_new(shard, r)
 
     def _on_checkpoints(self, shard: _Shard, header: dict) -> None:
-        rec = self._recovery
-        if rec is None:
-            return
-        if not header.get("ok"):
-            return self._recovery_failed(f"{shard.name()}: {header.get('error')}")
-        rec["clocks"][shard.index] = set(header.get("clocks", []))
-        if len(rec["clocks"]) < len(self._shards):
-            return
-        common = set.intersection(*rec["clocks"].values())
-        if not common:
-            return self._recovery_failed(
-                "the shards hold no common checkpoint (" + "; ".join(
-                    f"server {k}: {sorted(v) or 'none'}" for k, v in rec["clocks"].items())
-                + "): the job cannot resume; restart it")
-        rec["clock"] = max(common)
-        for s in self._shards:
-            self._internal(s, "restore", {"clock": rec["clock"], "cause": rec["cause"]},
-                           self._on_restored)
+        if self._recovery is not None:
+            self._take(self._recovery.on_checkpoints(shard.index, shard.name(), header))
 
     def _on_restored(self, shard: _Shard, header: dict) -> None:
-        rec = self._recovery
-        if rec is None:
+        if self._recovery is None:
             return
-        if not header.get("ok"):
-            return self._recovery_failed(f"{shard.name()}: {header.get('error')}")
-        shard.inc = header["inc"]
-        rec["restored"][shard.index] = True
-        if len(rec["restored"]) < len(self._shards):
-            return
-        clock = rec["clock"]
-        self._rolled_to = clock
-        self.timeline += 1
-        self.on_rollback(clock)
-        self._recovery = None
-        log.warning("rolled back to clock %d", clock)
-        for r in rec["doomed"]:
-            r.handle._fail(RolledBack(clock, rec["why"]))
+        if header.get("ok"):
+            shard.inc = header["inc"]       # the incarnation our requests now name
+        self._take(self._recovery.on_restored(shard.index, shard.name(), header))
 
-    def _recovery_failed(self, why: str) -> None:
-        rec, self._recovery = self._recovery, None
-        self._fatal = GeepsError(f"cannot roll back after a server restart: {why}")
-        log.error("%s", self._fatal)
-        for r in rec["doomed"]:
-            r.handle._fail(self._fatal)
-        self._fail_all(self._fatal)
+    def _take(self, step: Step) -> None:
+        """Carry out the step the rollback in progress returned (None: wait)."""
+        rec = self._recovery
+        if isinstance(step, Restore):
+            for s in self._shards:
+                self._internal(s, "restore", {"clock": step.clock, "cause": step.cause},
+                               self._on_restored)
+        elif isinstance(step, Done):
+            self._rolled_to = step.clock
+            self.timeline += 1
+            self.on_rollback(step.clock)
+            self._recovery = None
+            log.warning("rolled back to clock %d", step.clock)
+            rec.release()
+        elif isinstance(step, Failed):
+            self._recovery = None
+            self._fatal = GeepsError(f"cannot roll back after a server restart: {step.why}")
+            log.error("%s", self._fatal)
+            rec.release(self._fatal)
+            self._fail_all(self._fatal)
 
     def _handshake_failed(self, mon: zmq.Socket, shard: _Shard) -> None:
         from zmq.utils.monitor import recv_monitor_message
@@ -546,15 +543,14 @@ class IOThread(threading.Thread):
 
     def _fail_shard(self, shard: _Shard, err: BaseException) -> None:
         if self._recovery is not None and any(r.internal for r in shard.inflight.values()):
-            rec, self._recovery = self._recovery, None
-            for r in rec["doomed"]:
-                r.handle._fail(err)
+            rec, self._recovery = self._recovery, None      # abandoned: a shard is gone
+            rec.release(err)
         for r in shard.inflight.values():
             if r.internal is None:
-                r.handle._fail(err)
+                r.handle.set_exception(err)
         shard.inflight.clear()
         for r in shard.backlog:
-            r.handle._fail(err)
+            r.handle.set_exception(err)
         shard.backlog.clear()
 
     def _fail_all(self, err: BaseException) -> None:
@@ -565,5 +561,5 @@ class IOThread(threading.Thread):
                 r = self._queue.get_nowait()
             except queue.Empty:
                 break
-            r.handle._fail(err)
+            r.handle.set_exception(err)
         self._closed.set()

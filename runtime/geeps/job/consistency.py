@@ -4,6 +4,10 @@ Clocks count completed iterations: a worker at clock c has finished clocks 0..c-
 A read at clock c under slack s must see every update from clocks <= c - s - 1,
 which holds once every worker has finished c - s clocks (the server's min clock).
 BSP is slack 0; async never waits.
+
+A model has one form at each boundary, converted here only: text ('bsp', 'ssp:2',
+'async') on the command line and in GEEPS_CONSISTENCY (`parse`, `str`); the manifest's
+`spec.consistency: {model, slack}` (`from_spec`, `to_spec`); a Consistency in between.
 """
 from __future__ import annotations
 
@@ -50,9 +54,17 @@ def parse(text: str) -> Consistency:
     raise ValueError(f"{text!r} is not a consistency model (accepted: {ACCEPTED})")
 
 
-def from_spec(model: str, slack: int) -> Consistency:
-    """From the manifest's `consistency: {model, slack}` (already schema-checked)."""
-    m = model.lower()
+_SPEC_MODELS = {"bsp": "BSP", "ssp": "SSP", "async": "Async"}   # the manifest's spelling
+
+
+def from_spec(spec: dict) -> Consistency:
+    """From the manifest's `consistency: {model, slack}` (defaulted and schema-checked)."""
+    m = spec["model"].lower()
     if m == "ssp":
-        return Consistency("ssp", slack)
+        return Consistency("ssp", spec["slack"])
     return Consistency(m, 0)
+
+
+def to_spec(c: Consistency) -> dict:
+    """The manifest's `consistency: {model, slack}` for `c` (what from_spec reads back)."""
+    return {"model": _SPEC_MODELS[c.model], "slack": c.slack}

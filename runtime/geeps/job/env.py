@@ -79,6 +79,10 @@ def _optional_bytes(v: str) -> int | None:
     return None if v.strip() in ("", "unlimited") else parse_bytes(v)
 
 
+def _optional_clock(v: str) -> int | None:
+    return None if not v.strip() else _int_in(0)(v)
+
+
 @dataclass(frozen=True)
 class Var:
     name: str
@@ -87,6 +91,9 @@ class Var:
     parse: Callable[[str], Any]
     accepts: str
     doc: str
+    # A fault hook for tests: read like every other variable, but written into a job's
+    # environment only when set, so pods and local processes show just what users set.
+    hook: bool = False
 
 
 VARS: tuple[Var, ...] = (
@@ -127,6 +134,10 @@ VARS: tuple[Var, ...] = (
     Var("GEEPS_COLOCATE", "colocate", "0", _bool, "0 | 1",
         "1: this worker serves shard GEEPS_RANK of GEEPS_SERVERS itself and reaches it "
         "in memory (GeePS's layout: one shard per worker, no server processes)"),
+    Var("GEEPS_TEST_CRASH_BEFORE_RENAME", "test_crash_before_rename", "", _optional_clock,
+        "a clock >= 0 or empty", "fault hook for tests only: a server kills itself (SIGKILL) "
+        "after writing the checkpoint of this clock, before renaming it into place",
+        hook=True),
 )
 
 
@@ -151,12 +162,15 @@ class Config:
     curve_dir: str = ""                         # CurveZMQ key directory
     insecure: bool = False                      # explicit opt-out of CurveZMQ
     colocate: bool = False                      # worker hosts shard `rank` in-process
+    test_crash_before_rename: int | None = None  # tests' fault hook; None = off
 
     def to_env(self) -> dict[str, str]:
         """The environment that `load()` turns back into this config."""
         out = {}
         for var in VARS:
             v = getattr(self, var.attr)
+            if var.hook and v is None:
+                continue
             if isinstance(v, tuple):
                 v = ",".join(v)
             elif isinstance(v, bool):
@@ -211,9 +225,12 @@ assert {f.name for f in fields(Config)} == {v.attr for v in VARS}, "VARS and Con
 
 def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
             bind_host: str = "*", checkpoint_dir: str = "", curve_dir: str = "",
-            metrics_port: int | None = None, colocate: bool = False) -> dict[str, str]:
+            metrics_port: int | None = None) -> dict[str, str]:
     """GEEPS_* variables plus the manifest's plain `env` entries (valueFrom is the
-    operator's business: it is not a value a local process can resolve)."""
+    operator's business: it is not a value a local process can resolve).
+
+    A worker of a co-located job gets GEEPS_COLOCATE=1 (the job says who serves the
+    shards: GeePSJob.shard_role)."""
     cfg = Config(
         job=job.name, role=role, rank=rank, num_workers=job.workers.replicas,
         servers=tuple(servers), consistency=job.consistency,
@@ -221,7 +238,7 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
         checkpoint_every=job.checkpoint_every if checkpoint_dir else 0,
         metrics_port=job.metrics_port if metrics_port is None else metrics_port,
         bind_host=bind_host, curve_dir=curve_dir, insecure=job.insecure,
-        colocate=colocate,
+        colocate=role == "worker" and job.serves_shards(role),
     )
     env = {e["name"]: e["value"] for e in job.env if "value" in e}
     env.update(cfg.to_env())

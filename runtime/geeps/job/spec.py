@@ -2,9 +2,11 @@
 
 `SCHEMA` is the OpenAPI v3 structural schema of `spec`; the operator's CRD is generated
 from it (geeps_operator.crd) and `geeps run` validates manifests against it, so the
-launcher, the operator and the API server accept exactly the same jobs. Rules a
-structural schema cannot state alone are in RULES: each carries the CEL expression the
-API server evaluates and the Python predicate the launcher and operator evaluate.
+launcher, the operator and the API server accept exactly the same jobs. Rules across
+fields, which a structural schema cannot state alone, are in CROSS_FIELD_RULES: each
+carries the CEL expression the API server evaluates and the Python predicate the
+launcher and operator evaluate. `GeePSJob` is the typed view, and the one place that
+says who serves the shards (`shard_role`, `shards`, `server_processes`).
 
     job = spec.load_file("examples/01-minimal/job.yaml")   # raises SpecError
     job.workers.replicas, job.consistency, job.device_memory
@@ -20,6 +22,7 @@ import jsonschema
 import yaml
 
 from geeps.job import consistency as _consistency
+from geeps.job import exits
 from geeps.job.units import QUANTITY_PATTERN, parse_bytes
 
 GROUP = "geeps.dev"
@@ -65,10 +68,10 @@ def _role(description: str, *, workers: bool) -> dict:
     props: dict[str, Any] = {
         "replicas": {"type": "integer", "minimum": 1, "default": 1,
                      "description": "number of pods (processes in local mode)"},
-        "restartPolicy": {"type": "string", "enum": ["Never", "OnFailure", "ExitCode"],
+        "restartPolicy": {"type": "string", "enum": list(exits.POLICIES),
                           "default": "OnFailure",
                           "description": "Never; OnFailure: any non-zero exit; ExitCode: "
-                                         "exit codes 128-255 (signals, OOM) and 75 (EX_TEMPFAIL)"},
+                                         + exits.RETRYABLE_TEXT},
         "resources": {"type": "object", "description": "Kubernetes ResourceRequirements",
                       "properties": {"requests": _quantity_map("minimum resources"),
                                      "limits": _quantity_map("maximum resources")}},
@@ -168,7 +171,7 @@ class Rule:
     check: Callable[[dict], bool]      # the same rule in Python, on the defaulted object
 
 
-RULES: tuple[Rule, ...] = (
+CROSS_FIELD_RULES: tuple[Rule, ...] = (
     Rule("spec.consistency", "self.model != 'SSP' || self.slack >= 1",
          "spec.consistency.slack must be >= 1 when model is SSP",
          lambda c: c["model"] != "SSP" or c["slack"] >= 1),
@@ -179,9 +182,9 @@ RULES: tuple[Rule, ...] = (
 
 
 def crd_schema() -> dict:
-    """The spec schema with the RULES attached as CEL validations (for the CRD)."""
+    """The spec schema with the CROSS_FIELD_RULES attached as CEL validations (for the CRD)."""
     out = copy.deepcopy(SCHEMA)
-    for rule in RULES:
+    for rule in CROSS_FIELD_RULES:
         node = _node(out, rule.path)
         node.setdefault("x-kubernetes-validations", []).append(
             {"rule": rule.cel, "message": rule.message})
@@ -283,7 +286,7 @@ def validate(manifest: Any) -> "GeePSJob":
     if problems:
         raise SpecError(problems)
     apply_defaults(spec)
-    for rule in RULES:
+    for rule in CROSS_FIELD_RULES:
         if not rule.check(_node_value(spec, rule.path)):
             problems.append((rule.path + "." + rule.message.split(" ")[0].split(".")[-1],
                              rule.message))
@@ -340,33 +343,53 @@ class GeePSJob:
     insecure: bool
     run_policy: dict = field(default_factory=dict)
 
+    # Who serves the shards: decided here only; `geeps run` and the operator ask.
+
     @property
     def colocate(self) -> bool:
         """spec.servers.colocate: worker r serves shard r (geeps.client.hosted)."""
         return bool(self.servers.raw.get("colocate"))
 
     @property
+    def shard_role(self) -> str:
+        """The role whose processes serve the shards: "worker" when co-located, else
+        "server". They bind GEEPS_SERVERS[rank] and keep the checkpoints."""
+        return "worker" if self.colocate else "server"
+
+    def serves_shards(self, role: str) -> bool:
+        return role == self.shard_role
+
+    def processes(self, role: str | None = None) -> int:
+        """Processes (pods) of `role` the job runs, or of both roles when None: no
+        server processes of their own when co-located."""
+        if role is None:
+            return self.processes("server") + self.processes("worker")
+        if role == "worker":
+            return self.workers.replicas
+        return 0 if self.colocate else self.servers.replicas
+
+    @property
     def shards(self) -> int:
-        """Parameter-server shards: one per worker when co-located."""
-        return self.workers.replicas if self.colocate else self.servers.replicas
+        """Parameter-server shards: one per process of the shard role (one per worker
+        when co-located; servers.replicas is then ignored)."""
+        return self.processes(self.shard_role)
 
     @property
     def server_processes(self) -> int:
         """Server processes (pods) of their own: none when co-located."""
-        return 0 if self.colocate else self.servers.replicas
+        return self.processes("server")
 
     @classmethod
     def from_spec(cls, name: str, namespace: str, spec: dict) -> "GeePSJob":
         def role(r: dict, workers: bool) -> Role:
             return Role(r["replicas"], r["restartPolicy"], r, r.get("gpus", 0) if workers else 0)
-        c = spec["consistency"]
         dm = spec["cache"].get("deviceMemory")
         return cls(
             name=name, namespace=namespace, spec=spec,
             command=tuple(spec["command"]), args=tuple(spec["args"]),
             env=tuple(spec["env"]),
             servers=role(spec["servers"], False), workers=role(spec["workers"], True),
-            consistency=_consistency.from_spec(c["model"], c["slack"]),
+            consistency=_consistency.from_spec(spec["consistency"]),
             device_memory=None if dm is None else parse_bytes(dm),
             checkpoint_every=spec["checkpoint"]["everyClocks"],
             metrics_port=spec["metrics"]["port"],

@@ -8,9 +8,10 @@ The manifest is validated by the same schema as the operator's (geeps.job.spec);
 processes get the same GEEPS_* environment as pods (geeps.job.env). Servers bind
 127.0.0.1 on free ports and start first; workers run the manifest's command from
 the current directory. Progress lines (geeps.report) become a live status line; any
-other output is relayed prefixed with the process name. The job ends as a unit: one
-failed process stops all the others. (Restart policies and backoffLimit are the
-operator's business: locally, a failure ends the job.)
+other output is relayed prefixed with the process name. A failed process is restarted
+as the operator would restart its pod (the role's restartPolicy, within
+runPolicy.backoffLimit; geeps.job.exits); past that, the job ends as a unit: one
+failed process stops all the others.
 
 Exit codes: 0 every worker succeeded; 1 a process failed; 2 bad manifest or usage;
 124 the time limit passed; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129
@@ -28,11 +29,11 @@ import tempfile
 from typing import Sequence
 
 from geeps.job import consistency as _consistency
-from geeps.wire import curve
 from geeps.job import spec as _spec
-from geeps.launch.plan import (LOOPBACK, Options, Plan, Ports, apply_overrides, job_from_command,
-                          plan, sizes)
+from geeps.launch.plan import (LOOPBACK, LaunchPlan, Options, Ports, apply_overrides,
+                               job_from_command, plan)
 from geeps.launch.supervise import GRACE, Supervisor
+from geeps.wire import curve
 
 EXIT_USAGE = 2
 _EPILOG = """examples:
@@ -58,9 +59,9 @@ def _replicas(text: str) -> int:
     return n
 
 
-def _consistency_arg(text: str) -> str:
+def _consistency_arg(text: str) -> _consistency.Consistency:
     try:
-        return str(_consistency.parse(text))
+        return _consistency.parse(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
@@ -143,12 +144,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
 
 def load_job(args: argparse.Namespace, command: list[str]) -> _spec.GeePSJob:
     """The validated job with the command-line overrides applied; raises SpecError."""
+    overrides = dict(servers=args.servers, workers=args.workers,
+                     consistency=args.consistency, colocate=args.colocate or None)
     if command:
-        return job_from_command(command, servers=args.servers, workers=args.workers,
-                                consistency=args.consistency)
-    job = _spec.load_file(args.manifest)
-    return apply_overrides(job, servers=args.servers, workers=args.workers,
-                           consistency=args.consistency)
+        return job_from_command(command, **overrides)
+    return apply_overrides(_spec.load_file(args.manifest), **overrides)
 
 
 def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
@@ -187,18 +187,15 @@ def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
 
 
 def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
-               server_command: Sequence[str] = (), curve_dir: str = "") -> Plan:
-    colocate = args.colocate or job.colocate
-    shards, n = sizes(job, colocate)
+               server_command: Sequence[str] = (), curve_dir: str = "") -> LaunchPlan:
     base = job.metrics_port if args.metrics_port is None else args.metrics_port
-    ports = pick_ports(shards, n, base)
+    ports = pick_ports(job.shards, job.processes(), base)
     return plan(job, ports, Options(cwd=cwd, checkpoint_dir=args.checkpoint_dir,
                                     python=sys.executable, curve_dir=curve_dir,
-                                    server_command=tuple(server_command),
-                                    colocate=colocate))
+                                    server_command=tuple(server_command)))
 
 
-def _describe(p: Plan) -> list[str]:
+def _describe(p: LaunchPlan) -> list[str]:
     job = p.job
     lines = [f"job {job.name}: {p.shard_layout()} ({','.join(p.servers)}), "
              f"{job.workers.replicas} workers, {job.consistency}; "

@@ -1,23 +1,25 @@
-"""What `geeps run` starts for a job on one host: the pure plan (names, argv, env).
+"""What `geeps run` starts for a job on one host: the pure launch plan (names, argv, env).
 
 No process is started and no port is probed here; the launcher picks the ports and
 hands them in, so every decision about a local job is testable without running it.
+Who serves the shards (servers, or the workers themselves) is the job's to say
+(GeePSJob.shard_role); `--colocate` is an override of the job like `--workers`.
 
     job = spec.load_file("examples/01-minimal/job.yaml")
-    job = apply_overrides(job, workers=4, consistency="ssp:2")      # SpecError if invalid
+    job = apply_overrides(job, workers=4, consistency=consistency.parse("ssp:2"))
     p = plan(job, Ports(servers=(5001, 5002), metrics=()), Options(cwd="/repo"))
     [(x.name, x.argv) for x in p.processes]      # server-0, server-1, worker-0 .. worker-3
 """
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 import sys
 from dataclasses import dataclass, field
 
 from geeps.job import consistency as _consistency
 from geeps.job import spec as _spec
+from geeps.job.consistency import Consistency
 from geeps.job.env import job_env
 from geeps.job.spec import GeePSJob
 
@@ -56,13 +58,10 @@ class Options:
     server_command: tuple[str, ...] = ()    # empty = <python> -m geeps server
     host: str = LOOPBACK                    # servers bind it; workers dial it
     curve_dir: str = ""                     # the job's CurveZMQ keys; empty = none
-    colocate: bool = False                  # each worker serves one shard itself: no
-                                            # server processes (geeps.client.hosted); also
-                                            # when the job says spec.servers.colocate
 
 
 @dataclass(frozen=True)
-class Plan:
+class LaunchPlan:
     job: GeePSJob
     processes: tuple[ProcessSpec, ...]      # servers first, then workers
     servers: tuple[str, ...]                # GEEPS_SERVERS, host:port in rank order
@@ -75,53 +74,51 @@ class Plan:
     def shard_layout(self) -> str:
         """Where the shards run, as the launcher's lines say it."""
         n = len(self.servers)
-        return f"{n} servers" if self.role("server") else \
-            f"{n} shards served by the workers themselves"
+        return f"{n} shards served by the workers themselves" if self.job.colocate \
+            else f"{n} servers"
 
 
 def apply_overrides(job: GeePSJob, *, servers: int | None = None, workers: int | None = None,
-                    consistency: str | None = None) -> GeePSJob:
-    """The job with replicas and consistency replaced, revalidated by the same schema.
+                    consistency: Consistency | None = None,
+                    colocate: bool | None = None) -> GeePSJob:
+    """The job with replicas, consistency or spec.servers.colocate replaced (None: as
+    the job says), revalidated by the same schema.
 
-    Raises SpecError naming the spec field (e.g. spec.workers.replicas) when an
-    override is out of range, and ValueError for an unknown consistency model."""
-    if servers is None and workers is None and consistency is None:
+    Raises SpecError (a ValueError) naming the spec field, e.g. spec.workers.replicas,
+    when an override is out of range."""
+    if servers is None and workers is None and consistency is None and colocate is None:
         return job
     spec = copy.deepcopy(job.spec)
-    if servers is not None:
-        spec["servers"]["replicas"] = servers
-    if workers is not None:
-        spec["workers"]["replicas"] = workers
-    if consistency is not None:
-        spec["consistency"] = _consistency_spec(consistency)
+    _override(spec, servers, workers, consistency, colocate)
     return _spec.validate(_manifest(job.name, job.namespace, spec))
 
 
 def job_from_command(command: list[str] | tuple[str, ...], *, servers: int | None = None,
-                     workers: int | None = None, consistency: str | None = None,
-                     name: str = LOCAL_JOB_NAME) -> GeePSJob:
+                     workers: int | None = None, consistency: Consistency | None = None,
+                     colocate: bool | None = None, name: str = LOCAL_JOB_NAME) -> GeePSJob:
     """An in-memory GeePSJob for `geeps run --servers 2 --workers 2 -- python x.py`.
 
     It goes through the same validation as a manifest, so the two paths cannot drift."""
     spec: dict = {"command": list(command)}
-    if servers is not None:
-        spec["servers"] = {"replicas": servers}
-    if workers is not None:
-        spec["workers"] = {"replicas": workers}
-    if consistency is not None:
-        spec["consistency"] = _consistency_spec(consistency)
+    _override(spec, servers, workers, consistency, colocate)
     return _spec.validate(_manifest(name, "default", spec))
+
+
+def _override(spec: dict, servers: int | None, workers: int | None,
+              consistency: Consistency | None, colocate: bool | None) -> None:
+    if servers is not None:
+        spec.setdefault("servers", {})["replicas"] = servers
+    if colocate is not None:
+        spec.setdefault("servers", {})["colocate"] = colocate
+    if workers is not None:
+        spec.setdefault("workers", {})["replicas"] = workers
+    if consistency is not None:
+        spec["consistency"] = _consistency.to_spec(consistency)
 
 
 def _manifest(name: str, namespace: str, spec: dict) -> dict:
     return {"apiVersion": _spec.API_VERSION, "kind": _spec.KIND,
             "metadata": {"name": name, "namespace": namespace}, "spec": spec}
-
-
-def _consistency_spec(text: str) -> dict:
-    c = _consistency.parse(text)
-    model = {"bsp": "BSP", "ssp": "SSP", "async": "Async"}[c.model]
-    return {"model": model, "slack": c.slack}
 
 
 def command_argv(job: GeePSJob, python: str = sys.executable) -> tuple[str, ...]:
@@ -149,23 +146,12 @@ def local_warnings(job: GeePSJob) -> list[str]:
     return out
 
 
-def sizes(job: GeePSJob, colocate: bool = False) -> tuple[int, int]:
-    """(shards, processes) of `job` run here; `colocate`: as if spec.servers.colocate."""
-    colocate = colocate or job.colocate
-    n_workers = job.workers.replicas
-    n_servers = n_workers if colocate else job.servers.replicas
-    return n_servers, n_workers + (0 if colocate else n_servers)
-
-
-def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
+def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> LaunchPlan:
     """Every process of `job` on this host, servers first, with argv and environment.
 
     Pure: the same inputs give the same plan. Raises ValueError when `ports` does not
     match the job (one server port per shard, one metrics port per process or none)."""
-    if job.colocate and not options.colocate:
-        options = dataclasses.replace(options, colocate=True)
-    n_workers = job.workers.replicas
-    n_servers, n_procs = sizes(job, options.colocate)
+    n_servers, n_procs = job.shards, job.processes()
     if len(ports.servers) != n_servers:
         raise ValueError(f"{n_servers} server ports needed, got {len(ports.servers)}")
     if ports.metrics and len(ports.metrics) != n_procs:
@@ -183,15 +169,15 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> Plan:
     base = {"PYTHONUNBUFFERED": "1"}
 
     procs = []
-    roles = [] if options.colocate else [("server", r, server_argv) for r in range(n_servers)]
-    roles += [("worker", r, worker_argv) for r in range(n_workers)]
+    roles = [(role, rank, argv) for role, argv in (("server", server_argv),
+                                                   ("worker", worker_argv))
+             for rank in range(job.processes(role))]
     for i, (role, rank, argv) in enumerate(roles):
         metrics = ports.metrics[i] if ports.metrics else 0
-        serves = role == "server" or options.colocate
         env = dict(base)
         env.update(job_env(job, role, rank, servers,
-                           bind_host=options.host if serves else "*",
+                           bind_host=options.host if job.serves_shards(role) else "*",
                            checkpoint_dir=ckpt, metrics_port=metrics,
-                           curve_dir=options.curve_dir, colocate=options.colocate))
+                           curve_dir=options.curve_dir))
         procs.append(ProcessSpec(f"{role}-{rank}", role, rank, argv, env, metrics))
-    return Plan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)))
+    return LaunchPlan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)))

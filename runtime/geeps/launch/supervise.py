@@ -3,7 +3,10 @@
 One thread does everything: a selector waits on every child's stdout and stderr (and
 on a pidfd per child, so an exit is seen at once), which keeps signal handling simple
 (the handlers only set a flag) and output in order. Every child leads its own process
-group, so stopping a child stops whatever it started too.
+group, so stopping a child stops whatever it started too. A failed process is
+restarted by its role's restartPolicy within runPolicy.backoffLimit, as the operator
+restarts pods (geeps.job.exits); workers' progress lines go to the ProgressBoard
+(geeps.launch.board), drawn as a live status line.
 
     sup = Supervisor(plan, cwd=".", timeout=3600)
     code = sup.run()      # blocks until the job ends; 0 ok, 1 failed, 124 timed out,
@@ -19,135 +22,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from typing import IO
 
 from geeps.job import progress
-from geeps.launch.plan import Plan, ProcessSpec
+from geeps.job.exits import describe_exit, retryable, shell_code
+from geeps.launch.board import ProgressBoard, format_number
+from geeps.launch.plan import LaunchPlan, ProcessSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 124   # 124 as in coreutils timeout(1)
 GRACE = 5.0                 # s a stopped process gets between its signal and SIGKILL
 TTY_REFRESH = 0.1           # s between redraws of the live status line
 PLAIN_REFRESH = 2.0         # s between progress lines when stderr is not a terminal
-RATE_WINDOW = 10.0          # s of reports the samples/s figure averages over
 MAX_LINE = 64 * 1024        # bytes; a longer unterminated line is shown in pieces
-
-
-# Exit codes worth a retry under restartPolicy ExitCode: killed by a signal (negative
-# here, 128+N in a shell or pod: OOM kill, node loss, preemption) and EX_TEMPFAIL (75),
-# which a script can use to ask for a retry. Others (1, 2, ...) are bugs: retrying
-# would fail the same way.
-RETRYABLE_EXIT_CODES = "128-255 (signals), 75 (EX_TEMPFAIL)"
-
-
-def retryable(policy: str, code: int) -> bool:
-    if policy == "Never" or code == 0:
-        return False
-    if policy == "OnFailure":
-        return True
-    return code < 0 or code >= 128 or code == 75      # ExitCode
-
-
-def describe_exit(code: int) -> str:
-    """'exit code 3' or 'killed by signal SIGKILL', from a Popen returncode."""
-    if code < 0:
-        try:
-            return f"killed by signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit code {code}"
-
-
-@dataclass
-class _Worker:
-    started: float | None = None                    # when the launcher started it
-    clock: float | None = None
-    loss: float | None = None
-    accuracy: float | None = None
-    total: float = 0.0                              # samples reported so far
-    reports: deque = field(default_factory=deque)   # (time, samples) inside the window
-    anchor: float | None = None                     # start of the first report's interval
-
-
-class ProgressBoard:
-    """What the workers' progress lines add up to (pure: times are passed in).
-
-    board = ProgressBoard(2); board.started(0, t0)
-    board.update(0, {"clock": 3, "samples": 64, "loss": 0.5}, t1)
-    board.status()    # 'clock 3 | 64 samples/s | loss 0.5 | 1/2 workers reporting'
-    """
-
-    def __init__(self, workers: int, window: float = RATE_WINDOW):
-        self.workers = [_Worker() for _ in range(workers)]
-        self.window = window
-        self.version = 0                # bumped by every update, so displays know news
-
-    def started(self, rank: int, now: float) -> None:
-        self.workers[rank].started = now
-
-    def update(self, rank: int, fields: dict, now: float) -> None:
-        w = self.workers[rank]
-        for key in ("clock", "loss", "accuracy"):
-            v = fields.get(key)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                setattr(w, key, v)
-        n = fields.get("samples")
-        if isinstance(n, (int, float)) and not isinstance(n, bool) and n >= 0:
-            if w.anchor is None:
-                # The first report counts samples since the process started.
-                w.anchor = w.started if w.started is not None else now
-            w.reports.append((now, n))
-            w.total += n
-            while len(w.reports) > 1 and w.reports[0][0] < now - self.window:
-                w.anchor = w.reports.popleft()[0]
-        self.version += 1
-
-    def rate(self) -> float | None:
-        """Samples/s summed over workers, each over its last `window` seconds."""
-        total, any_rate = 0.0, False
-        for w in self.workers:
-            if w.reports and w.reports[-1][0] > w.anchor:
-                total += sum(n for _, n in w.reports) / (w.reports[-1][0] - w.anchor)
-                any_rate = True
-        return total if any_rate else None
-
-    def mean(self, key: str) -> float | None:
-        """The latest `key` (loss, accuracy) averaged over the workers reporting it."""
-        vals = [getattr(w, key) for w in self.workers if getattr(w, key) is not None]
-        return sum(vals) / len(vals) if vals else None
-
-    def clocks(self) -> tuple[float, float] | None:
-        vals = [w.clock for w in self.workers if w.clock is not None]
-        return (min(vals), max(vals)) if vals else None
-
-    @property
-    def total_samples(self) -> float:
-        return sum(w.total for w in self.workers)
-
-    def status(self) -> str:
-        parts = []
-        c = self.clocks()
-        if c:
-            lo, hi = (_num(x) for x in c)
-            parts.append(f"clock {lo}" if lo == hi else f"clock {lo}..{hi}")
-        r = self.rate()
-        if r is not None:
-            parts.append(f"{r:,.0f} samples/s")
-        loss = self.mean("loss")
-        if loss is not None:
-            parts.append(f"loss {loss:.4g}")
-        acc = self.mean("accuracy")
-        if acc is not None:
-            parts.append(f"accuracy {acc:.4g}")
-        reporting = sum(1 for w in self.workers if w.clock is not None or w.reports)
-        if reporting < len(self.workers):
-            parts.append(f"{reporting}/{len(self.workers)} workers reporting")
-        return " | ".join(parts)
-
-
-def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 class _Child:
@@ -166,7 +52,7 @@ class Supervisor:
     Not thread-safe; run() belongs to the thread that made it (the main thread, if
     signals are to be forwarded). run() blocks until every child is gone."""
 
-    def __init__(self, plan: Plan, *, cwd: str = ".", timeout: float | None = None,
+    def __init__(self, plan: LaunchPlan, *, cwd: str = ".", timeout: float | None = None,
                  timeout_source: str = "--timeout", grace: float = GRACE, quiet: bool = False,
                  out: IO[str] | None = None, err: IO[str] | None = None,
                  base_env: dict[str, str] | None = None):
@@ -410,7 +296,7 @@ class Supervisor:
         if c.spec.role == "server" and all(w.code is not None for w in workers):
             return None
         role = self.plan.job.servers if c.spec.role == "server" else self.plan.job.workers
-        if not retryable(role.restart_policy, c.code):
+        if not retryable(role.restart_policy, shell_code(c.code)):
             return None
         limit = self.plan.job.run_policy.get("backoffLimit", 0)
         if self.restarts >= limit:
@@ -458,7 +344,7 @@ class Supervisor:
         c, n = self.board.clocks(), self.board.total_samples
         extra = []
         if c:
-            extra.append(f"clock {_num(c[1])}")
+            extra.append(f"clock {format_number(c[1])}")
         if n:
             extra.append(f"{n:,.0f} samples, {n / max(elapsed, 1e-9):,.0f} samples/s")
         loss = self.board.mean("loss")

@@ -2,9 +2,10 @@
 
 `server` is the process (`geeps server`): a ZeroMQ ROUTER loop that hands each request
 to `shard`, the shard's state (tables, per-clock contributions, parked reads, the
-exactly-once windows). `accumulate` sums the workers' contributions in rank order,
-`rules` applies sgd/momentum/adam with the optimizer state, and `checkpoint` writes and
-restores a shard. A server imports nothing of the client, the worker or torch.
+exactly-once windows); `rows` is the rows a request names, a range or ids.
+`accumulate` sums the workers' contributions in rank order, `rules` applies
+sgd/momentum/adam with the optimizer state, and `checkpoint` writes and restores a
+shard. A server imports nothing of the client, the worker or torch.
 """
 from geeps.server.server import Server, main
 from geeps.server.shard import ShardState

@@ -23,6 +23,7 @@ from geeps.server import checkpoint
 from geeps.wire.memtune import keep_freed_memory
 from geeps.wire.curve import CurveError
 from geeps.server.shard import ShardState, ShardTable
+from geeps.wire.protocol import reply_error
 from geeps.wire.transport import ZERO_COPY_MIN, bind_router, security_note
 
 log = logging.getLogger("geeps.server")
@@ -34,7 +35,8 @@ LOCAL_PEER = b"\x00geeps-hosting-worker"
 
 
 class Server:
-    """Serve one shard until `stop()`; `serve()` blocks. Thread-safe: only `stop()`."""
+    """Serve one shard until `stop()`; `serve()` blocks. Other threads may call only
+    `stop()` and `wait_changed()`."""
 
     def __init__(self, cfg: _config.Config, context: zmq.Context | None = None,
                  metrics=None):
@@ -158,7 +160,6 @@ class Server:
                 else self.state.dispatch(peer, header, frames)
         except Exception:  # a bug must not take the shard down with every worker's state
             log.exception("server %d: internal error on a request", self.cfg.rank)
-            from geeps.wire.protocol import reply_error
             replies = [(peer, reply_error(None, "internal server error (see server log)"))]
         self._send(replies)
 
@@ -207,14 +208,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
-    crash_at = os.environ.get("GEEPS_TEST_CRASH_BEFORE_RENAME")
-    if crash_at:
-        # Fault injection for the durability tests only: die like a killed pod after the
-        # checkpoint of that clock is written and fsynced, before it is renamed.
-        def crash(tmp: str, clock=int(crash_at)) -> None:
-            if tmp.endswith(f"clock-{clock:09d}.ckpt-{os.getpid()}"):
-                os.kill(os.getpid(), signal.SIGKILL)
-        server.state.before_rename = crash
+    if cfg.test_crash_before_rename is not None:
+        server.state.before_rename = _crash_before_rename(cfg.test_crash_before_rename)
     server.serve()
     log.info("server %d stopped", cfg.rank)
     return 0
+
+
+def _crash_before_rename(clock: int) -> Callable[[str], None]:
+    """GEEPS_TEST_CRASH_BEFORE_RENAME, for the durability tests: a checkpoint hook that
+    kills this process like a killed pod once the checkpoint of `clock` is written and
+    fsynced, before it is renamed into place."""
+    def crash(tmp: str) -> None:
+        if tmp.endswith(f"clock-{clock:09d}.ckpt-{os.getpid()}"):
+            os.kill(os.getpid(), signal.SIGKILL)
+    return crash

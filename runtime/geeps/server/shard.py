@@ -3,7 +3,13 @@
 `ShardState.handle(peer, frames)` validates a request completely before touching any
 state, so a malformed or hostile message gets an error reply and changes nothing. It
 returns the replies to send now: the request's own and those of parked reads that the
-request released. The socket loop lives in server.py.
+request released (a clock may hand some of the latter to `send_early` while it is
+still applying). The socket loop lives in server.py.
+
+Tables whose consistency model counts clocks (BSP/SSP, `per_clock`) keep each worker's
+pushes apart until every worker finished the clock, then apply their sum once, in rank
+order; async tables apply each push as it arrives. Reads of a clock not applied yet
+are parked until it is. Rows a request names are rows.RowRange or rows.RowIds.
 """
 from __future__ import annotations
 
@@ -12,21 +18,19 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Union
 
 import numpy as np
 
 from geeps.server import checkpoint
 from geeps.server.accumulate import Contribution, merge, run_rows, sum_all, sum_pieces, union_runs
-from geeps.wire import protocol as P
-from geeps.wire.protocol import ProtocolError
+from geeps.server.rows import RowIds, RowRange, Selection
 from geeps.server.rules import GRADIENT_RULES, RuleState
 from geeps.tables.table import RULES, resolve_hyper
+from geeps.wire import protocol as P
+from geeps.wire.protocol import ProtocolError
 
 log = logging.getLogger("geeps.server")
-# Requests that belong to one timeline of the job: refused when their client knows an
-# older incarnation of this shard.
-_TIMELINE_OPS = ("create", "open", "push", "clock", "pull")
 # Runs of pushed rows up to which a clock is applied slice by slice; beyond, rows
 # pushed by id are gathered, updated and scattered back.
 MAX_RUNS = 64
@@ -71,7 +75,7 @@ class ShardTable:
     # only. Kept per worker so the sum runs in rank order (results do not depend on
     # arrival order) and a replaced worker's partial pushes can be dropped.
     pending: dict[int, dict[int, Contribution]] = field(default_factory=dict, repr=False)
-    scratch: np.ndarray | None = field(default=None, repr=False)   # reused sum buffer
+    scratch: np.ndarray | None = field(default=None, repr=False)   # see sum_buffer()
     # Zeroed accumulators of applied clocks, reused: a fresh array per worker per clock
     # would page-fault its way through the whole shard on every partial push.
     free: list = field(default_factory=list, repr=False)
@@ -90,18 +94,39 @@ class ShardTable:
                 "lo": self.lo, "hi": self.hi, "rule": self.rule, "hyper": self.hyper,
                 "per_clock": self.per_clock}
 
+    def alloc(self) -> tuple[np.ndarray, np.ndarray]:
+        """A zeroed dense accumulator (values, touched mask) for a Contribution."""
+        if self.free:
+            return self.free.pop()
+        return np.zeros_like(self.rows), np.zeros(len(self.rows), bool)
+
+    def sum_buffer(self) -> np.ndarray:
+        """The buffer the workers' pushes of a clock are summed into, the shard's size;
+        one per table, made once."""
+        if self.scratch is None:
+            self.scratch = np.empty_like(self.rows)
+        return self.scratch
+
 
 @dataclass
-class Parked:
+class ParkedOpen:
+    """An open of a table that is not created yet."""
     peer: bytes
     rid: Any
-    kind: str                   # "pull" | "open"
-    need: int = 0
-    table: str = ""
-    sel: tuple = ()             # ("range", lo, hi) | ("ids", local ids array)
-    since: float = 0.0
+    table: str
 
 
+@dataclass
+class ParkedPull:
+    """A read that must see a clock not applied yet."""
+    peer: bytes
+    rid: Any
+    table: str
+    need: int                   # the read sees every update of the clocks before this
+    sel: Selection              # owned (see Selection.owned)
+
+
+Parked = Union[ParkedOpen, ParkedPull]
 Reply = tuple[bytes, list]
 
 
@@ -155,7 +180,8 @@ class ShardState:
 
     def dispatch(self, peer: bytes, header: dict, frames: list,
                  part: int | None = None) -> list[Reply]:
-        """handle() of a request whose header is decoded already (frames[0] unread)."""
+        """handle() of a request whose header is decoded already (frames[0] unread).
+        `part`: its index in the batch it came in."""
         rid = None
         try:
             rid = header.get("id")
@@ -171,7 +197,7 @@ class ShardState:
                 raise ProtocolError(f"header field 'v': protocol version {header.get('v')!r} "
                                     f"not supported (this server speaks {P.VERSION})")
             inc = header.get("inc")
-            if inc is not None and inc != self.inc and op in _TIMELINE_OPS:
+            if inc is not None and inc != self.inc and op in P.TIMELINE_OPS:
                 self.stats["errors"] += 1
                 return [(peer, self._restarted_error(rid))]
             return getattr(self, "_op_" + op)(peer, rid, header, frames)
@@ -180,7 +206,6 @@ class ShardState:
             where = "" if part is None else f"batch part {part}: "
             return [(peer, P.reply_error(rid, where + str(e)))]
 
-    # ---- operations -----------------------------------------------------------------
     def _op_batch(self, peer, rid, h, frames):
         # Each part exactly as if it came alone; what goes back to the sender travels
         # in one message, what goes to other workers (reads a part released) as usual.
@@ -194,9 +219,254 @@ class ShardState:
                     out.append((to, reply))
         return ([(peer, P.reply_batch(rid, mine))] if mine else []) + out
 
+    # ---- workers and tables -----------------------------------------------------------
+    def _op_hello(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "hello")
+        w = self._worker(h)
+        want = h.get("num_workers")
+        if want is not None and want != self.num_workers:
+            raise ProtocolError(f"header field 'num_workers': client expects {want} workers, "
+                                f"server {self.rank} was started for {self.num_workers}")
+        session = str(P.field(h, "session", (int, str)))
+        old = self.sessions.get(w)
+        if old is not None and old != session:
+            self._forget_predecessor(w)
+            log.warning("server %d: worker %d rejoined at clock %d (new session)",
+                        self.rank, w, self.done[w])
+        self.sessions[w] = session
+        return [(peer, P.reply_ok(rid, shard=self.rank, num_workers=self.num_workers,
+                                  min_clock=self.min_clock, worker_clock=self.done[w],
+                                  tables=sorted(self.tables), inc=self.inc,
+                                  base=self.base, cause=self.last_cause))]
+
+    def _forget_predecessor(self, w: int) -> None:
+        """Worker `w` is a replacement for one that died: what the dead one pushed for
+        clocks it never finished must not count twice when the new one redoes them."""
+        for t in self.tables.values():
+            for per_worker in t.pending.values():
+                per_worker.pop(w, None)
+            for per_worker in t.final.values():
+                per_worker.pop(w, None)
+            # Rows updated early in its unfinished clock hold the dead one's last
+            # pushes already (of the same clock's parameters and batch).
+            if t.applied.get(self.done[w]):
+                t.absorbed[w] = (self.done[w], list(t.applied[self.done[w]]))
+
+    def _op_leave(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "leave")
+        self.left.add(self._worker(h))
+        return [(peer, P.reply_ok(rid, left=len(self.left)))]
+
+    def _op_create(self, peer, rid, h, frames):
+        name = P.field(h, "table", str)
+        n_rows = P.field(h, "n_rows", int, minimum=0)
+        width = P.field(h, "row_width", int, minimum=1)
+        lo = P.field(h, "lo", int, minimum=0)
+        hi = P.field(h, "hi", int, minimum=0)
+        rule = P.field(h, "rule", str)
+        hyper = P.field(h, "hyper", dict)
+        per_clock = P.field(h, "per_clock", bool)
+        init = P.field(h, "init", bool)
+        if not name or len(name) > 200:
+            raise ProtocolError("header field 'table' must be 1-200 characters")
+        if not lo <= hi <= n_rows:
+            raise ProtocolError(f"header fields 'lo'/'hi': [{lo}, {hi}) outside 0..{n_rows}")
+        if rule not in RULES:
+            raise ProtocolError(f"header field 'rule' {rule!r:.40} is not one of {', '.join(RULES)}")
+        try:
+            hyper = resolve_hyper(rule, hyper)
+        except ValueError as e:
+            raise ProtocolError(f"header field 'hyper': {e}") from None
+        if (hi - lo) * width > 2**31:
+            raise ProtocolError(f"table {name!r}: {hi - lo} x {width} floats is too large "
+                                "for one shard")
+        P.expect_frames(frames, 2 if init else 1, "create")
+        values = P.values_frame(frames[1], 1, hi - lo, width) if init else None
+        want = ShardTable(name, n_rows, width, lo, hi, rule, hyper, per_clock)
+        if name in self.tables:
+            have = self.tables[name]
+            if have.spec() != want.spec():
+                diff = [k for k in want.spec() if want.spec()[k] != have.spec()[k]]
+                raise ProtocolError(f"table {name!r} exists with another {diff[0]} "
+                                    f"({have.spec()[diff[0]]!r}, asked {want.spec()[diff[0]]!r})")
+            return [(peer, P.reply_ok(rid, existed=True, **have.spec()))]
+        want.rows = np.array(values, dtype=np.float32) if init else \
+            np.zeros((hi - lo, width), np.float32)
+        want.state = RuleState(rule, hyper, want.rows.shape)
+        self.tables[name] = want
+        log.info("created table %s rows %d..%d of %d, width %d, rule %s",
+                 name, lo, hi, n_rows, width, rule)
+        out = [(peer, P.reply_ok(rid, existed=False, **want.spec()))]
+        return out + self._release()
+
+    def _op_open(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "open")
+        name = P.field(h, "table", str)
+        if name in self.tables:
+            return [(peer, P.reply_ok(rid, **self.tables[name].spec()))]
+        return self._park(ParkedOpen(peer, rid, name))
+
+    # ---- pushes, clocks and reads ------------------------------------------------------
+    def _op_push(self, peer, rid, h, frames):
+        t = self._table(h)
+        w = self._worker(h)
+        session = P.field(h, "session", (int, str))
+        clock = P.field(h, "clock", int, minimum=0)
+        seq = P.field(h, "seq", int, minimum=0)
+        sel = self._selection(t, h, frames, payload=1)
+        values = P.values_frame(frames[-1], len(frames) - 1, len(sel), t.row_width)
+        last = P.field(h, "last", bool) if "last" in h else False
+        if last and not (t.per_clock and isinstance(sel, RowRange)):
+            raise ProtocolError("header field 'last': only range pushes to a table applied "
+                                "once per clock (BSP/SSP) can be a last push")
+        window = self.windows.get((w, str(session)))
+        if window is not None and window.seen(seq):
+            self.stats["duplicates"] += 1
+            return [(peer, P.reply_ok(rid, duplicate=True))]
+        if clock != self.done[w]:
+            raise ProtocolError(f"header field 'clock': push for clock {clock} but worker {w} "
+                                f"is at clock {self.done[w]} on server {self.rank}")
+        if t.per_clock:
+            self._check_not_final(t, w, clock, sel)
+        # Valid and new: from here on the push counts.
+        self.windows.setdefault((w, str(session)), SeqWindow()).add(seq)
+        self.stats["pushes"] += 1
+        self.stats["push_bytes"] += values.nbytes
+        if not t.per_clock:
+            self._apply_now(t, sel, values)
+            return [(peer, P.reply_ok(rid))]
+        return self._keep(peer, rid, t, w, clock, sel, values, last)
+
+    def _keep(self, peer: bytes, rid, t: ShardTable, w: int, clock: int, sel: Selection,
+              values: np.ndarray, last: bool) -> list[Reply]:
+        """Keep a valid push to a per-clock table until its clock applies; a last push
+        may let its rows be updated before that (_early)."""
+        gone = t.absorbed.get(w)
+        if gone is not None and gone[0] == clock:
+            sel, values = sel.outside(values, gone[1])
+            if sel is None:
+                self.stats["absorbed"] += 1
+                return [(peer, P.reply_ok(rid, absorbed=True))]
+            last = False        # what is left of it waits for the clock's end
+        mine = t.pending.setdefault(clock, {})
+        if w not in mine:
+            mine[w] = Contribution(len(t.rows))
+        sel.add_to(mine[w], values, t.alloc)
+        out = [(peer, P.reply_ok(rid))]
+        if last and len(sel):               # a last push is a RowRange (_op_push)
+            t.final.setdefault(clock, {}).setdefault(w, []).append((sel.lo, sel.hi))
+            out += self._early(t, clock, sel.lo, sel.hi)
+        return out
+
+    def _check_not_final(self, t: ShardTable, w: int, clock: int, sel: Selection) -> None:
+        for a, b in t.final.get(clock, {}).get(w, ()):
+            if sel.overlaps(a, b):
+                raise ProtocolError(
+                    f"header field 'rows': worker {w} already sent its last push of rows "
+                    f"[{a + t.lo}, {b + t.lo}) for clock {clock}; it cannot push to them "
+                    "again in that clock")
+
+    def _early(self, t: ShardTable, clock: int, a: int, b: int) -> list[Reply]:
+        """Update rows [a, b) of `clock` now if every worker's last push of exactly
+        these rows is in (as range pieces), and answer the reads of the next clock
+        that lie in rows updated so far. The clock's update is elementwise, so rows
+        updated apart get the bits of one update over all of them; the rest of the
+        clock's rows follow when it ends. Only the clock every worker is at
+        (min_clock) can be complete here, so a checkpoint never sees it half done."""
+        entry = t.pending.get(clock, {})
+        finals = t.final.get(clock, {})
+        if clock != self.min_clock or len(entry) < self.num_workers:
+            return []
+        values = []
+        for r in range(self.num_workers):
+            c = entry.get(r)
+            if c is None or c.dense is not None or (a, b) not in finals.get(r, ()):
+                return []
+            v = c.piece(a, b)
+            if v is None:
+                return []
+            values.append(v)
+        t0 = time.perf_counter()
+        if t.begun != clock:
+            t.state.begin()
+            t.begun = clock
+        acc = t.sum_buffer()
+        sum_pieces(values, acc[a:b])
+        self.before_write(t)
+        t.state.apply_slice(t.rows, acc, a, b, self._scale(t))
+        for r in range(self.num_workers):
+            entry[r].remove_piece(a, b)
+        runs = merge(t.applied.get(clock, []) + [(a, b)])
+        t.applied[clock] = runs
+        self.stats["early"] += 1
+        self.on_update(time.perf_counter() - t0)
+        return self._release(lambda p: p.table == t.name and p.sel.served_early(runs),
+                             clock + 1)
+
+    def _op_clock(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "clock")
+        w = self._worker(h)
+        clock = P.field(h, "clock", int, minimum=0)
+        if clock > self.done[w]:
+            raise ProtocolError(f"header field 'clock': worker {w} cannot finish clock {clock} "
+                                f"while at clock {self.done[w]}")
+        before = self.min_clock
+        self.done[w] = max(self.done[w], clock + 1)
+        if self.min_clock > before:
+            self._apply_clocks(before, self.min_clock)
+            self._maybe_checkpoint(before, self.min_clock)
+        return [(peer, P.reply_ok(rid, min_clock=self.min_clock))] + self._release()
+
+    def _op_pull(self, peer, rid, h, frames):
+        t = self._table(h)
+        need = P.field(h, "need", int, minimum=0)
+        sel = self._selection(t, h, frames, payload=0)
+        self.stats["pulls"] += 1
+        if self.min_clock >= need:
+            return [(peer, self._pull_reply(rid, t, sel))]
+        if need == self.min_clock + 1 and sel.served_early(t.applied.get(self.min_clock, ())):
+            return [(peer, self._pull_reply(rid, t, sel, need))]      # updated early
+        if any(p.peer == peer and p.rid == rid for p in self.parked):
+            return [(peer, P.reply_ok(rid, waiting=True))]  # a retry: say we are alive
+        return self._park(ParkedPull(peer, rid, t.name, need, sel.owned()))
+
+    # ---- introspection ------------------------------------------------------------------
     def _op_ping(self, peer, rid, h, frames):
         return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base, cause=self.last_cause))]
 
+    def _op_stats(self, peer, rid, h, frames):
+        return [(peer, P.reply_ok(rid, **self.stats, parked=len(self.parked), clocks=self.done,
+                                  min_clock=self.min_clock,
+                                  tables={n: t.spec() for n, t in self.tables.items()}))]
+
+    def _op_digest(self, peer, rid, h, frames):
+        return [(peer, P.reply_ok(rid, digest=self.digest()))]
+
+    def digest(self) -> str:
+        """A hash of everything a request can change: rows, optimizer state, pending
+        updates, clocks, seen sequence numbers. Equal digests mean equal state."""
+        h = hashlib.sha256()
+        h.update(repr((self.done, sorted(self.tables))).encode())
+        for name in sorted(self.tables):
+            t = self.tables[name]
+            h.update(repr(sorted(t.spec().items())).encode())
+            h.update(t.rows.tobytes())
+            h.update(repr(t.state.step).encode())
+            for k in sorted(t.state.slots):
+                h.update(t.state.slots[k].tobytes())
+            for c in sorted(t.pending):
+                for w in sorted(t.pending[c]):
+                    h.update(repr((c, w)).encode())
+                    t.pending[c][w].feed(h)
+            h.update(repr((sorted((c, sorted(f.items())) for c, f in t.final.items()),
+                           sorted(t.applied.items()), t.begun,
+                           sorted(t.absorbed.items()))).encode())
+        for key in sorted(self.windows):
+            win = self.windows[key]
+            h.update(repr((key, win.floor, sorted(win.above))).encode())
+        return h.hexdigest()
+
+    # ---- rollback -------------------------------------------------------------------
     def _restarted_error(self, rid) -> list:
         # `cause`: the restart this state descends from. A shard rolled back for another
         # shard's restart has a new incarnation too; naming the root cause lets a
@@ -255,6 +525,8 @@ class ShardState:
         return header, arrays
 
     def load_state(self, clock: int, header: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Replace the state with a checkpoint's, as a new incarnation (see save_state;
+        the caller answers or fails the parked requests first)."""
         if header["num_workers"] != self.num_workers:
             raise checkpoint.CheckpointError(
                 f"checkpoint of clock {clock} is for {header['num_workers']} workers, "
@@ -287,225 +559,7 @@ class ShardState:
                                 before_rename=self.before_rename)
         log.info("server %d checkpointed clock %d to %s", self.rank, clock, path)
 
-    def _op_hello(self, peer, rid, h, frames):
-        P.expect_frames(frames, 1, "hello")
-        w = self._worker(h)
-        want = h.get("num_workers")
-        if want is not None and want != self.num_workers:
-            raise ProtocolError(f"header field 'num_workers': client expects {want} workers, "
-                                f"server {self.rank} was started for {self.num_workers}")
-        session = str(P.field(h, "session", (int, str)))
-        old = self.sessions.get(w)
-        if old is not None and old != session:
-            # A replacement for a worker that died: what the dead one pushed for clocks
-            # it never finished must not count twice when the new one redoes them.
-            for t in self.tables.values():
-                for per_worker in t.pending.values():
-                    per_worker.pop(w, None)
-                for per_worker in t.final.values():
-                    per_worker.pop(w, None)
-                # Rows updated early in its unfinished clock hold the dead one's last
-                # pushes already (of the same clock's parameters and batch).
-                if t.applied.get(self.done[w]):
-                    t.absorbed[w] = (self.done[w], list(t.applied[self.done[w]]))
-            log.warning("server %d: worker %d rejoined at clock %d (new session)",
-                        self.rank, w, self.done[w])
-        self.sessions[w] = session
-        return [(peer, P.reply_ok(rid, shard=self.rank, num_workers=self.num_workers,
-                                  min_clock=self.min_clock, worker_clock=self.done[w],
-                                  tables=sorted(self.tables), inc=self.inc,
-                                  base=self.base, cause=self.last_cause))]
-
-    def _op_leave(self, peer, rid, h, frames):
-        P.expect_frames(frames, 1, "leave")
-        self.left.add(self._worker(h))
-        return [(peer, P.reply_ok(rid, left=len(self.left)))]
-
-    def _op_stats(self, peer, rid, h, frames):
-        return [(peer, P.reply_ok(rid, **self.stats, parked=len(self.parked), clocks=self.done,
-                                  min_clock=self.min_clock,
-                                  tables={n: t.spec() for n, t in self.tables.items()}))]
-
-    def _op_digest(self, peer, rid, h, frames):
-        return [(peer, P.reply_ok(rid, digest=self.digest()))]
-
-    def _op_create(self, peer, rid, h, frames):
-        name = P.field(h, "table", str)
-        n_rows = P.field(h, "n_rows", int, minimum=0)
-        width = P.field(h, "row_width", int, minimum=1)
-        lo = P.field(h, "lo", int, minimum=0)
-        hi = P.field(h, "hi", int, minimum=0)
-        rule = P.field(h, "rule", str)
-        hyper = P.field(h, "hyper", dict)
-        per_clock = P.field(h, "per_clock", bool)
-        init = P.field(h, "init", bool)
-        if not name or len(name) > 200:
-            raise ProtocolError("header field 'table' must be 1-200 characters")
-        if not lo <= hi <= n_rows:
-            raise ProtocolError(f"header fields 'lo'/'hi': [{lo}, {hi}) outside 0..{n_rows}")
-        if rule not in RULES:
-            raise ProtocolError(f"header field 'rule' {rule!r:.40} is not one of {', '.join(RULES)}")
-        try:
-            hyper = resolve_hyper(rule, hyper)
-        except ValueError as e:
-            raise ProtocolError(f"header field 'hyper': {e}") from None
-        if (hi - lo) * width > 2**31:
-            raise ProtocolError(f"table {name!r}: {hi - lo} x {width} floats is too large "
-                                "for one shard")
-        P.expect_frames(frames, 2 if init else 1, "create")
-        values = P.values_frame(frames[1], 1, hi - lo, width) if init else None
-        want = ShardTable(name, n_rows, width, lo, hi, rule, hyper, per_clock)
-        if name in self.tables:
-            have = self.tables[name]
-            if have.spec() != want.spec():
-                diff = [k for k in want.spec() if want.spec()[k] != have.spec()[k]]
-                raise ProtocolError(f"table {name!r} exists with another {diff[0]} "
-                                    f"({have.spec()[diff[0]]!r}, asked {want.spec()[diff[0]]!r})")
-            return [(peer, P.reply_ok(rid, existed=True, **have.spec()))]
-        want.rows = np.array(values, dtype=np.float32) if init else \
-            np.zeros((hi - lo, width), np.float32)
-        want.state = RuleState(rule, hyper, want.rows.shape)
-        self.tables[name] = want
-        log.info("created table %s rows %d..%d of %d, width %d, rule %s",
-                 name, lo, hi, n_rows, width, rule)
-        out = [(peer, P.reply_ok(rid, existed=False, **want.spec()))]
-        return out + self._release()
-
-    def _op_open(self, peer, rid, h, frames):
-        P.expect_frames(frames, 1, "open")
-        name = P.field(h, "table", str)
-        if name in self.tables:
-            return [(peer, P.reply_ok(rid, **self.tables[name].spec()))]
-        return self._park(Parked(peer, rid, "open", table=name))
-
-    def _op_push(self, peer, rid, h, frames):
-        t = self._table(h)
-        w = self._worker(h)
-        session = P.field(h, "session", (int, str))
-        clock = P.field(h, "clock", int, minimum=0)
-        seq = P.field(h, "seq", int, minimum=0)
-        sel, n = self._selection(t, h, frames, payload=1)
-        values = P.values_frame(frames[-1], len(frames) - 1, n, t.row_width)
-        last = P.field(h, "last", bool) if "last" in h else False
-        if last and not (t.per_clock and sel[0] == "range"):
-            raise ProtocolError("header field 'last': only range pushes to a table applied "
-                                "once per clock (BSP/SSP) can be a last push")
-        window = self.windows.get((w, str(session)))
-        if window is not None and window.seen(seq):
-            self.stats["duplicates"] += 1
-            return [(peer, P.reply_ok(rid, duplicate=True))]
-        if clock != self.done[w]:
-            raise ProtocolError(f"header field 'clock': push for clock {clock} but worker {w} "
-                                f"is at clock {self.done[w]} on server {self.rank}")
-        if t.per_clock:
-            self._check_not_final(t, w, clock, sel)
-        self.windows.setdefault((w, str(session)), SeqWindow()).add(seq)
-        self.stats["pushes"] += 1
-        self.stats["push_bytes"] += values.nbytes
-        if not t.per_clock:
-            self._apply_now(t, sel, values)
-            return [(peer, P.reply_ok(rid))]
-        gone = t.absorbed.get(w)
-        if gone is not None and gone[0] == clock:
-            sel, values = _outside(sel, values, gone[1])
-            if sel is None:
-                self.stats["absorbed"] += 1
-                return [(peer, P.reply_ok(rid, absorbed=True))]
-            last = False        # what is left of it waits for the clock's end
-        mine = t.pending.setdefault(clock, {})
-        if w not in mine:
-            mine[w] = Contribution(len(t.rows))
-        alloc = lambda: t.free.pop() if t.free else (          # noqa: E731
-            np.zeros_like(t.rows), np.zeros(len(t.rows), bool))
-        if sel[0] == "range":
-            mine[w].add_range(sel[1], sel[2], values, alloc)
-        else:
-            mine[w].add_ids(sel[1], values, alloc)
-        out = [(peer, P.reply_ok(rid))]
-        if last and sel[1] < sel[2]:
-            t.final.setdefault(clock, {}).setdefault(w, []).append((sel[1], sel[2]))
-            out += self._early(t, clock, sel[1], sel[2])
-        return out
-
-    def _check_not_final(self, t: ShardTable, w: int, clock: int, sel) -> None:
-        for a, b in t.final.get(clock, {}).get(w, ()):
-            hit = sel[1] < b and a < sel[2] if sel[0] == "range" else \
-                bool(_in_runs(sel[1], [(a, b)]).any())
-            if hit:
-                raise ProtocolError(
-                    f"header field 'rows': worker {w} already sent its last push of rows "
-                    f"[{a + t.lo}, {b + t.lo}) for clock {clock}; it cannot push to them "
-                    "again in that clock")
-
-    def _early(self, t: ShardTable, clock: int, a: int, b: int) -> list[Reply]:
-        """Update rows [a, b) of `clock` now if every worker's last push of exactly
-        these rows is in (as range pieces), and answer the reads of the next clock
-        that lie in rows updated so far. The clock's update is elementwise, so rows
-        updated apart get the bits of one update over all of them; the rest of the
-        clock's rows follow when it ends. Only the clock every worker is at
-        (min_clock) can be complete here, so a checkpoint never sees it half done."""
-        entry = t.pending.get(clock, {})
-        finals = t.final.get(clock, {})
-        if clock != self.min_clock or len(entry) < self.num_workers:
-            return []
-        values = []
-        for r in range(self.num_workers):
-            c = entry.get(r)
-            if c is None or c.dense is not None or (a, b) not in finals.get(r, ()):
-                return []
-            v = c.piece(a, b)
-            if v is None:
-                return []
-            values.append(v)
-        t0 = time.perf_counter()
-        if t.begun != clock:
-            t.state.begin()
-            t.begun = clock
-        if t.scratch is None:
-            t.scratch = np.empty_like(t.rows)
-        sum_pieces(values, t.scratch[a:b])
-        self.before_write(t)
-        t.state.apply_slice(t.rows, t.scratch, a, b, self._scale(t))
-        for r in range(self.num_workers):
-            entry[r].remove_piece(a, b)
-        runs = merge(t.applied.get(clock, []) + [(a, b)])
-        t.applied[clock] = runs
-        self.stats["early"] += 1
-        self.on_update(time.perf_counter() - t0)
-        return self._release(lambda p: p.table == t.name and p.sel[0] == "range"
-                             and _inside(p.sel[1], p.sel[2], runs), clock + 1)
-
-    def _op_clock(self, peer, rid, h, frames):
-        P.expect_frames(frames, 1, "clock")
-        w = self._worker(h)
-        clock = P.field(h, "clock", int, minimum=0)
-        if clock > self.done[w]:
-            raise ProtocolError(f"header field 'clock': worker {w} cannot finish clock {clock} "
-                                f"while at clock {self.done[w]}")
-        before = self.min_clock
-        self.done[w] = max(self.done[w], clock + 1)
-        if self.min_clock > before:
-            self._apply_clocks(before, self.min_clock)
-            self._maybe_checkpoint(before, self.min_clock)
-        return [(peer, P.reply_ok(rid, min_clock=self.min_clock))] + self._release()
-
-    def _op_pull(self, peer, rid, h, frames):
-        t = self._table(h)
-        need = P.field(h, "need", int, minimum=0)
-        sel, _ = self._selection(t, h, frames, payload=0)
-        self.stats["pulls"] += 1
-        if self.min_clock >= need:
-            return [(peer, self._pull_reply(rid, t, sel))]
-        if need == self.min_clock + 1 and sel[0] == "range" and \
-                _inside(sel[1], sel[2], t.applied.get(self.min_clock, ())):
-            return [(peer, self._pull_reply(rid, t, sel, need))]      # updated early
-        if any(p.peer == peer and p.rid == rid for p in self.parked):
-            return [(peer, P.reply_ok(rid, waiting=True))]  # a retry: say we are alive
-        if sel[0] == "ids":
-            sel = ("ids", sel[1].copy())  # the frame's memory goes away with the message
-        return self._park(Parked(peer, rid, "pull", need=need, table=t.name, sel=sel))
-
-    # ---- helpers ----------------------------------------------------------------
+    # ---- requests: fields, replies, parking ------------------------------------------
     def _worker(self, h) -> int:
         w = P.field(h, "worker", int, minimum=0)
         if w >= self.num_workers:
@@ -519,42 +573,40 @@ class ShardState:
             raise ProtocolError(f"header field 'table': no table {name!r:.60} on server {self.rank}")
         return t
 
-    def _selection(self, t: ShardTable, h: dict, frames: list, payload: int):
-        """The rows a request names, as local indices: ('range', a, b) or ('ids', arr)."""
+    def _selection(self, t: ShardTable, h: dict, frames: list, payload: int) -> Selection:
+        """The rows a request names, as local rows of `t`, once the request is seen to
+        hold the frames that go with them (an ids frame, then `payload` frames). Ids
+        are views of their frame (see Selection.owned)."""
         kind, arg = P.rows_field(h, t.n_rows)
-        if kind == "range":
+        if kind == "range":     # the wire's tag, turned into a type here once
             P.expect_frames(frames, 1 + payload, h["op"])
             lo, hi = arg
             if lo < hi and (lo < t.lo or hi > t.hi):
                 raise ProtocolError(f"header field 'rows.range' [{lo}, {hi}) outside rows "
                                     f"[{t.lo}, {t.hi}) held by server {self.rank}")
-            return ("range", lo - t.lo, max(lo, hi) - t.lo) if lo < hi else ("range", 0, 0), hi - lo
+            return RowRange(lo - t.lo, hi - t.lo) if lo < hi else RowRange(0, 0)
         P.expect_frames(frames, 2 + payload, h["op"])
         ids = P.ids_frame(frames[1], 1, arg)
         if len(ids) and (ids.min() < t.lo or ids.max() >= t.hi):
             raise ProtocolError(f"frame 1 (row ids): ids {ids.min()}..{ids.max()} outside rows "
                                 f"[{t.lo}, {t.hi}) held by server {self.rank}")
-        return ("ids", ids - t.lo), arg
+        return RowIds(ids - t.lo)
 
-    def _pull_reply(self, rid, t: ShardTable, sel, clock: int | None = None) -> list:
+    def _pull_reply(self, rid, t: ShardTable, sel: Selection, clock: int | None = None) -> list:
         """`clock`: every update of the clocks before it is in the rows read (default
         min_clock; rows updated early hold the next clock's too)."""
-        if sel[0] == "range":
-            data = t.rows[sel[1]:sel[2]]
-        else:
-            data = t.rows[sel[1]]
-        return P.reply_ok(rid, [data], clock=self.min_clock if clock is None else clock)
+        return P.reply_ok(rid, [sel.take(t.rows)],
+                          clock=self.min_clock if clock is None else clock)
 
     def _park(self, p: Parked) -> list[Reply]:
         if len(self.parked) >= self.max_parked:
             raise ProtocolError(f"server {self.rank} has {len(self.parked)} reads parked, its cap "
                                 "(GEEPS_MAX_PARKED); a worker is far behind or a client is "
                                 "flooding reads")
-        p.since = time.monotonic()
         self.parked.append(p)
         return []
 
-    def _release(self, pulls: Callable[[Parked], bool] = lambda p: True,
+    def _release(self, pulls: Callable[[ParkedPull], bool] = lambda p: True,
                  clock: int | None = None) -> list[Reply]:
         """Answer the parked requests that can be answered now; `pulls` narrows which
         of the ready reads go (see _apply_runs and _early). `clock`: the reads it
@@ -563,65 +615,72 @@ class ShardState:
         clock = self.min_clock if clock is None else clock
         out, keep = [], []
         for p in self.parked:
-            if p.kind == "open" and p.table in self.tables:
-                out.append((p.peer, P.reply_ok(p.rid, **self.tables[p.table].spec())))
-            elif p.kind == "pull" and clock >= p.need and pulls(p):
+            if isinstance(p, ParkedOpen):
+                if p.table in self.tables:
+                    out.append((p.peer, P.reply_ok(p.rid, **self.tables[p.table].spec())))
+                    continue
+            elif clock >= p.need and pulls(p):
                 out.append((p.peer, self._pull_reply(p.rid, self.tables[p.table], p.sel,
                                                      clock)))
-            else:
-                keep.append(p)
+                continue
+            keep.append(p)
         self.parked = keep
         return out
 
+    # ---- applying updates --------------------------------------------------------------
     def _scale(self, t: ShardTable) -> float:
         # Gradient rules step on the mean over workers, so W workers of batch B equal one
         # process of batch W*B; deltas (`add`) are summed.
         return 1.0 / self.num_workers if t.rule in GRADIENT_RULES else 1.0
 
     def _apply_clocks(self, lo: int, hi: int) -> None:
+        """Apply clocks lo..hi-1 of every table: every worker has finished them."""
         t0 = time.perf_counter()
+        # Reads answered while the update goes on are told they see min_clock, which is
+        # hi already: true only when the update is of clock hi - 1 alone.
+        early = hi - lo == 1 and self.send_early is not None
         for clock in range(lo, hi):
             for t in self.tables.values():
-                entry = t.pending.pop(clock, None)
-                t.final.pop(clock, None)
-                t.applied.pop(clock, None)
-                t.absorbed = {w: v for w, v in t.absorbed.items() if v[0] > clock}
-                if not entry:
-                    continue
-                counted = t.begun == clock      # rows of it were updated early
-                t.begun = clock
-                # Sum in rank order, whatever order the pushes arrived in: results are
-                # reproducible bit for bit (a replay after a restart gives the same).
-                contributions = [entry[r] for r in sorted(entry)]
-                if t.scratch is None:
-                    t.scratch = np.empty_like(t.rows)
-                sum_all(contributions, t.scratch)
-                self.before_write(t)
-                starts, ends = union_runs(contributions, len(t.rows))
-                if len(starts) <= MAX_RUNS:
-                    if not counted:
-                        t.state.begin()
-                    self._apply_runs(t, t.scratch, list(zip(starts.tolist(), ends.tolist())),
-                                     early=hi - lo == 1 and self.send_early is not None)
-                else:       # scattered rows (pushes by id): gather, update, scatter
-                    ids = run_rows(starts, ends)
-                    t.state.apply(t.rows, t.scratch[ids], rows=ids, scale=self._scale(t),
-                                  scratch=True, count=not counted)
-                for contribution in entry.values():
-                    spare = contribution.recycle()
-                    if spare is not None and len(t.free) < self.num_workers:
-                        t.free.append(spare)
-                self.stats["applied"] += 1
+                self._apply_clock(t, clock, early)
         self.on_update(time.perf_counter() - t0)
+
+    def _apply_clock(self, t: ShardTable, clock: int, early: bool) -> None:
+        entry = t.pending.pop(clock, None)
+        t.final.pop(clock, None)
+        t.applied.pop(clock, None)
+        t.absorbed = {w: v for w, v in t.absorbed.items() if v[0] > clock}
+        if not entry:
+            return
+        counted = t.begun == clock      # rows of it were updated early
+        t.begun = clock
+        # Sum in rank order, whatever order the pushes arrived in: results are
+        # reproducible bit for bit (a replay after a restart gives the same).
+        contributions = [entry[r] for r in sorted(entry)]
+        acc = t.sum_buffer()
+        sum_all(contributions, acc)
+        self.before_write(t)
+        starts, ends = union_runs(contributions, len(t.rows))
+        if len(starts) <= MAX_RUNS:
+            if not counted:
+                t.state.begin()
+            self._apply_runs(t, acc, list(zip(starts.tolist(), ends.tolist())), early)
+        else:       # scattered rows (pushes by id): gather, update, scatter
+            ids = run_rows(starts, ends)
+            t.state.apply(t.rows, acc[ids], rows=ids, scale=self._scale(t),
+                          scratch=True, count=not counted)
+        for contribution in entry.values():
+            spare = contribution.recycle()
+            if spare is not None and len(t.free) < self.num_workers:
+                t.free.append(spare)
+        self.stats["applied"] += 1
 
     def _apply_runs(self, t: ShardTable, acc: np.ndarray, runs: list, early: bool) -> None:
         """One update of the rows in `runs` (sorted disjoint [a, b)), as slices: a
         dense clock or one that missed a few rows (the fingerprint row no one pushes)
-        needs no gather and scatter. `early` (only for the last clock of an advance:
-        min_clock is already the new one): a chunk of rows at a time, and after each
-        chunk the parked pulls of this table that lie in rows already final are
-        answered, so the socket layer sends one block while the next is computed.
-        The caller counts the update (RuleState.begin)."""
+        needs no gather and scatter. `early` (see _apply_clocks): a chunk of rows at a
+        time, and after each chunk the parked pulls of this table that lie in rows
+        already final are answered, so the socket layer sends one block while the next
+        is computed. The caller counts the update (RuleState.begin)."""
         scale = self._scale(t)
         step = P.chunk_rows(t.row_width) if early else len(t.rows) or 1
         ends = [a for a, _ in runs[1:]] + [len(t.rows)]
@@ -633,73 +692,15 @@ class ShardState:
                     continue
                 final = end if y == b else y        # no one pushed the rows up to `end`
                 ready = self._release(lambda p, f=final: p.table == t.name
-                                      and p.sel[0] == "range" and p.sel[2] <= f)
+                                      and p.sel.served_early(((0, f),)))
                 if ready:
                     self.send_early(ready)
 
-    def _apply_now(self, t: ShardTable, sel, values: np.ndarray) -> None:
+    def _apply_now(self, t: ShardTable, sel: Selection, values: np.ndarray) -> None:
+        """Apply a push to a table without clocks (async) as it arrives."""
         t0 = time.perf_counter()
         self.before_write(t)
-        scale = np.float32(self._scale(t))
-        if sel[0] == "range":
-            a, b = sel[1], sel[2]
-            if a == 0 and b == len(t.rows):
-                t.state.apply(t.rows, values * scale)
-            else:
-                t.state.apply(t.rows, values * scale, rows=np.arange(a, b))
-        else:
-            ids, inverse = np.unique(sel[1], return_inverse=True)
-            grad = np.zeros((len(ids), t.row_width), np.float32)
-            np.add.at(grad, inverse, values)
-            t.state.apply(t.rows, grad * scale, rows=ids)
+        rows, grad = sel.update(values, len(t.rows))
+        t.state.apply(t.rows, grad * np.float32(self._scale(t)), rows=rows)
         self.stats["applied"] += 1
         self.on_update(time.perf_counter() - t0)
-
-    def digest(self) -> str:
-        """A hash of everything a request can change: rows, optimizer state, pending
-        updates, clocks, seen sequence numbers. Equal digests mean equal state."""
-        h = hashlib.sha256()
-        h.update(repr((self.done, sorted(self.tables))).encode())
-        for name in sorted(self.tables):
-            t = self.tables[name]
-            h.update(repr(sorted(t.spec().items())).encode())
-            h.update(t.rows.tobytes())
-            h.update(repr(t.state.step).encode())
-            for k in sorted(t.state.slots):
-                h.update(t.state.slots[k].tobytes())
-            for c in sorted(t.pending):
-                for w in sorted(t.pending[c]):
-                    h.update(repr((c, w)).encode())
-                    t.pending[c][w].feed(h)
-            h.update(repr((sorted((c, sorted(f.items())) for c, f in t.final.items()),
-                           sorted(t.applied.items()), t.begun,
-                           sorted(t.absorbed.items()))).encode())
-        for key in sorted(self.windows):
-            win = self.windows[key]
-            h.update(repr((key, win.floor, sorted(win.above))).encode())
-        return h.hexdigest()
-
-
-def _inside(a: int, b: int, runs: list[tuple[int, int]]) -> bool:
-    """Rows [a, b) lie in one of the sorted disjoint runs."""
-    return a >= b or any(ra <= a and b <= rb for ra, rb in runs)
-
-
-def _in_runs(rows: np.ndarray, runs) -> np.ndarray:
-    """Which of `rows` lie in the [a, b) runs."""
-    inside = np.zeros(len(rows), bool)
-    for a, b in runs:
-        inside |= (rows >= a) & (rows < b)
-    return inside
-
-
-def _outside(sel, values: np.ndarray, runs: list[tuple[int, int]]):
-    """The part of a push outside `runs`, as (selection, values); (None, None) when
-    nothing is. A range partly inside becomes the ids of its rows outside."""
-    rows = np.arange(sel[1], sel[2]) if sel[0] == "range" else sel[1]
-    keep = ~_in_runs(rows, runs)
-    if not keep.any():
-        return None, None
-    if keep.all():
-        return sel, values
-    return ("ids", rows[keep]), values[keep]

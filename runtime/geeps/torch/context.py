@@ -31,12 +31,17 @@ log = logging.getLogger("geeps.torch")
 
 @dataclass
 class Context:
+    """What init() made: this worker's config and client, and the data loader's
+    position (the `tracker` that geeps.torch.shard hands a ShardedLoader)."""
     config: Config
     client: Client
-    server: object | None = None                  # the in-process shard, if any
+    # The loopback shard init() started when GEEPS_SERVERS named none, and its thread.
+    # (A co-located shard, GEEPS_COLOCATE=1, belongs to the client instead.)
+    server: object | None = None
     thread: threading.Thread | None = None
-    # Where the data stands, for a rollback (see torch_shard.ShardedLoader): the clock
-    # the batch in hand was drawn for, and a request to draw the next one anew.
+    # Where the data stands, for a rollback (see geeps.torch.partition.ShardedLoader):
+    # the clock the batch in hand was drawn for, and a request to draw the next one
+    # anew (DataParallel sets it when a rollback voided a step).
     batch_clock: int | None = None
     reposition: bool = False
 
@@ -66,8 +71,8 @@ _models: "weakref.WeakSet" = weakref.WeakSet()
 
 
 def register(model) -> None:
+    """Have shutdown() settle `model` (a DataParallel) before it closes the client."""
     _models.add(model)
-
 
 
 def _local_server(cfg: Config) -> tuple[object, threading.Thread, Config]:

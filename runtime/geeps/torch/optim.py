@@ -52,7 +52,7 @@ class ServerOptimizer:
         self.rule = rule
         self.hyper = resolve_hyper(rule, hyper)
         self.model = model
-        model._attach("grad", rule, self.hyper)
+        model.attach_optimizer("grad", rule, self.hyper)
 
     @property
     def lr(self) -> float:
@@ -73,7 +73,7 @@ class ServerOptimizer:
         """Finish this clock (see DataParallel); returns the new clock."""
         if closure is not None:
             raise ValueError("ServerOptimizer.step() takes no closure")
-        return self.model._step()
+        return self.model.end_clock()
 
 
 class LocalOptimizer:
@@ -85,7 +85,8 @@ class LocalOptimizer:
     refresh) / W to an `add` table, clocks and starts the refresh. Each worker keeps
     its own optimizer state; for SGD and momentum the result equals server-side
     training, for Adam it is per-worker Adam with averaged steps. Nothing is sent
-    during backward. Blocks like ServerOptimizer.
+    during backward. Creating it blocks like creating a ServerOptimizer; step() first
+    waits for the last refresh (as forward does), since the change is measured from it.
     """
 
     def __init__(self, model: DataParallel, optimizer: torch.optim.Optimizer):
@@ -99,7 +100,7 @@ class LocalOptimizer:
                                      "the wrapped model: build it from model.parameters()")
         self.optimizer = optimizer
         self.model = model
-        model._attach("delta", "add", {})
+        model.attach_optimizer("delta", "add", {})
 
     @property
     def param_groups(self):
@@ -111,4 +112,4 @@ class LocalOptimizer:
     def step(self, closure=None) -> int:
         self.model.sync()
         self.optimizer.step(closure)
-        return self.model._step()
+        return self.model.end_clock()

@@ -4,8 +4,10 @@
     y = model(x)                         # waits for the refresh the last step started
 
 The parameters (and float buffers) are packed into rows (geeps.torch.layout); hooks
-on the parameters push each bucket of gradients as backward completes it; the
-optimizers (geeps.torch.optim) end each clock through `_step()`.
+on the parameters push each bucket of gradients as backward completes it. The
+optimizers (geeps.torch.optim) drive it through two methods, their whole protocol:
+`attach_optimizer(mode, rule, hyper)` once, when created, and `end_clock()` at each
+step().
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Literal
 
 import logging
 
@@ -32,6 +34,11 @@ log = logging.getLogger("geeps.torch")
 
 BUCKET_BYTES = 4 << 20  # gradients per push: small enough that the first bucket leaves
 #                         early in backward, large enough that per-message cost vanishes
+
+# What an optimizer sends at each clock: "grad", the gradients (ServerOptimizer: the
+# servers run the rule), or "delta", the mean change of the parameters since the last
+# refresh (LocalOptimizer: a torch optimizer ran on every worker; an `add` table).
+UpdateMode = Literal["grad", "delta"]
 
 
 class _Bucket:
@@ -94,6 +101,9 @@ class DataParallel(torch.nn.Module):
     step() arrived (under BSP: until every worker finished that clock). Read the
     parameters yourself only after one of them. Gradient hooks and step() never block
     on the network. Not thread-safe: one training thread per model.
+
+    `client`: the geeps Client to use (default: init()'s). `on_push(names, rows)` is
+    called after each bucket of gradients leaves, with its tensors' names and rows.
     """
 
     def __init__(self, module: torch.nn.Module, *, name: str = "model",
@@ -135,7 +145,7 @@ class DataParallel(torch.nn.Module):
         self._pushed = 0                # buckets completed by hooks in this clock
         self._lock = threading.Lock()
         self._syncing = True            # False inside no_sync()
-        self._mode: str | None = None   # "grad" (ServerOptimizer) | "delta" (LocalOptimizer)
+        self._mode: UpdateMode | None = None    # set by attach_optimizer
         self._table = self._btable = None
         self._hooks: list = []
         self._refresh: list = []        # pull handles of the refresh in flight
@@ -295,8 +305,13 @@ class DataParallel(torch.nn.Module):
             if h is not None:
                 h.wait()
 
-    # ---- what the optimizers call -----------------------------------------------------
-    def _attach(self, mode: str, rule: str, hyper: dict) -> None:
+    # ---- what the optimizers call (geeps.torch.optim) ----------------------------------
+    def attach_optimizer(self, mode: UpdateMode, rule: str, hyper: dict) -> None:
+        """Called once, by the optimizer being created: create this model's tables with
+        `rule` and its `hyper` parameters (rank 0, from its values; the buffers' table
+        has rule `add`) or open them (other ranks), load the servers' values (blocks
+        until then), and for mode "grad" install the hooks that push gradients during
+        backward. RuntimeError if the model already has an optimizer."""
         if self._mode is not None:
             raise RuntimeError(f"this model already has an optimizer ({self._mode} mode); "
                                "create one optimizer per DataParallel model")
@@ -385,9 +400,13 @@ class DataParallel(torch.nn.Module):
         if self._on_push is not None:
             self._on_push(tuple(s.name for s in b.slots), range(b.lo, b.hi))
 
-    def _step(self) -> int:
-        """End the clock: remaining gradients (or the parameter change), buffer changes,
-        clock, and start the refresh. Never blocks on the network."""
+    def end_clock(self) -> int:
+        """The end of the optimizer's step() (a LocalOptimizer's, after its torch
+        optimizer ran): send the gradients the hooks have not sent (mode "grad") or the
+        parameters' change ("delta"), the buffers' change and the clock, and start the
+        refresh; returns the new clock. Waits only as sync() does, when no forward ran
+        since the last step. After a rollback that voided this iteration it sends
+        nothing and returns the clock the job is back at."""
         if self._mode is None:
             raise RuntimeError("no optimizer attached: create gt.ServerOptimizer(model, ...)")
         self.sync()         # a step without a forward since the last one

@@ -59,7 +59,9 @@ class ShardSampler(Sampler[int]):
 
 
 class ShardedLoader:
-    """A DataLoader's batches for one worker, reshuffled each epoch (each `iter()`)."""
+    """A DataLoader's batches for one worker, reshuffled each epoch (each `iter()`).
+    With a `tracker` (the geeps.torch Context) it follows the job's clock: see
+    _follow."""
 
     def __init__(self, loader: DataLoader, rank: int, num_workers: int, seed: int = 0,
                  tracker=None):

@@ -35,9 +35,9 @@ apply). The reply holds, in order, every reply to the sender that the parts prod
 client batches what is queued for a shard when it sends (a step's pushes, clock and
 refresh): one message instead of three per shard per clock, which on a small model
 is most of the time a clock costs. Parts are never batches themselves.
-Requests of a timeline (create, open, push, clock, pull) may carry `inc`, the server
-incarnation the client knows; a server with another incarnation (it restarted, or
-rolled back) refuses them with `restarted: true, inc, base`.
+Requests of a timeline (TIMELINE_OPS: create, open, push, clock, pull) may carry
+`inc`, the server incarnation the client knows; a server with another incarnation (it
+restarted, or rolled back) refuses them with `restarted: true, inc, base`.
 A retried read that is still parked is answered `ok: true, waiting: true` (no data).
 `rows` is {"range": [lo, hi]} (global row ids, contiguous) or {"ids": n} (an ids frame
 of n int64 follows the header).
@@ -53,6 +53,12 @@ VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes; a header is a few hundred bytes at most
 OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest",
        "checkpoints", "restore", "leave", "batch")
+# The requests that build on the state of one incarnation of a shard. A client tags
+# them with the incarnation it knows (`inc`) and a shard refuses them when that is not
+# its own: after a restart or a rollback they would apply to state that lost what
+# they build on. The other requests are how a client finds that out and rolls back
+# (hello, ping, checkpoints, restore), or do not depend on it: they must get through.
+TIMELINE_OPS = ("create", "open", "push", "clock", "pull")
 MAX_PARTS = 256                 # requests in one batch
 
 

@@ -1,9 +1,10 @@
 """The GPU-specialized worker: GeePS's operation API on a device-memory budget.
 
 A `Worker` records one clock of reads, updates and local buffers (`ops`), plans where
-every row lives within the budget (`memory`: the planner, the pool layout, Belady's
-MIN), and from then on runs each clock from the plan with a `cache` of rows in device
-memory and a transfer thread moving rows between host and device.
+every row lives within the budget (`memory`: the analysis of the recording, the pool
+layout, the planner and its plan, Belady's MIN), and from then on runs each clock
+from the plan with a `cache` of rows in device memory and a transfer thread moving
+rows between host and device.
 """
 from geeps.worker.ops import Recorder, SequenceError
 from geeps.worker.worker import Worker

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from geeps.backend import Index
+from geeps.futures import Future
 from geeps.job.units import format_bytes
 
 
@@ -58,24 +59,18 @@ class DeviceMemory:
         return out
 
 
-class Job:
-    """One unit of background work; `wait()` blocks until it ran, re-raising its error."""
-    __slots__ = ("fn", "fence", "event", "error")
+class Job(Future):
+    """One unit of background work; `wait()` blocks until it ran, re-raising its error
+    (TimeoutError if `timeout` seconds pass first). The TransferThread completes it."""
+    __slots__ = ("fn", "fence")
 
     def __init__(self, fn: Callable[[], None] | None, fence=None):
+        super().__init__()
         self.fn = fn
         self.fence = fence
-        self.event = threading.Event()
-        self.error: BaseException | None = None
 
-    def done(self) -> bool:
-        return self.event.is_set()
-
-    def wait(self, timeout: float | None = None) -> None:
-        if not self.event.wait(timeout):
-            raise TimeoutError(f"background transfer still running after {timeout} s")
-        if self.error is not None:
-            raise self.error
+    def _timeout_error(self, timeout: float | None) -> BaseException:
+        return TimeoutError(f"background transfer still running after {timeout} s")
 
 
 class TransferThread:
@@ -112,8 +107,9 @@ class TransferThread:
                     be.sync_transfers()
                 except BaseException as e:     # handed to whoever waits on the job
                     self.error = self.error or e
-                    job.error = e
-                job.event.set()
+                    job.set_exception(e)
+                else:
+                    job.set_result()
 
     def drain(self) -> None:
         """Block until every job submitted so far ran; raise the first error."""
@@ -136,7 +132,7 @@ class OpStats:
 
 
 class ParameterCache:
-    """Executes a Plan (see module docstring)."""
+    """Executes a MemoryPlan (see module docstring)."""
 
     def __init__(self, plan, backend, budget: int | None,
                  on_bytes: Callable[[str, int], None] | None = None):

@@ -64,23 +64,24 @@ class Op:
 
 
 @dataclass(frozen=True)
-class Event:
+class Access:
+    """One step of a recorded clock: an operation's call, or its post."""
     kind: str   # "call" | "post"
     op: int
 
 
 @dataclass(frozen=True, eq=False)
 class Cycle:
-    """The recorded sequence: per clock, its events in order; each clock ends with clock()."""
+    """The recorded sequence: per clock, its accesses in order; each clock ends with clock()."""
     ops: tuple[Op, ...]
-    clocks: tuple[tuple[Event, ...], ...]
+    clocks: tuple[tuple[Access, ...], ...]
     tables: dict[str, TableInfo] = field(default_factory=dict)
 
     @property
     def n_clocks(self) -> int:
         return len(self.clocks)
 
-    def describe(self, ev: Event) -> str:
+    def describe(self, ev: Access) -> str:
         op = self.ops[ev.op]
         if ev.kind == "call":
             return op.describe()
@@ -116,8 +117,8 @@ class Recorder:
 
     def __init__(self):
         self._ops: list[Op] = []
-        self._clocks: list[tuple[Event, ...]] = []
-        self._events: list[Event] = []
+        self._clocks: list[tuple[Access, ...]] = []
+        self._events: list[Access] = []
         self._open: dict[int, Op] = {}
         self._locals: dict[str, int] = {}
         self._open_locals: dict[str, int] = {}
@@ -130,14 +131,23 @@ class Recorder:
             raise ValueError(f"table {info.name!r} changed shape during the recording")
         return info
 
-    def _call(self, **kw) -> int:
+    def _new_op(self, **kw) -> int:
         op = Op(id=len(self._ops), clock=len(self._clocks), **kw)
         self._ops.append(op)
         self._open[op.id] = op
-        self._events.append(Event("call", op.id))
+        self._events.append(Access("call", op.id))
         return op.id
 
-    def _post(self, kind: str, op_id: int) -> None:
+    def call(self, kind: str, table=None, rows=None, name: str | None = None,
+             nbytes: int = 0) -> int:
+        """Record a call of `kind` (read, pre_update: table and rows; local: name and
+        nbytes); returns its operation id."""
+        if kind == "local":
+            return self.local_access(name, nbytes)
+        return (self.read if kind == "read" else self.pre_update)(table, rows)
+
+    def post(self, kind: str, op_id: int) -> None:
+        """Record the post that closes operation `op_id`, a call of `kind`."""
         op = self._open.get(op_id)
         if op is None or op.kind != kind:
             what = "was never recorded" if op_id >= len(self._ops) or op_id < 0 else \
@@ -146,16 +156,16 @@ class Recorder:
         del self._open[op_id]
         if kind == "local":
             del self._open_locals[op.name]
-        self._events.append(Event("post", op_id))
+        self._events.append(Access("post", op_id))
 
     def read(self, table, rows) -> int:
         info = self._table(table)
         a, run = normalize_rows(info, rows)
-        return self._call(kind="read", table=info.name, rows=a, run=run,
-                          nbytes=len(a) * info.row_bytes)
+        return self._new_op(kind="read", table=info.name, rows=a, run=run,
+                            nbytes=len(a) * info.row_bytes)
 
     def post_read(self, op_id: int) -> None:
-        self._post("read", op_id)
+        self.post("read", op_id)
 
     def pre_update(self, table, rows) -> int:
         info = self._table(table)
@@ -164,11 +174,11 @@ class Recorder:
             vals, counts = np.unique(a, return_counts=True)
             raise ValueError(f"pre_update(table {info.name!r}): row {vals[counts > 1][0]} "
                              "appears twice; sum its updates in one row")
-        return self._call(kind="pre_update", table=info.name, rows=a, run=run,
-                          nbytes=len(a) * info.row_bytes)
+        return self._new_op(kind="pre_update", table=info.name, rows=a, run=run,
+                            nbytes=len(a) * info.row_bytes)
 
     def update(self, op_id: int) -> None:
-        self._post("pre_update", op_id)
+        self.post("pre_update", op_id)
 
     def local_access(self, name: str, nbytes: int) -> int:
         if not isinstance(name, str) or not name:
@@ -186,12 +196,12 @@ class Recorder:
         if name in self._open_locals:
             raise SequenceError(f"local data {name!r} is already open (operation "
                                 f"{self._open_locals[name]}); post it first")
-        op_id = self._call(kind="local", name=name, nbytes=nbytes)
+        op_id = self._new_op(kind="local", name=name, nbytes=nbytes)
         self._open_locals[name] = op_id
         return op_id
 
     def post_local_access(self, op_id: int) -> None:
-        self._post("local", op_id)
+        self.post("local", op_id)
 
     def clock(self) -> int:
         """End the recorded clock; returns how many clocks the recording holds."""
@@ -220,7 +230,7 @@ class Cursor:
         self.k = clock % cycle.n_clocks
         self.i = 0
 
-    def _expect(self, got: str) -> Event | None:
+    def _expect(self, got: str) -> Access | None:
         events = self.cycle.clocks[self.k]
         return events[self.i] if self.i < len(events) else None
 

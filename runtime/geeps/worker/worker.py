@@ -37,12 +37,12 @@ import numpy as np
 
 from geeps import backend as _backend
 from geeps.backend import from_env
-from geeps.worker.memory import planner as memory
-from geeps.worker.cache import ParameterCache
 from geeps.errors import WaitTimeout
-from geeps.metrics import Metrics
-from geeps.worker.ops import Cursor, Recorder, SequenceError
 from geeps.job.units import parse_bytes
+from geeps.metrics import Metrics
+from geeps.worker import memory
+from geeps.worker.cache import ParameterCache
+from geeps.worker.ops import POSTS, Cursor, Recorder, SequenceError
 
 _FROM_ENV = object()
 
@@ -117,11 +117,6 @@ class Worker:
         self.metrics.clock.set(clock)
         self._begin(self._k)
 
-    def _scratch(self, op_id: int, shape):
-        buf = self.backend.xp.zeros(shape, np.float32)   # outside the budget: recording
-        self._open[id(buf)] = (op_id, buf)
-        return buf
-
     def _live(self):
         if self._cursor is None:
             raise SequenceError("no recorded sequence: run one iteration inside "
@@ -140,70 +135,72 @@ class Worker:
         """Rows of `table` as a (len(rows), row_width) device array; blocks until they
         are in device memory (see module docstring). Treat it as read-only: pinned rows
         come in place (NumPy refuses writes to them)."""
-        if self.recording:
-            self._tables[table.name] = table
-            return self._scratch(self._rec.read(table, rows), (len(rows), table.row_width))
-        op = self._live().call("read", table.name, rows)
-        p = self.plan.ops[op.id]
-        t0 = time.perf_counter()
-        buf = self.cache.call(p)
-        self.metrics.read_wait.observe(time.perf_counter() - t0)
-        self.metrics.cache_reads(table.name, p.hits, p.misses)
-        lag = self.client.clock_value - self._data_clock.get(table.name, 0)
-        self.metrics.clock_lag.observe(max(0, lag))
-        if isinstance(buf, np.ndarray) and p.view is not None:
-            buf = buf.view()
-            buf.flags.writeable = False     # a view of the cache: writes would corrupt it
-        self._open[id(buf)] = (op.id, buf)
-        return buf
+        return self._call("read", table=table, rows=rows)
 
     def post_read(self, buf) -> None:
         """The application is done with a read's buffer."""
-        op_id = self._op_of(buf, "post_read")
-        if self.recording:
-            self._rec.post_read(op_id)
-        else:
-            self._cursor.post("read", op_id)
-        del self._open[id(buf)]
+        self._post("read", buf)
 
     def pre_update(self, table, rows):
         """A zeroed (len(rows), row_width) device array for this clock's update of
         `rows` (distinct); hand it to update(). Blocks only for buffer space."""
-        if self.recording:
-            self._tables[table.name] = table
-            return self._scratch(self._rec.pre_update(table, rows), (len(rows), table.row_width))
-        op = self._live().call("pre_update", table.name, rows)
-        buf = self.cache.call(self.plan.ops[op.id])
-        self._open[id(buf)] = (op.id, buf)
-        return buf
+        return self._call("pre_update", table=table, rows=rows)
 
     def update(self, buf) -> None:
         """Add the buffer into the clock's update accumulator (gradients for sgd/
         momentum/adam tables, deltas for add); pushed at clock()."""
-        op_id = self._op_of(buf, "update")
-        if self.recording:
-            self._rec.update(op_id)
-        else:
-            self._cursor.post("pre_update", op_id)
-            self.cache.post(self.plan.ops[op_id], buf)
-        del self._open[id(buf)]
+        self._post("pre_update", buf)
 
     def local_access(self, name: str, nbytes: int):
         """Local data (never leaves the worker; lives within a clock, zeroed at its
         first access in each clock) as a flat float32 device array of nbytes/4."""
-        if self.recording:
-            return self._scratch(self._rec.local_access(name, nbytes), (nbytes // 4,))
-        op = self._live().call("local", name=name, nbytes=nbytes)
-        buf = self.cache.call(self.plan.ops[op.id])
-        self._open[id(buf)] = (op.id, buf)
-        return buf
+        return self._call("local", name=name, nbytes=nbytes)
 
     def post_local_access(self, buf) -> None:
-        op_id = self._op_of(buf, "post_local_access")
+        self._post("local", buf)
+
+    def _call(self, kind: str, table=None, rows=None, name: str | None = None,
+              nbytes: int = 0):
+        """An operation's buffer. Recording: scratch zeros (outside the budget), the
+        call recorded. After: the call checked against the recording, and the planned
+        buffer once its data is in device memory."""
         if self.recording:
-            self._rec.post_local_access(op_id)
+            if table is not None:
+                self._tables[table.name] = table
+            op_id = self._rec.call(kind, table, rows, name, nbytes)
+            shape = (nbytes // 4,) if kind == "local" else (len(rows), table.row_width)
+            buf = self.backend.xp.zeros(shape, np.float32)
         else:
-            self._cursor.post("local", op_id)
+            op_id = self._live().call(kind, None if table is None else table.name, rows,
+                                      name, nbytes).id
+            buf = self._execute(self.plan.ops[op_id])
+        self._open[id(buf)] = (op_id, buf)
+        return buf
+
+    def _execute(self, p):
+        """The planned buffer of a call, once its data is in device memory."""
+        t0 = time.perf_counter()
+        buf = self.cache.call(p)
+        if p.op.kind != "read":
+            return buf
+        table = p.op.table
+        self.metrics.read_wait.observe(time.perf_counter() - t0)
+        self.metrics.cache_reads(table, p.hits, p.misses)
+        lag = self.client.clock_value - self._data_clock.get(table, 0)
+        self.metrics.clock_lag.observe(max(0, lag))
+        if isinstance(buf, np.ndarray) and p.view is not None:
+            buf = buf.view()
+            buf.flags.writeable = False     # a view of the cache: writes would corrupt it
+        return buf
+
+    def _post(self, kind: str, buf) -> None:
+        """Close the operation whose buffer `buf` is: recording, record the post; after,
+        check it against the recording and write back or accumulate what it holds."""
+        op_id = self._op_of(buf, POSTS[kind])
+        if self.recording:
+            self._rec.post(kind, op_id)
+        else:
+            self._cursor.post(kind, op_id)
             self.cache.post(self.plan.ops[op_id], buf)
         del self._open[id(buf)]
 

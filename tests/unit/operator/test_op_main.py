@@ -65,13 +65,13 @@ def test_namespace_and_all_namespaces_exclude_each_other():
 def test_rules_render_as_valid_rbac():
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
             "metadata": {"name": "geeps-operator"},
-            "rules": [*rbac.RULES, *rbac.CLUSTER_RULES, *rbac.NAMESPACE_RULES]}
+            "rules": [*rbac.JOB_RBAC_RULES, *rbac.CLUSTER_RULES, *rbac.NAMESPACE_RULES]}
     kubernetes_validate.validate(role, "1.33", strict=True)
-    assert rbac.covers(rbac.RULES, "", "pods/log", "get")
-    assert not rbac.covers(rbac.RULES, "", "secrets", "get")
+    assert rbac.covers(rbac.JOB_RBAC_RULES, "", "pods/log", "get")
+    assert not rbac.covers(rbac.JOB_RBAC_RULES, "", "secrets", "get")
     out = subprocess.run([sys.executable, "-m", "geeps_operator.rbac"], capture_output=True,
                          text=True, cwd=REPO, check=True, timeout=60).stdout
-    assert yaml.safe_load(out)["rules"] == [dict(r) for r in rbac.RULES]
+    assert yaml.safe_load(out)["rules"] == [dict(r) for r in rbac.JOB_RBAC_RULES]
 
 
 def test_metrics_live_in_their_own_registry():

@@ -57,7 +57,7 @@ def running(servers=1, workers=2) -> list[dict]:
         [pod("worker", i) for i in range(workers)]
 
 
-def run(body, pods, *, now=T0, service=True, clock=None) -> policy.Plan:
+def run(body, pods, *, now=T0, service=True, clock=None) -> policy.Actions:
     return decide(Observed(job=body, pods=pods, has_service=service, now=now, clock=clock))
 
 

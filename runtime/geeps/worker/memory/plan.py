@@ -1,6 +1,6 @@
 """The plan the worker executes: pinned regions, pool offsets and every index, built once.
 
-    plan = geeps.worker.memory.planner.make_plan(cycle, budget)
+    plan = geeps.worker.memory.make_plan(cycle, budget)     # a MemoryPlan
     op = plan.ops[3]            # OpPlan: a view of pinned rows, or a pool buffer + fills
     plan.clocks[0].refresh      # per table: host positions -> pinned slots, per clock
 
@@ -10,6 +10,10 @@ reads (or writes) them in place. Everything else is an index pair for one batche
 kernel: buffer positions <- pinned slots (device gather), buffer positions <- pulled
 host rows (host->device), buffer rows -> pinned accumulator slots (scatter, scatter-
 add), buffer rows -> host accumulator rows (device->host, copy or add).
+
+`op_traffic` is the cost model of one operation (the bytes it moves), which the
+planner weighs its choices with and the plan reports; pinned rows add their refresh
+(host->device) or flush (device->host) once per clock that uses them.
 """
 from __future__ import annotations
 
@@ -18,8 +22,56 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geeps.backend import Index, make_index
-from geeps.worker.memory.layout import Analysis, PoolLayout, align
 from geeps.job.units import format_bytes
+from geeps.worker.memory.analysis import Analysis, align
+from geeps.worker.memory.layout import PoolLayout
+
+
+@dataclass(frozen=True)
+class Chain:
+    """An operation's place in a chain of operations that share one pool buffer (the
+    same data used again): what it finds in the buffer, and what it leaves there."""
+    cont: bool = False      # the previous op's whole buffer, as it stands: no fill
+    held: int = 0           # bytes already in place from the previous op (a prefix)
+    keep: bool = False      # the next op takes this whole buffer over
+    hold: int = 0           # bytes kept in place for the next op (a prefix)
+
+    @classmethod
+    def between(cls, into: tuple | None, out: tuple | None) -> "Chain":
+        """From the link into the op and the link out of it: each (op, bytes held, or
+        None for the whole buffer), or None where there is no such link."""
+        return cls(cont=into is not None and into[1] is None,
+                   held=(into[1] or 0) if into is not None else 0,
+                   keep=out is not None and out[1] is None,
+                   hold=(out[1] or 0) if out is not None else 0)
+
+
+def _filled(chain: Chain, rb: int) -> slice:
+    """The rows of a read's buffer filled at its call: none when the previous read's
+    whole buffer is still there, else all but the prefix held from it."""
+    return slice(0, 0) if chain.cont else slice(chain.held // rb, None)
+
+
+def op_traffic(a: Analysis, o: int, pinned, chain: Chain) -> tuple[int, int]:
+    """Bytes (host->device, device->host) one execution of operation o moves. `pinned`:
+    which of its rows are pinned (for local data, whether it is); `chain`: what its
+    buffer shares with the previous and the next use of the same data.
+
+    A read copies in the rows it fills that are not pinned; an update copies out the
+    rows that are not pinned; local data that is not pinned is copied in at each
+    access but the first and written back at each but the last, less what is held in
+    place between two accesses. Pinned data never moves per operation."""
+    op = a.cycle.ops[o]
+    if op.kind == "local":
+        if pinned:
+            return 0, 0
+        h2d = 0 if a.usage.local_first[o] or chain.cont else op.nbytes - chain.held
+        d2h = 0 if a.usage.local_last[o] or chain.keep else op.nbytes - chain.hold
+        return h2d, d2h
+    rb = a.cycle.tables[op.table].row_bytes
+    if op.kind == "read":
+        return int((~pinned[_filled(chain, rb)]).sum()) * rb, 0
+    return 0, int((~pinned).sum()) * rb
 
 
 @dataclass
@@ -67,7 +119,8 @@ class ClockPlan:
 
 
 @dataclass
-class Plan:
+class MemoryPlan:
+    """Where every row of the cycle lives and how it moves (see module docstring)."""
     policy: str
     budget: int | None
     working_set_bytes: int              # device bytes with everything pinned
@@ -145,95 +198,120 @@ def _pair(sel: np.ndarray, targets: np.ndarray):
     return (make_index(idx), make_index(targets[idx])) if len(idx) else None
 
 
-def build_plan(a: Analysis, pinned_groups: np.ndarray, layout: PoolLayout, policy: str,
-               budget: int | None, working_set: int, minimum: int,
-               links: dict | None = None) -> Plan:
-    cyc = a.cycle
-    links = links or {}
-    full = {x for x, (_b, h) in links.items() if h is None}
-    cont = {b for _x, (b, h) in links.items() if h is None}
-    held_by = {b: h for _x, (b, h) in links.items() if h is not None}
-    rows_of: dict = {}
-    local_offsets: dict[str, int] = {}
-    off = 0
-    for g in sorted(np.flatnonzero(pinned_groups), key=lambda g: a.groups[g].first_use):
-        grp = a.groups[g]
-        if grp.kind == "local":
-            local_offsets[grp.key] = off // 4
-            off += align(grp.nbytes)
-        else:
-            rows_of.setdefault((grp.kind, grp.key), []).append(grp.rows)
-    params = {t: _Pinned(o, rows_of.get(("param", t), [])) for t, o in a.param_order.items()}
-    accs = {t: _Pinned(o, rows_of.get(("acc", t), [])) for t, o in a.acc_order.items()}
+def build_plan(a: Analysis, pinned_groups: np.ndarray, layout: PoolLayout, links: dict, *,
+               policy: str, budget: int | None, working_set: int,
+               minimum: int) -> MemoryPlan:
+    """The plan for the groups marked in `pinned_groups`, the pool `layout` and the
+    buffer `links` (op -> (next op, bytes held or None: all), between ops that both
+    need a buffer). The rest is reported as is: the policy, budget, working set and
+    minimum budget it was made for."""
+    slots = _Slots(a, pinned_groups)
+    into = {b: (x, h) for x, (b, h) in links.items()}
+    ops = [_op_plan(a, op, slots, layout, Chain.between(into.get(op.id), links.get(op.id)))
+           for op in a.cycle.ops]
+    clocks = [_clock_plan(a, k, slots) for k in range(a.cycle.n_clocks)]
+    return MemoryPlan(
+        policy=policy, budget=budget, working_set_bytes=working_set, minimum_budget=minimum,
+        tables=dict(a.cycle.tables),
+        param_slots={t: p.n for t, p in slots.params.items()},
+        acc_slots={t: p.n for t, p in slots.accs.items()},
+        local_offsets=slots.local_offsets, local_floats=slots.local_floats,
+        pool_bytes=layout.capacity, ops=ops, clocks=clocks,
+        h2d_bytes=sum(p.h2d for p in ops) + sum(c.refresh_bytes for c in clocks),
+        d2h_bytes=sum(p.d2h for p in ops) + sum(c.flush_bytes for c in clocks))
 
-    ops = []
-    h2d = d2h = 0
-    for op in cyc.ops:
-        p = OpPlan(op, prefetch_at=layout.prefetch_at.get(op.id))
-        p.keep, p.cont = op.id in full, op.id in cont
-        if op.id in links and op.id not in full:
-            p.hold = links[op.id][1]
-        p.held = held_by.get(op.id, 0)
-        if op.kind == "local":
-            p.first, p.last = a.local_first[op.id], a.local_last[op.id]
-            if op.name in local_offsets:
-                o = local_offsets[op.name]
-                p.view = (o, o + op.nbytes // 4)
-            else:
-                p.h2d = 0 if p.first or p.cont else op.nbytes - p.held
-                p.d2h = 0 if p.last or p.keep else op.nbytes - p.hold
-        else:
-            rb = cyc.tables[op.table].row_bytes
-            pin, slots = (params if op.kind == "read" else accs)[op.table].lookup(op.rows)
-            if pin.all() and a.viewable[op.id]:
-                p.view = (int(slots[0]), int(slots[0]) + len(slots))
-            if op.kind == "read" and p.cont:
-                p.hits = len(pin)       # still in its buffer since the previous read
-            elif op.kind == "read":
-                kept = np.arange(len(pin)) < p.held // rb     # in place since last read
-                p.hits = int((pin | kept).sum())
-                p.misses = len(pin) - p.hits
-                p.h2d = p.misses * rb
-                if p.view is None:
-                    sel = pin & ~kept
-                    p.pin_buf, p.pin_slots = _ix(np.flatnonzero(sel)), _ix(slots[sel])
-                    sel = ~pin & ~kept
-                    p.host_buf = _ix(np.flatnonzero(sel))
-                    p.host_src = _ix(a.pos[op.id][sel])
-            else:
-                p.d2h = int((~pin).sum()) * rb
-                if p.view is None:
-                    first = a.first_touch[op.id]
-                    p.to_pin_copy = _pair(pin & first, slots)
-                    p.to_pin_add = _pair(pin & ~first, slots)
-                    p.to_host_copy = _pair(~pin & first, a.pos[op.id])
-                    p.to_host_add = _pair(~pin & ~first, a.pos[op.id])
-        if p.view is None:
-            width = 1 if op.kind == "local" else cyc.tables[op.table].width
-            shape = (1, op.nbytes // 4) if op.kind == "local" else (len(op.rows), width)
-            p.buf = (layout.offsets[op.id] // 4, shape)
-        h2d += p.h2d
-        d2h += p.d2h
-        ops.append(p)
 
-    clocks = []
-    for k in range(cyc.n_clocks):
-        c = ClockPlan()
-        for t, rows in a.read_rows[k].items():
-            c.pull[t] = rows
-            pin, slots = params[t].lookup(rows)
-            if pin.any():
-                c.refresh[t] = (make_index(np.flatnonzero(pin)), make_index(slots[pin]))
-                c.refresh_bytes += int(pin.sum()) * cyc.tables[t].row_bytes
-        for t, rows in a.upd_rows[k].items():
-            c.push[t] = rows
-            pin, slots = accs[t].lookup(rows)
-            if pin.any():
-                c.flush[t] = (make_index(slots[pin]), make_index(np.flatnonzero(pin)))
-                c.flush_bytes += int(pin.sum()) * cyc.tables[t].row_bytes
-        h2d += c.refresh_bytes
-        d2h += c.flush_bytes
-        clocks.append(c)
-    return Plan(policy, budget, working_set, minimum, dict(cyc.tables),
-                {t: p.n for t, p in params.items()}, {t: p.n for t, p in accs.items()},
-                local_offsets, off // 4, layout.capacity, ops, clocks, h2d, d2h)
+class _Slots:
+    """The pinned regions: per table, which rows have slots; per local datum, its
+    float offset (in order of first use)."""
+
+    def __init__(self, a: Analysis, pinned_groups: np.ndarray):
+        groups = a.grouping.groups
+        rows_of: dict = {}
+        self.local_offsets: dict[str, int] = {}
+        off = 0
+        for g in sorted(np.flatnonzero(pinned_groups), key=lambda g: groups[g].first_use):
+            grp = groups[g]
+            if grp.kind == "local":
+                self.local_offsets[grp.key] = off // 4
+                off += align(grp.nbytes)
+            else:
+                rows_of.setdefault((grp.kind, grp.key), []).append(grp.rows)
+        self.local_floats = off // 4
+        self.params = {t: _Pinned(o, rows_of.get(("param", t), []))
+                       for t, o in a.grouping.param_order.items()}
+        self.accs = {t: _Pinned(o, rows_of.get(("acc", t), []))
+                     for t, o in a.grouping.acc_order.items()}
+
+
+def _op_plan(a: Analysis, op, slots: _Slots, layout: PoolLayout, chain: Chain) -> OpPlan:
+    p = OpPlan(op, prefetch_at=layout.prefetch_at.get(op.id), cont=chain.cont,
+               held=chain.held, keep=chain.keep, hold=chain.hold)
+    if op.kind == "local":
+        p.first, p.last = a.usage.local_first[op.id], a.usage.local_last[op.id]
+        o = slots.local_offsets.get(op.name)
+        if o is not None:
+            p.view = (o, o + op.nbytes // 4)
+        p.h2d, p.d2h = op_traffic(a, op.id, o is not None, chain)
+    else:
+        pinned = slots.params if op.kind == "read" else slots.accs
+        pin, at = pinned[op.table].lookup(op.rows)
+        if pin.all() and a.viewable[op.id]:
+            p.view = (int(at[0]), int(at[0]) + len(at))
+        p.h2d, p.d2h = op_traffic(a, op.id, pin, chain)
+        if op.kind == "read":
+            _read_fills(a, p, pin, at, chain)
+        elif p.view is None:
+            _update_targets(a, p, pin, at)
+    if p.view is None:
+        width = 1 if op.kind == "local" else a.cycle.tables[op.table].width
+        shape = (1, op.nbytes // 4) if op.kind == "local" else (len(op.rows), width)
+        p.buf = (layout.offsets[op.id] // 4, shape)
+    return p
+
+
+def _read_fills(a: Analysis, p: OpPlan, pin: np.ndarray, at: np.ndarray,
+                chain: Chain) -> None:
+    """A read's hits and misses, and (for a buffer) the indices that fill it: from
+    pinned slots, and from the rows pulled into host memory."""
+    op = p.op
+    fill = np.zeros(len(pin), bool)
+    fill[_filled(chain, a.cycle.tables[op.table].row_bytes)] = True
+    from_host = ~pin & fill
+    p.misses = int(from_host.sum())
+    p.hits = len(pin) - p.misses
+    if p.view is None:
+        from_slots = pin & fill
+        p.pin_buf, p.pin_slots = _ix(np.flatnonzero(from_slots)), _ix(at[from_slots])
+        p.host_buf = _ix(np.flatnonzero(from_host))
+        p.host_src = _ix(a.usage.pos[op.id][from_host])
+
+
+def _update_targets(a: Analysis, p: OpPlan, pin: np.ndarray, at: np.ndarray) -> None:
+    """Where an update's buffer rows go: pinned slots or host rows, copied at the row's
+    first update in the clock, added at later ones."""
+    first = a.usage.first_touch[p.op.id]
+    pos = a.usage.pos[p.op.id]
+    p.to_pin_copy = _pair(pin & first, at)
+    p.to_pin_add = _pair(pin & ~first, at)
+    p.to_host_copy = _pair(~pin & first, pos)
+    p.to_host_add = _pair(~pin & ~first, pos)
+
+
+def _clock_plan(a: Analysis, k: int, slots: _Slots) -> ClockPlan:
+    """Clock k's pulls and pushes, and the refresh and flush of its pinned rows."""
+    c = ClockPlan()
+    tables = a.cycle.tables
+    for t, rows in a.usage.read_rows[k].items():
+        c.pull[t] = rows
+        pin, at = slots.params[t].lookup(rows)
+        if pin.any():
+            c.refresh[t] = (make_index(np.flatnonzero(pin)), make_index(at[pin]))
+            c.refresh_bytes += int(pin.sum()) * tables[t].row_bytes
+    for t, rows in a.usage.upd_rows[k].items():
+        c.push[t] = rows
+        pin, at = slots.accs[t].lookup(rows)
+        if pin.any():
+            c.flush[t] = (make_index(at[pin]), make_index(np.flatnonzero(pin)))
+            c.flush_bytes += int(pin.sum()) * tables[t].row_bytes
+    return c

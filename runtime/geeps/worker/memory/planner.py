@@ -1,12 +1,14 @@
-"""The memory manager's planner: what stays pinned in device memory, what passes
-through the access-buffer pool, and Belady's MIN as the reference for bytes moved.
+"""The memory manager's planner: what stays pinned in device memory, and what passes
+through the access-buffer pool.
 
-    plan = make_plan(cycle, budget=2 << 30)          # pure; raises BudgetError
+    plan = make_plan(cycle, budget=2 << 30)     # a MemoryPlan; pure; raises BudgetError
     print(plan.summary())
-    ref = belady(cycle, budget=2 << 30)              # MIN on the known sequence
+    ref = belady(cycle, budget=2 << 30)         # MIN on the known sequence (belady.py)
     assert plan.moved_bytes <= 1.10 * ref.total
 
-The cost model (shared by the plan and Belady, so the comparison is fair):
+The cost model (shared by the plan and Belady, so the comparison is fair; per
+operation it is geeps.worker.memory.plan.op_traffic, which the planner weighs its
+choices with and the plan reports):
 - A parameter row read in clock k must cross host->device at least once in clock k:
   the servers' refresh lands in host memory, and under BSP the previous clock's copy
   is stale. Rows pinned in device memory are refreshed in place once per clock; rows
@@ -48,24 +50,17 @@ refused with the numbers (BudgetError).
 """
 from __future__ import annotations
 
-import heapq
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from geeps.worker.memory.layout import (ALIGN, Analysis, Failure, PoolLayout, align, allocate, analyze,
-                            peak_open_bytes)
-from geeps.worker.memory.plan import Plan, build_plan
 from geeps.job.units import format_bytes
+from geeps.worker.memory.analysis import ALIGN, Analysis, align, analyze
+from geeps.worker.memory.layout import (BudgetError, Failure, PoolLayout, allocate,
+                                        peak_open_bytes)
+from geeps.worker.memory.plan import Chain, MemoryPlan, build_plan, op_traffic
 
-__all__ = ["make_plan", "belady", "BudgetError", "Plan", "Moves", "working_set",
-           "minimum_budget", "POLICIES", "ALIGN"]
+__all__ = ["make_plan", "BudgetError", "working_set", "minimum_budget", "POLICIES"]
 
 POLICIES = ("benefit", "geeps", "stream")
-
-
-class BudgetError(ValueError):
-    """The device-memory budget cannot hold what one step of the sequence needs."""
 
 
 class _State:
@@ -78,7 +73,7 @@ class _State:
         self.exempt = exempt            # ops that may miss their prefetch
         self.two_ended = two_ended      # pool placement (see allocate)
         n = len(a.cycle.ops)
-        self.pinned = np.zeros(len(a.groups), bool)
+        self.pinned = np.zeros(len(a.grouping.groups), bool)
         self.count = np.zeros(n, np.int64)      # pinned rows of each op (local: 0/1)
         self.bytes = 0                          # pinned bytes
         self.clock_bytes = 0                    # their refresh/flush bytes per cycle
@@ -91,7 +86,7 @@ class _State:
     def set(self, g: int, on: bool) -> None:
         if self.pinned[g] == on:
             return
-        grp = self.a.groups[g]
+        grp = self.a.grouping.groups[g]
         sign = 1 if on else -1
         self.pinned[g] = on
         self.bytes += sign * grp.nbytes
@@ -129,32 +124,23 @@ class _State:
 
     def _op_bytes(self, o: int, needs: np.ndarray) -> tuple[int, int]:
         """(bytes moved, of which host->device) by one execution of op o."""
-        a = self.a
-        op = a.cycle.ops[o]
         if not needs[o]:
             return 0, 0                 # in place: pinned data never moves per op
-        nxt = self.links.get(o)
-        nxt = nxt if nxt is not None and needs[nxt[0]] else None
-        prv = self.prev.get(o)
-        prv = self.links[prv][1] if prv is not None and needs[prv] else False
-        cont = prv is None              # the whole buffer is still there
-        held = prv or 0
-        if op.kind == "local":
-            h2d = 0 if a.local_first[o] or cont else op.nbytes - held
-            keep = nxt is not None and nxt[1] is None
-            d2h = 0 if a.local_last[o] or keep else op.nbytes - (nxt[1] if nxt else 0)
-            return h2d + d2h, h2d
-        rb = a.cycle.tables[op.table].row_bytes
-        pin = self.pinned[a.row_group[o]]
-        if op.kind == "read":
-            h2d = 0 if cont else int((~pin[held // rb:]).sum()) * rb
-            return h2d, h2d
-        return int((~pin).sum()) * rb, 0
+        # Only links between two ops that need a buffer count (as in live_links).
+        out = self.links.get(o)
+        prev = self.prev.get(o)
+        chain = Chain.between(
+            (prev, self.links[prev][1]) if prev is not None and needs[prev] else None,
+            out if out is not None and needs[out[0]] else None)
+        op = self.a.cycle.ops[o]
+        pinned = op.kind != "local" and self.pinned[self.a.grouping.row_group[o]]
+        h2d, d2h = op_traffic(self.a, o, pinned, chain)
+        return h2d + d2h, h2d
 
 
 def _cost(st: _State, layout: PoolLayout) -> int:
-    """Bytes moved per cycle plus the host->device bytes the application waits for
-    (what build_plan would report, without building any index)."""
+    """Bytes moved per cycle plus the host->device bytes the application waits for:
+    the plan's moved_bytes + stalled_bytes, without building any index."""
     if st.dirty:
         needs = st.needs()
         for o in st.dirty:
@@ -217,7 +203,7 @@ def _greedy(a: Analysis, budget: int, mode: str, exempt: frozenset = frozenset()
     # time held: pinning a group (held for the whole cycle) or holding one buffer from
     # an operation to the next use of the same data (held for that span).
     cands = [(grp.benefit / (grp.nbytes * a.events_per_cycle), grp.first_use, "pin", g)
-             for g, grp in enumerate(a.groups) if grp.benefit > 0]
+             for g, grp in enumerate(a.grouping.groups) if grp.benefit > 0]
     cands += [(ln.benefit / (ln.nbytes * ln.span), ln.a, "link", i)
               for i, ln in enumerate(a.links)]
     if order == "holds":            # holds first: they use space only while needed
@@ -248,7 +234,7 @@ def _greedy(a: Analysis, budget: int, mode: str, exempt: frozenset = frozenset()
     for op in range(len(a.cycle.ops)):
         if not a.viewable[op] or st.count[op] == a.size[op]:
             continue
-        added = [g for g in a.op_groups[op] if not st.pinned[g]]
+        added = [g for g in a.grouping.op_groups[op] if not st.pinned[g]]
         for g in added:
             st.set(g, True)
         got = _fits(st, budget, mode)
@@ -262,12 +248,16 @@ def _greedy(a: Analysis, budget: int, mode: str, exempt: frozenset = frozenset()
 
 def _geeps(a: Analysis, budget: int) -> tuple[_State, PoolLayout]:
     st = _State(a)
+    groups = a.grouping.groups
     reserve = min(budget, 2 * peak_open_bytes(a))
     # Local data first, then parameter rows, then accumulator rows, each by first use.
     kinds = {"local": 0, "param": 1, "acc": 2}
-    for g in sorted(range(len(a.groups)),
-                    key=lambda g: (kinds[a.groups[g].kind], a.groups[g].first_use)):
-        if st.bytes + a.groups[g].nbytes <= budget - reserve:
+
+    def rank(g: int) -> tuple[int, int]:
+        return kinds[groups[g].kind], groups[g].first_use
+
+    for g in sorted(range(len(groups)), key=rank):
+        if st.bytes + groups[g].nbytes <= budget - reserve:
             st.set(g, True)
     while True:
         layout = _fits(st, budget, "mixed")
@@ -277,8 +267,7 @@ def _geeps(a: Analysis, budget: int) -> tuple[_State, PoolLayout]:
         pinned = [g for g in np.flatnonzero(st.pinned)]
         if not pinned:
             raise _refuse(a, budget)
-        st.set(max(pinned, key=lambda g: (kinds[a.groups[g].kind], a.groups[g].first_use)),
-               False)
+        st.set(max(pinned, key=rank), False)
 
 
 def minimum_budget(cycle, analysis: Analysis | None = None) -> int:
@@ -294,14 +283,13 @@ def working_set(cycle, analysis: Analysis | None = None) -> int:
     operations still need (gathers of pinned rows that are not contiguous)."""
     a = analysis or analyze(cycle)
     st = _State(a)
-    for g in range(len(a.groups)):
+    for g in range(len(a.grouping.groups)):
         st.set(g, True)
     return st.bytes + allocate(a, st.needs(), None, "prefetch").capacity
 
 
 def _refuse(a: Analysis, budget: int) -> BudgetError:
-    out = allocate(a, np.ones(len(a.cycle.ops), bool), None, "sync")
-    out.capacity = minimum_budget(a.cycle, a)
+    need = minimum_budget(a.cycle, a)
     fail = allocate(a, np.ones(len(a.cycle.ops), bool), budget, "sync")
     where = ""
     if isinstance(fail, Failure):
@@ -312,12 +300,12 @@ def _refuse(a: Analysis, budget: int) -> BudgetError:
                  f"{format_bytes(sum(align(a.buf_bytes[o]) for o in fail.live))}")
     return BudgetError(
         f"device memory budget {format_bytes(budget)} ({budget} bytes) is below what this "
-        f"sequence needs: {format_bytes(out.capacity)} ({out.capacity} bytes){where}. "
+        f"sequence needs: {format_bytes(need)} ({need} bytes){where}. "
         f"Raise GEEPS_DEVICE_MEMORY "
         f"(spec.cache.deviceMemory) or make the operations smaller")
 
 
-def make_plan(cycle, budget: int | None = None, policy: str = "benefit") -> Plan:
+def make_plan(cycle, budget: int | None = None, policy: str = "benefit") -> MemoryPlan:
     """Plan placement for `cycle` within `budget` bytes of device memory (None =
     unlimited: everything pinned). Pure; raises BudgetError or ValueError."""
     if policy not in POLICIES:
@@ -329,10 +317,11 @@ def make_plan(cycle, budget: int | None = None, policy: str = "benefit") -> Plan
         raise BudgetError(f"device memory budget must be >= 0 bytes (got {budget})")
     if budget is None or budget >= ws:
         st = _State(a)
-        for g in range(len(a.groups)):
+        for g in range(len(a.grouping.groups)):
             st.set(g, True)
         layout = allocate(a, st.needs(), None, "prefetch")
-        return build_plan(a, st.pinned, layout, policy, budget, ws, need, st.live_links())
+        return build_plan(a, st.pinned, layout, st.live_links(), policy=policy,
+                          budget=budget, working_set=ws, minimum=need)
     if budget < need:
         raise _refuse(a, budget)
     if policy == "stream":
@@ -362,105 +351,5 @@ def make_plan(cycle, budget: int | None = None, policy: str = "benefit") -> Plan
         st, layout = best[1] if best else (None, None)
     if layout is None:
         raise _refuse(a, budget)
-    return build_plan(a, st.pinned, layout, policy, budget, ws, need, st.live_links())
-
-
-# ---- Belady's MIN: the optimum for a known sequence ------------------------------------
-
-@dataclass
-class Moves:
-    """Bytes a policy moves over one cycle."""
-    h2d: int = 0
-    d2h: int = 0
-    loads: int = 0                  # items brought in (row or local chunk)
-    per_clock: list = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return self.h2d + self.d2h
-
-
-def _steps(a: Analysis, k: int, chunk: int):
-    """The accesses of clock k in order: (items, sizes, write, kind) per step."""
-    cyc = a.cycle
-    for ev in cyc.clocks[k]:
-        op = cyc.ops[ev.op]
-        if op.kind == "read" and ev.kind == "call":
-            rb = cyc.tables[op.table].row_bytes
-            rows = np.unique(op.rows)
-            yield [("p", op.table, int(r)) for r in rows], [rb] * len(rows), False
-        elif op.kind == "pre_update" and ev.kind == "post":
-            rb = cyc.tables[op.table].row_bytes
-            yield [("u", op.table, int(r)) for r in op.rows], [rb] * len(op.rows), True
-        elif op.kind == "local" and ev.kind == "call":
-            n = -(-op.nbytes // chunk)
-            sizes = [chunk] * (n - 1) + [op.nbytes - chunk * (n - 1)]
-            yield [("l", op.name, j) for j in range(n)], sizes, True
-
-
-def belady(cycle, budget: int | None, chunk_bytes: int | None = None) -> Moves:
-    """Bytes Belady's MIN moves over one cycle with `budget` bytes of device memory.
-
-    Classical MIN at row granularity (local data in chunks of `chunk_bytes`, default
-    the widest row): on a miss, evict the resident item whose next use is furthest
-    (free, clean or dead items first among those never used again). Dirty write-backs
-    count. Each step's items are needed at one instant, with no access buffers. MIN
-    is optimal in loads for same-size items; it ignores what an eviction writes back,
-    so a plan that weighs write-backs can move a little less than it."""
-    a = analyze(cycle)
-    widths = [t.row_bytes for t in cycle.tables.values()]
-    chunk = chunk_bytes or (max(widths) if widths else 512)
-    total = Moves()
-    inf = float("inf")
-    for k in range(cycle.n_clocks):
-        steps = list(_steps(a, k, chunk))
-        nxt: list[list[float]] = []
-        last: dict = {}
-        for s in range(len(steps) - 1, -1, -1):
-            items = steps[s][0]
-            nxt.append([last.get(it, inf) for it in items])
-            for it in items:
-                last[it] = s
-        nxt.reverse()
-        res: dict = {}          # item -> [size, dirty, next_use]
-        seen: set = set()
-        used = 0
-        heap: list = []
-        h2d = d2h = loads = 0
-        for s, (items, sizes, write) in enumerate(steps):
-            need = sum(sz for it, sz in zip(items, sizes) if it not in res)
-            if budget is not None and sum(sizes) > budget:
-                raise BudgetError(f"Belady: step {s} of clock {k} needs {sum(sizes)} bytes, "
-                                  f"more than the budget {budget}")
-            current = set(items)
-            while budget is not None and used + need > budget:
-                negnext, _cost, _seq, it = heapq.heappop(heap)
-                ent = res.get(it)
-                if ent is None or it in current or -negnext != ent[2]:
-                    continue            # stale heap entry, or needed now
-                size, dirty, nu = ent
-                if dirty and (it[0] == "u" or nu != inf):
-                    d2h += size         # accumulators must reach the host anyway
-                del res[it]
-                used -= size
-            for it, sz, nu in zip(items, sizes, nxt[s]):
-                ent = res.get(it)
-                if ent is None:
-                    if it[0] == "p" or it in seen:
-                        h2d += sz       # first read of a row, or a reload
-                        loads += 1
-                    res[it] = ent = [sz, False, nu]
-                    used += sz
-                    seen.add(it)
-                ent[1] = ent[1] or write
-                ent[2] = nu
-                dead_free = (not ent[1]) or (it[0] == "l" and nu == inf)
-                heapq.heappush(heap, (-nu, 0 if dead_free else 1, len(heap), it))
-        for it, (size, dirty, _nu) in res.items():
-            if it[0] == "u":
-                d2h += size             # flush for the push
-        total.h2d += h2d
-        total.d2h += d2h
-        total.loads += loads
-        total.per_clock.append((h2d, d2h))
-    return total
+    return build_plan(a, st.pinned, layout, st.live_links(), policy=policy, budget=budget,
+                      working_set=ws, minimum=need)
