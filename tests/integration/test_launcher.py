@@ -26,7 +26,6 @@ pytestmark = pytest.mark.integration
 
 SCRIPTS = os.path.join(REPO, "tests", "integration", "scripts")
 WORKER = os.path.join(SCRIPTS, "worker.py")
-HAS_SERVER = os.path.exists(os.path.join(REPO, "runtime", "geeps", "server.py"))
 
 
 def alive(pid: int) -> bool:
@@ -307,10 +306,8 @@ def test_a_command_that_does_not_exist_is_named(job):
 
 
 PS_WORKER = os.path.join(SCRIPTS, "ps_worker.py")
-needs_server = pytest.mark.skipif(not HAS_SERVER, reason="runtime/geeps/server.py is missing")
 
 
-@needs_server
 def test_real_servers_train_from_a_manifest_and_stop_cleanly(job, tmp_path):
     path = write_manifest(tmp_path / "job.yaml", command=["python", PS_WORKER],
                           args=["--clocks", "5"], servers={"replicas": 2},
@@ -322,7 +319,6 @@ def test_real_servers_train_from_a_manifest_and_stop_cleanly(job, tmp_path):
     assert "server 0 stopped" in err and "server 1 stopped" in err    # SIGTERM, exit 0
 
 
-@needs_server
 def test_real_job_with_a_crashing_worker_fails_fast_and_cleans_up(job):
     # worker-1 dies at clock 3 while worker-0 waits for it in a BSP read.
     job.start("--servers", "2", "--workers", "2", "--metrics-port", "0", "--",
