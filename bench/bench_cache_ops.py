@@ -53,6 +53,21 @@ def timings(fns: dict, repeat: int) -> dict:
     return best
 
 
+def row_loops(cache, acc, buf, src, rows):
+    """The per-row baselines: gather and scatter-add one row at a time, as code without
+    batched kernels does (on any array module: the loop is the same)."""
+    rows = [int(r) for r in rows]
+
+    def loop_gather():
+        for i, r in enumerate(rows):
+            buf[i] = cache[r]
+
+    def loop_scatter():
+        for i, r in enumerate(rows):
+            acc[r] += src[i]
+    return loop_gather, loop_scatter
+
+
 def kernels(width: int, mib: float, repeat: int, backend_name: str, order: str) -> list[bool]:
     n = int(mib * 2**20) // (width * 4)
     rng = np.random.default_rng(0)
@@ -65,15 +80,7 @@ def kernels(width: int, mib: float, repeat: int, backend_name: str, order: str) 
     src = rng.standard_normal((n, width)).astype(np.float32)
     nbytes = n * width * 4
     loop_n = n
-    lrows = rows[:loop_n]
-
-    def loop_gather():
-        for i, r in enumerate(lrows):
-            buf[i] = cache[r]
-
-    def loop_scatter():
-        for i, r in enumerate(lrows):
-            acc[r] += src[i]
+    loop_gather, loop_scatter = row_loops(cache, acc, buf, src, rows[:loop_n])
     fns = {"memcpy": lambda: np.copyto(buf, src), "loop gather": loop_gather,
            "loop scatter-add": loop_scatter}
     backends = [select(backend_name)]

@@ -30,6 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.bench_cache_ops import row_loops  # noqa: E402
+
 F32 = np.float32
 TARGET_VS_MEMCPY = 0.5
 TARGET_VS_LOOP = 20.0
@@ -87,15 +89,7 @@ def kernels(cp, be, mib: float, repeat: int, loop_rows: int) -> list[dict]:
         buf = cp.empty((n, width), dtype=F32)
         src = cp.asarray(rng.standard_normal((n, width)).astype(F32))
         ln = max(1, min(n, loop_rows))
-        lrows = [int(r) for r in rows[:ln]]
-
-        def loop_gather():
-            for i, r in enumerate(lrows):
-                buf[i] = cache[r]
-
-        def loop_scatter():
-            for i, r in enumerate(lrows):
-                acc[r] += src[i]
+        loop_gather, loop_scatter = row_loops(cache, acc, buf, src, rows[:ln])
         t = {"memcpy": best(lambda: cp.copyto(buf, src), repeat),
              "gather": best(lambda: be.take(cache, ix, buf), repeat),
              "scatter-add": best(lambda: be.put_add(acc, ix, src), repeat),

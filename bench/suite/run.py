@@ -67,6 +67,7 @@ def sec_sync(quick: bool) -> dict:
 def sec_cache(quick: bool) -> dict:
     import numpy as np
     from bench_cache_ops import timings
+    import bench_cache_ops
     from geeps.backend import make_index, select
     mib = 1.0 if quick else 8.0
     repeat = 3 if quick else 15
@@ -82,15 +83,7 @@ def sec_cache(quick: bool) -> dict:
         # The per-row loop on a slice: it is 100x slower and linear in rows, so a
         # tenth of them measures it as well in a tenth of the time.
         ln = max(1, n // 10)
-        lrows = rows[:ln]
-
-        def loop_gather():
-            for i, r in enumerate(lrows):
-                buf[i] = cache[r]
-
-        def loop_scatter():
-            for i, r in enumerate(lrows):
-                acc[r] += src[i]
+        loop_gather, loop_scatter = bench_cache_ops.row_loops(cache, acc, buf, src, rows[:ln])
         be = select(os.environ.get("GEEPS_BACKEND", "auto"))
         ix = be.prepare(make_index(rows))
         fns = {"memcpy": lambda: np.copyto(buf, src),
