@@ -5,6 +5,7 @@
     geeps server                                     # one shard (reads GEEPS_*)
     geeps env                                        # the environment contract
     geeps bench                                      # the benchmarks (from a checkout)
+    geeps lab status | cut HOST | loss HOST N | ...  # faults on a `geeps run --lab` job
     geeps operator [--namespace NS]                  # the Kubernetes operator ([operator])
     geeps --version
 
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return _env(rest)
     if cmd == "bench":
         return _bench(rest)
+    if cmd == "lab":
+        from geeps.lab.cli import main as lab
+        return lab(rest)
     plugin = _plugins().get(cmd)
     if plugin is not None:
         try:

@@ -82,6 +82,14 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _lab_arg(text: str):
+    from geeps.lab import LabSpecError, parse_options
+    try:
+        return parse_options(text)
+    except LabSpecError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="geeps run",
@@ -113,6 +121,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="each worker serves one shard itself, reached in memory (GeePS's "
                         "layout); no server processes, --servers is ignored "
                         "(spec.servers.colocate in a manifest)")
+    p.add_argument("--lab", type=_lab_arg, metavar="SPEC",
+                   help="run each process on its own simulated host: a network namespace "
+                        "whose link has the given rate and loss both ways, e.g. "
+                        "rate=200mbit,loss=1 (or '' for unshaped); root only. `geeps lab` "
+                        "cuts, slows or drops a host's link while the job runs")
     p.add_argument("--quiet", action="store_true", help="no live status line")
     p.add_argument("--resume", action="store_true",
                    help="start from the checkpoints a previous run left in the checkpoint "
@@ -271,8 +284,24 @@ def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
     if timeout is None and job.run_policy.get("activeDeadlineSeconds"):
         timeout = float(job.run_policy["activeDeadlineSeconds"])
         source = "spec.runPolicy.activeDeadlineSeconds"
-    return Supervisor(p, cwd=cwd, timeout=timeout, timeout_source=source, grace=args.grace,
-                      quiet=args.quiet).run()
+    if getattr(args, "lab", None) is None:
+        return Supervisor(p, cwd=cwd, timeout=timeout, timeout_source=source,
+                          grace=args.grace, quiet=args.quiet).run()
+    from geeps.lab import netns
+    from geeps.launch import onlab
+    try:
+        with netns.running(onlab.host_names(p), args.lab.link) as lab:
+            p = onlab.place(p, lab)
+            link = lab.link.rate or "unshaped"
+            print(f"geeps run: lab {lab.id}: {len(lab.hosts)} hosts ({link}, "
+                  f"{lab.link.loss:g}% loss): " + ", ".join(
+                      f"{h.name} {h.ip}" for h in lab.hosts), file=sys.stderr)
+            print(f"geeps run: shards at {','.join(p.servers)}; faults: geeps lab cut "
+                  f"HOST [--for S], loss HOST PCT, rate HOST RATE", file=sys.stderr)
+            return Supervisor(p, cwd=cwd, timeout=timeout, timeout_source=source,
+                              grace=args.grace, quiet=args.quiet).run()
+    except netns.LabError as e:
+        return fail(f"--lab: {e}")
 
 
 def _checkpoint_files(directory: str) -> list[str]:

@@ -1,0 +1,232 @@
+"""Sync per clock on a simulated cluster: geeps against gloo's ring all-reduce, on hosts
+whose links are rate-limited (geeps.lab: network namespaces, tbf both ways; root only).
+
+    python bench/bench_lab.py                         # W=4, 200mbit, 16 MiB per worker
+    python bench/bench_lab.py --workers 8 --rate 100mbit
+    python bench/bench_lab.py --quick                 # W=2, 2 MiB: a smoke run
+
+Each worker moves a table of `--mib` MiB of float32 per clock. Modes, each on fresh hosts:
+- gloo: torch.distributed all_reduce over W worker hosts (ring; baseline).
+- geeps S=W push-clock-pull: W extra server hosts; push the whole table, clock, pull it.
+- geeps S=W pipelined: the same, the table in `--chunks` row ranges, each pushed marked
+  last and at once read back for the next clock (the shard updates and answers a range
+  as soon as every worker's last push of it is in), so replies flow in while pushes
+  still flow out on the full-duplex links (BytePS's schedule).
+- geeps co-located: worker r serves shard r (GeePS's layout: all-reduce's bytes).
+- geeps S=W/2 pipelined: half as many server hosts.
+
+Theory, per clock with S bytes per worker and link rate R: ring all-reduce moves
+2(W-1)/W S each way, so t_ring = 2(W-1)/W S/R; a PS with >= W server hosts moves S each
+way, t_ps = S/R: up to 2(W-1)/W times faster (1.5x at W=4). Printed: median seconds per
+clock (after a warm-up clock), each mode's ratio to gloo and to its theory, CPU
+utilisation of the machine during the mode (the network, not the 2 cores, must be what
+limits), and the bytes each host's link carried.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+ROW_WIDTH = 1024            # floats per row: 4 KiB, so a chunk is a few contiguous rows
+PORT = 7400                 # every host has its own ports: one number serves all
+
+
+# ---- inside a host ---------------------------------------------------------------------
+
+def _worker(args) -> None:
+    """One worker's clocks; prints its per-clock seconds as one JSON line."""
+    n_rows = max(args.chunks, int(args.mib * 2**20) // (4 * ROW_WIDTH))
+    grads = np.full((n_rows, ROW_WIDTH), 1.0 / args.world, np.float32)
+    times = []
+    if args.mode == "gloo":
+        import torch
+        import torch.distributed as dist
+        dist.init_process_group("gloo", init_method=f"tcp://{args.peers.split(',')[0]}",
+                                rank=args.rank, world_size=args.world)
+        t = torch.from_numpy(grads.copy())
+        for _ in range(args.clocks + 1):
+            dist.barrier()
+            t0 = time.perf_counter()
+            dist.all_reduce(t)
+            times.append(time.perf_counter() - t0)
+        dist.destroy_process_group()
+    else:
+        import geeps.client
+        from geeps.job import consistency, env
+        servers = args.peers.split(",")
+        if args.mode == "colocated":
+            c = geeps.client.colocated(servers, args.rank, args.world, timeout=120,
+                                       host=args.ip)
+        else:
+            c = geeps.client.Client.from_config(env.check(env.Config(
+                rank=args.rank, num_workers=args.world, servers=tuple(servers),
+                consistency=consistency.parse("bsp"), timeout=120)))
+        with c:
+            table = c.create_table("t", n_rows, ROW_WIDTH, rule="add")
+            out = np.empty_like(grads)
+            bounds = np.linspace(0, n_rows, args.chunks + 1).astype(int)
+            c.pull(table, out=out)
+            for _ in range(args.clocks + 1):
+                t0 = time.perf_counter()
+                clock = c.clock_value
+                if args.mode == "pipelined":
+                    reads = []
+                    for lo, hi in zip(bounds[:-1], bounds[1:]):
+                        c.push_async(table, range(lo, hi), grads[lo:hi], last=True)
+                        reads.append(c.pull_async(table, range(lo, hi), out=out[lo:hi],
+                                                  need=clock + 1))
+                    c.clock_async()
+                    for r in reads:
+                        r.wait()
+                else:
+                    c.push(table, None, grads)
+                    c.clock()
+                    c.pull(table, out=out)
+                times.append(time.perf_counter() - t0)
+    print(json.dumps(times[1:]), flush=True)
+
+
+# ---- the driver ------------------------------------------------------------------------
+
+def _cpu() -> tuple[float, float]:
+    with open("/proc/stat") as f:
+        v = [float(x) for x in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4]          # total, idle + iowait
+
+
+def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clocks: int,
+             chunks: int) -> dict:
+    from bench.procs import server_env
+    from geeps.lab import netns
+    from geeps.lab.topology import Link
+    names = [f"worker-{r}" for r in range(workers)]
+    if mode not in ("gloo", "colocated"):
+        names += [f"server-{k}" for k in range(servers)]
+    procs, ws = [], []
+    with netns.running(names, Link(rate=rate)) as lab:
+        if mode == "gloo":
+            peers = [f"{lab.host('worker-0').ip}:{PORT}"]
+        elif mode == "colocated":
+            peers = [f"{lab.host(f'worker-{r}').ip}:{PORT}" for r in range(workers)]
+        else:
+            peers = [f"{lab.host(f'server-{k}').ip}:{PORT}" for k in range(servers)]
+            for k in range(servers):
+                h = lab.host(f"server-{k}")
+                env = server_env(k, workers, peers, "bsp")
+                env["GEEPS_BIND_HOST"] = h.ip
+                procs.append(subprocess.Popen(
+                    netns.exec_argv(h, [sys.executable, "-m", "geeps", "server"]), env=env,
+                    stderr=subprocess.DEVNULL))
+        try:
+            cpu0 = _cpu()
+            for r in range(workers):
+                h = lab.host(f"worker-{r}")
+                argv = [sys.executable, os.path.abspath(__file__), "--role", "worker",
+                        "--mode", mode, "--rank", str(r), "--world", str(workers),
+                        "--peers", ",".join(peers), "--ip", h.ip, "--mib", str(mib),
+                        "--clocks", str(clocks), "--chunks", str(chunks)]
+                # gloo binds the address its hostname resolves to unless told the interface:
+                # the root namespace's, which a lab host cannot reach.
+                env = dict(os.environ, PYTHONPATH=REPO, GLOO_SOCKET_IFNAME=h.inner)
+                ws.append(subprocess.Popen(netns.exec_argv(h, argv), stdout=subprocess.PIPE,
+                                           text=True, env=env))
+            per_worker = []
+            for w in ws:
+                out, _ = w.communicate(timeout=300)
+                if w.returncode != 0:
+                    raise RuntimeError(f"{mode}: a worker exited {w.returncode}")
+                per_worker.append(json.loads(out.strip().splitlines()[-1]))
+            cpu1 = _cpu()
+            moved = netns.traffic(lab)
+        finally:
+            for p in ws + procs:        # a worker still waiting on a dead peer included
+                if p.poll() is None:
+                    p.kill()
+                p.wait(30)
+    busy = 1 - (cpu1[1] - cpu0[1]) / max(1e-9, cpu1[0] - cpu0[0])
+    per_clock = [max(ts) for ts in zip(*per_worker)]
+    return {"mode": mode, "workers": workers, "servers": servers,
+            "seconds": statistics.median(per_clock), "cpu_busy": busy,
+            "bytes": moved}
+
+
+def theory(mode: str, workers: int, servers: int, mib: float, rate_bps: int) -> float:
+    s = mib * 2**20 * 8 / rate_bps            # seconds to move the table once at the rate
+    if mode == "gloo":
+        return 2 * (workers - 1) / workers * s
+    if mode == "colocated":                     # all-reduce's bytes: (W-1)/W out and in
+        return (workers - 1) / workers * s
+    return s * max(1.0, workers / servers)      # each server host's link carries W/S tables
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--role", default="driver", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", default="")
+    ap.add_argument("--rank", type=int, default=0)
+    ap.add_argument("--world", type=int, default=0)
+    ap.add_argument("--peers", default="")
+    ap.add_argument("--ip", default="")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--rate", default="200mbit")
+    ap.add_argument("--mib", type=float, default=16.0)
+    ap.add_argument("--clocks", type=int, default=5)
+    ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the results as JSON only")
+    args = ap.parse_args(argv)
+    if args.role == "worker":
+        _worker(args)
+        return 0
+    from geeps.lab import netns
+    from geeps.lab.topology import rate_bits
+    try:
+        netns.check_tools()
+    except netns.LabError as e:
+        print(f"bench_lab: {e}", file=sys.stderr)
+        return 2
+    if args.quick:
+        args.workers, args.mib, args.clocks, args.chunks = 2, 2.0, 2, 4
+    w = args.workers
+    modes = [("gloo", w, 0), ("push-clock-pull", w, w), ("pipelined", w, w),
+             ("colocated", w, w), ("pipelined", w, max(1, w // 2))]
+    rows = []
+    for mode, workers, servers in modes:
+        r = run_mode(mode, workers, servers, args.rate, args.mib, args.clocks, args.chunks)
+        r["theory"] = theory(mode, workers, servers, args.mib, rate_bits(args.rate))
+        rows.append(r)
+        if not args.json:
+            print(f"  {mode:<16} S={servers:<2} {r['seconds'] * 1e3:8.0f} ms/clock  "
+                  f"(theory {r['theory'] * 1e3:6.0f} ms)  cpu {r['cpu_busy']:.0%}", flush=True)
+    gloo = rows[0]["seconds"]
+    for r in rows:
+        r["vs_gloo"] = gloo / r["seconds"]       # > 1: faster than gloo
+        r["vs_theory"] = r["theory"] / r["seconds"]
+    if args.json:
+        print(json.dumps({"rate": args.rate, "mib": args.mib, "rows": rows}))
+        return 0
+    ideal = 2 * (w - 1) / w
+    print(f"\nW={w}, {args.mib:g} MiB per worker, links {args.rate} both ways; the "
+          f"theoretical PS advantage over a ring is {ideal:.2f}x")
+    print(f"{'mode':<16} {'S':>2} {'ms/clock':>9} {'gloo/this':>9} {'theory/this':>11} "
+          f"{'cpu':>5}  busiest link (MB sent/received)")
+    for r in rows:
+        top = max(r["bytes"].items(), key=lambda kv: kv[1]["sent"] + kv[1]["received"])
+        print(f"{r['mode']:<16} {r['servers']:>2} {r['seconds'] * 1e3:9.0f} "
+              f"{r['vs_gloo']:9.2f} {r['vs_theory']:11.2f} {r['cpu_busy']:5.0%}  "
+              f"{top[0]} {top[1]['sent'] / 1e6:.1f}/{top[1]['received'] / 1e6:.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
