@@ -96,6 +96,50 @@ def _worker(args) -> None:
     print(json.dumps(times[1:]), flush=True)
 
 
+def _straggler(args) -> None:
+    """Iterations of a compute stand-in (a sleep the length of a GPU's forward/backward)
+    and a sync; each iteration one worker, drawn at random from a seed all share, computes
+    `--slow` times as long. Prints the worker's wall time for all iterations."""
+    n_rows = max(1, int(args.mib * 2**20) // (4 * ROW_WIDTH))
+    grads = np.full((n_rows, ROW_WIDTH), 1.0 / args.world, np.float32)
+    slow = np.random.default_rng(7).integers(0, args.world, size=args.clocks)
+    compute = args.compute_ms / 1e3
+
+    def work(i):
+        time.sleep(compute * (args.slow if slow[i] == args.rank else 1.0))
+    if args.mode == "ddp":
+        import torch
+        import torch.distributed as dist
+        dist.init_process_group("gloo", init_method=f"tcp://{args.peers.split(',')[0]}",
+                                rank=args.rank, world_size=args.world)
+        t = torch.from_numpy(grads.copy())
+        dist.barrier()
+        t0 = time.perf_counter()
+        for i in range(args.clocks):
+            work(i)
+            dist.all_reduce(t)
+        wall = time.perf_counter() - t0
+        dist.destroy_process_group()
+    else:
+        import geeps.client
+        from geeps.job import consistency, env
+        c = geeps.client.Client.from_config(env.check(env.Config(
+            rank=args.rank, num_workers=args.world, servers=tuple(args.peers.split(",")),
+            consistency=consistency.parse(args.mode), timeout=120)))
+        with c:
+            table = c.create_table("t", n_rows, ROW_WIDTH, rule="add")
+            out = np.empty_like(grads)
+            c.pull(table, out=out)
+            t0 = time.perf_counter()
+            for i in range(args.clocks):
+                work(i)
+                c.push(table, None, grads)
+                c.clock()
+                c.pull(table, out=out)
+            wall = time.perf_counter() - t0
+    print(json.dumps([wall]), flush=True)
+
+
 # ---- the driver ------------------------------------------------------------------------
 
 def _cpu() -> tuple[float, float]:
@@ -105,16 +149,16 @@ def _cpu() -> tuple[float, float]:
 
 
 def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clocks: int,
-             chunks: int) -> dict:
+             chunks: int, extra: tuple[str, ...] = ()) -> dict:
     from bench.procs import server_env
     from geeps.lab import netns
     from geeps.lab.topology import Link
     names = [f"worker-{r}" for r in range(workers)]
-    if mode not in ("gloo", "colocated"):
+    if mode not in ("gloo", "colocated", "ddp"):
         names += [f"server-{k}" for k in range(servers)]
     procs, ws = [], []
     with netns.running(names, Link(rate=rate)) as lab:
-        if mode == "gloo":
+        if mode in ("gloo", "ddp"):
             peers = [f"{lab.host('worker-0').ip}:{PORT}"]
         elif mode == "colocated":
             peers = [f"{lab.host(f'worker-{r}').ip}:{PORT}" for r in range(workers)]
@@ -122,7 +166,8 @@ def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clock
             peers = [f"{lab.host(f'server-{k}').ip}:{PORT}" for k in range(servers)]
             for k in range(servers):
                 h = lab.host(f"server-{k}")
-                env = server_env(k, workers, peers, "bsp")
+                env = server_env(k, workers, peers, mode if mode.startswith(("bsp", "ssp"))
+                                 else "bsp")
                 env["GEEPS_BIND_HOST"] = h.ip
                 procs.append(subprocess.Popen(
                     netns.exec_argv(h, [sys.executable, "-m", "geeps", "server"]), env=env,
@@ -134,7 +179,7 @@ def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clock
                 argv = [sys.executable, os.path.abspath(__file__), "--role", "worker",
                         "--mode", mode, "--rank", str(r), "--world", str(workers),
                         "--peers", ",".join(peers), "--ip", h.ip, "--mib", str(mib),
-                        "--clocks", str(clocks), "--chunks", str(chunks)]
+                        "--clocks", str(clocks), "--chunks", str(chunks), *extra]
                 # gloo binds the address its hostname resolves to unless told the interface:
                 # the root namespace's, which a lab host cannot reach.
                 env = dict(os.environ, PYTHONPATH=REPO, GLOO_SOCKET_IFNAME=h.inner)
@@ -182,11 +227,16 @@ def main(argv=None) -> int:
     ap.add_argument("--mib", type=float, default=16.0)
     ap.add_argument("--clocks", type=int, default=5)
     ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--straggler", action="store_true",
+                    help="instead: iterations of a compute stand-in with one random worker "
+                         "--slow times slower each, BSP vs SSP(3) vs DDP")
+    ap.add_argument("--compute-ms", type=float, default=100.0)
+    ap.add_argument("--slow", type=float, default=2.0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = ap.parse_args(argv)
     if args.role == "worker":
-        _worker(args)
+        (_straggler if args.straggler else _worker)(args)
         return 0
     from geeps.lab import netns
     from geeps.lab.topology import rate_bits
@@ -195,6 +245,8 @@ def main(argv=None) -> int:
     except netns.LabError as e:
         print(f"bench_lab: {e}", file=sys.stderr)
         return 2
+    if args.straggler:
+        return straggler(args)
     if args.quick:
         args.workers, args.mib, args.clocks, args.chunks = 2, 2.0, 2, 4
     w = args.workers
@@ -225,6 +277,41 @@ def main(argv=None) -> int:
         print(f"{r['mode']:<16} {r['servers']:>2} {r['seconds'] * 1e3:9.0f} "
               f"{r['vs_gloo']:9.2f} {r['vs_theory']:11.2f} {r['cpu_busy']:5.0%}  "
               f"{top[0]} {top[1]['sent'] / 1e6:.1f}/{top[1]['received'] / 1e6:.1f}")
+    return 0
+
+
+def straggler(args) -> int:
+    """Per-iteration throughput with a random straggler: geeps BSP, geeps SSP(3), DDP."""
+    if args.quick:
+        args.workers, args.mib, args.clocks, args.compute_ms = 2, 1.0, 10, 50.0
+    else:
+        args.clocks = max(args.clocks, 40)
+        args.mib = min(args.mib, 4.0)
+    extra = ("--straggler", "--compute-ms", str(args.compute_ms), "--slow", str(args.slow))
+    rows = {}
+    for mode in ("ddp", "bsp", "ssp:3"):
+        r = run_mode(mode, args.workers, args.workers, args.rate, args.mib, args.clocks,
+                     1, extra)
+        rows[mode] = r
+    # run_mode's "seconds" is the median over workers' single entries: the job's wall time
+    its = {m: args.clocks / r["seconds"] for m, r in rows.items()}
+    w = args.workers
+    ideal = args.slow / (1 + (args.slow - 1) / w)
+    out = {"workers": w, "iterations": args.clocks, "compute_ms": args.compute_ms,
+           "slow": args.slow, "rate": args.rate, "mib": args.mib,
+           "iterations_per_s": its, "ssp_vs_bsp": its["ssp:3"] / its["bsp"],
+           "bsp_vs_ddp": its["bsp"] / its["ddp"], "ideal_ssp_vs_bsp": ideal,
+           "cpu_busy": {m: r["cpu_busy"] for m, r in rows.items()}}
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"W={w}, compute {args.compute_ms:g} ms per iteration, one random worker "
+          f"{args.slow:g}x slower each iteration, {args.mib:g} MiB synced, links {args.rate}")
+    for m in ("ddp", "bsp", "ssp:3"):
+        print(f"  {m:<6} {its[m]:6.2f} iterations/s  cpu {rows[m]['cpu_busy']:.0%}")
+    print(f"SSP(3) / BSP: {out['ssp_vs_bsp']:.2f}x (without sync cost at most "
+          f"{ideal:.2f}x: every iteration of BSP waits for that iteration's straggler); "
+          f"BSP / DDP: {out['bsp_vs_ddp']:.2f}x")
     return 0
 
 
