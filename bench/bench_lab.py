@@ -15,9 +15,10 @@ Each worker moves a table of `--mib` MiB of float32 per clock. Modes, each on fr
 - geeps co-located: worker r serves shard r (GeePS's layout: all-reduce's bytes).
 - geeps S=W/2 pipelined: half as many server hosts.
 
-Theory, per clock with S bytes per worker and link rate R: ring all-reduce moves
-2(W-1)/W S each way, so t_ring = 2(W-1)/W S/R; a PS with >= W server hosts moves S each
-way, t_ps = S/R: up to 2(W-1)/W times faster (1.5x at W=4). Printed: median seconds per
+Theory, per clock with S bytes per worker and link rate R (bench/scaling.py): ring
+all-reduce moves 2(W-1)/W S each way, so t_ring = 2(W-1)/W S/R; a PS with >= W server
+hosts moves S each way, t_ps = S/R when push and pull overlap (pipelined): up to
+2(W-1)/W times faster (1.5x at W=4); push, clock, pull one after the other take 2 S/R. Printed: median seconds per
 clock (after a warm-up clock), each mode's ratio to gloo and to its theory, CPU
 utilisation of the machine during the mode (the network, not the 2 cores, must be what
 limits), and the bytes each host's link carried.
@@ -182,7 +183,8 @@ def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clock
                         "--clocks", str(clocks), "--chunks", str(chunks), *extra]
                 # gloo binds the address its hostname resolves to unless told the interface:
                 # the root namespace's, which a lab host cannot reach.
-                env = dict(os.environ, PYTHONPATH=REPO, GLOO_SOCKET_IFNAME=h.inner)
+                path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+                env = dict(os.environ, PYTHONPATH=path, GLOO_SOCKET_IFNAME=h.inner)
                 ws.append(subprocess.Popen(netns.exec_argv(h, argv), stdout=subprocess.PIPE,
                                            text=True, env=env))
             per_worker = []
@@ -205,13 +207,18 @@ def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clock
             "bytes": moved}
 
 
-def theory(mode: str, workers: int, servers: int, mib: float, rate_bps: int) -> float:
-    s = mib * 2**20 * 8 / rate_bps            # seconds to move the table once at the rate
+def theory(mode: str, workers: int, servers: int, mib: float, rate_bps: int,
+           latency_s: float = 0.0) -> float:
+    """bench/scaling.py's sync time for the mode, from the link's rate alone (plus a
+    fixed per-clock latency when one is given)."""
+    from bench.scaling import Model, ps_sync_time, ring_sync_time, sync_time
+    m = Model(model_bytes=mib * 2**20, bandwidth=rate_bps / 8, compute_s=0.0,
+              latency_s=latency_s)
     if mode == "gloo":
-        return 2 * (workers - 1) / workers * s
-    if mode == "colocated":                     # all-reduce's bytes: (W-1)/W out and in
-        return (workers - 1) / workers * s
-    return s * max(1.0, workers / servers)      # each server host's link carries W/S tables
+        return ring_sync_time(m, workers)
+    if mode == "colocated":       # a shard per worker: all-reduce's bytes, 2(W-1)/W M each way
+        return sync_time(m, workers)
+    return ps_sync_time(m, workers, servers, serial=mode == "push-clock-pull")
 
 
 def main(argv=None) -> int:
@@ -230,6 +237,9 @@ def main(argv=None) -> int:
     ap.add_argument("--straggler", action="store_true",
                     help="instead: iterations of a compute stand-in with one random worker "
                          "--slow times slower each, BSP vs SSP(3) vs DDP")
+    ap.add_argument("--scaling", action="store_true",
+                    help="instead: bench/scaling.py's predicted sync per clock against the "
+                         "measured one at W = 1, 2, 4, 8 (co-located and S=W)")
     ap.add_argument("--compute-ms", type=float, default=100.0)
     ap.add_argument("--slow", type=float, default=2.0)
     ap.add_argument("--quick", action="store_true")
@@ -247,6 +257,8 @@ def main(argv=None) -> int:
         return 2
     if args.straggler:
         return straggler(args)
+    if args.scaling:
+        return scaling(args)
     if args.quick:
         args.workers, args.mib, args.clocks, args.chunks = 2, 2.0, 2, 4
     w = args.workers
@@ -271,11 +283,12 @@ def main(argv=None) -> int:
     print(f"\nW={w}, {args.mib:g} MiB per worker, links {args.rate} both ways; the "
           f"theoretical PS advantage over a ring is {ideal:.2f}x")
     print(f"{'mode':<16} {'S':>2} {'ms/clock':>9} {'gloo/this':>9} {'theory/this':>11} "
-          f"{'cpu':>5}  busiest link (MB sent/received)")
+          f"{'cpu':>5} {'drops':>6}  busiest link (MB sent/received)")
     for r in rows:
         top = max(r["bytes"].items(), key=lambda kv: kv[1]["sent"] + kv[1]["received"])
         print(f"{r['mode']:<16} {r['servers']:>2} {r['seconds'] * 1e3:9.0f} "
-              f"{r['vs_gloo']:9.2f} {r['vs_theory']:11.2f} {r['cpu_busy']:5.0%}  "
+              f"{r['vs_gloo']:9.2f} {r['vs_theory']:11.2f} {r['cpu_busy']:5.0%} "
+              f"{sum(v.get('drops', 0) for v in r['bytes'].values()):6d}  "
               f"{top[0]} {top[1]['sent'] / 1e6:.1f}/{top[1]['received'] / 1e6:.1f}")
     return 0
 
@@ -312,6 +325,42 @@ def straggler(args) -> int:
     print(f"SSP(3) / BSP: {out['ssp_vs_bsp']:.2f}x (without sync cost at most "
           f"{ideal:.2f}x: every iteration of BSP waits for that iteration's straggler); "
           f"BSP / DDP: {out['bsp_vs_ddp']:.2f}x")
+    return 0
+
+
+def scaling(args) -> int:
+    """The cost model's sync time per clock, from the link rate and one latency fitted at
+    W=2, against the lab's measurement at every W."""
+    from geeps.lab.topology import rate_bits
+    ws = (1, 2) if args.quick else (1, 2, 4, 8)
+    mib = 1.0 if args.quick else min(args.mib, 4.0)
+    rate = args.rate if args.rate != "200mbit" else "50mbit"   # W=8: 16 processes, 2 cores
+    bps = rate_bits(rate)
+    measured, drops = {}, {}
+    for mode in ("colocated", "push-clock-pull"):
+        for w in ws:
+            r = run_mode(mode, w, w, rate, mib, 3 if args.quick else args.clocks, 1)
+            measured[(mode, w)] = r["seconds"]
+            drops[(mode, w)] = sum(v.get("drops", 0) for v in r["bytes"].values())
+    # One fixed per-clock latency (round trips, the clock barrier), from W=2's residual.
+    lat = {m: max(0.0, measured[(m, 2)] - theory(m, 2, 2, mib, bps)) for m in
+           ("colocated", "push-clock-pull")}
+    rows = []
+    for (mode, w), t in sorted(measured.items()):
+        # A lone co-located worker's shard is in its own memory: no round trip to fit.
+        pred = theory(mode, w, w, mib, bps, lat[mode] if w > 1 or mode != "colocated" else 0)
+        rows.append({"mode": mode, "workers": w, "measured": t, "predicted": pred,
+                     "error": (pred - t) / t, "drops": drops[(mode, w)]})
+    if args.json:
+        print(json.dumps({"rate": rate, "mib": mib, "latency": lat, "rows": rows}))
+        return 0
+    print(f"{mib:g} MiB per worker, links {rate}; per-clock latency fitted at W=2: " +
+          ", ".join(f"{m} {v * 1e3:.0f} ms" for m, v in lat.items()))
+    print(f"{'mode':<16} {'W':>2} {'measured':>9} {'predicted':>9} {'error':>7} "
+          f"{'drops':>6}")
+    for r in rows:
+        print(f"{r['mode']:<16} {r['workers']:>2} {r['measured'] * 1e3:7.0f}ms "
+              f"{r['predicted'] * 1e3:7.0f}ms {r['error']:+7.0%} {r['drops']:6d}")
     return 0
 
 

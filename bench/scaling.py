@@ -60,6 +60,23 @@ def sync_time(m: Model, n: int) -> float:
     return m.latency_s + wire + 2 * m.model_bytes / m.pcie_bw
 
 
+def ps_sync_time(m: Model, n: int, servers: int, serial: bool = False) -> float:
+    """Seconds per clock with `servers` server-only machines beside n workers (BytePS's
+    layout): each worker sends its gradient once and receives the rows once, M bytes
+    each way on its NIC; each server's NIC carries n/servers times its share, so with
+    servers >= n the workers' NICs are what limits. `serial`: the pull starts after the
+    push ends (push, clock, pull), so the two directions take turns instead of
+    overlapping: twice the time."""
+    wire = m.model_bytes * max(1.0, n / servers) / min(m.bandwidth, m.software_bw)
+    return m.latency_s + wire * (2 if serial else 1) + 2 * m.model_bytes / m.pcie_bw
+
+
+def ring_sync_time(m: Model, n: int) -> float:
+    """Seconds per clock of a ring all-reduce: 2(n-1)/n M each way."""
+    wire = 2 * m.model_bytes * (n - 1) / n / m.bandwidth if n > 1 else 0.0
+    return m.latency_s + wire
+
+
 def iteration_time(m: Model, n: int) -> float:
     """Seconds per clock on n machines: compute, the straggler wait, and the part of
     the communication the overlap does not hide."""

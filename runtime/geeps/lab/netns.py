@@ -217,9 +217,18 @@ def set_rate(lab: T.Lab, host: str, rate: str | None) -> None:
         _run(cmd, check=rate is not None)
 
 
+def _qdisc_drops(cmd: T.Command) -> int:
+    p = _run(cmd, check=False)
+    try:
+        return sum(int(q.get("drops", 0)) for q in json.loads(p.stdout or "[]"))
+    except ValueError:
+        return 0
+
+
 def traffic(lab: T.Lab) -> dict[str, dict[str, int]]:
     """Bytes each host sent and received so far, from its link's counters (the outer end:
-    what it transmits went into the host)."""
+    what it transmits went into the host), and the packets its shaper dropped each way
+    (a full tbf queue: TCP then backs off below the link's rate)."""
     out = {}
     for h in lab.hosts:
         base = f"/sys/class/net/{h.outer}/statistics"
@@ -230,5 +239,10 @@ def traffic(lab: T.Lab) -> dict[str, dict[str, int]]:
                 received = int(f.read())
         except OSError:
             continue
-        out[h.name] = {"sent": sent, "received": received}
+        drops = 0
+        if lab.link.rate:
+            drops = _qdisc_drops(["tc", "-s", "-j", "qdisc", "show", "dev", h.outer]) + \
+                _qdisc_drops(["ip", "netns", "exec", h.ns, "tc", "-s", "-j", "qdisc", "show",
+                              "dev", h.inner])
+        out[h.name] = {"sent": sent, "received": received, "drops": drops}
     return out
