@@ -80,7 +80,7 @@ def main(argv=None) -> int:
                     clock = client.clock()
                     if clock % 5 == 0:
                         geeps.report(clock=clock, loss=loss, samples=5 * args.batch,
-                                     epoch=epoch)
+                                     epoch=epoch, epochs=args.epochs, clocks=total)
                 rows, _ = client.pull(table)
                 break
             except geeps.RolledBack as e:

@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     loader, (x_test, y_test) = cnn.data(args.batch)
     model = gt.DataParallel(cnn.Net())
     opt = gt.ServerOptimizer(model, "sgd", lr=args.lr, momentum=0.9)
+    total = args.epochs * len(gt.shard(loader))     # clocks: geeps run shows an ETA
     step, samples, t0 = 0, 0, time.monotonic()
     for epoch in range(args.epochs):
         for x, y in gt.shard(loader):
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
             opt.step()
             step, samples = step + 1, samples + len(x)
             if step % args.report_every == 0:
-                cnn.report(clock=step, loss=loss.item(), samples=samples, epoch=epoch)
+                cnn.report(clock=step, loss=loss.item(), samples=samples, epoch=epoch,
+                           epochs=args.epochs, clocks=total)
                 samples = 0
         acc = cnn.accuracy(model, x_test, y_test)
         cnn.report(clock=step, accuracy=acc, epoch=epoch)

@@ -137,7 +137,8 @@ def main(argv=None) -> int:
             clock = opt.step()
             samples += len(y)
             if clock % args.report_every == 0:
-                geeps.report(clock=clock, loss=loss.item(), samples=samples, epoch=epoch)
+                geeps.report(clock=clock, loss=loss.item(), samples=samples, epoch=epoch,
+                             epochs=args.epochs, clocks=total)
                 samples = 0
             if args.steps and clock >= args.steps:
                 done = True

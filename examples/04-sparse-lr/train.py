@@ -215,6 +215,7 @@ def main(argv=None) -> int:
             if clock % args.report_every == 0:
                 hits, misses = reads("hit"), reads("miss")
                 geeps.report(clock=clock, loss=float(np.mean(losses)), epoch=c // len(data),
+                             epochs=args.epochs, clocks=args.epochs * len(data),
                              samples=len(losses) * args.batch,
                              hit_ratio=hits / max(1.0, hits + misses))
                 losses = []

@@ -15,8 +15,9 @@ import yaml
 
 from geeps.job import spec as _spec
 
+from .status import CONDITION_TYPES
+
 PHASES = ("Pending", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
-CONDITION_TYPES = ("Created", "Running", "Restarting", "Succeeded", "Failed", "Suspended")
 SHORT_NAMES = ["gj"]
 CATEGORIES = ["geeps"]
 
@@ -97,7 +98,8 @@ PRINTER_COLUMNS: list[dict] = [
 # DNS labels, which a schema on spec alone cannot say.
 NAME_RULE = {"rule": f"size(self.metadata.name) <= {_spec.MAX_NAME}",
              "message": f"metadata.name must be at most {_spec.MAX_NAME} characters "
-                        f"(pod names append -worker-<index>)"}
+                        f"(pod names append -worker-<index>)",
+             "fieldPath": ".metadata.name", "reason": "FieldValueInvalid"}
 
 
 def openapi_schema() -> dict:

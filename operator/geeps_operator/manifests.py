@@ -170,7 +170,7 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
         volumes.append({"name": TMP_VOLUME, "emptyDir": {}})
         mounts.append({"name": TMP_VOLUME, "mountPath": TMP_MOUNT})
     if not job.insecure:
-        volume, mount = curve_mount(job)
+        volume, mount = curve_mount(job, role)
         volumes.append(volume)
         mounts.append(mount)
     checkpoint_dir = ""
@@ -269,13 +269,22 @@ def curve_secret(job: GeePSJob, owner: dict, keys: dict[str, str] | None = None)
             "stringData": dict(keys or {})}
 
 
-def curve_mount(job: GeePSJob) -> tuple[dict, dict]:
+def curve_mount(job: GeePSJob, role: str = "server") -> tuple[dict, dict]:
     """(volume, volumeMount) exposing the job's CurveZMQ Secret at CURVE_MOUNT.
+
+    Only pods that serve shards (servers, or workers of a co-located job) get the
+    servers' secret key: a plain worker gets the public keys and the client's secret,
+    so a compromised worker cannot impersonate a server.
 
     Mode 0440: the files belong to root and the pod's fsGroup, and the process runs as
     RUN_AS in that group (owner-only 0400 would leave them unreadable to it)."""
+    files = ["server.key", "client.key", "client.key_secret"]
+    if job.serves_shards(role):
+        files.append("server.key_secret")
     return ({"name": CURVE_VOLUME, "secret": {"secretName": curve_secret_name(job.name),
-                                              "defaultMode": 0o440}},
+                                              "defaultMode": 0o440,
+                                              "items": [{"key": f, "path": f}
+                                                        for f in files]}},
             {"name": CURVE_VOLUME, "mountPath": CURVE_MOUNT, "readOnly": True})
 
 

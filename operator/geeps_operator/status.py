@@ -16,6 +16,21 @@ from dataclasses import dataclass
 from . import manifests as m
 
 ROLES = ("server", "worker")
+
+# Every condition type the operator writes, and what it means: the CRD's enum
+# (geeps_operator.crd), set_condition and the docs' table read this one list, so the
+# API server never refuses a status write for a condition it was not told of.
+CONDITIONS: dict[str, str] = {
+    "Created": "the service, Secret, network policy and first pods were made",
+    "Running": "every server and worker pod is running",
+    "Restarting": "a failed or lost pod is being replaced (counted against backoffLimit)",
+    "Succeeded": "every worker exited 0; the servers were stopped",
+    "Failed": "the job ended without success; the reason and message say why",
+    "Suspended": "runPolicy.suspend is true: the pods were deleted",
+    "CheckpointsDurable": "False when checkpoints are on without spec.checkpoint.volume "
+                          "(an emptyDir dies with its pod)",
+}
+CONDITION_TYPES = tuple(CONDITIONS)
 PLURAL = {"server": "servers", "worker": "workers"}
 
 
@@ -119,6 +134,8 @@ def set_condition(conditions: list[dict], type_: str, reason: str, message: str,
 
     lastTransitionTime moves only when a condition's status flips, as Kubernetes
     clients expect; reason and message always reflect the latest cause."""
+    if type_ not in CONDITIONS:
+        raise ValueError(f"condition {type_!r} is not in status.CONDITIONS (the CRD's enum)")
     ts = timestamp(now)
     out = [dict(c) for c in conditions]
     by_type = {c["type"]: c for c in out}

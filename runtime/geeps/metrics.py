@@ -1,7 +1,7 @@
 """Every Prometheus metric of geeps, and the HTTP endpoint that serves them.
 
     m = Metrics.from_config(geeps.load_config())    # binds the job, role and rank labels
-    m.serve(cfg.metrics_port)                        # GEEPS_METRICS_PORT; 0 = off
+    m.serve(cfg.metrics_port, cfg.metrics_addr)      # GEEPS_METRICS_PORT; 0 = off
     m.cache_reads("w", hits=120, misses=8)
     client = geeps.Client(..., metrics=m)            # counts push/pull bytes, clocks
 
@@ -13,7 +13,9 @@ query them.
 Worker: geeps_cache_reads_total{table,result}, geeps_transfer_bytes_total{direction},
 geeps_clock, geeps_clock_lag, geeps_read_wait_seconds, geeps_iteration_seconds.
 Server: geeps_server_update_seconds, geeps_parked_reads, geeps_server_clock,
-geeps_server_push_bytes_total. Every call is thread-safe and never blocks.
+geeps_server_push_bytes_total, geeps_nonfinite_values_total{table,worker}. A series
+appears at its first use, so each process exports only what its role records. Every
+call is thread-safe and never blocks.
 """
 from __future__ import annotations
 
@@ -29,7 +31,9 @@ _SECONDS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 
 CACHE_READS = Counter(
     "geeps_cache_reads", "Rows read by the application; hit = resident in device memory "
     "before the read (pinned, or kept since an earlier read), miss = copied from host "
-    "memory for it", LABELS + ("table", "result"))
+    "memory for it. geeps.torch: a forward pass reads every row of the model, a hit when "
+    "the refresh the last step started had landed (no wait)",
+    LABELS + ("table", "result"))
 TRANSFER_BYTES = Counter(
     "geeps_transfer_bytes", "Bytes moved: h2d/d2h between host and device memory, "
     "push/pull to and from the servers", LABELS + ("direction",))
@@ -51,22 +55,39 @@ SERVER_CLOCK = Gauge("geeps_server_clock", "Minimum clock over the workers, as t
                      "shard knows it", LABELS)
 SERVER_PUSH_BYTES = Counter("geeps_server_push_bytes", "Update bytes a server shard "
                             "received", LABELS)
+NONFINITE = Counter("geeps_nonfinite_values", "NaN or Inf values in pushes a server shard "
+                    "received (refused, skipped or applied: spec.nonFinite)",
+                    (*LABELS, "table", "worker"))
 
 _servers: dict[int, object] = {}
 _serve_lock = threading.Lock()
 
 
-def serve(port: int):
-    """Serve every geeps metric over HTTP on `port` (all interfaces); 0 = off.
+class MetricsPortError(OSError):
+    """The metrics port cannot be bound; the message names GEEPS_METRICS_PORT."""
 
-    Idempotent per port within a process; returns the server (None when off)."""
+
+def serve(port: int, addr: str | None = None):
+    """Serve every geeps metric over HTTP on `port`; 0 = off.
+
+    `addr` (Config.metrics_addr, GEEPS_METRICS_ADDR) empty = every interface: a pod
+    is scraped from outside; `geeps run` passes 127.0.0.1. Idempotent per port within a process;
+    returns the server (None when off). MetricsPortError names the variable when the
+    port is taken."""
     if not port:
         return None
     if not 0 < int(port) < 65536:
         raise ValueError(f"metrics port {port} outside 1..65535 (GEEPS_METRICS_PORT)")
+    addr = addr or "0.0.0.0"
     with _serve_lock:
         if port not in _servers:
-            _servers[port] = start_http_server(int(port), registry=REGISTRY)
+            try:
+                _servers[port] = start_http_server(int(port), addr=addr, registry=REGISTRY)
+            except OSError as e:
+                raise MetricsPortError(
+                    e.errno, f"cannot serve metrics on {addr}:{port} "
+                    f"(GEEPS_METRICS_PORT={port}): {e.strerror or e}; pick another port "
+                    f"or 0 to turn metrics off") from None
         return _servers[port]
 
 
@@ -78,23 +99,34 @@ class Metrics:
         lv = (self.labels["job"], self.labels["role"], self.labels["rank"])
         self._lv = lv
         self._reads: dict[tuple[str, str], object] = {}
-        self._transfer = {d: TRANSFER_BYTES.labels(*lv, d) for d in DIRECTIONS}
-        self.clock = CLOCK.labels(*lv)
-        self.clock_lag = CLOCK_LAG.labels(*lv)
-        self.read_wait = READ_WAIT.labels(*lv)
-        self.iteration = ITERATION.labels(*lv)
-        self.server_update = SERVER_UPDATE.labels(*lv)
-        self.parked_reads = PARKED_READS.labels(*lv)
-        self.server_clock = SERVER_CLOCK.labels(*lv)
-        self.server_push_bytes = SERVER_PUSH_BYTES.labels(*lv)
+        self._transfer: dict[str, object] = {}
+
+    # A labelled child is exported from its creation on, so each is made at its first
+    # use: a worker shows no geeps_server_* zeros, a server no geeps_clock, and a
+    # co-located worker (it serves a shard) shows both because it does both.
+    def _child(self, attr: str, metric):
+        child = self.__dict__.get(attr)
+        if child is None:
+            child = self.__dict__[attr] = metric.labels(*self._lv)
+        return child
+
+    clock = property(lambda self: self._child("_clock", CLOCK))
+    clock_lag = property(lambda self: self._child("_clock_lag", CLOCK_LAG))
+    read_wait = property(lambda self: self._child("_read_wait", READ_WAIT))
+    iteration = property(lambda self: self._child("_iteration", ITERATION))
+    server_update = property(lambda self: self._child("_server_update", SERVER_UPDATE))
+    parked_reads = property(lambda self: self._child("_parked_reads", PARKED_READS))
+    server_clock = property(lambda self: self._child("_server_clock", SERVER_CLOCK))
+    server_push_bytes = property(
+        lambda self: self._child("_server_push_bytes", SERVER_PUSH_BYTES))
 
     @classmethod
     def from_config(cls, cfg) -> "Metrics":
         """From a geeps.Config (GEEPS_JOB, GEEPS_ROLE, GEEPS_RANK)."""
         return cls(cfg.job, cfg.role, cfg.rank)
 
-    def serve(self, port: int):
-        return serve(port)
+    def serve(self, port: int, addr: str | None = None):
+        return serve(port, addr)
 
     def cache_reads(self, table: str, hits: int = 0, misses: int = 0) -> None:
         for result, n in (("hit", hits), ("miss", misses)):
@@ -107,13 +139,20 @@ class Metrics:
 
     def transfer(self, direction: str, nbytes: int) -> None:
         """Count bytes moved; the signature of Client(on_transfer=...)."""
-        try:
-            child = self._transfer[direction]
-        except KeyError:
+        if direction not in DIRECTIONS:
             raise ValueError(f"transfer direction {direction!r} is not one of "
-                             f"{', '.join(DIRECTIONS)}") from None
+                             f"{', '.join(DIRECTIONS)}")
         if nbytes:
+            child = self._transfer.get(direction)
+            if child is None:
+                child = self._transfer[direction] = TRANSFER_BYTES.labels(*self._lv,
+                                                                          direction)
             child.inc(nbytes)
+
+    def nonfinite(self, table: str, worker: int, n: int) -> None:
+        """Count NaN/Inf values in a push (geeps_nonfinite_values_total)."""
+        if n:
+            NONFINITE.labels(*self._lv, table, str(worker)).inc(n)
 
     def value(self, name: str, **labels) -> float:
         """This object's current value of a sample (for tests and logs); 0 if unset."""

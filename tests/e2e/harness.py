@@ -12,6 +12,8 @@ makes can be told apart for the RBAC check), one for everything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import os
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from geeps.job import spec as _spec
 from geeps_operator.crd import build_crd
 from tests.helpers import REPO, free_port, kill_group, wait_for
 
+from .apiserver import CustomResource
 from .emulator import GeepsEmulator
 from .kubelet import Kubelet
 
@@ -93,6 +96,12 @@ class Api:
         r = self.http.post(self.base + path, json=body, timeout=10)
         r.raise_for_status()
         return r.json()
+
+    def send(self, method: str, path: str, body: Any = None, *, params: dict | None = None,
+             content_type: str = "application/json") -> requests.Response:
+        """A raw request, for tests of what the API server answers (status, warnings)."""
+        return self.http.request(method, self.base + path, json=body, params=params,
+                                 headers={"Content-Type": content_type}, timeout=10)
 
     def patch(self, path: str, body: dict) -> dict:
         r = self.http.patch(self.base + path, json=body, timeout=10,
@@ -185,6 +194,29 @@ class Cluster:
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(10)
+
+    @contextlib.contextmanager
+    def stale_crd(self):
+        """While inside, GeePSJob specs are stored unchecked, as by a cluster whose CRD
+        predates the schema (status writes are still checked): how invalid jobs reach
+        the operator, whose own validation is then the last line."""
+        res = kmock.resource(_spec.GROUP, _spec.VERSION, _spec.PLURAL)
+        crd = copy.deepcopy(build_crd())
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        schema["properties"]["spec"] = {"type": "object",
+                                        "x-kubernetes-preserve-unknown-fields": True}
+        schema.pop("x-kubernetes-validations")
+        schema.pop("required")
+        stale = CustomResource(crd, _spec.VERSION)
+
+        async def swap(new):
+            old, self.emulator._admission[res] = self.emulator._admission[res], new
+            return old
+        current = asyncio.run_coroutine_threadsafe(swap(stale), self.loop).result(10)
+        try:
+            yield
+        finally:
+            asyncio.run_coroutine_threadsafe(swap(current), self.loop).result(10)
 
     # ---- observation (thread-safe reads of the emulator's state) ------------------
     def requests_on(self, url: str) -> list:

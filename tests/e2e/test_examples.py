@@ -43,8 +43,7 @@ def test_example_trains_to_succeeded_and_servers_stop(cluster, operator, kubectl
         path = str(tmp_path / "job.yaml")
         with open(path, "w") as f:
             yaml.safe_dump(manifest, f)
-    # --validate=false: see test_kubectl_against_the_emulator for why.
-    r = kubectl(ns, "apply", "--validate=false", "-f", path)
+    r = kubectl(ns, "apply", "-f", path)
     assert r.returncode == 0, r.stderr
     name = _job_name(path)
     spec = cluster.api.job(ns, name)["spec"]
@@ -89,13 +88,14 @@ def test_kubectl_against_the_emulator(cluster, operator, kubectl, ns, tmp_path):
         "apiVersion": "geeps.dev/v1alpha1", "kind": "GeePSJob", "metadata": {"name": "kc"},
         "spec": {"command": ["python", "-c", "import geeps; geeps.report(clock=3)"],
                  "workers": {"replicas": 2, "gpus": 0}, "security": {"insecure": True}}}))
-    # What the emulator lacks: OpenAPI documents (/openapi/v2, /openapi/v3). kubectl's
-    # default client-side validation downloads them first, so plain `apply` fails:
+    # kubectl reads /openapi/v3, sees that the server validates GeePSJobs and leaves it
+    # to the server (fieldValidation=Strict), which refuses a bad manifest by field:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(dict(yaml.safe_load(manifest.read_text()), spec={
+        "command": ["python"], "workers": {"replicas": 1_000_000}})))
+    r = kubectl(ns, "apply", "-f", str(bad))
+    assert r.returncode != 0 and "spec.workers.replicas" in r.stderr, r.stderr
     r = kubectl(ns, "apply", "-f", str(manifest))
-    assert r.returncode != 0 and "failed to download openapi" in r.stderr, r.stderr
-    # With validation off, apply creates the job (the API server would validate it
-    # against the CRD schema; the operator validates it anyway).
-    r = kubectl(ns, "apply", "--validate=false", "-f", str(manifest))
     assert r.returncode == 0 and "geepsjob.geeps.dev/kc created" in r.stdout, r.stderr
     cluster.wait_phase(ns, "kc", "Succeeded", timeout=30)
 

@@ -184,3 +184,65 @@ def test_state_is_unchanged_and_the_server_still_serves(live):
     values, clock = c.pull(t)
     assert clock == 1
     np.testing.assert_allclose(values, -0.1 * 0.5 * np.ones((N_ROWS, WIDTH)), rtol=1e-6)
+
+
+# ---- well-formed but hostile messages (issue 23), CurveZMQ on and off ----------------
+# The peer holds the job's key when CurveZMQ is on: these are attacks by a client the
+# server must let in. The resource attacks (unread replies, parked reads, a peer that
+# leaves) are in test_peer_limits.py, under the same two settings.
+@pytest.fixture(params=["plain", "curve"])
+def keyed(request, tmp_path):
+    from geeps.wire import curve
+    keys = curve.generate(str(tmp_path / "keys")) if request.param == "curve" else ""
+    env = {"GEEPS_CURVE_DIR": keys} if keys else {}
+    with Cluster(servers=1, workers=2, **env) as cl:
+        from geeps.job import env as config
+        cfg = config.load({"GEEPS_SERVERS": cl.servers[0], "GEEPS_CURVE_DIR": keys})
+        sock = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if keys:
+            curve.secure_client(sock, curve.load(keys))
+        sock.connect(f"tcp://{cl.servers[0]}")
+        yield cl, cfg, sock
+        sock.close(0)
+
+
+def test_well_formed_hostile_messages_change_nothing(keyed):
+    cl, cfg, sock = keyed
+    c0 = cl.client(0, config=cfg)
+    c1 = cl.client(1, config=cfg)
+    t = c0.create_table("w", N_ROWS, WIDTH, rule="sgd", lr=0.5)
+    c1.open_table("w")
+    c0.push(t, None, np.ones((N_ROWS, WIDTH), np.float32))     # pending for clock 0
+    digest = lambda: ask(sock, [P.encode_header({"op": "digest", "id": "d"})])["digest"]
+    before = digest()
+    # A forged hello for worker 0 between its push and its clock: it would make the
+    # server drop that push as a dead predecessor's.
+    r = ask(sock, [P.encode_header({"v": 1, "op": "hello", "id": 1, "worker": 0,
+                                    "session": "forged", "num_workers": 2})])
+    assert not r["ok"] and "token" in r["error"], r
+    # Non-finite payloads: refused (the default policy), nothing applied.
+    nan = np.full((N_ROWS, WIDTH), np.nan, np.float32).tobytes()
+    r = ask(sock, [json.dumps(good_push(session="x", seq=0)).encode(), nan])
+    assert not r["ok"] and "non-finite" in r["error"], r
+    # Infinity in a learning-rate schedule: refused at create, not at apply.
+    r = ask(sock, [json.dumps({"v": 1, "op": "create", "id": 3, "table": "u", "n_rows": 2,
+                               "row_width": 1, "lo": 0, "hi": 2, "rule": "sgd",
+                               "hyper": {"lr": 0.1, "schedule": {"decay": "cosine",
+                                                                 "total": float("inf")}},
+                               "per_clock": True, "init": False}).encode()])
+    assert not r["ok"] and "hyper" in r["error"], r
+    assert digest() == before
+    c1.push(t, None, np.ones((N_ROWS, WIDTH), np.float32))
+    c1.push(t, None, np.ones((N_ROWS, WIDTH), np.float32))     # a second push, counted
+    seq_push = ask(sock, [json.dumps(good_push(session=c1.session, seq=0)).encode(), VALUES])
+    assert seq_push.get("duplicate"), seq_push      # a replay of worker 1's first push
+    # Nor worker 1's session name from another connection, without its token.
+    hello1 = ask(sock, [P.encode_header({"v": 1, "op": "hello", "id": 2, "worker": 1,
+                                         "session": c1.session, "num_workers": 2})])
+    assert not hello1["ok"], "another connection cannot take worker 1's live session"
+    c0.clock()
+    c1.clock()
+    values, _ = c0.pull(t, need=1)
+    # both workers' pushes applied once: worker 0 pushed 1, worker 1 pushed 1 + 1
+    np.testing.assert_allclose(values, -0.5 * (1 + 2) / 2 * np.ones((N_ROWS, WIDTH)))

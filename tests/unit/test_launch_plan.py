@@ -163,23 +163,80 @@ def test_pick_ports_are_distinct_and_prefer_the_metrics_base():
     assert pick_ports(2, 4, 0).metrics == ()
 
 
+def _time_wait_port() -> int:
+    """A port whose only socket is a TIME_WAIT connection, as a finished scrape of the
+    last run's metrics endpoint leaves it (the side that closes first keeps it)."""
+    with socket.socket() as lsn:
+        # As prometheus-client's server: its TIME_WAIT ends inherit SO_REUSEADDR.
+        lsn.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(1)
+        port = lsn.getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            conn, _ = lsn.accept()
+            conn.close()                # the server closes first: its end waits
+            client.recv(1)
+    with open("/proc/net/tcp") as f:
+        states = [line.split()[3] for line in f.readlines()[1:]
+                  if line.split()[1].endswith(f":{port:04X}")]
+    assert "06" in states, f"no TIME_WAIT on port {port}: {states}"
+    return port
+
+
+def test_pick_ports_keeps_a_port_in_time_wait():
+    # A re-run within a minute: the requested ports must not move.
+    port = _time_wait_port()
+    assert pick_ports(1, 1, port).metrics == (port,)
+    from prometheus_client import start_http_server
+    server, thread = start_http_server(port, addr="127.0.0.1")   # and the child binds it
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_pick_ports_moves_from_a_listening_port_and_keeps_the_others():
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        base = busy.getsockname()[1]
+        ports = pick_ports(1, 2, base)
+    assert ports.metrics[0] != base
+
+
 def test_board_clock_range_rate_and_means():
     b = ProgressBoard(2, window=10.0)
     b.started(0, 0.0)
     b.started(1, 0.0)
-    assert b.status() == "0/2 workers reporting" and b.rate() is None
+    assert b.status() == "waiting for the first progress line of 2 workers (they " \
+                         "start, import and connect to the servers)" and b.rate() is None
     b.update(0, {"clock": 1, "samples": 100, "loss": 2.0}, 1.0)
     b.update(0, {"clock": 2, "samples": 100, "loss": 1.0}, 2.0)
     b.update(1, {"clock": 1, "samples": 50, "loss": 3.0, "accuracy": 0.25}, 1.0)
-    assert b.clocks() == (1, 2)
-    assert b.rate() == pytest.approx(100.0 + 50.0)   # 200 in 2 s, plus 50 in 1 s
-    assert b.status() == "clock 1..2 | 150 samples/s | loss 2 | accuracy 0.25"
-    assert b.total_samples == 250
+    b.update(1, {"clock": 2, "samples": 50}, 1.5)
+    assert b.clocks() == (2, 2)
+    # From each worker's first report on: the start-up before it is not training.
+    assert b.rate() == pytest.approx(100.0 + 100.0)  # 100 in 1 s, 50 in 0.5 s
+    assert b.status() == "clock 2 | 200 samples/s | loss 2 | accuracy 0.25"
+    assert b.total_samples == 300
+
+
+def test_board_totals_epoch_and_eta():
+    b = ProgressBoard(2)
+    for rank in (0, 1):
+        b.update(rank, {"clock": 10, "epoch": 0, "epochs": 5, "clocks": 110}, 100.0)
+    assert b.status() == "clock 10/110 | epoch 0/5"
+    assert b.eta() is None                           # one clock seen: no speed yet
+    b.update(0, {"clock": 30, "epoch": 1}, 110.0)    # 2 clocks/s: 40 s left
+    b.update(1, {"clock": 20, "epoch": 1}, 110.0)    # 1 clock/s: 90 s left
+    assert b.eta() == pytest.approx(90.0)
+    assert b.status() == "clock 20..30/110 | epoch 1/5 | ETA 1m30s"
 
 
 def test_board_rate_forgets_reports_older_than_the_window():
     b = ProgressBoard(1, window=5.0)
     b.started(0, 0.0)
+    b.update(0, {"samples": 5}, 0.5)                 # start-up: not in the rate
     b.update(0, {"samples": 1000}, 1.0)              # a fast start...
     for t in range(2, 20):
         b.update(0, {"samples": 10}, float(t))       # ...then 10 samples/s

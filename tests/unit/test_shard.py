@@ -1,5 +1,6 @@
 """ShardState without sockets: the meaning of each request."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -399,3 +400,109 @@ def test_a_replacement_redoing_rows_updated_early_does_not_count_them_twice():
     assert st.tables["t"].state.slots["velocity"].tobytes() == \
         clean.tables["t"].state.slots["velocity"].tobytes()
     assert st.stats["absorbed"] == 1
+
+
+# ---- issue 23: bounded state, values checked where they enter ------------------------
+def test_digest_streams_the_rows_without_a_table_sized_copy():
+    import tracemalloc
+    n, w = 4096, 1024                       # 16 MiB of rows, 32 MiB with momentum's slot
+    st = ShardState(0, 2)
+    reply(st.handle(b"p", msg("create", table="t", n_rows=n, row_width=w, lo=0, hi=n,
+                              rule="momentum", hyper={"lr": 0.1}, per_clock=True,
+                              init=False)))
+    push(st, 0, 0, 0, np.ones((n, w), np.float32))      # a dense pending contribution too
+    before = st.digest()
+    tracemalloc.start()
+    try:
+        h, _ = reply(st.handle(b"q", msg("digest")))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert h["digest"] == before
+    # Bound: 1/16 of the table (a tobytes() copy would be the whole 16 MiB at once).
+    assert peak < n * w * 4 // 16, f"digest allocated {peak} bytes at its peak"
+
+
+@pytest.mark.parametrize("schedule", [
+    {"decay": "cosine", "total": float("inf")},
+    {"decay": "step", "milestones": [float("inf")]},
+    {"warmup": float("inf")},
+    {"decay": "cosine", "total": 10, "min_lr": float("nan")},
+])
+def test_a_non_finite_schedule_is_refused_at_create_and_changes_nothing(schedule):
+    st, _ = make()
+    before = st.digest()
+    # JSON with Infinity/NaN, as a hostile or buggy client would send it
+    header = json.dumps({"v": 1, "op": "create", "id": 2, "table": "u", "n_rows": 2,
+                         "row_width": 1, "lo": 0, "hi": 2, "rule": "sgd",
+                         "hyper": {"lr": 0.1, "schedule": schedule}, "per_clock": True,
+                         "init": False}).encode()
+    h, _ = reply(st.handle(b"p", [header]))
+    assert not h["ok"] and "hyper" in h["error"], h
+    assert st.digest() == before and "u" not in st.tables
+
+
+def test_a_part_that_fails_inside_a_batch_fails_alone(monkeypatch):
+    st, _ = make()
+    monkeypatch.setattr(ShardState, "_op_ping", lambda *a: 1 // 0)
+    raw = P.batch(9, [msg("ping", rid=1), msg("stats", rid=2)])
+    out = st.handle(b"p", raw)
+    (peer, frames), = out
+    parts = P.replies(json.loads(frames[0]), frames)
+    assert [p[0]["ok"] for p in parts] == [False, True]
+    assert "internal server error" in parts[0][0]["error"]
+
+
+def test_parked_reads_are_capped_per_peer_expire_and_go_with_their_peer():
+    st = ShardState(0, 2, max_parked=10, wait_timeout=5.0, peer_parked=3)
+    st.handle(b"p", msg("create", table="t", n_rows=1, row_width=1, lo=0, hi=1, rule="add",
+                        hyper={}, per_clock=True, init=False))
+    pull = lambda peer, rid: st.handle(peer, msg("pull", rid=rid, table="t",
+                                                 rows={"range": [0, 1]}, need=1))
+    for i in range(3):
+        assert pull(b"hostile", i) == []
+    h, _ = reply(pull(b"hostile", 9))
+    assert not h["ok"] and "GEEPS_PEER_PARKED" in h["error"]
+    assert pull(b"good", 1) == [] and len(st.parked) == 4    # others may still park
+    assert st.forget_peer(b"hostile") == 3 and len(st.parked) == 1
+    assert st.expire(time.monotonic()) == []
+    (peer, frames), = st.expire(time.monotonic() + 6.0)
+    h = json.loads(frames[0])
+    assert peer == b"good" and not h["ok"] and h["id"] == 1
+    assert "GEEPS_WAIT_TIMEOUT" in h["error"] and "clock 1" in h["error"], h
+    assert st.parked == []
+
+
+def test_pushes_under_ever_new_session_names_keep_a_bounded_state():
+    from geeps.server.shard import SESSIONS_PER_WORKER
+    st, _ = make(workers=2, rule="add", per_clock=False)
+    for s in range(2000):
+        assert push(st, 1, 0, 0, np.ones((4, 2)), session=f"s{s}")["ok"]
+    assert len(st.windows) <= SESSIONS_PER_WORKER
+
+
+def test_a_hello_for_a_rank_held_by_a_live_session_needs_its_token():
+    st, _ = make()
+    hello = lambda peer, session, **kw: reply(st.handle(peer, msg(
+        "hello", worker=0, session=session, num_workers=2, **kw)))[0]
+    first = hello(b"a", "s1")
+    assert first["ok"] and first["token"]
+    push(st, 0, 0, 0, np.ones((4, 2)))                # pending, session 7
+    before = st.digest()
+    forged = hello(b"evil", "s2")
+    assert not forged["ok"] and "token" in forged["error"]
+    assert not hello(b"evil", "s1")["ok"], "nor the same session name from elsewhere"
+    assert st.digest() == before and st.sessions[0] == "s1"
+    assert hello(b"a", "s1")["ok"], "its own connection may say hello again"
+    assert hello(b"b", "s3", token=first["token"])["ok"], "the token holder may take over"
+    push(st, 0, 0, 1, np.ones((4, 2)), session="s3")
+    assert not hello(b"evil", "s5")["ok"]
+    st.forget_peer(b"b")                             # it crashed: a replacement gets in
+    assert hello(b"c", "s4")["ok"]
+
+
+def test_a_new_client_may_take_a_rank_whose_live_session_holds_no_pushes():
+    st, _ = make()
+    assert reply(st.handle(b"a", msg("hello", worker=0, session="s1", num_workers=2)))[0]["ok"]
+    h, _ = reply(st.handle(b"b", msg("hello", worker=0, session="s2", num_workers=2)))
+    assert h["ok"] and st.sessions[0] == "s2"

@@ -124,7 +124,7 @@ class Client:
         if "metrics" not in kw:
             from geeps.metrics import Metrics
             kw["metrics"] = Metrics.from_config(cfg)
-            kw["metrics"].serve(cfg.metrics_port)
+            kw["metrics"].serve(cfg.metrics_port, cfg.metrics_addr)
         if cfg.colocate and "host" not in kw:
             from geeps.client.hosted import HostedShard
             kw["host"] = HostedShard(cfg, metrics=kw["metrics"])

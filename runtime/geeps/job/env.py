@@ -119,6 +119,8 @@ VARS: tuple[Var, ...] = (
         "checkpoint every K clocks; 0 disables"),
     Var("GEEPS_METRICS_PORT", "metrics_port", "0", _int_in(0, 65535), "a port 0-65535",
         "Prometheus metrics HTTP port; 0 disables"),
+    Var("GEEPS_METRICS_ADDR", "metrics_addr", "", str, "an address or empty",
+        "address the metrics endpoint binds; empty = every interface (a pod)"),
     Var("GEEPS_BIND_HOST", "bind_host", "*", str, "an address or *",
         "address a server binds (its port comes from GEEPS_SERVERS[rank])"),
     Var("GEEPS_TIMEOUT", "timeout", "30", _positive_float, "seconds > 0",
@@ -127,6 +129,26 @@ VARS: tuple[Var, ...] = (
         "how long a read may stay parked waiting for slower workers"),
     Var("GEEPS_MAX_PARKED", "max_parked", "4096", _int_in(1), "an integer >= 1",
         "reads a server parks at once; past it a read gets an error"),
+    Var("GEEPS_PEER_PARKED", "peer_parked", "1024", _int_in(1), "an integer >= 1",
+        "reads a server parks at once for one client connection (a client has at most 64 "
+        "requests in flight per shard); parked reads also end after GEEPS_WAIT_TIMEOUT "
+        "and when their client disconnects"),
+    Var("GEEPS_PEER_QUEUE", "peer_queue", "256", _int_in(1), "an integer >= 1 (messages)",
+        "replies a server queues for one client that does not read them; past it the "
+        "client's requests are refused (logged, naming it) until it reads"),
+    Var("GEEPS_PEER_REPLY_BYTES", "peer_reply_bytes", "512Mi", parse_bytes,
+        "a quantity (bytes, e.g. 256Mi)",
+        "bytes of zero-copy replies (of 1 MiB and more) a server holds unsent for one "
+        "client; past it, as GEEPS_PEER_QUEUE"),
+    Var("GEEPS_MAX_MESSAGE", "max_message", "8Gi", parse_bytes,
+        "a quantity (bytes, e.g. 64Mi)",
+        "largest message frame a server takes; a peer sending more is disconnected "
+        "(the default admits the largest legal frame, a shard of 2^31 floats at create; "
+        "set it to your largest shard's bytes)"),
+    Var("GEEPS_NONFINITE", "nonfinite", "reject", _choice("reject", "skip", "apply"),
+        "reject | skip | apply", "a pushed gradient holding NaN or Inf (spec.nonFinite): "
+        "reject refuses the push with an error naming worker, table, clock and count; skip "
+        "drops it; both count the values in geeps_nonfinite_values_total; apply applies it"),
     Var("GEEPS_CURVE_DIR", "curve_dir", "", str, "a directory path or empty",
         "CurveZMQ keys (server.key, client.key); empty means no encryption"),
     Var("GEEPS_INSECURE", "insecure", "0", _bool, "0 | 1",
@@ -155,10 +177,16 @@ class Config:
     checkpoint_dir: str = ""                    # empty = no checkpoints
     checkpoint_every: int = 0                   # clocks; 0 = off
     metrics_port: int = 0                       # 0 = no metrics endpoint
+    metrics_addr: str = ""                      # empty = every interface
     bind_host: str = "*"                        # server bind address
     timeout: float = 30.0                       # seconds of server silence tolerated
     wait_timeout: float = 600.0                 # seconds a read may be parked
     max_parked: int = 4096                      # parked reads per server
+    peer_parked: int = 1024                     # parked reads per client connection
+    peer_queue: int = 256                       # unread replies queued per client
+    peer_reply_bytes: int = 512 << 20           # unsent zero-copy reply bytes per client
+    max_message: int = 8 << 30                  # bytes per frame a server receives
+    nonfinite: str = "reject"                   # reject | skip | apply
     curve_dir: str = ""                         # CurveZMQ key directory
     insecure: bool = False                      # explicit opt-out of CurveZMQ
     colocate: bool = False                      # worker hosts shard `rank` in-process
@@ -225,7 +253,7 @@ assert {f.name for f in fields(Config)} == {v.attr for v in VARS}, "VARS and Con
 
 def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
             bind_host: str = "*", checkpoint_dir: str = "", curve_dir: str = "",
-            metrics_port: int | None = None) -> dict[str, str]:
+            metrics_port: int | None = None, metrics_addr: str = "") -> dict[str, str]:
     """GEEPS_* variables plus the manifest's plain `env` entries (valueFrom is the
     operator's business: it is not a value a local process can resolve).
 
@@ -237,9 +265,29 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
         device_memory=job.device_memory, checkpoint_dir=checkpoint_dir,
         checkpoint_every=job.checkpoint_every if checkpoint_dir else 0,
         metrics_port=job.metrics_port if metrics_port is None else metrics_port,
+        metrics_addr=metrics_addr,
         bind_host=bind_host, curve_dir=curve_dir, insecure=job.insecure,
-        colocate=role == "worker" and job.serves_shards(role),
+        colocate=role == "worker" and job.serves_shards(role), nonfinite=job.non_finite,
     )
     env = {e["name"]: e["value"] for e in job.env if "value" in e}
-    env.update(cfg.to_env())
+    for var in VARS:    # the manifest's value of a tunable is checked where it enters
+        if var.name in env and var.attr not in JOB_DECIDES:
+            try:
+                var.parse(env[var.name])
+            except (ValueError, TypeError):
+                raise ConfigError(var.name, env[var.name], var.accepts) from None
+    # Only what the job decides is written: a tunable the job leaves alone (timeouts,
+    # caps, limits) keeps the manifest's value, else the launcher's or the pod's
+    # environment, else the process's default. Writing every default here silently
+    # replaced what users set (issue 23, F6).
+    decided = {var.name for var in VARS if var.attr in JOB_DECIDES}
+    env.update((k, v) for k, v in cfg.to_env().items() if k in decided)
     return env
+
+
+# The Config fields job_env derives from the job itself; every other variable is a
+# tunable that reaches a process from the manifest's env or its environment.
+JOB_DECIDES = frozenset({
+    "job", "role", "rank", "num_workers", "servers", "consistency", "device_memory",
+    "checkpoint_dir", "checkpoint_every", "metrics_port", "metrics_addr", "bind_host",
+    "curve_dir", "insecure", "colocate", "nonfinite"})

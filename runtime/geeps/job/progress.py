@@ -3,7 +3,9 @@
 A script calls `geeps.report(clock=c, loss=l, samples=n, accuracy=a)`; it writes one
 line `geeps:progress {json}` to stdout, which the launcher reads (and `kubectl logs`
 shows as-is in a pod). Fields are optional; `samples` counts samples since the last
-report so the launcher can compute samples/s.
+report so the launcher can compute samples/s (from the first report on); `epoch` is
+the current epoch, and `clocks` and `epochs` the run's totals, from which the
+launcher shows "clock 40/200 | epoch 1/10" and an ETA.
 """
 from __future__ import annotations
 

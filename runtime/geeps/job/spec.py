@@ -34,6 +34,15 @@ PLURAL = "geepsjobs"
 MAX_NAME = 45
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DEFAULT_IMAGE = "geeps/runtime:0.1.0"
+# More pods than this is a typo (a million workers), not a job; it also bounds the
+# cost the API server estimates for CEL rules over per-pod lists.
+MAX_REPLICAS = 1024
+# Extra volumes or mounts per pod: bounded so the API server can price the CEL rules
+# that compare the two lists.
+MAX_VOLUMES = 64
+# Every shard listens on this port of its pod (geeps_operator.manifests.SERVER_PORT);
+# a metrics port equal to it would make the pod's two listeners collide.
+SERVER_PORT = 7777
 
 
 class SpecError(ValueError):
@@ -53,7 +62,8 @@ def _preserve(description: str, type_: str = "object") -> dict:
 
 
 # Kubernetes' own quantity grammar (resource.Quantity), for resources.requests/limits.
-K8S_QUANTITY_PATTERN = (r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
+# No leading "-": a negative request or limit is grammatical, but the kubelet refuses the pod.
+K8S_QUANTITY_PATTERN = (r"^(\+)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|"
                         r"([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$")
 
 
@@ -64,9 +74,18 @@ def _quantity_map(description: str) -> dict:
                                      "pattern": K8S_QUANTITY_PATTERN}}
 
 
+def _named(description: str, required: tuple[str, ...] = (), **props: dict) -> dict:
+    """A Kubernetes object kept whole, with the fields our rules read declared: CEL
+    sees only declared fields of an object that preserves unknown ones."""
+    out = _preserve(description)
+    out["required"] = ["name", *required]
+    out["properties"] = {"name": {"type": "string", "minLength": 1}, **props}
+    return out
+
+
 def _role(description: str, *, workers: bool) -> dict:
     props: dict[str, Any] = {
-        "replicas": {"type": "integer", "minimum": 1, "default": 1,
+        "replicas": {"type": "integer", "minimum": 1, "maximum": MAX_REPLICAS, "default": 1,
                      "description": "number of pods (processes in local mode)"},
         "restartPolicy": {"type": "string", "enum": list(exits.POLICIES),
                           "default": "OnFailure",
@@ -81,9 +100,12 @@ def _role(description: str, *, workers: bool) -> dict:
                         "description": "taints the pods tolerate"},
         "affinity": _preserve("Kubernetes Affinity"),
         "priorityClassName": {"type": "string", "description": "PriorityClass of the pods"},
-        "volumes": {"type": "array", "items": _preserve("a Kubernetes Volume"),
+        "volumes": {"type": "array", "maxItems": MAX_VOLUMES,
+                    "items": _named("a Kubernetes Volume"),
                     "description": "extra pod volumes"},
-        "volumeMounts": {"type": "array", "items": _preserve("a Kubernetes VolumeMount"),
+        "volumeMounts": {"type": "array", "maxItems": MAX_VOLUMES,
+                         "items": _named("a Kubernetes VolumeMount", ("mountPath",),
+                                         mountPath={"type": "string", "minLength": 1}),
                          "description": "mounts of the extra volumes into the container"},
         "serviceAccountName": {"type": "string", "description": "ServiceAccount of the pods"},
     }
@@ -119,6 +141,11 @@ SCHEMA: dict = {
                                          "value": {"type": "string"},
                                          "valueFrom": _preserve("Kubernetes EnvVarSource")}}},
         "workingDir": {"type": "string", "description": "working directory of the command"},
+        "nonFinite": {"type": "string", "enum": ["reject", "skip", "apply"],
+                      "default": "reject",
+                      "description": "a pushed gradient holding NaN or Inf: reject (the push "
+                                     "is refused with an error naming worker, table, clock), "
+                                     "skip (dropped and counted) or apply"},
         "servers": _role("parameter-server shards", workers=False),
         "workers": _role("training workers", workers=True),
         "consistency": {
@@ -169,15 +196,36 @@ class Rule:
     cel: str                           # as the API server evaluates it
     message: str                       # names the field at fault
     check: Callable[[dict], bool]      # the same rule in Python, on the defaulted object
+    field: str                         # the field at fault, relative to path (fieldPath)
+
+    @property
+    def field_path(self) -> str:
+        return self.path + self.field
+
+
+def _mounts_rule(role: str) -> Rule:
+    def check(r: dict) -> bool:
+        declared = {v.get("name") for v in r.get("volumes", [])}
+        return all(m.get("name") in declared for m in r.get("volumeMounts", []))
+    return Rule(f"spec.{role}",
+                "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.volumes) && "
+                "self.volumes.exists(v, v.name == m.name))",
+                f"spec.{role}.volumeMounts must each name a volume of spec.{role}.volumes",
+                check, ".volumeMounts")
 
 
 CROSS_FIELD_RULES: tuple[Rule, ...] = (
     Rule("spec.consistency", "self.model != 'SSP' || self.slack >= 1",
          "spec.consistency.slack must be >= 1 when model is SSP",
-         lambda c: c["model"] != "SSP" or c["slack"] >= 1),
+         lambda c: c["model"] != "SSP" or c["slack"] >= 1, ".slack"),
     Rule("spec.consistency", "self.model == 'SSP' || self.slack == 0",
          "spec.consistency.slack must be 0 unless model is SSP",
-         lambda c: c["model"] == "SSP" or c["slack"] == 0),
+         lambda c: c["model"] == "SSP" or c["slack"] == 0, ".slack"),
+    _mounts_rule("servers"),
+    _mounts_rule("workers"),
+    Rule("spec", f"self.metrics.port != {SERVER_PORT}",
+         f"spec.metrics.port must not be {SERVER_PORT}, the parameter-server port",
+         lambda s: s["metrics"]["port"] != SERVER_PORT, ".metrics.port"),
 )
 
 
@@ -187,7 +235,8 @@ def crd_schema() -> dict:
     for rule in CROSS_FIELD_RULES:
         node = _node(out, rule.path)
         node.setdefault("x-kubernetes-validations", []).append(
-            {"rule": rule.cel, "message": rule.message})
+            {"rule": rule.cel, "message": rule.message, "fieldPath": rule.field,
+             "reason": "FieldValueInvalid"})
     return out
 
 
@@ -288,8 +337,7 @@ def validate(manifest: Any) -> "GeePSJob":
     apply_defaults(spec)
     for rule in CROSS_FIELD_RULES:
         if not rule.check(_node_value(spec, rule.path)):
-            problems.append((rule.path + "." + rule.message.split(" ")[0].split(".")[-1],
-                             rule.message))
+            problems.append((rule.field_path, rule.message))
     if problems:
         raise SpecError(problems)
     namespace = meta.get("namespace", "default") if isinstance(meta, dict) else "default"
@@ -355,6 +403,11 @@ class GeePSJob:
         """The role whose processes serve the shards: "worker" when co-located, else
         "server". They bind GEEPS_SERVERS[rank] and keep the checkpoints."""
         return "worker" if self.colocate else "server"
+
+    @property
+    def non_finite(self) -> str:
+        """spec.nonFinite: what a server does with a push holding NaN or Inf."""
+        return self.spec.get("nonFinite", "reject")
 
     def serves_shards(self, role: str) -> bool:
         return role == self.shard_role

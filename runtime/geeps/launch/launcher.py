@@ -7,11 +7,15 @@
 The manifest is validated by the same schema as the operator's (geeps.job.spec); the
 processes get the same GEEPS_* environment as pods (geeps.job.env). Servers bind
 127.0.0.1 on free ports and start first; workers run the manifest's command from
-the current directory. Progress lines (geeps.report) become a live status line; any
+the current directory (relative paths in it resolve there, as in a pod against its
+image's working directory; a missing script is an error before anything starts). Progress lines (geeps.report) become a live status line; any
 other output is relayed prefixed with the process name. A failed process is restarted
 as the operator would restart its pod (the role's restartPolicy, within
-runPolicy.backoffLimit; geeps.job.exits); past that, the job ends as a unit: one
-failed process stops all the others.
+runPolicy.backoffLimit; geeps.job.exits), unless a restart would only repeat the
+failure (an import error, a missing script, an exit before progress: one traceback
+and a line saying why); past that, the job ends as a unit: one failed process stops
+all the others. Ctrl-C stops every process within a second (twice: at once) and
+ends with a line saying how far the job got.
 
 Exit codes: 0 every worker succeeded; 1 a process failed; 2 bad manifest or usage;
 124 the time limit passed; 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM, 129
@@ -109,8 +113,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="where servers checkpoint when spec.checkpoint.everyClocks > 0 "
                         "(default .geeps/<job>/checkpoints)")
     p.add_argument("--metrics-port", type=_port, metavar="PORT",
-                   help="first metrics port; each process takes the next free one "
-                        "(default spec.metrics.port; 0 turns metrics off)")
+                   help="first metrics port: process i takes PORT+i, or any free port "
+                        "when that one is in use (the banner says which moved; default "
+                        "spec.metrics.port; 0 turns metrics off)")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="stop the job when it runs longer "
                         "(default spec.runPolicy.activeDeadlineSeconds)")
@@ -174,10 +179,13 @@ def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
     collide; another program may still take one before the child binds it."""
     held: list[socket.socket] = []
 
-    def take(addr: str, port: int) -> int | None:
+    def take(addr: str, port: int, reuse: bool = False) -> int | None:
         s = socket.socket()
         try:
+            if reuse:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((addr, port))
+            s.listen(1)
         except OSError:
             s.close()
             return None
@@ -190,9 +198,11 @@ def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
         if metrics_base:
             for i in range(n_processes):
                 want = metrics_base + i
-                # prometheus-client serves on every interface: probe the same way.
-                got = take("", want) if want <= 65535 else None
-                metrics.append(got if got is not None else take("", 0))
+                # Probe as the metrics server binds (prometheus-client's HTTP server:
+                # SO_REUSEADDR, listening): a TIME_WAIT connection left by the last
+                # run's scrapes must not move a port a re-run can take.
+                got = take(host, want, reuse=True) if want <= 65535 else None
+                metrics.append(got if got is not None else take(host, 0, reuse=True))
         return Ports(servers, tuple(metrics))
     finally:
         for s in held:
@@ -208,15 +218,21 @@ def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
                                     server_command=tuple(server_command)))
 
 
-def _describe(p: LaunchPlan) -> list[str]:
+def _describe(p: LaunchPlan, metrics_base: int = 0) -> list[str]:
     job = p.job
     lines = [f"job {job.name}: {p.shard_layout()} ({','.join(p.servers)}), "
              f"{job.workers.replicas} workers, {job.consistency}; "
              f"worker command: {' '.join(p.role('worker')[0].argv)}"]
     with_metrics = [x for x in p.processes if x.metrics_port]
     if with_metrics:
-        lines.append("metrics at http://127.0.0.1:PORT/metrics: " +
+        lines.append(f"metrics at http://{LOOPBACK}:PORT/metrics: " +
                      ", ".join(f"{x.name} {x.metrics_port}" for x in with_metrics))
+        moved = [f"{x.name} {metrics_base + i} -> {x.metrics_port}"
+                 for i, x in enumerate(p.processes)
+                 if x.metrics_port and x.metrics_port != metrics_base + i]
+        if moved:
+            lines.append("metrics ports taken by another program, moved: " +
+                         ", ".join(moved))
     if p.checkpoint_dir:
         lines.append(f"checkpoints every {job.checkpoint_every} clocks in {p.checkpoint_dir}")
     return lines
@@ -265,6 +281,16 @@ def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
         return EXIT_USAGE
 
     p = build_plan(job, args, cwd=cwd, server_command=server_command, curve_dir=curve_dir)
+    script = missing_script(p.role("worker")[0].argv, cwd)
+    if script is not None:
+        # Checked here: otherwise every worker fails on it, each with a traceback.
+        field = "spec.command/args" if args.manifest else "the command"
+        text = (f"{script} ({field}) does not exist in {cwd}: geeps run resolves "
+                f"commands against the current directory")
+        found = _where_it_is(script, args.manifest) if args.manifest else None
+        if found:
+            text += f"; it is in {found}: run there (cd {os.path.relpath(found, cwd)})"
+        return fail(text)
     for w in p.warnings:
         print(f"geeps run: warning: {w}", file=sys.stderr)
     if p.checkpoint_dir:
@@ -278,7 +304,8 @@ def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
         if stale:
             print(f"geeps run: removed {len(stale)} checkpoints of an earlier run from "
                   f"{p.checkpoint_dir} (--resume keeps them)", file=sys.stderr)
-    for line in _describe(p):
+    base = job.metrics_port if args.metrics_port is None else args.metrics_port
+    for line in _describe(p, base):
         print(f"geeps run: {line}", file=sys.stderr)
     timeout, source = args.timeout, "--timeout"
     if timeout is None and job.run_policy.get("activeDeadlineSeconds"):
@@ -302,6 +329,36 @@ def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
                               grace=args.grace, quiet=args.quiet).run()
     except netns.LabError as e:
         return fail(f"--lab: {e}")
+
+
+def missing_script(argv: Sequence[str], cwd: str) -> str | None:
+    """The relative script path of a worker's argv that does not exist under `cwd`
+    (a Python script, or a command given as a path), or None."""
+    path = None
+    if os.path.basename(argv[0]).startswith("python"):
+        for a in argv[1:]:
+            if a in ("-m", "-c", "-"):
+                return None                 # a module or inline code: nothing to check
+            if not a.startswith("-"):
+                path = a
+                break
+    elif "/" in argv[0]:
+        path = argv[0]
+    if path is None or os.path.isabs(path) or os.path.exists(os.path.join(cwd, path)):
+        return None
+    return path
+
+
+def _where_it_is(path: str, manifest: str) -> str | None:
+    """The nearest directory at or above the manifest's that holds `path`."""
+    d = os.path.dirname(os.path.abspath(manifest))
+    while True:
+        if os.path.exists(os.path.join(d, path)):
+            return d
+        up = os.path.dirname(d)
+        if up == d:
+            return None
+        d = up
 
 
 def _checkpoint_files(directory: str) -> list[str]:

@@ -31,7 +31,8 @@ def place(plan: LaunchPlan, lab: Lab) -> LaunchPlan:
     moved = []
     for p in plan.processes:
         host = lab.host(p.name)
-        env = dict(p.env, GEEPS_SERVERS=",".join(servers), GEEPS_BIND_HOST=host.ip)
+        env = dict(p.env, GEEPS_SERVERS=",".join(servers), GEEPS_BIND_HOST=host.ip,
+                   GEEPS_METRICS_ADDR=host.ip)
         moved.append(dataclasses.replace(p, argv=tuple(netns.exec_argv(host, list(p.argv))),
                                          env=env))
     return dataclasses.replace(plan, processes=tuple(moved), servers=servers)

@@ -178,6 +178,7 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> LaunchPla
         env.update(job_env(job, role, rank, servers,
                            bind_host=options.host if job.serves_shards(role) else "*",
                            checkpoint_dir=ckpt, metrics_port=metrics,
+                           metrics_addr=options.host,
                            curve_dir=options.curve_dir))
         procs.append(ProcessSpec(f"{role}-{rank}", role, rank, argv, env, metrics))
     return LaunchPlan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)))

@@ -5,7 +5,8 @@ on a pidfd per child, so an exit is seen at once), which keeps signal handling s
 (the handlers only set a flag) and output in order. Every child leads its own process
 group, so stopping a child stops whatever it started too. A failed process is
 restarted by its role's restartPolicy within runPolicy.backoffLimit, as the operator
-restarts pods (geeps.job.exits); workers' progress lines go to the ProgressBoard
+restarts pods (geeps.job.exits), except a failure a restart would repeat
+(Supervisor._will_recur); workers' progress lines go to the ProgressBoard
 (geeps.launch.board), drawn as a live status line.
 
     sup = Supervisor(plan, cwd=".", timeout=3600)
@@ -15,7 +16,9 @@ restarts pods (geeps.job.exits); workers' progress lines go to the ProgressBoard
 from __future__ import annotations
 
 import atexit
+import collections
 import os
+import re
 import selectors
 import shutil
 import signal
@@ -25,15 +28,23 @@ import time
 from typing import IO
 
 from geeps.job import progress
-from geeps.job.exits import describe_exit, retryable, shell_code
+from geeps.job.exits import EX_TEMPFAIL, describe_exit, retryable, shell_code
 from geeps.launch.board import ProgressBoard, format_number
 from geeps.launch.plan import LaunchPlan, ProcessSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 124   # 124 as in coreutils timeout(1)
 GRACE = 5.0                 # s a stopped process gets between its signal and SIGKILL
+INTERRUPT_GRACE = 1.0       # s the same after Ctrl-C: a person is waiting
 TTY_REFRESH = 0.1           # s between redraws of the live status line
 PLAIN_REFRESH = 2.0         # s between progress lines when stderr is not a terminal
 MAX_LINE = 64 * 1024        # bytes; a longer unterminated line is shown in pieces
+
+# The last stderr line of a failure that a restart would only repeat.
+_RECURRING = (
+    (re.compile(r"^(ModuleNotFoundError|ImportError): "), "an import failed"),
+    (re.compile(r"^SyntaxError: "), "its code does not parse"),
+    (re.compile(r"can't open file .*No such file or directory"), "its script does not exist"),
+)
 
 
 class _Child:
@@ -44,6 +55,10 @@ class _Child:
         self.partial = {"out": bytearray(), "err": bytearray()}
         self.fds: dict[int, tuple[str, IO[bytes]]] = {}    # open pipe fd -> stream, file
         self.pidfd: int | None = None
+        self.clock_at_start: float | None = None     # the job's highest clock then
+        self.err_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self.held: list[str] = []       # stderr after the launcher was interrupted
+        self.traceback: list[str] | None = None     # a Python traceback being read
 
 
 class Supervisor:
@@ -72,6 +87,9 @@ class Supervisor:
         self.status_shown = ""
         self.last_draw, self.drawn_version = 0.0, 0
         self.t0 = time.monotonic()
+        self.said_waiting = False       # the plain "waiting for the first progress" line
+        self.tracebacks: dict[tuple[str, ...], str] = {}  # shown once: text -> process
+        self.max_clock: float | None = None     # the highest clock a worker reported
 
     # ---- output ----------------------------------------------------------------------
 
@@ -98,12 +116,14 @@ class Supervisor:
             self.status_shown = ""
 
     def _draw_status(self, force: bool = False) -> None:
-        if self.quiet or self.stopping or self.board.version == 0:
+        if self.quiet or self.stopping:
             return
         now = time.monotonic()
         if self.tty:
-            if not force and now - self.last_draw < TTY_REFRESH:
+            first_progress = self.board.version and not self.drawn_version
+            if not force and not first_progress and now - self.last_draw < TTY_REFRESH:
                 return
+            self.drawn_version = self.board.version
             width = shutil.get_terminal_size((100, 20)).columns - 1
             text = f"[{_elapsed(now - self.t0)}] {self.board.status()}"[:max(width, 10)]
             try:
@@ -112,6 +132,16 @@ class Supervisor:
             except (OSError, ValueError):
                 return
             self.status_shown, self.last_draw = text, now
+        elif not force and self.board.version == 0:
+            # A start-up (torch imports, connecting) can take seconds: say what runs.
+            if not self.said_waiting and now - self.t0 >= PLAIN_REFRESH:
+                self.said_waiting = True
+                try:
+                    self.err.write(f"geeps run: [{_elapsed(now - self.t0)}] "
+                                   f"{self.board.status()}\n")
+                    self.err.flush()
+                except (OSError, ValueError):
+                    pass
         elif not force and self.board.version != self.drawn_version \
                 and now - self.last_draw >= PLAIN_REFRESH:
             self.last_draw, self.drawn_version = now, self.board.version
@@ -127,8 +157,17 @@ class Supervisor:
         if child.spec.role == "worker":
             fields = progress.parse(text)
             if fields is not None:
+                if isinstance(fields.get("clock"), (int, float)):
+                    self.max_clock = max(self.max_clock or 0, fields["clock"])
                 self.board.update(child.spec.rank, fields, time.monotonic())
                 self._draw_status()
+                return
+        if stream == "err":
+            child.err_tail.append(text)
+            if self.signum is not None:
+                child.held.append(text)     # shown at its exit, unless only Ctrl-C's echo
+                return
+            if self._traceback_line(child, text):
                 return
         self._write(self.out if stream == "out" else self.err, f"[{child.name}] {text}\n")
 
@@ -141,6 +180,7 @@ class Supervisor:
             start_new_session=True,     # its own process group: killpg reaches its children
             preexec_fn=_die_with(os.getpid()))
         child = _Child(spec, proc)
+        child.clock_at_start = self.max_clock
         self.children.append(child)
         for stream, f in (("out", proc.stdout), ("err", proc.stderr)):
             fd = f.fileno()
@@ -204,6 +244,8 @@ class Supervisor:
                 c.code = c.proc.returncode
                 for fd in list(c.fds):
                     self._read(c, fd)       # what it wrote before dying comes first
+                self._show_traceback(c)     # one cut short by the exit
+                self._release_held(c)
                 done.append(c)
         return done
 
@@ -261,10 +303,7 @@ class Supervisor:
         while True:
             now = time.monotonic()
             if self.signum is not None:
-                name = signal.Signals(self.signum).name
-                self.say(f"got {name}; stopping {self._running_count()} processes")
-                self._stop(self.signum)
-                return 128 + self.signum
+                return self._interrupted()
             if deadline is not None and now >= deadline:
                 self.say(f"job {self.plan.job.name} ran past its time limit of "
                          f"{self.timeout:g} s ({self.timeout_source}); stopping it")
@@ -298,6 +337,12 @@ class Supervisor:
         role = self.plan.job.servers if c.spec.role == "server" else self.plan.job.workers
         if not retryable(role.restart_policy, shell_code(c.code)):
             return None
+        why = self._will_recur(c)
+        if why:
+            self.say(f"{c.name} (pid {c.pid}) failed with {describe_exit(c.code)}; not "
+                     f"restarting it ({role.restart_policy}): {why}, a restart would fail "
+                     f"the same way")
+            return None
         limit = self.plan.job.run_policy.get("backoffLimit", 0)
         if self.restarts >= limit:
             self.say(f"{c.name} (pid {c.pid}) failed with {describe_exit(c.code)}; "
@@ -308,6 +353,31 @@ class Supervisor:
                  f"({role.restart_policy}, restart {self.restarts} of {limit})")
         self.children.remove(c)         # its successor stands for it from now on
         return self._start(c.spec)
+
+    def _will_recur(self, c: _Child) -> str | None:
+        """Why a failure would happen again on a restart, or None when it may not.
+
+        Locally a restart is the same program on the same files: an import error, a
+        missing script, or an exit before any worker made progress comes back each
+        time, and so does one after progress when the processes restarted since (it
+        failed the same way) took the job no further. Signals (a kill, the OOM killer)
+        and EX_TEMPFAIL say nothing about the program, and a failure after new progress
+        may be a lost peer: those are retried."""
+        code = shell_code(c.code)
+        if code >= 128 or code == EX_TEMPFAIL:
+            return None
+        if code in (126, 127):
+            return "its command cannot be run"
+        last = next((line for line in reversed(c.err_tail) if line.strip()), "")
+        for pattern, why in _RECURRING:
+            if pattern.search(last):
+                return why
+        if self.max_clock is None:
+            return "it exited before any worker reported a clock"
+        if c.clock_at_start is not None and self.max_clock <= c.clock_at_start:
+            return (f"the job got no further than clock {format_number(self.max_clock)} "
+                    f"since it was restarted")
+        return None
 
     def _failure(self, c: _Child, workers: list[_Child]) -> str | None:
         if c.spec.role == "worker" and c.code == 0:
@@ -336,6 +406,61 @@ class Supervisor:
         self.say(self._summary(elapsed, ok=not bad))
         return EXIT_FAILED if bad else EXIT_OK
 
+    def _interrupted(self) -> int:
+        """The launcher got a signal: forward it, stop everything, say how far it got."""
+        name = signal.Signals(self.signum).name
+        interactive = self.signum == signal.SIGINT
+        self.say(f"got {name}; stopping {self._running_count()} processes" +
+                 (" (Ctrl-C again kills them at once)" if interactive else ""))
+        self._stop(self.signum, INTERRUPT_GRACE if interactive else None)
+        self.say(self._progress_summary(f"interrupted by {name}"))
+        return 128 + self.signum
+
+    def _progress_summary(self, what: str) -> str:
+        job = self.plan.job
+        elapsed = time.monotonic() - self.t0
+        head = (f"job {job.name} {what} after {elapsed:.1f} s ({job.workers.replicas} "
+                f"workers, {self.plan.shard_layout()})")
+        c = self.board.clocks()
+        return head + (f": reached clock {format_number(c[1])}" if c
+                       else ": no worker had reported progress")
+
+    def _traceback_line(self, child: _Child, text: str) -> bool:
+        """Collect a Python traceback and show it once per job: every worker running
+        the same broken script prints the same one. True when `text` was taken."""
+        if child.traceback is None:
+            if not text.startswith("Traceback (most recent call last):"):
+                return False
+            child.traceback = [text]
+            return True
+        child.traceback.append(text)
+        if text[:1].isspace() or not text:
+            return True
+        # The exception line ends it.
+        self._show_traceback(child)
+        return True
+
+    def _show_traceback(self, child: _Child) -> None:
+        lines, child.traceback = tuple(child.traceback or ()), None
+        if not lines:
+            return
+        first = self.tracebacks.get(lines)
+        if first is not None and first != child.name:
+            self._write(self.err, f"[{child.name}] {lines[-1]} (the same traceback as "
+                                  f"{first})\n")
+            return
+        self.tracebacks.setdefault(lines, child.name)
+        self._write(self.err, "".join(f"[{child.name}] {line}\n" for line in lines))
+
+    def _release_held(self, c: _Child) -> None:
+        # A Python child stopped by the forwarded SIGINT prints a KeyboardInterrupt
+        # traceback: the echo of the user's own Ctrl-C, not news. Anything else shows.
+        held, c.held = c.held, []
+        if any(line.strip().startswith("KeyboardInterrupt") for line in held):
+            return
+        for line in held:
+            self._write(self.err, f"[{c.name}] {line}\n")
+
     def _summary(self, elapsed: float, ok: bool) -> str:
         job = self.plan.job
         head = f"job {job.name} {'succeeded' if ok else 'finished, but a server failed'} " \
@@ -355,7 +480,7 @@ class Supervisor:
     def _running_count(self) -> int:
         return sum(1 for c in self.children if c.code is None and c.proc.poll() is None)
 
-    def _stop(self, sig: int) -> set[_Child]:
+    def _stop(self, sig: int, grace: float | None = None) -> set[_Child]:
         """Signal every process group, wait up to the grace period, then SIGKILL.
 
         Groups whose leader already exited are signalled too: what a finished
@@ -363,7 +488,7 @@ class Supervisor:
         needed SIGKILL."""
         self.stopping = True
         self._signal_groups(sig, self.children)
-        deadline = time.monotonic() + self.grace
+        deadline = time.monotonic() + (self.grace if grace is None else min(grace, self.grace))
         while not self.hurry and any(c.code is None for c in self.children):
             left = deadline - time.monotonic()
             if left <= 0:
@@ -392,6 +517,8 @@ class Supervisor:
         while any(c.fds for c in self.children) and time.monotonic() < end:
             self._pump(0.05)
         for c in self.children:
+            self._show_traceback(c)
+            self._release_held(c)
             for fd, (_, f) in list(c.fds.items()):
                 self.sel.unregister(fd)
                 f.close()

@@ -122,12 +122,29 @@ class Contribution:
         """Everything this holds, into a hash (for ShardState.digest)."""
         if self.dense is not None:
             h.update(b"dense")
-            h.update(self.dense.tobytes())
-            h.update(self.touched.tobytes())
+            feed_array(h, self.dense)
+            feed_array(h, self.touched)
             return
         for a, b, v in sorted(self.pieces, key=lambda p: p[0]):
             h.update(repr((a, b)).encode())
-            h.update(np.ascontiguousarray(v).tobytes())
+            feed_array(h, v)
+
+
+# Rows hashed at a time by feed_array: a non-contiguous array is copied a block at a
+# time, never whole.
+FEED_BLOCK = 4 << 20
+
+
+def feed_array(h, a: np.ndarray) -> None:
+    """The bytes of `a` in C order into hash `h`, as a.tobytes() would give them but
+    without a copy of the array (a digest of a 1 GiB table must not cost 1 GiB)."""
+    if a.flags.c_contiguous:
+        h.update(memoryview(a.reshape(-1)).cast("B"))
+        return
+    rows = a.reshape(len(a), -1) if a.ndim else a.reshape(1)
+    step = max(1, FEED_BLOCK // max(1, rows[:1].nbytes))
+    for i in range(0, len(rows), step):
+        h.update(np.ascontiguousarray(rows[i:i + step]).tobytes())
 
 
 def merge(intervals) -> list[tuple[int, int]]:

@@ -129,10 +129,24 @@ def read(path: str) -> tuple[dict, dict[str, np.ndarray]]:
         raise CheckpointError(f"{path}: header is not JSON") from None
     base = start + n
     arrays = {}
-    for a in header["arrays"]:
-        lo = base + a["offset"]
-        arrays[a["name"]] = np.frombuffer(data, dtype=a["dtype"], count=int(np.prod(a["shape"])),
-                                          offset=lo).reshape(a["shape"]).copy()
+    # A valid checksum says the bytes are what was written, not that a writer (another
+    # version, a bug) wrote a header this reader understands: any parse failure is a
+    # damaged checkpoint like a checksum mismatch.
+    try:
+        if not isinstance(header, dict):
+            raise TypeError("header is not a JSON object")
+        for key in ("num_workers", "tables"):
+            if key not in header:
+                raise KeyError(key)
+        for a in header["arrays"]:
+            lo = base + a["offset"]
+            count = int(np.prod(a["shape"]))
+            if lo < base or lo + count * np.dtype(a["dtype"]).itemsize > len(body):
+                raise ValueError(f"array {a['name']!r} lies outside the file")
+            arrays[a["name"]] = np.frombuffer(data, dtype=a["dtype"], count=count,
+                                              offset=lo).reshape(a["shape"]).copy()
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError) as e:
+        raise CheckpointError(f"{path}: malformed header ({type(e).__name__}: {e})") from None
     return header, arrays
 
 
@@ -140,13 +154,23 @@ def load(directory: str, rank: int, clock: int) -> tuple[dict, dict[str, np.ndar
     return read(path_for(directory, rank, clock))
 
 
-def newest(directory: str, rank: int):
+def newest(directory: str, rank: int, use: Callable[[int, dict, dict], None] | None = None):
     """(clock, header, arrays) of the newest valid checkpoint, or None. Invalid newer
-    files are skipped with a warning naming them."""
+    files are skipped with a warning naming them. `use(clock, header, arrays)`, when
+    given, is tried on each candidate: one it refuses with CheckpointError, KeyError,
+    TypeError or ValueError (a header it cannot load) is skipped the same way."""
     for c in clocks(directory, rank):
         path = path_for(directory, rank, c)
         try:
             header, arrays = read(path)
+            if use is not None:
+                try:
+                    use(c, header, arrays)
+                except (KeyError, TypeError, ValueError) as e:
+                    if isinstance(e, CheckpointError):
+                        raise
+                    raise CheckpointError(f"{path}: malformed header "
+                                          f"({type(e).__name__}: {e})") from None
         except CheckpointError as e:
             log.warning("skipping checkpoint %s", e)
             continue

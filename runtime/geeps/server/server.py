@@ -14,9 +14,12 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable
 
+import numpy as np
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from geeps.job import env as _config
 from geeps.server import checkpoint
@@ -28,6 +31,10 @@ from geeps.wire.transport import ZERO_COPY_MIN, bind_router, security_note
 
 log = logging.getLogger("geeps.server")
 POLL_MS = 100     # how often the loop looks at the stop flag when idle
+# A zero-copy send unfinished this long goes to a peer that does not read: longer than
+# a backlog of 4 MiB replies takes on a real network, short enough to be a hiccup.
+STUCK_S = 0.5
+EXPIRE_EVERY_S = 0.25   # how often parked reads are checked against their deadline
 IO_THREADS = 2    # ZeroMQ I/O threads of a server process (see Server.__init__)
 # The routing id of the worker that hosts a shard: ZeroMQ never gives a peer an id
 # that starts with a zero byte and is this long, so it names no one else.
@@ -55,43 +62,75 @@ class Server:
         keep_freed_memory()
         self._stop = threading.Event()
         self._changed = threading.Condition()     # notified after each batch of requests
-        self._trackers: list[zmq.MessageTracker] = []
+        # Zero-copy sends still in flight: (tracker, the arrays it sends, peer, bytes).
+        self._trackers: list[tuple[zmq.MessageTracker, list, bytes, int]] = []
+        # peer -> replies dropped because it does not read them (see _send); its
+        # requests are refused until one of those refusals reaches it.
+        self._overflow: dict[bytes, int] = {}
+        self._next_expire = 0.0
         self.state = ShardState(cfg.rank, cfg.num_workers, cfg.max_parked,
                                 before_write=self._finish_sends,
                                 checkpoint_dir=cfg.checkpoint_dir,
-                                checkpoint_every=cfg.checkpoint_every)
+                                checkpoint_every=cfg.checkpoint_every,
+                                wait_timeout=cfg.wait_timeout, peer_parked=cfg.peer_parked,
+                                nonfinite=cfg.nonfinite)
         if cfg.checkpoint_dir:
             self._restore_newest()
         self.state.send_early = self._send
         if metrics is not None:
             self.state.on_update = metrics.server_update.observe
+            self.state.on_nonfinite = metrics.nonfinite
         self._pushed_bytes = 0
         host, _, port = cfg.servers[cfg.rank].rpartition(":")
         self.address = f"tcp://{cfg.bind_host}:{port}"
         self.sock, self._auth = bind_router(self.ctx, self.address, cfg)
+        self._monitor = self.sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._peer_fd: dict[bytes, int] = {}          # peer -> its connection's descriptor
+        self._fd_peers: dict[int, set[bytes]] = {}
         # Called on the serving thread with each reply to LOCAL_PEER (the hosting
         # worker), its values possibly views of the rows: used before anything else
         # runs on that thread.
         self.local_sink: Callable[[list], None] | None = None
 
     def _restore_newest(self) -> None:
-        found = checkpoint.newest(self.cfg.checkpoint_dir, self.cfg.rank)
+        found = checkpoint.newest(self.cfg.checkpoint_dir, self.cfg.rank,
+                                  use=self.state.load_state)
         if found is None:
             log.info("server %d: no checkpoint in %s; starting empty", self.cfg.rank,
                      self.cfg.checkpoint_dir)
             return
-        clock, header, arrays = found
-        self.state.load_state(clock, header, arrays)
+        clock = found[0]
         self.state.last_cause = self.state.inc
         log.warning("server %d restored checkpoint clock %d (%d tables); workers roll back "
                     "to it", self.cfg.rank, clock, len(self.state.tables))
 
     def _finish_sends(self, table: ShardTable) -> None:
-        # Loopback sends finish in microseconds; waiting on all of them is simpler than
-        # knowing which table each aliases, and just as fast.
-        for tracker in self._trackers:
-            tracker.wait()
-        self._trackers.clear()
+        # Loopback sends finish in microseconds, so waiting for those that alias the
+        # rows is cheap. One that has not finished after STUCK_S goes to a peer that
+        # does not read (its queue is full): waiting would stop the shard for everyone,
+        # so the rows move to a copy instead and the stuck frames keep the old buffer.
+        deadline = time.monotonic() + STUCK_S
+        stuck, keep = False, []
+        for entry in self._trackers:
+            tracker, arrays = entry[0], entry[1]
+            if tracker.done:
+                continue
+            if not any(np.may_share_memory(a, table.rows) for a in arrays):
+                keep.append(entry)
+                continue
+            try:
+                tracker.wait(max(0.0, deadline - time.monotonic()))
+            except zmq.NotDone:
+                stuck = True
+                # It no longer aliases the rows (they move), but its bytes still count
+                # against its peer's GEEPS_PEER_REPLY_BYTES until sent.
+                keep.append((tracker, [], entry[2], entry[3]))
+        self._trackers = keep
+        if stuck:
+            log.warning("server %d: a reply of table %s is still unsent after %g s (a "
+                        "client not reading); updating a copy of its rows", self.cfg.rank,
+                        table.name, STUCK_S)
+            table.rows = table.rows.copy()
 
     def stop(self) -> None:
         self._stop.set()
@@ -117,6 +156,8 @@ class Server:
             self.close()
 
     def close(self) -> None:
+        self.sock.disable_monitor()
+        self._monitor.close(linger=0)
         self.sock.close(linger=0)
         if self._auth is not None:
             self._auth.stop()
@@ -125,17 +166,59 @@ class Server:
     def drain(self) -> None:
         """Handle what is queued on the socket (without blocking)."""
         # All of it, up to a bound, before polling again: fewer syscalls under load.
+        # Disconnects first: a worker's replacement may say hello in this batch.
+        self._disconnects()
         for _ in range(256):
             try:
                 msg = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self._handle(msg[0].bytes, msg[1:])
+            peer = msg[0].bytes
+            fd = msg[0].get(zmq.SRCFD)
+            if self._peer_fd.get(peer) != fd:
+                self._peer_fd[peer] = fd
+                self._fd_peers.setdefault(fd, set()).add(peer)
+            self._handle(peer, msg[1:])
+
+    def _disconnects(self) -> None:
+        """Forget the peers whose connection closed (the socket monitor's events name
+        the connection's file descriptor; each message says which one it came on)."""
+        while True:
+            try:
+                frames = self._monitor.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            event = parse_monitor_message(frames)
+            if event["event"] != zmq.EVENT_DISCONNECTED:
+                continue
+            # A new connection may reuse the descriptor before this event is read: its
+            # parked reads would go too, and its client's retry parks them again.
+            for peer in self._fd_peers.pop(event["value"], ()):
+                if self._peer_fd.get(peer) == event["value"]:
+                    del self._peer_fd[peer]
+                    self._forget(peer)
+
+    def _forget(self, peer: bytes) -> None:
+        """A peer disconnected: what the server holds for it goes."""
+        n = self.state.forget_peer(peer)
+        self._overflow.pop(peer, None)
+        if n:
+            log.info("server %d: client %s disconnected; dropped its %d parked reads",
+                     self.cfg.rank, peer.hex(), n)
 
     def after_poll(self, handled: bool) -> None:
         if handled:
             with self._changed:
                 self._changed.notify_all()
+        self._disconnects()
+        now = time.monotonic()
+        if now >= self._next_expire:    # deadlines are seconds apart: look now and then
+            self._next_expire = now + EXPIRE_EVERY_S
+            expired = self.state.expire(now)
+            if expired:
+                log.warning("server %d: %d parked reads passed GEEPS_WAIT_TIMEOUT (%g s)",
+                            self.cfg.rank, len(expired), self.cfg.wait_timeout)
+                self._send(expired)
         self._export()
 
     def handle_local(self, frames: list) -> None:
@@ -155,6 +238,21 @@ class Server:
             self._pushed_bytes = pushed
 
     def _handle(self, peer: bytes, frames: list, header: dict | None = None) -> None:
+        if peer in self._overflow:
+            # Nothing it asks is done while its replies pile up unread; the first
+            # refusal that gets through (it read its queue) lets it back in.
+            self.state.stats["errors"] += 1
+            error = reply_error(None, (
+                f"server {self.cfg.rank}: {self._overflow[peer]} replies to this client "
+                f"were dropped because it did not read them (GEEPS_PEER_QUEUE="
+                f"{self.cfg.peer_queue} messages, GEEPS_PEER_REPLY_BYTES="
+                f"{self.cfg.peer_reply_bytes} bytes); its requests were refused meanwhile"))
+            try:
+                self.sock.send_multipart([peer, *error], zmq.NOBLOCK)
+                del self._overflow[peer]
+            except zmq.ZMQError:
+                pass
+            return
         try:
             replies = self.state.handle(peer, frames) if header is None \
                 else self.state.dispatch(peer, header, frames)
@@ -170,19 +268,48 @@ class Server:
         for to, frames_out in replies:
             if to == LOCAL_PEER:
                 local.append(frames_out)
-            elif any(getattr(f, "nbytes", 0) >= ZERO_COPY_MIN for f in frames_out[1:]):
-                self._trackers.append(
-                    self.sock.send_multipart([to, *frames_out], copy=False, track=True))
+                continue
+            if to in self._overflow:
+                self._overflow[to] += 1
+                continue
+            big = [f for f in frames_out[1:] if getattr(f, "nbytes", 0) >= ZERO_COPY_MIN]
+            try:
+                if not big:
+                    self.sock.send_multipart([to, *frames_out], zmq.NOBLOCK, copy=True)
+                    continue
+                nbytes = sum(f.nbytes for f in big)
                 if len(self._trackers) > 256:
-                    self._trackers = [t for t in self._trackers if not t.done]
-            else:
-                self.sock.send_multipart([to, *frames_out], copy=True)
+                    self._trackers = [e for e in self._trackers if not e[0].done]
+                unsent = sum(e[3] for e in self._trackers if e[2] == to and not e[0].done)
+                if unsent + nbytes > self.cfg.peer_reply_bytes:
+                    raise zmq.Again()
+                tracker = self.sock.send_multipart([to, *frames_out], zmq.NOBLOCK,
+                                                   copy=False, track=True)
+                self._trackers.append((tracker, big, to, nbytes))
+            except zmq.Again:       # its queue is full (SNDHWM) or its bytes over budget
+                self._overflow[to] = 1
+                log.warning("server %d: client %s does not read its replies (its queue "
+                            "is at GEEPS_PEER_QUEUE=%d messages or GEEPS_PEER_REPLY_BYTES=%d "
+                            "bytes): dropping them and refusing its requests until it reads",
+                            self.cfg.rank, to.hex(), self.cfg.peer_queue,
+                            self.cfg.peer_reply_bytes)
+            except zmq.ZMQError as e:
+                if e.errno != zmq.EHOSTUNREACH:
+                    raise
+                # ZMQ_ROUTER_MANDATORY: the peer is gone; no one would read it
         for frames_out in local:
             self.local_sink(frames_out)
 
 
 def main(argv: list[str] | None = None) -> int:
     """`geeps server`: serve the shard GEEPS_RANK of GEEPS_SERVERS until SIGTERM."""
+    import argparse
+    argparse.ArgumentParser(
+        prog="geeps server",
+        description="Serve shard GEEPS_RANK of GEEPS_SERVERS (host:port of every shard) "
+                    "until SIGTERM or SIGINT. Everything is configured by the GEEPS_* "
+                    "environment (`geeps env` lists it); `geeps run` and the operator "
+                    "set it.").parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
@@ -194,17 +321,21 @@ def main(argv: list[str] | None = None) -> int:
         print("geeps server: GEEPS_SERVERS is empty: set it to host:port of every shard",
               file=sys.stderr)
         return 2
-    from geeps.metrics import Metrics
+    from geeps.metrics import Metrics, MetricsPortError
     metrics = Metrics.from_config(cfg)
     try:
-        metrics.serve(cfg.metrics_port)
+        metrics.serve(cfg.metrics_port, cfg.metrics_addr)
+    except MetricsPortError as e:
+        print(f"geeps server: {e.strerror}", file=sys.stderr)
+        return 1
+    try:
         server = Server(cfg, metrics=metrics)
     except CurveError as e:
         print(f"geeps server: {e}", file=sys.stderr)
         return 2
     except (zmq.ZMQError, OSError) as e:
-        print(f"geeps server: cannot listen on {cfg.servers[cfg.rank]} or metrics port "
-              f"{cfg.metrics_port}: {e}", file=sys.stderr)
+        print(f"geeps server: cannot listen on {cfg.servers[cfg.rank]} (GEEPS_SERVERS "
+              f"entry {cfg.rank}, bound as {cfg.bind_host}): {e}", file=sys.stderr)
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())

@@ -23,7 +23,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from geeps.server import checkpoint
-from geeps.server.accumulate import Contribution, merge, run_rows, sum_all, sum_pieces, union_runs
+from geeps.server.accumulate import Contribution, feed_array, merge, run_rows, sum_all, sum_pieces, union_runs
 from geeps.server.rows import RowIds, RowRange, Selection
 from geeps.server.rules import GRADIENT_RULES, RuleState
 from geeps.tables.table import RULES, resolve_hyper
@@ -34,10 +34,32 @@ log = logging.getLogger("geeps.server")
 # Runs of pushed rows up to which a clock is applied slice by slice; beyond, rows
 # pushed by id are gathered, updated and scattered back.
 MAX_RUNS = 64
+SESSIONS_PER_WORKER = 4     # sequence windows kept per worker (see ShardState._window)
 
 
 def _new_inc() -> str:
     return os.urandom(8).hex()
+
+
+def _count_nonfinite(values: np.ndarray) -> int:
+    """NaN and Inf values in a push. The float64 sum of float32 values is finite
+    exactly when every value is (it cannot overflow), and costs no temporary array."""
+    if np.isfinite(values.sum(dtype=np.float64)):
+        return 0
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
+def _check_finite(value, where: str) -> None:
+    """ValueError naming the first number in `value` (nested dicts and lists) that is
+    not finite: such a value is refused where it enters, not when a clock applies it."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{where}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{where}[{i}]")
+    elif isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"{where} must be a finite number (got {value!r})")
 
 
 class SeqWindow:
@@ -114,6 +136,7 @@ class ParkedOpen:
     peer: bytes
     rid: Any
     table: str
+    deadline: float = float("inf")      # time.monotonic() past which it is answered with an error
 
 
 @dataclass
@@ -124,6 +147,7 @@ class ParkedPull:
     table: str
     need: int                   # the read sees every update of the clocks before this
     sel: Selection              # owned (see Selection.owned)
+    deadline: float = float("inf")
 
 
 Parked = Union[ParkedOpen, ParkedPull]
@@ -133,14 +157,29 @@ Reply = tuple[bytes, list]
 class ShardState:
     def __init__(self, rank: int, num_workers: int, max_parked: int = 4096,
                  before_write: Callable[[ShardTable], None] | None = None,
-                 checkpoint_dir: str = "", checkpoint_every: int = 0):
+                 checkpoint_dir: str = "", checkpoint_every: int = 0,
+                 wait_timeout: float = float("inf"), peer_parked: int | None = None,
+                 nonfinite: str = "reject"):
         self.rank = rank
+        # What a push holding NaN or Inf gets (GEEPS_NONFINITE, spec.nonFinite), and
+        # how many such values each (table, worker) sent, for the metric.
+        self.nonfinite = nonfinite
+        self.nonfinite_counts: dict[tuple[str, int], int] = {}
+        self.refused: dict[int, int] = {}      # worker -> clock of a refused push
+        self.on_nonfinite: Callable[[str, int, int], None] = lambda table, worker, n: None
+        # A parked read is answered with an error after wait_timeout seconds, and one
+        # peer holds at most peer_parked of the max_parked: a peer that parks reads no
+        # clock will answer cannot fill the cap for everyone else, nor for good.
+        self.wait_timeout = wait_timeout
+        self.peer_parked = max_parked if peer_parked is None else peer_parked
         # A new id whenever the state is replaced (start, restore): requests carry the
         # id their client knows, so nothing sent to an older incarnation applies here.
         self.inc = _new_inc()
         self.base = 0                          # the checkpoint clock the state came from
         self.last_cause = self.inc             # the rollback this state answers
         self.sessions: dict[int, str] = {}     # worker -> session of its live client
+        self.session_peer: dict[int, bytes] = {}   # worker -> its session's connection
+        self.tokens: dict[int, str] = {}       # worker -> the token of its session
         self.checkpoint_dir = checkpoint_dir
         self.checkpoint_every = checkpoint_every
         self.before_rename = None              # tests: fault injection in checkpoint.write
@@ -152,7 +191,7 @@ class ShardState:
         self.windows: dict[tuple[int, str], SeqWindow] = {}
         self.parked: list[Parked] = []
         self.stats = {"pushes": 0, "duplicates": 0, "errors": 0, "pulls": 0, "applied": 0,
-                      "push_bytes": 0, "early": 0, "absorbed": 0}
+                      "push_bytes": 0, "early": 0, "absorbed": 0, "nonfinite": 0}
         self.on_update: Callable[[float], None] = lambda seconds: None   # for metrics
         # Called before rows are mutated: lets the socket layer finish zero-copy sends
         # of those rows first.
@@ -212,7 +251,14 @@ class ShardState:
         parts = P.batch_parts(h, frames)
         mine, out = [], []
         for k, (header, payload) in enumerate(parts):
-            for to, reply in self.dispatch(peer, header, [frames[0], *payload], part=k):
+            try:
+                replies = self.dispatch(peer, header, [frames[0], *payload], part=k)
+            except Exception:   # a bug in one part: the part fails, as documented, not
+                log.exception("server %d: internal error on batch part %d", self.rank, k)
+                self.stats["errors"] += 1       # the whole batch's tail with it
+                replies = [(peer, P.reply_error(header.get("id"), f"batch part {k}: "
+                                                "internal server error (see server log)"))]
+            for to, reply in replies:
                 if to == peer:
                     mine.append(reply)
                 else:
@@ -229,15 +275,35 @@ class ShardState:
                                 f"server {self.rank} was started for {self.num_workers}")
         session = str(P.field(h, "session", (int, str)))
         old = self.sessions.get(w)
+        holder = self.session_peer.get(w)
+        if (old is not None and holder is not None and holder != peer
+                and h.get("token") != self.tokens.get(w) and self._holds_pushes(w)):
+            # The rank is held by a session whose client is still connected and has
+            # pushes in a clock it has not finished, which taking over would drop: only
+            # a client holding that session's token may. A crashed worker's connection
+            # is gone (forget_peer), so its replacement gets through; so does a new
+            # client of a rank whose old one sits idle between clocks (nothing is lost).
+            raise ProtocolError(f"header field 'session': worker {w} is held by a live "
+                                f"session with pushes of clock {self.done[w]} on server "
+                                f"{self.rank}; a hello for it needs that session's token")
         if old is not None and old != session:
             self._forget_predecessor(w)
+            self.refused.pop(w, None)
             log.warning("server %d: worker %d rejoined at clock %d (new session)",
                         self.rank, w, self.done[w])
         self.sessions[w] = session
-        return [(peer, P.reply_ok(rid, shard=self.rank, num_workers=self.num_workers,
+        self.session_peer[w] = peer
+        if old != session or w not in self.tokens:
+            self.tokens[w] = os.urandom(8).hex()
+        return [(peer, P.reply_ok(rid, shard=self.rank, token=self.tokens[w], num_workers=self.num_workers,
                                   min_clock=self.min_clock, worker_clock=self.done[w],
                                   tables=sorted(self.tables), inc=self.inc,
                                   base=self.base, cause=self.last_cause))]
+
+    def _holds_pushes(self, w: int) -> bool:
+        """Whether worker w has pushes kept for a clock not applied yet."""
+        return any(w in per_worker for t in self.tables.values()
+                   for kept in (t.pending, t.final) for per_worker in kept.values())
 
     def _forget_predecessor(self, w: int) -> None:
         """Worker `w` is a replacement for one that died: what the dead one pushed for
@@ -275,7 +341,8 @@ class ShardState:
             raise ProtocolError(f"header field 'rule' {rule!r:.40} is not one of {', '.join(RULES)}")
         try:
             hyper = resolve_hyper(rule, hyper)
-        except ValueError as e:
+            _check_finite(hyper, "hyper")
+        except (ValueError, OverflowError, TypeError) as e:
             raise ProtocolError(f"header field 'hyper': {e}") from None
         if (hi - lo) * width > 2**31:
             raise ProtocolError(f"table {name!r}: {hi - lo} x {width} floats is too large "
@@ -328,8 +395,25 @@ class ShardState:
                                 f"is at clock {self.done[w]} on server {self.rank}")
         if t.per_clock:
             self._check_not_final(t, w, clock, sel)
+        bad = _count_nonfinite(values) if self.nonfinite != "apply" else 0
+        if bad:
+            self.nonfinite_counts[(t.name, w)] = self.nonfinite_counts.get((t.name, w), 0) + bad
+            self.on_nonfinite(t.name, w, bad)
+            self.stats["nonfinite"] += bad
+            log.warning("server %d: push of worker %d to table %s at clock %d holds %d "
+                        "non-finite values (NaN/Inf): %s", self.rank, w, t.name, clock, bad,
+                        "refused" if self.nonfinite == "reject" else "skipped")
+            if self.nonfinite == "reject":      # refused before anything counts; its
+                if str(session) == self.sessions.get(w):   # clock cannot finish without
+                    self.refused[w] = clock                # it (BSP)
+                raise ProtocolError(
+                    f"push refused: {bad} non-finite values (NaN/Inf) from worker {w} to "
+                    f"table {t.name!r} at clock {clock} (spec.nonFinite / "
+                    f"GEEPS_NONFINITE=reject)")
+            self._window(w, str(session)).add(seq)
+            return [(peer, P.reply_ok(rid, skipped=bad))]
         # Valid and new: from here on the push counts.
-        self.windows.setdefault((w, str(session)), SeqWindow()).add(seq)
+        self._window(w, str(session)).add(seq)
         self.stats["pushes"] += 1
         self.stats["push_bytes"] += values.nbytes
         if not t.per_clock:
@@ -357,6 +441,20 @@ class ShardState:
             t.final.setdefault(clock, {}).setdefault(w, []).append((sel.lo, sel.hi))
             out += self._early(t, clock, sel.lo, sel.hi)
         return out
+
+    def _window(self, w: int, session: str) -> SeqWindow:
+        """The sequence window of a worker's session. At most SESSIONS_PER_WORKER are
+        kept per worker: pushes under ever new session names (30,000 of them held
+        21 MiB for good) evict the oldest that is not the worker's current session;
+        only a dead client's retransmissions could need an evicted one."""
+        key = (w, session)
+        win = self.windows.get(key)
+        if win is None:
+            mine = [k for k in self.windows if k[0] == w and k[1] != self.sessions.get(w)]
+            if len(mine) >= SESSIONS_PER_WORKER:
+                del self.windows[mine[0]]       # dicts keep insertion order: the oldest
+            win = self.windows[key] = SeqWindow()
+        return win
 
     def _check_not_final(self, t: ShardTable, w: int, clock: int, sel: Selection) -> None:
         for a, b in t.final.get(clock, {}).get(w, ()):
@@ -410,6 +508,12 @@ class ShardState:
         if clock > self.done[w]:
             raise ProtocolError(f"header field 'clock': worker {w} cannot finish clock {clock} "
                                 f"while at clock {self.done[w]}")
+        if self.refused.get(w) == clock:
+            # Finishing the clock would apply it without the refused push: everyone's
+            # parameters would move on a partial update. The clock waits for a
+            # replacement (hello with a new session) to redo it.
+            raise ProtocolError(f"header field 'clock': worker {w}'s push at clock {clock} "
+                                "was refused (non-finite values); it cannot finish that clock")
         before = self.min_clock
         self.done[w] = max(self.done[w], clock + 1)
         if self.min_clock > before:
@@ -450,10 +554,10 @@ class ShardState:
         for name in sorted(self.tables):
             t = self.tables[name]
             h.update(repr(sorted(t.spec().items())).encode())
-            h.update(t.rows.tobytes())
+            feed_array(h, t.rows)
             h.update(repr(t.state.step).encode())
             for k in sorted(t.state.slots):
-                h.update(t.state.slots[k].tobytes())
+                feed_array(h, t.state.slots[k])
             for c in sorted(t.pending):
                 for w in sorted(t.pending[c]):
                     h.update(repr((c, w)).encode())
@@ -497,8 +601,14 @@ class ShardState:
         except checkpoint.CheckpointError as e:
             raise ProtocolError(f"server {self.rank} cannot roll back to clock {clock}: {e}") \
                 from None
-        out = self._fail_parked()
-        self.load_state(clock, header, arrays)
+        out = [(p.peer, self._restarted_error(p.rid)) for p in self.parked]
+        try:    # load_state replaces the state only once the whole checkpoint loaded
+            self.load_state(clock, header, arrays)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProtocolError(f"server {self.rank} cannot roll back to clock {clock}: "
+                                f"checkpoint header malformed ({type(e).__name__}: {e})") \
+                from None
+        self.parked = []
         self.last_cause = cause
         checkpoint.drop_after(self.checkpoint_dir, self.rank, clock)
         log.warning("server %d rolled back to checkpoint clock %d", self.rank, clock)
@@ -603,8 +713,40 @@ class ShardState:
             raise ProtocolError(f"server {self.rank} has {len(self.parked)} reads parked, its cap "
                                 "(GEEPS_MAX_PARKED); a worker is far behind or a client is "
                                 "flooding reads")
+        if sum(1 for q in self.parked if q.peer == p.peer) >= self.peer_parked:
+            raise ProtocolError(f"server {self.rank} has {self.peer_parked} reads of this "
+                                "client parked, its cap per client (GEEPS_PEER_PARKED)")
+        p.deadline = time.monotonic() + self.wait_timeout
         self.parked.append(p)
         return []
+
+    def expire(self, now: float | None = None) -> list[Reply]:
+        """Errors for the parked reads whose deadline passed (GEEPS_WAIT_TIMEOUT)."""
+        now = time.monotonic() if now is None else now
+        if not any(p.deadline <= now for p in self.parked):
+            return []
+        out, keep = [], []
+        for p in self.parked:
+            if p.deadline > now:
+                keep.append(p)
+                continue
+            what = f"open of table {p.table!r}" if isinstance(p, ParkedOpen) else \
+                f"read of table {p.table!r} for clock {p.need}"
+            out.append((p.peer, P.reply_error(
+                p.rid, f"server {self.rank}: {what} waited {self.wait_timeout:g} s "
+                       f"(GEEPS_WAIT_TIMEOUT), its deadline, with every worker only at "
+                       f"clock {self.min_clock}; a worker is stuck or gone")))
+        self.parked = keep
+        return out
+
+    def forget_peer(self, peer: bytes) -> int:
+        """The peer disconnected: its parked reads go (no one would read the replies).
+        Returns how many."""
+        before = len(self.parked)
+        self.parked = [p for p in self.parked if p.peer != peer]
+        for w in [w for w, p in self.session_peer.items() if p == peer]:
+            del self.session_peer[w]            # its session may now be replaced
+        return before - len(self.parked)
 
     def _release(self, pulls: Callable[[ParkedPull], bool] = lambda p: True,
                  clock: int | None = None) -> list[Reply]:

@@ -114,8 +114,8 @@ def init(environ: Mapping[str, str] | None = None) -> Context:
                                   f"GEEPS_NUM_WORKERS={cfg.num_workers} (`geeps run` sets it)")
             server, thread, cfg = _local_server(cfg)
         metrics = Metrics.from_config(cfg)
-        metrics.serve(cfg.metrics_port)
         try:
+            metrics.serve(cfg.metrics_port, cfg.metrics_addr)
             client = Client.from_config(cfg, metrics=metrics)
         except BaseException:
             if server is not None:

@@ -15,6 +15,7 @@ import contextlib
 import functools
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from typing import Callable, Literal
 
@@ -214,14 +215,32 @@ class DataParallel(torch.nn.Module):
         if not self._refresh and self._clock_handle is None:
             return
         refresh, self._refresh = self._refresh, []
+        # A forward pass reads every row of the model's tables. It is a hit when the
+        # refresh the last step() started had already landed (nothing to wait for: the
+        # rows were fresh enough), a miss when it had to wait. Lag is this worker's
+        # clock minus the clock of the parameters it computes with; read-wait the time
+        # blocked here.
+        hit = all(h.done() for _, h, _ in refresh) and (
+            self._clock_handle is None or self._clock_handle.done())
+        t0 = time.monotonic()
         if self._clock_handle is not None:
             self._clock_handle.wait()
             self._clock_handle = None
         clocks = []
-        for store, h in refresh:
+        for store, h, _ in refresh:
             clocks.append(h.wait()[1])
             store.upload()
         self.data_clock = min(clocks)
+        metrics = self._client.metrics
+        if metrics is not None and refresh:
+            metrics.read_wait.observe(time.monotonic() - t0)
+            metrics.clock_lag.observe(max(0, self.clock - self.data_clock))
+            for store, _, table in refresh:
+                rows = store.host.shape[0]
+                metrics.cache_reads(table, hits=rows if hit else 0,
+                                    misses=0 if hit else rows)
+                if not store.zero_copy:
+                    metrics.transfer("h2d", store.host.nbytes)
         if self._pbase is not None:
             np.copyto(self._pbase, self._pstore.host)
         if self._bbase is not None:
@@ -436,12 +455,14 @@ class DataParallel(torch.nn.Module):
                     b.pushed = False
             else:
                 self._pstore.download()
+                self._count_d2h(self._pstore)
                 np.subtract(self._pstore.host, self._pbase, out=self._delta)
                 self._delta *= np.float32(1.0 / self.num_workers)
                 self._other_handles.append(self._client.push_async(
                     self._table, None, self._delta, timeline=self._timeline))
             if self._btable is not None:
                 self._bstore.download()
+                self._count_d2h(self._bstore)
                 np.subtract(self._bstore.host, self._bbase, out=self._bdelta)
                 self._bdelta *= np.float32(1.0 / self.num_workers)
                 self._other_handles.append(self._client.push_async(
@@ -467,9 +488,14 @@ class DataParallel(torch.nn.Module):
             ctx.reposition = True
         return self._client.clock_value
 
+    def _count_d2h(self, store: Store) -> None:
+        # On the CPU the rows are the tensors themselves: nothing moved.
+        if self._client.metrics is not None and not store.zero_copy:
+            self._client.metrics.transfer("d2h", store.host.nbytes)
+
     def _start_refresh(self) -> None:
-        self._refresh = [(self._pstore, self._client.pull_async(self._table,
-                                                                out=self._pstore.host))]
+        self._refresh = [(self._pstore, self._client.pull_async(
+            self._table, out=self._pstore.host), self._table.name)]
         if self._btable is not None:
             self._refresh.append((self._bstore, self._client.pull_async(
-                self._btable, out=self._bstore.host)))
+                self._btable, out=self._bstore.host), self._btable.name))

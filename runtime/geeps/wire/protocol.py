@@ -30,7 +30,11 @@ Requests (fields beyond op/id):
             + every part's payload frames, in order      -> parts, nf: the replies
 Batch: several requests to one shard in one message, handled in order exactly as if
 sent one by one (a part that is malformed gets its own error; the others still
-apply). The reply holds, in order, every reply to the sender that the parts produced
+apply). Not atomic, but every part is validated completely, its values included,
+before it changes anything: a refused part (a bad field, a non-finite hyper-parameter
+in a create, a push refused for NaN/Inf) changes nothing, and the parts before it
+stay applied. A clock of a worker whose push of that clock was refused for non-finite
+values is refused too, so a clock never applies without one of its pushes. The reply holds, in order, every reply to the sender that the parts produced
 (its parked reads released by them too); parked parts are answered later, alone. A
 client batches what is queued for a shard when it sends (a step's pushes, clock and
 refresh): one message instead of three per shard per clock, which on a small model
@@ -39,6 +43,14 @@ Requests of a timeline (TIMELINE_OPS: create, open, push, clock, pull) may carry
 `inc`, the server incarnation the client knows; a server with another incarnation (it
 restarted, or rolled back) refuses them with `restarted: true, inc, base`.
 A retried read that is still parked is answered `ok: true, waiting: true` (no data).
+Limits per client connection (issue 23; GEEPS_* variables, see geeps.job.env): a read
+parks at most GEEPS_WAIT_TIMEOUT seconds (then an error naming it), at most
+GEEPS_PEER_PARKED of one client's reads park at once, and parked reads go when their
+client disconnects. A client that leaves GEEPS_PEER_QUEUE replies (or
+GEEPS_PEER_REPLY_BYTES of large ones) unread has further replies dropped and its
+requests refused, until a refusal naming those limits reaches it.
+Pushes holding NaN or Inf follow GEEPS_NONFINITE (spec.nonFinite): reject (an error
+naming worker, table, clock and count), skip (`ok: true, skipped: n`) or apply.
 `rows` is {"range": [lo, hi]} (global row ids, contiguous) or {"ids": n} (an ids frame
 of n int64 follows the header).
 """

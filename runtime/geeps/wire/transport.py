@@ -48,6 +48,15 @@ def bind_router(ctx: zmq.Context, address: str, cfg: Config):
     """A bound ROUTER socket and its ZAP authenticator (None without keys)."""
     sock = ctx.socket(zmq.ROUTER)
     _common(sock)
+    # Per-peer bounds (issue 23): a peer that does not read its replies must not grow
+    # the server's memory. A client has at most 64 requests in flight per shard
+    # (client.iothread.WINDOW), so GEEPS_PEER_QUEUE (default 256) never binds one that
+    # reads; ROUTER_MANDATORY makes a full queue an error (EAGAIN) the server handles,
+    # where a plain ROUTER would drop the reply silently.
+    sock.setsockopt(zmq.SNDHWM, cfg.peer_queue)
+    sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+    # A frame above this disconnects its sender before the server buffers it.
+    sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message)
     auth = None
     keys = _keys(cfg)
     if keys is not None:
