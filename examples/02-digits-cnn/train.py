@@ -33,10 +33,11 @@ def main(argv=None) -> int:
     loader, (x_test, y_test) = cnn.data(args.batch)
     model = gt.DataParallel(cnn.Net())
     opt = gt.ServerOptimizer(model, "sgd", lr=args.lr, momentum=0.9)
-    total = args.epochs * len(gt.shard(loader))     # clocks: geeps run shows an ETA
+    batches = gt.shard(loader)                      # reshuffled at each epoch's iter()
+    total = args.epochs * len(batches)              # clocks: geeps run shows an ETA
     step, samples, t0 = 0, 0, time.monotonic()
     for epoch in range(args.epochs):
-        for x, y in gt.shard(loader):
+        for x, y in batches:
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()

@@ -31,16 +31,19 @@ def main(argv=None) -> int:
     loader, (x_test, y_test) = cnn.data(args.batch)
     model = cnn.Net()
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
+    batches = loader
+    total = args.epochs * len(batches)              # clocks: geeps run shows an ETA
     step, samples, t0 = 0, 0, time.monotonic()
     for epoch in range(args.epochs):
-        for x, y in loader:
+        for x, y in batches:
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             step, samples = step + 1, samples + len(x)
             if step % args.report_every == 0:
-                cnn.report(clock=step, loss=loss.item(), samples=samples, epoch=epoch)
+                cnn.report(clock=step, loss=loss.item(), samples=samples, epoch=epoch,
+                           epochs=args.epochs, clocks=total)
                 samples = 0
         acc = cnn.accuracy(model, x_test, y_test)
         cnn.report(clock=step, accuracy=acc, epoch=epoch)
