@@ -201,3 +201,49 @@ def test_large_unread_replies_are_bounded_in_bytes_and_never_stall_an_update(key
         grown = rss(pid) - base
         assert grown < 64 * MiB, f"server RSS grew {grown / MiB:.0f} MiB"
         hostile.close(0)
+
+
+def sum_with_arrival(order: list[int], grads: list[np.ndarray], init: np.ndarray) -> tuple[bytes, int]:
+    """Workers push whole-table gradients and clock, in `order` (each one's push on
+    the server before the next starts); returns the table's bits after the clock and how
+    many pushes the server told to wait."""
+    import threading
+    n, width = init.shape
+    with Cluster(servers=1, workers=len(grads), GEEPS_PUSH_BUFFER=str(init.nbytes)) as cl:
+        clients = [cl.client(w) for w in range(len(grads))]
+        t = clients[0].create_table("g", n, width, rule="add", init=init)
+        tables = [t] + [c.open_table("g") for c in clients[1:]]
+        threads, errors = [], []
+
+        def step(w):
+            try:
+                clients[w].push(tables[w], None, grads[w])
+                clients[w].clock()
+            except Exception as e:      # noqa: BLE001 - reported by the assertion below
+                errors.append(e)
+        for k, w in enumerate(order):
+            th = threading.Thread(target=step, args=(w,), daemon=True)
+            th.start()
+            threads.append(th)
+            # The next worker starts once this one's push reached the server (kept, or
+            # told to wait), so the arrival order is the one asked for.
+            wait_for(lambda: stats(clients[0])["pushes"] + stats(clients[0])["busy"] > k,
+                     what=f"worker {w}'s push at the server")
+        for th in threads:
+            th.join(60)
+        assert not errors and not any(th.is_alive() for th in threads), errors
+        values, clock = clients[0].pull(t)
+        assert clock == 1
+        return values.tobytes(), stats(clients[0])["busy"]
+
+
+def test_workers_ahead_of_their_turn_wait_and_the_sum_does_not_depend_on_arrival():
+    rng = np.random.default_rng(4)
+    init = rng.standard_normal((64, 16), dtype=np.float32)
+    grads = [rng.standard_normal((64, 16), dtype=np.float32) for _ in range(4)]
+    late, busy = sum_with_arrival([3, 2, 1, 0], grads, init)
+    assert busy > 0, "with room for one table ahead of its turn, workers 2 and 1 wait"
+    in_order, _ = sum_with_arrival([0, 1, 2, 3], grads, init)
+    assert late == in_order
+    want = init + (((grads[0] + grads[1]) + grads[2]) + grads[3])
+    assert late == want.tobytes()

@@ -506,3 +506,83 @@ def test_a_new_client_may_take_a_rank_whose_live_session_holds_no_pushes():
     assert reply(st.handle(b"a", msg("hello", worker=0, session="s1", num_workers=2)))[0]["ok"]
     h, _ = reply(st.handle(b"b", msg("hello", worker=0, session="s2", num_workers=2)))
     assert h["ok"] and st.sessions[0] == "s2"
+
+
+def drive(st, workers, order, make_msg):
+    """Deliver each worker's messages (push seq 0, push seq 1, clock), the workers' in
+    `order`, answering `busy` and `resend` as a client does. Returns the most bytes the
+    shard kept ahead of their turn at once, and the busy answers per worker."""
+    wire = [(w, k) for w in order for k in range(3)]
+    waiting = {w: [] for w in range(workers)}
+    busy = {w: 0 for w in range(workers)}
+    most = 0
+    while wire:
+        w, k = wire.pop(0)
+        for peer, frames in st.handle(b"w%d" % w, make_msg(w, k)):
+            to = int(peer[1:])
+            h = json.loads(frames[0])
+            assert h["ok"], h
+            if h.get("resend"):
+                wire[:0] = [(to, x) for x in waiting[to]]
+                waiting[to] = []
+            elif h.get("busy"):
+                waiting[to].append(h["id"] % 10)
+                busy[to] += 1
+        s = st.tables["t"].pending.get(0)
+        if s is not None:
+            most = max(most, sum(n for r, n in s.kept_bytes.items() if r != st._frontier(0)))
+    return most, busy
+
+
+@pytest.mark.parametrize("order", [[3, 2, 1, 0], [1, 3, 0, 2], [0, 1, 2, 3]])
+def test_pushes_ahead_of_their_turn_wait_past_the_buffer_and_the_bits_do_not_depend_on_order(order):
+    n, width, workers = 64, 4, 4
+    rng = np.random.default_rng(0)
+    grads = [[rng.standard_normal((n // 2, width), dtype=np.float32) for _ in range(2)]
+             for _ in range(workers)]
+    half = grads[0][0].nbytes
+
+    def make_msg(w, k):
+        rid = 10 * w + k
+        if k == 2:
+            return msg("clock", rid, worker=w, clock=0)
+        return msg("push", rid, [grads[w][k].copy()], table="t", worker=w, session=w,
+                   clock=0, seq=k, rows={"range": [k * n // 2, (k + 1) * n // 2]})
+
+    results = []
+    for budget in (2 * half, None):
+        st = ShardState(0, workers, push_buffer=budget)
+        st.handle(b"c", msg("create", table="t", n_rows=n, row_width=width, lo=0, hi=n,
+                            rule="add", hyper={}, per_clock=True, init=False))
+        most, busy = drive(st, workers, order, make_msg)
+        assert st.min_clock == 1 and not st.blocked
+        if budget:
+            assert most <= budget, "kept more than GEEPS_PUSH_BUFFER ahead of turn"
+            if order[0] == 3:
+                assert busy[1] > 0 and busy[0] == 0, "the frontier never waits"
+        results.append(st.tables["t"].rows.tobytes())
+    want = np.zeros((n, width), np.float32)
+    for w in range(workers):            # rank order, as the shard documents it
+        want += np.concatenate(grads[w]) if w else np.concatenate(grads[0])
+    assert results[0] == results[1] == want.tobytes()
+
+
+def test_a_waiting_workers_clock_waits_too_until_told_to_resend_or_a_new_session():
+    st = ShardState(0, 3, push_buffer=40)
+    st.handle(b"c", msg("create", table="t", n_rows=4, row_width=2, lo=0, hi=4, rule="add",
+                        hyper={}, per_clock=True, init=False))
+    g = np.ones((4, 2), np.float32)                        # 32 bytes a push
+    h = push(st, 1, 0, 0, g, session=1)
+    assert h["ok"] and not h.get("busy"), "kept: within the buffer"
+    h = push(st, 2, 0, 0, g, session=2)
+    assert h["waiting"] and h["busy"] and 2 in st.blocked, "over the buffer: must wait"
+    h, _ = reply(st.handle(b"w2", msg("clock", worker=2, clock=0)))
+    assert h["busy"] and st.done[2] == 0, "a clock behind a waiting push went through"
+    assert not push(st, 0, 0, 0, g, session=0).get("busy"), "the frontier never waits"
+    out = st.handle(b"w0", msg("clock", 9, worker=0, clock=0))
+    told = [(peer, json.loads(f[0])) for peer, f in out if json.loads(f[0]).get("resend")]
+    assert [peer for peer, _ in told] == [b"p"], "worker 2 is told to send again"
+    assert not push(st, 2, 0, 0, g, session=2).get("busy") and 2 not in st.blocked
+    st.blocked[1] = {"seq": 5, "peer": b"p", "rid": 1, "clock": 0, "nbytes": 8, "told": True}
+    st.handle(b"p", msg("hello", worker=1, session="new"))
+    assert 1 not in st.blocked, "a replacement starts unblocked"

@@ -54,6 +54,7 @@ WINDOW = 64          # requests in flight per shard: bounds the server's queue p
 BATCH_BYTES = 1 << 20  # values in one batched message; a larger request goes alone
 PING_S = 1.0         # ping a quiet shard this often while requests are in flight
 RESEND_MIN_S = 0.5   # never resend one request more often than this
+BUSY_RETRY_S = 1.0   # resend a push the shard asked to wait (`busy`) if it says nothing
 POLL_MS = 100        # the loop's longest sleep: how late a deferred request may leave
 
 
@@ -74,6 +75,7 @@ class Request:
     last_sent: float = 0.0
     order: int = 0                     # per-shard send counter at the last send
     unsent: bool = False               # the socket could not take it yet
+    busy: bool = False                 # the shard asked for it again later (see _on_reply)
     timeline: int = 0                  # the client's timeline when it was submitted
     internal: Callable | None = None   # the I/O thread's own request: called with the reply
     # Called on the I/O thread with (header, payload buffers) of an ok reply, before
@@ -395,6 +397,9 @@ class IOThread(threading.Thread):
             shard.ping_rid = None
             self._resend_overtaken(shard, shard.ping_order, now)
             return
+        if header.get("resend"):
+            self._resend_busy(shard)
+            return
         r = shard.inflight.get(rid)
         if r is None:
             return  # the answer to a retry we already had
@@ -406,7 +411,12 @@ class IOThread(threading.Thread):
             return
         self._resend_overtaken(shard, r.order, now)
         if header.get("waiting"):
-            return                  # parked on the shard: its answer comes later
+            # Parked on the shard: its answer comes later. Or `busy`: a push ahead of
+            # its turn in the shard's rank-order sum while the shard's buffer for those
+            # is full (and what we sent after it); the shard says `resend` when it
+            # would take it, and BUSY_RETRY_S covers that word getting lost.
+            r.busy = r.busy or bool(header.get("busy"))
+            return
         del shard.inflight[rid]
         if r.internal is not None:
             r.internal(shard, header)
@@ -432,6 +442,13 @@ class IOThread(threading.Thread):
                 log.debug("resending %s %d to %s", r.op, r.rid, shard.name())
                 self._send(shard, r)
 
+    def _resend_busy(self, shard: _Shard) -> None:
+        """Send the requests the shard asked to wait again, in the order first sent."""
+        for r in list(shard.inflight.values()):
+            if r.busy:
+                r.busy = False
+                self._send(shard, r)
+
     def _tick(self, shard: _Shard, now: float) -> None:
         if not shard.inflight:
             return
@@ -440,6 +457,8 @@ class IOThread(threading.Thread):
                 f"{shard.name()} did not answer for {self.timeout:g} s "
                 "(is it running and reachable?)"))
             return
+        if any(r.busy and now - r.last_sent >= BUSY_RETRY_S for r in shard.inflight.values()):
+            self._resend_busy(shard)
         for rid, r in list(shard.inflight.items()):
             if r.unsent and now - r.last_sent >= RESEND_MIN_S:
                 self._send(shard, r)

@@ -145,6 +145,12 @@ VARS: tuple[Var, ...] = (
         "largest message frame a server takes; a peer sending more is disconnected "
         "(the default admits the largest legal frame, a shard of 2^31 floats at create; "
         "set it to your largest shard's bytes)"),
+    Var("GEEPS_PUSH_BUFFER", "push_buffer", "", _optional_bytes,
+        "a quantity (bytes, e.g. 256Mi) or empty for the shard's size",
+        "bytes of pushes a server keeps per clock for workers ahead of their turn in "
+        "the rank-order sum; past it their pushes wait (`busy`) and are sent again when "
+        "lower ranks catch up. A shard holds its rows, one sum per clock in flight and "
+        "this, whatever the number of workers (empty: the shard's size, at least 8 MiB)"),
     Var("GEEPS_NONFINITE", "nonfinite", "reject", _choice("reject", "skip", "apply"),
         "reject | skip | apply", "a pushed gradient holding NaN or Inf (spec.nonFinite): "
         "reject refuses the push with an error naming worker, table, clock and count; skip "
@@ -186,6 +192,7 @@ class Config:
     peer_queue: int = 256                       # unread replies queued per client
     peer_reply_bytes: int = 512 << 20           # unsent zero-copy reply bytes per client
     max_message: int = 8 << 30                  # bytes per frame a server receives
+    push_buffer: int | None = None              # bytes kept ahead of turn; None = shard size
     nonfinite: str = "reject"                   # reject | skip | apply
     curve_dir: str = ""                         # CurveZMQ key directory
     insecure: bool = False                      # explicit opt-out of CurveZMQ

@@ -1,133 +1,236 @@
-"""What one worker pushed to one table of a shard for one clock, until the clock applies.
+"""The workers' pushes of one clock to one table of a shard, summed in rank order in
+memory that does not grow with the number of workers.
 
-Clients send a large push as several range chunks (protocol.CHUNK_BYTES), so the common
-dense case arrives as non-overlapping range pieces. Those are kept as the received
-frames themselves (zero-copy) and summed only when the clock applies; a push that
-overlaps an earlier piece, or names rows by id, turns the contribution into a dense
-accumulator the size of the shard (taken from a free list: a fresh array per worker
-per clock would page-fault its way through the whole shard).
+Results must not depend on the order pushes arrive in (a replay after a restart, or
+the same job on another network, gives the same bits), so each row is summed in rank
+order: worker 0's value, plus worker 1's, and so on. Keeping every worker's push until
+the clock ends does that but holds one copy of the shard per worker (W = 64 workers
+of a 32 MiB shard: 2 GiB). Instead a worker's rows are added to one running sum as
+soon as they are *final* (it sent them with `last`, or it finished the clock) and
+every lower rank's rows there are in: `through[row]` counts the ranks summed so far.
+What arrives ahead of its turn is kept (zero-copy, the received frames) until the
+lower ranks catch up; the shard bounds those bytes and makes a worker that would
+exceed them send again later (see ShardState._busy).
 
-    c = Contribution(n_rows)
-    c.add_range(0, 4096, frame_values, alloc)      # kept as a piece
-    c.sum_into(scratch, first=True)                # scratch = this worker's values
-    sum_all([c0, c1, c2], scratch)                 # rank order: ((c0 + c1) + c2)
+Per row the additions are: the first worker that pushed the row (its first push
+copied in), then each later push in rank order and, within one worker, in the order
+it sent them (a worker pushing a row twice adds twice): the same bits whatever the
+arrival order across workers. Rows no one pushed hold no value and are not updated.
+
+    s = ClockSum(n_rows, workers=2, alloc=lambda: np.empty((n_rows, width), np.float32))
+    s.keep(1, Push(0, n_rows, None, g1))   # worker 1 is ahead: kept
+    s.keep(0, Push(0, n_rows, None, g0))
+    s.settle(0, [(0, n_rows)])             # worker 0 finished: g0, then g1, summed
+    s.settle(1, [(0, n_rows)])             # -> [(0, n_rows)]: rows every worker summed
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 
-MAX_PIECES = 64     # beyond this many pieces one dense accumulator is cheaper to keep
-
-Alloc = Callable[[], tuple[np.ndarray, np.ndarray]]   # -> zeroed (values, touched mask)
+Runs = Sequence[tuple[int, int]]
 
 
-class Contribution:
-    def __init__(self, n_rows: int):
-        self.n_rows = n_rows
-        self.pieces: list[tuple[int, int, np.ndarray]] = []   # (a, b, values) disjoint
-        self.covered = 0                                      # rows the pieces hold
-        self.dense: np.ndarray | None = None
-        self.touched: np.ndarray | None = None
+@dataclass(slots=True, eq=False)
+class Push:
+    """What one push of a worker holds that is not summed yet: rows [lo, hi) (ids None)
+    or the rows `ids` (repeats allowed, all in [lo, hi)), one row of values each."""
+    lo: int
+    hi: int
+    ids: np.ndarray | None
+    values: np.ndarray
 
-    # ---- receiving ------------------------------------------------------------------
-    def add_range(self, a: int, b: int, values: np.ndarray, alloc: Alloc) -> None:
-        if a >= b:
-            return
-        if self.dense is None and len(self.pieces) < MAX_PIECES and \
-                all(b <= pa or a >= pb for pa, pb, _ in self.pieces):
-            self.pieces.append((a, b, values))
-            self.covered += b - a
-            return
-        self._densify(alloc)
-        self.dense[a:b] += values
-        self.touched[a:b] = True
-
-    def add_ids(self, ids: np.ndarray, values: np.ndarray, alloc: Alloc) -> None:
-        self._densify(alloc)
-        np.add.at(self.dense, ids, values)
-        self.touched[ids] = True
-
-    def _densify(self, alloc: Alloc) -> None:
-        if self.dense is not None:
-            return
-        self.dense, self.touched = alloc()
-        for a, b, v in self.pieces:
-            self.dense[a:b] += v
-            self.touched[a:b] = True
-        self.pieces, self.covered = [], 0
-
-    def piece(self, a: int, b: int) -> np.ndarray | None:
-        """The values of the piece that is exactly rows [a, b), if there is one."""
-        return next((v for pa, pb, v in self.pieces if (pa, pb) == (a, b)), None)
-
-    def remove_piece(self, a: int, b: int) -> None:
-        """Drop the piece [a, b) (its rows were updated already)."""
-        self.pieces = [p for p in self.pieces if (p[0], p[1]) != (a, b)]
-        self.covered -= b - a
-
-    # ---- applying -------------------------------------------------------------------
     @property
-    def full(self) -> bool:
-        """Every row of the shard has a value from this worker."""
-        if self.dense is not None:
-            return bool(self.touched.all())
-        return self.covered == self.n_rows
+    def nbytes(self) -> int:
+        return self.values.nbytes + (0 if self.ids is None else self.ids.nbytes)
 
-    def runs(self) -> list[tuple[int, int]]:
-        """The rows this worker pushed, as sorted disjoint [a, b) runs."""
-        if self.dense is not None:
-            return list(zip(*(x.tolist() for x in mask_runs(self.touched))))
-        return merge((a, b) for a, b, _ in self.pieces)
+    def split(self, x: int, y: int) -> tuple["Push | None", list["Push"]]:
+        """(the part in rows [x, y), the parts outside it). Parts outside are copies
+        when they are slices of a larger frame, so summing the inside part lets the
+        frame go."""
+        if self.ids is None:
+            a, b = max(self.lo, x), min(self.hi, y)
+            if a >= b:
+                return None, [self]
+            inner = Push(a, b, None, self.values[a - self.lo:b - self.lo])
+            outer = []
+            if self.lo < a:
+                outer.append(Push(self.lo, a, None, self.values[:a - self.lo].copy()))
+            if b < self.hi:
+                outer.append(Push(b, self.hi, None, self.values[b - self.lo:].copy()))
+            return inner, outer
+        if self.hi <= x or self.lo >= y:
+            return None, [self]
+        m = (self.ids >= x) & (self.ids < y)
+        if m.all():
+            return self, []
+        inner = Push(x, y, self.ids[m], self.values[m]) if m.any() else None
+        rest_ids = self.ids[~m]
+        return inner, [Push(int(rest_ids.min()), int(rest_ids.max()) + 1, rest_ids,
+                            self.values[~m])]
 
-    def mark(self, touched: np.ndarray) -> None:
-        """touched |= the rows this worker pushed."""
-        if self.dense is not None:
-            touched |= self.touched
-        else:
-            for a, b, _ in self.pieces:
-                touched[a:b] = True
 
-    def sum_into(self, acc: np.ndarray, first: bool) -> None:
-        """acc = (first) or += (later ranks) this worker's values, rows it did not push
-        counting as zeros: the same float32 additions, in the same order, as summing
-        dense accumulators."""
-        if self.dense is not None:
-            if first:
-                np.copyto(acc, self.dense)
-            else:
-                acc += self.dense
+class ClockSum:
+    """One clock of one table: the running sum, how many ranks each row holds, and
+    the pushes kept until their turn."""
+
+    def __init__(self, n_rows: int, workers: int, alloc: Callable[[], np.ndarray]):
+        self.n_rows = n_rows
+        self.workers = workers
+        self._alloc = alloc
+        self.acc: np.ndarray | None = None     # made on the first sum (see alloc)
+        self.through = np.zeros(n_rows, np.uint8 if workers < 255 else np.uint32)
+        self.touched = np.zeros(n_rows, bool)  # rows acc holds a value for
+        self.kept: dict[int, list[Push]] = {}  # rank -> its pushes not summed, in order
+        self.kept_bytes: dict[int, int] = {}
+        self.final: dict[int, list[tuple[int, int]]] = {}   # rank -> rows sent `last`
+        self.finished: set[int] = set()        # ranks that finished the clock
+        self.pushed: set[int] = set()          # ranks that pushed anything
+
+    # ---- receiving ----------------------------------------------------------------
+    def keep(self, rank: int, push: Push) -> None:
+        """A push of `rank`, summed when its rows are final and their turn comes."""
+        self.pushed.add(rank)
+        if len(push.values):
+            self.kept.setdefault(rank, []).append(push)
+            self.kept_bytes[rank] = self.kept_bytes.get(rank, 0) + push.nbytes
+
+    def in_turn(self, rank: int, a: int, b: int) -> bool:
+        """Every row of [a, b) waits for `rank` only: a final push there is summed at
+        once instead of kept."""
+        return a >= b or bool((self.through[a:b] == rank).all())
+
+    def settle(self, rank: int, runs: Runs) -> list[tuple[int, int]]:
+        """`rank`'s rows in `runs` are final (a `last` push, or the clock finished):
+        sum what may be summed now, in rank order, and return the rows every worker's
+        value is in (sorted disjoint runs)."""
+        full: list[tuple[int, int]] = []
+        work = [(rank, list(runs))]
+        while work:
+            r, rs = work.pop()
+            for a, b in rs:
+                if a >= b:
+                    continue
+                starts, ends = _mask_runs(self.through[a:b] == r)
+                for x, y in zip((starts + a).tolist(), (ends + a).tolist()):
+                    self._sum(r, x, y)
+                    self.through[x:y] = r + 1
+                    if r + 1 == self.workers:
+                        full.append((x, y))
+                        continue
+                    nxt = self._final_within(r + 1, x, y)
+                    if nxt:
+                        work.append((r + 1, nxt))
+        return merge(full)
+
+    def _final_within(self, rank: int, x: int, y: int) -> list[tuple[int, int]]:
+        if rank in self.finished:
+            return [(x, y)]
+        out = []
+        for a, b in self.final.get(rank, ()):
+            a, b = max(a, x), min(b, y)
+            if a < b:
+                out.append((a, b))
+        return merge(out)
+
+    def _sum(self, rank: int, x: int, y: int) -> None:
+        """acc[x:y] gets `rank`'s pushes to those rows, in the order they were sent."""
+        kept = self.kept.get(rank)
+        if not kept:
             return
-        if first and not self.full:
-            # Rows this worker did not push count as zeros; only they need clearing
-            # (typically a row or two: a table's fingerprint row is never pushed).
-            for a, b in gaps(self.runs(), self.n_rows):
-                acc[a:b] = 0
-        for a, b, v in self.pieces:
-            if first:
-                np.copyto(acc[a:b], v)
+        if self.acc is None:
+            self.acc = self._alloc()
+        rest = []
+        for p in kept:
+            inner, outer = p.split(x, y)
+            rest += outer
+            if inner is None:
+                continue
+            if inner.ids is None:
+                self._add_range(inner.lo, inner.hi, inner.values)
             else:
-                acc[a:b] += v
+                self._add_ids(inner.ids, inner.values)
+        self.kept[rank] = rest
+        self.kept_bytes[rank] = sum(p.nbytes for p in rest)
+        if not rest:
+            del self.kept[rank], self.kept_bytes[rank]
 
-    def recycle(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The dense accumulator, zeroed for reuse (None when pieces were kept)."""
-        if self.dense is None:
-            return None
-        self.dense.fill(0)
-        self.touched.fill(False)
-        return self.dense, self.touched
+    def _add_range(self, a: int, b: int, v: np.ndarray) -> None:
+        t = self.touched[a:b]
+        if t.all():
+            self.acc[a:b] += v
+            return
+        if not t.any():
+            np.copyto(self.acc[a:b], v)
+            t[:] = True
+            return
+        starts, ends = _mask_runs(~t)       # rows first written here: copied in
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            np.copyto(self.acc[a + s:a + e], v[s:e])
+        new = ~t
+        t_starts, t_ends = _mask_runs(t)
+        for s, e in zip(t_starts.tolist(), t_ends.tolist()):
+            self.acc[a + s:a + e] += v[s:e]
+        t[new] = True
+
+    def _add_ids(self, ids: np.ndarray, v: np.ndarray) -> None:
+        first = ids[~self.touched[ids]]
+        self.acc[first] = 0
+        self.touched[ids] = True
+        np.add.at(self.acc, ids, v)
+
+    # ---- what is held ---------------------------------------------------------------
+    def drop(self, rank: int) -> None:
+        """Forget `rank`'s pushes not summed yet and its final marks (its worker was
+        replaced: the replacement sends them again)."""
+        self.kept.pop(rank, None)
+        self.kept_bytes.pop(rank, None)
+        self.final.pop(rank, None)
+        self.pushed.discard(rank)
+
+    def summed(self, rank: int) -> list[tuple[int, int]]:
+        """The rows whose sum holds `rank`'s final value already."""
+        starts, ends = _mask_runs(self.through > rank)
+        return list(zip(starts.tolist(), ends.tolist()))
+
+    def pending(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rows summed but not applied yet, as (starts, ends) runs."""
+        return _mask_runs(self.touched)
+
+    def touched_runs(self, runs: Runs) -> list[tuple[int, int]]:
+        """The parts of `runs` that hold a value."""
+        out = []
+        for a, b in runs:
+            starts, ends = _mask_runs(self.touched[a:b])
+            out += zip((starts + a).tolist(), (ends + a).tolist())
+        return out
+
+    def applied(self, runs: Runs) -> None:
+        """Rows in `runs` were updated already (early): the clock's end skips them."""
+        for a, b in runs:
+            self.touched[a:b] = False
+
+    @property
+    def complete(self) -> bool:
+        return bool((self.through == self.workers).all())
 
     def feed(self, h) -> None:
         """Everything this holds, into a hash (for ShardState.digest)."""
-        if self.dense is not None:
-            h.update(b"dense")
-            feed_array(h, self.dense)
-            feed_array(h, self.touched)
-            return
-        for a, b, v in sorted(self.pieces, key=lambda p: p[0]):
-            h.update(repr((a, b)).encode())
-            feed_array(h, v)
+        feed_array(h, self.through)
+        feed_array(h, self.touched)
+        if self.acc is not None:
+            for a, b in zip(*(x.tolist() for x in _mask_runs(self.touched))):
+                feed_array(h, self.acc[a:b])
+        h.update(repr((sorted(self.final.items()), sorted(self.finished),
+                       sorted(self.pushed))).encode())
+        for r in sorted(self.kept):
+            for p in self.kept[r]:
+                h.update(repr((r, p.lo, p.hi, p.ids is None)).encode())
+                if p.ids is not None:
+                    feed_array(h, p.ids)
+                feed_array(h, p.values)
 
 
 # Rows hashed at a time by feed_array: a non-contiguous array is copied a block at a
@@ -160,71 +263,13 @@ def merge(intervals) -> list[tuple[int, int]]:
     return [(a, b) for a, b in out]
 
 
-def gaps(runs: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
-    """The rows of 0..n outside the sorted disjoint runs."""
-    out, at = [], 0
-    for a, b in runs:
-        if a > at:
-            out.append((at, a))
-        at = b
-    return out + ([(at, n)] if at < n else [])
-
-
-def mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The runs of True in a boolean mask: (starts, ends) arrays."""
     edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
     return edges[::2], edges[1::2]
-
-
-def union_runs(contributions: list[Contribution], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """The rows any of the contributions pushed, as sorted disjoint runs: (starts,
-    ends) arrays (a sparse clock has as many runs as rows, so no Python list)."""
-    if any(c.dense is not None for c in contributions):
-        touched = np.zeros(n_rows, bool)
-        for c in contributions:
-            c.mark(touched)
-        return mask_runs(touched)
-    runs = merge((a, b) for c in contributions for a, b, _ in c.pieces)
-    return (np.array([a for a, _ in runs], np.int64), np.array([b for _, b in runs], np.int64))
 
 
 def run_rows(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     """Every row of the runs, in order."""
     lens = ends - starts
     return np.arange(lens.sum()) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
-
-
-def sum_all(contributions: list[Contribution], acc: np.ndarray) -> None:
-    """acc = the sum of the contributions in the order given (rank order); rows no one
-    pushed hold no meaning. When the first two are cut alike (every worker's pushes
-    are chunked the same way) their pieces are added in one pass, out of place: one
-    pass over the shard fewer than copying the first and adding the second, and the
-    same bits."""
-    rest = contributions
-    if len(contributions) >= 2:
-        a, b = contributions[0], contributions[1]
-        if a.dense is None and b.dense is None and \
-                [p[:2] for p in a.pieces] == [p[:2] for p in b.pieces]:
-            for (lo, hi, va), (_, _, vb) in zip(a.pieces, b.pieces):
-                np.add(va, vb, out=acc[lo:hi])
-            rest = contributions[2:]
-            if rest and not a.full:         # the later ranks add onto zeros there
-                for lo, hi in gaps(a.runs(), a.n_rows):
-                    acc[lo:hi] = 0
-            for c in rest:
-                c.sum_into(acc, first=False)
-            return
-    for i, c in enumerate(rest):
-        c.sum_into(acc, first=i == 0)
-
-
-def sum_pieces(values: list[np.ndarray], out: np.ndarray) -> None:
-    """out = the workers' pieces of the same rows, in rank order, with the additions
-    sum_all makes for those rows (the first two in one pass, then the rest): rows
-    summed apart from the rest of their clock get the same bits."""
-    if len(values) == 1:
-        np.copyto(out, values[0])
-        return
-    np.add(values[0], values[1], out=out)
-    for v in values[2:]:
-        out += v

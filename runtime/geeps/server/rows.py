@@ -12,12 +12,11 @@ one it holds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from geeps.server.accumulate import Alloc, Contribution
+from geeps.server.accumulate import Push
 
 Runs = Sequence[tuple[int, int]]        # sorted disjoint [a, b) runs of local rows
 
@@ -72,8 +71,9 @@ class RowRange(Selection):
         ends: every row lies in the runs, the rows of that clock updated already."""
         return inside(self.lo, self.hi, runs)
 
-    def add_to(self, c: Contribution, values: np.ndarray, alloc: Alloc) -> None:
-        c.add_range(self.lo, self.hi, values, alloc)
+    def kept(self, values: np.ndarray) -> Push:
+        """A push of `values` to these rows, as a clock's sum keeps it."""
+        return Push(self.lo, self.hi, None, values)
 
     def update(self, values: np.ndarray, n_rows: int) -> tuple[np.ndarray | None, np.ndarray]:
         """A push of `values` to these rows as RuleState.apply takes it: (row ids, or
@@ -111,8 +111,11 @@ class RowIds(Selection):
         # tables); a read by id waits for its clock's end.
         return False
 
-    def add_to(self, c: Contribution, values: np.ndarray, alloc: Alloc) -> None:
-        c.add_ids(self.ids, values, alloc)
+    def kept(self, values: np.ndarray) -> Push:
+        """A push of `values` to these rows, as a clock's sum keeps it."""
+        if not len(self.ids):
+            return Push(0, 0, self.ids, values)
+        return Push(int(self.ids.min()), int(self.ids.max()) + 1, self.ids, values)
 
     def update(self, values: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
         """A push of `values` to these rows as RuleState.apply takes it: (each row once,

@@ -6,9 +6,12 @@ returns the replies to send now: the request's own and those of parked reads tha
 request released (a clock may hand some of the latter to `send_early` while it is
 still applying). The socket loop lives in server.py.
 
-Tables whose consistency model counts clocks (BSP/SSP, `per_clock`) keep each worker's
-pushes apart until every worker finished the clock, then apply their sum once, in rank
-order; async tables apply each push as it arrives. Reads of a clock not applied yet
+Tables whose consistency model counts clocks (BSP/SSP, `per_clock`) sum the workers'
+pushes of a clock in rank order as they become final (accumulate.ClockSum: the bits do
+not depend on arrival order, and the memory does not grow with the number of workers),
+then apply the sum once; async tables apply each push as it arrives. A push that
+arrives ahead of its turn is kept, within GEEPS_PUSH_BUFFER bytes per clock; past it
+the push is answered `busy` and sent again when the shard says so (see _busy). Reads of a clock not applied yet
 are parked until it is. Rows a request names are rows.RowRange or rows.RowIds.
 """
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from geeps.server import checkpoint
-from geeps.server.accumulate import Contribution, feed_array, merge, run_rows, sum_all, sum_pieces, union_runs
+from geeps.server.accumulate import ClockSum, Push, feed_array, merge, run_rows
 from geeps.server.rows import RowIds, RowRange, Selection
 from geeps.server.rules import GRADIENT_RULES, RuleState
 from geeps.tables.table import RULES, resolve_hyper
@@ -34,6 +37,9 @@ log = logging.getLogger("geeps.server")
 # Runs of pushed rows up to which a clock is applied slice by slice; beyond, rows
 # pushed by id are gathered, updated and scattered back.
 MAX_RUNS = 64
+# The least GEEPS_PUSH_BUFFER (when it is left to the shard's size): two of a client's
+# push chunks, so a small shard does not make every push ahead of its turn wait.
+PUSH_BUFFER_MIN = 2 * P.CHUNK_BYTES
 SESSIONS_PER_WORKER = 4     # sequence windows kept per worker (see ShardState._window)
 
 
@@ -93,18 +99,15 @@ class ShardTable:
     per_clock: bool             # BSP/SSP: buffer pushes, apply once per clock
     rows: np.ndarray = field(repr=False, default=None)
     state: RuleState = field(repr=False, default=None)
-    # clock -> worker -> what it pushed (accumulate.Contribution); per_clock tables
-    # only. Kept per worker so the sum runs in rank order (results do not depend on
-    # arrival order) and a replaced worker's partial pushes can be dropped.
-    pending: dict[int, dict[int, Contribution]] = field(default_factory=dict, repr=False)
-    scratch: np.ndarray | None = field(default=None, repr=False)   # see sum_buffer()
-    # Zeroed accumulators of applied clocks, reused: a fresh array per worker per clock
-    # would page-fault its way through the whole shard on every partial push.
+    # clock -> the pushes of that clock, summed in rank order (accumulate.ClockSum);
+    # per_clock tables only.
+    pending: dict[int, ClockSum] = field(default_factory=dict, repr=False)
+    # Sum buffers of applied clocks, reused: a fresh array per clock would page-fault
+    # its way through the whole shard every clock.
     free: list = field(default_factory=list, repr=False)
-    # Early apply (pushes marked `last`, see ShardState._early): clock -> worker -> the
-    # row ranges it pushed for the last time in that clock; clock -> the rows already
-    # updated (sorted disjoint runs); the clock whose update the rule's step counts.
-    final: dict = field(default_factory=dict, repr=False)
+    # Early apply (rows every worker's final value is in, see ShardState._early):
+    # clock -> the rows already updated (sorted disjoint runs); the clock whose update
+    # the rule's step counts.
     applied: dict = field(default_factory=dict, repr=False)
     begun: int = -1
     # worker -> (clock, runs): rows its dead predecessor's last pushes helped update
@@ -116,18 +119,21 @@ class ShardTable:
                 "lo": self.lo, "hi": self.hi, "rule": self.rule, "hyper": self.hyper,
                 "per_clock": self.per_clock}
 
-    def alloc(self) -> tuple[np.ndarray, np.ndarray]:
-        """A zeroed dense accumulator (values, touched mask) for a Contribution."""
-        if self.free:
-            return self.free.pop()
-        return np.zeros_like(self.rows), np.zeros(len(self.rows), bool)
+    def alloc(self) -> np.ndarray:
+        """A buffer the shard's size for a clock's sum (its contents are garbage)."""
+        return self.free.pop() if self.free else np.empty_like(self.rows)
 
-    def sum_buffer(self) -> np.ndarray:
-        """The buffer the workers' pushes of a clock are summed into, the shard's size;
-        one per table, made once."""
-        if self.scratch is None:
-            self.scratch = np.empty_like(self.rows)
-        return self.scratch
+    def clock_sum(self, clock: int, done: list[int]) -> ClockSum:
+        """The sum of `clock`, made when its first push arrives; workers that finished
+        the clock already (`done`) count as final everywhere."""
+        s = self.pending.get(clock)
+        if s is None:
+            s = self.pending[clock] = ClockSum(len(self.rows), len(done), self.alloc)
+            for r, d in enumerate(done):
+                if d > clock:
+                    s.finished.add(r)
+                    s.settle(r, [(0, len(self.rows))])
+        return s
 
 
 @dataclass
@@ -159,8 +165,15 @@ class ShardState:
                  before_write: Callable[[ShardTable], None] | None = None,
                  checkpoint_dir: str = "", checkpoint_every: int = 0,
                  wait_timeout: float = float("inf"), peer_parked: int | None = None,
-                 nonfinite: str = "reject"):
+                 nonfinite: str = "reject", push_buffer: int | None = None):
         self.rank = rank
+        # Bytes of pushes kept ahead of their turn per clock (see _busy); None: the
+        # shard's own size (every table's rows), at least PUSH_BUFFER_MIN.
+        self.push_buffer = push_buffer
+        # worker -> the push it was told to send again (busy) and where to tell it when
+        # to: {seq, peer, rid, clock, nbytes, told}. Its later pushes and clocks wait
+        # behind it, so a worker's pushes still count in the order it sent them.
+        self.blocked: dict[int, dict] = {}
         # What a push holding NaN or Inf gets (GEEPS_NONFINITE, spec.nonFinite), and
         # how many such values each (table, worker) sent, for the metric.
         self.nonfinite = nonfinite
@@ -191,7 +204,7 @@ class ShardState:
         self.windows: dict[tuple[int, str], SeqWindow] = {}
         self.parked: list[Parked] = []
         self.stats = {"pushes": 0, "duplicates": 0, "errors": 0, "pulls": 0, "applied": 0,
-                      "push_bytes": 0, "early": 0, "absorbed": 0, "nonfinite": 0}
+                      "push_bytes": 0, "early": 0, "absorbed": 0, "nonfinite": 0, "busy": 0}
         self.on_update: Callable[[float], None] = lambda seconds: None   # for metrics
         # Called before rows are mutated: lets the socket layer finish zero-copy sends
         # of those rows first.
@@ -291,6 +304,8 @@ class ShardState:
             self.refused.pop(w, None)
             log.warning("server %d: worker %d rejoined at clock %d (new session)",
                         self.rank, w, self.done[w])
+        if old != session:
+            self.blocked.pop(w, None)           # its pushes start anew
         self.sessions[w] = session
         self.session_peer[w] = peer
         if old != session or w not in self.tokens:
@@ -301,22 +316,25 @@ class ShardState:
                                   base=self.base, cause=self.last_cause))]
 
     def _holds_pushes(self, w: int) -> bool:
-        """Whether worker w has pushes kept for a clock not applied yet."""
-        return any(w in per_worker for t in self.tables.values()
-                   for kept in (t.pending, t.final) for per_worker in kept.values())
+        """Whether worker w pushed in the clock it has not finished."""
+        return any(w in s.pushed for t in self.tables.values()
+                   if (s := t.pending.get(self.done[w])) is not None)
 
     def _forget_predecessor(self, w: int) -> None:
-        """Worker `w` is a replacement for one that died: what the dead one pushed for
-        clocks it never finished must not count twice when the new one redoes them."""
+        """Worker `w` is a replacement for one that died: what the dead one pushed in
+        the clock it never finished must not count twice when the new one redoes it.
+        Its pushes not summed yet are dropped; rows whose sum holds its final value
+        already (sent `last`, maybe updated early) keep it: the replacement's pushes
+        to them (of the same clock's parameters and batch) are dropped instead."""
+        clock = self.done[w]
         for t in self.tables.values():
-            for per_worker in t.pending.values():
-                per_worker.pop(w, None)
-            for per_worker in t.final.values():
-                per_worker.pop(w, None)
-            # Rows updated early in its unfinished clock hold the dead one's last
-            # pushes already (of the same clock's parameters and batch).
-            if t.applied.get(self.done[w]):
-                t.absorbed[w] = (self.done[w], list(t.applied[self.done[w]]))
+            s = t.pending.get(clock)
+            if s is None:
+                continue
+            summed = s.summed(w)
+            s.drop(w)
+            if summed:
+                t.absorbed[w] = (clock, summed)
 
     def _op_leave(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "leave")
@@ -395,6 +413,9 @@ class ShardState:
                                 f"is at clock {self.done[w]} on server {self.rank}")
         if t.per_clock:
             self._check_not_final(t, w, clock, sel)
+            if self._busy(peer, rid, t, w, clock, seq, sel, values, last):
+                self.stats["busy"] += 1
+                return [(peer, P.reply_ok(rid, waiting=True, busy=True))]
         bad = _count_nonfinite(values) if self.nonfinite != "apply" else 0
         if bad:
             self.nonfinite_counts[(t.name, w)] = self.nonfinite_counts.get((t.name, w), 0) + bad
@@ -432,14 +453,65 @@ class ShardState:
                 self.stats["absorbed"] += 1
                 return [(peer, P.reply_ok(rid, absorbed=True))]
             last = False        # what is left of it waits for the clock's end
-        mine = t.pending.setdefault(clock, {})
-        if w not in mine:
-            mine[w] = Contribution(len(t.rows))
-        sel.add_to(mine[w], values, t.alloc)
+        s = t.clock_sum(clock, self.done)
+        s.keep(w, sel.kept(values))
         out = [(peer, P.reply_ok(rid))]
         if last and len(sel):               # a last push is a RowRange (_op_push)
-            t.final.setdefault(clock, {}).setdefault(w, []).append((sel.lo, sel.hi))
-            out += self._early(t, clock, sel.lo, sel.hi)
+            s.final.setdefault(w, []).append((sel.lo, sel.hi))
+            out += self._early(t, clock, s.settle(w, [(sel.lo, sel.hi)]))
+        return out + self._unblock()
+
+    def _busy(self, peer: bytes, rid, t: ShardTable, w: int, clock: int, seq: int,
+              sel: Selection, values: np.ndarray, last: bool) -> bool:
+        """Whether a valid push must be sent again later. A push that will be kept
+        ahead of its turn (lower ranks have not finished its rows) waits when the
+        clock's pushes kept so far fill GEEPS_PUSH_BUFFER, so the shard's memory is
+        its rows, one sum per clock in flight and that buffer, whatever the number of
+        workers. Never the lowest worker still in the clock (the frontier): its pushes
+        are what lets the others' be summed, so the clock always moves. Once one push
+        of a worker waits, so do its later ones (and its clock), until the first is
+        sent again: the worker's pushes count in the order it sent them."""
+        b = self.blocked.get(w)
+        if b is not None and b["seq"] != seq:
+            return True
+        s = t.pending.get(clock)
+        summed_now = last and isinstance(sel, RowRange) and (
+            s.in_turn(w, sel.lo, sel.hi) if s is not None else w == self._frontier(clock))
+        if not summed_now and w != self._frontier(clock) and \
+                self._kept_ahead(clock) + values.nbytes > self._push_budget():
+            self.blocked[w] = {"seq": seq, "peer": peer, "rid": rid, "clock": clock,
+                               "nbytes": values.nbytes, "told": False}
+            return True
+        self.blocked.pop(w, None)
+        return False
+
+    def _frontier(self, clock: int) -> int:
+        """The lowest worker that has not finished `clock`."""
+        return next((r for r, d in enumerate(self.done) if d <= clock), self.num_workers)
+
+    def _kept_ahead(self, clock: int) -> int:
+        """Bytes of `clock`'s pushes kept for workers above its frontier."""
+        f = self._frontier(clock)
+        return sum(n for t in self.tables.values() if (s := t.pending.get(clock)) is not None
+                   for r, n in s.kept_bytes.items() if r != f)
+
+    def _push_budget(self) -> int:
+        if self.push_buffer is not None:
+            return self.push_buffer
+        return max(PUSH_BUFFER_MIN, sum(t.rows.nbytes for t in self.tables.values()))
+
+    def _unblock(self) -> list[Reply]:
+        """Tell each waiting worker whose push would be taken now to send it again (a
+        `waiting` reply to that push with `resend`). Its client also retries on its
+        own after a while, should this be lost."""
+        out = []
+        for w, b in self.blocked.items():
+            if b["told"]:
+                continue
+            if w == self._frontier(b["clock"]) or b["clock"] < self.min_clock or \
+                    self._kept_ahead(b["clock"]) + b["nbytes"] <= self._push_budget():
+                b["told"] = True
+                out.append((b["peer"], P.reply_ok(b["rid"], waiting=True, resend=True)))
         return out
 
     def _window(self, w: int, session: str) -> SeqWindow:
@@ -457,44 +529,34 @@ class ShardState:
         return win
 
     def _check_not_final(self, t: ShardTable, w: int, clock: int, sel: Selection) -> None:
-        for a, b in t.final.get(clock, {}).get(w, ()):
+        s = t.pending.get(clock)
+        for a, b in (s.final.get(w, ()) if s is not None else ()):
             if sel.overlaps(a, b):
                 raise ProtocolError(
                     f"header field 'rows': worker {w} already sent its last push of rows "
                     f"[{a + t.lo}, {b + t.lo}) for clock {clock}; it cannot push to them "
                     "again in that clock")
 
-    def _early(self, t: ShardTable, clock: int, a: int, b: int) -> list[Reply]:
-        """Update rows [a, b) of `clock` now if every worker's last push of exactly
-        these rows is in (as range pieces), and answer the reads of the next clock
-        that lie in rows updated so far. The clock's update is elementwise, so rows
-        updated apart get the bits of one update over all of them; the rest of the
-        clock's rows follow when it ends. Only the clock every worker is at
-        (min_clock) can be complete here, so a checkpoint never sees it half done."""
-        entry = t.pending.get(clock, {})
-        finals = t.final.get(clock, {})
-        if clock != self.min_clock or len(entry) < self.num_workers:
+    def _early(self, t: ShardTable, clock: int, full: list) -> list[Reply]:
+        """Update the rows in `full` (every worker's final value is summed there) now,
+        and answer the reads of the next clock that lie in rows updated so far. The
+        clock's update is elementwise, so rows updated apart get the bits of one update
+        over all of them; the rest of the clock's rows follow when it ends. Only the
+        clock every worker is at (min_clock) is updated early, so a checkpoint never
+        sees it half done."""
+        s = t.pending.get(clock)
+        if not full or s is None or clock != self.min_clock or s.acc is None:
             return []
-        values = []
-        for r in range(self.num_workers):
-            c = entry.get(r)
-            if c is None or c.dense is not None or (a, b) not in finals.get(r, ()):
-                return []
-            v = c.piece(a, b)
-            if v is None:
-                return []
-            values.append(v)
         t0 = time.perf_counter()
         if t.begun != clock:
             t.state.begin()
             t.begun = clock
-        acc = t.sum_buffer()
-        sum_pieces(values, acc[a:b])
         self.before_write(t)
-        t.state.apply_slice(t.rows, acc, a, b, self._scale(t))
-        for r in range(self.num_workers):
-            entry[r].remove_piece(a, b)
-        runs = merge(t.applied.get(clock, []) + [(a, b)])
+        scale = self._scale(t)
+        for a, b in s.touched_runs(full):        # rows no one pushed are not updated
+            t.state.apply_slice(t.rows, s.acc, a, b, scale)
+        s.applied(full)
+        runs = merge(t.applied.get(clock, []) + list(full))
         t.applied[clock] = runs
         self.stats["early"] += 1
         self.on_update(time.perf_counter() - t0)
@@ -508,6 +570,9 @@ class ShardState:
         if clock > self.done[w]:
             raise ProtocolError(f"header field 'clock': worker {w} cannot finish clock {clock} "
                                 f"while at clock {self.done[w]}")
+        if w in self.blocked and clock >= self.done[w]:
+            self.stats["busy"] += 1         # after the push that waits (see _busy)
+            return [(peer, P.reply_ok(rid, waiting=True, busy=True))]
         if self.refused.get(w) == clock:
             # Finishing the clock would apply it without the refused push: everyone's
             # parameters would move on a partial update. The clock waits for a
@@ -515,11 +580,22 @@ class ShardState:
             raise ProtocolError(f"header field 'clock': worker {w}'s push at clock {clock} "
                                 "was refused (non-finite values); it cannot finish that clock")
         before = self.min_clock
+        finishing = clock == self.done[w]
         self.done[w] = max(self.done[w], clock + 1)
+        out = []
+        if finishing:       # w's rows of `clock` are all final: sum what that allows
+            for t in self.tables.values():
+                s = t.pending.get(clock)
+                if s is not None:
+                    s.finished.add(w)
+                    full = s.settle(w, [(0, len(t.rows))])
+                    if self.min_clock == before:        # else the clock applies below
+                        out += self._early(t, clock, full)
         if self.min_clock > before:
             self._apply_clocks(before, self.min_clock)
             self._maybe_checkpoint(before, self.min_clock)
-        return [(peer, P.reply_ok(rid, min_clock=self.min_clock))] + self._release()
+        return [(peer, P.reply_ok(rid, min_clock=self.min_clock))] + out + \
+            self._release() + self._unblock()
 
     def _op_pull(self, peer, rid, h, frames):
         t = self._table(h)
@@ -559,11 +635,9 @@ class ShardState:
             for k in sorted(t.state.slots):
                 feed_array(h, t.state.slots[k])
             for c in sorted(t.pending):
-                for w in sorted(t.pending[c]):
-                    h.update(repr((c, w)).encode())
-                    t.pending[c][w].feed(h)
-            h.update(repr((sorted((c, sorted(f.items())) for c, f in t.final.items()),
-                           sorted(t.applied.items()), t.begun,
+                h.update(repr(c).encode())
+                t.pending[c].feed(h)
+            h.update(repr((sorted(t.applied.items()), t.begun,
                            sorted(t.absorbed.items()))).encode())
         for key in sorted(self.windows):
             win = self.windows[key]
@@ -787,33 +861,32 @@ class ShardState:
         self.on_update(time.perf_counter() - t0)
 
     def _apply_clock(self, t: ShardTable, clock: int, early: bool) -> None:
-        entry = t.pending.pop(clock, None)
-        t.final.pop(clock, None)
+        s = t.pending.pop(clock, None)
         t.applied.pop(clock, None)
         t.absorbed = {w: v for w, v in t.absorbed.items() if v[0] > clock}
-        if not entry:
+        if s is None:
             return
+        if not s.complete:  # every worker finished, so settle() summed all; if not, a bug
+            log.error("server %d: clock %d of table %s applied before its sum was "
+                      "complete; summing the rest now", self.rank, clock, t.name)
+            for r in range(self.num_workers):
+                s.finished.add(r)
+                s.settle(r, [(0, len(t.rows))])
         counted = t.begun == clock      # rows of it were updated early
         t.begun = clock
-        # Sum in rank order, whatever order the pushes arrived in: results are
-        # reproducible bit for bit (a replay after a restart gives the same).
-        contributions = [entry[r] for r in sorted(entry)]
-        acc = t.sum_buffer()
-        sum_all(contributions, acc)
-        self.before_write(t)
-        starts, ends = union_runs(contributions, len(t.rows))
-        if len(starts) <= MAX_RUNS:
-            if not counted:
-                t.state.begin()
-            self._apply_runs(t, acc, list(zip(starts.tolist(), ends.tolist())), early)
-        else:       # scattered rows (pushes by id): gather, update, scatter
-            ids = run_rows(starts, ends)
-            t.state.apply(t.rows, acc[ids], rows=ids, scale=self._scale(t),
-                          scratch=True, count=not counted)
-        for contribution in entry.values():
-            spare = contribution.recycle()
-            if spare is not None and len(t.free) < self.num_workers:
-                t.free.append(spare)
+        starts, ends = s.pending()
+        if s.acc is not None and len(starts):
+            self.before_write(t)
+            if len(starts) <= MAX_RUNS:
+                if not counted:
+                    t.state.begin()
+                self._apply_runs(t, s.acc, list(zip(starts.tolist(), ends.tolist())), early)
+            else:       # scattered rows (pushes by id): gather, update, scatter
+                ids = run_rows(starts, ends)
+                t.state.apply(t.rows, s.acc[ids], rows=ids, scale=self._scale(t),
+                              scratch=True, count=not counted)
+        if s.acc is not None and not t.free:
+            t.free.append(s.acc)
         self.stats["applied"] += 1
 
     def _apply_runs(self, t: ShardTable, acc: np.ndarray, runs: list, early: bool) -> None:
