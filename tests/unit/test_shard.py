@@ -414,13 +414,45 @@ def test_digest_streams_the_rows_without_a_table_sized_copy():
     before = st.digest()
     tracemalloc.start()
     try:
-        h, _ = reply(st.handle(b"q", msg("digest")))
+        assert st.handle(b"q", msg("digest")) == [], "answered when done, not at once"
+        out = finish_background(st)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
+    h, _ = reply(out)
     assert h["digest"] == before
     # Bound: 1/16 of the table (a tobytes() copy would be the whole 16 MiB at once).
     assert peak < n * w * 4 // 16, f"digest allocated {peak} bytes at its peak"
+
+
+def finish_background(st, limit=10_000):
+    for _ in range(limit):
+        out = st.step_background()
+        if out:
+            return out
+    raise AssertionError("background work did not end")
+
+
+def test_digest_goes_a_block_at_a_time_and_others_are_answered_meanwhile(monkeypatch):
+    from geeps.server import shard
+    monkeypatch.setattr(shard, "DIGEST_BLOCK", 64 << 10)
+    n, w = 1024, 256                                    # 1 MiB: 16 blocks
+    st = ShardState(0, 1)
+    reply(st.handle(b"p", msg("create", table="t", n_rows=n, row_width=w, lo=0, hi=n,
+                              rule="add", hyper={}, per_clock=True, init=False)))
+    assert st.handle(b"q", msg("digest", 5)) == []
+    st.step_background()
+    h, _ = reply(st.handle(b"q", msg("digest", 5)))     # its retry: still running
+    assert h["waiting"]
+    h, vals = reply(st.handle(b"other", msg("pull", table="t", rows={"range": [0, 4]},
+                                            need=0)))
+    assert h["ok"] and vals, "another peer's read waited for the digest"
+    st.step_background()
+    push(st, 0, 0, 0, np.ones((n, w), np.float32))      # the state changes midway
+    st.handle(b"p", msg("clock", worker=0, clock=0))
+    (peer, frames), = finish_background(st)
+    assert peer == b"q" and json.loads(frames[0])["digest"] == st.digest(), \
+        "a digest of a state that changed while hashing must start over"
 
 
 @pytest.mark.parametrize("schedule", [

@@ -218,7 +218,7 @@ class IOThread(threading.Thread):
             poller.register(host.sock, zmq.POLLIN)
         try:
             while not self._stopping:
-                events = dict(poller.poll(POLL_MS))
+                events = dict(poller.poll(0 if host is not None and host.busy else POLL_MS))
                 if self._rfd in events:
                     os.read(self._rfd, 65536)
                 self._take_queue()

@@ -148,7 +148,8 @@ class Server:
                  self.address, self.cfg.num_workers, security_note(self.cfg))
         try:
             while not self._stop.is_set():
-                ready = dict(poller.poll(POLL_MS))
+                # Background work (a digest) goes a block per turn, between requests.
+                ready = dict(poller.poll(0 if self.state.background else POLL_MS))
                 if self.sock in ready:
                     self.drain()
                 self.after_poll(bool(ready))
@@ -206,7 +207,14 @@ class Server:
             log.info("server %d: client %s disconnected; dropped its %d parked reads",
                      self.cfg.rank, peer.hex(), n)
 
+    @property
+    def busy(self) -> bool:
+        """Background work is waiting: poll without sleeping."""
+        return bool(self.state.background)
+
     def after_poll(self, handled: bool) -> None:
+        if self.state.background:
+            self._send(self.state.step_background())
         if handled:
             with self._changed:
                 self._changed.notify_all()

@@ -41,6 +41,12 @@ MAX_RUNS = 64
 # push chunks, so a small shard does not make every push ahead of its turn wait.
 PUSH_BUFFER_MIN = 2 * P.CHUNK_BYTES
 SESSIONS_PER_WORKER = 4     # sequence windows kept per worker (see ShardState._window)
+# A digest hashes this many bytes, then lets the server answer other requests (see
+# _digest_job); it starts over when the state changed meanwhile, at most DIGEST_TRIES times.
+DIGEST_BLOCK = 16 << 20
+DIGEST_TRIES = 3
+# Requests that change nothing a digest covers.
+READ_ONLY_OPS = frozenset({"pull", "ping", "stats", "digest", "checkpoints", "open"})
 
 
 def _new_inc() -> str:
@@ -66,6 +72,15 @@ def _check_finite(value, where: str) -> None:
             _check_finite(v, f"{where}[{i}]")
     elif isinstance(value, float) and not np.isfinite(value):
         raise ValueError(f"{where} must be a finite number (got {value!r})")
+
+
+def _feed_steps(h, a: np.ndarray):
+    """feed_array(h, a) a DIGEST_BLOCK at a time, yielding between blocks."""
+    rows = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+    step = max(1, DIGEST_BLOCK // max(1, rows[:1].nbytes))
+    for i in range(0, len(rows), step):
+        feed_array(h, rows[i:i + step])
+        yield
 
 
 class SeqWindow:
@@ -214,6 +229,10 @@ class ShardState:
         # layer sends one block while the next is computed. None: replies wait for the
         # end of the request like all others.
         self.send_early: Callable[[list[Reply]], None] | None = None
+        # Work done a block at a time between requests (digests): generators that
+        # yield after each block and return their replies (see step_background).
+        self.background: list = []
+        self.version = 0                       # counts requests that may change state
 
     @property
     def min_clock(self) -> int:
@@ -252,6 +271,8 @@ class ShardState:
             if inc is not None and inc != self.inc and op in P.TIMELINE_OPS:
                 self.stats["errors"] += 1
                 return [(peer, self._restarted_error(rid))]
+            if op not in READ_ONLY_OPS:
+                self.version += 1
             return getattr(self, "_op_" + op)(peer, rid, header, frames)
         except ProtocolError as e:
             self.stats["errors"] += 1
@@ -620,29 +641,71 @@ class ShardState:
                                   tables={n: t.spec() for n, t in self.tables.items()}))]
 
     def _op_digest(self, peer, rid, h, frames):
-        return [(peer, P.reply_ok(rid, digest=self.digest()))]
+        # Hashing a 1 GiB table takes seconds: it runs a block at a time between other
+        # requests (step_background), and its reply goes when it is done. A retry of
+        # one still running is told it is (as a parked read's retry is).
+        if any(key == (peer, rid) for key, _ in self.background):
+            return [(peer, P.reply_ok(rid, waiting=True))]
+        self.background.append(((peer, rid), self._digest_job(peer, rid)))
+        return []
+
+    def step_background(self) -> list[Reply]:
+        """Do one block of the oldest background job; its replies once it ends."""
+        if not self.background:
+            return []
+        _, job = self.background[0]
+        try:
+            next(job)
+            return []
+        except StopIteration as done:
+            self.background.pop(0)
+            return done.value
+
+    def _digest_job(self, peer, rid):
+        for _ in range(DIGEST_TRIES):
+            start = self.version
+            h = hashlib.sha256()
+            yield from self._digest_steps(h)
+            if self.version == start:
+                return [(peer, P.reply_ok(rid, digest=h.hexdigest()))]
+        return [(peer, P.reply_error(rid, f"server {self.rank}: the state changed while it "
+                                          f"was hashed, {DIGEST_TRIES} times; ask for the "
+                                          "digest again when the job is quiet"))]
 
     def digest(self) -> str:
         """A hash of everything a request can change: rows, optimizer state, pending
         updates, clocks, seen sequence numbers. Equal digests mean equal state."""
         h = hashlib.sha256()
+        for _ in self._digest_steps(h):
+            pass
+        return h.hexdigest()
+
+    def _digest_steps(self, h):
+        """Feed the state into `h`, yielding after each DIGEST_BLOCK bytes. Between
+        steps the state may change (the caller then starts over): nothing here may
+        fail when it does."""
         h.update(repr((self.done, sorted(self.tables))).encode())
         for name in sorted(self.tables):
-            t = self.tables[name]
+            t = self.tables.get(name)
+            if t is None:
+                continue
             h.update(repr(sorted(t.spec().items())).encode())
-            feed_array(h, t.rows)
+            yield from _feed_steps(h, t.rows)
             h.update(repr(t.state.step).encode())
             for k in sorted(t.state.slots):
-                feed_array(h, t.state.slots[k])
+                yield from _feed_steps(h, t.state.slots[k])
             for c in sorted(t.pending):
-                h.update(repr(c).encode())
-                t.pending[c].feed(h)
+                s = t.pending.get(c)
+                if s is not None:
+                    h.update(repr(c).encode())
+                    s.feed(h)
+                    yield
             h.update(repr((sorted(t.applied.items()), t.begun,
                            sorted(t.absorbed.items()))).encode())
         for key in sorted(self.windows):
-            win = self.windows[key]
-            h.update(repr((key, win.floor, sorted(win.above))).encode())
-        return h.hexdigest()
+            win = self.windows.get(key)
+            if win is not None:
+                h.update(repr((key, win.floor, sorted(win.above))).encode())
 
     # ---- rollback -------------------------------------------------------------------
     def _restarted_error(self, rid) -> list:
