@@ -247,3 +247,25 @@ def test_workers_ahead_of_their_turn_wait_and_the_sum_does_not_depend_on_arrival
     assert late == in_order
     want = init + (((grads[0] + grads[1]) + grads[2]) + grads[3])
     assert late == want.tobytes()
+
+
+def test_reads_parked_on_a_shard_do_not_hold_back_a_workers_push_clock_or_stats():
+    import threading
+    with Cluster(servers=1, workers=2) as cl:
+        c0, c1 = cl.client(0), cl.client(1)
+        t = c0.create_table("r", 4, 2, rule="add")
+        c1.open_table("r")
+        reads = [c0.pull_async(t, need=2) for _ in range(150)]     # > the window of 64
+        wait_for(lambda: stats(c1)["parked"] >= 150, what="150 reads parked")
+        got = []
+        th = threading.Thread(target=lambda: got.append(c0.stats()), daemon=True)
+        th.start()
+        th.join(30)
+        assert got, "stats() waited behind the parked reads"
+        for _ in range(2):
+            c0.push_async(t, None, np.ones((4, 2), np.float32)).wait(30)
+            c0.clock_async().wait(30)
+            c1.clock()
+        for r in reads:
+            values, clock = r.wait(30)
+            assert clock == 2 and (values == 2).all()

@@ -50,10 +50,12 @@ from geeps.wire.transport import connect_dealer
 
 log = logging.getLogger("geeps.client")
 ROLLBACK = "rollback"  # a request of the client's own: start a rollback (see request_rollback)
-WINDOW = 64          # requests in flight per shard: bounds the server's queue per client
+WINDOW = 64          # requests in flight per shard, not counting reads parked there
+                     # (the server bounds those itself: GEEPS_PEER_PARKED)
 BATCH_BYTES = 1 << 20  # values in one batched message; a larger request goes alone
 PING_S = 1.0         # ping a quiet shard this often while requests are in flight
 RESEND_MIN_S = 0.5   # never resend one request more often than this
+PARKED_RESEND_S = 5.0  # nor a read the shard said is parked (it proves it is alive)
 BUSY_RETRY_S = 1.0   # resend a push the shard asked to wait (`busy`) if it says nothing
 POLL_MS = 100        # the loop's longest sleep: how late a deferred request may leave
 
@@ -76,6 +78,7 @@ class Request:
     order: int = 0                     # per-shard send counter at the last send
     unsent: bool = False               # the socket could not take it yet
     busy: bool = False                 # the shard asked for it again later (see _on_reply)
+    parked: bool = False               # a read the shard said waits there
     timeline: int = 0                  # the client's timeline when it was submitted
     internal: Callable | None = None   # the I/O thread's own request: called with the reply
     # Called on the I/O thread with (header, payload buffers) of an ok reply, before
@@ -287,8 +290,11 @@ class IOThread(threading.Thread):
         # What is queued for the shard leaves in as few messages as it can: every
         # message costs each end a wake-up and a trip through its loop, which on a
         # small model is most of what a clock costs. Large values go alone.
+        # Reads parked on the shard do not hold the window: a hundred reads of a future
+        # clock must not make this worker's push, clock or stats wait behind them.
         batch, size = [], 0
-        while shard.backlog and len(shard.inflight) < WINDOW:
+        parked = sum(1 for r in shard.inflight.values() if r.parked)
+        while shard.backlog and len(shard.inflight) - parked < WINDOW:
             r = shard.backlog.popleft()
             if r.timeline < self.timeline:
                 r.handle.set_exception(
@@ -416,6 +422,7 @@ class IOThread(threading.Thread):
             # is full (and what we sent after it); the shard says `resend` when it
             # would take it, and BUSY_RETRY_S covers that word getting lost.
             r.busy = r.busy or bool(header.get("busy"))
+            r.parked = not r.busy
             return
         del shard.inflight[rid]
         if r.internal is not None:
@@ -438,7 +445,8 @@ class IOThread(threading.Thread):
     def _resend_overtaken(self, shard: _Shard, order: int, now: float) -> None:
         """Requests sent before one that was just answered lost their request or reply."""
         for r in list(shard.inflight.values()):
-            if r.order < order and now - r.last_sent >= RESEND_MIN_S:
+            if r.order < order and now - r.last_sent >= (
+                    PARKED_RESEND_S if r.parked else RESEND_MIN_S):
                 log.debug("resending %s %d to %s", r.op, r.rid, shard.name())
                 self._send(shard, r)
 

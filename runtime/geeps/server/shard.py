@@ -855,7 +855,9 @@ class ShardState:
                                 "client parked, its cap per client (GEEPS_PEER_PARKED)")
         p.deadline = time.monotonic() + self.wait_timeout
         self.parked.append(p)
-        return []
+        # Said at once, so the client knows the read is parked and does not let it
+        # hold a place in its window of requests in flight (see client.iothread).
+        return [(p.peer, P.reply_ok(p.rid, waiting=True))]
 
     def expire(self, now: float | None = None) -> list[Reply]:
         """Errors for the parked reads whose deadline passed (GEEPS_WAIT_TIMEOUT)."""

@@ -42,7 +42,13 @@ is most of the time a clock costs. Parts are never batches themselves.
 Requests of a timeline (TIMELINE_OPS: create, open, push, clock, pull) may carry
 `inc`, the server incarnation the client knows; a server with another incarnation (it
 restarted, or rolled back) refuses them with `restarted: true, inc, base`.
-A retried read that is still parked is answered `ok: true, waiting: true` (no data).
+A read (or open) that must wait is parked and answered `ok: true, waiting: true` (no
+data) at once, and again on each retry while parked; its values follow when ready.
+A push that arrives ahead of its turn in the rank-order sum while the shard's buffer
+for those is full (GEEPS_PUSH_BUFFER) is answered `ok: true, waiting: true, busy: true`
+and not kept; so are the same worker's later pushes and clock, until it sends that
+push again. The shard says when: a reply `waiting: true, resend: true` with the id of
+the push that waits (clients also retry on their own after a while).
 Limits per client connection (issue 23; GEEPS_* variables, see geeps.job.env): a read
 parks at most GEEPS_WAIT_TIMEOUT seconds (then an error naming it), at most
 GEEPS_PEER_PARKED of one client's reads park at once, and parked reads go when their
