@@ -153,6 +153,9 @@ def test_a_parked_read_past_its_deadline_is_answered_with_an_error_naming_it(key
         peer.send_multipart([P.encode_header(
             {"v": 1, "op": "pull", "id": 5, "table": "w", "rows": {"range": [0, 4]},
              "need": 3})])
+        assert peer.poll(10000), "no answer to a read"
+        h = json.loads(peer.recv_multipart()[0])
+        assert h["id"] == 5 and h["waiting"], "a parked read is said to wait at once"
         assert peer.poll(10000), "a parked read never expired"
         h = json.loads(peer.recv_multipart()[0])
         assert h["id"] == 5 and not h["ok"] and "GEEPS_WAIT_TIMEOUT" in h["error"], h

@@ -31,6 +31,7 @@ def test_round_trip_through_the_environment():
     ("GEEPS_DEVICE_MEMORY", "4GB", "quantity"),
     ("GEEPS_METRICS_PORT", "70000", "0-65535"),
     ("GEEPS_TIMEOUT", "-1", "seconds > 0"),
+    ("GEEPS_WAIT_TIMEOUT", "inf", "seconds > 0 (finite)"),
     ("GEEPS_INSECURE", "maybe", "0 | 1"),
 ])
 def test_bad_values_name_the_variable_and_what_it_accepts(var, value, accepts):

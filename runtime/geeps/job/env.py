@@ -11,6 +11,7 @@ the variable and what it accepts. `geeps env` prints the table below as Markdown
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -41,7 +42,7 @@ def _int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
 
 def _positive_float(v: str) -> float:
     x = float(v)
-    if not x > 0:
+    if not (x > 0 and math.isfinite(x)):     # inf would make a stuck job wait for good
         raise ValueError(v)
     return x
 
@@ -123,9 +124,9 @@ VARS: tuple[Var, ...] = (
         "address the metrics endpoint binds; empty = every interface (a pod)"),
     Var("GEEPS_BIND_HOST", "bind_host", "*", str, "an address or *",
         "address a server binds (its port comes from GEEPS_SERVERS[rank])"),
-    Var("GEEPS_TIMEOUT", "timeout", "30", _positive_float, "seconds > 0",
+    Var("GEEPS_TIMEOUT", "timeout", "30", _positive_float, "seconds > 0 (finite)",
         "how long a server may stay silent before a request fails naming it"),
-    Var("GEEPS_WAIT_TIMEOUT", "wait_timeout", "600", _positive_float, "seconds > 0",
+    Var("GEEPS_WAIT_TIMEOUT", "wait_timeout", "600", _positive_float, "seconds > 0 (finite)",
         "how long a read may stay parked waiting for slower workers"),
     Var("GEEPS_MAX_PARKED", "max_parked", "4096", _int_in(1), "an integer >= 1",
         "reads a server parks at once; past it a read gets an error"),
@@ -140,11 +141,12 @@ VARS: tuple[Var, ...] = (
         "a quantity (bytes, e.g. 256Mi)",
         "bytes of zero-copy replies (of 1 MiB and more) a server holds unsent for one "
         "client; past it, as GEEPS_PEER_QUEUE"),
-    Var("GEEPS_MAX_MESSAGE", "max_message", "8Gi", parse_bytes,
-        "a quantity (bytes, e.g. 64Mi)",
+    Var("GEEPS_MAX_MESSAGE", "max_message", "", _optional_bytes,
+        "a quantity (bytes, e.g. 64Mi) or empty for a quarter of the server's memory",
         "largest message frame a server takes; a peer sending more is disconnected "
-        "(the default admits the largest legal frame, a shard of 2^31 floats at create; "
-        "set it to your largest shard's bytes)"),
+        "before the server buffers it. Empty: a quarter of the memory the server may use "
+        "(its cgroup's memory.max, else the machine's), at most 8Gi, the largest legal "
+        "frame (a shard of 2^31 floats at create); set it to your largest shard's bytes"),
     Var("GEEPS_PUSH_BUFFER", "push_buffer", "", _optional_bytes,
         "a quantity (bytes, e.g. 256Mi) or empty for the shard's size",
         "bytes of pushes a server keeps per clock for workers ahead of their turn in "
@@ -191,7 +193,7 @@ class Config:
     peer_parked: int = 1024                     # parked reads per client connection
     peer_queue: int = 256                       # unread replies queued per client
     peer_reply_bytes: int = 512 << 20           # unsent zero-copy reply bytes per client
-    max_message: int = 8 << 30                  # bytes per frame a server receives
+    max_message: int | None = None              # bytes per frame; None = from memory
     push_buffer: int | None = None              # bytes kept ahead of turn; None = shard size
     nonfinite: str = "reject"                   # reject | skip | apply
     curve_dir: str = ""                         # CurveZMQ key directory

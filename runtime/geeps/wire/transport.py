@@ -3,6 +3,7 @@ the job has keys (GEEPS_CURVE_DIR), the same CurveZMQ security."""
 from __future__ import annotations
 
 import logging
+import os
 
 import zmq
 
@@ -56,7 +57,7 @@ def bind_router(ctx: zmq.Context, address: str, cfg: Config):
     sock.setsockopt(zmq.SNDHWM, cfg.peer_queue)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     # A frame above this disconnects its sender before the server buffers it.
-    sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_message(cfg))
     auth = None
     keys = _keys(cfg)
     if keys is not None:
@@ -81,3 +82,26 @@ def connect_dealer(ctx: zmq.Context, address: str, cfg: Config | None = None) ->
         curve.secure_client(sock, keys)
     sock.connect(address)
     return sock
+
+
+LARGEST_FRAME = 8 << 30     # a create's init of 2^31 floats: the largest legal frame
+
+
+def max_message(cfg: Config) -> int:
+    """GEEPS_MAX_MESSAGE, or when unset a quarter of the memory this server may use (so
+    one frame cannot take it down), at most the largest legal frame."""
+    if cfg.max_message is not None:
+        return cfg.max_message
+    return min(LARGEST_FRAME, memory_limit() // 4)
+
+
+def memory_limit() -> int:
+    """Bytes this process may use: its cgroup's limit (a pod's), else the machine's."""
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            text = f.read().strip()
+        if text != "max":
+            return int(text)
+    except (OSError, ValueError):
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
