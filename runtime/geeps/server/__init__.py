@@ -3,7 +3,7 @@
 `server` is the process (`geeps server`): a ZeroMQ ROUTER loop that hands each request
 to `shard`, the shard's state (tables, per-clock contributions, parked reads, the
 exactly-once windows); `rows` is the rows a request names, a range or ids.
-`accumulate` sums the workers' contributions in rank order, `rules` applies
+`accumulate` sums a clock's pushes in rank order as rows become final, `rules` applies
 sgd/momentum/adam with the optimizer state, and `checkpoint` writes and restores a
 shard. A server imports nothing of the client, the worker or torch.
 """
