@@ -148,11 +148,12 @@ VARS: tuple[Var, ...] = (
         "(its cgroup's memory.max, else the machine's), at most 8Gi, the largest legal "
         "frame (a shard of 2^31 floats at create); set it to your largest shard's bytes"),
     Var("GEEPS_PUSH_BUFFER", "push_buffer", "", _optional_bytes,
-        "a quantity (bytes, e.g. 256Mi) or empty for the shard's size",
-        "bytes of pushes a server keeps per clock for workers ahead of their turn in "
-        "the rank-order sum; past it their pushes wait (`busy`) and are sent again when "
-        "lower ranks catch up. A shard holds its rows, one sum per clock in flight and "
-        "this, whatever the number of workers (empty: the shard's size, at least 8 MiB)"),
+        "a quantity (bytes, e.g. 256Mi) or empty for the shard's size x (slack + 1)",
+        "bytes of pushes a server keeps for workers ahead of their turn in the rank-order "
+        "sum; past it their pushes wait (`busy`) and are sent again when lower ranks catch "
+        "up. A shard holds its rows, one sum per clock in flight and this, whatever the "
+        "number of workers (empty: the shard's size for each clock SSP lets a worker run "
+        "ahead, plus one; at least 8 MiB)"),
     Var("GEEPS_NONFINITE", "nonfinite", "reject", _choice("reject", "skip", "apply"),
         "reject | skip | apply", "a pushed gradient holding NaN or Inf (spec.nonFinite): "
         "reject refuses the push with an error naming worker, table, clock and count; skip "

@@ -73,7 +73,8 @@ class Server:
                                 checkpoint_dir=cfg.checkpoint_dir,
                                 checkpoint_every=cfg.checkpoint_every,
                                 wait_timeout=cfg.wait_timeout, peer_parked=cfg.peer_parked,
-                                nonfinite=cfg.nonfinite, push_buffer=cfg.push_buffer)
+                                nonfinite=cfg.nonfinite, push_buffer=cfg.push_buffer,
+                                slack=max(0, cfg.consistency.slack))
         if cfg.checkpoint_dir:
             self._restore_newest()
         self.state.send_early = self._send

@@ -10,7 +10,7 @@ Tables whose consistency model counts clocks (BSP/SSP, `per_clock`) sum the work
 pushes of a clock in rank order as they become final (accumulate.ClockSum: the bits do
 not depend on arrival order, and the memory does not grow with the number of workers),
 then apply the sum once; async tables apply each push as it arrives. A push that
-arrives ahead of its turn is kept, within GEEPS_PUSH_BUFFER bytes per clock; past it
+arrives ahead of its turn is kept, within GEEPS_PUSH_BUFFER bytes in all; past it
 the push is answered `busy` and sent again when the shard says so (see _busy). Reads of a clock not applied yet
 are parked until it is. Rows a request names are rows.RowRange or rows.RowIds.
 """
@@ -180,11 +180,14 @@ class ShardState:
                  before_write: Callable[[ShardTable], None] | None = None,
                  checkpoint_dir: str = "", checkpoint_every: int = 0,
                  wait_timeout: float = float("inf"), peer_parked: int | None = None,
-                 nonfinite: str = "reject", push_buffer: int | None = None):
+                 nonfinite: str = "reject", push_buffer: int | None = None,
+                 slack: int = 0):
         self.rank = rank
-        # Bytes of pushes kept ahead of their turn per clock (see _busy); None: the
-        # shard's own size (every table's rows), at least PUSH_BUFFER_MIN.
+        # Bytes of pushes kept ahead of their turn, all clocks together (see _busy);
+        # None: the shard's own size (every table's rows) for each clock a worker may
+        # run ahead (SSP's slack, plus one), at least PUSH_BUFFER_MIN.
         self.push_buffer = push_buffer
+        self.slack = slack
         # worker -> the push it was told to send again (busy) and where to tell it when
         # to: {seq, peer, rid, clock, nbytes, told}. Its later pushes and clocks wait
         # behind it, so a worker's pushes still count in the order it sent them.
@@ -499,7 +502,7 @@ class ShardState:
         summed_now = last and isinstance(sel, RowRange) and (
             s.in_turn(w, sel.lo, sel.hi) if s is not None else w == self._frontier(clock))
         if not summed_now and w != self._frontier(clock) and \
-                self._kept_ahead(clock) + values.nbytes > self._push_budget():
+                self._kept_ahead() + values.nbytes > self._push_budget():
             self.blocked[w] = {"seq": seq, "peer": peer, "rid": rid, "clock": clock,
                                "nbytes": values.nbytes, "told": False}
             return True
@@ -510,16 +513,16 @@ class ShardState:
         """The lowest worker that has not finished `clock`."""
         return next((r for r, d in enumerate(self.done) if d <= clock), self.num_workers)
 
-    def _kept_ahead(self, clock: int) -> int:
-        """Bytes of `clock`'s pushes kept for workers above its frontier."""
-        f = self._frontier(clock)
-        return sum(n for t in self.tables.values() if (s := t.pending.get(clock)) is not None
-                   for r, n in s.kept_bytes.items() if r != f)
+    def _kept_ahead(self) -> int:
+        """Bytes of pushes kept for workers above their clock's frontier."""
+        return sum(n for t in self.tables.values() for c, s in t.pending.items()
+                   for r, n in s.kept_bytes.items() if r != self._frontier(c))
 
     def _push_budget(self) -> int:
         if self.push_buffer is not None:
             return self.push_buffer
-        return max(PUSH_BUFFER_MIN, sum(t.rows.nbytes for t in self.tables.values()))
+        size = sum(t.rows.nbytes for t in self.tables.values())
+        return max(PUSH_BUFFER_MIN, size * (1 + self.slack))
 
     def _unblock(self) -> list[Reply]:
         """Tell each waiting worker whose push would be taken now to send it again (a
@@ -530,7 +533,7 @@ class ShardState:
             if b["told"]:
                 continue
             if w == self._frontier(b["clock"]) or b["clock"] < self.min_clock or \
-                    self._kept_ahead(b["clock"]) + b["nbytes"] <= self._push_budget():
+                    self._kept_ahead() + b["nbytes"] <= self._push_budget():
                 b["told"] = True
                 out.append((b["peer"], P.reply_ok(b["rid"], waiting=True, resend=True)))
         return out
