@@ -38,19 +38,26 @@ def ns(request):
 
 
 @pytest.fixture(scope="package")
-def kubectl(cluster, tmp_path_factory):
-    """Run the real kubectl against the emulator: kubectl(ns, *args) -> CompletedProcess."""
-    if shutil.which("kubectl") is None:
-        pytest.skip("kubectl is not installed")
-    home = tmp_path_factory.mktemp("kubectl")
-    config = home / "kubeconfig"
+def kubeconfig(cluster, tmp_path_factory) -> str:
+    """A kubeconfig whose current context is the emulator (what kubectl and the
+    official client read)."""
+    config = tmp_path_factory.mktemp("kube") / "kubeconfig"
     config.write_text(yaml.safe_dump({
         "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
         "clusters": [{"name": "emulator", "cluster": {"server": cluster.url}}],
         "users": [{"name": "tester", "user": {}}],
         "contexts": [{"name": "emulator", "context": {"cluster": "emulator",
                                                       "user": "tester"}}]}))
-    env = dict(os.environ, KUBECONFIG=str(config), HOME=str(home))
+    return str(config)
+
+
+@pytest.fixture(scope="package")
+def kubectl(kubeconfig, tmp_path_factory):
+    """Run the real kubectl against the emulator: kubectl(ns, *args) -> CompletedProcess."""
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl is not installed")
+    home = tmp_path_factory.mktemp("kubectl")
+    env = dict(os.environ, KUBECONFIG=kubeconfig, HOME=str(home))
 
     def run(ns: str, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["kubectl", "-n", ns, *args], env=env, capture_output=True,

@@ -353,6 +353,11 @@ def _node_value(spec: dict, path: str) -> Any:
 
 def load_file(path: str) -> "GeePSJob":
     """Read one GeePSJob from a YAML file; SpecError for bad YAML or a bad manifest."""
+    return validate(read_manifest(path))
+
+
+def read_manifest(path: str) -> dict:
+    """The one GeePSJob document of a YAML file, as written (not validated)."""
     try:
         with open(path) as f:
             docs = [d for d in yaml.safe_load_all(f) if d is not None]
@@ -363,7 +368,7 @@ def load_file(path: str) -> "GeePSJob":
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == KIND]
     if len(jobs) != 1:
         raise SpecError([("(document)", f"{path} must hold exactly one {KIND} (found {len(jobs)})")])
-    return validate(jobs[0])
+    return jobs[0]
 
 
 @dataclass(frozen=True)
