@@ -172,7 +172,7 @@ def rules(cp, be, mib: float, repeat: int) -> dict:
     res = dev.device
     g = res._grad(n)
     slots = {k: dev.slots.device(k) for k in dev.slots}
-    with res.stream:
+    with res.on():
         t_kernel = _timer(cp)(lambda: dev.launch(res.params, g, slots), repeat)
     return {"mib": n * width * 4 / 2**20, "rows": n, "width": width, "bitwise": bitwise,
             "numpy_s": t_twin, "device_s": t_dev, "kernel_s": t_kernel,

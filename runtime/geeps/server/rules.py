@@ -27,6 +27,7 @@ would need, so it stays there on every backend.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import MutableMapping
 
 import numpy as np
@@ -174,17 +175,28 @@ class _Resident:
     back only then (DeviceSlots). Everything runs on a stream of its own, so a
     co-located shard's updates do not queue behind the training step of the worker
     that hosts it; each update ends with that stream synchronized (the host rows are
-    read next), which also makes the gradient's host memory free for reuse."""
+    read next), which also makes the gradient's host memory free for reuse.
+
+    The device is the backend's (the one current where it was made: a worker's after
+    torch.cuda.set_device), made current around every operation: a co-located shard
+    runs on its client's I/O thread, where CUDA's current device is 0 by default."""
 
     def __init__(self, be, shape: tuple[int, int], names: tuple[str, ...]):
         self.be = be
         self.shape = shape
-        self.stream = be.xp.cuda.Stream(non_blocking=True)
-        self.params = be.device_empty(shape)
-        self.grad = None            # device gradient buffer, made at the first update
         self.host: np.ndarray | None = None
-        with self.stream:
-            self.slots = DeviceSlots(self, names)
+        self.grad = None            # device gradient buffer, made at the first update
+        with be.xp.cuda.Device(be.device):
+            self.stream = be.xp.cuda.Stream(non_blocking=True)
+            with self.stream:
+                self.params = be.device_empty(shape)
+                self.slots = DeviceSlots(self, names)
+
+    @contextlib.contextmanager
+    def on(self):
+        """The backend's device and this state's stream, current."""
+        with self.be.xp.cuda.Device(self.be.device), self.stream:
+            yield
 
     def hold(self, rows: np.ndarray) -> np.ndarray:
         host = self.be.host_empty(self.shape)
@@ -195,7 +207,7 @@ class _Resident:
     def _upload(self, host: np.ndarray) -> None:
         """Make `host` the rows mirrored (the shard's rows moved or were replaced)."""
         n = len(host)
-        with self.stream:
+        with self.on():
             if n:
                 self.be.h2d(np.ascontiguousarray(host), _run(0, n), self.params, _run(0, n))
             self.stream.synchronize()
@@ -214,7 +226,7 @@ class _Resident:
         if hi <= lo:
             return
         be = self.be
-        with self.stream:
+        with self.on():
             g = self._grad(self.shape[0])[lo:hi]
             be.h2d(np.ascontiguousarray(grad[lo:hi]), _run(0, hi - lo), g, _run(0, hi - lo))
             st.launch(self.params[lo:hi], g,
@@ -231,8 +243,8 @@ class _Resident:
         if not k:
             return
         be = self.be
-        ix = be.prepare(make_index(rows))
-        with self.stream:
+        with self.on():
+            ix = be.prepare(make_index(rows))
             g = self._grad(k)
             be.h2d(np.ascontiguousarray(grad), _run(0, k), g, _run(0, k))
             p = be.device_empty(g.shape)
@@ -276,7 +288,7 @@ class DeviceSlots(MutableMapping):
             if host is None:
                 host = self._host[name] = res.be.host_empty(res.shape)
             n = len(host)
-            with res.stream:
+            with res.on():
                 if n:
                     res.be.d2h(dev, _run(0, n), host, _run(0, n))
                 res.stream.synchronize()
@@ -297,7 +309,7 @@ class DeviceSlots(MutableMapping):
             host = self._host[name] = res.be.host_empty(res.shape)
         np.copyto(host, value)
         n = len(host)
-        with res.stream:
+        with res.on():
             if n:
                 res.be.h2d(host, _run(0, n), self._dev[name], _run(0, n))
             res.stream.synchronize()
