@@ -15,6 +15,13 @@ Targets: >= 0.5x memcpy bandwidth and >= 20x the per-row loop, at every row widt
 Part 2, transfers. Host->device and device->host on the backend's transfer stream,
 from pinned memory (what the cache uses) and from pageable memory, in GB/s.
 
+Part 3, a shard's update rule on the device. Adam over a shard of rows kept in device
+memory (GEEPS_SERVER_BACKEND=cupy: geeps.server.rules), one update = the gradient up,
+adam_update, the rows down into the host copy, against the NumPy twins on the host
+rows (GEEPS_SERVER_BACKEND=numpy, the default) in the same run; also the kernel alone,
+and whether both left the same bits. Reported, no target: whether a co-located shard
+should take the device is this ratio against what the worker's own step costs.
+
 For the suite (bench/suite/run.py): `run(quick) -> dict`, `report(result) -> str`.
 Without a usable GPU `run()` returns {"skipped": why} and the CLI says so and exits 0
 (`geeps bench --script` runs every bench_*.py), or 3 with --strict.
@@ -136,6 +143,42 @@ def transfers(cp, be, mib: float, repeat: int) -> dict:
     return out
 
 
+def rules(cp, be, mib: float, repeat: int) -> dict:
+    import time
+
+    from geeps.server.rules import RuleState
+    width = 512
+    n = max(2, int(mib * 2**20) // (width * 4))
+    rng = np.random.default_rng(0)
+    init = rng.standard_normal((n, width)).astype(F32)
+    grad = (rng.standard_normal((n, width)) * 0.01).astype(F32)
+    hyper = {"lr": 0.01, "weight_decay": 0.001}
+    twin = RuleState("adam", hyper, init.shape)
+    dev = RuleState("adam", hyper, init.shape, be)
+    p_twin, p_dev = twin.hold(init.copy()), dev.hold(init)
+    twin.apply(p_twin, grad)
+    dev.apply(p_dev, grad)
+    bitwise = p_twin.tobytes() == p_dev.tobytes() and \
+        all(twin.slots[k].tobytes() == dev.slots[k].tobytes() for k in twin.slots)
+
+    def wall(st, p) -> float:
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            st.apply(p, grad)
+            best = min(best, time.perf_counter() - t0)
+        return max(best, 1e-9)
+    t_twin, t_dev = wall(twin, p_twin), wall(dev, p_dev)
+    res = dev.device
+    g = res._grad(n)
+    slots = {k: dev.slots.device(k) for k in dev.slots}
+    with res.on():
+        t_kernel = _timer(cp)(lambda: dev.launch(res.params, g, slots), repeat)
+    return {"mib": n * width * 4 / 2**20, "rows": n, "width": width, "bitwise": bitwise,
+            "numpy_s": t_twin, "device_s": t_dev, "kernel_s": t_kernel,
+            "vs_numpy": t_twin / t_dev, "kernel_vs_numpy": t_twin / t_kernel}
+
+
 def run(quick: bool = False, dry_run: bool | None = None) -> dict:
     if dry_run is None:
         dry_run = os.environ.get("GEEPS_GPU_DRYRUN", "") not in ("", "0")
@@ -153,7 +196,9 @@ def run(quick: bool = False, dry_run: bool | None = None) -> dict:
                              loop_rows=50 if dry_run else 2000)
     res["transfers"] = transfers(cp, be, 1.0 if dry_run else (64.0 if quick else 256.0),
                                  repeat=2 if dry_run else 5)
-    res["ok"] = all(r["ok"] for r in res["kernels"])
+    res["rules"] = rules(cp, be, 0.25 if dry_run else (16.0 if quick else 64.0),
+                         repeat=2 if dry_run else 5)
+    res["ok"] = all(r["ok"] for r in res["kernels"]) and res["rules"]["bitwise"]
     return res
 
 
@@ -178,6 +223,16 @@ def report(res: dict) -> str:
               f"Targets (>= {TARGET_VS_MEMCPY}x memcpy, >= {TARGET_VS_LOOP:.0f}x the per-row "
               f"loop): " + (("all met" if res["ok"] else "MISSED") if judged
                              else "not judged in a dry run")]
+    r = res.get("rules")
+    if r:
+        lines += ["", "A shard's update on the device (rows and moments in device memory) "
+                  "against the NumPy twins on the host rows:", "",
+                  "| rule | shard | NumPy twins s | device s, with transfers | kernel s | "
+                  "x NumPy | kernel x NumPy | same bits |", "|---|---|---|---|---|---|---|---|",
+                  f"| server adam | {r['mib']:.1f} MiB ({r['rows']} x {r['width']}) | "
+                  f"{r['numpy_s']:.4f} | {r['device_s']:.4f} | {r['kernel_s']:.5f} | "
+                  f"{r['vs_numpy']:.1f} | {r['kernel_vs_numpy']:.1f} | "
+                  f"{'yes' if r['bitwise'] else 'NO'} |"]
     return "\n".join(lines) + "\n"
 
 

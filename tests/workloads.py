@@ -15,6 +15,8 @@ and in real ones; all arithmetic is float32 NumPy, so a run is bit-reproducible.
 """
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from geeps.worker.ops import Recorder
@@ -268,3 +270,64 @@ def sparse_step(api, m: SparseModel, batch) -> float:
     api.post_read(e)
     api.clock()
     return loss
+
+
+# ---- driving a ParameterCache on any backend ----------------------------------------------
+def drive_cache(be, cyc, plan, clocks: int) -> dict:
+    """`clocks` clocks of `cyc` through a ParameterCache on `be`; every buffer the
+    application sees is checked. Returns what moved and the cache's prefetch stats."""
+    from geeps.worker.cache import ParameterCache
+    xp = be.xp
+    cache = ParameterCache(plan, be, plan.budget)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    try:
+        for c in range(clocks):
+            k = c % cyc.n_clocks
+            cp_ = plan.clocks[k]
+            for t, rows in cp_.pull.items():
+                cache.pulled[k][t][:] = rows[:, None] + 1000.0 * c + \
+                    np.arange(cyc.tables[t].width)[None, :] / 8
+            cache.begin_clock(k, lambda: None)
+            acc_ref = {t: np.zeros((len(r), cyc.tables[t].width), F32)
+                       for t, r in cp_.push.items()}
+            local_ref: dict = {}
+            bufs = {}
+            for ev in cyc.clocks[k]:
+                p = plan.ops[ev.op]
+                op = p.op
+                if ev.kind == "call":
+                    buf = cache.call(p)
+                    bufs[op.id] = buf
+                    got = be.to_numpy(buf)
+                    if op.kind == "read":
+                        want = op.rows[:, None] + 1000.0 * c + np.arange(buf.shape[1])[None, :] / 8
+                        assert np.array_equal(got, want), (c, op.describe())
+                    elif op.kind == "pre_update":
+                        assert not got.any(), "update buffers start zeroed"
+                        vals = rng.standard_normal(buf.shape).astype(F32)
+                        buf[...] = xp.asarray(vals)
+                    else:
+                        want = local_ref.get(op.name, np.zeros(op.nbytes // 4, F32))
+                        assert np.array_equal(got, want), (c, op.describe())
+                        local_ref[op.name] = rng.standard_normal(buf.shape).astype(F32)
+                        buf[...] = xp.asarray(local_ref[op.name])
+                else:
+                    buf = bufs.pop(op.id)
+                    if op.kind == "pre_update":
+                        pos = np.searchsorted(cp_.push[op.table], op.rows)
+                        acc_ref[op.table][pos] += be.to_numpy(buf)
+                    cache.post(p, buf)
+            out = cache.end_clock(k)
+            for t, ref in acc_ref.items():
+                assert np.array_equal(out[t], ref), (c, t)
+        cache.io.drain()
+        assert cache.mem.used == plan.device_bytes <= (plan.budget or plan.device_bytes)
+        calls = sum(s.calls for s in cache.stats)
+        return {"moved": dict(cache.moved), "calls": calls,
+                "ready_at_call": sum(s.ready_at_call for s in cache.stats),
+                "waited": sum(s.waited for s in cache.stats),
+                "wait_s": sum(s.wait_s for s in cache.stats),
+                "s_per_clock": (time.perf_counter() - t0) / clocks}
+    finally:
+        cache.close()

@@ -78,7 +78,7 @@ def main(out: str) -> int:
         lines.append(f"- skipped {name}: {msg}")
     lines += ["", "## Measurements", ""]
     for key in ("environment", "kernels", "kernels_full_grid", "subnormals", "prefetch_overlap",
-                "training_one_worker", "bsp_two_workers"):
+                "training_one_worker", "bsp_two_workers", "colocated_adam_on_device"):
         if key in meas:
             lines.append(f"- {key}: {_fmt(meas[key])}")
     for row in meas.get("memory_manager", []):

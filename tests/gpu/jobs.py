@@ -6,11 +6,15 @@ and the plain PyTorch reference, on a small MLP with BatchNorm over scikit-learn
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 STEPS = 8
 BATCH = 16          # per worker
 LR = 0.1
+ADAM_LR = 0.01
+_INIT = threading.Lock()
 
 
 def _torch_exact(torch) -> None:
@@ -43,8 +47,12 @@ def _state(net) -> dict:
 
 
 def train_worker(servers, rank: int, world: int, device: str, steps: int = STEPS,
-                 name: str = "mlp", queue=None, bn: bool = True) -> dict:
-    """One worker of a BSP job on `device`; its model's state after `steps` steps."""
+                 name: str = "mlp", queue=None, bn: bool = True, rule: str = "sgd",
+                 colocate: str | None = None) -> dict:
+    """One worker of a BSP job on `device`; its model's state after `steps` steps.
+    `colocate`: this worker hosts shard `rank` of `servers` itself, applying its
+    updates on that GEEPS_SERVER_BACKEND (numpy, cupy, host-cuda); the result then
+    holds every shard's `stats` too."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader
@@ -53,11 +61,17 @@ def train_worker(servers, rank: int, world: int, device: str, steps: int = STEPS
     import geeps.torch as gt
     _torch_exact(torch)
     try:
-        torch.manual_seed(0)
-        net = make_model(bn).to(device)
-        client = geeps.Client(list(servers), rank, world, "bsp", timeout=60.0)
+        with _INIT:     # workers may be threads of one process: torch's RNG is global
+            torch.manual_seed(0)
+            net = make_model(bn).to(device)
+        if colocate:
+            import geeps.client
+            client = geeps.client.colocated(list(servers), rank, world, "bsp", timeout=60.0,
+                                            server_backend=colocate)
+        else:
+            client = geeps.Client(list(servers), rank, world, "bsp", timeout=60.0)
         model = gt.DataParallel(net, client=client, name=name)
-        opt = gt.ServerOptimizer(model, "sgd", lr=LR)
+        opt = gt.ServerOptimizer(model, rule, lr=LR if rule != "adam" else ADAM_LR)
         batches = iter(gt.shard(DataLoader(digits(), batch_size=BATCH, shuffle=True),
                                 rank=rank, num_workers=world, seed=7))
         for _ in range(steps):
@@ -68,6 +82,8 @@ def train_worker(servers, rank: int, world: int, device: str, steps: int = STEPS
             opt.step()
         model.sync()
         out = {"state": _state(net), "device": str(next(net.parameters()).device)}
+        if colocate:
+            out["shards"] = client.stats()
         model.close()
         client.close()
     except BaseException as e:      # handed to the parent, which reports it

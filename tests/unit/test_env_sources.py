@@ -23,6 +23,7 @@ TUNABLES = {
     "GEEPS_PEER_QUEUE": ("33", "peer_queue", 33),
     "GEEPS_PEER_REPLY_BYTES": ("3Mi", "peer_reply_bytes", 3 << 20),
     "GEEPS_BACKEND": ("numpy", "backend", "numpy"),
+    "GEEPS_SERVER_BACKEND": ("host-cuda", "server_backend", "host-cuda"),
     "GEEPS_MAX_MESSAGE": ("64Mi", "max_message", 64 << 20),
     "GEEPS_PUSH_BUFFER": ("16Mi", "push_buffer", 16 << 20),
 }

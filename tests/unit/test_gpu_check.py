@@ -62,6 +62,7 @@ def test_the_dry_run_passes_and_writes_one_report(tmp_path):
     assert "DRY RUN" in report and "**Result: PASS**" in report, report
     for section in ("kernels: comparisons twins.check_all, failures []", "memory manager",
                     "prefetch_overlap", "training_one_worker", "bsp_two_workers",
+                    "colocated_adam_on_device", "| server adam |",
                     "| 128 | gather |"):
         assert section in report, section
     assert "FAILED" not in report

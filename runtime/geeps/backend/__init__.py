@@ -10,8 +10,14 @@ worker runs on device memory: batched gather, scatter, scatter-add and row moves
 with pre-built indices, transfers between host and device memory (on the GPU: on
 its own stream, from pinned host memory), and the fused update rules sgd, momentum
 and adam. The CuPy kernels live in geeps/backend/kernels/*.cu; each has a NumPy twin in
-numpy_backend.py computing the same function, bit for bit (the servers run the
-twins, re-exported here: `backend.sgd`, `backend.momentum`, `backend.adam`).
+numpy_backend.py computing the same function, bit for bit (re-exported here:
+`backend.sgd`, `backend.momentum`, `backend.adam`).
+
+A parameter-server shard applies its update rules through a backend too, chosen by
+GEEPS_SERVER_BACKEND (`select_rules`): the NumPy twins on its host rows by default,
+or the rules.cu kernels on rows kept in device memory (geeps.server.rules).
+
+    be = backend.select_rules()         # GEEPS_SERVER_BACKEND: numpy | cupy | host-cuda | auto
 
 Importing this module never imports CuPy; only `select("cupy")` or `select("auto")`
 on a machine with a GPU does.
@@ -26,9 +32,15 @@ from geeps.backend.kernels import KERNELS
 from geeps.backend.numpy_backend import NumpyBackend, adam, adam_scalars, momentum, sgd
 
 __all__ = ["Index", "make_index", "select", "BackendUnavailable", "NumpyBackend",
-           "sgd", "momentum", "adam", "adam_scalars", "CHOICES", "KERNELS"]
+           "sgd", "momentum", "adam", "adam_scalars", "CHOICES", "KERNELS",
+           "RULE_CHOICES", "select_rules"]
 
 CHOICES = ("auto", "numpy", "cupy")
+# Where a shard's update rules run. host-cuda: the CuPy backend's own code on the CUDA
+# sources compiled for the CPU (geeps.backend.hostcupy), so a CPU-only machine runs the
+# rules.cu kernels on the real server path; slower than numpy, meant for tests and
+# dry runs.
+RULE_CHOICES = ("numpy", "cupy", "host-cuda", "auto")
 
 
 class BackendUnavailable(RuntimeError):
@@ -75,3 +87,39 @@ def select(name: str | None = None):
     except Exception as e:
         raise BackendUnavailable(f"GEEPS_BACKEND={name}: CuPy cannot use a GPU here: {e}") \
             from None
+
+
+def select_rules(name: str | None = None):
+    """The backend a shard applies its update rules with: `name`, default
+    GEEPS_SERVER_BACKEND (itself defaulting to numpy).
+
+    numpy: the NumPy twins on the host rows. cupy: rows and optimizer state in device
+    memory, the rules.cu kernels. host-cuda: the same CuPy backend code on the kernels
+    compiled for the CPU (needs a C++ compiler). auto: cupy when CuPy sees a GPU, else
+    numpy. One that cannot run here raises BackendUnavailable saying why."""
+    if name is None:
+        name = from_env("GEEPS_SERVER_BACKEND")
+    name = name.lower()
+    if name not in RULE_CHOICES:
+        raise ValueError(f"server backend {name!r} is not one of {', '.join(RULE_CHOICES)}")
+    if name == "numpy" or (name == "auto" and not _gpu_present()):
+        return NumpyBackend(use_torch=False)
+    if name == "host-cuda":
+        from geeps.backend import hostcuda, hostcupy
+        if hostcuda.compiler() is None:
+            raise BackendUnavailable(
+                "GEEPS_SERVER_BACKEND=host-cuda compiles the CUDA sources for the CPU and "
+                "needs a C++ compiler (g++, or $CXX): none found")
+        be = hostcupy.backend()
+        be.name = "host-cuda"
+        return be
+    try:
+        from geeps.backend.cupy_backend import CupyBackend
+        return CupyBackend()
+    except ImportError as e:
+        raise BackendUnavailable(
+            f"GEEPS_SERVER_BACKEND={name} needs CuPy (pip install 'geeps[gpu]'): {e}") \
+            from None
+    except Exception as e:
+        raise BackendUnavailable(
+            f"GEEPS_SERVER_BACKEND={name}: CuPy cannot use a GPU here: {e}") from None

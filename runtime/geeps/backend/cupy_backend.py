@@ -143,6 +143,9 @@ class CupyBackend:
             module = cp.RawModule(code=kernel_source(filename), options=NVRTC_OPTIONS)
             for n in names:
                 self.k[n] = module.get_function(n)
+        # Launches per kernel, for a shard's `stats` and the test that every kernel has
+        # a caller (approximate under concurrent threads: a counter, not a lock).
+        self.launches = dict.fromkeys(self.k, 0)
         self._stream = cp.cuda.Stream(non_blocking=True)
         self._local = threading.local()
         self._all_staging: list = []
@@ -195,6 +198,7 @@ class CupyBackend:
         if total:
             _contiguous(name, *(a for a in args if hasattr(a, "flags")))
             self.k[name]((_blocks(total),), (THREADS,), args + (np.int64(n), np.int64(width)))
+            self.launches[name] += 1
 
     @staticmethod
     def _width(name: str, a, b) -> int:
@@ -261,6 +265,14 @@ class CupyBackend:
 
     def d2h(self, dev, six, host: np.ndarray, dix, add: bool = False) -> None:
         stream = cp.cuda.get_current_stream()
+        if six.run is not None and dix.run is not None and not add:
+            out = host[dix.run[0]:dix.run[1]]
+            if out.flags.c_contiguous:
+                # Straight into the caller's rows, no staging (a shard's whole rows
+                # after an update would need staging of their size); blocking: the
+                # stream is synchronized before this returns, as below.
+                dev[six.run[0]:six.run[1]].get(out=out, stream=stream)
+                return
         width = dev.shape[1]
         n = len(six)
         st = self._staging(n, width)
@@ -309,12 +321,15 @@ class CupyBackend:
         if n:
             _contiguous(name, *(a for a in args if hasattr(a, "flags")))
             self.k[name]((_blocks(n),), (THREADS,), args)
+            self.launches[name] += 1
 
-    def sgd(self, param, grad, lr, weight_decay=0.0):
+    # `scratch` (the twins may overwrite the gradient) means nothing to the kernels,
+    # which only read it.
+    def sgd(self, param, grad, lr, weight_decay=0.0, scratch=False):
         n = param.size
         self._rule("sgd_update", n, (param, grad, np.int64(n), F32(lr), F32(weight_decay)))
 
-    def momentum(self, param, grad, velocity, lr, mu, weight_decay=0.0):
+    def momentum(self, param, grad, velocity, lr, mu, weight_decay=0.0, scratch=False):
         n = param.size
         self._rule("momentum_update", n, (param, grad, velocity, np.int64(n), F32(lr), F32(mu),
                                           F32(weight_decay)))

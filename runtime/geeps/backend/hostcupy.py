@@ -50,21 +50,35 @@ class HostRace(RuntimeError):
 
 
 # ---- pinned host memory ------------------------------------------------------------------
-_pinned: dict[int, int] = {}        # base address -> size, of live pinned allocations
+_pinned: dict[int, tuple[int, int]] = {}   # base address -> (size, tag) of live allocations
 _pinned_lock = threading.Lock()
+_tags = itertools.count()
+# Allocations freed, still to drop from _pinned. A finalizer only appends here: it can
+# run in a garbage-collection pass triggered while _pinned_lock is held (by this very
+# thread), where taking the lock would deadlock.
+_freed: list[tuple[int, int]] = []
 
 
-def _forget(addr: int) -> None:
-    with _pinned_lock:
-        _pinned.pop(addr, None)
+def _forget(addr: int, tag: int) -> None:
+    _freed.append((addr, tag))
+
+
+def _drop_freed() -> None:
+    """Under _pinned_lock: forget the allocations freed since (a tag tells a freed block
+    from a new one at the same address)."""
+    while _freed:
+        addr, tag = _freed.pop()
+        if _pinned.get(addr, (0, None))[1] == tag:
+            del _pinned[addr]
 
 
 def empty_pinned(shape, dtype=np.float32, order="C") -> np.ndarray:
     a = np.empty(shape, dtype, order=order)
-    addr = a.ctypes.data
+    addr, tag = a.ctypes.data, next(_tags)
     with _pinned_lock:
-        _pinned[addr] = a.nbytes
-    weakref.finalize(a, _forget, addr)
+        _drop_freed()
+        _pinned[addr] = (a.nbytes, tag)
+    weakref.finalize(a, _forget, addr, tag)
     return a
 
 
@@ -77,7 +91,8 @@ def zeros_pinned(shape, dtype=np.float32, order="C") -> np.ndarray:
 def is_pinned(a: np.ndarray) -> bool:
     p = a.ctypes.data
     with _pinned_lock:
-        return any(base <= p < base + size for base, size in _pinned.items()) \
+        _drop_freed()
+        return any(base <= p < base + size for base, (size, _tag) in _pinned.items()) \
             if a.nbytes else False
 
 

@@ -236,11 +236,12 @@ class NumpyBackend:
         return None
 
     # ---- fused update rules on device arrays (twins of kernels/rules.cu) ---------------
-    def sgd(self, param, grad, lr, weight_decay=0.0):
-        sgd(param, grad, lr, weight_decay)
+    # `scratch`: the caller's grad may be overwritten (see sgd); the kernels never need it.
+    def sgd(self, param, grad, lr, weight_decay=0.0, scratch=False):
+        sgd(param, grad, lr, weight_decay, scratch)
 
-    def momentum(self, param, grad, velocity, lr, mu, weight_decay=0.0):
-        momentum(param, grad, velocity, lr, mu, weight_decay)
+    def momentum(self, param, grad, velocity, lr, mu, weight_decay=0.0, scratch=False):
+        momentum(param, grad, velocity, lr, mu, weight_decay, scratch)
 
     def adam(self, param, grad, m, v, step, lr, beta1=0.9, beta2=0.999, eps=1e-8,
              weight_decay=0.0):

@@ -114,6 +114,12 @@ VARS: tuple[Var, ...] = (
         "device-memory budget of the worker's memory manager"),
     Var("GEEPS_BACKEND", "backend", "auto", _choice("auto", "numpy", "cupy"),
         "auto | numpy | cupy", "array backend; auto takes CuPy when a GPU is present"),
+    Var("GEEPS_SERVER_BACKEND", "server_backend", "numpy",
+        _choice("numpy", "cupy", "host-cuda", "auto"), "numpy | cupy | host-cuda | auto",
+        "where a shard applies its update rules: numpy on host rows; cupy keeps rows and "
+        "optimizer state in device memory and runs the CUDA kernels (a co-located shard "
+        "in a worker with a GPU); host-cuda runs those kernels compiled for the CPU "
+        "(tests); auto takes cupy when a GPU is present"),
     Var("GEEPS_CHECKPOINT_DIR", "checkpoint_dir", "", str, "a directory path or empty",
         "where servers write checkpoints; empty disables them"),
     Var("GEEPS_CHECKPOINT_EVERY", "checkpoint_every", "0", _int_in(0), "an integer >= 0 (clocks)",
@@ -183,6 +189,7 @@ class Config:
         default_factory=lambda: _consistency.parse("bsp"))
     device_memory: int | None = None            # bytes; None = unlimited
     backend: str = "auto"                       # auto | numpy | cupy
+    server_backend: str = "numpy"               # numpy | cupy | host-cuda | auto
     checkpoint_dir: str = ""                    # empty = no checkpoints
     checkpoint_every: int = 0                   # clocks; 0 = off
     metrics_port: int = 0                       # 0 = no metrics endpoint

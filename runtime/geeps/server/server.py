@@ -21,10 +21,12 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from geeps.backend import BackendUnavailable, select_rules
 from geeps.job import env as _config
 from geeps.server import checkpoint
 from geeps.wire.memtune import keep_freed_memory
 from geeps.wire.curve import CurveError
+from geeps.server.rules import describe
 from geeps.server.shard import ShardState, ShardTable
 from geeps.wire.protocol import reply_error
 from geeps.wire.transport import ZERO_COPY_MIN, bind_router, security_note
@@ -68,13 +70,16 @@ class Server:
         # requests are refused until one of those refusals reaches it.
         self._overflow: dict[bytes, int] = {}
         self._next_expire = 0.0
+        # Where the shard's update rules run (GEEPS_SERVER_BACKEND): BackendUnavailable,
+        # saying why, when it cannot run here.
+        rules = select_rules(cfg.server_backend)
         self.state = ShardState(cfg.rank, cfg.num_workers, cfg.max_parked,
                                 before_write=self._finish_sends,
                                 checkpoint_dir=cfg.checkpoint_dir,
                                 checkpoint_every=cfg.checkpoint_every,
                                 wait_timeout=cfg.wait_timeout, peer_parked=cfg.peer_parked,
                                 nonfinite=cfg.nonfinite, push_buffer=cfg.push_buffer,
-                                slack=max(0, cfg.consistency.slack))
+                                slack=max(0, cfg.consistency.slack), rule_backend=rules)
         if cfg.checkpoint_dir:
             self._restore_newest()
         self.state.send_early = self._send
@@ -145,8 +150,9 @@ class Server:
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        log.info("server %d listening on %s for %d workers; %s", self.cfg.rank,
-                 self.address, self.cfg.num_workers, security_note(self.cfg))
+        log.info("server %d listening on %s for %d workers; update rules on %s; %s",
+                 self.cfg.rank, self.address, self.cfg.num_workers,
+                 describe(self.state.rule_backend)["rule_backend"], security_note(self.cfg))
         try:
             while not self._stop.is_set():
                 # Background work (a digest) goes a block per turn, between requests.
@@ -339,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         server = Server(cfg, metrics=metrics)
-    except CurveError as e:
+    except (CurveError, BackendUnavailable) as e:
         print(f"geeps server: {e}", file=sys.stderr)
         return 2
     except (zmq.ZMQError, OSError) as e:

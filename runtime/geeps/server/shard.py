@@ -28,7 +28,7 @@ import numpy as np
 from geeps.server import checkpoint
 from geeps.server.accumulate import ClockSum, Push, feed_array, merge, run_rows
 from geeps.server.rows import RowIds, RowRange, Selection
-from geeps.server.rules import GRADIENT_RULES, RuleState
+from geeps.server.rules import GRADIENT_RULES, RuleState, describe
 from geeps.tables.table import RULES, resolve_hyper
 from geeps.wire import protocol as P
 from geeps.wire.protocol import ProtocolError
@@ -181,8 +181,9 @@ class ShardState:
                  checkpoint_dir: str = "", checkpoint_every: int = 0,
                  wait_timeout: float = float("inf"), peer_parked: int | None = None,
                  nonfinite: str = "reject", push_buffer: int | None = None,
-                 slack: int = 0):
+                 slack: int = 0, rule_backend=None):
         self.rank = rank
+        self.rule_backend = rule_backend    # where rules run (GEEPS_SERVER_BACKEND; None: numpy)
         # Bytes of pushes kept ahead of their turn, all clocks together (see _busy);
         # None: the shard's own size (every table's rows) for each clock a worker may
         # run ahead (SSP's slack, plus one), at least PUSH_BUFFER_MIN.
@@ -401,7 +402,8 @@ class ShardState:
             return [(peer, P.reply_ok(rid, existed=True, **have.spec()))]
         want.rows = np.array(values, dtype=np.float32) if init else \
             np.zeros((hi - lo, width), np.float32)
-        want.state = RuleState(rule, hyper, want.rows.shape)
+        want.state = RuleState(rule, hyper, want.rows.shape, self.rule_backend)
+        want.rows = want.state.hold(want.rows)
         self.tables[name] = want
         log.info("created table %s rows %d..%d of %d, width %d, rule %s",
                  name, lo, hi, n_rows, width, rule)
@@ -640,7 +642,7 @@ class ShardState:
 
     def _op_stats(self, peer, rid, h, frames):
         return [(peer, P.reply_ok(rid, **self.stats, parked=len(self.parked), clocks=self.done,
-                                  min_clock=self.min_clock,
+                                  min_clock=self.min_clock, **describe(self.rule_backend),
                                   tables={n: t.spec() for n, t in self.tables.items()}))]
 
     def _op_digest(self, peer, rid, h, frames):
@@ -786,7 +788,8 @@ class ShardState:
             t = ShardTable(spec["table"], spec["n_rows"], spec["row_width"], spec["lo"],
                            spec["hi"], spec["rule"], spec["hyper"], spec["per_clock"])
             t.rows = arrays[f"{t.name}/rows"]
-            t.state = RuleState(t.rule, t.hyper, t.rows.shape)
+            t.state = RuleState(t.rule, t.hyper, t.rows.shape, self.rule_backend)
+            t.rows = t.state.hold(t.rows)
             t.state.step = spec["step"]
             for k in spec["slots"]:
                 t.state.slots[k] = arrays[f"{t.name}/slot/{k}"]

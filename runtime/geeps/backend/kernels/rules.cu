@@ -1,8 +1,10 @@
 // Fused update rules of the CuPy backend: one pass over the parameters per update.
 //
-// They must compute bit for bit what the NumPy twins in geeps/backend/numpy_backend.py
-// compute (the servers run the twins). NumPy rounds every float32 operation separately,
-// never fuses a multiply into an add and keeps subnormals, so these kernels use the
+// A parameter-server shard runs them on rows it keeps in device memory
+// (GEEPS_SERVER_BACKEND=cupy, geeps/server/rules.py), or the NumPy twins in
+// geeps/backend/numpy_backend.py on its host rows, and both must give the same bits.
+// NumPy rounds every float32 operation separately, never fuses a multiply into an
+// add and keeps subnormals, so these kernels use the
 // f32_* operations below, each one PTX instruction rounded to nearest (.rn: never
 // contracted into an FMA) and without .ftz: CuPy compiles RawModules with -ftz=true
 // appended after our options, under which __fadd_rn & co. become add.rn.ftz.f32 and
