@@ -300,16 +300,15 @@ class Client:
         width = table.row_width
         if weights is not None:
             weights = np.asarray(weights, np.float32).reshape(values.shape)
-        if not isinstance(sel, range):      # repeated ids: one row each, summed exactly
+        if not isinstance(sel, range):      # ids: sorted, a repeated one summed exactly
             sel, inv = np.unique(sel, return_inverse=True)
-            if len(sel) != len(inv):
-                acc = np.zeros((len(sel), width), np.float64)
-                np.add.at(acc, inv, values)
-                values = acc
-                if weights is not None:
-                    w = np.empty((len(sel), width), np.float32)
-                    w[inv] = weights
-                    weights = w
+            acc = np.zeros((len(sel), width), np.float64)
+            np.add.at(acc, inv, values)
+            values = acc
+            if weights is not None:
+                w = np.empty((len(sel), width), np.float32)
+                w[inv] = weights
+                weights = w
         rows = np.arange(sel.start, sel.stop) if isinstance(sel, range) else sel
         keys, vals = [], []
         covered = np.zeros(len(rows), bool)
@@ -343,7 +342,7 @@ class Client:
         row_of = key // width
         step = P.CHUNK_BYTES // 8 if self.consistency.per_clock else max(1, len(key))
         for k, (a, b) in enumerate(table.bounds):
-            i, j = np.searchsorted(row_of, [a, b])
+            i, j = (int(x) for x in np.searchsorted(row_of, [a, b]))
             for s in range(i, j, step):
                 e = min(j, s + step)
                 lo, hi = int(row_of[s]), int(row_of[e - 1]) + 1

@@ -1,0 +1,82 @@
+"""Issue 17 end to end, over real server processes on loopback: filtered pushes travel
+as sparse frames to two shards, the servers' sum plus the workers' residuals is the
+sum of the raw updates; server functions named at create run on both shards; the
+filter metrics count bytes before and after."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geeps.job import env as config
+from geeps.metrics import Metrics
+from geeps.tables.filters import filter_spec
+from tests.cluster import Cluster
+
+pytestmark = pytest.mark.integration
+ROWS, WIDTH, CLOCKS = 10, 6, 30
+
+
+def test_filtered_pushes_plus_residuals_sum_to_the_raw_updates():
+    rng = np.random.default_rng(5)
+    with Cluster(servers=2, workers=2) as cl:
+        m = Metrics("filters-test", "worker", 0)
+        c0, c1 = cl.client(0, metrics=m), cl.client(1)
+        t = c0.create_table("w", ROWS, WIDTH, rule="add",
+                            filter=filter_spec("topk", fraction=0.1))
+        c1.open_table("w")
+        c1.set_filter(t, filter_spec("randomk", fraction=0.2), rows=range(2, 8))
+        raw = np.zeros((ROWS, WIDTH), np.float64)
+        for clock in range(CLOCKS):
+            for c in (c0, c1):
+                rows = range(0, ROWS) if clock % 2 else rng.choice(ROWS, 7)   # ids repeat
+                g = rng.standard_normal((len(rows), WIDTH)).astype(np.float32)
+                np.add.at(raw, np.asarray(rows), g)
+                c.push(t, rows, g)
+                c.clock()
+        values, clock = c0.pull(t, need=CLOCKS)
+        assert clock == CLOCKS
+        held = sum(np.pad(f.residual, ((lo, ROWS - hi), (0, 0)))
+                   for c in (c0, c1) for lo, hi, f in c.filters(t))
+        # float32 sums on the servers: equal to rounding (300 values per coordinate)
+        np.testing.assert_allclose(values + held, raw, rtol=0, atol=1e-4)
+        assert np.abs(held).max() > 0.1, "nothing was held back"
+        raw_b = m.value("geeps_filter_bytes_total", table="w", stage="raw")
+        sent_b = m.value("geeps_filter_bytes_total", table="w", stage="sent")
+        assert 0 < sent_b < 0.5 * raw_b, (sent_b, raw_b)
+        assert m.value("geeps_filter_residual_norm", table="w") == pytest.approx(
+            np.linalg.norm(c0.filters(t)[0][2].residual))
+        assert c0.stats()[0]["pushes"] > 0 and c0.stats()[1]["pushes"] > 0
+
+
+def test_functions_from_the_job_options_run_on_every_shard():
+    """spec.tables reaches a client through GEEPS_TABLES: the table it creates gets the
+    kkt filter and the L1 proximal step; the step matches NumPy."""
+    opts = '[{"name":"w","filter":{"type":"kkt","l1":0.5},' \
+           '"functions":[{"name":"prox-l1","args":{"l1":0.5}}]}]'
+    with Cluster(servers=2, workers=1) as cl:
+        cfg = config.load({"GEEPS_SERVERS": ",".join(cl.servers), "GEEPS_TABLES": opts})
+        c = cl.client(0, config=cfg)
+        init = np.linspace(-1, 1, ROWS * WIDTH, dtype=np.float32).reshape(ROWS, WIDTH)
+        init[init == 0] = 0.5
+        init[:2] = 0.0
+        t = c.create_table("w", ROWS, WIDTH, rule="sgd", lr=0.4, init=init)
+        assert [s[2].spec.kind for s in c.filters(t)] == ["kkt"]
+        g = np.full((ROWS, WIDTH), 0.3, np.float32)
+        g[0] = 2.0                  # row 0: zero weights, gradient beyond l1: sent
+        c.push(t, None, g, weights=init)
+        c.clock()
+        values, _ = c.pull(t)
+        sent = np.ones((ROWS, WIDTH), bool)
+        sent[1] = False             # zero weights, |g| <= l1: skipped by kkt
+        w = init.astype(np.float64) - 0.4 * np.where(sent, g, 0)
+        w = np.sign(w) * np.maximum(np.abs(w) - 0.4 * 0.5, 0)
+        w[1] = 0.0                  # untouched rows are not updated at all
+        np.testing.assert_allclose(values, w, rtol=0, atol=1e-6)
+        assert (values[1] == 0).all()
+
+
+def test_unknown_function_is_refused_by_name_at_create():
+    with Cluster(servers=1, workers=1) as cl:
+        c = cl.client(0)
+        with pytest.raises(ValueError, match="'no-such-fn' is not installed"):
+            c.create_table("w", 4, 2, functions=[{"name": "no-such-fn"}])
