@@ -342,7 +342,7 @@ def validate(manifest: Any) -> "GeePSJob":
             problems.append((rule.field_path, rule.message))
     # What only this environment knows (the server functions installed here) and what
     # depends on a filter's type: checked here, by `geeps run` and the operator alike.
-    problems.extend(tableopts.problems(spec["tables"]))
+    problems.extend(tableopts.problems(spec.get("tables", [])))
     if problems:
         raise SpecError(problems)
     namespace = meta.get("namespace", "default") if isinstance(meta, dict) else "default"

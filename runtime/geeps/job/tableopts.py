@@ -67,7 +67,9 @@ def known_functions() -> list[str]:
 
 
 SCHEMA: dict = {
-    "type": "array", "default": [], "maxItems": MAX_TABLES,
+    # No default: a defaulted new field would make every stored job differ from
+    # itself under a new CRD (update ratcheting then re-validates all of it).
+    "type": "array", "maxItems": MAX_TABLES,
     "description": "per table (or geeps.torch parameter group): the push filter and the "
                    "server functions",
     "items": {
