@@ -123,4 +123,5 @@ class PushFilter:
             flat[pos] = keep
         r[block] = acc
         self.raw_bytes += values.size * 4
+        self.sent_bytes += len(pos) * 8     # a uint32 offset and a float32 value each
         return (np.arange(rows.start, rows.stop) if ids is None else ids), pos, vals
