@@ -80,3 +80,43 @@ def test_unknown_function_is_refused_by_name_at_create():
         c = cl.client(0)
         with pytest.raises(ValueError, match="'no-such-fn' is not installed"):
             c.create_table("w", 4, 2, functions=[{"name": "no-such-fn"}])
+
+
+@pytest.mark.parametrize("kind", ["topk", "kkt"])
+def test_operation_api_filters_per_table(kind):
+    """The worker's operation API pushes through the client's per-table filter: table
+    "f" filtered, table "d" whole; the kkt filter gets the weights each clock read."""
+    rng = np.random.default_rng(9)
+    from geeps.worker import Worker
+    with Cluster(servers=2, workers=1) as cl:
+        c = cl.client(0)
+        f = c.create_table("f", ROWS, WIDTH, rule="add")
+        d = c.create_table("d", ROWS, WIDTH, rule="add")
+        spec = filter_spec("topk", fraction=0.1) if kind == "topk" else \
+            filter_spec("kkt", l1=0.5, feedback=True)
+        w = Worker(c, device_memory=None, backend="numpy")
+        w.set_filter(f, spec)
+        grads = [rng.standard_normal((ROWS, WIDTH)).astype(np.float32) for _ in range(12)]
+
+        def step(g):
+            for t in (f, d):
+                p = w.read(t, range(ROWS))
+                u = w.pre_update(t, range(ROWS))
+                u[...] = g
+                w.update(u)
+                w.post_read(p)
+            w.clock()
+        with w.virtual_iteration():
+            step(np.zeros((ROWS, WIDTH), np.float32))
+        for g in grads:
+            step(g)
+        w.close()
+        raw = np.sum(grads, axis=0, dtype=np.float64)
+        fv, _ = c.pull(f, need=c.clock_value)
+        dv, _ = c.pull(d)
+        np.testing.assert_allclose(dv, raw, rtol=0, atol=1e-5)
+        pf = c.filters(f)[0][2]
+        np.testing.assert_allclose(fv + pf.residual, raw, rtol=0, atol=1e-5)
+        assert pf.sent_bytes // 8 < len(grads) * ROWS * WIDTH, "the filter skipped nothing"
+        if kind == "topk":
+            assert np.abs(pf.residual).max() > 0.1

@@ -214,6 +214,10 @@ class Client:
         else:
             self._filters.pop(table.name, None)
 
+    def filter_needs_weights(self, table: Table) -> bool:
+        """Whether a push to `table` needs the rows' weights (a kkt span)."""
+        return any(f.spec.kind == "kkt" for _, _, f in self._filters.get(table.name, ()))
+
     def filters(self, table: Table) -> list[tuple[int, int, PushFilter]]:
         """(lo, hi, PushFilter) of each filtered span of `table`: their residuals."""
         return list(self._filters.get(table.name, []))
