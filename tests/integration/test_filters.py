@@ -120,3 +120,56 @@ def test_operation_api_filters_per_table(kind):
         assert pf.sent_bytes // 8 < len(grads) * ROWS * WIDTH, "the filter skipped nothing"
         if kind == "topk":
             assert np.abs(pf.residual).max() > 0.1
+
+
+@pytest.mark.parametrize("chosen", ["code", "manifest"])
+def test_torch_parameter_group_filter_keeps_the_rest_in_the_residual(chosen):
+    """geeps.torch: the linear layer's group ("3.*") pushes its top 5% per bucket, the
+    convolution goes whole; after the steps, what the servers applied plus the
+    residual is every gradient computed. The group is chosen in code (filters=) or in
+    the manifest (a spec.tables entry "model:3.*", through GEEPS_TABLES)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as Fn
+    import geeps.torch as gt
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(4 * 8 * 8, 10))
+    x = torch.randn(64, 1, 8, 8)
+    y = torch.randint(0, 10, (64,))
+    with Cluster(servers=1, workers=1) as cl:
+        if chosen == "code":
+            c = cl.client(0)
+            groups = {"3.*": filter_spec("topk", fraction=0.05)}
+        else:
+            c = cl.client(0, config=config.load({
+                "GEEPS_SERVERS": cl.servers[0],
+                "GEEPS_TABLES": '[{"name":"model:3.*","filter":{"type":"topk",'
+                                '"fraction":0.05}}]'}))
+            groups = None
+        dp = gt.DataParallel(model, client=c, filters=groups)
+        opt = gt.ServerOptimizer(dp, "sgd", lr=1.0)
+        w0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+        sums = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+        for step in range(8):
+            loss = Fn.cross_entropy(dp(x[step * 8:(step + 1) * 8]), y[step * 8:(step + 1) * 8])
+            opt.zero_grad()
+            loss.backward()
+            for n, p in model.named_parameters():
+                sums[n] += p.grad
+            opt.step()
+        dp.sync()
+        (lo, hi, f), = c.filters(dp._table)
+        for n, p in model.named_parameters():
+            slot = dp._playout.by_name[n]
+            applied = (w0[n] - p.detach()).numpy().astype(np.float64)     # lr 1, 1 worker
+            if n.startswith("3."):
+                assert lo <= slot.lo and slot.hi <= hi
+                held = f.residual[slot.lo - lo:slot.hi - lo].reshape(-1)[:slot.numel]
+                held = held.reshape(slot.shape)
+                assert np.abs(held).max() > 0, n
+                applied = applied + held
+            else:
+                assert not (lo <= slot.lo < hi), f"{n} was filtered"
+            np.testing.assert_allclose(applied, sums[n].numpy(), rtol=0, atol=1e-4, err_msg=n)
+        dp.close()
