@@ -82,7 +82,7 @@ def report_lr(r: dict) -> str:
         f"  held-out log-loss  KKT filter {f['logloss']:.4f}   unfiltered {d['logloss']:.4f}"
         f"   delta {r['logloss_delta']:+.4f} (target <= 0.005)",
         f"  bytes pushed       KKT filter {f['pushed_mib']:.2f} MiB   unfiltered "
-        f"{d['pushed_mib']:.2f} MiB   ratio {r['bytes_ratio']:.3f} (target <= 0.40)",
+        f"{d['pushed_mib']:.2f} MiB   ratio {r['bytes_ratio']:.4f} (target <= 0.40)",
         f"  zero weights       KKT filter {f['zeros']:.3f}   unfiltered {d['zeros']:.3f} "
         "(target >= 0.90)",
         f"  wall time          ratio {r['time_ratio']:.2f} of unfiltered"])

@@ -25,6 +25,8 @@ push); `randomk` as many at random; `kkt` (L1-regularised models, seed: Delayed 
 Proximal Gradient) skips a coordinate whose weight is zero and whose gradient is
 within the L1 weight, its optimality condition, so it needs the weights of the
 pushed rows; it drops what it skips (feedback false) unless told to keep it.
+Without feedback no residual exists: what is not sent is dropped, and what is sent
+is the float32 update itself.
 """
 from __future__ import annotations
 
@@ -75,6 +77,7 @@ class PushFilter:
         self.spec = spec
         self.n_rows, self.row_width = n_rows, row_width
         self._residual: np.ndarray | None = None
+        self._sq = 0.0      # the residual's squared norm, kept up to date per push
         self._rng = np.random.default_rng([int(spec.params.get("seed", 0)), rank])
         self.sent_bytes = 0         # after filtering: indices and values
         self.raw_bytes = 0          # what the pushes would have sent dense
@@ -86,7 +89,9 @@ class PushFilter:
         return self._residual
 
     def residual_norm(self) -> float:
-        return 0.0 if self._residual is None else float(np.linalg.norm(self._residual))
+        # Updated from the rows each push touches: a metric read per push must not
+        # cost a pass over a residual the table's size.
+        return float(np.sqrt(max(self._sq, 0.0)))
 
     def apply(self, rows, values: np.ndarray, weights: np.ndarray | None = None,
               mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,8 +106,13 @@ class PushFilter:
         else:
             ids = np.asarray(rows, np.int64)
             block = ids
-        r = self.residual
-        acc = r[block] + values         # float64: exact sums (see the module docstring)
+        if self.spec.feedback:
+            r = self.residual
+            old = r[block]
+            self._sq -= float(np.vdot(old, old))
+            acc = old + values          # float64: exact sums (see the module docstring)
+        else:                           # nothing is kept: no residual to read or write
+            acc = np.array(values, np.float64)
         flat = acc.reshape(-1)
         if mask is None:
             send = select(self.spec, flat, weights, self._rng)
@@ -117,11 +127,8 @@ class PushFilter:
         vals = flat[pos].astype(np.float32)
         if self.spec.feedback:
             flat[pos] -= vals           # the rounding of each sent value stays behind
-        else:
-            keep = flat[pos] - vals
-            flat[:] = 0.0
-            flat[pos] = keep
-        r[block] = acc
+            r[block] = acc
+            self._sq += float(np.vdot(flat, flat))
         self.raw_bytes += values.size * 4
         self.sent_bytes += len(pos) * 8     # a uint32 offset and a float32 value each
         return (np.arange(rows.start, rows.stop) if ids is None else ids), pos, vals
