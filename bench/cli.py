@@ -3,7 +3,7 @@
     geeps bench                       # every section, about 10 minutes on 2 cores
     geeps bench --quick               # a tiny subset of each section, for a smoke test
     geeps bench --only sync,scaling   # some sections (sync cache memory training
-                                      # operator scaling)
+                                      # operator scaling gpu filters)
     geeps bench --list                # the sections and what each compares
     geeps bench --script sync         # one bench/bench_*.py alone, its own report
 

@@ -42,7 +42,7 @@ def render(r: dict, pngs: list[str]) -> str:
     L += _headline(r)
     for name, fn in (("sync", _sync), ("cache", _cache), ("memory", _memory),
                      ("training", _training), ("operator", _operator),
-                     ("scaling", _scaling), ("gpu", _gpu)):
+                     ("scaling", _scaling), ("gpu", _gpu), ("filters", _filters)):
         sec = r.get(name)
         if sec is None:
             continue
@@ -459,3 +459,11 @@ def _scaling(s, r, pngs):
 def _gpu(s, r, pngs):
     import bench_gpu
     return ["## gpu", "", bench_gpu.report(s), ""]
+
+
+def _filters(s, r, pngs):
+    import bench_filters        # bench/ is on the path (run._path)
+    return ["## Push filters (issue 17)", "",
+            "Baselines in the same run: the unfiltered job (sparse LR), geeps dense and "
+            "DDP (digits CNN); see bench/bench_filters.py for what each measures.", "",
+            "```", bench_filters.report(s["results"]), "```", ""]

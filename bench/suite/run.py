@@ -16,6 +16,8 @@ Sections (each measured against a baseline in the same run):
     scaling   the cost model of bench/scaling.py fitted to the above, 1..64 machines
     gpu       on a GPU: every CuPy kernel vs its NumPy twin, gather/scatter-add vs
               device memcpy (skipped, saying why, without one; tools/gpu_check.sh)
+    filters   push filters: sparse LR with the KKT filter and L1 on the servers vs
+              unfiltered; digits CNN top-1% + error feedback vs dense vs DDP
 Sections run in separate processes where they start workers, so a crash or a hung
 process in one is reported and the others still run.
 """
@@ -34,7 +36,7 @@ import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench")
-SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu")
+SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu", "filters")
 
 
 def _path():
@@ -192,6 +194,16 @@ def sec_operator(quick: bool) -> dict:
     if p.returncode != 0:
         return {"error": (p.stdout + p.stderr)[-800:]}
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def sec_filters(quick: bool) -> dict:
+    # Its own process: it spawns workers and `geeps run` jobs (bench_filters.py).
+    p = subprocess.run([sys.executable, os.path.join(BENCH, "bench_filters.py"), "--json",
+                        *(["--quick"] if quick else [])], cwd=REPO, capture_output=True,
+                       text=True, timeout=7200)
+    if p.returncode != 0:
+        return {"error": (p.stdout + p.stderr)[-800:]}
+    return {"results": json.loads(p.stdout.strip().splitlines()[-1])}
 
 
 def sec_gpu(quick: bool) -> dict:

@@ -11,7 +11,9 @@ registry without registering a name twice. Names are fixed: dashboards and alert
 query them.
 
 Worker: geeps_cache_reads_total{table,result}, geeps_transfer_bytes_total{direction},
-geeps_clock, geeps_clock_lag, geeps_read_wait_seconds, geeps_iteration_seconds.
+geeps_clock, geeps_clock_lag, geeps_read_wait_seconds, geeps_iteration_seconds,
+geeps_filter_bytes_total{table,stage} and geeps_filter_residual_norm{table} (push
+filters, geeps.tables.filters).
 Server: geeps_server_update_seconds, geeps_parked_reads, geeps_server_clock,
 geeps_server_push_bytes_total, geeps_nonfinite_values_total{table,worker}. A series
 appears at its first use, so each process exports only what its role records. Every
@@ -58,6 +60,14 @@ SERVER_PUSH_BYTES = Counter("geeps_server_push_bytes", "Update bytes a server sh
 NONFINITE = Counter("geeps_nonfinite_values", "NaN or Inf values in pushes a server shard "
                     "received (refused, skipped or applied: spec.nonFinite)",
                     (*LABELS, "table", "worker"))
+
+FILTER_BYTES = Counter(
+    "geeps_filter_bytes", "Bytes of filtered pushes per table: stage raw = what the "
+    "pushes would have sent dense, sent = the offsets and values the filter let through",
+    (*LABELS, "table", "stage"))
+FILTER_RESIDUAL = Gauge(
+    "geeps_filter_residual_norm", "L2 norm of what a push filter holds back for the next "
+    "pushes of a table (error feedback)", (*LABELS, "table"))
 
 _servers: dict[int, object] = {}
 _serve_lock = threading.Lock()
@@ -153,6 +163,12 @@ class Metrics:
         """Count NaN/Inf values in a push (geeps_nonfinite_values_total)."""
         if n:
             NONFINITE.labels(*self._lv, table, str(worker)).inc(n)
+
+    def filtered(self, table: str, raw: int, sent: int, residual_norm: float) -> None:
+        """One filtered push: its dense and its sent bytes, the residual after it."""
+        FILTER_BYTES.labels(*self._lv, table, "raw").inc(raw)
+        FILTER_BYTES.labels(*self._lv, table, "sent").inc(sent)
+        FILTER_RESIDUAL.labels(*self._lv, table).set(residual_norm)
 
     def value(self, name: str, **labels) -> float:
         """This object's current value of a sample (for tests and logs); 0 if unset."""

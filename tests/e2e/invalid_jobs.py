@@ -4,7 +4,10 @@ that catches it first on a real cluster; and valid ones that look odd (UNUSUAL).
 Layers: "schema" = the CRD's OpenAPI schema (the API server refuses the object);
 "cel" = a CEL rule of the CRD (x-kubernetes-validations); "pruned" = an unknown field,
 which an API server drops (with a warning) or refuses under fieldValidation=Strict, as
-kubectl sends it; "meta" = metadata the API server checks itself (the name's grammar).
+kubectl sends it; "meta" = metadata the API server checks itself (the name's grammar);
+"installed" = a server function no package installed where the job is validated
+registers: the CRD cannot know what an image holds, so the API server admits it and
+`geeps run` and the operator refuse it by name.
 The emulated API server (test_strict_api) and `geeps run` refuse every one of them,
 naming the field; the operator refuses them too when a CRD that predates a rule let
 them through (test_invalid).
@@ -180,6 +183,22 @@ CASES: list[tuple[str, Callable[[dict], None], str, str]] = [
      "spec.consistency.slack", "cel"),
     ("ssp-default-slack", _set("spec.consistency", {"model": "SSP"}),
      "spec.consistency.slack", "cel"),
+    # Per-table options (issue 17): filters and server functions.
+    ("filter-unknown-type", _set("spec.tables", [{"name": "w", "filter": {"type": "bloom"}}]),
+     "spec.tables[0].filter.type", "schema"),
+    ("filter-fraction-above-1", _set("spec.tables", [{"name": "w", "filter": {
+        "type": "topk", "fraction": 2}}]), "spec.tables[0].filter.fraction", "schema"),
+    ("function-name-not-a-name", _set("spec.tables", [{"name": "w", "functions": [
+        {"name": "os:system"}]}]), "spec.tables[0].functions[0].name", "schema"),
+    ("function-arg-string", _set("spec.tables", [{"name": "w", "functions": [
+        {"name": "prox-l1", "args": {"l1": "big"}}]}]),
+     "spec.tables[0].functions[0].args.l1", "schema"),
+    ("table-no-name", _set("spec.tables", [{"filter": {"type": "kkt"}}]),
+     "spec.tables[0].name", "schema"),
+    ("unknown-filter-field", _set("spec.tables", [{"name": "w", "filter": {
+        "type": "kkt", "lambda": 1}}]), "spec.tables[0].filter.lambda", "pruned"),
+    ("function-not-installed", _set("spec.tables", [{"name": "w", "functions": [
+        {"name": "no-such-function"}]}]), "spec.tables[0].functions[0].name", "installed"),
     # Unknown fields.
     ("unknown-consistency-field", _set("spec.consistency.stale", 2), "spec.consistency.stale",
      "pruned"),
@@ -221,6 +240,11 @@ UNUSUAL: list[tuple[str, Callable[[dict], None]]] = [
         "volumeMounts": [{"name": "cfg", "mountPath": "/etc/cfg", "readOnly": True},
                          {"name": "scratch", "mountPath": "/scratch", "subPath": "a"},
                          {"name": "scratch", "mountPath": "/scratch2"}]})),
+    ("filters-and-functions", _set("spec.tables", [
+        {"name": "w", "filter": {"type": "kkt", "l1": 0.5},
+         "functions": [{"name": "prox-elastic-net", "args": {"l1": 0.5, "l2": 0.1}},
+                       {"name": "clip-norm", "args": {"max_norm": 10}}]},
+        {"name": "model", "filter": {"type": "topk", "fraction": 0.01, "feedback": True}}])),
     ("everything-odd", lambda m: m["spec"].update({
         "env": [{"name": "_POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
         "metrics": {"port": 1}, "consistency": {"model": "Async", "slack": 0},

@@ -35,7 +35,11 @@ def _post(cluster, ns: str, body: dict, params: dict | None = None):
 
 def test_each_invalid_manifest_is_refused_by_the_api_server_naming_the_field(cluster, ns):
     assert len(CASES) >= 60
-    for case_id, _, field, _ in CASES:
+    for case_id, _, field, layer in CASES:
+        if layer == "installed":        # the API server cannot know what is installed
+            r = _post(cluster, ns, manifest(case_id, ns), DRY)
+            assert r.status_code == 201, (case_id, r.text[:300])
+            continue
         r = _post(cluster, ns, manifest(case_id, ns), STRICT)
         assert r.status_code in (400, 422), (case_id, r.status_code, r.text[:300])
         status = r.json()

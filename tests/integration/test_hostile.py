@@ -56,7 +56,7 @@ def malformed(draw):
     kind = draw(st.sampled_from([
         "frames", "header_bytes", "header_json", "op", "table", "rows_range", "rows_ids",
         "values_len", "values_dtype", "field_type", "clock_ahead", "create_bad", "pull_bad",
-        "version", "batch"]))
+        "version", "batch", "sparse"]))
     if kind == "batch":         # malformed requests in one batch, or a malformed batch
         inner = [m for m in draw(st.lists(malformed(), min_size=1, max_size=3))
                  if _json_obj(m[0])]
@@ -74,6 +74,8 @@ def malformed(draw):
             parts, nf, payload = [], [], []
         return [json.dumps({"v": 1, "op": "batch", "id": 6, "parts": parts,
                             "nf": nf}).encode(), *payload]
+    if kind == "sparse":        # a filtered push's (offset, value) frames, broken
+        return draw(malformed_sparse())
     if kind == "frames":        # a valid header with the wrong number of payload frames
         n = draw(st.sampled_from([0, 2, 3]))
         return [json.dumps(good_push()).encode()] + [VALUES] * n
@@ -117,7 +119,9 @@ def malformed(draw):
         bad = draw(st.sampled_from([
             {"rule": "rmsprop"}, {"lo": 5, "hi": 2}, {"hi": 99}, {"hyper": {"beta": 1}},
             {"row_width": 0}, {"n_rows": -1}, {"per_clock": "yes"}, {"init": True},
-            {"row_width": WIDTH + 1}]))
+            {"row_width": WIDTH + 1}, {"functions": [{"name": "not-installed"}]},
+            {"functions": [{"name": "prox-l1", "args": {"l1": -1}}]},
+            {"functions": "prox-l1"}, {"functions": [{"name": "os:system"}]}]))
         h = {"op": "create", "id": 3, "table": "w", "n_rows": N_ROWS, "row_width": WIDTH,
              "lo": 0, "hi": N_ROWS, "rule": "momentum", "hyper": {"lr": 0.1},
              "per_clock": True, "init": False}
@@ -130,6 +134,51 @@ def malformed(draw):
         h.update(bad)
         return [json.dumps(h).encode()]
     return [json.dumps(good_push(v=draw(st.integers().filter(lambda v: v != 1)))).encode(), VALUES]
+
+
+@st.composite
+def malformed_sparse(draw):
+    """A sparse push (geeps.wire.protocol) with one fault: offsets out of range, frames
+    of mismatched lengths, repeated or unsorted offsets, non-finite values, a header
+    that does not parse, the wrong number of frames, or a sparse pull."""
+    cells = N_ROWS * WIDTH
+    nnz = draw(st.integers(1, 6))
+    offsets = sorted(draw(st.sets(st.integers(0, cells - 1), min_size=nnz, max_size=nnz)))
+    values = [1.0] * nnz
+    lo, hi = 0, N_ROWS
+    fault = draw(st.sampled_from(["range", "length", "duplicate", "unsorted", "nonfinite",
+                                  "header", "frames", "rows", "pull"]))
+    if fault == "range":
+        offsets[-1] = draw(st.integers(cells, 2**32 - 1))
+    elif fault == "length":
+        values = values[:-1] if draw(st.booleans()) else values + [1.0] * draw(
+            st.integers(1, 3))
+    elif fault == "duplicate":
+        offsets = offsets + [offsets[-1]]
+        values = values + [1.0]
+        nnz += 1
+    elif fault == "unsorted":
+        if nnz == 1:
+            offsets, values, nnz = [5, 2], [1.0, 1.0], 2
+        else:
+            offsets = offsets[::-1]
+    elif fault == "nonfinite":
+        values[draw(st.integers(0, nnz - 1))] = draw(st.sampled_from(
+            [float("nan"), float("inf"), float("-inf")]))
+    elif fault == "rows":       # rows outside the table, or lo > hi
+        lo, hi = draw(st.sampled_from([(0, N_ROWS + 1), (5, 3), (-1, 4), (N_ROWS, N_ROWS + 2)]))
+    payload = [np.array(offsets, "<u4").tobytes(), np.array(values, "<f4").tobytes()]
+    rows = {"sparse": [nnz, lo, hi]}
+    if fault == "header":
+        rows = {"sparse": draw(st.one_of(junk, st.lists(ints, max_size=4).filter(
+            lambda v: len(v) != 3 or any(x < 0 for x in v))))}
+    if fault == "frames":
+        payload = payload[:draw(st.integers(0, 1))] + [VALUES] * draw(st.integers(0, 1))
+        payload = payload if len(payload) != 2 else payload[:1]
+    if fault == "pull":
+        return [json.dumps({"op": "pull", "id": 4, "table": "w", "rows": rows,
+                            "need": 0}).encode()]
+    return [json.dumps(good_push(rows=rows)).encode(), *payload]
 
 
 def _json_obj(b: bytes) -> bool:

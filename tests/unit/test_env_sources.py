@@ -117,3 +117,21 @@ def test_spec_non_finite_defaults_to_reject_and_refuses_other_words():
     m["spec"]["nonFinite"] = "ignore"
     with pytest.raises(Exception, match="nonFinite"):
         spec.validate(m)
+
+
+def test_spec_tables_reach_workers_locally_and_in_pods():
+    """Issue 17: the per-table filter and server functions reach every process as
+    GEEPS_TABLES, from `geeps run` and from the operator alike."""
+    from geeps.job import tableopts
+    from geeps_operator import manifests
+    m = manifest()
+    m["spec"]["tables"] = [{"name": "w", "filter": {"type": "topk", "fraction": 0.01},
+                            "functions": [{"name": "prox-l1", "args": {"l1": 0.5}}]}]
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    local = loaded_in_child(launched_env(m, base, "worker"))["tables"]
+    pod_env = {e["name"]: e["value"] for e in
+               manifests._env(spec.validate(m), "worker", 0, "") if "value" in e}
+    for text in (local, config.load(pod_env).tables):
+        opts = tableopts.parse(text)["w"]
+        assert opts.filter.kind == "topk" and opts.filter.params["fraction"] == 0.01
+        assert opts.functions == ({"name": "prox-l1", "args": {"l1": 0.5}},)

@@ -27,6 +27,8 @@ import numpy as np
 
 from geeps.job import env as _config
 from geeps.job import consistency as _consistency
+from geeps.job import tableopts as _tableopts
+from geeps.tables.filters import FilterSpec, PushFilter
 from geeps.wire import protocol as P
 from geeps.errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from geeps.client.handles import Handle
@@ -75,6 +77,10 @@ class Client:
         self._host = host
         self._local = None if host is None else host.rank
         self._closed = False
+        # spec.tables (GEEPS_TABLES): filters and server functions by table name;
+        # table name -> [(lo, hi, PushFilter)], the row spans each filter decides.
+        self.table_options = _tableopts.parse(config.tables) if config is not None else {}
+        self._filters: dict[str, list] = {}
         self._io = IOThread(self.servers, config=config, timeout=timeout,
                             wait_timeout=wait_timeout,
                             host=host)
@@ -133,11 +139,23 @@ class Client:
 
     # ---- tables -----------------------------------------------------------------------
     def create_table(self, name: str, n_rows: int, row_width: int = DEFAULT_ROW_WIDTH,
-                     rule: str = "sgd", init: np.ndarray | None = None, **hyper) -> Table:
+                     rule: str = "sgd", init: np.ndarray | None = None, *,
+                     functions: Sequence[dict] | None = None,
+                     filter: FilterSpec | None = None, **hyper) -> Table:
         """Create a table on every shard (idempotent for the same spec) and return it.
 
         `init` (n_rows x row_width) seeds the values; without it rows start at zero. If
-        the table exists already its values are kept and `init` is ignored."""
+        the table exists already its values are kept and `init` is ignored.
+        `functions`: server functions ([{"name": "prox-l1", "args": {"l1": 0.1}}],
+        geeps.server.functions) the shards run around the rule; `filter`: this
+        worker's push filter (geeps.tables.filters). Both default to the job's
+        spec.tables entry of this name."""
+        opts = self.table_options.get(name)
+        if functions is None and opts is not None:
+            functions = list(opts.functions)
+        functions = [_tableopts.function_spec(f.get("name"), f.get("args"),
+                                              where=f"table {name!r}: function")
+                     for f in functions or ()]
         if rule not in RULES:
             raise ValueError(f"rule {rule!r} is not one of {', '.join(RULES)}")
         hyper = resolve_hyper(rule, hyper)
@@ -155,10 +173,12 @@ class Client:
             return Request(k, "create", {
                 "table": name, "n_rows": n_rows, "row_width": row_width, "lo": lo, "hi": hi,
                 "rule": rule, "hyper": hyper, "per_clock": self.consistency.per_clock,
-                "init": init is not None}, [] if init is None else [init[lo:hi]])
+                "init": init is not None, **({"functions": functions} if functions else {})},
+                [] if init is None else [init[lo:hi]])
         self._across_rollbacks(lambda: self._all(req).wait())
         table = Table(name, n_rows, row_width, rule, hyper, tuple(bounds))
         self._tables[name] = table
+        self._default_filter(table, filter)
         return table
 
     def open_table(self, name: str, timeout: float | None = None) -> Table:
@@ -171,7 +191,43 @@ class Client:
         table = Table(name, s["n_rows"], s["row_width"], s["rule"], s["hyper"],
                       tuple((h["lo"], h["hi"]) for h in specs))
         self._tables[name] = table
+        self._default_filter(table, None)
         return table
+
+    # ---- push filters -----------------------------------------------------------------
+    def set_filter(self, table: Table, spec: FilterSpec | None, rows: range | None = None,
+                   ) -> None:
+        """Filter this worker's pushes to `rows` (default all) of `table` with `spec`
+        (geeps.tables.filters.filter_spec(...); None: send them whole). Each span keeps
+        its own residual (error feedback); setting a span anew starts it empty. Pushes
+        of rows no span covers are sent whole."""
+        rows = range(0, table.n_rows) if rows is None else rows
+        if not 0 <= rows.start <= rows.stop <= table.n_rows or rows.step != 1:
+            raise ValueError(f"filter rows {rows} outside 0..{table.n_rows} of {table.name!r}")
+        spans = [s for s in self._filters.get(table.name, [])
+                 if s[1] <= rows.start or s[0] >= rows.stop]
+        if spec is not None:
+            spans.append((rows.start, rows.stop,
+                          PushFilter(spec, len(rows), table.row_width, rank=self.worker)))
+        if spans:
+            self._filters[table.name] = sorted(spans, key=lambda s: s[0])
+        else:
+            self._filters.pop(table.name, None)
+
+    def filter_needs_weights(self, table: Table) -> bool:
+        """Whether a push to `table` needs the rows' weights (a kkt span)."""
+        return any(f.spec.kind == "kkt" for _, _, f in self._filters.get(table.name, ()))
+
+    def filters(self, table: Table) -> list[tuple[int, int, PushFilter]]:
+        """(lo, hi, PushFilter) of each filtered span of `table`: their residuals."""
+        return list(self._filters.get(table.name, []))
+
+    def _default_filter(self, table: Table, spec: FilterSpec | None) -> None:
+        opts = self.table_options.get(table.name)
+        if spec is None and opts is not None:
+            spec = opts.filter
+        if spec is not None:
+            self.set_filter(table, spec)
 
     # ---- push / pull / clock ----------------------------------------------------------
     @property
@@ -197,7 +253,7 @@ class Client:
 
     def push_async(self, table: Table, rows, values: np.ndarray, *,
                    timeline: int | None = None, defer: bool = False,
-                   last: bool = False) -> Handle:
+                   last: bool = False, weights: np.ndarray | None = None) -> Handle:
         """Send updates for `rows` (a range/slice, or int ids) of the current clock.
 
         `timeline` (a value of `rollbacks` read earlier): if the job has rolled back
@@ -207,13 +263,18 @@ class Client:
         (range pushes of BSP/SSP tables): this worker pushes nothing more to these
         rows in this clock, so once every worker's last push of them is in, a shard
         may update them before the clock ends (and answer reads of them early);
-        pushing to them again in the clock is an error."""
+        pushing to them again in the clock is an error.
+        A table with a push filter (set_filter, spec.tables) sends what the filter
+        chooses, as sparse frames, and `last` is ignored; `weights` (the rows' current
+        values) are what the kkt filter needs."""
         sel = as_rows(rows, table.n_rows)
         values = np.ascontiguousarray(values, dtype=np.float32)
         n = len(sel)
         if values.shape != (n, table.row_width):
             raise ValueError(f"push to {table.name!r}: values have shape {values.shape}, "
                              f"expected ({n}, {table.row_width})")
+        if table.name in self._filters:
+            return self._push_filtered(table, sel, values, weights, timeline, defer)
         clock = self._clock
         reqs = []
         # Only tables applied once per clock take chunks: under async each push is one
@@ -234,9 +295,70 @@ class Client:
         return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline,
                                defer=defer)
 
-    def push(self, table: Table, rows, values: np.ndarray) -> None:
+    def push(self, table: Table, rows, values: np.ndarray, **kw) -> None:
         """push_async(...).wait()"""
-        self.push_async(table, rows, values).wait()
+        self.push_async(table, rows, values, **kw).wait()
+
+    def _push_filtered(self, table: Table, sel, values: np.ndarray, weights,
+                       timeline, defer) -> Handle:
+        width = table.row_width
+        if weights is not None:
+            weights = np.asarray(weights, np.float32).reshape(values.shape)
+        if not isinstance(sel, range):      # ids: sorted, a repeated one summed exactly
+            sel, inv = np.unique(sel, return_inverse=True)
+            acc = np.zeros((len(sel), width), np.float64)
+            np.add.at(acc, inv, values)
+            values = acc
+            if weights is not None:
+                w = np.empty((len(sel), width), np.float32)
+                w[inv] = weights
+                weights = w
+        rows = np.arange(sel.start, sel.stop) if isinstance(sel, range) else sel
+        keys, vals = [], []
+        covered = np.zeros(len(rows), bool)
+        for lo, hi, f in self._filters[table.name]:
+            inside = (rows >= lo) & (rows < hi)
+            if not inside.any():
+                continue
+            covered |= inside
+            if isinstance(sel, range):
+                a, b = max(lo, sel.start), min(hi, sel.stop)
+                local, part = range(a - lo, b - lo), slice(a - sel.start, b - sel.start)
+            else:
+                local, part = rows[inside] - lo, inside
+            ids, pos, v = f.apply(local, values[part],
+                                  None if weights is None else weights[part])
+            keys.append((ids[pos // width] + lo) * width + pos % width)
+            vals.append(v)
+            if self.metrics is not None:
+                self.metrics.filtered(table.name, values[part].size * 4,
+                                      len(pos) * 8, f.residual_norm())
+        if not covered.all():               # rows no filter decides go whole
+            whole = np.flatnonzero(~covered)
+            keys.append((rows[whole][:, None] * width + np.arange(width)).reshape(-1))
+            vals.append(np.asarray(values[whole], np.float32).reshape(-1))
+        key = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        val = np.concatenate(vals) if vals else np.zeros(0, np.float32)
+        order = np.argsort(key, kind="stable")
+        key, val = key[order], np.ascontiguousarray(val[order], dtype=np.float32)
+        clock = self._clock
+        reqs = []
+        row_of = key // width
+        step = P.CHUNK_BYTES // 8 if self.consistency.per_clock else max(1, len(key))
+        for k, (a, b) in enumerate(table.bounds):
+            i, j = (int(x) for x in np.searchsorted(row_of, [a, b]))
+            for s in range(i, j, step):
+                e = min(j, s + step)
+                lo, hi = int(row_of[s]), int(row_of[e - 1]) + 1
+                offsets = (key[s:e] - lo * width).astype(P.SPARSE_OFFSET)
+                reqs.append(Request(k, "push", {
+                    "table": table.name, "worker": self.worker, "session": self.session,
+                    "clock": clock, "rows": {"sparse": [e - s, lo, hi]}},
+                    [offsets, val[s:e].copy()], seq=True))
+        if self.on_transfer:
+            self.on_transfer("push", key.size * 8)
+        return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline,
+                               defer=defer)
 
     def pull_async(self, table: Table, rows=None, *, out: np.ndarray | None = None,
                    need: int | None = None) -> Handle:

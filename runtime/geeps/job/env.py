@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from geeps.job import consistency as _consistency
+from geeps.job import tableopts as _tableopts
 from geeps.job.units import parse_bytes
 
 if TYPE_CHECKING:   # the spec pulls in jsonschema, which a worker never needs
@@ -164,6 +165,10 @@ VARS: tuple[Var, ...] = (
         "reject | skip | apply", "a pushed gradient holding NaN or Inf (spec.nonFinite): "
         "reject refuses the push with an error naming worker, table, clock and count; skip "
         "drops it; both count the values in geeps_nonfinite_values_total; apply applies it"),
+    Var("GEEPS_TABLES", "tables", "", _tableopts._env_value,
+        "JSON: a list of {name, filter, functions} or empty",
+        "per-table options (spec.tables): the push filter a worker applies to a table or "
+        "geeps.torch parameter group, and the server functions its shards run"),
     Var("GEEPS_CURVE_DIR", "curve_dir", "", str, "a directory path or empty",
         "CurveZMQ keys (server.key, client.key); empty means no encryption"),
     Var("GEEPS_INSECURE", "insecure", "0", _bool, "0 | 1",
@@ -204,6 +209,7 @@ class Config:
     max_message: int | None = None              # bytes per frame; None = from memory
     push_buffer: int | None = None              # bytes kept ahead of turn; None = shard size
     nonfinite: str = "reject"                   # reject | skip | apply
+    tables: str = ""                            # spec.tables as JSON (geeps.job.tableopts)
     curve_dir: str = ""                         # CurveZMQ key directory
     insecure: bool = False                      # explicit opt-out of CurveZMQ
     colocate: bool = False                      # worker hosts shard `rank` in-process
@@ -285,6 +291,7 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
         metrics_addr=metrics_addr,
         bind_host=bind_host, curve_dir=curve_dir, insecure=job.insecure,
         colocate=role == "worker" and job.serves_shards(role), nonfinite=job.non_finite,
+        tables=_tableopts.to_text(job.spec.get("tables", [])),
     )
     env = {e["name"]: e["value"] for e in job.env if "value" in e}
     for var in VARS:    # the manifest's value of a tunable is checked where it enters
@@ -307,4 +314,4 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
 JOB_DECIDES = frozenset({
     "job", "role", "rank", "num_workers", "servers", "consistency", "device_memory",
     "checkpoint_dir", "checkpoint_every", "metrics_port", "metrics_addr", "bind_host",
-    "curve_dir", "insecure", "colocate", "nonfinite"})
+    "curve_dir", "insecure", "colocate", "nonfinite", "tables"})

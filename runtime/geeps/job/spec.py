@@ -23,6 +23,7 @@ import yaml
 
 from geeps.job import consistency as _consistency
 from geeps.job import exits
+from geeps.job import tableopts
 from geeps.job.units import QUANTITY_PATTERN, parse_bytes
 
 GROUP = "geeps.dev"
@@ -146,6 +147,7 @@ SCHEMA: dict = {
                       "description": "a pushed gradient holding NaN or Inf: reject (the push "
                                      "is refused with an error naming worker, table, clock), "
                                      "skip (dropped and counted) or apply"},
+        "tables": tableopts.SCHEMA,
         "servers": _role("parameter-server shards", workers=False),
         "workers": _role("training workers", workers=True),
         "consistency": {
@@ -338,6 +340,9 @@ def validate(manifest: Any) -> "GeePSJob":
     for rule in CROSS_FIELD_RULES:
         if not rule.check(_node_value(spec, rule.path)):
             problems.append((rule.field_path, rule.message))
+    # What only this environment knows (the server functions installed here) and what
+    # depends on a filter's type: checked here, by `geeps run` and the operator alike.
+    problems.extend(tableopts.problems(spec.get("tables", [])))
     if problems:
         raise SpecError(problems)
     namespace = meta.get("namespace", "default") if isinstance(meta, dict) else "default"

@@ -26,6 +26,7 @@ from typing import Any, Callable, Union
 import numpy as np
 
 from geeps.server import checkpoint
+from geeps.server import functions as _functions
 from geeps.server.accumulate import ClockSum, Push, feed_array, merge, run_rows
 from geeps.server.rows import RowIds, RowRange, Selection
 from geeps.server.rules import GRADIENT_RULES, RuleState, describe
@@ -128,11 +129,17 @@ class ShardTable:
     # worker -> (clock, runs): rows its dead predecessor's last pushes helped update
     # early in the clock the replacement redoes; what it pushes there again is dropped.
     absorbed: dict = field(default_factory=dict, repr=False)
+    # Server functions (geeps.server.functions) around the rule's update; a table
+    # with some is updated at the clock's end only, never early.
+    functions: tuple = field(default=(), repr=False)
 
     def spec(self) -> dict:
-        return {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
-                "lo": self.lo, "hi": self.hi, "rule": self.rule, "hyper": self.hyper,
-                "per_clock": self.per_clock}
+        out = {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
+               "lo": self.lo, "hi": self.hi, "rule": self.rule, "hyper": self.hyper,
+               "per_clock": self.per_clock}
+        if self.functions:
+            out["functions"] = [f.spec() for f in self.functions]
+        return out
 
     def alloc(self) -> np.ndarray:
         """A buffer the shard's size for a clock's sum (its contents are garbage)."""
@@ -392,7 +399,8 @@ class ShardState:
                                 "for one shard")
         P.expect_frames(frames, 2 if init else 1, "create")
         values = P.values_frame(frames[1], 1, hi - lo, width) if init else None
-        want = ShardTable(name, n_rows, width, lo, hi, rule, hyper, per_clock)
+        want = ShardTable(name, n_rows, width, lo, hi, rule, hyper, per_clock,
+                          functions=_create_functions(h))
         if name in self.tables:
             have = self.tables[name]
             if have.spec() != want.spec():
@@ -424,8 +432,7 @@ class ShardState:
         session = P.field(h, "session", (int, str))
         clock = P.field(h, "clock", int, minimum=0)
         seq = P.field(h, "seq", int, minimum=0)
-        sel = self._selection(t, h, frames, payload=1)
-        values = P.values_frame(frames[-1], len(frames) - 1, len(sel), t.row_width)
+        sel, values = self._push_payload(t, h, frames)
         last = P.field(h, "last", bool) if "last" in h else False
         if last and not (t.per_clock and isinstance(sel, RowRange)):
             raise ProtocolError("header field 'last': only range pushes to a table applied "
@@ -571,7 +578,8 @@ class ShardState:
         clock every worker is at (min_clock) is updated early, so a checkpoint never
         sees it half done."""
         s = t.pending.get(clock)
-        if not full or s is None or clock != self.min_clock or s.acc is None:
+        if not full or s is None or clock != self.min_clock or s.acc is None \
+                or t.functions:
             return []
         t0 = time.perf_counter()
         if t.begun != clock:
@@ -786,7 +794,8 @@ class ShardState:
         tables = {}
         for spec in header["tables"]:
             t = ShardTable(spec["table"], spec["n_rows"], spec["row_width"], spec["lo"],
-                           spec["hi"], spec["rule"], spec["hyper"], spec["per_clock"])
+                           spec["hi"], spec["rule"], spec["hyper"], spec["per_clock"],
+                           functions=_functions.resolve(spec.get("functions")))
             t.rows = arrays[f"{t.name}/rows"]
             t.state = RuleState(t.rule, t.hyper, t.rows.shape, self.rule_backend)
             t.rows = t.state.hold(t.rows)
@@ -831,6 +840,9 @@ class ShardState:
         hold the frames that go with them (an ids frame, then `payload` frames). Ids
         are views of their frame (see Selection.owned)."""
         kind, arg = P.rows_field(h, t.n_rows)
+        if kind == "sparse":
+            raise ProtocolError(f"header field 'rows.sparse': only a push can be sparse, "
+                                f"not a {h['op']}")
         if kind == "range":     # the wire's tag, turned into a type here once
             P.expect_frames(frames, 1 + payload, h["op"])
             lo, hi = arg
@@ -948,7 +960,9 @@ class ShardState:
         starts, ends = s.pending()
         if s.acc is not None and len(starts):
             self.before_write(t)
-            if len(starts) <= MAX_RUNS:
+            if t.functions:
+                self._apply_with_functions(t, s.acc, run_rows(starts, ends), counted)
+            elif len(starts) <= MAX_RUNS:
                 if not counted:
                     t.state.begin()
                 self._apply_runs(t, s.acc, list(zip(starts.tolist(), ends.tolist())), early)
@@ -987,6 +1001,57 @@ class ShardState:
         t0 = time.perf_counter()
         self.before_write(t)
         rows, grad = sel.update(values, len(t.rows))
-        t.state.apply(t.rows, grad * np.float32(self._scale(t)), rows=rows)
+        if t.functions:
+            self._apply_with_functions(t, grad, rows, True, gathered=True)
+        else:
+            t.state.apply(t.rows, grad * np.float32(self._scale(t)), rows=rows)
         self.stats["applied"] += 1
         self.on_update(time.perf_counter() - t0)
+
+    # ---- sparse pushes and server functions (issue 17) ----------------------------------
+    def _push_payload(self, t: ShardTable, h: dict, frames: list):
+        """The rows of a push and their values, dense: a sparse push (wire.protocol)
+        becomes the rows it touches, zero where it names no column, so everything
+        after this sees a push by id."""
+        rows = h.get("rows")
+        if not (isinstance(rows, dict) and "sparse" in rows):
+            sel = self._selection(t, h, frames, payload=1)
+            return sel, P.values_frame(frames[-1], len(frames) - 1, len(sel), t.row_width)
+        _, (nnz, lo, hi) = P.rows_field(h, t.n_rows)
+        P.expect_frames(frames, 3, "push")
+        if lo < hi and (lo < t.lo or hi > t.hi):
+            raise ProtocolError(f"header field 'rows.sparse' rows [{lo}, {hi}) outside rows "
+                                f"[{t.lo}, {t.hi}) held by server {self.rank}")
+        offsets, vals = P.sparse_frames(frames[1], frames[2], 1, nnz, hi - lo, t.row_width)
+        row = offsets // t.row_width
+        starts = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if nnz else \
+            np.zeros(0, np.int64)
+        ids = row[starts].astype(np.int64)
+        dense = np.zeros((len(ids), t.row_width), np.float32)
+        which = np.repeat(np.arange(len(ids)), np.diff(np.r_[starts, nnz]))
+        dense[which, offsets % t.row_width] = vals
+        return RowIds(ids + (lo - t.lo)), dense
+
+    def _apply_with_functions(self, t: ShardTable, grad: np.ndarray, ids: np.ndarray,
+                              counted: bool, gathered: bool = False) -> None:
+        """One update of rows `ids` with the table's server functions around the rule:
+        the gradient phase on the gathered gradient, then the rule, then the weights
+        phase on the rows it changed. `grad` is the shard-sized sum buffer, or with
+        `gathered` one row per id already (async pushes)."""
+        scale = self._scale(t)
+        g = np.array(grad if gathered else grad[ids], dtype=np.float32)
+        _functions.before_rule(t.functions, g, scale)
+        t.state.apply(t.rows, g, rows=ids, scale=scale, scratch=True, count=not counted)
+        _functions.after_rule(t.functions, t.rows, ids,
+                              _functions.rate(t.rule, t.state.hyper, t.state.step))
+
+
+def _create_functions(h: dict) -> tuple:
+    """The server functions a create request names (optional field `functions`)."""
+    if "functions" not in h:
+        return ()
+    try:
+        return _functions.resolve(h["functions"])
+    except ValueError as e:
+        raise ProtocolError(f"header field 'functions'{e}" if str(e).startswith("[")
+                            else f"header field 'functions': {e}") from None

@@ -12,6 +12,7 @@ step().
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import hashlib
 import threading
@@ -27,6 +28,7 @@ import torch
 from geeps.torch import context as _context
 from geeps.client.client import Client
 from geeps.errors import RolledBack
+from geeps.tables.filters import FilterSpec
 from geeps.tables.table import DEFAULT_ROW_WIDTH
 from geeps.torch.context import init
 from geeps.torch.layout import Layout, Slot, Store, flat_view
@@ -105,13 +107,23 @@ class DataParallel(torch.nn.Module):
 
     `client`: the geeps Client to use (default: init()'s). `on_push(names, rows)` is
     called after each bucket of gradients leaves, with its tensors' names and rows.
+
+    Push filters (geeps.tables.filters), per parameter group: `filters` maps a
+    pattern of parameter names (fnmatch: "fc.*", "*.bias") to a filter spec or None
+    (sent whole); a parameter takes the first pattern it matches, unmatched ones go
+    whole. Without `filters`, the job's spec.tables decides: an entry named like the
+    model (`name`) filters every parameter, one named "<name>:<pattern>" a group.
+    top-k and random-k choose per bucket within a group; what is not sent stays in
+    this worker's residual (error feedback, Client.filters(model_table)).
     """
 
     def __init__(self, module: torch.nn.Module, *, name: str = "model",
                  bucket_bytes: int = BUCKET_BYTES, row_width: int = DEFAULT_ROW_WIDTH,
                  client: Client | None = None,
-                 on_push: Callable[[tuple[str, ...], range], None] | None = None):
+                 on_push: Callable[[tuple[str, ...], range], None] | None = None,
+                 filters: dict[str, FilterSpec | None] | None = None):
         super().__init__()
+        self._group_filters = filters
         self.module = module
         self.name = name
         if client is None:
@@ -335,6 +347,7 @@ class DataParallel(torch.nn.Module):
             raise RuntimeError(f"this model already has an optimizer ({self._mode} mode); "
                                "create one optimizer per DataParallel model")
         self._table = self._get_table(self.name, self._playout, self._pstore, rule, hyper)
+        self._set_filters()
         if self._blayout is not None:
             self._btable = self._get_table(f"{self.name}.buffers", self._blayout,
                                            self._bstore, "add", {})
@@ -357,6 +370,29 @@ class DataParallel(torch.nn.Module):
                 if p.requires_grad:
                     self._hooks.append(p.register_post_accumulate_grad_hook(
                         functools.partial(self._on_grad, slot.index)))
+
+    def _set_filters(self) -> None:
+        """The client's filter spans of the model table, one per run of neighbouring
+        tensors with the same filter (a bucket meets a group in one span)."""
+        groups = self._group_filters
+        if groups is None:
+            prefix = self.name + ":"
+            groups = {n[len(prefix):]: o.filter for n, o in self._client.table_options.items()
+                      if n.startswith(prefix)}
+            if not groups:
+                return          # the client's default: spec.tables' entry for the table
+        self._client.set_filter(self._table, None)
+        spans: list[list] = []
+        for slot in self._playout.slots:
+            spec = next((f for pat, f in groups.items() if fnmatch.fnmatchcase(slot.name, pat)),
+                        None)
+            if spans and spans[-1][2] == spec and spans[-1][1] == slot.lo:
+                spans[-1][1] = slot.hi
+            else:
+                spans.append([slot.lo, slot.hi, spec])
+        for lo, hi, spec in spans:
+            if spec is not None:
+                self._client.set_filter(self._table, spec, range(lo, hi))
 
     def _get_table(self, name, layout: Layout, store: Store, rule: str, hyper: dict):
         c = self._client

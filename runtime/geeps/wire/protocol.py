@@ -58,7 +58,16 @@ requests refused, until a refusal naming those limits reaches it.
 Pushes holding NaN or Inf follow GEEPS_NONFINITE (spec.nonFinite): reject (an error
 naming worker, table, clock and count), skip (`ok: true, skipped: n`) or apply.
 `rows` is {"range": [lo, hi]} (global row ids, contiguous) or {"ids": n} (an ids frame
-of n int64 follows the header).
+of n int64 follows the header), or, in a push only, {"sparse": [nnz, lo, hi]}.
+Sparse pushes (what a push filter sends, geeps.tables.filters): rows [lo, hi) of the
+table, all on the receiving shard, and two payload frames: nnz offsets as
+little-endian uint32, each (row - lo) * row_width + column, strictly increasing (no
+duplicates) and below (hi - lo) * row_width; then nnz float32 values, one per offset.
+A shard turns the frame at its entry into the rows it touches, each a dense row of
+deltas (zero where no offset names it), and from there treats it as a push of those
+rows by id: the same non-finite policy, sequence numbers and clocks. A frame that
+breaks any of these rules (length mismatch, offsets out of range, unsorted or
+repeated) is refused naming it, before anything changes.
 """
 from __future__ import annotations
 
@@ -225,7 +234,46 @@ def rows_field(header: dict, n_rows: int) -> tuple[str, Any]:
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise ProtocolError("header field 'rows.ids' must be a count >= 0")
         return "ids", n
-    raise ProtocolError("header field 'rows' must hold 'range' or 'ids'")
+    if "sparse" in rows:
+        r = rows["sparse"]
+        if (not isinstance(r, list) or len(r) != 3
+                or not all(isinstance(x, int) and not isinstance(x, bool) for x in r)):
+            raise ProtocolError("header field 'rows.sparse' must be [nnz, lo, hi] integers")
+        nnz, lo, hi = r
+        if not 0 <= lo <= hi <= n_rows:
+            raise ProtocolError(f"header field 'rows.sparse' rows [{lo}, {hi}] outside table "
+                                f"rows 0..{n_rows}")
+        if nnz < 0:
+            raise ProtocolError("header field 'rows.sparse': nnz must be >= 0")
+        return "sparse", (nnz, lo, hi)
+    raise ProtocolError("header field 'rows' must hold 'range', 'ids' or 'sparse'")
+
+
+SPARSE_OFFSET = np.dtype("<u4")
+
+
+def sparse_frames(offsets_frame, values_frame_, index: int, nnz: int, n_rows: int,
+                  row_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (offsets, values) of a sparse push over `n_rows` rows of `row_width`
+    (frames `index` and `index + 1`), or ProtocolError naming the frame at fault."""
+    if n_rows * row_width > 2**32:
+        raise ProtocolError(f"header field 'rows.sparse': {n_rows} rows x {row_width} "
+                            "exceed the uint32 offsets of a sparse frame")
+    ob, vb = memoryview(offsets_frame), memoryview(values_frame_)
+    if ob.nbytes != nnz * 4:
+        raise ProtocolError(f"frame {index} (sparse offsets): expected {nnz} uint32 = "
+                            f"{nnz * 4} bytes, got {ob.nbytes}")
+    if vb.nbytes != nnz * 4:
+        raise ProtocolError(f"frame {index + 1} (sparse values): expected {nnz} float32 = "
+                            f"{nnz * 4} bytes, got {vb.nbytes}")
+    offsets = np.frombuffer(ob, dtype=SPARSE_OFFSET)
+    if nnz > 1 and not (np.diff(offsets.astype(np.int64)) > 0).all():
+        raise ProtocolError(f"frame {index} (sparse offsets): offsets must be strictly "
+                            "increasing (sorted, no duplicates)")
+    if nnz and int(offsets[-1]) >= n_rows * row_width:
+        raise ProtocolError(f"frame {index} (sparse offsets): offset {int(offsets[-1])} "
+                            f"outside the {n_rows} x {row_width} values of the rows")
+    return offsets, np.frombuffer(vb, dtype="<f4")
 
 
 def ids_frame(frame, index: int, n: int) -> np.ndarray:

@@ -216,7 +216,10 @@ class Worker:
         acc = self.cache.end_clock(k)
         handles = []
         for t, rows in self.plan.clocks[k].push.items():
-            h = self.client.push_async(self._tables[t], _selection(rows), acc[t])
+            kw = {}
+            if self.client.filter_needs_weights(self._tables[t]):
+                kw["weights"] = self._weights(k, t, rows)
+            h = self.client.push_async(self._tables[t], _selection(rows), acc[t], **kw)
             handles.append(h)
             if self._count_net:
                 self.metrics.transfer("push", acc[t].nbytes)
@@ -232,6 +235,25 @@ class Worker:
         self._k = clock % self.cycle.n_clocks
         self._begin(self._k)
         return clock
+
+    def set_filter(self, table, spec, rows=None) -> None:
+        """Filter this worker's pushes to `table` (geeps.tables.filters.filter_spec;
+        None: send them whole), per table as the client does (Client.set_filter); the
+        job's spec.tables chooses one for a table by name already. The kkt filter
+        needs the weights of the rows pushed: here those read in the same clock."""
+        self.client.set_filter(table, spec, rows)
+
+    def _weights(self, k: int, t: str, rows: np.ndarray) -> np.ndarray:
+        """The values of `rows` of table `t` as refreshed for clock k (the weights the
+        clock's reads saw), for the kkt filter."""
+        pulled = self.plan.clocks[k].pull.get(t)
+        at = None if pulled is None else np.searchsorted(pulled, rows)
+        if at is None or (at >= len(pulled)).any() or (pulled[np.minimum(
+                at, len(pulled) - 1)] != rows).any():
+            raise SequenceError(f"table {t!r}: the kkt filter needs the weights of the rows "
+                                f"pushed in clock {k}, and some were not read in it: read "
+                                "every row you update, or use another filter")
+        return self.cache.pulled[k][t][at]
 
     def _begin(self, k: int) -> None:
         # The host accumulators of clock k went to a push one cycle ago, zero-copy:
