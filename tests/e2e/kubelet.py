@@ -82,6 +82,7 @@ class Proc:
     command: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     mounts: dict[str, str] = field(default_factory=dict)    # mountPath -> local directory
+    files: dict[str, list] = field(default_factory=dict)    # mountPath -> files at start
 
 
 class Kubelet:
@@ -198,11 +199,19 @@ class Kubelet:
                 secret = await self._secret(ns, src["secretName"])
                 d = local[name] = os.path.join(self._pod_dir(uid), name)
                 os.makedirs(d, mode=0o700, exist_ok=True)
-                for key, b64 in (secret.get("data") or {}).items():
-                    path = os.path.join(d, key)
+                data = secret.get("data") or {}
+                # `items` projects only the keys it names, at its paths (a worker gets the
+                # client's keys, never the server's); without it every key is a file.
+                items = src.get("items") or [{"key": k, "path": k} for k in data]
+                for item in items:
+                    if item["key"] not in data:
+                        raise ValueError(f"secret {ns}/{src['secretName']} has no key "
+                                         f"{item['key']!r}")
+                    path = os.path.join(d, item["path"])
+                    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                     with open(path, "wb") as f:
-                        f.write(base64.b64decode(b64))
-                    os.chmod(path, src.get("defaultMode", 0o644))
+                        f.write(base64.b64decode(data[item["key"]]))
+                    os.chmod(path, item.get("mode", src.get("defaultMode", 0o644)))
             else:
                 continue
             os.makedirs(local[name], mode=0o700, exist_ok=True)
@@ -265,6 +274,7 @@ class Kubelet:
             try:
                 proc.command = self._command(container)
                 proc.mounts = await self._mount(pod)
+                proc.files = {m: sorted(os.listdir(d)) for m, d in proc.mounts.items()}
                 proc.env = self._environment(pod, ip, proc.mounts)
             except ValueError as e:
                 await self._report(proc, container, None, "CreateContainerConfigError", str(e))

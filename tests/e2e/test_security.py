@@ -60,6 +60,7 @@ def test_a_job_trains_with_curvezmq_keys_from_its_own_secret(cluster, operator, 
     for p in servers:
         with open(p.log_path) as f:
             assert "CurveZMQ on" in f.read(), p.name
+
     # Made once: the same Secret, the same keys, after the whole run.
     again = _secret(cluster, ns, "sealed-curve")
     assert again["metadata"]["uid"] == secret["metadata"]["uid"]
@@ -86,6 +87,13 @@ def test_pods_run_hardened(cluster, operator, ns, tmp_path):
     assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}
     assert {"mountPath": "/tmp", "name": "geeps-tmp"} in spec["containers"][0]["volumeMounts"]
+    # Only shard-serving pods get the server's secret key (the Secret's `items`).
+    procs = cluster.processes(ns)
+    assert procs
+    for p in procs:
+        files = p.files["/etc/geeps/curve"]
+        assert "client.key_secret" in files, (p.name, files)
+        assert ("server.key_secret" in files) == ("-server-" in p.name), (p.name, files)
 
 
 def test_an_insecure_job_gets_no_keys_and_a_warning(cluster, operator, ns):
