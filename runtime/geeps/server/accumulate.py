@@ -264,8 +264,16 @@ def merge(intervals) -> list[tuple[int, int]]:
 
 
 def _mask_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The runs of True in a boolean mask: (starts, ends) arrays."""
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], mask.view(np.int8), [0]))))
+    """The runs of True in a boolean mask: (starts, ends) arrays. All True or all False
+    (the common dense case) costs one pass; otherwise the edges are found on bytes."""
+    n = len(mask)
+    if n == 0 or not mask.any():
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if mask.all():
+        return np.zeros(1, np.int64), np.full(1, n, np.int64)
+    padded = np.zeros(n + 2, bool)
+    padded[1:-1] = mask
+    edges = np.flatnonzero(padded[1:] != padded[:-1])
     return edges[::2], edges[1::2]
 
 
