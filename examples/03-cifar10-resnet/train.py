@@ -127,7 +127,7 @@ def main(argv=None) -> int:
                              weight_decay=args.weight_decay, schedule=schedule)
     test = None if x_test is None else DataLoader(TensorDataset(x_test, y_test),
                                                   batch_size=256)
-    clock, samples, t0, t_last = 0, 0, time.monotonic(), time.monotonic()
+    clock, samples, t0 = 0, 0, time.monotonic()
     done = False
     for epoch in range(args.epochs):
         for x, y in gt.shard(train):

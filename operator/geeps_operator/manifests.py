@@ -39,7 +39,7 @@ LABEL_ROLE = "geeps.dev/role"
 LABEL_INDEX = "geeps.dev/index"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "geeps-operator", "app.kubernetes.io/name": "geeps"}
 
-SERVER_PORT = 7777                          # every shard listens here, on its own pod IP
+SERVER_PORT = _spec.SERVER_PORT             # every shard listens here, on its own pod IP
 SERVER_PORT_NAME = "ps"
 METRICS_PORT_NAME = "metrics"
 CONTAINER = "geeps"                         # the one container of every pod

@@ -4,7 +4,6 @@ import dataclasses
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest

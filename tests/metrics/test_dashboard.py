@@ -2,7 +2,6 @@
 every query valid PromQL (checked by promtool, Prometheus' own parser)."""
 from __future__ import annotations
 
-import os
 import re
 
 import pytest

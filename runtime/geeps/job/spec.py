@@ -41,7 +41,7 @@ MAX_REPLICAS = 1024
 # Extra volumes or mounts per pod: bounded so the API server can price the CEL rules
 # that compare the two lists.
 MAX_VOLUMES = 64
-# Every shard listens on this port of its pod (geeps_operator.manifests.SERVER_PORT);
+# Every shard listens on this port of its pod (the operator's manifests use it);
 # a metrics port equal to it would make the pod's two listeners collide.
 SERVER_PORT = 7777
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from geeps.server import checkpoint
 from geeps.server import functions as _functions
-from geeps.server.accumulate import ClockSum, Push, feed_array, merge, run_rows
+from geeps.server.accumulate import ClockSum, feed_array, merge, run_rows
 from geeps.server.rows import RowIds, RowRange, Selection
 from geeps.server.rules import GRADIENT_RULES, RuleState, describe
 from geeps.tables.table import RULES, resolve_hyper
