@@ -75,20 +75,12 @@ def _worker(args) -> None:
         with c:
             table = c.create_table("t", n_rows, ROW_WIDTH, rule="add")
             out = np.empty_like(grads)
-            bounds = np.linspace(0, n_rows, args.chunks + 1).astype(int)
             c.pull(table, out=out)
             for _ in range(args.clocks + 1):
                 t0 = time.perf_counter()
-                clock = c.clock_value
                 if args.mode == "pipelined":
-                    reads = []
-                    for lo, hi in zip(bounds[:-1], bounds[1:]):
-                        c.push_async(table, range(lo, hi), grads[lo:hi], last=True)
-                        reads.append(c.pull_async(table, range(lo, hi), out=out[lo:hi],
-                                                  need=clock + 1))
-                    c.clock_async()
-                    for r in reads:
-                        r.wait()
+                    c.exchange_async(table, grads, out,
+                                     chunk_bytes=grads.nbytes // args.chunks).wait()
                 else:
                     c.push(table, None, grads)
                     c.clock()
