@@ -7,8 +7,9 @@
 #
 # Runs tests/gpu (every CuPy kernel against its NumPy twin on the device, the memory
 # manager under a budget with real transfers, training on CUDA against the CPU, a
-# two-worker BSP job on the GPU) and the GPU section of `geeps bench`, then writes one
-# report: DIR/report.md (and report.json beside it).
+# two-worker BSP job on the GPU, a two-worker co-located job whose shards apply Adam on
+# the GPU) and the GPU section of `geeps bench` (with a shard's update on the device
+# against the NumPy twins), then writes one report: DIR/report.md (and report.json).
 #
 # Needs: python3 with numpy, torch and CuPy for the machine's CUDA (cupy-cuda13x), pyyaml,
 # prometheus-client, scikit-learn and pytest. pyzmq, orjson and jsonschema (and their

@@ -2,7 +2,8 @@
 (GEEPS_SERVER_BACKEND=host-cuda: rows and optimizer state in the backend's device
 memory, the CuPy backend's code on the kernels compiled for the CPU), against servers
 on the NumPy twins: the same rows bit for bit, and each server says which backend it
-ran and how many kernels it launched."""
+ran and how many kernels it launched. The same for shards co-located in their workers
+(GeePS's layout, where a worker with a GPU would run them on it)."""
 import os
 import subprocess
 import sys
@@ -89,3 +90,43 @@ def test_a_server_backend_that_cannot_run_here_is_refused_in_one_line():
                        text=True, timeout=60)
     assert p.returncode == 2, p.stderr
     assert "GEEPS_SERVER_BACKEND=cupy needs CuPy" in p.stderr and "Traceback" not in p.stderr
+
+
+def _colocated(backend: str) -> tuple[np.ndarray, list]:
+    """Two workers (threads) each hosting one shard on `backend` (GeePS's layout), Adam
+    over a dense table for three clocks; returns worker 0's final rows and the stats."""
+    import geeps.client
+    servers = [f"127.0.0.1:{p}" for p in free_ports(2)]
+    out: dict = {}
+
+    def run(rank):
+        c = geeps.client.colocated(servers, rank, 2, "bsp", timeout=30, server_backend=backend)
+        try:
+            rng = np.random.default_rng(rank)
+            t = c.create_table("w", N, W, rule="adam", **RULES["adam"]) if rank == 0 \
+                else c.open_table("w")
+            for _ in range(3):
+                c.pull(t)
+                c.push(t, None, rng.standard_normal((N, W)).astype(np.float32))
+                c.clock()
+            if rank == 0:
+                out["rows"], out["stats"] = c.pull(t)[0], c.stats()
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(120)
+    assert "rows" in out, "a worker failed"
+    return out["rows"], out["stats"]
+
+
+def test_colocated_shards_on_the_kernels_equal_colocated_shards_on_the_twins():
+    want, twin_stats = _colocated("numpy")
+    got, stats = _colocated("host-cuda")
+    assert got.tobytes() == want.tobytes() and np.abs(want).sum() > 1.0
+    assert [s["rule_backend"] for s in stats] == ["host-cuda"] * 2
+    assert [s["rule_backend"] for s in twin_stats] == ["numpy"] * 2
+    assert all(s["kernel_launches"]["adam_update"] >= 3 for s in stats), stats

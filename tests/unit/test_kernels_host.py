@@ -223,3 +223,24 @@ def test_a_wrong_twin_fails_the_comparison(be, monkeypatch):
     monkeypatch.setattr(numpy_backend.NumpyBackend, "take",
                         lambda self, src, ix, out: np.copyto(out, src[ix.rows()[::-1]]))
     assert any(f.startswith("gather") for f in twins.check_rows(be, 40, 33, 17))
+
+
+def test_a_pinned_block_freed_by_the_gc_under_the_registry_lock_does_not_deadlock(hostcupy):
+    """A garbage-collection pass can free a pinned block while this very thread holds
+    the registry's lock (is_pinned allocates under it); forgetting the block must not
+    take that lock again (it did, and the shard tests hung)."""
+    import gc
+    import threading
+    done = threading.Event()
+
+    def run():
+        a = hostcupy.empty_pinned((4,))
+        cycle = [a]
+        cycle.append(cycle)             # freed by the collector only
+        del a, cycle
+        with hostcupy._pinned_lock:
+            gc.collect()
+        done.set()
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(20), "the pinned registry deadlocked on a block freed by the GC"
+    assert hostcupy.is_pinned(hostcupy.empty_pinned((4,)))

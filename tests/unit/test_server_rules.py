@@ -222,3 +222,19 @@ def test_a_shard_on_the_kernels_equals_the_shard_on_the_twins(dev):
     # kernels (and back) to the same state.
     mixed, _, _ = _drive(None, restore_into=dev)
     assert mixed == want
+
+
+def test_a_shard_on_a_mutated_kernel_is_caught(monkeypatch):
+    """The comparison above can fail: Adam's ((1-b2) g) g rounded as (1-b2) (g g), a
+    difference of rounding alone, leaves the shard with other bits."""
+    from geeps.backend import hostcupy
+    from geeps.backend.kernels import source
+    mod = hostcupy.backend_module()
+    old, new = "f32_mul(f32_mul(one_minus_b2, gi), gi)", "f32_mul(one_minus_b2, f32_mul(gi, gi))"
+    assert source("rules.cu").count(old) == 1
+    monkeypatch.setattr(mod, "kernel_source",
+                        lambda f: source(f).replace(old, new) if f == "rules.cu" else source(f))
+    wrong = mod.CupyBackend()
+    want, _, _ = _drive(None)
+    got, _, _ = _drive(wrong, restore_into=wrong)
+    assert got[0] != want[0], "a shard on a wrong adam kernel still gave the twins' state"
