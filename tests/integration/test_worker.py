@@ -158,6 +158,13 @@ def test_sparse_training_on_two_workers_is_identical_under_every_budget():
         assert_grows(windows, "h2d")
 
 
+def _listening(host: str, port: int) -> bool:
+    import socket
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
 def one_table_worker(cl, name, rows=64, width=32, **kw):
     c = cl.client(0)
     init = np.arange(rows * width, dtype=np.float32).reshape(rows, width)
@@ -283,6 +290,10 @@ def test_metrics_are_served_with_job_role_and_rank():
 def test_a_dead_server_fails_the_next_read_naming_it():
     from geeps.errors import ServerUnreachable
     with Cluster(servers=1, workers=1, timeout=1.0) as cl:
+        # The 1 s timeout is for the server's death below, not its start-up (slow on a
+        # loaded machine): wait until it listens first.
+        host, port = cl.servers[0].rsplit(":", 1)
+        wait_for(lambda: _listening(host, int(port)), 30, what="the server listening")
         c, t, _init, w = one_table_worker(cl, "dead0")
         with w.virtual_iteration():
             w.post_read(w.read(t, range(0, 8)))
