@@ -67,6 +67,12 @@ def select(spec: FilterSpec, acc: np.ndarray, weights: np.ndarray | None,
     raise AssertionError(spec.kind)     # filter_spec refused other kinds
 
 
+def _sumsq(x: np.ndarray) -> float:
+    # Not np.vdot: BLAS in a process that also runs torch can cost milliseconds a call
+    # (its threads contend with torch's); an elementwise square and a sum cost microseconds.
+    return float(np.square(x).sum())
+
+
 class PushFilter:
     """One worker's filter of one table (or part of one): its residual, row by row.
 
@@ -109,7 +115,7 @@ class PushFilter:
         if self.spec.feedback:
             r = self.residual
             old = r[block]
-            self._sq -= float(np.vdot(old, old))
+            self._sq -= _sumsq(old)
             acc = old + values          # float64: exact sums (see the module docstring)
         else:                           # nothing is kept: no residual to read or write
             acc = np.array(values, np.float64)
@@ -128,7 +134,7 @@ class PushFilter:
         if self.spec.feedback:
             flat[pos] -= vals           # the rounding of each sent value stays behind
             r[block] = acc
-            self._sq += float(np.vdot(flat, flat))
+            self._sq += _sumsq(flat)
         self.raw_bytes += values.size * 4
         self.sent_bytes += len(pos) * 8     # a uint32 offset and a float32 value each
         return (np.arange(rows.start, rows.stop) if ids is None else ids), pos, vals
