@@ -27,6 +27,11 @@ within the L1 weight, its optimality condition, so it needs the weights of the
 pushed rows; it drops what it skips (feedback false) unless told to keep it.
 Without feedback no residual exists: what is not sent is dropped, and what is sent
 is the float32 update itself.
+
+Not covered: a rollback to a checkpoint (geeps.client.recovery) rewinds the servers,
+not the workers' residuals; what they hold from the clocks being redone is added to
+the redone pushes once more (bounded by one residual, and decayed by the filter's
+own sending, but not exact).
 """
 from __future__ import annotations
 
