@@ -182,3 +182,16 @@ def test_more_workers_without_servers_is_refused():
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert p.returncode != 0
     assert "GEEPS_SERVERS" in p.stderr and "GEEPS_NUM_WORKERS=2" in p.stderr
+
+
+def test_sparse_lr_proximal_trains_from_a_libsvm_file(tmp_path):
+    """Example 05's --libsvm path end to end, on a small file in the real format."""
+    gen = gdata.KDDGenerator(n_samples=4000, n_features=5000, informative=200, nnz=20, seed=3)
+    path = tmp_path / "small.svm"
+    gdata.write_libsvm(str(path), [gen.batch(i, 1000) for i in range(4)])
+    manifest = os.path.join(REPO, "examples", "05-sparse-lr-proximal", "job.yaml")
+    code, out = run_job(tmp_path, manifest, ["--libsvm", str(path), "--features", "5000",
+                                             "--clocks", "20", "--report-every", "5"])
+    assert code == 0, out[-3000:]
+    assert "data: " + str(path) in out
+    assert float(re.search(r"zero weights (\d\.\d+)", out).group(1)) >= 0.5, out[-2000:]

@@ -112,7 +112,8 @@ class DataParallel(torch.nn.Module):
     pattern of parameter names (fnmatch: "fc.*", "*.bias") to a filter spec or None
     (sent whole); a parameter takes the first pattern it matches, unmatched ones go
     whole. Without `filters`, the job's spec.tables decides: an entry named like the
-    model (`name`) filters every parameter, one named "<name>:<pattern>" a group.
+    model (`name`) filters every parameter, one named "<name>:<pattern>" a group (and
+    the model's entry then the parameters no group takes).
     top-k and random-k choose per bucket within a group; what is not sent stays in
     this worker's residual (error feedback, Client.filters(model_table)).
     """
@@ -377,10 +378,13 @@ class DataParallel(torch.nn.Module):
         groups = self._group_filters
         if groups is None:
             prefix = self.name + ":"
-            groups = {n[len(prefix):]: o.filter for n, o in self._client.table_options.items()
+            opts = self._client.table_options
+            groups = {n[len(prefix):]: o.filter for n, o in opts.items()
                       if n.startswith(prefix)}
             if not groups:
                 return          # the client's default: spec.tables' entry for the table
+            if self.name in opts:       # the model's own entry: the other parameters
+                groups["*"] = opts[self.name].filter
         self._client.set_filter(self._table, None)
         spans: list[list] = []
         for slot in self._playout.slots:
