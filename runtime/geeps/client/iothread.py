@@ -175,7 +175,9 @@ class IOThread(threading.Thread):
         for i, r in enumerate(reqs):
             r.handle, r.part, r.timeline = handle, i, timeline
             self._queue.put(r)
-        if not (defer or getattr(self._held, "depth", 0)):
+        if self._closed.is_set():   # the thread ended after the check above: no one
+            self._fail_queued(self._fatal or GeepsError("client is closed"))  # reads them
+        elif not (defer or getattr(self._held, "depth", 0)):
             self._wake()
         return handle
 
@@ -247,9 +249,12 @@ class IOThread(threading.Thread):
                     host.after_poll(served)
         except Exception as e:  # never leave callers waiting forever
             log.exception("geeps I/O thread failed")
-            self._fail_all(GeepsError(f"client I/O thread failed: {e}"))
+            # Set before failing what is pending, so what is submitted from now on
+            # fails at once (submit) instead of waiting for a thread that is gone.
+            self._fatal = GeepsError(f"client I/O thread failed: {e}")
+            self._fail_all(self._fatal)
         finally:
-            self._fail_all(GeepsError("client is closed"))
+            self._fail_all(self._fatal or GeepsError("client is closed"))
             for m in self._monitors:
                 m.close(linger=0)
             for s in self._shards:
@@ -324,6 +329,7 @@ class IOThread(threading.Thread):
     def _prepare(self, shard: _Shard, r: Request) -> None:
         r.rid = self._next_id
         self._next_id += 1
+        shard.inflight[r.rid] = r   # tracked before anything can fail (see _fail_all)
         header = dict(r.header, v=P.VERSION, op=r.op, id=r.rid)
         if shard.inc is not None and r.op in P.TIMELINE_OPS:
             header["inc"] = shard.inc
@@ -333,9 +339,8 @@ class IOThread(threading.Thread):
         # The hosted shard takes the header as it is: nothing to encode or parse.
         r.frames = [header if shard.sock is None else P.encode_header(header), *r.payload]
         r.first_sent = time.monotonic()
-        if not shard.inflight:
+        if len(shard.inflight) == 1:
             shard.last_heard = r.first_sent  # silence counts from the first request
-        shard.inflight[r.rid] = r
 
     def _send(self, shard: _Shard, *reqs: Request) -> None:
         """Send `reqs` (already prepared) in one message: a batch if several."""
@@ -583,10 +588,13 @@ class IOThread(threading.Thread):
     def _fail_all(self, err: BaseException) -> None:
         for shard in self._shards:
             self._fail_shard(shard, err)
+        self._fail_queued(err)
+        self._closed.set()
+
+    def _fail_queued(self, err: BaseException) -> None:
         while True:
             try:
                 r = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return
             r.handle.set_exception(err)
-        self._closed.set()
