@@ -59,10 +59,13 @@ WRITABLE_CACHES = {"XDG_CACHE_HOME": f"{TMP_MOUNT}/.cache",
 
 def with_default_image(job_body: dict, image: str) -> dict:
     """`job_body` with spec.image set to `image` (the operator's --runtime-image) where
-    the job names none: the CRD has no default, so the platform's choice applies."""
-    if (job_body.get("spec") or {}).get("image"):
+    the job names none: the CRD has no default, so the platform's choice applies. An
+    empty image is not "none", nor is a missing or malformed spec given one: they stay,
+    for validation to refuse by field."""
+    spec = job_body.get("spec")
+    if not isinstance(spec, dict) or "image" in spec:
         return job_body
-    return {**job_body, "spec": {**job_body.get("spec", {}), "image": image}}
+    return {**job_body, "spec": {**spec, "image": image}}
 
 
 def owner_reference(job_body: dict) -> dict:

@@ -343,18 +343,26 @@ def remove_stale(prefix: str = "e2e-") -> list[str]:
 
 
 class ImageOperator(Operator):
-    """The operator from its image, as the chart runs it: the image's user, a read-only
-    root, no capabilities, against the emulator over the host's network."""
+    """The operator from its image, as the chart runs it (templates/deployment.yaml):
+    the image's user, a read-only root whose only writable path is a /tmp volume, no
+    capabilities, no privilege escalation; against the emulator over the host's
+    network."""
 
-    def __init__(self, cluster, workdir: str, owner: str, image: str):
+    def __init__(self, cluster, workdir: str, owner: str, image: str,
+                 runtime_image: str | None = None):
         super().__init__(cluster, workdir)
         self.name = f"geeps-operator-{owner}"
+        tmp = os.path.join(workdir, "operator-tmp")
+        os.makedirs(tmp, exist_ok=True)
+        os.chmod(tmp, 0o1777)           # an emptyDir's mode
         self.args = engine.podman(
             "run", "--rm", "--pull=never", "--network=host", f"--name={self.name}",
-            f"--label={engine.LABEL}={owner}", "--read-only", "--cap-drop=ALL",
-            "--security-opt=no-new-privileges", *engine.ulimits(), image,
+            f"--label={engine.LABEL}={owner}", "--read-only", "--read-only-tmpfs=false",
+            f"--volume={tmp}:/tmp", "--cap-drop=ALL", "--security-opt=no-new-privileges",
+            "--env=PYTHONDONTWRITEBYTECODE=1", *engine.ulimits(), image,
             "--all-namespaces", "--server", cluster.operator_url, "--resync-seconds", "0.5",
-            "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port))
+            "--health-port", str(self.health_port), "--metrics-port", str(self.metrics_port),
+            *([f"--runtime-image={runtime_image}"] if runtime_image else []))
 
     def __exit__(self, *exc) -> None:
         super().__exit__(*exc)

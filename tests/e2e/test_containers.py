@@ -24,7 +24,9 @@ from .containers import ContainerKubelet, ImageOperator, remove_stale
 from .harness import Cluster
 from .phases import PhaseRecorder
 
-pytestmark = [pytest.mark.e2e, pytest.mark.containers]
+# A cold build (no stand-in base, no layers cached) takes about 10 minutes on 2 cores,
+# all of it in the first test's set-up: more than the suite's per-test timeout.
+pytestmark = [pytest.mark.e2e, pytest.mark.containers, pytest.mark.timeout(1800)]
 
 RUNTIME = images.runtime_tag("cpu")
 # The examples name the CUDA image; this machine runs its CPU variant in its place.
@@ -65,8 +67,9 @@ def ccluster(built, owner, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def coperator(ccluster, owner, tmp_path_factory):
+    # --runtime-image as the chart passes it: jobs that name no image run this one.
     with ImageOperator(ccluster, str(tmp_path_factory.mktemp("coperator")), owner,
-                       f"{images.OPERATOR}:{images.VERSION}") as op:
+                       f"{images.OPERATOR}:{images.VERSION}", runtime_image=RUNTIME) as op:
         yield op
 
 
@@ -149,6 +152,7 @@ def test_a_killed_server_container_recovers_from_its_checkpoint_volume(ccluster,
     with open(os.path.join(REPO, "examples", "01-minimal", "job.yaml")) as f:
         body = yaml.safe_load(f)
     body["metadata"] = {"name": "durable", "namespace": ns}
+    del body["spec"]["image"]           # the operator's --runtime-image applies
     body["spec"]["args"] = ["--epochs", "6"]
     body["spec"]["checkpoint"] = {"everyClocks": 5,
                                   "volume": {"persistentVolumeClaim": {"claimName": "ckpt"}}}
@@ -159,6 +163,8 @@ def test_a_killed_server_container_recovers_from_its_checkpoint_volume(ccluster,
         wait_for(lambda: (checkpoint.clocks(shards, 0) or [0])[0] >= 20, 120,
                  what="shard 0 to checkpoint clock 20")
         first = next(p for p in ccluster.processes(ns) if p.name == "durable-server-0")
+        assert {p["spec"]["containers"][0]["image"]
+                for p in ccluster.api.pods(ns, "durable")} == {RUNTIME}
         engine.run(engine.podman("kill", "--signal=KILL",
                                  ContainerKubelet.container_name(first)))
         done = ccluster.wait_phase(ns, "durable", "Succeeded", timeout=180)

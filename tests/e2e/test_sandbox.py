@@ -72,6 +72,7 @@ def test_sandbox_with_processes(tmp_path):
 
 
 @pytest.mark.containers
+@pytest.mark.timeout(1800)      # `up` builds the images if this run has not yet
 def test_sandbox_with_containers(tmp_path):
     if not engine.available():
         pytest.skip("podman and buildah are needed (./dev test installs them)")

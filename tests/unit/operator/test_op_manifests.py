@@ -276,3 +276,6 @@ def test_a_job_without_an_image_gets_the_operators_runtime_image():
     assert pod["spec"]["containers"][0]["image"] == "registry.example.com/geeps/runtime:0.1.0"
     named = dict(body, spec=dict(body["spec"], image="mine:1"))
     assert m.with_default_image(named, "other:2")["spec"]["image"] == "mine:1"
+    empty = dict(body, spec=dict(body["spec"], image=""))
+    with pytest.raises(_spec.SpecError, match="spec.image"):
+        _spec.validate(m.with_default_image(empty, "other:2"))
