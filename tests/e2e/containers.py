@@ -44,7 +44,7 @@ import json
 import os
 import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from geeps_sandbox import engine
 
@@ -68,6 +68,9 @@ class Inside:
     no_new_privs: str = ""
     id: str = ""            # `id` run inside, as the container's user
     root_write: str = ""    # what a write to / answered
+    # Each place the runtime is told to write (temp dir, caches, checkpoints): True, or
+    # the error a write there met; "curve" is True when every key file is readable.
+    writes: dict = field(default_factory=dict)
     error: str = ""         # why something could not be seen (the container had ended)
 
 
@@ -84,6 +87,33 @@ def _memory(value) -> str:
         if v.endswith(suffix):
             return f"{int(float(v[:-len(suffix)]) * factor)}b"
     return f"{int(float(v))}b"
+
+
+# Run inside a container as its user: can it write where the runtime will (the temp
+# directory, CuPy's kernel cache, other caches, the checkpoint directory), and read its
+# CurveZMQ keys? On a read-only root each must be a volume.
+_WRITES = """
+import json, os, tempfile
+out = {}
+for key in ("tmp", "CUPY_CACHE_DIR", "XDG_CACHE_HOME", "GEEPS_CHECKPOINT_DIR"):
+    d = tempfile.gettempdir() if key == "tmp" else os.environ.get(key)
+    if not d:
+        continue
+    try:
+        os.makedirs(d, exist_ok=True)
+        tempfile.NamedTemporaryFile(dir=d).close()
+        out[key] = True
+    except OSError as e:
+        out[key] = f"{d}: {e.strerror}"
+curve = os.environ.get("GEEPS_CURVE_DIR")
+if curve:
+    try:
+        out["curve"] = all(open(os.path.join(curve, f), "rb").read() is not None
+                           for f in os.listdir(curve))
+    except OSError as e:
+        out["curve"] = f"{curve}: {e.strerror}"
+print(json.dumps(out))
+"""
 
 
 class ContainerKubelet(Kubelet):
@@ -318,6 +348,11 @@ class ContainerKubelet(Kubelet):
         code, out = await self._podman("exec", name, "sh", "-c",
                                        "echo x > /geeps-probe && echo WRITTEN")
         seen.root_write = out
+        code, out = await self._podman("exec", name, "python", "-c", _WRITES)
+        try:
+            seen.writes = json.loads(out.splitlines()[-1])
+        except (ValueError, IndexError):
+            seen.writes = {"probe": out[-500:]}
 
     async def shutdown(self) -> None:
         await super().shutdown()

@@ -105,6 +105,10 @@ def _hardened(seen) -> None:
     assert re.match(rf"uid={uid}\(geeps\) gid={uid}\(geeps\)", seen.id), seen.id
     assert "Read-only file system" in seen.root_write and "WRITTEN" not in seen.root_write, \
         seen.root_write
+    # Every place the runtime writes is a volume: the pod spec points caches (CuPy's
+    # kernel cache among them) and temp files at /tmp, checkpoints at their own volume.
+    assert {"tmp", "CUPY_CACHE_DIR", "XDG_CACHE_HOME", "curve"} <= set(seen.writes), seen
+    assert all(v is True for v in seen.writes.values()), f"{seen.pod}: {seen.writes}"
 
 
 def test_runtime_image_imports_geeps_and_torch_without_kopf(built):
@@ -140,6 +144,9 @@ def test_example_succeeds_with_every_pod_a_hardened_container(
     assert len(pods) == spec["workers"]["replicas"] + spec["servers"]["replicas"]
     for pod in sorted(pods):
         _hardened(ccluster.kubelet.inside[f"{ns}/{pod}"])
+    if spec.get("checkpoint", {}).get("everyClocks", 0) > 0:
+        for pod in (p for p in pods if "-server-" in p):
+            assert ccluster.kubelet.inside[f"{ns}/{pod}"].writes["GEEPS_CHECKPOINT_DIR"]
     r = ckubectl(ns, "get", "gj")
     assert r.stdout.splitlines()[1].split()[:2] == [name, "Succeeded"], r.stdout
     # Nothing of the job is left running once its servers are stopped.
