@@ -80,6 +80,8 @@ def up(a) -> int:
         except FileNotFoundError:
             pass
     containers = not a.processes and engine.available()
+    if containers:
+        engine.remove_stale("sandbox-")     # what a sandbox killed outright left behind
     if not a.processes and not containers:
         print("geeps sandbox: podman/buildah not found: pods run as local processes",
               file=sys.stderr)

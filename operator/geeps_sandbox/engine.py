@@ -11,6 +11,8 @@ images. Each flag below was needed on some machine and is harmless elsewhere:
 """
 from __future__ import annotations
 
+import os
+import re
 import resource
 import shutil
 import subprocess
@@ -88,3 +90,18 @@ def remove_labelled(value: str) -> int:
     if ids:
         run(podman("rm", "-f", "-t", "0", *ids), timeout=120, check=False)
     return len(ids)
+
+
+def remove_stale(prefix: str) -> list[str]:
+    """Remove the containers of runs that ended without cleaning up (killed outright):
+    those labelled LABEL=<prefix><pid> whose process <pid> is gone. Returns the label
+    values removed."""
+    out = run(podman("ps", "-a", "--format", "{{.Labels}}", "--filter", f"label={LABEL}"),
+              check=False)
+    stale = []
+    for pid in sorted(set(re.findall(rf"{re.escape(LABEL)}:{re.escape(prefix)}(\d+)",
+                                     out.stdout))):
+        if not os.path.exists(f"/proc/{pid}"):
+            remove_labelled(prefix + pid)
+            stale.append(prefix + pid)
+    return stale

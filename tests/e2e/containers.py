@@ -42,7 +42,6 @@ import asyncio
 import base64
 import json
 import os
-import re
 import signal
 from dataclasses import dataclass, field
 
@@ -360,21 +359,6 @@ class ContainerKubelet(Kubelet):
 
     def container_names(self, ns: str) -> list[str]:
         return [self.container_name(p) for p in self.history if p.ns == ns]
-
-
-def remove_stale(prefix: str = "e2e-") -> list[str]:
-    """Remove the containers of runs that ended without cleaning up (killed outright):
-    those labelled engine.LABEL=<prefix><pid> whose process <pid> is gone."""
-    out = engine.run(engine.podman("ps", "-a", "--format", "{{.ID}} {{.Labels}}",
-                                   "--filter", f"label={engine.LABEL}"), check=False)
-    stale = []
-    for value in set(re.findall(rf"{re.escape(engine.LABEL)}:{re.escape(prefix)}(\d+)", out.stdout)):
-        if not os.path.exists(f"/proc/{value}"):
-            engine.remove_labelled(prefix + value)
-            stale.append(prefix + value)
-    return stale
-
-
 
 
 class ImageOperator(Operator):

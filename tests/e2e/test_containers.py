@@ -20,7 +20,7 @@ from geeps_operator import manifests
 from geeps_sandbox import engine, images
 from tests.helpers import REPO, wait_for
 
-from .containers import ContainerKubelet, ImageOperator, remove_stale
+from .containers import ContainerKubelet, ImageOperator
 from .harness import Cluster
 from .phases import PhaseRecorder
 
@@ -51,7 +51,7 @@ def _can_debootstrap() -> bool:
 def owner():
     """The label value of this run's containers; containers of runs that crashed are
     removed first, and this run's at the end, whatever happened."""
-    remove_stale()
+    engine.remove_stale("e2e-")
     value = f"e2e-{os.getpid()}"
     yield value
     engine.remove_labelled(value)
@@ -195,7 +195,7 @@ def test_containers_of_a_crashed_run_are_removed(built):
                              "--network=none", *engine.ulimits(), "--entrypoint=sleep",
                              RUNTIME, "300"))
     assert len(engine.containers(dead)) == 1
-    remove_stale()
+    assert dead in engine.remove_stale("e2e-")
     assert engine.containers(dead) == []
 
 
