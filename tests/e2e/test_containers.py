@@ -204,3 +204,29 @@ def _dead_pid() -> int:
     while os.path.exists(f"/proc/{pid}"):
         pid += 1
     return pid
+
+
+LIMITS = """
+import os
+def first(*paths):
+    for p in paths:
+        if os.path.exists(p):
+            return open(p).read().strip()
+print("memory", first("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+print("cpu", first("/sys/fs/cgroup/cpu.max", "/sys/fs/cgroup/cpu/cpu.cfs_quota_us"))
+"""
+
+
+def test_limits_are_the_containers_cgroup_limits(ccluster, coperator):
+    # limits.memory and limits.cpu reach the container's cgroup (requests do not: they
+    # are a scheduler's business); read from inside the worker.
+    from .jobs import job
+    ns = "c-limits"
+    body = job(ns, "limits", LIMITS, image=RUNTIME)
+    body["spec"]["workers"]["resources"] = {"requests": {"cpu": "100m"},
+                                            "limits": {"cpu": "500m", "memory": "300Mi"}}
+    ccluster.api.create_job(body)
+    ccluster.wait_phase(ns, "limits", "Succeeded", timeout=120)
+    log = ccluster.kubelet.log_text(ns, "limits-worker-0")
+    assert f"memory {300 * 2**20}" in log, log
+    assert re.search(r"^cpu 50000\b", log, re.M), log      # 0.5 of a 100 ms period
