@@ -117,22 +117,17 @@ def test_runtime_image_imports_geeps_and_torch_without_kopf(built):
     assert [b.size for b in built] and all(b.size > 0 for b in built)
 
 
-@pytest.mark.parametrize("example,args", [("01-minimal", ["--epochs", "1"]),
-                                          ("02-digits-cnn", None)])
+@pytest.mark.parametrize("example", ["01-minimal", "02-digits-cnn"])
 def test_example_succeeds_with_every_pod_a_hardened_container(
-        ccluster, coperator, ckubectl, example, args, tmp_path):
+        ccluster, coperator, ckubectl, example):
+    # The manifests as shipped (01's three epochs also give the kubelet time to look
+    # inside each worker before it ends).
     ns = f"c-{example[:2]}"
     path = os.path.join(REPO, "examples", example, "job.yaml")
-    if args is not None:            # the same manifest, only args cut down (as in CI)
-        with open(path) as f:
-            body = yaml.safe_load(f)
-        body["spec"]["args"] = args
-        path = str(tmp_path / "job.yaml")
-        with open(path, "w") as f:
-            yaml.safe_dump(body, f)
     r = ckubectl(ns, "apply", "-f", path)
     assert r.returncode == 0, r.stderr
-    name = yaml.safe_load(open(path))["metadata"]["name"]
+    with open(path) as f:
+        name = yaml.safe_load(f)["metadata"]["name"]
     try:
         done = ccluster.wait_phase(ns, name, "Succeeded", timeout=300)
     except AssertionError:
