@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import kopf
 
+from geeps.job.spec import DEFAULT_IMAGE
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -20,6 +22,7 @@ class OperatorConfig:
     #                                             often, so TTL and deadlines hold without events
     health_port: int = 8080                     # liveness endpoint /healthz; 0 disables
     metrics_port: int = 9090                    # the operator's Prometheus /metrics; 0 disables
+    runtime_image: str = DEFAULT_IMAGE          # pods' image when a job names none
     clock_log_lines: int = 200                  # lines of worker 0's log scanned for its clock
     user_agent: str = "geeps-operator/0.1.0"    # so API audit logs name us
     finalizer: str = "geeps.dev/operator"       # kopf's finalizer (it needs one for the timer)

@@ -18,6 +18,8 @@ import sys
 
 import kopf
 
+from geeps.job.spec import DEFAULT_IMAGE
+
 from . import handlers, metrics
 from .config import OperatorConfig
 from .kube import Kube
@@ -47,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--token-file", help="bearer token for --server")
     p.add_argument("--insecure-skip-tls-verify", action="store_true",
                    help="with --server over https: do not verify its certificate")
+    p.add_argument("--runtime-image", default=DEFAULT_IMAGE, metavar="IMAGE",
+                   help="image of the pods of jobs that name no spec.image (the chart "
+                        "passes its runtimeImage; default: %(default)s)")
     p.add_argument("--resync-seconds", type=float, default=10.0,
                    help="reconcile every job at least this often (default 10)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -91,7 +96,7 @@ def config(argv: list[str]) -> OperatorConfig:
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return OperatorConfig(connection=connection(args), namespaces=tuple(args.namespace),
                           resync_seconds=args.resync_seconds, health_port=args.health_port,
-                          metrics_port=args.metrics_port)
+                          metrics_port=args.metrics_port, runtime_image=args.runtime_image)
 
 
 async def run(cfg: OperatorConfig, stop_flag: asyncio.Event | None = None) -> None:

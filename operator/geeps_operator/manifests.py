@@ -57,6 +57,17 @@ WRITABLE_CACHES = {"XDG_CACHE_HOME": f"{TMP_MOUNT}/.cache",
                    "CUPY_CACHE_DIR": f"{TMP_MOUNT}/.cupy/kernel_cache"}
 
 
+def with_default_image(job_body: dict, image: str) -> dict:
+    """`job_body` with spec.image set to `image` (the operator's --runtime-image) where
+    the job names none: the CRD has no default, so the platform's choice applies. An
+    empty image is not "none", nor is a missing or malformed spec given one: they stay,
+    for validation to refuse by field."""
+    spec = job_body.get("spec")
+    if not isinstance(spec, dict) or "image" in spec:
+        return job_body
+    return {**job_body, "spec": {**spec, "image": image}}
+
+
 def owner_reference(job_body: dict) -> dict:
     """The controller reference every child of `job_body` carries."""
     meta = job_body["metadata"]
@@ -188,7 +199,7 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
                          "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": CONTAINER,
-        "image": job.spec["image"],
+        "image": job.spec.get("image") or _spec.DEFAULT_IMAGE,
         "imagePullPolicy": job.spec["imagePullPolicy"],
         "command": list(command),
         "args": list(args),
@@ -215,6 +226,9 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
         # hostname + subdomain = the headless service's DNS record for this shard.
         pod_spec["hostname"] = name
         pod_spec["subdomain"] = service_name(job.name)
+    if job.spec.get("imagePullSecrets"):
+        pod_spec["imagePullSecrets"] = [{"name": s["name"]}
+                                        for s in job.spec["imagePullSecrets"]]
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName",
                 "serviceAccountName"):
         if role_spec.get(key):

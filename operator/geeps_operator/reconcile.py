@@ -86,6 +86,7 @@ class Reconciler:
             return None
         if job.get("metadata", {}).get("deletionTimestamp"):
             return None
+        job = m.with_default_image(job, self.cfg.runtime_image)
         pods = await self.kube.list(path("", "v1", "pods", ns),
                                     label_selector=f"{m.LABEL_JOB}={name}")
         # An API server filters by label; checking again costs nothing and keeps us

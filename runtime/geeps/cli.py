@@ -7,6 +7,8 @@
     geeps bench                                      # the benchmarks (from a checkout)
     geeps lab status | cut HOST | loss HOST N | ...  # faults on a `geeps run --lab` job
     geeps operator [--namespace NS]                  # the Kubernetes operator ([operator])
+    geeps sandbox up|down                            # try kubectl apply on one machine:
+                                                     # an API emulator, not a cluster
     geeps --version
 
 `geeps COMMAND --help` says more about each.
@@ -28,7 +30,7 @@ def _plugins() -> dict[str, metadata.EntryPoint]:
 
 
 def _usage() -> str:
-    extra = sorted(set(_plugins()) - {"operator"})
+    extra = sorted(set(_plugins()) - {"operator", "sandbox"})
     more = "".join(f"    geeps {name} ...\n" for name in extra)
     return __doc__ + (f"\nInstalled plugins:\n{more}" if more else "")
 
@@ -97,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         return func(rest)
     if cmd == "operator":
         print("geeps operator needs the [operator] extra (pip install 'geeps[operator]')",
+              file=sys.stderr)
+        return 2
+    if cmd == "sandbox":
+        print("geeps sandbox runs from a clone of the repository (it uses tests/e2e): "
+              "pip install -e '.[operator,dev]' there, or run python -m geeps_sandbox",
               file=sys.stderr)
         return 2
     print(f"geeps: unknown command {cmd!r}\n{_usage()}", file=sys.stderr)

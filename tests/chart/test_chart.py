@@ -212,6 +212,10 @@ def test_image_reference(rendered):
     assert container(rendered["default"])["image"] == "geeps/operator:0.1.0"
     assert container(rendered["hardened"])["image"] == (
         "registry.example.com/ml/geeps-operator@sha256:" + "0123456789abcdef" * 4)
+    # The jobs' default image: the chart's runtimeImage, through the operator's flag.
+    assert "--runtime-image=geeps/runtime:0.1.0" in container(rendered["default"])["args"]
+    assert "--runtime-image=registry.example.com/ml/geeps-runtime@sha256:" + \
+        "fedcba9876543210" * 4 in container(rendered["hardened"])["args"]
 
 
 def test_dashboard_configmap_carries_the_dashboard(rendered):

@@ -166,7 +166,8 @@ def test_operator_entrypoint_starts_the_operators_cli():
     geeps = shutil.which("geeps") or pytest.fail("the geeps console script is not installed")
     out = run([geeps, "operator", "--help"])
     assert out.returncode == 0, out.stdout + out.stderr
-    for flag in ("--all-namespaces", "--namespace", "--health-port", "--metrics-port"):
+    for flag in ("--all-namespaces", "--namespace", "--health-port", "--metrics-port",
+                 "--runtime-image"):
         assert flag in out.stdout, f"`geeps operator` has no {flag} flag"
 
 

@@ -125,8 +125,10 @@ class Api:
 
 
 class Cluster:
-    def __init__(self, workdir: str, prometheus_operator: bool = True):
+    def __init__(self, workdir: str, prometheus_operator: bool = True,
+                 kubelet=Kubelet):
         self.workdir = workdir
+        self.kubelet_factory = kubelet     # containers.ContainerKubelet runs containers
         # Whether the monitoring.coreos.com CRDs are served (PodMonitor).
         self.resources = {k: v for k, v in BUILTIN.items()
                           if prometheus_operator or not k.startswith("monitoring.")}
@@ -167,7 +169,7 @@ class Cluster:
                         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
                         json=build_crd()) as r:
                     assert r.status < 300, await r.text()
-                self.kubelet = Kubelet(self.url, REPO, logs,
+                self.kubelet = self.kubelet_factory(self.url, REPO, logs,
                                        os.path.join(self.workdir, "volumes"))
                 emu.logs = self.kubelet.log_text
                 kubelet_task = asyncio.ensure_future(self.kubelet.run())

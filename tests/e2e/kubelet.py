@@ -282,10 +282,7 @@ class Kubelet:
             await self._patch(ns, name, {"metadata": {"finalizers": [FINALIZER]}})
             try:
                 with open(proc.log_path, "wb") as log:
-                    proc.process = await asyncio.create_subprocess_exec(
-                        *proc.command, env=proc.env, stdout=log,
-                        stderr=asyncio.subprocess.STDOUT,
-                        cwd=container.get("workingDir") or self.root, start_new_session=True)
+                    proc.process = await self._exec(proc, pod, log)
             except OSError as e:
                 await self._report(proc, container, 127, "StartError", str(e))
                 return
@@ -309,6 +306,17 @@ class Kubelet:
             proc.started.set()
             proc.done.set()
 
+    # ---- how a pod's process starts and is signalled (tests/e2e/containers.py runs
+    # ---- containers instead) ----------------------------------------------------------
+    async def _exec(self, proc: Proc, pod: dict, log) -> asyncio.subprocess.Process:
+        container = pod["spec"]["containers"][0]
+        return await asyncio.create_subprocess_exec(
+            *proc.command, env=proc.env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+            cwd=container.get("workingDir") or self.root, start_new_session=True)
+
+    async def _signal(self, proc: Proc, sig: int) -> None:
+        os.killpg(proc.process.pid, sig)      # ProcessLookupError once it is gone
+
     async def _report(self, proc: Proc, container: dict, code: int | None, reason: str,
                       message: str) -> None:
         state = {"terminated": {"exitCode": code, "finishedAt": now(), "reason": reason,
@@ -326,7 +334,7 @@ class Kubelet:
         if p is not None and p.returncode is None:
             for sig, wait in ((signal.SIGTERM, self.grace), (signal.SIGKILL, 10.0)):
                 try:
-                    os.killpg(p.pid, sig)
+                    await self._signal(proc, sig)
                 except ProcessLookupError:
                     break
                 try:
@@ -346,7 +354,7 @@ class Kubelet:
         for proc in list(self.procs.values()):
             if proc.process is not None and proc.process.returncode is None:
                 try:
-                    os.killpg(proc.process.pid, signal.SIGKILL)
+                    await self._signal(proc, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         for proc in list(self.procs.values()):

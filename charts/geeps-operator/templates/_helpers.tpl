@@ -61,6 +61,15 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The runtime image of jobs that name none: repository@digest, else repository:tag. */}}
+{{- define "geeps-operator.runtimeImage" -}}
+{{- if .Values.runtimeImage.digest }}
+{{- printf "%s@%s" .Values.runtimeImage.repository .Values.runtimeImage.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.runtimeImage.repository (.Values.runtimeImage.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
 {{/* True (non-empty) when the operator watches every namespace. */}}
 {{- define "geeps-operator.clusterWide" -}}
 {{- if not .Values.operator.watchNamespace }}true{{ end }}

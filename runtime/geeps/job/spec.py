@@ -41,6 +41,8 @@ MAX_REPLICAS = 1024
 # Extra volumes or mounts per pod: bounded so the API server can price the CEL rules
 # that compare the two lists.
 MAX_VOLUMES = 64
+# Pull secrets per job: a handful of registries, bounded like every list here.
+MAX_PULL_SECRETS = 16
 # Every shard listens on this port of its pod (the operator's manifests use it);
 # a metrics port equal to it would make the pod's two listeners collide.
 SERVER_PORT = 7777
@@ -126,8 +128,18 @@ SCHEMA: dict = {
     "type": "object",
     "required": ["command"],
     "properties": {
-        "image": {"type": "string", "minLength": 1, "default": DEFAULT_IMAGE,
-                  "description": "runtime image; ignored by `geeps run`"},
+        # No schema default: a job without one gets the operator's --runtime-image (the
+        # chart's runtimeImage values), so a platform points every job at its registry.
+        "image": {"type": "string", "minLength": 1,
+                  "description": "runtime image; default: the operator's (the chart's "
+                                 "runtimeImage); ignored by `geeps run`"},
+        "imagePullSecrets": {"type": "array", "maxItems": MAX_PULL_SECRETS,
+                             "items": {"type": "object", "required": ["name"],
+                                       "properties": {"name": {"type": "string",
+                                                               "minLength": 1}}},
+                             "description": "Secrets (in the job's namespace) for pulling "
+                                            "the image from a private registry: "
+                                            "[{name: regcred}]"},
         "imagePullPolicy": {"type": "string", "enum": ["Always", "IfNotPresent", "Never"],
                             "default": "IfNotPresent", "description": "pull policy of the image"},
         "command": {"type": "array", "minItems": 1, "items": {"type": "string"},

@@ -252,3 +252,30 @@ def test_colocated_workers_take_the_servers_place():
     assert spec["containers"][0]["ports"][0] == {
         "name": m.SERVER_PORT_NAME, "containerPort": m.SERVER_PORT, "protocol": "TCP"}
     assert any(v["name"] == m.CHECKPOINT_VOLUME for v in spec["volumes"])
+
+
+def test_image_pull_secrets_reach_every_pod():
+    job, owner = _job(imagePullSecrets=[{"name": "regcred"}, {"name": "mirror"}])
+    for pod in (m.server_pod(job, 0, owner), m.worker_pod(job, 1, owner)):
+        assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}, {"name": "mirror"}]
+        kubernetes_validate.validate(pod, "1.33", strict=True)
+    job, owner = _job()
+    assert "imagePullSecrets" not in m.worker_pod(job, 0, owner)["spec"]
+
+
+def test_a_job_without_an_image_gets_the_operators_runtime_image():
+    body = {"apiVersion": _spec.API_VERSION, "kind": _spec.KIND,
+            "metadata": {"name": "noimg", "namespace": "ml", "uid": UID},
+            "spec": {"command": ["python", "t.py"], "workers": {"gpus": 0}}}
+    # The CRD no longer defaults spec.image, so the operator's choice can apply.
+    assert "image" not in _spec.validate(body).spec
+    filled = m.with_default_image(body, "registry.example.com/geeps/runtime:0.1.0")
+    assert "image" not in body["spec"]                       # the input is left alone
+    job = _spec.validate(filled)
+    pod = m.worker_pod(job, 0, m.owner_reference(filled))
+    assert pod["spec"]["containers"][0]["image"] == "registry.example.com/geeps/runtime:0.1.0"
+    named = dict(body, spec=dict(body["spec"], image="mine:1"))
+    assert m.with_default_image(named, "other:2")["spec"]["image"] == "mine:1"
+    empty = dict(body, spec=dict(body["spec"], image=""))
+    with pytest.raises(_spec.SpecError, match="spec.image"):
+        _spec.validate(m.with_default_image(empty, "other:2"))
