@@ -101,6 +101,7 @@ class _Shard:
         self.ping_rid: int | None = None
         self.ping_sent = 0.0
         self.ping_order = 0
+        self.refused: BaseException | None = None   # its CurveZMQ handshake failed
 
     def name(self) -> str:
         return f"server {self.index} ({self.address})"
@@ -297,6 +298,10 @@ class IOThread(threading.Thread):
         # small model is most of what a clock costs. Large values go alone.
         # Reads parked on the shard do not hold the window: a hundred reads of a future
         # clock must not make this worker's push, clock or stats wait behind them.
+        if shard.refused is not None:
+            while shard.backlog:
+                shard.backlog.popleft().handle.set_exception(shard.refused)
+            return
         batch, size = [], 0
         parked = sum(1 for r in shard.inflight.values() if r.parked)
         while shard.backlog and len(shard.inflight) - parked < WINDOW:
@@ -571,6 +576,12 @@ class IOThread(threading.Thread):
                     else "failed the CurveZMQ handshake (does it run with the same keys?)")
             err = ServerError(f"{shard.name()} {what}")
             log.error("%s", err)
+            # A refused key is kept: the refusal may come before a request is even
+            # queued (the client dials at once), and every later attempt with these keys
+            # fails the same way. (Another handshake failure may be a server dying
+            # mid-handshake, which its restart mends.)
+            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                shard.refused = err
             self._fail_shard(shard, err)
 
     def _fail_shard(self, shard: _Shard, err: BaseException) -> None:
