@@ -21,6 +21,8 @@ class OperatorConfig:
     health_port: int = 8080                     # liveness endpoint /healthz; 0 disables
     metrics_port: int = 9090                    # the operator's Prometheus /metrics; 0 disables
     clock_log_lines: int = 200                  # lines of worker 0's log scanned for its clock
+    allow_host_path: bool = False               # jobs may mount hostPath volumes (the chart's
+    #                                             jobPods.allowHostPath); else refused
     user_agent: str = "geeps-operator/0.1.0"    # so API audit logs name us
     finalizer: str = "geeps.dev/operator"       # kopf's finalizer (it needs one for the timer)
 

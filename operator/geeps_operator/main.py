@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="with --server over https: do not verify its certificate")
     p.add_argument("--resync-seconds", type=float, default=10.0,
                    help="reconcile every job at least this often (default 10)")
+    p.add_argument("--allow-host-path", action="store_true",
+                   help="let jobs mount hostPath volumes (refused by default, naming the "
+                        "field: Pod Security admission would refuse the pods)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -91,7 +94,8 @@ def config(argv: list[str]) -> OperatorConfig:
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
     return OperatorConfig(connection=connection(args), namespaces=tuple(args.namespace),
                           resync_seconds=args.resync_seconds, health_port=args.health_port,
-                          metrics_port=args.metrics_port)
+                          metrics_port=args.metrics_port,
+                          allow_host_path=args.allow_host_path)
 
 
 async def run(cfg: OperatorConfig, stop_flag: asyncio.Event | None = None) -> None:

@@ -45,6 +45,8 @@ Rules (see also README.md, "Kubernetes"):
   (its children go with it through their owner references).
 - suspend: true deletes every pod (phase Suspended); false brings them back.
 - A spec that does not validate fails the job at once (InvalidSpec, naming the field);
+  so does one with a hostPath volume, unless the operator runs with --allow-host-path
+  (HostPathNotAllowed, naming the field: see host_access);
   a pod the API server refuses as invalid (HTTP 422) fails it too (Rejected, with the
   API server's message), since no retry can fix either.
 """
@@ -77,6 +79,7 @@ class Observed:
     has_service: bool                   # the headless service exists
     now: _dt.datetime                   # timezone-aware
     clock: int | None = None            # worker 0's last reported clock, if learned
+    allow_host_path: bool = False       # the chart's jobPods.allowHostPath (operator flag)
 
 
 @dataclass(frozen=True)
@@ -143,11 +146,39 @@ def decide(obs: Observed) -> Actions:
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
         _fail(actions, body, views, obs.now, "InvalidSpec", f"{field_}: {message}{more}")
         return actions
+    refused = host_access(job) if not obs.allow_host_path else []
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        _fail(actions, body, views, obs.now, "HostPathNotAllowed",
+              f"{refused[0]}: hostPath volumes are not allowed by this operator "
+              f"(chart value jobPods.allowHostPath is false){more}; a cluster's Pod "
+              f"Security admission would refuse the pods")
+        return actions
     if job.run_policy["suspend"]:
         _suspend(actions, views, obs.now)
         return actions
     _active(actions, body, job, views, obs)
     return actions
+
+
+def host_access(job: _spec.GeePSJob) -> list[str]:
+    """The spec's fields that would give pods the node's filesystem (hostPath volumes).
+
+    These are the only host access a spec can carry: the operator writes every pod's
+    securityContext itself (non-root, no privilege escalation, no capabilities) and the
+    spec has no field for privileged, hostNetwork, hostPID or hostIPC (an unknown field
+    is refused under Strict validation and pruned otherwise). A cluster's Pod Security
+    admission (baseline) refuses hostPath with a 403 the job could never get past, so
+    the operator refuses it first, with the field, unless the chart allows it."""
+    out = []
+    for role in ("servers", "workers"):
+        for i, vol in enumerate((job.spec.get(role) or {}).get("volumes") or []):
+            if isinstance(vol, dict) and "hostPath" in vol:
+                out.append(f"spec.{role}.volumes[{i}].hostPath")
+    volume = (job.spec.get("checkpoint") or {}).get("volume")
+    if isinstance(volume, dict) and "hostPath" in volume:
+        out.append("spec.checkpoint.volume.hostPath")
+    return out
 
 
 def reject(obs: Observed, reason: str, message: str) -> Actions:

@@ -98,7 +98,7 @@ class Reconciler:
         clock = None if phase in ("Succeeded", "Failed") else \
             await self._clock(ns, name, pods, periodic=trigger == "timer")
         observed = Observed(job=job, pods=pods, has_service=has_service, now=self.now(),
-                            clock=clock)
+                            clock=clock, allow_host_path=self.cfg.allow_host_path)
         actions = decide(observed)
         try:
             await self._apply(job, actions)

@@ -196,6 +196,13 @@ def test_watch_namespace_flag(rendered):
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "ml-team"
 
 
+def test_allow_host_path_reaches_the_operator(helm, rendered):
+    from geeps_operator.main import _parser
+    assert not _parser().parse_args(container(rendered["default"])["args"]).allow_host_path
+    objs = template(helm, (), ("jobPods.allowHostPath=true",))
+    assert _parser().parse_args(container(objs)["args"]).allow_host_path
+
+
 def test_bindings_name_the_service_account_the_pod_runs_as(rendered):
     for sid, objs in rendered.items():
         sa = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["serviceAccountName"]

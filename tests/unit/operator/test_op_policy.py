@@ -430,3 +430,37 @@ def test_pods_the_operator_deletes_are_not_lost_pods():
     done = [pod("server", 0), pod("worker", 0, "Succeeded", code=0), pod("worker", 1)]
     p = run(body, done)
     assert "j-worker-0" not in {t["name"] for t in p.status["trackedPods"]}
+
+
+# --- hostPath gate ----------------------------------------------------------------------
+
+def _with_host_path(body: dict) -> dict:
+    body["spec"]["workers"]["volumes"] = [{"name": "data", "persistentVolumeClaim":
+                                           {"claimName": "d"}},
+                                          {"name": "host", "hostPath": {"path": "/data"}}]
+    body["spec"]["checkpoint"] = {"everyClocks": 5, "volume": {"hostPath": {"path": "/c"}}}
+    return body
+
+
+def test_host_path_fails_the_job_naming_the_field():
+    plan = run(_with_host_path(job()), [])
+    assert plan.status["phase"] == "Failed" and plan.create == []
+    c = cond(plan, "Failed")
+    assert c["reason"] == "HostPathNotAllowed"
+    assert c["message"].startswith("spec.workers.volumes[1].hostPath: ")
+    assert "(and 1 more)" in c["message"] and "jobPods.allowHostPath" in c["message"]
+
+
+def test_host_path_allowed_by_the_operator_flag_reaches_the_pods():
+    plan = decide(Observed(job=_with_host_path(job()), pods=[], has_service=True, now=T0,
+                           allow_host_path=True))
+    assert plan.status["phase"] == "Pending"
+    worker = next(p for p in plan.create if p["metadata"]["name"] == "j-worker-0")
+    assert {"name": "host", "hostPath": {"path": "/data"}} in worker["spec"]["volumes"]
+
+
+def test_host_access_lists_only_host_paths():
+    body = job()
+    assert policy.host_access(_spec.validate(body)) == []
+    assert policy.host_access(_spec.validate(_with_host_path(body))) == [
+        "spec.workers.volumes[1].hostPath", "spec.checkpoint.volume.hostPath"]
