@@ -23,8 +23,19 @@ class OperatorConfig:
     clock_log_lines: int = 200                  # lines of worker 0's log scanned for its clock
     allow_host_path: bool = False               # jobs may mount hostPath volumes (the chart's
     #                                             jobPods.allowHostPath); else refused
+    blocked_deadline_seconds: float = 600.0     # s a job may stay Blocked (a pod that
+    #                                             cannot start, a refused write) before it fails
+    terminating_grace_seconds: float = 300.0    # s a pod may stay terminating past its
+    #                                             deletionTimestamp before it is force-deleted
     user_agent: str = "geeps-operator/0.1.0"    # so API audit logs name us
     finalizer: str = "geeps.dev/operator"       # kopf's finalizer (it needs one for the timer)
+
+    @property
+    def limits(self):
+        from .policy import Limits
+        return Limits(allow_host_path=self.allow_host_path,
+                      blocked_deadline=self.blocked_deadline_seconds,
+                      terminating_grace=self.terminating_grace_seconds)
 
     @property
     def clusterwide(self) -> bool:

@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-host-path", action="store_true",
                    help="let jobs mount hostPath volumes (refused by default, naming the "
                         "field: Pod Security admission would refuse the pods)")
+    p.add_argument("--blocked-deadline-seconds", type=float, default=600.0,
+                   help="fail a job whose pods cannot start (unschedulable, image pull, "
+                        "config errors) or whose writes the API server refuses for this "
+                        "long (default 600)")
+    p.add_argument("--terminating-grace-seconds", type=float, default=300.0,
+                   help="force-delete a job's pod still terminating this long after its "
+                        "deletion (a lost node), so it can be replaced (default 300)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -86,8 +93,11 @@ def connection(args: argparse.Namespace) -> kopf.ConnectionInfo:
 
 def config(argv: list[str]) -> OperatorConfig:
     args = _parser().parse_args(argv)
-    if args.resync_seconds <= 0:
-        raise UsageError("--resync-seconds must be > 0")
+    for value, flag in ((args.resync_seconds, "--resync-seconds"),
+                        (args.blocked_deadline_seconds, "--blocked-deadline-seconds"),
+                        (args.terminating_grace_seconds, "--terminating-grace-seconds")):
+        if not value > 0:
+            raise UsageError(f"{flag} must be > 0")
     for port, flag in ((args.health_port, "--health-port"), (args.metrics_port, "--metrics-port")):
         if not 0 <= port <= 65535:
             raise UsageError(f"{flag} must be 0-65535")
@@ -95,7 +105,9 @@ def config(argv: list[str]) -> OperatorConfig:
     return OperatorConfig(connection=connection(args), namespaces=tuple(args.namespace),
                           resync_seconds=args.resync_seconds, health_port=args.health_port,
                           metrics_port=args.metrics_port,
-                          allow_host_path=args.allow_host_path)
+                          allow_host_path=args.allow_host_path,
+                          blocked_deadline_seconds=args.blocked_deadline_seconds,
+                          terminating_grace_seconds=args.terminating_grace_seconds)
 
 
 async def run(cfg: OperatorConfig, stop_flag: asyncio.Event | None = None) -> None:

@@ -36,6 +36,8 @@ JOB_RBAC_RULES: tuple[dict, ...] = (
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     # The job's NetworkPolicy, created with its service.
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create"]},
+    # The job's PodDisruptionBudget over its shard-serving pods, created with its service.
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": ["create"]},
 )

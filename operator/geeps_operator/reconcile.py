@@ -31,7 +31,7 @@ from . import manifests as m
 from . import metrics
 from .config import OperatorConfig
 from .kube import ApiError, Kube, path, path_of
-from .policy import OWNED, Actions, Observed, decide, reject
+from .policy import OWNED, REFUSALS, Actions, Observed, decide, refused
 
 log = logging.getLogger(__name__)
 
@@ -98,17 +98,21 @@ class Reconciler:
         clock = None if phase in ("Succeeded", "Failed") else \
             await self._clock(ns, name, pods, periodic=trigger == "timer")
         observed = Observed(job=job, pods=pods, has_service=has_service, now=self.now(),
-                            clock=clock, allow_host_path=self.cfg.allow_host_path)
+                            clock=clock, limits=self.cfg.limits)
         actions = decide(observed)
         try:
             await self._apply(job, actions)
         except ApiError as e:
-            if e.status != 422:                # quota, conflicts, outages: retried later
+            if e.status not in REFUSALS:       # conflicts, outages: retried later
                 raise
-            # The API server refused an object the spec produced: no retry can help.
+            # The API server refused one of our writes (Pod Security, a quota, an
+            # object it finds invalid, even our own status): say so on the job, where
+            # the user looks, and let the deadline decide (policy.refused).
+            log.warning("%s/%s: %s", ns, name, e)
             job = await self.kube.get(job_path(ns, name)) or job
-            actions = reject(Observed(job=job, pods=pods, has_service=has_service,
-                                      now=self.now()), "Rejected", e.message)
+            actions = refused(Observed(job=job, pods=pods, has_service=has_service,
+                                       now=self.now(), limits=self.cfg.limits),
+                              e.status, f"the API server refused {e}")
             await self._apply(job, actions)
         metrics.observe_phase(f"{ns}/{name}", actions.status.get("phase"))
         return actions
@@ -145,6 +149,8 @@ class Reconciler:
                 await self.kube.create(path_of(manifest), manifest)
         for pod in actions.delete_pods:
             await self.kube.delete(path("", "v1", "pods", ns, pod))
+        for pod in actions.force_delete:
+            await self.kube.force_delete(path("", "v1", "pods", ns, pod))
         for ev in actions.events:
             kopf.event(job, type=ev.type, reason=ev.reason, message=ev.message)
         if actions.delete_job:

@@ -29,9 +29,17 @@ CONDITIONS: dict[str, str] = {
     "Suspended": "runPolicy.suspend is true: the pods were deleted",
     "CheckpointsDurable": "False when checkpoints are on without spec.checkpoint.volume "
                           "(an emptyDir dies with its pod)",
+    "Blocked": "True while a pod cannot start (Unschedulable, ErrImagePull, "
+               "ImagePullBackOff, CreateContainerConfigError) or the API server refuses "
+               "the operator's writes (Forbidden, Invalid); past the operator's "
+               "--blocked-deadline-seconds the job fails with that reason",
 }
 CONDITION_TYPES = tuple(CONDITIONS)
 PLURAL = {"server": "servers", "worker": "workers"}
+# Why a pod stays Pending that waiting will not fix by itself: the scheduler's
+# Unschedulable and the kubelet's waiting reasons of a container that cannot start.
+BLOCKING = frozenset(["Unschedulable", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                      "CreateContainerConfigError", "CreateContainerError"])
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class PodView:
     terminating: bool           # deletionTimestamp is set: on its way out
     exit_code: int | None       # of the container, once terminated
     reason: str                 # pod or container reason (Evicted, OOMKilled, Error...)
+    # Why a pod that should start does not (scheduler or kubelet), with their message.
+    blocked: str = ""           # Unschedulable | ErrImagePull | ImagePullBackOff | ...
+    blocked_message: str = ""
+    disrupted: str = ""         # the DisruptionTarget condition's reason (eviction, drain)
+    deleted_at: str = ""        # metadata.deletionTimestamp
 
     @property
     def active(self) -> bool:
@@ -74,10 +87,24 @@ def view(pod: dict) -> PodView | None:
         if term:
             exit_code = term.get("exitCode")
             reason = reason or term.get("reason") or ""
+    blocked, blocked_message = "", ""
+    for cs in st.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BLOCKING:
+            blocked, blocked_message = waiting["reason"], waiting.get("message") or ""
+    disrupted = ""
+    for c in st.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and \
+                c.get("reason") == "Unschedulable" and not blocked:
+            blocked, blocked_message = "Unschedulable", c.get("message") or ""
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            disrupted = c.get("reason") or "DisruptionTarget"
     return PodView(name=meta.get("name", ""), uid=meta.get("uid", ""), role=role,
                    index=int(index), phase=st.get("phase") or "Pending",
                    terminating=bool(meta.get("deletionTimestamp")),
-                   exit_code=exit_code, reason=reason)
+                   exit_code=exit_code, reason=reason, blocked=blocked,
+                   blocked_message=blocked_message, disrupted=disrupted,
+                   deleted_at=meta.get("deletionTimestamp") or "")
 
 
 def observe(pods: list[dict], job_name: str) -> list[PodView]:

@@ -36,7 +36,15 @@ How a pod becomes a local process:
   `persistentVolumeClaim`: one directory per claim (namespace + claimName) that
   outlives pods, so a replaced server finds its checkpoints. subPath is honoured.
   Other sources are not mounted.
-- Ignored: images, resources (GPUs included), probes, securityContext, node selection.
+- Failures on request, as a cluster shows them (the pod stays Pending, as it would):
+  a pod whose nodeSelector the one node (NODE_LABELS) does not match gets PodScheduled
+  False, reason Unschedulable (the scheduler's answer); an image named
+  `<anything>/ErrImagePull` or `<anything>/ImagePullBackOff` (PULL_FAILURES) gets that
+  waiting reason; an env source the kubelet cannot resolve (valueFrom other than the
+  fieldRefs above) gets CreateContainerConfigError. `lose(ns, name)` loses the pod's
+  node: its process dies unreported, and a deletion is never confirmed (the pod stays
+  terminating until force-deleted, which the emulator allows).
+- Ignored: resources (GPUs included), probes, securityContext, affinity.
 """
 from __future__ import annotations
 
@@ -57,6 +65,13 @@ from tests.helpers import free_port
 
 FINALIZER = "kubelet.test/graceful"
 NODE = "test-node"
+# The labels of the one node: a nodeSelector asking for anything else is unschedulable.
+NODE_LABELS = {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux", "pool": "gpu"}
+# The last path segment of an image that makes the pull fail, with the kubelet's message.
+PULL_FAILURES = {
+    "ErrImagePull": "rpc error: code = NotFound desc = failed to pull and unpack image",
+    "ImagePullBackOff": "Back-off pulling image",
+}
 MOUNT_TIMEOUT = 20.0           # seconds a pod waits for its Secret before it fails
 _DNS = re.compile(r"\b([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)"
                   r"\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.svc(?:\.cluster\.local)?\b")
@@ -98,6 +113,7 @@ class Kubelet:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._seen: set[str] = set()                  # pod uids ever started
+        self._lost: set[str] = set()                  # pod uids on a lost node
 
     # ---- addresses -------------------------------------------------------------------
     def address(self, ns: str, subdomain: str, host: str) -> str:
@@ -142,6 +158,8 @@ class Kubelet:
         if not uid:
             return
         proc = self.procs.get(uid)
+        if uid in self._lost:
+            return                                    # no kubelet answers for it
         if event.get("type") == "DELETED":
             if proc is not None:
                 self._spawn(self._stop(proc))
@@ -261,13 +279,27 @@ class Kubelet:
         proc = Proc(ns, name, uid, ip, os.path.join(self.log_dir, f"{ns}_{name}_{uid[:8]}.log"))
         self.procs[uid] = proc
         container = spec["containers"][0]
+        selector = spec.get("nodeSelector") or {}
+        if any(NODE_LABELS.get(k) != v for k, v in selector.items()):
+            await self._patch(ns, name, {"status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "lastTransitionTime": now(),
+                "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node "
+                           "affinity/selector."}]}}, "/status")
+            return
+        pull = container.get("image", "").rsplit("/", 1)[-1]
+        if pull in PULL_FAILURES:
+            await self._waiting(ns, name, container, pull,
+                                f'{PULL_FAILURES[pull]} "{container["image"]}"')
+            return
         try:
             try:
                 proc.command = self._command(container)
                 proc.mounts = await self._mount(pod)
                 proc.env = self._environment(pod, ip, proc.mounts)
             except ValueError as e:
-                await self._report(proc, container, None, "CreateContainerConfigError", str(e))
+                # A kubelet keeps retrying such a pod, which stays Pending.
+                await self._waiting(ns, name, container, "CreateContainerConfigError", str(e))
                 return
             await self._patch(ns, name, {"metadata": {"finalizers": [FINALIZER]}})
             try:
@@ -290,6 +322,8 @@ class Kubelet:
                                        "state": {"running": {"startedAt": started}}}]}},
                 "/status")
             code = await proc.process.wait()
+            if uid in self._lost:
+                return                        # nobody reports for a lost node
             proc.exit_code = 128 - code if code < 0 else code     # -15 -> 143, as runtimes do
             await self._report(proc, container, proc.exit_code,
                                "Completed" if proc.exit_code == 0 else "Error", "")
@@ -298,6 +332,14 @@ class Kubelet:
             shutil.rmtree(self._pod_dir(uid), ignore_errors=True)
             proc.started.set()
             proc.done.set()
+
+    async def _waiting(self, ns: str, name: str, container: dict, reason: str,
+                       message: str) -> None:
+        await self._patch(ns, name, {"status": {
+            "phase": "Pending", "containerStatuses": [{
+                "name": container["name"], "ready": False, "restartCount": 0,
+                "image": container.get("image", ""),
+                "state": {"waiting": {"reason": reason, "message": message}}}]}}, "/status")
 
     async def _report(self, proc: Proc, container: dict, code: int | None, reason: str,
                       message: str) -> None:
@@ -346,6 +388,20 @@ class Kubelet:
             t.cancel()
 
     # ---- for tests -----------------------------------------------------------------------
+    def lose(self, ns: str, name: str) -> None:
+        """The node of pod ns/name is lost: its process dies and nothing reports it,
+        and a deletion of the pod is never confirmed. Call on the kubelet's loop."""
+        for proc in list(self.procs.values()):
+            if proc.ns == ns and proc.name == name:
+                self._lost.add(proc.uid)
+                if proc.process is not None and proc.process.returncode is None:
+                    try:
+                        os.killpg(proc.process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return
+        raise KeyError(f"no running pod {ns}/{name}")
+
     def log_text(self, ns: str, name: str) -> str | None:
         for proc in reversed(self.history):
             if proc.ns == ns and proc.name == name:

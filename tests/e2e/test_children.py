@@ -20,6 +20,7 @@ def _children(cluster, ns: str) -> list[dict]:
     for plural, group, version in (("pods", "", "v1"), ("services", "", "v1"),
                                    ("secrets", "", "v1"),
                                    ("networkpolicies", "networking.k8s.io", "v1"),
+                                   ("poddisruptionbudgets", "policy", "v1"),
                                    ("podmonitors", "monitoring.coreos.com", "v1")):
         out += cluster.api.items(cluster.api.path(plural, ns, group=group, version=version))
     return out
@@ -39,6 +40,7 @@ def test_every_child_is_owned_labelled_and_wired(cluster, operator, ns, tmp_path
     assert kinds == [("NetworkPolicy", "wired-geeps"),
                      ("Pod", "wired-server-0"), ("Pod", "wired-server-1"),
                      ("Pod", "wired-worker-0"), ("Pod", "wired-worker-1"),
+                     ("PodDisruptionBudget", "wired-shards"),
                      ("PodMonitor", "wired"), ("Secret", "wired-curve"),
                      ("Service", "wired-server")]
     for k in kids:

@@ -106,6 +106,10 @@ requests it really makes.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [create]
+# The job's PodDisruptionBudget: a drain takes one shard-serving pod at a time.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [create]
 - apiGroups: [""]
   resources: [events]
   verbs: [create]

@@ -80,7 +80,8 @@ def test_a_new_job_gets_service_and_pods_and_is_pending():
     p = run(job(), [], service=False)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in p.create]
     # The Secret first (pods mount it), the Service after what it marks as made.
-    assert kinds == [("Secret", "j-curve"), ("NetworkPolicy", "j-geeps"), ("PodMonitor", "j"),
+    assert kinds == [("Secret", "j-curve"), ("NetworkPolicy", "j-geeps"),
+                     ("PodDisruptionBudget", "j-shards"), ("PodMonitor", "j"),
                      ("Service", "j-server"), ("Pod", "j-server-0"),
                      ("Pod", "j-worker-0"), ("Pod", "j-worker-1")]
     assert p.create[0]["stringData"] == {}          # the reconciler adds the keys
@@ -274,18 +275,93 @@ def test_an_invalid_spec_fails_naming_the_field():
     assert p.events[0].type == "Warning" and "spec.workers.replicas" in p.events[0].message
 
 
-def test_a_pod_the_api_server_refuses_fails_the_job():
+def test_a_refused_write_blocks_the_job_until_the_deadline():
     body = job(active("Pending"), cleanPodPolicy="Running")
-    msg = 'Pod "j-worker-1" is invalid: spec.containers[0].resources.requests[cpu]: ' \
-          'Invalid value: "lots"'
-    p = policy.reject(Observed(job=body, pods=[pod("server", 0)], has_service=True, now=T0),
-                      "Rejected", msg)
-    assert p.status["phase"] == "Failed"
-    assert cond(p, "Failed")["reason"] == "Rejected" and cond(p, "Failed")["message"] == msg
-    assert p.delete_pods == ["j-server-0"] and p.create == []
+    msg = 'POST pods: HTTP 403: pods "j-worker-1" is forbidden: exceeded quota'
+    limits = policy.Limits(blocked_deadline=60)
+    p = policy.refused(Observed(job=body, pods=[pod("server", 0)], has_service=True, now=T0,
+                                limits=limits), 403, msg)
+    assert p.status["phase"] == "Pending" and p.create == [] and p.delete_pods == []
+    assert cond(p, "Blocked")["reason"] == "Forbidden" and cond(p, "Blocked")["message"] == msg
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "Forbidden")]
+    # The next reconcile tries the create again: still Blocked, no second Event.
+    later = T0 + dt.timedelta(seconds=30)
+    again = decide(Observed(job=job(p.status), pods=[pod("server", 0)], has_service=True,
+                            now=later, limits=limits))
+    assert any(o["metadata"]["name"] == "j-worker-0" for o in again.create)
+    assert cond(again, "Blocked")["status"] == "True" and again.events == []
+    # Past the deadline: Failed with the refusal's reason.
+    end = T0 + dt.timedelta(seconds=61)
+    p = policy.refused(Observed(job=job(again.status), pods=[pod("server", 0)],
+                                has_service=True, now=end, limits=limits), 403, msg)
+    assert p.status["phase"] == "Failed" and cond(p, "Failed")["reason"] == "Forbidden"
+    assert p.delete_pods == ["j-server-0"]
     terminal = job(dict(p.status))
-    assert policy.reject(Observed(job=terminal, pods=[], has_service=True, now=T0),
-                         "Rejected", "again").events == []
+    assert policy.refused(Observed(job=terminal, pods=[], has_service=True, now=end),
+                          422, "again").events == []
+
+
+def _waiting(p: dict, reason: str, message: str = "m") -> dict:
+    p["status"]["phase"] = "Pending"
+    p["status"]["containerStatuses"] = [{"name": "geeps", "state": {"waiting": {
+        "reason": reason, "message": message}}}]
+    return p
+
+
+@pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff",
+                                    "CreateContainerConfigError", "Unschedulable"])
+def test_a_pod_that_cannot_start_blocks_then_fails_the_job(reason):
+    limits = policy.Limits(blocked_deadline=60)
+    stuck = pod("worker", 1, "Pending")
+    if reason == "Unschedulable":
+        stuck["status"]["conditions"] = [{"type": "PodScheduled", "status": "False",
+                                          "reason": "Unschedulable", "message": "0/1 nodes"}]
+    else:
+        _waiting(stuck, reason)
+    pods = [pod("server", 0), pod("worker", 0), stuck]
+    p = decide(Observed(job=job(active("Pending")), pods=pods, has_service=True, now=T0,
+                        limits=limits))
+    c = cond(p, "Blocked")
+    assert (c["status"], c["reason"]) == ("True", reason)
+    assert c["message"].startswith("worker 1 (pod j-worker-1): " + reason)
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", reason)]
+    p = decide(Observed(job=job(p.status), pods=pods, has_service=True,
+                        now=T0 + dt.timedelta(seconds=60), limits=limits))
+    assert p.status["phase"] == "Failed" and cond(p, "Failed")["reason"] == reason
+
+
+def test_blocked_clears_when_the_pod_starts():
+    limits = policy.Limits(blocked_deadline=60)
+    stuck = _waiting(pod("worker", 1, "Pending"), "ImagePullBackOff")
+    p = decide(Observed(job=job(active("Pending")), pods=[pod("server", 0), pod("worker", 0),
+                        stuck], has_service=True, now=T0, limits=limits))
+    p = decide(Observed(job=job(p.status), pods=running(), has_service=True,
+                        now=T0 + dt.timedelta(seconds=5), limits=limits))
+    assert p.status["phase"] == "Running"
+    c = cond(p, "Blocked")
+    assert (c["status"], c["reason"]) == ("False", "Unblocked")
+
+
+def test_an_evicted_pod_is_replaced_without_counting():
+    evicted = pod("worker", 0, "Failed", reason="Evicted", code=137)
+    evicted["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                        "reason": "EvictionByEvictionAPI"}]
+    p = run(job(active("Running"), backoffLimit=0), [pod("server", 0), evicted,
+                                                      pod("worker", 1)])
+    assert p.status["phase"] != "Failed" and p.status["restartCount"] == 0
+    assert p.delete_pods == ["j-worker-0"] and "Disrupted" in reasons(p)
+
+
+def test_a_pod_stuck_terminating_is_force_deleted_after_the_grace():
+    limits = policy.Limits(terminating_grace=30)
+    stuck = pod("worker", 0, terminating=True)           # deletionTimestamp T0
+    body = job(active("Running", trackedPods=[{"name": "j-worker-0", "uid": "other"}]))
+    p = decide(Observed(job=body, pods=[pod("server", 0), stuck, pod("worker", 1)],
+                        has_service=True, now=T0 + dt.timedelta(seconds=29), limits=limits))
+    assert p.force_delete == []
+    p = decide(Observed(job=job(p.status), pods=[pod("server", 0), stuck, pod("worker", 1)],
+                        has_service=True, now=T0 + dt.timedelta(seconds=30), limits=limits))
+    assert p.force_delete == ["j-worker-0"] and "ForceDeleted" in reasons(p)
 
 
 def test_a_job_being_deleted_is_left_alone():
@@ -453,7 +529,7 @@ def test_host_path_fails_the_job_naming_the_field():
 
 def test_host_path_allowed_by_the_operator_flag_reaches_the_pods():
     plan = decide(Observed(job=_with_host_path(job()), pods=[], has_service=True, now=T0,
-                           allow_host_path=True))
+                           limits=policy.Limits(allow_host_path=True)))
     assert plan.status["phase"] == "Pending"
     worker = next(p for p in plan.create if p["metadata"]["name"] == "j-worker-0")
     assert {"name": "host", "hostPath": {"path": "/data"}} in worker["spec"]["volumes"]
