@@ -27,8 +27,14 @@ class OperatorConfig:
     #                                             cannot start, a refused write) before it fails
     terminating_grace_seconds: float = 300.0    # s a pod may stay terminating past its
     #                                             deletionTimestamp before it is force-deleted
+    leader_election: bool = False               # hold a Lease before reconciling (replicas > 1)
+    lease_namespace: str = "default"            # where the Lease lives
+    lease_name: str = "geeps-operator"
+    lease_seconds: float = 15.0                 # s without renewal before a standby takes over
+    identity: str = ""                          # this replica's name in the Lease
     user_agent: str = "geeps-operator/0.1.0"    # so API audit logs name us
-    finalizer: str = "geeps.dev/operator"       # kopf's finalizer (it needs one for the timer)
+    finalizer: str = "geeps.dev/operator"       # the finalizer older versions put on jobs
+    #                                             (kopf's, for a timer); removed on sight
 
     @property
     def limits(self):

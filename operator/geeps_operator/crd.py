@@ -28,6 +28,7 @@ _COUNTS = {
         "active": {"type": "integer", "description": "pods pending or running"},
         "succeeded": {"type": "integer", "description": "pods that exited 0"},
         "failed": {"type": "integer", "description": "pods that failed and are still present"},
+        "ready": {"type": "integer", "description": "pods running, not being deleted"},
     },
 }
 
@@ -58,6 +59,10 @@ STATUS_SCHEMA: dict = {
             "type": "object",
             "properties": {"servers": _COUNTS, "workers": _COUNTS},
         },
+        "observedGeneration": {"type": "integer", "description": "metadata.generation of the "
+                                                                 "spec this status reflects"},
+        "workers": {"type": "string", "description": "workers ready (running or finished) / "
+                                                     "desired, for the Workers column"},
         "restartCount": {"type": "integer", "description": "pod restarts counted against "
                                                            "runPolicy.backoffLimit"},
         "clock": {"type": "integer", "description": "last clock worker 0 reported (its "
@@ -85,8 +90,8 @@ STATUS_SCHEMA: dict = {
 PRINTER_COLUMNS: list[dict] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
      "description": "Pending, Running, Restarting, Succeeded, Failed or Suspended"},
-    {"name": "Workers", "type": "integer", "jsonPath": ".status.replicaStatuses.workers.active",
-     "description": "worker pods pending or running"},
+    {"name": "Workers", "type": "string", "jsonPath": ".status.workers",
+     "description": "workers ready (running or succeeded) / desired"},
     {"name": "Clock", "type": "integer", "jsonPath": ".status.clock",
      "description": "last clock reported by worker 0"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartCount", "priority": 1,

@@ -113,6 +113,11 @@ class Kube:
         return await self._call("PATCH", path_, body=body, ok_missing=True,
                                 content_type="application/merge-patch+json")
 
+    async def json_patch(self, path_: str, ops: list[dict]) -> dict | None:
+        """JSON patch (RFC 6902); a failed `test` op is the API's 422. None if gone."""
+        return await self._call("PATCH", path_, body=ops, ok_missing=True,
+                                content_type="application/json-patch+json")
+
     async def delete(self, path_: str, *, propagation: str = "Background") -> bool:
         """True if a deletion was requested, False if the object was already gone."""
         out = await self._call("DELETE", path_, ok_missing=True,

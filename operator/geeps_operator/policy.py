@@ -78,7 +78,7 @@ INFRA_REASONS = frozenset(["Evicted", "Preempting", "NodeLost", "Shutdown", "Ter
                            "Deleted"])
 # status keys this operator owns; others (kopf's) are left alone.
 OWNED = ("phase", "conditions", "replicaStatuses", "restartCount", "clock", "startTime",
-         "completionTime", "countedFailures", "trackedPods")
+         "completionTime", "countedFailures", "trackedPods", "observedGeneration", "workers")
 
 
 # API server refusals of the operator's own writes (HTTP 403 and 422), as Blocked reasons.
@@ -151,6 +151,23 @@ def run_policy(body: dict) -> dict:
 
 def decide(obs: Observed) -> Actions:
     """What this reconcile should do about the job, as observed now."""
+    actions = _decide(obs)
+    _summary(actions.status, obs.job)
+    return actions
+
+
+def _summary(st: dict, body: dict) -> None:
+    """observedGeneration, and the Workers column's ready/desired."""
+    generation = (body.get("metadata") or {}).get("generation")
+    if isinstance(generation, int):
+        st["observedGeneration"] = generation
+    desired = ((body.get("spec") or {}).get("workers") or {}).get("replicas", 1)
+    workers = (st.get("replicaStatuses") or {}).get("workers")
+    if workers is not None and isinstance(desired, int):
+        st["workers"] = f"{workers.get('ready', 0) + workers.get('succeeded', 0)}/{desired}"
+
+
+def _decide(obs: Observed) -> Actions:
     body = obs.job
     actions = _begin(body)
     st = actions.status
@@ -214,6 +231,7 @@ def refused(obs: Observed, status_code: int, message: str) -> Actions:
     if actions.status.get("phase") not in TERMINAL:
         _block(actions, body, s.observe(obs.pods, body["metadata"]["name"]), obs,
                REFUSALS[status_code], message)
+    _summary(actions.status, body)
     return actions
 
 

@@ -69,6 +69,10 @@ class Reconciler:
         self.now = now
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
+    def known(self) -> list[tuple[str, str]]:
+        """(namespace, name) of every job seen and not yet gone."""
+        return list(self._locks)
+
     def forget(self, ns: str, name: str) -> None:
         self._locks.pop((ns, name), None)
         metrics.observe_phase(f"{ns}/{name}", None)
@@ -84,6 +88,7 @@ class Reconciler:
         if job is None:
             self.forget(ns, name)
             return None
+        await self._drop_legacy_finalizer(job)
         if job.get("metadata", {}).get("deletionTimestamp"):
             return None
         pods = await self.kube.list(path("", "v1", "pods", ns),
@@ -108,7 +113,7 @@ class Reconciler:
             # The API server refused one of our writes (Pod Security, a quota, an
             # object it finds invalid, even our own status): say so on the job, where
             # the user looks, and let the deadline decide (policy.refused).
-            log.warning("%s/%s: %s", ns, name, e)
+            log.info("%s/%s: %s", ns, name, e)
             job = await self.kube.get(job_path(ns, name)) or job
             actions = refused(Observed(job=job, pods=pods, has_service=has_service,
                                        now=self.now(), limits=self.cfg.limits),
@@ -116,6 +121,24 @@ class Reconciler:
             await self._apply(job, actions)
         metrics.observe_phase(f"{ns}/{name}", actions.status.get("phase"))
         return actions
+
+    async def _drop_legacy_finalizer(self, job: dict) -> None:
+        """Remove the finalizer earlier versions put on jobs (kopf's, for its timer):
+        with the operator uninstalled it would keep the job, and the CRD, from ever
+        being deleted. The resourceVersion test keeps others' finalizers safe."""
+        meta = job.get("metadata") or {}
+        finalizers = meta.get("finalizers") or []
+        if self.cfg.finalizer not in finalizers:
+            return
+        try:
+            await self.kube.json_patch(job_path(meta["namespace"], meta["name"]), [
+                {"op": "test", "path": "/metadata/resourceVersion",
+                 "value": meta.get("resourceVersion")},
+                {"op": "replace", "path": "/metadata/finalizers",
+                 "value": [f for f in finalizers if f != self.cfg.finalizer]}])
+        except ApiError as e:
+            if e.status != 422:                # 422: the job moved on; next reconcile
+                raise
 
     async def _clock(self, ns: str, name: str, pods: list[dict], *,
                      periodic: bool) -> int | None:

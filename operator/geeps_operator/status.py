@@ -132,6 +132,7 @@ def counts(views: list[PodView]) -> dict:
             "active": sum(v.active for v in mine),
             "succeeded": sum(v.phase == "Succeeded" for v in mine),
             "failed": sum(v.phase == "Failed" for v in mine),
+            "ready": sum(v.phase == "Running" and not v.terminating for v in mine),
         }
     return out
 
@@ -160,7 +161,8 @@ def set_condition(conditions: list[dict], type_: str, reason: str, message: str,
     exclusive ones False).
 
     lastTransitionTime moves only when a condition's status flips, as Kubernetes
-    clients expect; reason and message always reflect the latest cause."""
+    clients expect; reason and message always reflect the latest cause, so a condition
+    turned False by another one says so instead of keeping its stale reason."""
     if type_ not in CONDITIONS:
         raise ValueError(f"condition {type_!r} is not in status.CONDITIONS (the CRD's enum)")
     ts = timestamp(now)
@@ -170,7 +172,8 @@ def set_condition(conditions: list[dict], type_: str, reason: str, message: str,
         for other in EXCLUSIVE:
             c = by_type.get(other)
             if other != type_ and c and c.get("status") == "True":
-                c.update(status="False", lastTransitionTime=ts)
+                c.update(status="False", lastTransitionTime=ts, reason=type_,
+                         message=f"superseded: the job is {type_}")
     c = by_type.get(type_)
     if c is None:
         out.append({"type": type_, "status": status, "reason": reason, "message": message,

@@ -52,6 +52,9 @@ BUILTIN = {
     "v1/resourcequotas": kmock.ResourceInfo(
         kind="ResourceQuota", namespaced=True, shortnames={"quota"},
         verbs={"get", "list", "watch", "create", "patch", "delete"}),
+    "coordination.k8s.io/v1/leases": kmock.ResourceInfo(
+        kind="Lease", namespaced=True, verbs={"get", "list", "watch", "create", "patch",
+                                              "delete"}),
     "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, shortnames={"ev"},
                                     verbs={"get", "list", "watch", "create", "patch"}),
     "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False,
@@ -281,12 +284,17 @@ class Operator:
     BLOCKED_DEADLINE = 4.0
     TERMINATING_GRACE = 8.0
 
+    LEASE_NAMESPACE = "geeps-system"
+
     def __init__(self, cluster: Cluster, workdir: str, resync: float = 0.5,
-                 namespaces: tuple[str, ...] = ()):
+                 namespaces: tuple[str, ...] = (), *, leader_elect: bool = True,
+                 lease_seconds: float = 6.0, standby: bool = False, name: str = "operator"):
+        """`standby`: another replica leads, so do not wait for this one to watch."""
         self.cluster = cluster
+        self.standby = standby
         self.namespaces = namespaces
         self.health_port, self.metrics_port = free_port(), free_port()
-        self.log_path = os.path.join(workdir, "operator.log")
+        self.log_path = os.path.join(workdir, f"{name}.log")
         scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
         self.args = [sys.executable, "-m", "geeps", "operator", *scope,
                      "--server", cluster.operator_url, "--resync-seconds", str(resync),
@@ -294,6 +302,9 @@ class Operator:
                      "--metrics-port", str(self.metrics_port),
                      "--blocked-deadline-seconds", str(self.BLOCKED_DEADLINE),
                      "--terminating-grace-seconds", str(self.TERMINATING_GRACE)]
+        if leader_elect:
+            self.args += ["--leader-elect", "--lease-namespace", self.LEASE_NAMESPACE,
+                          "--lease-seconds", str(lease_seconds)]
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Operator":
@@ -302,7 +313,9 @@ class Operator:
                                      cwd=REPO, start_new_session=True)
         try:
             wait_for(self._healthy, 30, 0.1, "the operator's /healthz")
-            wait_for(self._watching, 30, 0.05, "the operator to watch GeePSJobs and pods")
+            if not self.standby:
+                wait_for(self._watching, 30, 0.05,
+                         "the operator to watch GeePSJobs and pods")
         except AssertionError:
             self.__exit__()
             raise AssertionError(f"operator did not start; log:\n{self.log()}") from None

@@ -67,7 +67,8 @@ def test_every_child_is_owned_labelled_and_wired(cluster, operator, ns, tmp_path
     assert pods["wired-server-1"]["spec"]["subdomain"] == "wired-server"
 
     st = running["status"]
-    assert st["replicaStatuses"]["servers"] == {"active": 2, "succeeded": 0, "failed": 0}
+    assert st["replicaStatuses"]["servers"] == {"active": 2, "succeeded": 0, "failed": 0,
+                                              "ready": 2}
     assert st["startTime"] and "completionTime" not in st
     # The clock: worker 0 printed `geeps:progress {"clock": 5}`; read through pods/log.
     cluster.wait_job(ns, "wired", lambda j: j["status"].get("clock") == 5, 15,

@@ -61,9 +61,25 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The watched namespaces, comma-separated: watchNamespace, then watchNamespaces. */}}
+{{- define "geeps-operator.watchNamespaces" -}}
+{{- $ns := list }}
+{{- with .Values.operator.watchNamespace }}{{ $ns = append $ns . }}{{ end }}
+{{- range .Values.operator.watchNamespaces }}{{ $ns = append $ns . }}{{ end }}
+{{- uniq $ns | join "," }}
+{{- end }}
+
 {{/* True (non-empty) when the operator watches every namespace. */}}
 {{- define "geeps-operator.clusterWide" -}}
-{{- if not .Values.operator.watchNamespace }}true{{ end }}
+{{- if not (include "geeps-operator.watchNamespaces" .) }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the cluster-scoped objects: the release's full name and its namespace, so two
+releases of the same name in different namespaces do not overwrite each other's.
+*/}}
+{{- define "geeps-operator.clusterName" -}}
+{{- printf "%s-%s" (include "geeps-operator.fullname" .) .Release.Namespace }}
 {{- end }}
 
 {{/* Namespace of the dashboard ConfigMap. */}}
@@ -79,7 +95,7 @@ rendered rules with those lists, which the operator's end-to-end test checks aga
 requests it really makes.
 */}}
 {{- define "geeps-operator.rules" -}}
-# kopf lists and watches jobs and patches its finalizer on; the TTL deletes them.
+# kopf lists and watches jobs; older versions' finalizer is patched off; the TTL deletes them.
 - apiGroups: [geeps.dev]
   resources: [geepsjobs]
   verbs: [get, list, watch, patch, delete]
@@ -131,4 +147,11 @@ requests it really makes.
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
+{{- end }}
+
+{{- define "geeps-operator.leaseRules" -}}
+# The replicas' leader election: one Lease, read, created once, renewed by patches.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, patch]
 {{- end }}

@@ -98,7 +98,9 @@ def test_existing_pods_are_not_recreated_and_all_running_is_running():
     assert p.status["phase"] == "Running"
     assert cond(p, "Running")["reason"] == "AllPodsRunning"
     assert "Running" in reasons(p)
-    assert p.status["replicaStatuses"]["workers"] == {"active": 2, "succeeded": 0, "failed": 0}
+    assert p.status["replicaStatuses"]["workers"] == {"active": 2, "succeeded": 0, "failed": 0,
+                                                       "ready": 2}
+    assert p.status["workers"] == "2/2"
     again = run(then(job(), p), running())
     assert status_patch(p.status, again.status) is None and again.events == []
 
@@ -209,8 +211,8 @@ def test_all_workers_succeeded_stops_servers(clean, deleted):
     assert sorted(p.delete_pods) == deleted
     assert p.status["clock"] == 40
     assert p.status["replicaStatuses"] == {
-        "servers": {"active": 0, "succeeded": 0, "failed": 0},
-        "workers": {"active": 0, "succeeded": 2, "failed": 0}}
+        "servers": {"active": 0, "succeeded": 0, "failed": 0, "ready": 0},
+        "workers": {"active": 0, "succeeded": 2, "failed": 0, "ready": 0}}
 
 
 def test_failed_stays_failed_and_cleanup_is_repeated():
@@ -540,3 +542,19 @@ def test_host_access_lists_only_host_paths():
     assert policy.host_access(_spec.validate(body)) == []
     assert policy.host_access(_spec.validate(_with_host_path(body))) == [
         "spec.workers.volumes[1].hostPath", "spec.checkpoint.volume.hostPath"]
+
+
+def test_observed_generation_and_the_workers_column():
+    body = job(active("Pending"))
+    body["metadata"]["generation"] = 3
+    p = run(body, [pod("server", 0), pod("worker", 0), pod("worker", 1, "Pending")])
+    assert p.status["observedGeneration"] == 3
+    assert p.status["workers"] == "1/2"
+
+
+def test_a_superseded_condition_loses_its_stale_reason():
+    conds = set_condition([], "Running", "AllPodsRunning", "all 3 pods running", T0)
+    conds = set_condition(conds, "Restarting", "PodRestarting", "worker 0 failed", T0)
+    running_ = next(c for c in conds if c["type"] == "Running")
+    assert running_["status"] == "False" and running_["reason"] == "Restarting"
+    assert "all 3 pods running" not in running_["message"]
