@@ -7,10 +7,11 @@
     ...                                # reconcile until `lost` or shutdown
     await elector.release()            # on a clean stop: the standby takes over at once
 
-Why a Lease and not kopf's peering: kopf's peering pauses an operator only for a peer
-of *higher* priority; two replicas of one Deployment have the same priority, and
-kopf then merely warns ("possibly conflicting operators") while both keep acting.
-It also needs its own CRDs installed. A Lease is the built-in object every
+Why a Lease and not kopf's peering: kopf's peering pauses an operator for a peer of
+higher priority, and when peers share a priority (as two replicas of one Deployment
+do) it pauses *all* of them, itself included, until only one is left: a warm standby
+would stop the leader instead of waiting behind it. Distinct priorities per replica
+would need a per-pod flag a Deployment cannot give, and peering needs its own CRDs. A Lease is the built-in object every
 Kubernetes controller elects with (client-go's leaderelection), needs three verbs on
 one namespaced resource, and lets a standby replica stay off the API entirely: it
 neither watches nor reconciles until it holds the lease.
