@@ -20,7 +20,7 @@ class OperatorConfig:
     #                                             often, so TTL and deadlines hold without events
     health_port: int = 8080                     # liveness endpoint /healthz; 0 disables
     metrics_port: int = 9090                    # the operator's Prometheus /metrics; 0 disables
-    clock_log_lines: int = 200                  # lines of worker 0's log scanned for its clock
+    progress_timeout_seconds: float = 2.0       # s one scrape of worker 0's metrics may take
     allow_host_path: bool = False               # jobs may mount hostPath volumes (the chart's
     #                                             jobPods.allowHostPath); else refused
     blocked_deadline_seconds: float = 600.0     # s a job may stay Blocked (a pod that

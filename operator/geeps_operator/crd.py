@@ -65,8 +65,23 @@ STATUS_SCHEMA: dict = {
                                                      "desired, for the Workers column"},
         "restartCount": {"type": "integer", "description": "pod restarts counted against "
                                                            "runPolicy.backoffLimit"},
-        "clock": {"type": "integer", "description": "last clock worker 0 reported (its "
-                                                    "geeps:progress log lines)"},
+        "clock": {"type": "integer", "description": "last clock worker 0 reported "
+                                                    "(geeps.report, read from its metrics)"},
+        "progress": {
+            "type": "object",
+            "description": "what worker 0 reports with geeps.report(), read from its "
+                           "metrics endpoint: the figures known so far",
+            "properties": {
+                "loss": {"type": "number"}, "accuracy": {"type": "number"},
+                "epoch": {"type": "number"},
+                "clocks": {"type": "number", "description": "total clocks, if reported"},
+                "epochs": {"type": "number", "description": "total epochs, if reported"},
+                "samplesPerSecond": {"type": "number",
+                                     "description": "worker 0's samples/s, recent"},
+                "etaSeconds": {"type": "integer", "description": "until worker 0 reaches "
+                                                                 "the reported total clocks"},
+            },
+        },
         "startTime": {"type": "string", "format": "date-time",
                       "description": "when pods were first created (reset on resume); "
                                      "activeDeadlineSeconds counts from here"},

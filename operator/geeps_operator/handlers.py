@@ -48,8 +48,8 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig,
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_) -> None:
-        """Close the reconciler's HTTP session on shutdown."""
-        await reconciler.kube.close()
+        """Close the reconciler's HTTP sessions on shutdown."""
+        await reconciler.close()
 
     @kopf.on.event(*JOBS, registry=registry)
     async def job_event(type: str | None, name: str, namespace: str, **_) -> None:

@@ -78,7 +78,8 @@ INFRA_REASONS = frozenset(["Evicted", "Preempting", "NodeLost", "Shutdown", "Ter
                            "Deleted"])
 # status keys this operator owns; others (kopf's) are left alone.
 OWNED = ("phase", "conditions", "replicaStatuses", "restartCount", "clock", "startTime",
-         "completionTime", "countedFailures", "trackedPods", "observedGeneration", "workers")
+         "completionTime", "countedFailures", "trackedPods", "observedGeneration", "workers",
+         "progress")
 
 
 # API server refusals of the operator's own writes (HTTP 403 and 422), as Blocked reasons.
@@ -101,6 +102,7 @@ class Observed:
     has_service: bool                   # the headless service exists
     now: _dt.datetime                   # timezone-aware
     clock: int | None = None            # worker 0's last reported clock, if learned
+    progress: dict | None = None        # status.progress from worker 0 (progress.Progress)
     limits: Limits = Limits()
 
 
@@ -179,6 +181,8 @@ def _decide(obs: Observed) -> Actions:
         return actions
     if obs.clock is not None:
         st["clock"] = obs.clock
+    if obs.progress:
+        st["progress"] = obs.progress
     try:
         job = _spec.validate(body)
     except _spec.SpecError as e:

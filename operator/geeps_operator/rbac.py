@@ -30,8 +30,6 @@ JOB_RBAC_RULES: tuple[dict, ...] = (
      "verbs": ["patch"]},
     # Pods are listed by label on each reconcile, watched by kopf, created and deleted.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "create", "delete"]},
-    # Worker 0's log carries its clock (geeps:progress lines).
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     # The job's CurveZMQ keys, created with its service; the operator never reads,
     # lists or changes a Secret (the garbage collector removes them with the job).

@@ -270,7 +270,7 @@ def test_monitors_select_what_they_should(rendered):
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert pm["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     (pm_ns,) = by_kind(rendered["namespaced"], "PodMonitor")
-    assert pm_ns["spec"]["namespaceSelector"] == {"matchNames": ["ml-team"]}
+    assert pm_ns["spec"]["namespaceSelector"] == {"matchNames": ["ml-team", "ml-research"]}
 
 
 def test_network_policy(rendered):
@@ -282,6 +282,10 @@ def test_network_policy(rendered):
     api = np["spec"]["egress"][0]
     assert sorted(p["port"] for p in api["ports"]) == [443, 6443]
     assert [t["ipBlock"]["cidr"] for t in api["to"]] == ["10.0.0.1/32", "192.168.10.0/24"]
+    # Worker 0's metrics port, in any namespace: where the operator reads progress.
+    pods = np["spec"]["egress"][1]
+    assert pods["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert pods["to"][0]["podSelector"]["matchExpressions"][0]["key"] == "geeps.dev/job-name"
 
 
 # --- values.schema.json -------------------------------------------------------------

@@ -22,8 +22,9 @@ How a pod becomes a local process:
   code, then removes the finalizer. Until then the pod is visible as terminating,
   as on a real node.
 - Logs: stdout and stderr go to a file per pod, served as pods/<name>/log.
-- Metrics: GEEPS_METRICS_PORT is remapped to a free port per pod (the runtime binds
-  its metrics on every interface, and these pods share one network namespace).
+- Metrics: GEEPS_METRICS_ADDR is set to the pod IP (the runtime binds every interface
+  in a pod, and these pods share one network namespace), so each pod serves its
+  metrics on podIP:port as declared, where the operator reads worker 0's progress.
 - Volumes: each mounted volume becomes a local directory, and an environment value
   naming a path under a mountPath is rewritten to the same path under that directory
   (a process cannot see the container's paths; GEEPS_CURVE_DIR and
@@ -61,7 +62,6 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tests.helpers import free_port
 
 FINALIZER = "kubelet.test/graceful"
 NODE = "test-node"
@@ -238,6 +238,10 @@ class Kubelet:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
                "HOSTNAME": spec.get("hostname") or meta["name"]}
+        if os.environ.get("PYTHONPATH"):
+            # The code under test, as the runtime image would hold it (not whatever
+            # geeps an installed package points at).
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         fields = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
                   "status.podIP": ip, "spec.nodeName": NODE}
         for e in spec["containers"][0].get("env") or []:
@@ -256,9 +260,10 @@ class Kubelet:
         if "GEEPS_BIND_HOST" in env:
             env["GEEPS_BIND_HOST"] = ip
         if env.get("GEEPS_METRICS_PORT", "0") != "0":
-            # Metrics bind every interface; pods share this host's network, so each gets a
-            # port of its own (a node's port mapping, in effect).
-            env["GEEPS_METRICS_PORT"] = str(free_port())
+            # Metrics bind every interface in a pod; here pods share this host's network,
+            # so each binds its own pod IP instead, on the port its manifest declares
+            # (the operator scrapes podIP:port, as it would on a cluster).
+            env["GEEPS_METRICS_ADDR"] = ip
         return env
 
     @staticmethod

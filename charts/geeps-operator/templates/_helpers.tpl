@@ -106,10 +106,6 @@ requests it really makes.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
-# Worker 0's log carries the job's clock.
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
 # The headless Service that gives server pods stable names.
 - apiGroups: [""]
   resources: [services]

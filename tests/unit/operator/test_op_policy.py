@@ -9,7 +9,7 @@ from geeps.job import spec as _spec
 from geeps_operator import manifests as m
 from geeps_operator import policy
 from geeps_operator.policy import Observed, decide
-from geeps_operator.reconcile import last_clock, status_patch
+from geeps_operator.reconcile import status_patch
 from geeps_operator.status import set_condition, timestamp
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -397,14 +397,6 @@ def test_status_patch_removes_what_is_gone_and_ignores_foreign_keys():
     new = {"phase": "Running"}
     assert status_patch(old, new) == {"countedFailures": None}
     assert status_patch(new, dict(new)) is None
-
-
-def test_last_clock_reads_the_newest_progress_line():
-    text = ('geeps:progress {"clock": 3, "loss": 1.0}\nnoise\n'
-            'geeps:progress {"clock": 4}\ngeeps:progress {"loss": 0.5}\n')
-    assert last_clock(text) == 4
-    assert last_clock("nothing here\n") is None
-    assert last_clock('geeps:progress {"clock": true}\n') is None
 
 
 # ---- security and durability set up with the job ----------------------------------------
