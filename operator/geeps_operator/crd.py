@@ -28,6 +28,7 @@ _COUNTS = {
         "active": {"type": "integer", "description": "pods pending or running"},
         "succeeded": {"type": "integer", "description": "pods that exited 0"},
         "failed": {"type": "integer", "description": "pods that failed and are still present"},
+        "ready": {"type": "integer", "description": "pods running, not being deleted"},
     },
 }
 
@@ -58,10 +59,29 @@ STATUS_SCHEMA: dict = {
             "type": "object",
             "properties": {"servers": _COUNTS, "workers": _COUNTS},
         },
+        "observedGeneration": {"type": "integer", "description": "metadata.generation of the "
+                                                                 "spec this status reflects"},
+        "workers": {"type": "string", "description": "workers ready (running or finished) / "
+                                                     "desired, for the Workers column"},
         "restartCount": {"type": "integer", "description": "pod restarts counted against "
                                                            "runPolicy.backoffLimit"},
-        "clock": {"type": "integer", "description": "last clock worker 0 reported (its "
-                                                    "geeps:progress log lines)"},
+        "clock": {"type": "integer", "description": "last clock worker 0 reported "
+                                                    "(geeps.report, read from its metrics)"},
+        "progress": {
+            "type": "object",
+            "description": "what worker 0 reports with geeps.report(), read from its "
+                           "metrics endpoint: the figures known so far",
+            "properties": {
+                "loss": {"type": "number"}, "accuracy": {"type": "number"},
+                "epoch": {"type": "number"},
+                "clocks": {"type": "number", "description": "total clocks, if reported"},
+                "epochs": {"type": "number", "description": "total epochs, if reported"},
+                "samplesPerSecond": {"type": "number",
+                                     "description": "worker 0's samples/s, recent"},
+                "etaSeconds": {"type": "integer", "description": "until worker 0 reaches "
+                                                                 "the reported total clocks"},
+            },
+        },
         "startTime": {"type": "string", "format": "date-time",
                       "description": "when pods were first created (reset on resume); "
                                      "activeDeadlineSeconds counts from here"},
@@ -85,8 +105,8 @@ STATUS_SCHEMA: dict = {
 PRINTER_COLUMNS: list[dict] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
      "description": "Pending, Running, Restarting, Succeeded, Failed or Suspended"},
-    {"name": "Workers", "type": "integer", "jsonPath": ".status.replicaStatuses.workers.active",
-     "description": "worker pods pending or running"},
+    {"name": "Workers", "type": "string", "jsonPath": ".status.workers",
+     "description": "workers ready (running or succeeded) / desired"},
     {"name": "Clock", "type": "integer", "jsonPath": ".status.clock",
      "description": "last clock reported by worker 0"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restartCount", "priority": 1,

@@ -4,13 +4,14 @@
     register(registry, cfg, Reconciler(Kube(cfg.connection), cfg))
     await kopf.operator(registry=registry, settings=settings(cfg), ...)
 
-All three triggers (a job changed, one of its pods changed, the periodic timer) call
+All three triggers (a job changed, one of its pods changed, the periodic resync) call
 the same level-triggered Reconciler.reconcile(), which reads the current state and
 acts on it. The timer is what makes TTL and activeDeadlineSeconds hold when nothing
 else happens (Kubeflow's operator misses TTL for want of one).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import kopf
@@ -47,12 +48,13 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig,
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_) -> None:
-        """Close the reconciler's HTTP session on shutdown."""
-        await reconciler.kube.close()
+        """Close the reconciler's HTTP sessions on shutdown."""
+        await reconciler.close()
 
     @kopf.on.event(*JOBS, registry=registry)
     async def job_event(type: str | None, name: str, namespace: str, **_) -> None:
         """A job appeared, changed (spec or status) or went away."""
+        start_resync()
         if type == "DELETED":
             reconciler.forget(namespace, name)
             return
@@ -63,7 +65,31 @@ def register(registry: kopf.OperatorRegistry, cfg: OperatorConfig,
         """One of a job's pods changed phase, appeared or went away."""
         await reconciler.reconcile(namespace, labels[m.LABEL_JOB], trigger="pod")
 
-    @kopf.timer(*JOBS, interval=cfg.resync_seconds, registry=registry)
-    async def resync(name: str, namespace: str, **_) -> None:
-        """Periodic reconcile: deadlines, TTL and the clock advance without events."""
-        await reconciler.reconcile(namespace, name, trigger="timer")
+    tasks: list[asyncio.Task] = []
+
+    def start_resync() -> None:
+        """Periodic reconcile: deadlines, TTL and the clock advance without events.
+
+        Our own loop over the jobs the watch has shown, not kopf.timer: kopf puts a
+        finalizer on every object a timer serves, and a finalizer nobody removes (the
+        operator uninstalled first) leaves `kubectl delete crd` hanging forever.
+        Started from inside a handler, so the task inherits the context kopf.event()
+        posts Events through."""
+        if not tasks:
+            tasks.append(asyncio.ensure_future(_resync(reconciler, cfg.resync_seconds)))
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop_resync(**_) -> None:
+        for t in tasks:
+            t.cancel()
+
+
+async def _resync(reconciler: Reconciler, interval: float) -> None:
+    log = logging.getLogger(__name__)
+    while True:
+        await asyncio.sleep(interval)          # the resync period, not a sync wait
+        for ns, name in reconciler.known():
+            try:
+                await reconciler.reconcile(ns, name, trigger="timer")
+            except Exception as e:              # one job's outage must not stop the others
+                log.warning("resync of %s/%s: %s", ns, name, e)

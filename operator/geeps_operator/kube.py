@@ -44,7 +44,8 @@ def path_of(manifest: dict) -> str:
     """The collection a manifest is POSTed to."""
     group, _, version = manifest["apiVersion"].rpartition("/")
     plural = {"Pod": "pods", "Service": "services", "Secret": "secrets",
-              "PodMonitor": "podmonitors", "NetworkPolicy": "networkpolicies"}[manifest["kind"]]
+              "PodMonitor": "podmonitors", "NetworkPolicy": "networkpolicies",
+              "PodDisruptionBudget": "poddisruptionbudgets"}[manifest["kind"]]
     return path(group, version, plural, manifest["metadata"].get("namespace"))
 
 
@@ -112,11 +113,26 @@ class Kube:
         return await self._call("PATCH", path_, body=body, ok_missing=True,
                                 content_type="application/merge-patch+json")
 
+    async def json_patch(self, path_: str, ops: list[dict]) -> dict | None:
+        """JSON patch (RFC 6902); a failed `test` op is the API's 422. None if gone."""
+        return await self._call("PATCH", path_, body=ops, ok_missing=True,
+                                content_type="application/json-patch+json")
+
     async def delete(self, path_: str, *, propagation: str = "Background") -> bool:
         """True if a deletion was requested, False if the object was already gone."""
         out = await self._call("DELETE", path_, ok_missing=True,
                                body={"kind": "DeleteOptions", "apiVersion": "v1",
                                      "propagationPolicy": propagation})
+        return out is not None
+
+    async def force_delete(self, path_: str) -> bool:
+        """Delete with gracePeriodSeconds 0 (`kubectl delete --force`): the API server
+        removes the object without waiting for a kubelet that may never answer."""
+        out = await self._call("DELETE", path_, ok_missing=True,
+                               params={"gracePeriodSeconds": "0"},
+                               body={"kind": "DeleteOptions", "apiVersion": "v1",
+                                     "gracePeriodSeconds": 0,
+                                     "propagationPolicy": "Background"})
         return out is not None
 
     async def text(self, path_: str, params: dict | None = None) -> str | None:

@@ -327,3 +327,20 @@ def network_policy(job: GeePSJob, owner: dict) -> dict:
             ],
         },
     }
+
+
+def disruption_budget_name(job_name: str) -> str:
+    return f"{job_name}-shards"
+
+
+def disruption_budget(job: GeePSJob, owner: dict) -> dict:
+    """PodDisruptionBudget `<job>-shards`: a voluntary disruption (a node drain, the
+    eviction API) takes at most one shard-serving pod at a time; each shard lost at
+    once is a rollback to a checkpoint, several at once can be the whole model."""
+    return {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": _meta(job, disruption_budget_name(job.name), owner, labels(job)),
+        "spec": {"maxUnavailable": 1,
+                 "selector": {"matchLabels": {LABEL_JOB: job.name,
+                                              LABEL_ROLE: job.shard_role}}},
+    }

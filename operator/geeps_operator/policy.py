@@ -22,13 +22,23 @@ Rules (see also README.md, "Kubernetes"):
   last seen alive; one that is terminating or gone without the operator having
   deleted it was lost. (A pod created and deleted between two reconciles is replaced
   but not counted: nothing saw it alive.)
+- A pod with the condition DisruptionTarget (an eviction, a node drain, preemption) is
+  replaced without counting against backoffLimit (Event Disrupted). A pod terminating
+  for longer than Limits.terminating_grace past its deletionTimestamp (its node is
+  lost, so no kubelet confirms the deletion) is force-deleted (Event ForceDeleted).
+- A pod that cannot start (status.BLOCKING: Unschedulable, ErrImagePull,
+  ImagePullBackOff, CreateContainerConfigError...) or a write the API server refuses
+  (403, 422; see `refused`) sets the condition Blocked with the reason and a Warning
+  Event; Blocked for longer than Limits.blocked_deadline fails the job with that
+  reason. Blocked turns False once nothing blocks.
 - Every replacement counts once against runPolicy.backoffLimit (shared by roles, as
   in Kubernetes Jobs); the failure past it fails the job (BackoffLimitExceeded). The
   counted pod's uid is kept in status.countedFailures until the pod is gone, so a
   repeated reconcile never counts it twice. While a replacement is pending the phase
   is Restarting; status.restartCount says how many there were.
 - Made with the headless service, before the first pods: the CurveZMQ Secret (unless
-  spec.security.insecure, which gets a Warning Event instead), the NetworkPolicy, and,
+  spec.security.insecure, which gets a Warning Event instead), the NetworkPolicy, the
+  PodDisruptionBudget of the shard-serving pods (maxUnavailable 1), and,
   when checkpoints are on without a volume, a Warning Event and the condition
   CheckpointsDurable=False (an emptyDir dies with its pod, so a replaced server
   starts its shard afresh).
@@ -45,8 +55,9 @@ Rules (see also README.md, "Kubernetes"):
   (its children go with it through their owner references).
 - suspend: true deletes every pod (phase Suspended); false brings them back.
 - A spec that does not validate fails the job at once (InvalidSpec, naming the field);
-  a pod the API server refuses as invalid (HTTP 422) fails it too (Rejected, with the
-  API server's message), since no retry can fix either.
+  so does one with a hostPath volume, unless the operator runs with --allow-host-path
+  (HostPathNotAllowed, naming the field: see host_access);
+  a write the API server refuses blocks it (above).
 """
 from __future__ import annotations
 
@@ -67,7 +78,21 @@ INFRA_REASONS = frozenset(["Evicted", "Preempting", "NodeLost", "Shutdown", "Ter
                            "Deleted"])
 # status keys this operator owns; others (kopf's) are left alone.
 OWNED = ("phase", "conditions", "replicaStatuses", "restartCount", "clock", "startTime",
-         "completionTime", "countedFailures", "trackedPods")
+         "completionTime", "countedFailures", "trackedPods", "observedGeneration", "workers",
+         "progress")
+
+
+# API server refusals of the operator's own writes (HTTP 403 and 422), as Blocked reasons.
+REFUSALS = {403: "Forbidden", 422: "Invalid"}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The operator's settings the policy reads (flags of `geeps operator`)."""
+    allow_host_path: bool = False       # the chart's jobPods.allowHostPath
+    blocked_deadline: float = 600.0     # s a job may stay Blocked before it fails
+    terminating_grace: float = 300.0    # s past its deletionTimestamp a pod may stay
+    #                                     terminating before it is force-deleted
 
 
 @dataclass(frozen=True)
@@ -77,6 +102,8 @@ class Observed:
     has_service: bool                   # the headless service exists
     now: _dt.datetime                   # timezone-aware
     clock: int | None = None            # worker 0's last reported clock, if learned
+    progress: dict | None = None        # status.progress from worker 0 (progress.Progress)
+    limits: Limits = Limits()
 
 
 @dataclass(frozen=True)
@@ -93,6 +120,7 @@ class Actions:
     status: dict                        # the operator-owned status the job should have
     create: list[dict] = field(default_factory=list)
     delete_pods: list[str] = field(default_factory=list)
+    force_delete: list[str] = field(default_factory=list)   # stuck terminating: grace 0
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
 
@@ -125,6 +153,23 @@ def run_policy(body: dict) -> dict:
 
 def decide(obs: Observed) -> Actions:
     """What this reconcile should do about the job, as observed now."""
+    actions = _decide(obs)
+    _summary(actions.status, obs.job)
+    return actions
+
+
+def _summary(st: dict, body: dict) -> None:
+    """observedGeneration, and the Workers column's ready/desired."""
+    generation = (body.get("metadata") or {}).get("generation")
+    if isinstance(generation, int):
+        st["observedGeneration"] = generation
+    desired = ((body.get("spec") or {}).get("workers") or {}).get("replicas", 1)
+    workers = (st.get("replicaStatuses") or {}).get("workers")
+    if workers is not None and isinstance(desired, int):
+        st["workers"] = f"{workers.get('ready', 0) + workers.get('succeeded', 0)}/{desired}"
+
+
+def _decide(obs: Observed) -> Actions:
     body = obs.job
     actions = _begin(body)
     st = actions.status
@@ -136,12 +181,22 @@ def decide(obs: Observed) -> Actions:
         return actions
     if obs.clock is not None:
         st["clock"] = obs.clock
+    if obs.progress:
+        st["progress"] = obs.progress
     try:
         job = _spec.validate(body)
     except _spec.SpecError as e:
         field_, message = e.problems[0]
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
         _fail(actions, body, views, obs.now, "InvalidSpec", f"{field_}: {message}{more}")
+        return actions
+    refused = host_access(job) if not obs.limits.allow_host_path else []
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        _fail(actions, body, views, obs.now, "HostPathNotAllowed",
+              f"{refused[0]}: hostPath volumes are not allowed by this operator "
+              f"(chart value jobPods.allowHostPath is false){more}; a cluster's Pod "
+              f"Security admission would refuse the pods")
         return actions
     if job.run_policy["suspend"]:
         _suspend(actions, views, obs.now)
@@ -150,15 +205,80 @@ def decide(obs: Observed) -> Actions:
     return actions
 
 
-def reject(obs: Observed, reason: str, message: str) -> Actions:
-    """Fail the job for a cause found while acting, e.g. the API server refusing a pod
-    the spec produced (an invalid resource quantity): retrying cannot fix it."""
+def host_access(job: _spec.GeePSJob) -> list[str]:
+    """The spec's fields that would give pods the node's filesystem (hostPath volumes).
+
+    These are the only host access a spec can carry: the operator writes every pod's
+    securityContext itself (non-root, no privilege escalation, no capabilities) and the
+    spec has no field for privileged, hostNetwork, hostPID or hostIPC (an unknown field
+    is refused under Strict validation and pruned otherwise). A cluster's Pod Security
+    admission (baseline) refuses hostPath with a 403 the job could never get past, so
+    the operator refuses it first, with the field, unless the chart allows it."""
+    out = []
+    for role in ("servers", "workers"):
+        for i, vol in enumerate((job.spec.get(role) or {}).get("volumes") or []):
+            if isinstance(vol, dict) and "hostPath" in vol:
+                out.append(f"spec.{role}.volumes[{i}].hostPath")
+    volume = (job.spec.get("checkpoint") or {}).get("volume")
+    if isinstance(volume, dict) and "hostPath" in volume:
+        out.append("spec.checkpoint.volume.hostPath")
+    return out
+
+
+def refused(obs: Observed, status_code: int, message: str) -> Actions:
+    """The API server refused one of the operator's writes (403: Pod Security
+    admission, a quota; 422: an object it finds invalid). Retrying may help (a quota
+    frees up) or not, so the job is Blocked with the API server's message and a Warning
+    Event, and fails once Blocked for longer than Limits.blocked_deadline."""
     body = obs.job
     actions = _begin(body)
     if actions.status.get("phase") not in TERMINAL:
-        _fail(actions, body, s.observe(obs.pods, body["metadata"]["name"]), obs.now, reason,
-              message)
+        _block(actions, body, s.observe(obs.pods, body["metadata"]["name"]), obs,
+               REFUSALS[status_code], message)
+    _summary(actions.status, body)
     return actions
+
+
+def _blocked(actions: Actions, body: dict, views: list[s.PodView], obs: Observed) -> bool:
+    """Set or clear the Blocked condition from the pods that cannot start; True if the
+    job failed for having been blocked too long."""
+    st = actions.status
+    stuck = [v for v in views if v.active and v.blocked]
+    if stuck:
+        v = stuck[0]
+        more = f" (and {len(stuck) - 1} more pods)" if len(stuck) > 1 else ""
+        return _block(actions, body, views, obs, v.blocked,
+                      f"{v.role} {v.index} (pod {v.name}): {v.blocked}: "
+                      f"{v.blocked_message}{more}")
+    c = s.condition(st["conditions"], "Blocked")
+    if c is None or c.get("status") != "True":
+        return False
+    if c.get("reason") in REFUSALS.values() and actions.create:
+        # The refused creates are about to be tried again: still blocked, same clock.
+        return _block(actions, body, views, obs, c["reason"], c.get("message", ""))
+    st["conditions"] = s.set_condition(st["conditions"], "Blocked", "Unblocked",
+                                       f"no longer blocked (was {c.get('reason')})", obs.now,
+                                       status="False")
+    return False
+
+
+def _block(actions: Actions, body: dict, views: list[s.PodView], obs: Observed,
+           reason: str, message: str) -> bool:
+    """Blocked=True for `reason` (a Warning Event when the reason is new); past the
+    deadline, counted from when the job became Blocked, fail it and say True."""
+    st, now, deadline = actions.status, obs.now, obs.limits.blocked_deadline
+    c = s.condition(st["conditions"], "Blocked")
+    was = c is not None and c.get("status") == "True"
+    since = (s.parse_time(c.get("lastTransitionTime")) if was else None) or now
+    if now >= since + _dt.timedelta(seconds=deadline):
+        _fail(actions, body, views, now, reason,
+              f"{message}; blocked for {deadline:g} s (the operator's "
+              f"--blocked-deadline-seconds)")
+        return True
+    st["conditions"] = s.set_condition(st["conditions"], "Blocked", reason, message, now)
+    if not (was and c.get("reason") == reason):
+        actions.emit("Warning", reason, message)
+    return False
 
 
 def _begin(body: dict) -> Actions:
@@ -248,8 +368,10 @@ def _active(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.Pod
         return
     if s.condition(st["conditions"], "Created") is None:
         _created(actions, job, now)
-    pods = _walk_pods(actions, body, job, views, owner, now)
+    pods = _walk_pods(actions, body, job, views, owner, obs)
     if pods is None:                                # a failure failed the job
+        return
+    if _blocked(actions, body, views, obs):
         return
     st["replicaStatuses"] = s.counts(views)
     if pods.done == job.workers.replicas:
@@ -275,6 +397,7 @@ def _create_children(actions: Actions, job: _spec.GeePSJob, owner: dict) -> None
         # Without keys: they are random, so the reconciler adds them (see manifests).
         actions.create.append(m.curve_secret(job, owner))
     actions.create.append(m.network_policy(job, owner))
+    actions.create.append(m.disruption_budget(job, owner))
     actions.create.append(m.pod_monitor(job, owner))
     actions.create.append(m.service(job, owner))
 
@@ -307,7 +430,7 @@ class _Pods:
 
 
 def _walk_pods(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
-               owner: dict, now: _dt.datetime) -> _Pods | None:
+               owner: dict, obs: Observed) -> _Pods | None:
     """Every (role, index) slot of the job: None if a failure failed the job.
     Records status.countedFailures and status.trackedPods for the next reconcile."""
     st = actions.status
@@ -319,7 +442,7 @@ def _walk_pods(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.
             actions.delete_pods.append(v.name)
     for role in s.ROLES:
         for i in range(job.processes(role)):
-            if not _slot(actions, body, job, views, owner, now, pods, role, i):
+            if not _slot(actions, body, job, views, owner, obs, pods, role, i):
                 return None
     if pods.counted:
         st["countedFailures"] = pods.counted
@@ -333,9 +456,11 @@ def _walk_pods(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.
 
 
 def _slot(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodView],
-          owner: dict, now: _dt.datetime, pods: _Pods, role: str, i: int) -> bool:
+          owner: dict, obs: Observed, pods: _Pods, role: str, i: int) -> bool:
     """Slot (role, i): count its pod as lost if it vanished, create it if missing,
-    count and delete it if it failed. False if a failure failed the job."""
+    count and delete it if it failed, force-delete it if stuck terminating. False if a
+    failure failed the job."""
+    now = obs.now
     name = m.pod_name(job.name, role, i)
     policy = job.servers.restart_policy if role == "server" else job.workers.restart_policy
     v = s.current(views, role, i)
@@ -344,7 +469,9 @@ def _slot(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodVi
         pods.tracked[name] = v.uid             # alive: should it vanish, it was lost
     if last_uid is not None and (v is None or v.uid != last_uid or v.terminating):
         lost = s.PodView(name=name, uid=last_uid, role=role, index=i, phase="Unknown",
-                         terminating=True, exit_code=None, reason="Deleted")
+                         terminating=True, exit_code=None, reason="Deleted",
+                         disrupted=v.disrupted if v is not None and v.uid == last_uid
+                         else "")
         if not _count(actions, body, views, job, policy, lost, now,
                       f"{role} {i} (pod {name}) was deleted (a lost node, an "
                       f"eviction or a deletion from outside)"):
@@ -353,7 +480,17 @@ def _slot(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodVi
     if v is None:
         actions.create.append(m.role_pod(job, role, i, owner))
     elif v.terminating:
-        pass                                   # its replacement waits for the name
+        # Its replacement waits for the name. A pod whose node is lost never finishes
+        # terminating (no kubelet confirms it): past the grace period it is
+        # force-deleted, as `kubectl delete --force` would, so the slot comes back.
+        since = s.parse_time(v.deleted_at)
+        grace = obs.limits.terminating_grace
+        if since is not None and now >= since + _dt.timedelta(seconds=grace):
+            actions.force_delete.append(v.name)
+            actions.emit("Warning", "ForceDeleted",
+                         f"{role} {i} (pod {v.name}) still terminating {grace:g} s after "
+                         f"its deletion (a lost node?): force-deleted so its replacement "
+                         f"can start")
     elif role == "worker" and v.phase == "Succeeded":
         pods.done += 1
         pods.up += 1
@@ -420,6 +557,13 @@ def _count(actions: Actions, body: dict, views: list[s.PodView], job: _spec.GeeP
     st = actions.status
     limit = job.run_policy["backoffLimit"]
     ok, why = restartable(policy, v)
+    if ok and v.disrupted:
+        # An eviction or a drain is the cluster's doing, not the job's: replaced, not
+        # counted (as a Job's podFailurePolicy Ignore on DisruptionTarget).
+        actions.emit("Warning", "Disrupted",
+                     f"{what}; DisruptionTarget ({v.disrupted}): replaced, not counted "
+                     f"against runPolicy.backoffLimit")
+        return True
     if not ok:
         _fail(actions, body, views, now, f"{v.role.capitalize()}Failed", f"{what}; {why}")
         return False

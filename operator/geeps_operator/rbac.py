@@ -1,9 +1,10 @@
 """The Kubernetes permissions the operator needs, declared once.
 
-    from geeps_operator.rbac import JOB_RBAC_RULES, CLUSTER_RULES, NAMESPACE_RULES
+    from geeps_operator.rbac import JOB_RBAC_RULES, CLUSTER_RULES, NAMESPACE_RULES, LEASE_RULES
     # --all-namespaces: one ClusterRole with [*JOB_RBAC_RULES, *CLUSTER_RULES]
     # --namespace NS..: a Role with JOB_RBAC_RULES in each NS, and a ClusterRole with
     #                   [*CLUSTER_RULES, *NAMESPACE_RULES]
+    # --leader-elect: a Role with LEASE_RULES in the operator's own namespace
 
 The Helm chart renders its ClusterRole/Role from these lists; an end-to-end test
 records every request the running operator makes and checks both directions: each
@@ -21,23 +22,31 @@ from geeps.job import spec as _spec
 # RBAC rules on the jobs and what they make (namespaced), in every namespace the
 # operator watches.
 JOB_RBAC_RULES: tuple[dict, ...] = (
-    # kopf lists and watches jobs, patches its finalizer on; the TTL deletes them.
+    # kopf lists and watches jobs; the operator removes the finalizer older versions put
+    # on them (patch); the TTL deletes them.
     {"apiGroups": [_spec.GROUP], "resources": [_spec.PLURAL],
      "verbs": ["get", "list", "watch", "patch", "delete"]},
     {"apiGroups": [_spec.GROUP], "resources": [f"{_spec.PLURAL}/status"],
      "verbs": ["patch"]},
     # Pods are listed by label on each reconcile, watched by kopf, created and deleted.
     {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch", "create", "delete"]},
-    # Worker 0's log carries its clock (geeps:progress lines).
-    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "create"]},
     # The job's CurveZMQ keys, created with its service; the operator never reads,
     # lists or changes a Secret (the garbage collector removes them with the job).
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
     # The job's NetworkPolicy, created with its service.
     {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["create"]},
+    # The job's PodDisruptionBudget over its shard-serving pods, created with its service.
+    {"apiGroups": ["policy"], "resources": ["poddisruptionbudgets"], "verbs": ["create"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
     {"apiGroups": ["monitoring.coreos.com"], "resources": ["podmonitors"], "verbs": ["create"]},
+)
+
+# In the operator's own namespace, with --leader-elect (the chart's Role there): the
+# Lease that decides which replica reconciles (geeps_operator.leader).
+LEASE_RULES: tuple[dict, ...] = (
+    {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+     "verbs": ["get", "create", "patch"]},
 )
 
 # Cluster-scoped, always: kopf watches CRDs to learn when GeePSJob is served.
@@ -65,7 +74,8 @@ def triples(rules) -> set[tuple[str, str, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    yaml.safe_dump({"rules": list(JOB_RBAC_RULES), "clusterRules": list(CLUSTER_RULES),
+    yaml.safe_dump({"rules": list(JOB_RBAC_RULES), "leaseRules": list(LEASE_RULES),
+                    "clusterRules": list(CLUSTER_RULES),
                     "namespaceRules": list(NAMESPACE_RULES)}, sys.stdout, sort_keys=False)
     return 0
 

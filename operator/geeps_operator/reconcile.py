@@ -11,27 +11,30 @@ The CurveZMQ Secret is the one object not built whole by a pure function: its ke
 are random, so the policy asks for it empty and _create_keys() fills it as it is
 created. The operator never reads a Secret back (and has no RBAC to).
 
-The job's clock is learned from worker 0's log through the pods/log API: workers
-print `geeps:progress {"clock": ...}` lines (geeps.job.progress), so the operator needs
-no network path to the pods and no protocol of its own, only RBAC on pods/log.
+The job's clock, loss, samples/s and ETA come from worker 0's metrics endpoint over
+HTTP (geeps_operator.progress): what geeps.report() exports there. The operator needs
+a network path to that port (the job's NetworkPolicy admits it from anywhere) and no
+RBAC on pods/log.
 """
 from __future__ import annotations
 
 import asyncio
 import datetime as _dt
 import logging
+import time
 from typing import Callable
 
 import kopf
 
-from geeps.job import progress
+import aiohttp
+
 from geeps.job import spec as _spec
 
 from . import manifests as m
-from . import metrics
+from . import metrics, progress
 from .config import OperatorConfig
 from .kube import ApiError, Kube, path, path_of
-from .policy import OWNED, Actions, Observed, decide, reject
+from .policy import OWNED, REFUSALS, Actions, Observed, decide, refused
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +54,6 @@ def status_patch(old: dict, new: dict) -> dict | None:
     return patch or None
 
 
-def last_clock(text: str) -> int | None:
-    """The clock of the last progress line in a log excerpt."""
-    for line in reversed(text.splitlines()):
-        fields = progress.parse(line.strip())
-        if fields and isinstance(fields.get("clock"), int) and not isinstance(
-                fields["clock"], bool):
-            return fields["clock"]
-    return None
-
-
 class Reconciler:
     def __init__(self, kube: Kube, cfg: OperatorConfig,
                  now: Callable[[], _dt.datetime] = lambda: _dt.datetime.now(_dt.timezone.utc)):
@@ -68,9 +61,16 @@ class Reconciler:
         self.cfg = cfg
         self.now = now
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._tracked: dict[tuple[str, str], progress.Progress] = {}   # worker 0's progress
+        self._session: aiohttp.ClientSession | None = None
+
+    def known(self) -> list[tuple[str, str]]:
+        """(namespace, name) of every job seen and not yet gone."""
+        return list(self._locks)
 
     def forget(self, ns: str, name: str) -> None:
         self._locks.pop((ns, name), None)
+        self._tracked.pop((ns, name), None)
         metrics.observe_phase(f"{ns}/{name}", None)
 
     async def reconcile(self, ns: str, name: str, *, trigger: str) -> Actions | None:
@@ -84,6 +84,7 @@ class Reconciler:
         if job is None:
             self.forget(ns, name)
             return None
+        await self._drop_legacy_finalizer(job)
         if job.get("metadata", {}).get("deletionTimestamp"):
             return None
         job = m.with_default_image(job, self.cfg.runtime_image)
@@ -96,41 +97,99 @@ class Reconciler:
         has_service = await self.kube.get(
             path("", "v1", "services", ns, m.service_name(name))) is not None
         phase = (job.get("status") or {}).get("phase")
-        clock = None if phase in ("Succeeded", "Failed") else \
-            await self._clock(ns, name, pods, periodic=trigger == "timer")
+        tracked = None
+        if phase not in ("Succeeded", "Failed"):
+            tracked = await self._progress(ns, name, pods) if trigger == "timer" or \
+                self._worker0_done(name, pods) else self._tracked.get((ns, name))
         observed = Observed(job=job, pods=pods, has_service=has_service, now=self.now(),
-                            clock=clock)
+                            clock=tracked.clock if tracked else None,
+                            progress=tracked.status() if tracked else None,
+                            limits=self.cfg.limits)
         actions = decide(observed)
         try:
             await self._apply(job, actions)
         except ApiError as e:
-            if e.status != 422:                # quota, conflicts, outages: retried later
+            if e.status not in REFUSALS:       # conflicts, outages: retried later
                 raise
-            # The API server refused an object the spec produced: no retry can help.
+            # The API server refused one of our writes (Pod Security, a quota, an
+            # object it finds invalid, even our own status): say so on the job, where
+            # the user looks, and let the deadline decide (policy.refused).
+            log.info("%s/%s: %s", ns, name, e)
             job = await self.kube.get(job_path(ns, name)) or job
-            actions = reject(Observed(job=job, pods=pods, has_service=has_service,
-                                      now=self.now()), "Rejected", e.message)
+            actions = refused(Observed(job=job, pods=pods, has_service=has_service,
+                                       now=self.now(), limits=self.cfg.limits),
+                              e.status, f"the API server refused {e}")
             await self._apply(job, actions)
         metrics.observe_phase(f"{ns}/{name}", actions.status.get("phase"))
         return actions
 
-    async def _clock(self, ns: str, name: str, pods: list[dict], *,
-                     periodic: bool) -> int | None:
-        """Worker 0's clock: read on periodic reconciles while it runs (pod events can
-        come in bursts; one log read per resync is enough), and once more when it ends."""
-        worker0 = m.pod_name(name, "worker", 0)
-        pod = next((p for p in pods if p["metadata"].get("name") == worker0), None)
-        phase = (pod or {}).get("status", {}).get("phase")
-        if not (phase == "Succeeded" or (phase == "Running" and periodic)):
-            return None
+    async def _drop_legacy_finalizer(self, job: dict) -> None:
+        """Remove the finalizer earlier versions put on jobs (kopf's, for its timer):
+        with the operator uninstalled it would keep the job, and the CRD, from ever
+        being deleted. The resourceVersion test keeps others' finalizers safe."""
+        meta = job.get("metadata") or {}
+        finalizers = meta.get("finalizers") or []
+        if self.cfg.finalizer not in finalizers:
+            return
         try:
-            text = await self.kube.text(path("", "v1", "pods", ns, worker0, "log"),
-                                        {"container": m.CONTAINER,
-                                         "tailLines": str(self.cfg.clock_log_lines)})
-        except (ApiError, OSError, asyncio.TimeoutError) as e:
-            log.debug("no clock from %s/%s: %s", ns, worker0, e)
-            return None
-        return last_clock(text or "")
+            await self.kube.json_patch(job_path(meta["namespace"], meta["name"]), [
+                {"op": "test", "path": "/metadata/resourceVersion",
+                 "value": meta.get("resourceVersion")},
+                {"op": "replace", "path": "/metadata/finalizers",
+                 "value": [f for f in finalizers if f != self.cfg.finalizer]}])
+        except ApiError as e:
+            if e.status != 422:                # 422: the job moved on; next reconcile
+                raise
+
+    async def _progress(self, ns: str, name: str, pods: list[dict]) -> Progress | None:
+        """Worker 0's progress, scraped from its metrics endpoint over HTTP on periodic
+        reconciles while it runs (pod events come in bursts; one scrape per resync is
+        enough). None until something was read."""
+        worker0 = m.pod_name(name, "worker", 0)
+        by_name = {p["metadata"].get("name"): p for p in pods}
+        tracked = self._tracked.get((ns, name))
+        pod = by_name.get(worker0)
+        if (pod or {}).get("status", {}).get("phase") == "Succeeded":
+            # Worker 0 is done: a shard server that still runs knows the final clock.
+            pod = by_name.get(m.pod_name(name, "server", 0))
+        st = (pod or {}).get("status") or {}
+        ip = st.get("podIP")
+        port = next((pt.get("containerPort") for c in (pod or {}).get("spec", {}).get(
+            "containers", []) for pt in c.get("ports") or []
+            if pt.get("name") == m.METRICS_PORT_NAME), None)
+        if st.get("phase") != "Running" or not ip or not port or \
+                (pod or {}).get("metadata", {}).get("deletionTimestamp"):
+            return tracked
+        host = f"[{ip}]" if ":" in ip else ip
+        try:
+            async with self._http().get(f"http://{host}:{port}/metrics") as r:
+                text = await r.text() if r.status == 200 else ""
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            log.debug("no progress from %s/%s: %s", ns, pod["metadata"]["name"], e)
+            return tracked
+        fields = progress.parse(text)
+        if fields:
+            tracked = self._tracked.setdefault((ns, name), progress.Progress())
+            tracked.feed(fields, time.monotonic())
+        return tracked
+
+    @staticmethod
+    def _worker0_done(name: str, pods: list[dict]) -> bool:
+        """Worker 0 has just finished: the last chance to read the final clock (from a
+        server) before the job's servers are stopped, whatever triggered us."""
+        return any(p["metadata"].get("name") == m.pod_name(name, "worker", 0) and
+                   (p.get("status") or {}).get("phase") == "Succeeded" for p in pods)
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.cfg.progress_timeout_seconds))
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        await self.kube.close()
 
     async def _apply(self, job: dict, actions: Actions) -> None:
         ns, name = job["metadata"]["namespace"], job["metadata"]["name"]
@@ -146,6 +205,8 @@ class Reconciler:
                 await self.kube.create(path_of(manifest), manifest)
         for pod in actions.delete_pods:
             await self.kube.delete(path("", "v1", "pods", ns, pod))
+        for pod in actions.force_delete:
+            await self.kube.force_delete(path("", "v1", "pods", ns, pod))
         for ev in actions.events:
             kopf.event(job, type=ev.type, reason=ev.reason, message=ev.message)
         if actions.delete_job:

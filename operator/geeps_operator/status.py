@@ -29,9 +29,17 @@ CONDITIONS: dict[str, str] = {
     "Suspended": "runPolicy.suspend is true: the pods were deleted",
     "CheckpointsDurable": "False when checkpoints are on without spec.checkpoint.volume "
                           "(an emptyDir dies with its pod)",
+    "Blocked": "True while a pod cannot start (Unschedulable, ErrImagePull, "
+               "ImagePullBackOff, CreateContainerConfigError) or the API server refuses "
+               "the operator's writes (Forbidden, Invalid); past the operator's "
+               "--blocked-deadline-seconds the job fails with that reason",
 }
 CONDITION_TYPES = tuple(CONDITIONS)
 PLURAL = {"server": "servers", "worker": "workers"}
+# Why a pod stays Pending that waiting will not fix by itself: the scheduler's
+# Unschedulable and the kubelet's waiting reasons of a container that cannot start.
+BLOCKING = frozenset(["Unschedulable", "ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                      "CreateContainerConfigError", "CreateContainerError"])
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,11 @@ class PodView:
     terminating: bool           # deletionTimestamp is set: on its way out
     exit_code: int | None       # of the container, once terminated
     reason: str                 # pod or container reason (Evicted, OOMKilled, Error...)
+    # Why a pod that should start does not (scheduler or kubelet), with their message.
+    blocked: str = ""           # Unschedulable | ErrImagePull | ImagePullBackOff | ...
+    blocked_message: str = ""
+    disrupted: str = ""         # the DisruptionTarget condition's reason (eviction, drain)
+    deleted_at: str = ""        # metadata.deletionTimestamp
 
     @property
     def active(self) -> bool:
@@ -74,10 +87,24 @@ def view(pod: dict) -> PodView | None:
         if term:
             exit_code = term.get("exitCode")
             reason = reason or term.get("reason") or ""
+    blocked, blocked_message = "", ""
+    for cs in st.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in BLOCKING:
+            blocked, blocked_message = waiting["reason"], waiting.get("message") or ""
+    disrupted = ""
+    for c in st.get("conditions") or []:
+        if c.get("type") == "PodScheduled" and c.get("status") == "False" and \
+                c.get("reason") == "Unschedulable" and not blocked:
+            blocked, blocked_message = "Unschedulable", c.get("message") or ""
+        if c.get("type") == "DisruptionTarget" and c.get("status") == "True":
+            disrupted = c.get("reason") or "DisruptionTarget"
     return PodView(name=meta.get("name", ""), uid=meta.get("uid", ""), role=role,
                    index=int(index), phase=st.get("phase") or "Pending",
                    terminating=bool(meta.get("deletionTimestamp")),
-                   exit_code=exit_code, reason=reason)
+                   exit_code=exit_code, reason=reason, blocked=blocked,
+                   blocked_message=blocked_message, disrupted=disrupted,
+                   deleted_at=meta.get("deletionTimestamp") or "")
 
 
 def observe(pods: list[dict], job_name: str) -> list[PodView]:
@@ -105,6 +132,7 @@ def counts(views: list[PodView]) -> dict:
             "active": sum(v.active for v in mine),
             "succeeded": sum(v.phase == "Succeeded" for v in mine),
             "failed": sum(v.phase == "Failed" for v in mine),
+            "ready": sum(v.phase == "Running" and not v.terminating for v in mine),
         }
     return out
 
@@ -133,7 +161,8 @@ def set_condition(conditions: list[dict], type_: str, reason: str, message: str,
     exclusive ones False).
 
     lastTransitionTime moves only when a condition's status flips, as Kubernetes
-    clients expect; reason and message always reflect the latest cause."""
+    clients expect; reason and message always reflect the latest cause, so a condition
+    turned False by another one says so instead of keeping its stale reason."""
     if type_ not in CONDITIONS:
         raise ValueError(f"condition {type_!r} is not in status.CONDITIONS (the CRD's enum)")
     ts = timestamp(now)
@@ -143,7 +172,8 @@ def set_condition(conditions: list[dict], type_: str, reason: str, message: str,
         for other in EXCLUSIVE:
             c = by_type.get(other)
             if other != type_ and c and c.get("status") == "True":
-                c.update(status="False", lastTransitionTime=ts)
+                c.update(status="False", lastTransitionTime=ts, reason=type_,
+                         message=f"superseded: the job is {type_}")
     c = by_type.get(type_)
     if c is None:
         out.append({"type": type_, "status": status, "reason": reason, "message": message,

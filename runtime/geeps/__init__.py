@@ -6,7 +6,7 @@
 """
 from geeps.job.env import Config, ConfigError, load as load_config
 from geeps.job.consistency import Consistency
-from geeps.job.progress import report
+from geeps.metrics import report
 
 __version__ = "0.1.0"
 

@@ -15,15 +15,20 @@ geeps_clock, geeps_clock_lag, geeps_read_wait_seconds, geeps_iteration_seconds,
 geeps_filter_bytes_total{table,stage} and geeps_filter_residual_norm{table} (push
 filters, geeps.tables.filters).
 Server: geeps_server_update_seconds, geeps_parked_reads, geeps_server_clock,
-geeps_server_push_bytes_total, geeps_nonfinite_values_total{table,worker}. A series
+geeps_server_push_bytes_total, geeps_nonfinite_values_total{table,worker}. Any
+process that calls geeps.report(): geeps_progress{field}, geeps_progress_samples_total.
+A series
 appears at its first use, so each process exports only what its role records. Every
 call is thread-safe and never blocks.
 """
 from __future__ import annotations
 
+import sys
 import threading
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+from geeps.job import progress
 
 LABELS = ("job", "role", "rank")
 DIRECTIONS = ("h2d", "d2h", "push", "pull")
@@ -68,6 +73,14 @@ FILTER_BYTES = Counter(
 FILTER_RESIDUAL = Gauge(
     "geeps_filter_residual_norm", "L2 norm of what a push filter holds back for the next "
     "pushes of a table (error feedback)", (*LABELS, "table"))
+PROGRESS = Gauge("geeps_progress", "The latest value of each numeric field the script "
+                 "reported with geeps.report(): clock, loss, accuracy, epoch, and the totals "
+                 "clocks and epochs; the operator reads worker 0's for the job's status",
+                 (*LABELS, "field"))
+PROGRESS_SAMPLES = Counter("geeps_progress_samples", "Samples the script reported with "
+                           "geeps.report(samples=n)", LABELS)
+# Fields of a progress line that are gauges (samples is a count, summed into a counter).
+PROGRESS_FIELDS = ("clock", "loss", "accuracy", "epoch", "clocks", "epochs")
 
 _servers: dict[int, object] = {}
 _serve_lock = threading.Lock()
@@ -170,7 +183,43 @@ class Metrics:
         FILTER_BYTES.labels(*self._lv, table, "sent").inc(sent)
         FILTER_RESIDUAL.labels(*self._lv, table).set(residual_norm)
 
+    def progress(self, fields: dict) -> None:
+        """Record one geeps.report() call (geeps_progress, geeps_progress_samples_total)."""
+        for key in PROGRESS_FIELDS:
+            v = fields.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                PROGRESS.labels(*self._lv, key).set(v)
+        n = fields.get("samples")
+        if isinstance(n, (int, float)) and not isinstance(n, bool) and n > 0:
+            PROGRESS_SAMPLES.labels(*self._lv).inc(n)
+
     def value(self, name: str, **labels) -> float:
         """This object's current value of a sample (for tests and logs); 0 if unset."""
         v = REGISTRY.get_sample_value(name, dict(self.labels, **labels))
         return 0.0 if v is None else v
+
+
+_reporter: list = []            # [Metrics | None]: this process's, made at the first report
+
+
+def report(**fields) -> None:
+    """geeps.report(): print the progress line (geeps.job.progress) and export its fields
+    as geeps_progress on this process's metrics endpoint (GEEPS_METRICS_PORT), started
+    here if the script has no Client to start it. The operator reads worker 0's over
+    HTTP (no pods/log). A script outside a job (no valid GEEPS_* environment) or a port
+    already taken only prints: reporting progress must never stop training."""
+    progress.report(**fields)
+    if not _reporter:
+        from geeps.job.env import ConfigError, load
+        try:
+            cfg = load()
+            m = Metrics.from_config(cfg)
+            m.serve(cfg.metrics_port, cfg.metrics_addr)
+        except OSError as e:            # the port: say so once, keep training
+            print(f"geeps.report: progress not exported: {e}", file=sys.stderr)
+            m = None
+        except ConfigError:             # not in a job: printing is all there is to do
+            m = None
+        _reporter.append(m)
+    if _reporter[0] is not None:
+        _reporter[0].progress(fields)

@@ -99,8 +99,8 @@ def test_chart_refuses_kubernetes_older_than_its_floor(helm):
 def test_kinds_per_scenario(rendered):
     kinds = {sid: sorted({o["kind"] for o in objs}) for sid, objs in rendered.items()}
     base = ["ConfigMap", "CustomResourceDefinition", "Deployment", "Service"]
-    assert kinds["default"] == sorted(base + ["ClusterRole", "ClusterRoleBinding",
-                                              "ServiceAccount"])
+    assert kinds["default"] == sorted(base + ["ClusterRole", "ClusterRoleBinding", "Role",
+                                              "RoleBinding", "ServiceAccount"])
     assert {"Role", "RoleBinding", "PodMonitor", "ClusterRole"} <= set(kinds["namespaced"])
     assert {"ServiceMonitor", "PodMonitor"} <= set(kinds["monitoring"])
     assert "NetworkPolicy" in kinds["hardened"]
@@ -148,11 +148,14 @@ def container(objs: list[dict]) -> dict:
 
 
 @pytest.mark.parametrize("sid", SCENARIO_IDS)
-def test_deployment_is_one_hardened_replica(rendered, sid):
+def test_deployment_is_hardened_and_elects_a_leader(rendered, sid):
     (dep,) = by_kind(rendered[sid], "Deployment")
     spec = dep["spec"]
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == (2 if sid == "hardened" else 1)
+    # Replicas wait for the Lease, so a rolling update never has two leaders.
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    assert "--leader-elect" in container(rendered[sid])["args"]
+    assert "--lease-namespace=geeps-system" in container(rendered[sid])["args"]
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] != 0
@@ -190,10 +193,43 @@ def test_operator_cli_accepts_the_rendered_args(rendered, sid):
 def test_watch_namespace_flag(rendered):
     assert "--all-namespaces" in container(rendered["default"])["args"]
     args = container(rendered["namespaced"])["args"]
-    assert "--namespace=ml-team" in args and "--all-namespaces" not in args
-    (role,) = by_kind(rendered["namespaced"], "Role")
-    (binding,) = by_kind(rendered["namespaced"], "RoleBinding")
-    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "ml-team"
+    assert "--all-namespaces" not in args
+    assert [a for a in args if a.startswith("--namespace=")] == [
+        "--namespace=ml-team", "--namespace=ml-research"]
+    roles = [r for r in by_kind(rendered["namespaced"], "Role")
+             if not r["metadata"]["name"].endswith("-leader-election")]
+    bindings = [b for b in by_kind(rendered["namespaced"], "RoleBinding")
+                if not b["metadata"]["name"].endswith("-leader-election")]
+    assert [r["metadata"]["namespace"] for r in roles] == ["ml-team", "ml-research"]
+    assert [b["metadata"]["namespace"] for b in bindings] == ["ml-team", "ml-research"]
+
+
+def test_cluster_scoped_names_carry_the_release_namespace(helm):
+    a = template(helm, namespace="team-a")
+    b = template(helm, namespace="team-b")
+    names = [{o["metadata"]["name"] for o in objs
+              if o["kind"] in ("ClusterRole", "ClusterRoleBinding")} for objs in (a, b)]
+    assert names[0] and not names[0] & names[1]
+    assert all("team-a" in n for n in names[0])
+
+
+def test_editor_and_viewer_roles_aggregate_to_the_built_in_ones(rendered):
+    roles = {r["metadata"]["name"].rsplit("-", 1)[1]: r
+             for r in by_kind(rendered["default"], "ClusterRole")
+             if r["metadata"]["name"].endswith(("-geepsjob-editor", "-geepsjob-viewer"))}
+    editor, viewer = roles["editor"], roles["viewer"]
+    assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert _triples(viewer["rules"]) == {("geeps.dev", r, v) for r in ("geepsjobs",
+                                         "geepsjobs/status") for v in ("get", "list", "watch")}
+    assert ("geeps.dev", "geepsjobs", "create") in _triples(editor["rules"])
+
+
+def test_allow_host_path_reaches_the_operator(helm, rendered):
+    from geeps_operator.main import _parser
+    assert not _parser().parse_args(container(rendered["default"])["args"]).allow_host_path
+    objs = template(helm, (), ("jobPods.allowHostPath=true",))
+    assert _parser().parse_args(container(objs)["args"]).allow_host_path
 
 
 def test_bindings_name_the_service_account_the_pod_runs_as(rendered):
@@ -238,7 +274,7 @@ def test_monitors_select_what_they_should(rendered):
     assert pm["spec"]["namespaceSelector"] == {"any": True}
     assert pm["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     (pm_ns,) = by_kind(rendered["namespaced"], "PodMonitor")
-    assert pm_ns["spec"]["namespaceSelector"] == {"matchNames": ["ml-team"]}
+    assert pm_ns["spec"]["namespaceSelector"] == {"matchNames": ["ml-team", "ml-research"]}
 
 
 def test_network_policy(rendered):
@@ -250,6 +286,10 @@ def test_network_policy(rendered):
     api = np["spec"]["egress"][0]
     assert sorted(p["port"] for p in api["ports"]) == [443, 6443]
     assert [t["ipBlock"]["cidr"] for t in api["to"]] == ["10.0.0.1/32", "192.168.10.0/24"]
+    # Worker 0's metrics port, in any namespace: where the operator reads progress.
+    pods = np["spec"]["egress"][1]
+    assert pods["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert pods["to"][0]["podSelector"]["matchExpressions"][0]["key"] == "geeps.dev/job-name"
 
 
 # --- values.schema.json -------------------------------------------------------------
@@ -373,16 +413,22 @@ def test_rbac_grants_exactly_what_the_operator_uses(rendered, sid):
 
     geeps_operator.rbac is itself checked by the operator's end-to-end test against
     every request the running operator makes, so this pins the chart to real use."""
-    from geeps_operator.rbac import CLUSTER_RULES, JOB_RBAC_RULES, NAMESPACE_RULES
+    from geeps_operator.rbac import CLUSTER_RULES, JOB_RBAC_RULES, LEASE_RULES, NAMESPACE_RULES
     objs = rendered[sid]
-    cluster_roles = by_kind(objs, "ClusterRole")
-    roles = by_kind(objs, "Role")
+    cluster_roles = [r for r in by_kind(objs, "ClusterRole") if not r["metadata"]["name"]
+                     .endswith(("-geepsjob-editor", "-geepsjob-viewer"))]
+    (lease_role,) = [r for r in by_kind(objs, "Role")
+                     if r["metadata"]["name"].endswith("-leader-election")]
+    assert lease_role["metadata"]["namespace"] == "geeps-system"
+    assert _triples(lease_role["rules"]) == _triples(LEASE_RULES)
+    roles = [r for r in by_kind(objs, "Role") if r is not lease_role]
     for r in cluster_roles + roles:
         _only_group_resource_verb(r["rules"])
     (cluster_role,) = cluster_roles
     if sid == "namespaced":
-        (role,) = roles
-        assert _triples(role["rules"]) == _triples(JOB_RBAC_RULES)
+        assert len(roles) == 2
+        for role in roles:
+            assert _triples(role["rules"]) == _triples(JOB_RBAC_RULES)
         assert _triples(cluster_role["rules"]) == _triples(CLUSTER_RULES) | _triples(
             NAMESPACE_RULES)
     else:

@@ -264,6 +264,10 @@ class CustomResource:
             raise Refused(422, "Invalid",
                           f'{self.group_kind} "{name}" is invalid: '
                           + ", ".join(f"{f}: {m}" for f, m in problems), problems)
+        if old is not None and subresource != "status" and obj.get("spec") != old.get("spec"):
+            # A spec change moves metadata.generation (the status subresource's rule).
+            meta = obj.setdefault("metadata", {})
+            meta["generation"] = int((old.get("metadata") or {}).get("generation") or 1) + 1
         return obj, warnings
 
     @staticmethod

@@ -29,7 +29,12 @@ simple. This subclass adds, the way a real API server does them:
   (422 naming each field); built-in kinds are validated on create with
   kubernetes-validate; `dryRun=All` admits without storing;
 - OpenAPI v3 documents of the CRD-defined group-versions (/openapi/v3), so plain
-  `kubectl apply` validates on the server instead of failing to download them.
+  `kubectl apply` validates on the server instead of failing to download them;
+- ResourceQuota admission of the pod count (`spec.hard.pods`): a pod create beyond it
+  is refused with 403 Forbidden and the API server's "exceeded quota" message;
+- force deletion: DELETE of a pod with gracePeriodSeconds=0 removes it at once without
+  the test kubelet's confirmation (its finalizer stands for the graceful wait a real
+  API server does without one; see kubelet.py).
 
 What it still lacks, and the tests do not pretend otherwise: what apiserver.py lists
 (CEL cost estimation, transition rules, ratcheting), validation of built-in kinds on
@@ -58,6 +63,7 @@ import kmock
 from kmock._internal import dicts, enums, rendering
 
 from .apiserver import CustomResource, Refused, builtin_problems
+from .kubelet import FINALIZER as KUBELET_FINALIZER
 
 TABLE_ACCEPT = "as=Table"
 
@@ -223,6 +229,12 @@ class GeepsEmulator(kmock.KubernetesEmulator):
             self._inflight.discard(id(request))
 
     async def _serve(self, request: rendering.Request) -> Any:
+        if request.action == enums.action.DELETE and self._forced(request):
+            key = (request.resource, request.namespace, request.name)
+            if key in self.objects and not self.objects[key].deleted:
+                finalizers = self.objects[key].raw.get("metadata", {}).get("finalizers") or []
+                self.objects[key].patch({"metadata": {"finalizers": [
+                    f for f in finalizers if f != KUBELET_FINALIZER] or None}})
         if request.action not in (enums.action.CREATE, enums.action.UPDATE):
             return await self._store(request)
         async with self._writes:
@@ -246,11 +258,38 @@ class GeepsEmulator(kmock.KubernetesEmulator):
             response.headers.add("Warning", f'299 - "{escaped}"')
         return response
 
+    @staticmethod
+    def _forced(request: rendering.Request) -> bool:
+        if request.resource != kmock.resource("", "v1", "pods"):
+            return False
+        body = request.data if isinstance(request.data, dict) else {}
+        return str(request.params.get("gracePeriodSeconds", body.get("gracePeriodSeconds"))) \
+            == "0"
+
+    def _quota(self, request: rendering.Request) -> None:
+        """ResourceQuota admission of the pod count, as kube-apiserver's quota plugin."""
+        ns = request.namespace
+        # Pods that ended no longer count, as in kube-apiserver.
+        used = sum(1 for (res, n, _), obj in self.objects.items()
+                   if res == request.resource and n == ns and not obj.deleted
+                   and (obj.raw.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
+        for (res, n, qname), obj in self.objects.items():
+            if res != kmock.resource("", "v1", "resourcequotas") or n != ns or obj.deleted:
+                continue
+            hard = ((obj.raw.get("spec") or {}).get("hard") or {}).get("pods")
+            if hard is not None and used + 1 > int(hard):
+                name = (request.data.get("metadata") or {}).get("name")
+                raise Refused(403, "Forbidden",
+                              f'pods "{name}" is forbidden: exceeded quota: {qname}, '
+                              f"requested: pods=1, used: pods={used}, limited: pods={hard}")
+
     def _admit(self, request: rendering.Request) -> list[str]:
         """Complete, check and (for custom resources) prune and default a write in
         place, as the API server does before storing it; the warnings to send."""
         if request.action == enums.action.CREATE and isinstance(request.data, dict):
             self._complete(request)
+            if request.resource == kmock.resource("", "v1", "pods"):
+                self._quota(request)
         mode = request.params.get("fieldValidation")
         admission = self._admission.get(request.resource)
         if admission is None:

@@ -46,6 +46,15 @@ BUILTIN = {
     "networking.k8s.io/v1/networkpolicies": kmock.ResourceInfo(
         kind="NetworkPolicy", namespaced=True, shortnames={"netpol"},
         verbs={"get", "list", "watch", "create", "patch", "delete"}),
+    "policy/v1/poddisruptionbudgets": kmock.ResourceInfo(
+        kind="PodDisruptionBudget", namespaced=True, shortnames={"pdb"},
+        verbs={"get", "list", "watch", "create", "patch", "delete"}),
+    "v1/resourcequotas": kmock.ResourceInfo(
+        kind="ResourceQuota", namespaced=True, shortnames={"quota"},
+        verbs={"get", "list", "watch", "create", "patch", "delete"}),
+    "coordination.k8s.io/v1/leases": kmock.ResourceInfo(
+        kind="Lease", namespaced=True, verbs={"get", "list", "watch", "create", "patch",
+                                              "delete"}),
     "v1/events": kmock.ResourceInfo(kind="Event", namespaced=True, shortnames={"ev"},
                                     verbs={"get", "list", "watch", "create", "patch"}),
     "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False,
@@ -202,19 +211,25 @@ class Cluster:
         """While inside, GeePSJob specs are stored unchecked, as by a cluster whose CRD
         predates the schema (status writes are still checked): how invalid jobs reach
         the operator, whose own validation is then the last line."""
-        res = kmock.resource(_spec.GROUP, _spec.VERSION, _spec.PLURAL)
         crd = copy.deepcopy(build_crd())
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         schema["properties"]["spec"] = {"type": "object",
                                         "x-kubernetes-preserve-unknown-fields": True}
         schema.pop("x-kubernetes-validations")
         schema.pop("required")
-        stale = CustomResource(crd, _spec.VERSION)
+        with self.crd_admission(crd):
+            yield
+
+    @contextlib.contextmanager
+    def crd_admission(self, crd: dict):
+        """While inside, GeePSJob writes are admitted by `crd` instead of today's."""
+        res = kmock.resource(_spec.GROUP, _spec.VERSION, _spec.PLURAL)
 
         async def swap(new):
             old, self.emulator._admission[res] = self.emulator._admission[res], new
             return old
-        current = asyncio.run_coroutine_threadsafe(swap(stale), self.loop).result(10)
+        current = asyncio.run_coroutine_threadsafe(
+            swap(CustomResource(crd, _spec.VERSION)), self.loop).result(10)
         try:
             yield
         finally:
@@ -228,6 +243,12 @@ class Cluster:
         async def collect():
             return [r for r in self.emulator.all_requests() if r.url.port == port]
         return asyncio.run_coroutine_threadsafe(collect(), self.loop).result(10)
+
+    def lose_node(self, ns: str, pod: str) -> None:
+        """The node of `pod` is lost (kubelet.lose)."""
+        async def lose():
+            self.kubelet.lose(ns, pod)
+        asyncio.run_coroutine_threadsafe(lose(), self.loop).result(10)
 
     def processes(self, ns: str) -> list:
         async def collect():
@@ -260,17 +281,32 @@ class Cluster:
 class Operator:
     """`geeps operator` as a subprocess against the emulator, as it runs in production."""
 
+    # Short deadlines for tests; the terminating grace outlasts the kubelet's own
+    # SIGTERM grace (5 s), so only a pod no kubelet answers for is force-deleted.
+    BLOCKED_DEADLINE = 4.0
+    TERMINATING_GRACE = 8.0
+
+    LEASE_NAMESPACE = "geeps-system"
+
     def __init__(self, cluster: Cluster, workdir: str, resync: float = 0.5,
-                 namespaces: tuple[str, ...] = ()):
+                 namespaces: tuple[str, ...] = (), *, leader_elect: bool = True,
+                 lease_seconds: float = 6.0, standby: bool = False, name: str = "operator"):
+        """`standby`: another replica leads, so do not wait for this one to watch."""
         self.cluster = cluster
+        self.standby = standby
         self.namespaces = namespaces
         self.health_port, self.metrics_port = free_port(), free_port()
-        self.log_path = os.path.join(workdir, "operator.log")
+        self.log_path = os.path.join(workdir, f"{name}.log")
         scope = [f"--namespace={n}" for n in namespaces] or ["--all-namespaces"]
         self.args = [sys.executable, "-m", "geeps", "operator", *scope,
                      "--server", cluster.operator_url, "--resync-seconds", str(resync),
                      "--health-port", str(self.health_port),
-                     "--metrics-port", str(self.metrics_port)]
+                     "--metrics-port", str(self.metrics_port),
+                     "--blocked-deadline-seconds", str(self.BLOCKED_DEADLINE),
+                     "--terminating-grace-seconds", str(self.TERMINATING_GRACE)]
+        if leader_elect:
+            self.args += ["--leader-elect", "--lease-namespace", self.LEASE_NAMESPACE,
+                          "--lease-seconds", str(lease_seconds)]
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Operator":
@@ -279,7 +315,9 @@ class Operator:
                                      cwd=REPO, start_new_session=True)
         try:
             wait_for(self._healthy, 30, 0.1, "the operator's /healthz")
-            wait_for(self._watching, 30, 0.05, "the operator to watch GeePSJobs and pods")
+            if not self.standby:
+                wait_for(self._watching, 30, 0.05,
+                         "the operator to watch GeePSJobs and pods")
         except AssertionError:
             self.__exit__()
             raise AssertionError(f"operator did not start; log:\n{self.log()}") from None

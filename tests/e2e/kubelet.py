@@ -22,8 +22,9 @@ How a pod becomes a local process:
   code, then removes the finalizer. Until then the pod is visible as terminating,
   as on a real node.
 - Logs: stdout and stderr go to a file per pod, served as pods/<name>/log.
-- Metrics: GEEPS_METRICS_PORT is remapped to a free port per pod (the runtime binds
-  its metrics on every interface, and these pods share one network namespace).
+- Metrics: GEEPS_METRICS_ADDR is set to the pod IP (the runtime binds every interface
+  in a pod, and these pods share one network namespace), so each pod serves its
+  metrics on podIP:port as declared, where the operator reads worker 0's progress.
 - Volumes: each mounted volume becomes a local directory, and an environment value
   naming a path under a mountPath is rewritten to the same path under that directory
   (a process cannot see the container's paths; GEEPS_CURVE_DIR and
@@ -36,7 +37,15 @@ How a pod becomes a local process:
   `persistentVolumeClaim`: one directory per claim (namespace + claimName) that
   outlives pods, so a replaced server finds its checkpoints. subPath is honoured.
   Other sources are not mounted.
-- Ignored: images, resources (GPUs included), probes, securityContext, node selection.
+- Failures on request, as a cluster shows them (the pod stays Pending, as it would):
+  a pod whose nodeSelector the one node (NODE_LABELS) does not match gets PodScheduled
+  False, reason Unschedulable (the scheduler's answer); an image named
+  `<anything>/ErrImagePull` or `<anything>/ImagePullBackOff` (PULL_FAILURES) gets that
+  waiting reason; an env source the kubelet cannot resolve (valueFrom other than the
+  fieldRefs above) gets CreateContainerConfigError. `lose(ns, name)` loses the pod's
+  node: its process dies unreported, and a deletion is never confirmed (the pod stays
+  terminating until force-deleted, which the emulator allows).
+- Ignored: resources (GPUs included), probes, securityContext, affinity.
 """
 from __future__ import annotations
 
@@ -53,10 +62,16 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tests.helpers import free_port
 
 FINALIZER = "kubelet.test/graceful"
 NODE = "test-node"
+# The labels of the one node: a nodeSelector asking for anything else is unschedulable.
+NODE_LABELS = {"kubernetes.io/hostname": NODE, "kubernetes.io/os": "linux", "pool": "gpu"}
+# The last path segment of an image that makes the pull fail, with the kubelet's message.
+PULL_FAILURES = {
+    "ErrImagePull": "rpc error: code = NotFound desc = failed to pull and unpack image",
+    "ImagePullBackOff": "Back-off pulling image",
+}
 MOUNT_TIMEOUT = 20.0           # seconds a pod waits for its Secret before it fails
 _DNS = re.compile(r"\b([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)"
                   r"\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)\.svc(?:\.cluster\.local)?\b")
@@ -99,6 +114,7 @@ class Kubelet:
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task] = set()
         self._seen: set[str] = set()                  # pod uids ever started
+        self._lost: set[str] = set()                  # pod uids on a lost node
 
     # ---- addresses -------------------------------------------------------------------
     def address(self, ns: str, subdomain: str, host: str) -> str:
@@ -143,6 +159,8 @@ class Kubelet:
         if not uid:
             return
         proc = self.procs.get(uid)
+        if uid in self._lost:
+            return                                    # no kubelet answers for it
         if event.get("type") == "DELETED":
             if proc is not None:
                 self._spawn(self._stop(proc))
@@ -229,6 +247,10 @@ class Kubelet:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/"),
                "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1",
                "HOSTNAME": spec.get("hostname") or meta["name"]}
+        if os.environ.get("PYTHONPATH"):
+            # The code under test, as the runtime image would hold it (not whatever
+            # geeps an installed package points at).
+            env["PYTHONPATH"] = os.environ["PYTHONPATH"]
         fields = {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"],
                   "status.podIP": ip, "spec.nodeName": NODE}
         for e in spec["containers"][0].get("env") or []:
@@ -247,9 +269,10 @@ class Kubelet:
         if "GEEPS_BIND_HOST" in env:
             env["GEEPS_BIND_HOST"] = ip
         if env.get("GEEPS_METRICS_PORT", "0") != "0":
-            # Metrics bind every interface; pods share this host's network, so each gets a
-            # port of its own (a node's port mapping, in effect).
-            env["GEEPS_METRICS_PORT"] = str(free_port())
+            # Metrics bind every interface in a pod; here pods share this host's network,
+            # so each binds its own pod IP instead, on the port its manifest declares
+            # (the operator scrapes podIP:port, as it would on a cluster).
+            env["GEEPS_METRICS_ADDR"] = ip
         return env
 
     @staticmethod
@@ -270,6 +293,19 @@ class Kubelet:
         proc = Proc(ns, name, uid, ip, os.path.join(self.log_dir, f"{ns}_{name}_{uid[:8]}.log"))
         self.procs[uid] = proc
         container = spec["containers"][0]
+        selector = spec.get("nodeSelector") or {}
+        if any(NODE_LABELS.get(k) != v for k, v in selector.items()):
+            await self._patch(ns, name, {"status": {"phase": "Pending", "conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "lastTransitionTime": now(),
+                "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node "
+                           "affinity/selector."}]}}, "/status")
+            return
+        pull = container.get("image", "").rsplit("/", 1)[-1]
+        if pull in PULL_FAILURES:
+            await self._waiting(ns, name, container, pull,
+                                f'{PULL_FAILURES[pull]} "{container["image"]}"')
+            return
         try:
             try:
                 proc.command = self._command(container)
@@ -277,7 +313,8 @@ class Kubelet:
                 proc.files = {m: sorted(os.listdir(d)) for m, d in proc.mounts.items()}
                 proc.env = self._environment(pod, ip, proc.mounts)
             except ValueError as e:
-                await self._report(proc, container, None, "CreateContainerConfigError", str(e))
+                # A kubelet keeps retrying such a pod, which stays Pending.
+                await self._waiting(ns, name, container, "CreateContainerConfigError", str(e))
                 return
             await self._patch(ns, name, {"metadata": {"finalizers": [FINALIZER]}})
             try:
@@ -297,6 +334,8 @@ class Kubelet:
                                        "state": {"running": {"startedAt": started}}}]}},
                 "/status")
             code = await proc.process.wait()
+            if uid in self._lost:
+                return                        # nobody reports for a lost node
             proc.exit_code = 128 - code if code < 0 else code     # -15 -> 143, as runtimes do
             await self._report(proc, container, proc.exit_code,
                                "Completed" if proc.exit_code == 0 else "Error", "")
@@ -316,6 +355,14 @@ class Kubelet:
 
     async def _signal(self, proc: Proc, sig: int) -> None:
         os.killpg(proc.process.pid, sig)      # ProcessLookupError once it is gone
+
+    async def _waiting(self, ns: str, name: str, container: dict, reason: str,
+                       message: str) -> None:
+        await self._patch(ns, name, {"status": {
+            "phase": "Pending", "containerStatuses": [{
+                "name": container["name"], "ready": False, "restartCount": 0,
+                "image": container.get("image", ""),
+                "state": {"waiting": {"reason": reason, "message": message}}}]}}, "/status")
 
     async def _report(self, proc: Proc, container: dict, code: int | None, reason: str,
                       message: str) -> None:
@@ -364,6 +411,20 @@ class Kubelet:
             t.cancel()
 
     # ---- for tests -----------------------------------------------------------------------
+    def lose(self, ns: str, name: str) -> None:
+        """The node of pod ns/name is lost: its process dies and nothing reports it,
+        and a deletion of the pod is never confirmed. Call on the kubelet's loop."""
+        for proc in list(self.procs.values()):
+            if proc.ns == ns and proc.name == name:
+                self._lost.add(proc.uid)
+                if proc.process is not None and proc.process.returncode is None:
+                    try:
+                        os.killpg(proc.process.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                return
+        raise KeyError(f"no running pod {ns}/{name}")
+
     def log_text(self, ns: str, name: str) -> str | None:
         for proc in reversed(self.history):
             if proc.ns == ns and proc.name == name:

@@ -20,6 +20,7 @@ def _children(cluster, ns: str) -> list[dict]:
     for plural, group, version in (("pods", "", "v1"), ("services", "", "v1"),
                                    ("secrets", "", "v1"),
                                    ("networkpolicies", "networking.k8s.io", "v1"),
+                                   ("poddisruptionbudgets", "policy", "v1"),
                                    ("podmonitors", "monitoring.coreos.com", "v1")):
         out += cluster.api.items(cluster.api.path(plural, ns, group=group, version=version))
     return out
@@ -39,6 +40,7 @@ def test_every_child_is_owned_labelled_and_wired(cluster, operator, ns, tmp_path
     assert kinds == [("NetworkPolicy", "wired-geeps"),
                      ("Pod", "wired-server-0"), ("Pod", "wired-server-1"),
                      ("Pod", "wired-worker-0"), ("Pod", "wired-worker-1"),
+                     ("PodDisruptionBudget", "wired-shards"),
                      ("PodMonitor", "wired"), ("Secret", "wired-curve"),
                      ("Service", "wired-server")]
     for k in kids:
@@ -65,11 +67,14 @@ def test_every_child_is_owned_labelled_and_wired(cluster, operator, ns, tmp_path
     assert pods["wired-server-1"]["spec"]["subdomain"] == "wired-server"
 
     st = running["status"]
-    assert st["replicaStatuses"]["servers"] == {"active": 2, "succeeded": 0, "failed": 0}
+    assert st["replicaStatuses"]["servers"] == {"active": 2, "succeeded": 0, "failed": 0,
+                                              "ready": 2}
     assert st["startTime"] and "completionTime" not in st
-    # The clock: worker 0 printed `geeps:progress {"clock": 5}`; read through pods/log.
+    # The clock: worker 0 called geeps.report(clock=5, loss=0.5); the operator read it
+    # from the worker's metrics endpoint (no pods/log).
     cluster.wait_job(ns, "wired", lambda j: j["status"].get("clock") == 5, 15,
                      "status.clock to be 5")
+    assert cluster.api.job(ns, "wired")["status"]["progress"]["loss"] == 0.5
 
     (tmp_path / "go").touch()
     done = cluster.wait_phase(ns, "wired", "Succeeded", timeout=30)
@@ -77,6 +82,30 @@ def test_every_child_is_owned_labelled_and_wired(cluster, operator, ns, tmp_path
     # cleanPodPolicy None keeps the finished workers, but the servers are stopped.
     wait_for(lambda: sorted(p["metadata"]["name"] for p in cluster.api.pods(ns, "wired"))
              == ["wired-worker-0", "wired-worker-1"], 15, what="only the workers left")
+
+
+# Reports a clock every 0.1 s towards a total of 10000, 32 samples each, until $MARKS/go.
+STEADY = """
+import os, time, geeps
+k = 0
+while not os.path.exists(os.path.join(os.environ["MARKS"], "go")):
+    k += 1
+    geeps.report(clock=k, clocks=10000, samples=32, loss=1.0 / k)
+    time.sleep(0.1)
+"""
+
+
+def test_progress_rate_and_eta_come_from_worker_0_over_http(cluster, operator, ns,
+                                                            tmp_path):
+    cluster.api.create_job(job(ns, "eta", STEADY, env=env(MARKS=tmp_path)))
+    st = cluster.wait_job(ns, "eta", lambda j: "etaSeconds" in (
+        (j.get("status") or {}).get("progress") or {}), 20, "an ETA in status.progress")
+    p = st["status"]["progress"]
+    assert p["clocks"] == 10000 and p["samplesPerSecond"] > 0
+    # ~10 clocks/s with ~9990 left: minutes, not seconds or days.
+    assert 60 < p["etaSeconds"] < 10000, p
+    (tmp_path / "go").touch()
+    cluster.wait_phase(ns, "eta", "Succeeded", timeout=30)
 
 
 def test_operator_health_and_metrics(cluster, operator, ns):

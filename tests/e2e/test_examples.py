@@ -113,6 +113,6 @@ def test_kubectl_against_the_emulator(cluster, operator, kubectl, ns, tmp_path):
     # Events of the job, as `kubectl describe` shows them.
     r = kubectl(ns, "describe", "gj", "kc")
     assert r.returncode == 0 and "AllWorkersSucceeded" in r.stdout, r.stderr
-    # Pod logs come through pods/log (the operator reads worker 0's clock the same way).
+    # Pod logs come through pods/log (for users: the operator reads progress over HTTP).
     r = kubectl(ns, "logs", "kc-worker-0")
     assert r.returncode == 0 and 'geeps:progress {"clock": 3}' in r.stdout, r.stderr

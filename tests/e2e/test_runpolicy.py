@@ -125,6 +125,9 @@ def test_suspend_removes_pods_and_resume_brings_the_job_back(cluster, operator, 
     cluster.api.patch(path, {"spec": {"runPolicy": {"suspend": True}}})
     suspended = cluster.wait_phase(ns, "pausable", "Suspended", timeout=20)
     assert "startTime" not in suspended["status"]
+    # The spec change moved metadata.generation; the status says it saw it.
+    assert suspended["metadata"]["generation"] == 2
+    assert suspended["status"]["observedGeneration"] == 2
     wait_for(lambda: cluster.api.pods(ns, "pausable") == [], 15, what="pods deleted")
     wait_for(lambda: all(p.exit_code is not None for p in cluster.processes(ns)), 15,
              what="every process to end")

@@ -117,3 +117,22 @@ def test_an_insecure_job_gets_no_keys_and_a_warning(cluster, operator, ns):
     assert server.env["GEEPS_CHECKPOINT_EVERY"] == "5"
     with open(server.log_path) as f:
         assert "INSECURE" in f.read()
+
+
+def test_a_host_path_volume_fails_the_job_naming_the_field(cluster, operator, ns):
+    """A cluster's Pod Security admission (baseline) would refuse such pods with a 403
+    the job never gets past; the operator refuses the job first, unless the chart's
+    jobPods.allowHostPath passes it --allow-host-path (tests/unit: the pods then carry
+    the volume)."""
+    body = job(ns, "hostpath")
+    body["spec"]["workers"]["volumes"] = [{"name": "host", "hostPath": {"path": "/etc"}}]
+    body["spec"]["workers"]["volumeMounts"] = [{"name": "host", "mountPath": "/host"}]
+    cluster.api.create_job(body)
+    status = cluster.wait_phase(ns, "hostpath", "Failed")["status"]
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["reason"] == "HostPathNotAllowed"
+    assert failed["message"].startswith("spec.workers.volumes[0].hostPath: ")
+    assert cluster.api.pods(ns, "hostpath") == []
+    wait_for(lambda: any(e["reason"] == "HostPathNotAllowed"
+                         for e in cluster.api.events(ns, "hostpath")), 10,
+             what="the Warning Event")

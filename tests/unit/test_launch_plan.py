@@ -10,7 +10,7 @@ from geeps.job import env as config
 from geeps.job import exits, spec
 from geeps.job.consistency import Consistency, parse
 from geeps.job.exits import describe_exit
-from geeps.launch.board import ProgressBoard
+from geeps.job.board import ProgressBoard
 from geeps.launch.launcher import UsageError, load_job, parse_args, pick_ports
 from geeps.launch.plan import (Options, Ports, apply_overrides, command_argv,
                                job_from_command, plan)

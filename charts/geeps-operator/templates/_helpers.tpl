@@ -70,9 +70,25 @@ app.kubernetes.io/component: operator
 {{- end }}
 {{- end }}
 
+{{/* The watched namespaces, comma-separated: watchNamespace, then watchNamespaces. */}}
+{{- define "geeps-operator.watchNamespaces" -}}
+{{- $ns := list }}
+{{- with .Values.operator.watchNamespace }}{{ $ns = append $ns . }}{{ end }}
+{{- range .Values.operator.watchNamespaces }}{{ $ns = append $ns . }}{{ end }}
+{{- uniq $ns | join "," }}
+{{- end }}
+
 {{/* True (non-empty) when the operator watches every namespace. */}}
 {{- define "geeps-operator.clusterWide" -}}
-{{- if not .Values.operator.watchNamespace }}true{{ end }}
+{{- if not (include "geeps-operator.watchNamespaces" .) }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the cluster-scoped objects: the release's full name and its namespace, so two
+releases of the same name in different namespaces do not overwrite each other's.
+*/}}
+{{- define "geeps-operator.clusterName" -}}
+{{- printf "%s-%s" (include "geeps-operator.fullname" .) .Release.Namespace }}
 {{- end }}
 
 {{/* Namespace of the dashboard ConfigMap. */}}
@@ -88,7 +104,7 @@ rendered rules with those lists, which the operator's end-to-end test checks aga
 requests it really makes.
 */}}
 {{- define "geeps-operator.rules" -}}
-# kopf lists and watches jobs and patches its finalizer on; the TTL deletes them.
+# kopf lists and watches jobs; older versions' finalizer is patched off; the TTL deletes them.
 - apiGroups: [geeps.dev]
   resources: [geepsjobs]
   verbs: [get, list, watch, patch, delete]
@@ -99,10 +115,6 @@ requests it really makes.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
-# Worker 0's log carries the job's clock.
-- apiGroups: [""]
-  resources: [pods/log]
-  verbs: [get]
 # The headless Service that gives server pods stable names.
 - apiGroups: [""]
   resources: [services]
@@ -114,6 +126,10 @@ requests it really makes.
 # The job's NetworkPolicy: the parameter-server port only from the job's own pods.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
+  verbs: [create]
+# The job's PodDisruptionBudget: a drain takes one shard-serving pod at a time.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
   verbs: [create]
 - apiGroups: [""]
   resources: [events]
@@ -136,4 +152,11 @@ requests it really makes.
 - apiGroups: [""]
   resources: [namespaces]
   verbs: [list, watch]
+{{- end }}
+
+{{- define "geeps-operator.leaseRules" -}}
+# The replicas' leader election: one Lease, read, created once, renewed by patches.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, create, patch]
 {{- end }}

@@ -7,7 +7,7 @@ group, so stopping a child stops whatever it started too. A failed process is
 restarted by its role's restartPolicy within runPolicy.backoffLimit, as the operator
 restarts pods (geeps.job.exits), except a failure a restart would repeat
 (Supervisor._will_recur); workers' progress lines go to the ProgressBoard
-(geeps.launch.board), drawn as a live status line.
+(geeps.job.board), drawn as a live status line.
 
     sup = Supervisor(plan, cwd=".", timeout=3600)
     code = sup.run()      # blocks until the job ends; 0 ok, 1 failed, 124 timed out,
@@ -29,7 +29,7 @@ from typing import IO
 
 from geeps.job import progress
 from geeps.job.exits import EX_TEMPFAIL, describe_exit, retryable, shell_code
-from geeps.launch.board import ProgressBoard, format_number
+from geeps.job.board import ProgressBoard, format_number
 from geeps.launch.plan import LaunchPlan, ProcessSpec
 
 EXIT_OK, EXIT_FAILED, EXIT_TIMEOUT = 0, 1, 124   # 124 as in coreutils timeout(1)

@@ -67,7 +67,8 @@ def test_rules_render_as_valid_rbac():
             "metadata": {"name": "geeps-operator"},
             "rules": [*rbac.JOB_RBAC_RULES, *rbac.CLUSTER_RULES, *rbac.NAMESPACE_RULES]}
     kubernetes_validate.validate(role, "1.33", strict=True)
-    assert rbac.covers(rbac.JOB_RBAC_RULES, "", "pods/log", "get")
+    assert rbac.covers(rbac.JOB_RBAC_RULES, "", "pods", "create")
+    assert not rbac.covers(rbac.JOB_RBAC_RULES, "", "pods/log", "get")   # progress: HTTP
     assert not rbac.covers(rbac.JOB_RBAC_RULES, "", "secrets", "get")
     out = subprocess.run([sys.executable, "-m", "geeps_operator.rbac"], capture_output=True,
                          text=True, cwd=REPO, check=True, timeout=60).stdout

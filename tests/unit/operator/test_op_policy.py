@@ -9,7 +9,7 @@ from geeps.job import spec as _spec
 from geeps_operator import manifests as m
 from geeps_operator import policy
 from geeps_operator.policy import Observed, decide
-from geeps_operator.reconcile import last_clock, status_patch
+from geeps_operator.reconcile import status_patch
 from geeps_operator.status import set_condition, timestamp
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
@@ -80,7 +80,8 @@ def test_a_new_job_gets_service_and_pods_and_is_pending():
     p = run(job(), [], service=False)
     kinds = [(o["kind"], o["metadata"]["name"]) for o in p.create]
     # The Secret first (pods mount it), the Service after what it marks as made.
-    assert kinds == [("Secret", "j-curve"), ("NetworkPolicy", "j-geeps"), ("PodMonitor", "j"),
+    assert kinds == [("Secret", "j-curve"), ("NetworkPolicy", "j-geeps"),
+                     ("PodDisruptionBudget", "j-shards"), ("PodMonitor", "j"),
                      ("Service", "j-server"), ("Pod", "j-server-0"),
                      ("Pod", "j-worker-0"), ("Pod", "j-worker-1")]
     assert p.create[0]["stringData"] == {}          # the reconciler adds the keys
@@ -97,7 +98,9 @@ def test_existing_pods_are_not_recreated_and_all_running_is_running():
     assert p.status["phase"] == "Running"
     assert cond(p, "Running")["reason"] == "AllPodsRunning"
     assert "Running" in reasons(p)
-    assert p.status["replicaStatuses"]["workers"] == {"active": 2, "succeeded": 0, "failed": 0}
+    assert p.status["replicaStatuses"]["workers"] == {"active": 2, "succeeded": 0, "failed": 0,
+                                                       "ready": 2}
+    assert p.status["workers"] == "2/2"
     again = run(then(job(), p), running())
     assert status_patch(p.status, again.status) is None and again.events == []
 
@@ -208,8 +211,8 @@ def test_all_workers_succeeded_stops_servers(clean, deleted):
     assert sorted(p.delete_pods) == deleted
     assert p.status["clock"] == 40
     assert p.status["replicaStatuses"] == {
-        "servers": {"active": 0, "succeeded": 0, "failed": 0},
-        "workers": {"active": 0, "succeeded": 2, "failed": 0}}
+        "servers": {"active": 0, "succeeded": 0, "failed": 0, "ready": 0},
+        "workers": {"active": 0, "succeeded": 2, "failed": 0, "ready": 0}}
 
 
 def test_failed_stays_failed_and_cleanup_is_repeated():
@@ -274,18 +277,93 @@ def test_an_invalid_spec_fails_naming_the_field():
     assert p.events[0].type == "Warning" and "spec.workers.replicas" in p.events[0].message
 
 
-def test_a_pod_the_api_server_refuses_fails_the_job():
+def test_a_refused_write_blocks_the_job_until_the_deadline():
     body = job(active("Pending"), cleanPodPolicy="Running")
-    msg = 'Pod "j-worker-1" is invalid: spec.containers[0].resources.requests[cpu]: ' \
-          'Invalid value: "lots"'
-    p = policy.reject(Observed(job=body, pods=[pod("server", 0)], has_service=True, now=T0),
-                      "Rejected", msg)
-    assert p.status["phase"] == "Failed"
-    assert cond(p, "Failed")["reason"] == "Rejected" and cond(p, "Failed")["message"] == msg
-    assert p.delete_pods == ["j-server-0"] and p.create == []
+    msg = 'POST pods: HTTP 403: pods "j-worker-1" is forbidden: exceeded quota'
+    limits = policy.Limits(blocked_deadline=60)
+    p = policy.refused(Observed(job=body, pods=[pod("server", 0)], has_service=True, now=T0,
+                                limits=limits), 403, msg)
+    assert p.status["phase"] == "Pending" and p.create == [] and p.delete_pods == []
+    assert cond(p, "Blocked")["reason"] == "Forbidden" and cond(p, "Blocked")["message"] == msg
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", "Forbidden")]
+    # The next reconcile tries the create again: still Blocked, no second Event.
+    later = T0 + dt.timedelta(seconds=30)
+    again = decide(Observed(job=job(p.status), pods=[pod("server", 0)], has_service=True,
+                            now=later, limits=limits))
+    assert any(o["metadata"]["name"] == "j-worker-0" for o in again.create)
+    assert cond(again, "Blocked")["status"] == "True" and again.events == []
+    # Past the deadline: Failed with the refusal's reason.
+    end = T0 + dt.timedelta(seconds=61)
+    p = policy.refused(Observed(job=job(again.status), pods=[pod("server", 0)],
+                                has_service=True, now=end, limits=limits), 403, msg)
+    assert p.status["phase"] == "Failed" and cond(p, "Failed")["reason"] == "Forbidden"
+    assert p.delete_pods == ["j-server-0"]
     terminal = job(dict(p.status))
-    assert policy.reject(Observed(job=terminal, pods=[], has_service=True, now=T0),
-                         "Rejected", "again").events == []
+    assert policy.refused(Observed(job=terminal, pods=[], has_service=True, now=end),
+                          422, "again").events == []
+
+
+def _waiting(p: dict, reason: str, message: str = "m") -> dict:
+    p["status"]["phase"] = "Pending"
+    p["status"]["containerStatuses"] = [{"name": "geeps", "state": {"waiting": {
+        "reason": reason, "message": message}}}]
+    return p
+
+
+@pytest.mark.parametrize("reason", ["ErrImagePull", "ImagePullBackOff",
+                                    "CreateContainerConfigError", "Unschedulable"])
+def test_a_pod_that_cannot_start_blocks_then_fails_the_job(reason):
+    limits = policy.Limits(blocked_deadline=60)
+    stuck = pod("worker", 1, "Pending")
+    if reason == "Unschedulable":
+        stuck["status"]["conditions"] = [{"type": "PodScheduled", "status": "False",
+                                          "reason": "Unschedulable", "message": "0/1 nodes"}]
+    else:
+        _waiting(stuck, reason)
+    pods = [pod("server", 0), pod("worker", 0), stuck]
+    p = decide(Observed(job=job(active("Pending")), pods=pods, has_service=True, now=T0,
+                        limits=limits))
+    c = cond(p, "Blocked")
+    assert (c["status"], c["reason"]) == ("True", reason)
+    assert c["message"].startswith("worker 1 (pod j-worker-1): " + reason)
+    assert [(e.type, e.reason) for e in p.events] == [("Warning", reason)]
+    p = decide(Observed(job=job(p.status), pods=pods, has_service=True,
+                        now=T0 + dt.timedelta(seconds=60), limits=limits))
+    assert p.status["phase"] == "Failed" and cond(p, "Failed")["reason"] == reason
+
+
+def test_blocked_clears_when_the_pod_starts():
+    limits = policy.Limits(blocked_deadline=60)
+    stuck = _waiting(pod("worker", 1, "Pending"), "ImagePullBackOff")
+    p = decide(Observed(job=job(active("Pending")), pods=[pod("server", 0), pod("worker", 0),
+                        stuck], has_service=True, now=T0, limits=limits))
+    p = decide(Observed(job=job(p.status), pods=running(), has_service=True,
+                        now=T0 + dt.timedelta(seconds=5), limits=limits))
+    assert p.status["phase"] == "Running"
+    c = cond(p, "Blocked")
+    assert (c["status"], c["reason"]) == ("False", "Unblocked")
+
+
+def test_an_evicted_pod_is_replaced_without_counting():
+    evicted = pod("worker", 0, "Failed", reason="Evicted", code=137)
+    evicted["status"]["conditions"] = [{"type": "DisruptionTarget", "status": "True",
+                                        "reason": "EvictionByEvictionAPI"}]
+    p = run(job(active("Running"), backoffLimit=0), [pod("server", 0), evicted,
+                                                      pod("worker", 1)])
+    assert p.status["phase"] != "Failed" and p.status["restartCount"] == 0
+    assert p.delete_pods == ["j-worker-0"] and "Disrupted" in reasons(p)
+
+
+def test_a_pod_stuck_terminating_is_force_deleted_after_the_grace():
+    limits = policy.Limits(terminating_grace=30)
+    stuck = pod("worker", 0, terminating=True)           # deletionTimestamp T0
+    body = job(active("Running", trackedPods=[{"name": "j-worker-0", "uid": "other"}]))
+    p = decide(Observed(job=body, pods=[pod("server", 0), stuck, pod("worker", 1)],
+                        has_service=True, now=T0 + dt.timedelta(seconds=29), limits=limits))
+    assert p.force_delete == []
+    p = decide(Observed(job=job(p.status), pods=[pod("server", 0), stuck, pod("worker", 1)],
+                        has_service=True, now=T0 + dt.timedelta(seconds=30), limits=limits))
+    assert p.force_delete == ["j-worker-0"] and "ForceDeleted" in reasons(p)
 
 
 def test_a_job_being_deleted_is_left_alone():
@@ -319,14 +397,6 @@ def test_status_patch_removes_what_is_gone_and_ignores_foreign_keys():
     new = {"phase": "Running"}
     assert status_patch(old, new) == {"countedFailures": None}
     assert status_patch(new, dict(new)) is None
-
-
-def test_last_clock_reads_the_newest_progress_line():
-    text = ('geeps:progress {"clock": 3, "loss": 1.0}\nnoise\n'
-            'geeps:progress {"clock": 4}\ngeeps:progress {"loss": 0.5}\n')
-    assert last_clock(text) == 4
-    assert last_clock("nothing here\n") is None
-    assert last_clock('geeps:progress {"clock": true}\n') is None
 
 
 # ---- security and durability set up with the job ----------------------------------------
@@ -430,3 +500,53 @@ def test_pods_the_operator_deletes_are_not_lost_pods():
     done = [pod("server", 0), pod("worker", 0, "Succeeded", code=0), pod("worker", 1)]
     p = run(body, done)
     assert "j-worker-0" not in {t["name"] for t in p.status["trackedPods"]}
+
+
+# --- hostPath gate ----------------------------------------------------------------------
+
+def _with_host_path(body: dict) -> dict:
+    body["spec"]["workers"]["volumes"] = [{"name": "data", "persistentVolumeClaim":
+                                           {"claimName": "d"}},
+                                          {"name": "host", "hostPath": {"path": "/data"}}]
+    body["spec"]["checkpoint"] = {"everyClocks": 5, "volume": {"hostPath": {"path": "/c"}}}
+    return body
+
+
+def test_host_path_fails_the_job_naming_the_field():
+    plan = run(_with_host_path(job()), [])
+    assert plan.status["phase"] == "Failed" and plan.create == []
+    c = cond(plan, "Failed")
+    assert c["reason"] == "HostPathNotAllowed"
+    assert c["message"].startswith("spec.workers.volumes[1].hostPath: ")
+    assert "(and 1 more)" in c["message"] and "jobPods.allowHostPath" in c["message"]
+
+
+def test_host_path_allowed_by_the_operator_flag_reaches_the_pods():
+    plan = decide(Observed(job=_with_host_path(job()), pods=[], has_service=True, now=T0,
+                           limits=policy.Limits(allow_host_path=True)))
+    assert plan.status["phase"] == "Pending"
+    worker = next(p for p in plan.create if p["metadata"]["name"] == "j-worker-0")
+    assert {"name": "host", "hostPath": {"path": "/data"}} in worker["spec"]["volumes"]
+
+
+def test_host_access_lists_only_host_paths():
+    body = job()
+    assert policy.host_access(_spec.validate(body)) == []
+    assert policy.host_access(_spec.validate(_with_host_path(body))) == [
+        "spec.workers.volumes[1].hostPath", "spec.checkpoint.volume.hostPath"]
+
+
+def test_observed_generation_and_the_workers_column():
+    body = job(active("Pending"))
+    body["metadata"]["generation"] = 3
+    p = run(body, [pod("server", 0), pod("worker", 0), pod("worker", 1, "Pending")])
+    assert p.status["observedGeneration"] == 3
+    assert p.status["workers"] == "1/2"
+
+
+def test_a_superseded_condition_loses_its_stale_reason():
+    conds = set_condition([], "Running", "AllPodsRunning", "all 3 pods running", T0)
+    conds = set_condition(conds, "Restarting", "PodRestarting", "worker 0 failed", T0)
+    running_ = next(c for c in conds if c["type"] == "Running")
+    assert running_["status"] == "False" and running_["reason"] == "Restarting"
+    assert "all 3 pods running" not in running_["message"]
