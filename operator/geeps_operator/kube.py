@@ -1,20 +1,26 @@
-"""A minimal asynchronous Kubernetes API client for the reconciler.
+"""The reconciler's Kubernetes API calls, through the official asynchronous client
+(kubernetes_asyncio), inside kopf's event loop.
 
     kube = Kube(kopf.ConnectionInfo(server="http://127.0.0.1:8001"))
     pods = await kube.list(path("", "v1", "pods", "ns"), label_selector="a=b")
     await kube.close()
 
 kopf watches and posts events with its own client; this one does the few verbs the
-reconciler needs, with the same ConnectionInfo the login handler gives kopf (one
-source of credentials). Not thread-safe: use it from the operator's event loop.
+reconciler needs, on the official client's ApiClient, configured from the same
+ConnectionInfo the login handler gives kopf (one source of credentials). The verbs take
+REST paths rather than the client's typed models: the reconciler writes manifests as
+plain dicts (geeps_operator.manifests), and the typed models would refuse a pod status
+missing a field some kubelets leave out. Not thread-safe: use it from one event loop.
 """
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from typing import Any
 
-import aiohttp
 import kopf
+from kubernetes_asyncio import client as k8s
 
 
 class ApiError(Exception):
@@ -54,44 +60,77 @@ class Kube:
                  timeout: float = 30.0):
         self.info = info
         self.base = info.server.rstrip("/")
-        self.headers = {"User-Agent": user_agent, "Accept": "application/json",
-                        **info.as_http_headers()}
-        self.timeout = aiohttp.ClientTimeout(total=timeout)
-        self._session: aiohttp.ClientSession | None = None
+        self.timeout = timeout
+        self._files: list[str] = []
+        self._api: k8s.ApiClient | None = None
+        self.user_agent = user_agent
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            ssl: Any = self.info.as_ssl_context() if self.base.startswith("https") else None
-            self._session = aiohttp.ClientSession(
-                headers=self.headers, timeout=self.timeout,
-                connector=aiohttp.TCPConnector(ssl=ssl) if ssl else None)
-        return self._session
+    def _configuration(self) -> k8s.Configuration:
+        info = self.info
+        cfg = k8s.Configuration(host=self.base)
+        cfg.verify_ssl = not info.insecure
+        # The official client reads certificates from files; kopf may hold them as data.
+        cfg.ssl_ca_cert = self._file(info.ca_path, info.ca_data)
+        cfg.cert_file = self._file(info.certificate_path, info.certificate_data)
+        cfg.key_file = self._file(info.private_key_path, info.private_key_data)
+        if info.proxy_url:
+            cfg.proxy = info.proxy_url
+        return cfg
+
+    def _file(self, path_: Any, data: Any) -> str | None:
+        if path_:
+            return os.fsdecode(path_)
+        if not data:
+            return None
+        fd, name = tempfile.mkstemp(prefix="geeps-kube-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        self._files.append(name)
+        return name
+
+    def _client(self) -> k8s.ApiClient:
+        if self._api is None:
+            self._api = k8s.ApiClient(self._configuration())
+            self._api.user_agent = self.user_agent
+            for k, v in self.info.as_http_headers().items():   # token or basic auth
+                self._api.set_default_header(k, v)
+        return self._api
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+        for name in self._files:
+            try:
+                os.unlink(name)
+            except OSError:
+                pass
+        self._files = []
 
     async def _call(self, method: str, path_: str, *, body: Any = None,
                     params: dict | None = None, content_type: str = "application/json",
                     ok_missing: bool = False, ok_conflict: bool = False,
                     as_text: bool = False) -> Any:
-        data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type} if data is not None else {}
-        async with self._client().request(method, self.base + path_, data=data,
-                                          params=params, headers=headers) as resp:
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        resp = await self._client().call_api(
+            path_, method, query_params=list((params or {}).items()),
+            header_params=headers, body=body, response_types_map={}, auth_settings=[],
+            _preload_content=False, _request_timeout=self.timeout)
+        async with resp:
             if (resp.status == 404 and ok_missing) or (resp.status == 409 and ok_conflict):
                 return None
             text = await resp.text()
-            if resp.status >= 400:
-                try:
-                    message = json.loads(text).get("message") or text
-                except (ValueError, AttributeError):
-                    message = text
-                raise ApiError(resp.status, method, path_, str(message)[:500])
-            if as_text:
-                return text
-            return json.loads(text) if text else {}
+        if resp.status >= 400:
+            try:
+                message = json.loads(text).get("message") or text
+            except (ValueError, AttributeError):
+                message = text
+            raise ApiError(resp.status, method, path_, str(message)[:500])
+        if as_text:
+            return text
+        return json.loads(text) if text else {}
 
     async def get(self, path_: str) -> dict | None:
         """The object, or None if it does not exist."""
@@ -134,7 +173,3 @@ class Kube:
                                      "gracePeriodSeconds": 0,
                                      "propagationPolicy": "Background"})
         return out is not None
-
-    async def text(self, path_: str, params: dict | None = None) -> str | None:
-        """A plain-text subresource (pods/log); None if absent."""
-        return await self._call("GET", path_, params=params, ok_missing=True, as_text=True)

@@ -163,11 +163,16 @@ class Jobs:
 def describe(job: dict) -> str:
     """One line: name, phase, progress, and the newest condition's message."""
     st = job.get("status") or {}
+    progress = st.get("progress") or {}     # worker 0's geeps.report(), as the operator read it
     parts = [job["metadata"]["name"], st.get("phase") or "Pending"]
-    for key, fmt in (("clock", "clock {}"), ("samplesPerSecond", "{:.0f} samples/s"),
-                     ("loss", "loss {:.4g}"), ("eta", "ETA {}")):
-        if st.get(key) is not None:
-            parts.append(fmt.format(st[key]))
+    if st.get("workers"):
+        parts.append(f"workers {st['workers']}")
+    if st.get("clock") is not None:
+        parts.append(f"clock {st['clock']}")
+    for key, fmt in (("loss", "loss {:.4g}"), ("accuracy", "accuracy {:.4g}"),
+                     ("samplesPerSecond", "{:.0f} samples/s"), ("etaSeconds", "ETA {:.0f} s")):
+        if isinstance(progress.get(key), (int, float)):
+            parts.append(fmt.format(progress[key]))
     conds = [c for c in st.get("conditions") or [] if c.get("status") == "True"]
     if conds:
         c = max(conds, key=lambda c: c.get("lastTransitionTime") or "")
