@@ -12,8 +12,10 @@ byte of budget.
 from geeps.worker.memory.analysis import ALIGN, Analysis, align, analyze
 from geeps.worker.memory.belady import Moves, belady
 from geeps.worker.memory.layout import BudgetError
-from geeps.worker.memory.plan import MemoryPlan
+from geeps.worker.memory.plan import (STALL_LEVELS, MemoryPlan, StallError, judge_stalls,
+                                      stall_report)
 from geeps.worker.memory.planner import POLICIES, make_plan, minimum_budget, working_set
 
-__all__ = ["ALIGN", "POLICIES", "Analysis", "BudgetError", "MemoryPlan", "Moves", "align",
-           "analyze", "belady", "make_plan", "minimum_budget", "working_set"]
+__all__ = ["ALIGN", "POLICIES", "STALL_LEVELS", "Analysis", "BudgetError", "MemoryPlan",
+           "Moves", "StallError", "align", "analyze", "belady", "judge_stalls", "make_plan",
+           "minimum_budget", "stall_report", "working_set"]
