@@ -308,3 +308,43 @@ def logloss(logits: np.ndarray, labels: np.ndarray) -> float:
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.float64)
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+# ---- sparse batches as the device computes on them ------------------------------------
+@dataclass(frozen=True)
+class PackedBatch:
+    """A sparse LR batch in one flat float32 array, the unit a worker keeps in device
+    memory (a local datum fetched at each clock: pinned, it stays there across epochs).
+
+    Weights are packed `width` to a table row with the intercept after the last
+    feature; `rows` (host side: the read names them) are the rows the batch touches,
+    and `data` holds, in order: each nonzero's position in the read buffer and then
+    the intercept's (int32 bits, nnz + 1), the sample of each nonzero (int32 bits,
+    nnz), the values (nnz) and the labels (n)."""
+    rows: np.ndarray
+    data: np.ndarray
+    nnz: int
+    n: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+
+def pack_batch(batch: SparseBatch, n_features: int, width: int) -> PackedBatch:
+    feats = np.append(batch.indices, n_features)            # the intercept is feature n
+    rows, where = np.unique(feats // width, return_inverse=True)
+    pos = (where * width + feats % width).astype(np.int32)
+    nnz, n = len(batch.indices), len(batch)
+    data = np.concatenate([pos.view(np.float32),
+                           batch.rows_of_samples.astype(np.int32).view(np.float32),
+                           batch.values.astype(np.float32), batch.labels.astype(np.float32)])
+    return PackedBatch(rows, data, nnz, n)
+
+
+def unpack_batch(flat, nnz: int, n: int):
+    """(positions, samples, values, labels) as views of a packed batch's flat array
+    (NumPy or CuPy alike): positions end with the intercept's."""
+    pos = flat[:nnz + 1].view(np.int32)
+    sample = flat[nnz + 1:2 * nnz + 1].view(np.int32)
+    return pos, sample, flat[2 * nnz + 1:3 * nnz + 1], flat[3 * nnz + 1:3 * nnz + 1 + n]

@@ -55,12 +55,17 @@ class Worker:
     """A worker's GPU-specialized client over a geeps.Client (see module docstring)."""
 
     def __init__(self, client, device_memory=_FROM_ENV, backend=None, policy: str = "benefit",
-                 metrics: Metrics | None = None, stalls: str = "warn"):
+                 metrics: Metrics | None = None, stalls: str = "warn",
+                 persist_local: bool = True, regions: memory.Regions | None = None):
         """device_memory: bytes or a quantity ("2Gi"), None for unlimited; default
         GEEPS_DEVICE_MEMORY. backend: "auto" | "numpy" | "cupy" or a backend object;
         default GEEPS_BACKEND. policy: see geeps.worker.memory.planner. stalls: what
         to do with a plan that makes the application wait for copies (GeePS's memory
-        warning level): "refuse" (StallError), "warn" (logged) or "accept". Never blocks."""
+        warning level): "refuse" (StallError), "warn" (logged) or "accept".
+        persist_local: local data recorded with fetch/keep may stay pinned across
+        clocks (False: it moves at every clock, the old behaviour). regions: separate
+        caps for the pool, pinned data and pinned parameters (memory.Regions) within
+        the budget. Never blocks."""
         self.client = client
         if device_memory is _FROM_ENV:
             device_memory = from_env("GEEPS_DEVICE_MEMORY")
@@ -77,6 +82,7 @@ class Worker:
         if stalls not in memory.STALL_LEVELS:
             raise ValueError(f"stalls={stalls!r} is not one of {', '.join(memory.STALL_LEVELS)}")
         self.stalls = stalls
+        self.persist_local, self.regions = persist_local, regions
         self._own = OwnUpdates(getattr(getattr(client, "consistency", None), "per_clock",
                                        False))
         # A client made by Client.from_env() carries the process's Metrics and counts
@@ -117,7 +123,8 @@ class Worker:
         finally:
             self.recording = False
             self._open.clear()
-        self.plan = memory.make_plan(cycle, self.budget, self.policy)
+        self.plan = memory.make_plan(cycle, self.budget, self.policy,
+                                     persist=self.persist_local, regions=self.regions)
         self._judge_plan()
         self.cycle = cycle
         self.cache = ParameterCache(self.plan, self.backend, self.budget,
@@ -175,6 +182,16 @@ class Worker:
 
     def post_local_access(self, buf) -> None:
         self._post("local", buf)
+
+    def load_local(self, name: str, values) -> None:
+        """Put `values` (any array of the datum's bytes, e.g. a packed data batch) in
+        local datum `name`, recorded with fetch=True: its next fetching access finds
+        them (pinned data: already in device memory). After the virtual iteration;
+        blocks until they are in place."""
+        if self.cache is None:
+            raise SequenceError("load_local: record the sequence first (the plan decides "
+                                "where local data lives)")
+        self.cache.load_local(name, values)
 
     def _call(self, kind: str, table=None, rows=None, name: str | None = None,
               nbytes: int = 0, **opts):

@@ -59,14 +59,16 @@ def op_traffic(a: Analysis, o: int, pinned, chain: Chain) -> tuple[int, int]:
 
     A read copies in the rows it fills that are not pinned; an update copies out the
     rows that are not pinned; local data that is not pinned is copied in at each
-    access but the first and written back at each but the last, less what is held in
-    place between two accesses. Pinned data never moves per operation."""
+    access but the first (the first too when it fetches) and written back at each but
+    the last (the last too when it keeps), less what is held in place between two
+    accesses. Pinned data never moves per operation."""
     op = a.cycle.ops[o]
     if op.kind == "local":
         if pinned:
             return 0, 0
-        h2d = 0 if a.usage.local_first[o] or chain.cont else op.nbytes - chain.held
-        d2h = 0 if a.usage.local_last[o] or chain.keep else op.nbytes - chain.hold
+        first, last = a.usage.local_first[o], a.usage.local_last[o]
+        h2d = 0 if chain.cont or (first and not op.fetch) else op.nbytes - chain.held
+        d2h = 0 if chain.keep or (last and not op.keep) else op.nbytes - chain.hold
         return h2d, d2h
     rb = a.cycle.tables[op.table].row_bytes
     if op.kind == "read":
