@@ -56,6 +56,9 @@ def parse_args(argv=None):
     ap.add_argument("--device-fraction", type=float, default=None,
                     help="device-memory budget as a fraction of the working set (overrides "
                          "GEEPS_DEVICE_MEMORY; 1 = everything pinned)")
+    ap.add_argument("--batch-bytes", type=int, default=None,
+                    help="fit batches to this many bytes of device memory each (variable "
+                         "sample counts: as many samples as fit) instead of --batch samples")
     ap.add_argument("--wipe-data", action="store_true",
                     help="keep no training data in device memory across clocks (the "
                          "baseline: every batch is copied in at every clock)")
@@ -85,12 +88,16 @@ class Batches:
             self.describe = self.gen.describe()
         self.batch_size = args.batch
         self.n = n
+        self.fitted = False
+        if args.batch_bytes:    # variable sample counts, each batch within the bytes given
+            self.items = gdata.fit_batches([self[j] for j in range(n)], args.batch_bytes)
+            self.n, self.fitted = len(self.items), True
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, j):
-        if self.gen is None:
+        if self.gen is None or self.fitted:
             return self.items[j]
         return self.gen.batch(self.ids[j], self.batch_size)
 
@@ -222,7 +229,7 @@ def main(argv=None) -> int:
         return worker.metrics.value("geeps_transfer_bytes_total", direction=direction) / 2**20
 
     t0 = time.monotonic()
-    losses = []
+    losses, samples = [], 0
     # Clock c trains on batch c mod len(data): a replacement for a worker that died
     # (or every worker, after a rollback, see below) starts where the job is.
     clock = start = worker.client.clock_value
@@ -231,14 +238,15 @@ def main(argv=None) -> int:
     try:
         for c in range(start, args.epochs * len(data)):
             losses.append(step(worker, table, c % len(data), packed[c % len(data)], xp))
+            samples += packed[c % len(data)].n      # fitted batches vary in size
             clock = worker.client.clock_value
             if clock % args.report_every == 0:
                 hits, misses = reads("hit"), reads("miss")
                 geeps.report(clock=clock, loss=float(np.mean(losses)), epoch=c // len(data),
                              epochs=args.epochs, clocks=args.epochs * len(data),
-                             samples=len(losses) * args.batch,
+                             samples=samples,
                              hit_ratio=hits / max(1.0, hits + misses))
-                losses = []
+                losses, samples = [], 0
     except RolledBack as e:
         # The worker's cache, plan position and accumulators belong to a timeline that
         # no longer exists; a fresh process rebuilds them at the job's clock.

@@ -348,3 +348,46 @@ def unpack_batch(flat, nnz: int, n: int):
     pos = flat[:nnz + 1].view(np.int32)
     sample = flat[nnz + 1:2 * nnz + 1].view(np.int32)
     return pos, sample, flat[2 * nnz + 1:3 * nnz + 1], flat[3 * nnz + 1:3 * nnz + 1 + n]
+
+
+def packed_bytes(nnz: int, n: int) -> int:
+    """Bytes of a packed batch of n samples with nnz nonzeros (see PackedBatch)."""
+    return 4 * (3 * nnz + n + 1)
+
+
+def fit_batches(batches, max_bytes: int) -> list[SparseBatch]:
+    """Variable-size batches, each packing into at most `max_bytes` (the report's
+    dynamic fitting: as many samples as the memory left for a batch holds), cut from
+    `batches` (SparseBatch, consumed in order; samples keep their order). A single
+    sample too large for max_bytes raises DataError naming it."""
+    out: list[SparseBatch] = []
+    labels, indices, values, counts = [], [], [], []
+    nnz = 0
+    seen = 0
+
+    def flush():
+        nonlocal nnz
+        if counts:
+            indptr = np.zeros(len(counts) + 1, np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            out.append(SparseBatch(np.array(labels, np.float32), indptr,
+                                   np.concatenate(indices), np.concatenate(values)))
+        labels.clear(), indices.clear(), values.clear(), counts.clear()
+        nnz = 0
+    for b in batches:
+        for i in range(len(b)):
+            lo, hi = int(b.indptr[i]), int(b.indptr[i + 1])
+            k = hi - lo
+            if packed_bytes(k, 1) > max_bytes:
+                raise DataError(f"sample {seen} has {k} nonzeros: {packed_bytes(k, 1)} "
+                                f"bytes packed, over the {max_bytes} bytes a batch may take")
+            if packed_bytes(nnz + k, len(counts) + 1) > max_bytes:
+                flush()
+            labels.append(b.labels[i])
+            indices.append(b.indices[lo:hi])
+            values.append(b.values[lo:hi])
+            counts.append(k)
+            nnz += k
+            seen += 1
+    flush()
+    return out

@@ -12,7 +12,7 @@ from geeps.metrics import Metrics
 from geeps.worker import Worker, memory
 from geeps_examples import datasets as gdata
 from tests.cluster import Cluster
-from tests.helpers import REPO
+from tests.helpers import REPO, wait_for
 
 pytestmark = pytest.mark.integration
 FEATURES, WIDTH, BATCH = 20_000, 16, 250
@@ -68,3 +68,43 @@ def test_pinned_training_data_moves_strictly_fewer_bytes_per_epoch_than_wiping_i
         assert kept < wiped, (kept, wiped)
         # Both runs start from zero weights; where the data lives changes nothing else.
         assert np.array_equal(kept_losses, wiped_losses)
+
+
+def test_the_next_batch_arrives_while_the_current_one_computes():
+    """Nothing of clock k+1 is queued before clock k ends but the staged batch: its
+    fill completes while clock k's slow operation still runs, and its call waits for
+    nothing."""
+    with Cluster(servers=1, workers=1) as cl:
+        c = cl.client(0)
+        t = c.create_table("stg", 64, 32, rule="add")
+        batches = [np.full(256, k + 1, np.float32) for k in range(4)]
+        seen = []
+
+        def step(w, k, slow=lambda: None):
+            d = w.local_access(f"data{k}", 1024, fetch=True)
+            seen.append(float(d[0]))
+            r = w.read(t, range(0, 8))
+            slow()
+            w.post_read(r)
+            w.post_local_access(d)
+            w.clock()
+        w = Worker(c, device_memory=4096, backend="numpy", persist_local=False,
+                   metrics=Metrics(job=f"t-{uuid.uuid4().hex[:8]}"))
+        with w.virtual_iteration():
+            for k in range(4):
+                step(w, k)
+        ids = [p.op.id for p in w.plan.ops if p.op.kind == "local"]
+        assert [w.plan.ops[i].prefetch_at for i in ids[1:]] == ids[:-1]
+        for k, b in enumerate(batches):
+            w.load_local(f"data{k}", b)
+        seen.clear()
+        step(w, 0)
+        for k in (1, 2, 3):
+            nxt = ids[(k + 1) % 4]
+            step(w, k, slow=lambda: wait_for(lambda: w.cache.prefetched(nxt), 10,
+                                             what="the staged batch"))
+        for k in (2, 3):            # staged while a slow operation of the clock before ran
+            st = w.cache.stats[ids[k]]
+            assert (st.calls, st.ready_at_call, st.waited) == (1, 1, 0)
+        assert seen == [1.0, 2.0, 3.0, 4.0]
+        w.close()

@@ -235,3 +235,17 @@ def test_regions_cap_pool_data_and_parameters_separately():
     with pytest.raises(ValueError, match="regions.data must be a byte count"):
         make_plan(cyc, ws, regions=Regions(data=-1))
     assert Regions.parse(data="1Ki") == Regions(data=1024)
+
+
+def test_the_next_batch_is_staged_in_the_other_half_while_the_current_computes():
+    cyc = data_cycle()
+    ws = working_set(cyc)
+    plan = make_plan(cyc, ws - 1024, regions=Regions(data=0))   # no batch pinned
+    data = [p for p in plan.ops if p.op.kind == "local"]
+    # Clock k's batch fills from clock k-1's first operation on (the cycle's first
+    # from its last clock), into the other half of a two-batch pool.
+    assert [p.prefetch_at for p in data] == [6, 0, 2, 4]
+    assert [p.buf[0] * 4 for p in data] == [0, 1024, 0, 1024]
+    assert plan.pool_bytes == 2048 and plan.stalls == 0
+    tight = make_plan(cyc, 2048, regions=Regions(data=0))     # room for one: no staging
+    assert [p.prefetch_at for p in tight.ops if p.op.kind == "local"] == [-1] * 4
