@@ -42,7 +42,7 @@ def render(r: dict, pngs: list[str]) -> str:
     L += _headline(r)
     for name, fn in (("sync", _sync), ("cache", _cache), ("memory", _memory),
                      ("training", _training), ("operator", _operator),
-                     ("scaling", _scaling), ("gpu", _gpu)):
+                     ("scaling", _scaling), ("gpu", _gpu), ("seed001", _seed001)):
         sec = r.get(name)
         if sec is None:
             continue
@@ -459,3 +459,10 @@ def _scaling(s, r, pngs):
 def _gpu(s, r, pngs):
     import bench_gpu
     return ["## gpu", "", bench_gpu.report(s), ""]
+
+
+def _seed001(s, r, pngs):
+    import bench_seed001
+    return ["## 7. Seed 001: the sparse-LR report's Tables 1-3", "",
+            "bench/bench_seed001.py (`geeps bench --only seed001`).", "",
+            bench_seed001.report(s), ""]

@@ -16,6 +16,8 @@ Sections (each measured against a baseline in the same run):
     scaling   the cost model of bench/scaling.py fitted to the above, 1..64 machines
     gpu       on a GPU: every CuPy kernel vs its NumPy twin, gather/scatter-add vs
               device memcpy (skipped, saying why, without one; tools/gpu_check.sh)
+    seed001   the sparse-LR report's Tables 1-3 on KDD2010-shaped data at 1/200 of
+              its size (bench/bench_seed001.py), the report's figures beside ours
 Sections run in separate processes where they start workers, so a crash or a hung
 process in one is reported and the others still run.
 """
@@ -34,7 +36,7 @@ import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench")
-SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu")
+SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu", "seed001")
 
 
 def _path():
@@ -197,6 +199,11 @@ def sec_operator(quick: bool) -> dict:
 def sec_gpu(quick: bool) -> dict:
     import bench_gpu
     return bench_gpu.run(quick)
+
+
+def sec_seed001(quick: bool) -> dict:
+    import bench_seed001
+    return bench_seed001.run(quick=quick)
 
 
 def sec_scaling(results: dict) -> dict:

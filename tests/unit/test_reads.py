@@ -60,3 +60,11 @@ def test_the_warning_level_refuses_warns_or_accepts_a_plan_that_stalls():
     assert judge_stalls(calm, "refuse") is None
     with pytest.raises(ValueError, match="'loud' is not one of refuse, warn, accept"):
         judge_stalls(calm, "loud")
+
+
+def test_updates_older_than_any_read_can_lag_are_dropped():
+    add = Table("a", 8, 2, "add")
+    own = OwnUpdates(per_clock=True, horizon=3)
+    for clock in range(100):        # pushed, never read
+        own.record(add, clock, np.array([1]), np.ones((1, 2), np.float32))
+    assert len(own._log["a"]) == 4

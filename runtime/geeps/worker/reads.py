@@ -44,8 +44,11 @@ class OwnUpdates:
     table (only tables it applies them for: see `wants`). Thread-safe: recorded by the
     application thread, applied on the transfer thread."""
 
-    def __init__(self, per_clock: bool):
+    def __init__(self, per_clock: bool, horizon: int = 1 << 30):
         self.per_clock = per_clock      # BSP/SSP: a reply's clock says what it holds
+        # Clocks back a reply can lag (the loosest slack + 1): older updates are in
+        # every reply, so a table pushed but never read keeps no more than that.
+        self.horizon = horizon
         self._lock = threading.Lock()
         self._log: dict[str, list] = {}   # table -> [(clock, sorted rows, values)]
 
@@ -58,8 +61,9 @@ class OwnUpdates:
         if not self.wants(table):
             return
         with self._lock:
-            self._log.setdefault(table.name, []).append(
-                (clock, np.asarray(rows), np.array(values, np.float32, copy=True)))
+            log = self._log.setdefault(table.name, [])
+            log[:] = [e for e in log if e[0] >= clock - self.horizon]
+            log.append((clock, np.asarray(rows), np.array(values, np.float32, copy=True)))
 
     def apply(self, table, rows: np.ndarray, out: np.ndarray, data_clock: int,
               clock: int) -> int:
@@ -78,3 +82,10 @@ class OwnUpdates:
             if len(at_out):
                 out[at_out] += vals[at_upd]
         return len(pending)
+
+
+def horizon(consistency, cycle) -> int:
+    """How many clocks back a read of `cycle` may lag under `consistency`: the
+    loosest slack (the model's or a read's own) plus one."""
+    named = [op.slack for op in cycle.ops if op.kind == "read" and op.slack is not None]
+    return max([consistency.slack] + named) + 1

@@ -44,7 +44,7 @@ from geeps.metrics import Metrics
 from geeps.worker import memory
 from geeps.worker.cache import ParameterCache
 from geeps.worker.ops import POSTS, Cursor, Recorder, SequenceError
-from geeps.worker.reads import OwnUpdates, read_need
+from geeps.worker.reads import OwnUpdates, horizon, read_need
 
 log = logging.getLogger("geeps.worker")
 
@@ -126,6 +126,8 @@ class Worker:
         self.plan = memory.make_plan(cycle, self.budget, self.policy,
                                      persist=self.persist_local, regions=self.regions)
         self._judge_plan()
+        if self._own.per_clock:
+            self._own.horizon = horizon(self.client.consistency, cycle)
         self.cycle = cycle
         self.cache = ParameterCache(self.plan, self.backend, self.budget,
                                     on_bytes=self.metrics.transfer)

@@ -379,7 +379,9 @@ def make_plan(cycle, budget: int | None = None, policy: str = "benefit", *,
         if regions.holds(full.region_bytes) and regions.pool_room(ws) >= ws - full.bytes:
             regions = None          # the caps hold the unlimited plan: nothing to weigh
         elif budget is None:
-            budget = ws
+            # No total: room for every pinned group and for every buffer unpinned.
+            budget = full.bytes + allocate(a, np.ones(len(cycle.ops), bool), None,
+                                           "prefetch").capacity
     if regions is None and (budget is None or budget >= ws):
         st = _pin_all(_State(a))
         layout = allocate(a, st.needs(), None, "prefetch")
