@@ -95,3 +95,33 @@ def test_a_read_with_its_own_slack_waits_as_it_says():
         step(w, 0)
         c1.clock()
         w.close()
+
+
+def test_a_worker_told_to_refuse_stalls_refuses_the_plan_and_warns_otherwise(caplog):
+    from geeps.worker.memory import StallError, minimum_budget
+
+    def step(w, t):
+        for a in (0, 8):
+            r = w.read(t, range(a, a + 8))
+            w.post_read(r)
+        w.clock()
+    with Cluster(servers=1, workers=1) as cl:
+        c = cl.client(0)
+        t = c.create_table("stl", ROWS, WIDTH, rule="add")
+        probe = worker(c)
+        with probe.virtual_iteration():
+            step(probe, t)
+        need = minimum_budget(probe.cycle)
+        probe.close()
+        strict = worker(c, device_memory=need, policy="stream", stalls="refuse")
+        with pytest.raises(StallError, match=r"operation 1 \(clock 0: read\(table 'stl'"):
+            with strict.virtual_iteration():
+                step(strict, t)
+        with caplog.at_level("WARNING", logger="geeps.worker"):
+            loose = worker(c, device_memory=need, policy="stream")
+            with loose.virtual_iteration():
+                step(loose, t)
+        assert "stalls: 1 operation(s)" in caplog.text
+        loose.close()
+        with pytest.raises(ValueError, match="stalls='loud' is not one of"):
+            worker(c, stalls="loud")
