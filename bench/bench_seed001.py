@@ -357,10 +357,13 @@ def report(r: dict) -> str:
     L += ["", ("**Holds here**" if holds else "**Does not hold here**") +
           f": data first moves {d['moved'] / max(1, p['moved']):.2f}x the bytes of "
           f"parameters first ({_mib(d['moved'])} vs {_mib(p['moved'])} per epoch) and "
-          f"takes {d['time_s'] / p['time_s']:.2f}x the time. The planner weighs the two "
-          "by bytes saved per byte of budget and picks data for the reason the report "
-          "gives: a pinned batch never moves again, while a pinned parameter still "
-          "crosses at every clock for the servers' global update.", ""]
+          f"takes {d['time_s'] / p['time_s']:.2f}x the time. " + (
+              "The planner weighs the two by bytes saved per byte of budget and picks "
+              "data for the reason the report gives: a pinned batch never moves again, "
+              "while a pinned parameter still crosses at every clock for the servers' "
+              "global update." if holds else
+              f"At this size the budget pinned {d['data_pinned']:,} nonzeros of data "
+              "beside the access buffers the batches need, too few to tell."), ""]
     return "\n".join(L)
 
 
