@@ -19,5 +19,5 @@ from geeps.worker.memory.planner import POLICIES, make_plan, minimum_budget, wor
 from geeps.worker.memory.regions import Regions
 
 __all__ = ["ALIGN", "POLICIES", "STALL_LEVELS", "Analysis", "BudgetError", "MemoryPlan",
-           "Moves", "Regions", "StallError", "align", "analyze", "belady", "judge_stalls", "make_plan",
-           "minimum_budget", "stall_report", "working_set"]
+           "Moves", "Regions", "StallError", "align", "analyze", "belady", "judge_stalls",
+           "make_plan", "minimum_budget", "stall_report", "working_set"]
