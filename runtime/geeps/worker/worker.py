@@ -178,8 +178,9 @@ class Worker:
         """Local data (never leaves the worker) as a flat float32 device array of
         nbytes/4. By default it lives within a clock, zeroed at its first access in
         each clock. fetch: the first access of a clock finds what a kept access left
-        (or what load_local put there); keep: what it holds outlives the clock. Kept
-        data may stay pinned in device memory across clocks (training data, say)."""
+        (or what load_local put there); keep: what it holds outlives the clock. Such
+        data may stay pinned in device memory across clocks (training data, say);
+        fetched data that is not kept is read-only (pinned, writes would stay)."""
         return self._call("local", name=name, nbytes=nbytes, fetch=fetch, keep=keep)
 
     def post_local_access(self, buf) -> None:
