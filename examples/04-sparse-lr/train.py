@@ -56,9 +56,11 @@ def parse_args(argv=None):
     ap.add_argument("--device-fraction", type=float, default=None,
                     help="device-memory budget as a fraction of the working set (overrides "
                          "GEEPS_DEVICE_MEMORY; 1 = everything pinned)")
-    ap.add_argument("--batch-bytes", type=int, default=None,
+    ap.add_argument("--batch-bytes", default=None,
                     help="fit batches to this many bytes of device memory each (variable "
-                         "sample counts: as many samples as fit) instead of --batch samples")
+                         "sample counts: as many samples as fit) instead of --batch "
+                         "samples; 'auto': to the memory the budget leaves, a half for "
+                         "the batch and its weight rows, a half for the next batch")
     ap.add_argument("--wipe-data", action="store_true",
                     help="keep no training data in device memory across clocks (the "
                          "baseline: every batch is copied in at every clock)")
@@ -71,7 +73,7 @@ def parse_args(argv=None):
 class Batches:
     """This worker's batches: every W-th of the generated (or read) stream."""
 
-    def __init__(self, args, rank: int, num_workers: int):
+    def __init__(self, args, rank: int, num_workers: int, fit: tuple | None = None):
         self.gen = None
         if args.libsvm:
             every = list(gdata.iter_libsvm(args.libsvm, args.batch, n_features=args.features))
@@ -89,8 +91,10 @@ class Batches:
         self.batch_size = args.batch
         self.n = n
         self.fitted = False
-        if args.batch_bytes:    # variable sample counts, each batch within the bytes given
-            self.items = gdata.fit_batches([self[j] for j in range(n)], args.batch_bytes)
+        if fit is not None:     # variable sample counts, each batch within the bytes given
+            max_bytes, row_bytes = fit
+            self.items = gdata.fit_batches([self[j] for j in range(n)], max_bytes, row_bytes,
+                                           args.row_width, args.features)
             self.n, self.fitted = len(self.items), True
 
     def __len__(self):
@@ -175,7 +179,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = init()                # GEEPS_* (or one in-process server when run alone)
     client, rank, W = ctx.client, ctx.rank, ctx.num_workers
-    data = Batches(args, rank, W)
+    budget = geeps.load_config().device_memory if args.device_fraction is None else None
+    fit = None
+    if args.batch_bytes == "auto":
+        if budget is None:
+            print(f"worker {rank}: --batch-bytes auto fits batches to the memory a fixed "
+                  "budget leaves: set GEEPS_DEVICE_MEMORY (cache.deviceMemory), not "
+                  "--device-fraction", file=sys.stderr)
+            return 2
+        # Half the budget for a batch with its read and update buffers (a row each),
+        # half for the next batch staged meanwhile; a little for buffer alignment.
+        fit = ((budget - 8 * memory.ALIGN) // 2, 2 * args.row_width * 4)
+    elif args.batch_bytes is not None:
+        fit = (int(args.batch_bytes), 0)
+    data = Batches(args, rank, W, fit)
     if len(data) == 0:
         print(f"worker {rank}: no complete batch of {args.batch} for {W} workers",
               file=sys.stderr)
@@ -192,7 +209,6 @@ def main(argv=None) -> int:
     # Each batch as the device computes on it: a local datum per batch, loaded once
     # after the recording; the planner decides which stay pinned in device memory.
     packed = [gdata.pack_batch(data[j], args.features, width) for j in range(len(data))]
-    budget = geeps.load_config().device_memory if args.device_fraction is None else None
     if args.device_fraction is not None and args.device_fraction < 1:
         dry = DryRun()
         for j in range(len(data)):

@@ -355,15 +355,23 @@ def packed_bytes(nnz: int, n: int) -> int:
     return 4 * (3 * nnz + n + 1)
 
 
-def fit_batches(batches, max_bytes: int) -> list[SparseBatch]:
-    """Variable-size batches, each packing into at most `max_bytes` (the report's
-    dynamic fitting: as many samples as the memory left for a batch holds), cut from
-    `batches` (SparseBatch, consumed in order; samples keep their order). A single
-    sample too large for max_bytes raises DataError naming it."""
+def fit_batches(batches, max_bytes: int, row_bytes: int = 0, width: int = 16,
+                n_features: int = 0) -> list[SparseBatch]:
+    """Variable-size batches, each taking at most `max_bytes` of device memory (the
+    report's dynamic fitting: as many samples as the memory left for a batch holds),
+    cut from `batches` (SparseBatch, consumed in order; samples keep their order). A
+    batch takes its packed bytes plus `row_bytes` per weight row it touches (`width`
+    weights a row, the intercept at feature `n_features`): pass the bytes its read and
+    update buffers take per row to fit those too. A single sample too large raises
+    DataError naming it."""
     out: list[SparseBatch] = []
     labels, indices, values, counts = [], [], [], []
+    rows: set = set()
     nnz = 0
     seen = 0
+
+    def cost(k: int, n: int, new_rows: int) -> int:
+        return packed_bytes(k, n) + row_bytes * (len(rows) + new_rows)
 
     def flush():
         nonlocal nnz
@@ -373,16 +381,23 @@ def fit_batches(batches, max_bytes: int) -> list[SparseBatch]:
             out.append(SparseBatch(np.array(labels, np.float32), indptr,
                                    np.concatenate(indices), np.concatenate(values)))
         labels.clear(), indices.clear(), values.clear(), counts.clear()
+        rows.clear()
+        if row_bytes:
+            rows.add(n_features // width)       # the intercept's row, in every batch
         nnz = 0
+    flush()
     for b in batches:
         for i in range(len(b)):
             lo, hi = int(b.indptr[i]), int(b.indptr[i + 1])
             k = hi - lo
-            if packed_bytes(k, 1) > max_bytes:
-                raise DataError(f"sample {seen} has {k} nonzeros: {packed_bytes(k, 1)} "
-                                f"bytes packed, over the {max_bytes} bytes a batch may take")
-            if packed_bytes(nnz + k, len(counts) + 1) > max_bytes:
+            mine = {int(f) // width for f in b.indices[lo:hi]} if row_bytes else set()
+            alone = packed_bytes(k, 1) + row_bytes * len(mine | {n_features // width})
+            if alone > max_bytes:
+                raise DataError(f"sample {seen} has {k} nonzeros: {alone} bytes, over the "
+                                f"{max_bytes} bytes a batch may take")
+            if cost(nnz + k, len(counts) + 1, len(mine - rows)) > max_bytes:
                 flush()
+            rows.update(mine)
             labels.append(b.labels[i])
             indices.append(b.indices[lo:hi])
             values.append(b.values[lo:hi])

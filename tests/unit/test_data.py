@@ -241,3 +241,15 @@ def test_batches_fitted_to_a_byte_budget_keep_every_sample_in_order():
                                                                                fitted[0].labels)
     with pytest.raises(Exception, match="sample 0 has .* over the 40 bytes"):
         fit_batches(src, 40)
+
+
+def test_batches_fitted_with_their_weight_rows_leave_room_for_both():
+    from geeps_examples.datasets import KDDGenerator, fit_batches, packed_bytes
+    gen = KDDGenerator(n_samples=400, n_features=5000, informative=500)
+    room, row_bytes, width = 30_000, 2 * 16 * 4, 16
+    fitted = fit_batches([gen.batch(0, 400)], room, row_bytes, width, 5000)
+    for b in fitted:
+        rows = len(np.unique(np.append(b.indices, 5000) // width))
+        assert packed_bytes(len(b.indices), len(b)) + row_bytes * rows <= room
+    assert sum(len(b) for b in fitted) == 400
+    assert len(fitted) > len(fit_batches([gen.batch(0, 400)], room))   # rows cost room
