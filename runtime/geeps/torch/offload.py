@@ -21,6 +21,7 @@ the host copies are pinned. Not thread-safe: one step at a time.
 """
 from __future__ import annotations
 
+import heapq
 import weakref
 
 import torch
@@ -55,6 +56,7 @@ class ActivationBudget:
         self._resident: dict[int, int] = {}         # seq -> bytes, of those in device memory
         self._seq = 0
         self._hooks = None
+        self.trace: list[tuple[str, int, int]] = []     # ("save" | "use", seq, bytes)
 
     def __enter__(self) -> "ActivationBudget":
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
@@ -123,6 +125,7 @@ class ActivationBudget:
             return t                    # a parameter or a view of one: not an activation
         e = _Saved(t, self._seq)
         self._seq += 1
+        self.trace.append(("save", e.seq, e.nbytes))
         self._live[e.seq] = weakref.ref(e, lambda _r, s=e.seq: self._gone(s))
         if e.nbytes > self.budget:              # never fits: straight to host memory
             e.host, e.dev = t.detach().to("cpu", copy=True), None
@@ -135,6 +138,7 @@ class ActivationBudget:
     def _unpack(self, e):
         if not isinstance(e, _Saved):
             return e
+        self.trace.append(("use", e.seq, e.nbytes))
         if e.dev is None:
             if e.nbytes > self.budget:
                 raise ActivationBudgetExceeded(
@@ -151,3 +155,36 @@ class ActivationBudget:
                 self.resident + prev.nbytes <= self.budget:
             self._bring_back(prev)
         return e.dev
+
+
+def belady_bytes(trace: list, budget: int) -> int:
+    """Bytes Belady's MIN moves over a recorded trace (ActivationBudget.trace) with
+    `budget` bytes: a saved tensor is born in device memory; evicting one that is used
+    again copies it out (and back at its use); one never used again leaves for free.
+    The reference the offloading policy is measured against."""
+    nxt: list[float] = [float("inf")] * len(trace)
+    last: dict = {}
+    for i in range(len(trace) - 1, -1, -1):
+        nxt[i] = last.get(trace[i][1], float("inf"))
+        last[trace[i][1]] = i
+    resident: dict = {}             # seq -> [bytes, next use]
+    heap: list = []
+    used = moved = 0
+    for i, (kind, seq, nbytes) in enumerate(trace):
+        if seq not in resident:
+            if kind == "use":
+                moved += nbytes     # back in
+            while used + nbytes > budget and heap:
+                neg, victim = heapq.heappop(heap)
+                ent = resident.get(victim)
+                if ent is None or victim == seq or -neg != ent[1]:
+                    continue
+                if ent[1] != float("inf"):
+                    moved += ent[0]     # out, to come back
+                used -= ent[0]
+                del resident[victim]
+            resident[seq] = [nbytes, nxt[i]]
+            used += nbytes
+        resident[seq][1] = nxt[i]
+        heapq.heappush(heap, (-nxt[i], seq))
+    return moved
