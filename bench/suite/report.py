@@ -42,7 +42,8 @@ def render(r: dict, pngs: list[str]) -> str:
     L += _headline(r)
     for name, fn in (("sync", _sync), ("cache", _cache), ("memory", _memory),
                      ("training", _training), ("operator", _operator),
-                     ("scaling", _scaling), ("gpu", _gpu), ("filters", _filters)):
+                     ("scaling", _scaling), ("gpu", _gpu), ("filters", _filters),
+                     ("seed001", _seed001)):
         sec = r.get(name)
         if sec is None:
             continue
@@ -144,6 +145,18 @@ def _headline(r: dict) -> list[str]:
                  f"**{op['all_children_s'] / op['baseline_s']:.1f}x** the API server alone "
                  f"writing as many objects; reconcile p50 {op['reconcile_p50_s'] * 1e3:.0f} ms, "
                  f"p99 {op['reconcile_p99_s'] * 1e3:.0f} ms.")
+    seed = _ok(r, "seed001")
+    if seed:
+        d, p = seed["split"]["data_first"], seed["split"]["params_first"]
+        moved = [row["moved"] for row in seed["table2"]]
+        H.append(f"Seed 001 (sparse LR, KDD2010 shape at {seed['fraction']:.3g}, NumPy as "
+                 f"the device): at one budget, pinning training data first moves "
+                 f"**{d['moved'] / max(1, p['moved']):.2f}x** the bytes per epoch of pinning "
+                 "parameters first (a pinned row still crosses at every clock behind a "
+                 "parameter server), so the report's \"pin data before parameters\" "
+                 + ("holds" if d["moved"] < p["moved"] else "does not hold") + " here; "
+                 f"pinning 6.6% to 100% of the parameters moves {min(moved) / 2**20:.1f}-"
+                 f"{max(moved) / 2**20:.1f} MiB per epoch (section 7).")
     scl = _ok(r, "scaling")
     if scl:
         p16 = next(x for x in scl["models"]["GeePS setting, ideal overlap, no jitter"]["table"]
@@ -467,3 +480,10 @@ def _filters(s, r, pngs):
             "Baselines in the same run: the unfiltered job (sparse LR), geeps dense and "
             "DDP (digits CNN); see bench/bench_filters.py for what each measures.", "",
             "```", bench_filters.report(s["results"]), "```", ""]
+
+
+def _seed001(s, r, pngs):
+    import bench_seed001
+    return ["## 7. Seed 001: the sparse-LR report's Tables 1-3", "",
+            "bench/bench_seed001.py (`geeps bench --only seed001`).", "",
+            bench_seed001.report(s), ""]

@@ -18,6 +18,8 @@ Sections (each measured against a baseline in the same run):
               device memcpy (skipped, saying why, without one; tools/gpu_check.sh)
     filters   push filters: sparse LR with the KKT filter and L1 on the servers vs
               unfiltered; digits CNN top-1% + error feedback vs dense vs DDP
+    seed001   the sparse-LR report's Tables 1-3 on KDD2010-shaped data at 1/200 of
+              its size (bench/bench_seed001.py), the report's figures beside ours
 Sections run in separate processes where they start workers, so a crash or a hung
 process in one is reported and the others still run.
 """
@@ -36,7 +38,8 @@ import traceback
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench")
-SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu", "filters")
+SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu", "filters",
+            "seed001")
 
 
 def _path():
@@ -209,6 +212,11 @@ def sec_filters(quick: bool) -> dict:
 def sec_gpu(quick: bool) -> dict:
     import bench_gpu
     return bench_gpu.run(quick)
+
+
+def sec_seed001(quick: bool) -> dict:
+    import bench_seed001
+    return bench_seed001.run(quick=quick)
 
 
 def sec_scaling(results: dict) -> dict:

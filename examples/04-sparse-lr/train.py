@@ -9,10 +9,12 @@ One weight per feature, packed into rows of a table (feature f in row f // width
 the intercept after the last feature. Each clock a worker reads only the rows its
 batch touches (`Worker.read`), computes the gradient of the log-loss and scatter-adds
 it into those rows (`pre_update` / `update`); the servers run Adam on the mean over
-workers. The worker's memory manager keeps the hot rows (frequent features) in
-device memory within the budget (GEEPS_DEVICE_MEMORY, or --device-fraction of the
-working set) and streams the rest through its access buffers; the hit ratio printed
-at the end is geeps_cache_reads_total{result="hit"} over all reads.
+workers. Each batch is one local datum (fetched at its clock, loaded once after the
+recording). The worker's memory manager keeps training data and hot rows in device
+memory within the budget (GEEPS_DEVICE_MEMORY, or --device-fraction of the working
+set), data first (see the README), and streams the rest through its access
+buffers; the hit ratio printed at the end is geeps_cache_reads_total{result="hit"}
+over all reads.
 
 Each worker's data is fixed and visited in the same order every epoch: the first
 epoch is recorded (the virtual iteration) and later clocks repeat it. Clock c trains
@@ -54,6 +56,14 @@ def parse_args(argv=None):
     ap.add_argument("--device-fraction", type=float, default=None,
                     help="device-memory budget as a fraction of the working set (overrides "
                          "GEEPS_DEVICE_MEMORY; 1 = everything pinned)")
+    ap.add_argument("--batch-bytes", default=None,
+                    help="fit batches to this many bytes of device memory each (variable "
+                         "sample counts: as many samples as fit) instead of --batch "
+                         "samples; 'auto': to the memory the budget leaves, a half for "
+                         "the batch and its weight rows, a half for the next batch")
+    ap.add_argument("--wipe-data", action="store_true",
+                    help="keep no training data in device memory across clocks (the "
+                         "baseline: every batch is copied in at every clock)")
     ap.add_argument("--max-logloss", type=float, default=None,
                     help="exit 1 when the held-out log-loss ends above this")
     ap.add_argument("--report-every", type=int, default=10, help="clocks between progress lines")
@@ -63,7 +73,7 @@ def parse_args(argv=None):
 class Batches:
     """This worker's batches: every W-th of the generated (or read) stream."""
 
-    def __init__(self, args, rank: int, num_workers: int):
+    def __init__(self, args, rank: int, num_workers: int, fit: tuple | None = None):
         self.gen = None
         if args.libsvm:
             every = list(gdata.iter_libsvm(args.libsvm, args.batch, n_features=args.features))
@@ -80,37 +90,42 @@ class Batches:
             self.describe = self.gen.describe()
         self.batch_size = args.batch
         self.n = n
+        self.fitted = False
+        if fit is not None:     # variable sample counts, each batch within the bytes given
+            max_bytes, row_bytes = fit
+            self.items = gdata.fit_batches([self[j] for j in range(n)], max_bytes, row_bytes,
+                                           args.row_width, args.features)
+            self.n, self.fitted = len(self.items), True
 
     def __len__(self):
         return self.n
 
     def __getitem__(self, j):
-        if self.gen is None:
+        if self.gen is None or self.fitted:
             return self.items[j]
         return self.gen.batch(self.ids[j], self.batch_size)
 
 
-def step(api, table, batch: gdata.SparseBatch, n_features: int, width: int, xp=np) -> float:
-    """One clock: read the touched rows, gradient of the log-loss, scatter-add it."""
-    feats = np.append(batch.indices, n_features)            # the intercept is feature n
-    rows, where = np.unique(feats // width, return_inverse=True)
-    pos = xp.asarray(where * width + feats % width)         # each nonzero in the read buffer
-    n = len(batch)
-    sample = xp.asarray(batch.rows_of_samples)
-    vals = xp.asarray(batch.values)
-    labels = xp.asarray(batch.labels)
-    w = api.read(table, rows)
+def step(api, table, j: int, batch: gdata.PackedBatch, xp=np) -> float:
+    """One clock: batch j's data from device memory (a local datum the worker fetches,
+    or keeps pinned across epochs), read the touched rows, gradient of the log-loss,
+    scatter-add it."""
+    d = api.local_access(f"data{j}", batch.nbytes, fetch=True)
+    pos, sample, vals, labels = gdata.unpack_batch(d, batch.nnz, batch.n)
+    n = batch.n
+    w = api.read(table, batch.rows)
     flat = w.reshape(-1)
     nz, bias_pos = pos[:-1], pos[-1]
     z = xp.bincount(sample, weights=flat[nz] * vals, minlength=n) + flat[bias_pos]
     loss = float(xp.mean(xp.logaddexp(0.0, z) - labels * z))
     r = (1.0 / (1.0 + xp.exp(-z)) - labels) / n              # d loss / d z
-    g = api.pre_update(table, rows)
+    g = api.pre_update(table, batch.rows)
     gflat = g.reshape(-1)
     gflat += xp.bincount(nz, weights=r[sample] * vals, minlength=gflat.size).astype(np.float32)
     gflat[bias_pos] += np.float32(r.sum())
     api.update(g)
     api.post_read(w)
+    api.post_local_access(d)
     api.clock()
     return loss
 
@@ -137,6 +152,12 @@ class DryRun:
     def post_read(self, b):
         self.rec.post_read(self.ids.pop(id(b)))
 
+    def local_access(self, name, nbytes, **flags):
+        return self._buf(self.rec.local_access(name, nbytes, **flags), (nbytes // 4,))
+
+    def post_local_access(self, b):
+        self.rec.post_local_access(self.ids.pop(id(b)))
+
     def update(self, b):
         self.rec.update(self.ids.pop(id(b)))
 
@@ -158,7 +179,20 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     ctx = init()                # GEEPS_* (or one in-process server when run alone)
     client, rank, W = ctx.client, ctx.rank, ctx.num_workers
-    data = Batches(args, rank, W)
+    budget = geeps.load_config().device_memory if args.device_fraction is None else None
+    fit = None
+    if args.batch_bytes == "auto":
+        if budget is None:
+            print(f"worker {rank}: --batch-bytes auto fits batches to the memory a fixed "
+                  "budget leaves: set GEEPS_DEVICE_MEMORY (cache.deviceMemory), not "
+                  "--device-fraction", file=sys.stderr)
+            return 2
+        # Half the budget for a batch with its read and update buffers (a row each),
+        # half for the next batch staged meanwhile; a little for buffer alignment.
+        fit = ((budget - 8 * memory.ALIGN) // 2, 2 * args.row_width * 4)
+    elif args.batch_bytes is not None:
+        fit = (int(args.batch_bytes), 0)
+    data = Batches(args, rank, W, fit)
     if len(data) == 0:
         print(f"worker {rank}: no complete batch of {args.batch} for {W} workers",
               file=sys.stderr)
@@ -172,28 +206,37 @@ def main(argv=None) -> int:
     else:
         table = client.open_table("lr")
 
-    budget = geeps.load_config().device_memory if args.device_fraction is None else None
+    # Each batch as the device computes on it: a local datum per batch, loaded once
+    # after the recording; the planner decides which stay pinned in device memory.
+    packed = [gdata.pack_batch(data[j], args.features, width) for j in range(len(data))]
     if args.device_fraction is not None and args.device_fraction < 1:
         dry = DryRun()
         for j in range(len(data)):
-            step(dry, table, data[j], args.features, width)
+            step(dry, table, j, packed[j])
         cycle = dry.rec.finish()
-        analysis = analyze(cycle)           # shared by both sizings: it is the slow part
+        analysis = analyze(cycle, persist=not args.wipe_data)   # shared: the slow part
         ws = memory.working_set(cycle, analysis)
         budget = max(memory.minimum_budget(cycle, analysis), int(args.device_fraction * ws))
     try:
-        worker = Worker(client, device_memory=budget)
+        worker = Worker(client, device_memory=budget, persist_local=not args.wipe_data)
         xp = worker.backend.xp
         with worker.virtual_iteration():
             for j in range(len(data)):          # one epoch: the cycle real clocks repeat
-                step(worker, table, data[j], args.features, width, xp)
+                step(worker, table, j, packed[j], xp)
     except memory.BudgetError as e:
         print(f"worker {rank}: {e}", file=sys.stderr)
         return 2
     plan = worker.plan
+    for j, pb in enumerate(packed):
+        worker.load_local(f"data{j}", pb.data)
+    pinned_data = sum(pb.nbytes for j, pb in enumerate(packed)
+                      if f"data{j}" in plan.local_offsets)
     print(f"worker {rank}: {len(data)} clocks per epoch; device memory "
           f"{plan.device_bytes / 2**20:.2f} MiB of a {plan.working_set_bytes / 2**20:.2f} MiB "
-          f"working set (budget {'unlimited' if budget is None else f'{budget / 2**20:.2f} MiB'})")
+          f"working set (budget {'unlimited' if budget is None else f'{budget / 2**20:.2f} MiB'}); "
+          f"training data pinned {pinned_data / 2**20:.2f} of "
+          f"{sum(pb.nbytes for pb in packed) / 2**20:.2f} MiB; "
+          f"{plan.moved_bytes / 2**20:.2f} MiB moved per epoch")
 
     def reads(result):
         return worker.metrics.value("geeps_cache_reads_total", table="lr", result=result)
@@ -202,7 +245,7 @@ def main(argv=None) -> int:
         return worker.metrics.value("geeps_transfer_bytes_total", direction=direction) / 2**20
 
     t0 = time.monotonic()
-    losses = []
+    losses, samples = [], 0
     # Clock c trains on batch c mod len(data): a replacement for a worker that died
     # (or every worker, after a rollback, see below) starts where the job is.
     clock = start = worker.client.clock_value
@@ -210,15 +253,16 @@ def main(argv=None) -> int:
         print(f"worker {rank}: resuming at clock {start} (epoch {start // len(data)})")
     try:
         for c in range(start, args.epochs * len(data)):
-            losses.append(step(worker, table, data[c % len(data)], args.features, width, xp))
+            losses.append(step(worker, table, c % len(data), packed[c % len(data)], xp))
+            samples += packed[c % len(data)].n      # fitted batches vary in size
             clock = worker.client.clock_value
             if clock % args.report_every == 0:
                 hits, misses = reads("hit"), reads("miss")
                 geeps.report(clock=clock, loss=float(np.mean(losses)), epoch=c // len(data),
                              epochs=args.epochs, clocks=args.epochs * len(data),
-                             samples=len(losses) * args.batch,
+                             samples=samples,
                              hit_ratio=hits / max(1.0, hits + misses))
-                losses = []
+                losses, samples = [], 0
     except RolledBack as e:
         # The worker's cache, plan position and accumulators belong to a timeline that
         # no longer exists; a fresh process rebuilds them at the job's clock.

@@ -308,3 +308,101 @@ def logloss(logits: np.ndarray, labels: np.ndarray) -> float:
     z = np.asarray(logits, np.float64)
     y = np.asarray(labels, np.float64)
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+# ---- sparse batches as the device computes on them ------------------------------------
+@dataclass(frozen=True)
+class PackedBatch:
+    """A sparse LR batch in one flat float32 array, the unit a worker keeps in device
+    memory (a local datum fetched at each clock: pinned, it stays there across epochs).
+
+    Weights are packed `width` to a table row with the intercept after the last
+    feature; `rows` (host side: the read names them) are the rows the batch touches,
+    and `data` holds, in order: each nonzero's position in the read buffer and then
+    the intercept's (int32 bits, nnz + 1), the sample of each nonzero (int32 bits,
+    nnz), the values (nnz) and the labels (n)."""
+    rows: np.ndarray
+    data: np.ndarray
+    nnz: int
+    n: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+
+def pack_batch(batch: SparseBatch, n_features: int, width: int) -> PackedBatch:
+    feats = np.append(batch.indices, n_features)            # the intercept is feature n
+    rows, where = np.unique(feats // width, return_inverse=True)
+    pos = (where * width + feats % width).astype(np.int32)
+    nnz, n = len(batch.indices), len(batch)
+    data = np.concatenate([pos.view(np.float32),
+                           batch.rows_of_samples.astype(np.int32).view(np.float32),
+                           batch.values.astype(np.float32), batch.labels.astype(np.float32)])
+    return PackedBatch(rows, data, nnz, n)
+
+
+def unpack_batch(flat, nnz: int, n: int):
+    """(positions, samples, values, labels) as views of a packed batch's flat array
+    (NumPy or CuPy alike): positions end with the intercept's."""
+    pos = flat[:nnz + 1].view(np.int32)
+    sample = flat[nnz + 1:2 * nnz + 1].view(np.int32)
+    return pos, sample, flat[2 * nnz + 1:3 * nnz + 1], flat[3 * nnz + 1:3 * nnz + 1 + n]
+
+
+def packed_bytes(nnz: int, n: int) -> int:
+    """Bytes of a packed batch of n samples with nnz nonzeros (see PackedBatch)."""
+    return 4 * (3 * nnz + n + 1)
+
+
+def fit_batches(batches, max_bytes: int, row_bytes: int = 0, width: int = 16,
+                n_features: int = 0) -> list[SparseBatch]:
+    """Variable-size batches, each taking at most `max_bytes` of device memory (the
+    report's dynamic fitting: as many samples as the memory left for a batch holds),
+    cut from `batches` (SparseBatch, consumed in order; samples keep their order). A
+    batch takes its packed bytes plus `row_bytes` per weight row it touches (`width`
+    weights a row, the intercept at feature `n_features`): pass the bytes its read and
+    update buffers take per row to fit those too. A single sample too large raises
+    DataError naming it."""
+    out: list[SparseBatch] = []
+    labels, indices, values, counts = [], [], [], []
+    rows: set = set()
+    nnz = 0
+    seen = 0
+
+    def cost(k: int, n: int, new_rows: int) -> int:
+        return packed_bytes(k, n) + row_bytes * (len(rows) + new_rows)
+
+    def flush():
+        nonlocal nnz
+        if counts:
+            indptr = np.zeros(len(counts) + 1, np.int64)
+            np.cumsum(counts, out=indptr[1:])
+            out.append(SparseBatch(np.array(labels, np.float32), indptr,
+                                   np.concatenate(indices), np.concatenate(values)))
+        labels.clear(), indices.clear(), values.clear(), counts.clear()
+        rows.clear()
+        if row_bytes:
+            rows.add(n_features // width)       # the intercept's row, in every batch
+        nnz = 0
+    flush()
+    for b in batches:
+        for i in range(len(b)):
+            lo, hi = int(b.indptr[i]), int(b.indptr[i + 1])
+            k = hi - lo
+            mine = {int(f) // width for f in b.indices[lo:hi]} if row_bytes else set()
+            alone = packed_bytes(k, 1) + row_bytes * len(mine | {n_features // width})
+            if alone > max_bytes:
+                raise DataError(f"sample {seen} has {k} nonzeros: {alone} bytes, over the "
+                                f"{max_bytes} bytes a batch may take")
+            if cost(nnz + k, len(counts) + 1, len(mine - rows)) > max_bytes:
+                flush()
+            rows.update(mine)
+            labels.append(b.labels[i])
+            indices.append(b.indices[lo:hi])
+            values.append(b.values[lo:hi])
+            counts.append(k)
+            nnz += k
+            seen += 1
+    flush()
+    return out

@@ -215,3 +215,41 @@ def test_logloss_matches_the_definition():
     want = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
     assert gdata.logloss(z, y) == pytest.approx(want)
     assert np.isfinite(gdata.logloss(np.array([1e4, -1e4]), np.array([0.0, 1.0])))
+
+
+def test_batches_fitted_to_a_byte_budget_keep_every_sample_in_order():
+    from geeps_examples.datasets import (KDDGenerator, fit_batches, pack_batch, packed_bytes,
+                                         unpack_batch)
+    gen = KDDGenerator(n_samples=600, n_features=5000, informative=500)
+    src = [gen.batch(j, 200) for j in range(3)]
+    room = 20_000
+    fitted = fit_batches(src, room)
+    sizes = [packed_bytes(len(b.indices), len(b)) for b in fitted]
+    assert all(s <= room for s in sizes) and len(set(len(b) for b in fitted)) > 1
+    # Greedy: the next sample would not have fitted in the batch before it.
+    for b, nxt in zip(fitted, fitted[1:]):
+        first = int(nxt.indptr[1])
+        assert packed_bytes(len(b.indices) + first, len(b) + 1) > room
+    assert np.array_equal(np.concatenate([b.indices for b in fitted]),
+                          np.concatenate([b.indices for b in src]))
+    assert np.array_equal(np.concatenate([b.labels for b in fitted]),
+                          np.concatenate([b.labels for b in src]))
+    p = pack_batch(fitted[0], 5000, 16)
+    assert p.nbytes == sizes[0]
+    pos, sample, vals, labels = unpack_batch(p.data, p.nnz, p.n)
+    assert np.array_equal(sample, fitted[0].rows_of_samples) and np.array_equal(labels,
+                                                                               fitted[0].labels)
+    with pytest.raises(Exception, match="sample 0 has .* over the 40 bytes"):
+        fit_batches(src, 40)
+
+
+def test_batches_fitted_with_their_weight_rows_leave_room_for_both():
+    from geeps_examples.datasets import KDDGenerator, fit_batches, packed_bytes
+    gen = KDDGenerator(n_samples=400, n_features=5000, informative=500)
+    room, row_bytes, width = 30_000, 2 * 16 * 4, 16
+    fitted = fit_batches([gen.batch(0, 400)], room, row_bytes, width, 5000)
+    for b in fitted:
+        rows = len(np.unique(np.append(b.indices, 5000) // width))
+        assert packed_bytes(len(b.indices), len(b)) + row_bytes * rows <= room
+    assert sum(len(b) for b in fitted) == 400
+    assert len(fitted) > len(fit_batches([gen.batch(0, 400)], room))   # rows cost room

@@ -2,8 +2,8 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from geeps.worker.memory import (POLICIES, BudgetError, align, belady, make_plan, minimum_budget,
-                                 working_set)
+from geeps.worker.memory import (POLICIES, BudgetError, Regions, align, belady, make_plan,
+                                 minimum_budget, working_set)
 from geeps.worker.ops import Recorder
 from geeps.tables import Table
 from tests.workloads import (DenseModel, SparseModel, dense_batches, dense_step, record,
@@ -189,3 +189,63 @@ def test_belady_moves_less_as_the_budget_grows(cyc):
     lo = max(align(max(op.nbytes for op in cyc.ops)) * 3, 64)
     totals = [belady(cyc, b).total for b in (lo, 2 * lo, 4 * lo, None)]
     assert totals == sorted(totals, reverse=True)
+
+
+# ---- local data kept across clocks, and separate regions --------------------------------
+def data_cycle(clocks=4, data_bytes=1024):
+    """Each clock fetches its own batch of data and reads the same 8 rows (1 KiB)."""
+    t = Table("w", 64, 32, "sgd")
+    rec = Recorder()
+    for k in range(clocks):
+        d = rec.local_access(f"data{k}", data_bytes, fetch=True)
+        rec.post_read(rec.read(t, range(0, 8)))
+        rec.post_local_access(d)
+        rec.clock()
+    return rec.finish()
+
+
+def test_fetched_data_is_pinned_before_parameters_and_moves_only_when_wiped():
+    cyc = data_cycle()
+    ws = working_set(cyc)
+    kept = make_plan(cyc, ws - 1024)
+    wiped = make_plan(cyc, ws - 1024, persist=False)
+    # A parameter row crosses every clock anyway (its refresh); a pinned batch never
+    # moves again, so the planner spends the budget on data: two batches (the rows
+    # pinned too make the reads views; pool room for the other batches' buffers).
+    assert kept.local_floats * 4 == 2 * 1024
+    assert wiped.local_floats == 0
+    assert kept.moved_bytes == 2 * 1024 + 4 * 1024 < wiped.moved_bytes
+    assert wiped.moved_bytes == 4 * 1024 + 4 * 1024     # each batch, each row set, per cycle
+    unlimited = make_plan(cyc, None)
+    assert unlimited.moved_bytes == 4 * 1024            # only the reads' refreshes
+
+
+def test_regions_cap_pool_data_and_parameters_separately():
+    cyc = data_cycle()
+    ws = working_set(cyc)
+    no_data = make_plan(cyc, ws, regions=Regions(data=0))
+    assert no_data.local_floats == 0 and no_data.device_bytes <= ws
+    some = make_plan(cyc, ws, regions=Regions(data=2048, params=0))
+    assert some.local_floats * 4 == 2048 and sum(some.param_slots.values()) == 0
+    assert some.moved_bytes == 2 * 1024 + 4 * 1024
+    pool = make_plan(cyc, None, regions=Regions(pool=1024, data=1024))
+    assert pool.pool_bytes <= 1024 and pool.local_floats * 4 <= 1024
+    whole = make_plan(cyc, None, regions=Regions(data=ws, params=ws))   # caps that hold
+    assert whole.moved_bytes == make_plan(cyc, None).moved_bytes
+    with pytest.raises(ValueError, match="regions.data must be a byte count"):
+        make_plan(cyc, ws, regions=Regions(data=-1))
+    assert Regions.parse(data="1Ki") == Regions(data=1024)
+
+
+def test_the_next_batch_is_staged_in_the_other_half_while_the_current_computes():
+    cyc = data_cycle()
+    ws = working_set(cyc)
+    plan = make_plan(cyc, ws - 1024, regions=Regions(data=0))   # no batch pinned
+    data = [p for p in plan.ops if p.op.kind == "local"]
+    # Clock k's batch fills from clock k-1's first operation on (the cycle's first
+    # from its last clock), into the other half of a two-batch pool.
+    assert [p.prefetch_at for p in data] == [6, 0, 2, 4]
+    assert [p.buf[0] * 4 for p in data] == [0, 1024, 0, 1024]
+    assert plan.pool_bytes == 2048 and plan.stalls == 0
+    tight = make_plan(cyc, 2048, regions=Regions(data=0))     # room for one: no staging
+    assert [p.prefetch_at for p in tight.ops if p.op.kind == "local"] == [-1] * 4

@@ -156,10 +156,14 @@ class ParameterCache:
                        for c in plan.clocks]
         self.acc_host = [{n: host((len(r), t[n].width)) for n, r in c.push.items()}
                          for c in plan.clocks]
+        # Host homes: of local data that is not pinned, and of data that crosses clock
+        # boundaries (load_local writes there whether or not it is pinned).
         self.local_home = {}
         for p in plan.ops:
-            if p.op.kind == "local" and p.view is None and p.op.name not in self.local_home:
-                self.local_home[p.op.name] = host((1, p.op.nbytes // 4))
+            op = p.op
+            if op.kind == "local" and (p.view is None or op.fetch or op.keep) \
+                    and op.name not in self.local_home:
+                self.local_home[op.name] = host((1, op.nbytes // 4))
         for p in plan.ops:
             for ix in (p.pin_buf, p.pin_slots, p.host_buf, p.host_src):
                 if ix is not None:
@@ -217,7 +221,7 @@ class ParameterCache:
                 if p.host_buf is not None:
                     be.h2d(pulled, p.host_src, buf, p.host_buf)
                     self._count("h2d", len(p.host_buf) * buf.shape[1] * 4)
-        elif op.kind == "pre_update" or p.first:
+        elif op.kind == "pre_update" or (p.first and not op.fetch):
             def run():
                 be.zero(buf)
         else:
@@ -276,7 +280,8 @@ class ParameterCache:
             st.waited += 1
             st.wait_s += time.perf_counter() - t0
         buf = self.buffer(p)
-        if p.view is not None and (op.kind == "pre_update" or (op.kind == "local" and p.first)):
+        if p.view is not None and (op.kind == "pre_update" or
+                                   (op.kind == "local" and p.first and not op.fetch)):
             self.be.zero(buf)
         return buf
 
@@ -285,7 +290,8 @@ class ParameterCache:
         update (pinned rows in place; the rest copied to host memory in the background)."""
         op = p.op
         be = self.be
-        if op.kind == "local" and p.view is None and not p.last and not p.keep:
+        if op.kind == "local" and p.view is None and not p.keep and \
+                (not p.last or op.keep):
             home = self.local_home[op.name]
             start = p.hold // 4         # the first `hold` bytes stay for the next access
 
@@ -308,6 +314,32 @@ class ParameterCache:
                             be.d2h(buf, pair[0], host, pair[1], add=add)
                             self._count("d2h", len(pair[0]) * buf.shape[1] * 4)
                 self.io.submit(to_host, be.fence())
+
+    def load_local(self, name: str, values) -> None:
+        """Put `values` (float32, the datum's size) in local datum `name`: its host home,
+        and its pinned place if it has one (copied there on the transfer thread, after
+        every transfer queued so far, and counted). Blocks until done."""
+        home = self.local_home.get(name)
+        if home is None:
+            raise KeyError(f"local data {name!r} was not recorded with fetch=True or "
+                           "keep=True")
+        flat = np.ascontiguousarray(values).reshape(-1).view(np.float32)
+        if flat.size != home.size:
+            raise ValueError(f"local data {name!r} holds {home.size * 4} bytes; got "
+                             f"{flat.size * 4}")
+        at = self.plan.local_offsets.get(name)
+
+        def load():
+            home[0, :] = flat
+            if at is not None:
+                self.be.h2d(home, self._whole, self.local[at:at + home.size].reshape(1, -1),
+                            self._whole)
+                self._count("h2d", home.size * 4)
+        self.io.submit(load, self.be.fence()).wait()
+        # A fill of this datum queued before the load (the prefetch at a clock's start)
+        # copied the old values: fill again, after the load.
+        for op_id in [o for o in self.fills if self.plan.ops[o].op.name == name]:
+            self._fill(self.plan.ops[op_id])
 
     def end_clock(self, k: int) -> dict:
         """Flush pinned accumulators to host memory; block until every transfer of the

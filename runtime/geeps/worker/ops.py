@@ -50,11 +50,22 @@ class Op:
     run: tuple[int, int] | None = None   # rows given as range(a, b): cheap to compare
     name: str | None = None         # local data
     nbytes: int = 0                 # bytes of the data the op touches
+    slack: int | None = None        # read: clocks it may lag (None: the job's model)
+    fetch: bool = False             # local: starts a clock with what a kept access left
+    keep: bool = False              # local: what it holds outlives the clock
 
     def describe(self) -> str:
         if self.kind == "local":
-            return f"local_access({self.name!r}, {self.nbytes} bytes)"
-        return f"{self.kind}(table {self.table!r}, {len(self.rows)} rows)"
+            flags = "".join(f", {f}=True" for f in ("fetch", "keep") if getattr(self, f))
+            return f"local_access({self.name!r}, {self.nbytes} bytes{flags})"
+        slack = "" if self.slack is None else f", slack={self.slack}"
+        return f"{self.kind}(table {self.table!r}, {len(self.rows)} rows{slack})"
+
+    def options(self) -> dict:
+        """The options a real call must repeat (see Cursor.call)."""
+        if self.kind == "local":
+            return {"fetch": self.fetch, "keep": self.keep}
+        return {"slack": self.slack} if self.kind == "read" else {}
 
     def matches_rows(self, rows) -> bool:
         if isinstance(rows, range) and rows.step == 1 and self.run is not None:
@@ -139,12 +150,14 @@ class Recorder:
         return op.id
 
     def call(self, kind: str, table=None, rows=None, name: str | None = None,
-             nbytes: int = 0) -> int:
+             nbytes: int = 0, **opts) -> int:
         """Record a call of `kind` (read, pre_update: table and rows; local: name and
-        nbytes); returns its operation id."""
+        nbytes; options as the methods take them); returns its operation id."""
         if kind == "local":
-            return self.local_access(name, nbytes)
-        return (self.read if kind == "read" else self.pre_update)(table, rows)
+            return self.local_access(name, nbytes, **opts)
+        if kind == "read":
+            return self.read(table, rows, **opts)
+        return self.pre_update(table, rows, **opts)
 
     def post(self, kind: str, op_id: int) -> None:
         """Record the post that closes operation `op_id`, a call of `kind`."""
@@ -158,11 +171,18 @@ class Recorder:
             del self._open_locals[op.name]
         self._events.append(Access("post", op_id))
 
-    def read(self, table, rows) -> int:
+    def read(self, table, rows, slack: int | None = None) -> int:
+        """slack: this read may miss the updates of at most `slack` of the latest
+        clocks (GeePS's per-read slack; 0 reads as BSP); None follows the job's model."""
         info = self._table(table)
         a, run = normalize_rows(info, rows)
+        if slack is not None and (isinstance(slack, bool) or
+                                  not isinstance(slack, (int, np.integer)) or slack < 0):
+            raise ValueError(f"read(table {info.name!r}): slack must be an int >= 0 or "
+                             f"None (got {slack!r})")
         return self._new_op(kind="read", table=info.name, rows=a, run=run,
-                            nbytes=len(a) * info.row_bytes)
+                            nbytes=len(a) * info.row_bytes,
+                            slack=None if slack is None else int(slack))
 
     def post_read(self, op_id: int) -> None:
         self.post("read", op_id)
@@ -180,7 +200,12 @@ class Recorder:
     def update(self, op_id: int) -> None:
         self.post("pre_update", op_id)
 
-    def local_access(self, name: str, nbytes: int) -> int:
+    def local_access(self, name: str, nbytes: int, fetch: bool = False,
+                     keep: bool = False) -> int:
+        """fetch: the first access of a clock finds what the datum held when a kept
+        access of an earlier clock was posted (or what Worker.load_local put there)
+        instead of zeros; keep: what this access leaves outlives the clock (GeePS's
+        fetch/keep). Every access of one datum names the same flags."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"local data needs a non-empty name (got {name!r})")
         if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 1:
@@ -190,13 +215,18 @@ class Recorder:
         if nbytes % 4:
             raise ValueError(f"local data {name!r} holds float32 values: nbytes must be a "
                              f"multiple of 4 (got {nbytes})")
-        if self._locals.setdefault(name, nbytes) != nbytes:
-            raise ValueError(f"local data {name!r} was recorded with {self._locals[name]} "
-                             f"bytes, now {nbytes}")
+        fetch, keep = bool(fetch), bool(keep)
+        if self._locals.setdefault(name, (nbytes, fetch, keep)) != (nbytes, fetch, keep):
+            was = self._locals[name]
+            if was[0] != nbytes:
+                raise ValueError(f"local data {name!r} was recorded with {was[0]} bytes, "
+                                 f"now {nbytes}")
+            raise ValueError(f"local data {name!r} was recorded with fetch={was[1]}, "
+                             f"keep={was[2]}, now fetch={fetch}, keep={keep}")
         if name in self._open_locals:
             raise SequenceError(f"local data {name!r} is already open (operation "
                                 f"{self._open_locals[name]}); post it first")
-        op_id = self._new_op(kind="local", name=name, nbytes=nbytes)
+        op_id = self._new_op(kind="local", name=name, nbytes=nbytes, fetch=fetch, keep=keep)
         self._open_locals[name] = op_id
         return op_id
 
@@ -244,8 +274,9 @@ class Cursor:
         return "clock()" if ev is None else self.cycle.describe(ev)
 
     def call(self, kind: str, table: str | None = None, rows=None, name: str | None = None,
-             nbytes: int = 0) -> Op:
-        """The recorded Op this call corresponds to; SequenceError if it deviates."""
+             nbytes: int = 0, **opts) -> Op:
+        """The recorded Op this call corresponds to; SequenceError if it deviates (in
+        what it names or in its options: slack, fetch, keep)."""
         ev = self._expect(kind)
         if kind == "local":
             got = f"local_access({name!r}, {nbytes} bytes)"
@@ -262,6 +293,14 @@ class Cursor:
             if op.kind == kind and kind != "local" and op.table == table:
                 got += " with different rows"
             self._fail(op.describe(), got)
+        want = op.options()
+        given = {k: opts.get(k, type(v)() if isinstance(v, bool) else None)
+                 for k, v in want.items()}
+        if kind == "local":
+            given = {k: bool(v) for k, v in given.items()}
+        if given != want:
+            self._fail(op.describe(), got + " with " + ", ".join(
+                f"{k}={v!r}" for k, v in given.items()))
         self.i += 1
         return op
 

@@ -31,6 +31,7 @@ refresh to the client's I/O thread and returns. Not thread-safe: one thread per 
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 
 import numpy as np
@@ -43,6 +44,9 @@ from geeps.metrics import Metrics
 from geeps.worker import memory
 from geeps.worker.cache import ParameterCache
 from geeps.worker.ops import POSTS, Cursor, Recorder, SequenceError
+from geeps.worker.reads import OwnUpdates, horizon, read_need
+
+log = logging.getLogger("geeps.worker")
 
 _FROM_ENV = object()
 
@@ -51,10 +55,17 @@ class Worker:
     """A worker's GPU-specialized client over a geeps.Client (see module docstring)."""
 
     def __init__(self, client, device_memory=_FROM_ENV, backend=None, policy: str = "benefit",
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, stalls: str = "warn",
+                 persist_local: bool = True, regions: memory.Regions | None = None):
         """device_memory: bytes or a quantity ("2Gi"), None for unlimited; default
         GEEPS_DEVICE_MEMORY. backend: "auto" | "numpy" | "cupy" or a backend object;
-        default GEEPS_BACKEND. policy: see geeps.worker.memory.planner. Never blocks."""
+        default GEEPS_BACKEND. policy: see geeps.worker.memory.planner. stalls: what
+        to do with a plan that makes the application wait for copies (GeePS's memory
+        warning level): "refuse" (StallError), "warn" (logged) or "accept".
+        persist_local: local data recorded with fetch/keep may stay pinned across
+        clocks (False: it moves at every clock, the old behaviour). regions: separate
+        caps for the pool, pinned data and pinned parameters (memory.Regions) within
+        the budget. Never blocks."""
         self.client = client
         if device_memory is _FROM_ENV:
             device_memory = from_env("GEEPS_DEVICE_MEMORY")
@@ -68,6 +79,12 @@ class Worker:
             raise ValueError(f"placement policy {policy!r} is not one of "
                              f"{', '.join(memory.POLICIES)}")
         self.policy = policy
+        if stalls not in memory.STALL_LEVELS:
+            raise ValueError(f"stalls={stalls!r} is not one of {', '.join(memory.STALL_LEVELS)}")
+        self.stalls = stalls
+        self.persist_local, self.regions = persist_local, regions
+        self._own = OwnUpdates(getattr(getattr(client, "consistency", None), "per_clock",
+                                       False))
         # A client made by Client.from_env() carries the process's Metrics and counts
         # push/pull bytes, the clock and iteration time itself: share it, don't recount.
         client_metrics = getattr(client, "metrics", None)
@@ -106,7 +123,11 @@ class Worker:
         finally:
             self.recording = False
             self._open.clear()
-        self.plan = memory.make_plan(cycle, self.budget, self.policy)
+        self.plan = memory.make_plan(cycle, self.budget, self.policy,
+                                     persist=self.persist_local, regions=self.regions)
+        self._judge_plan()
+        if self._own.per_clock:
+            self._own.horizon = horizon(self.client.consistency, cycle)
         self.cycle = cycle
         self.cache = ParameterCache(self.plan, self.backend, self.budget,
                                     on_bytes=self.metrics.transfer)
@@ -131,11 +152,13 @@ class Worker:
         return got[0]
 
     # ---- operations ----------------------------------------------------------------------
-    def read(self, table, rows):
+    def read(self, table, rows, slack: int | None = None):
         """Rows of `table` as a (len(rows), row_width) device array; blocks until they
         are in device memory (see module docstring). Treat it as read-only: pinned rows
-        come in place (NumPy refuses writes to them)."""
-        return self._call("read", table=table, rows=rows)
+        come in place (NumPy refuses writes to them). slack: the latest clocks whose
+        updates it may miss (None: the job's consistency model; geeps.worker.reads).
+        Under BSP/SSP an `add` table's rows include this worker's own updates."""
+        return self._call("read", table=table, rows=rows, slack=slack)
 
     def post_read(self, buf) -> None:
         """The application is done with a read's buffer."""
@@ -151,28 +174,42 @@ class Worker:
         momentum/adam tables, deltas for add); pushed at clock()."""
         self._post("pre_update", buf)
 
-    def local_access(self, name: str, nbytes: int):
-        """Local data (never leaves the worker; lives within a clock, zeroed at its
-        first access in each clock) as a flat float32 device array of nbytes/4."""
-        return self._call("local", name=name, nbytes=nbytes)
+    def local_access(self, name: str, nbytes: int, fetch: bool = False, keep: bool = False):
+        """Local data (never leaves the worker) as a flat float32 device array of
+        nbytes/4. By default it lives within a clock, zeroed at its first access in
+        each clock. fetch: the first access of a clock finds what a kept access left
+        (or what load_local put there); keep: what it holds outlives the clock. Such
+        data may stay pinned in device memory across clocks (training data, say);
+        fetched data that is not kept is read-only (pinned, writes would stay)."""
+        return self._call("local", name=name, nbytes=nbytes, fetch=fetch, keep=keep)
 
     def post_local_access(self, buf) -> None:
         self._post("local", buf)
 
+    def load_local(self, name: str, values) -> None:
+        """Put `values` (any array of the datum's bytes, e.g. a packed data batch) in
+        local datum `name`, recorded with fetch=True: its next fetching access finds
+        them (pinned data: already in device memory). After the virtual iteration;
+        blocks until they are in place."""
+        if self.cache is None:
+            raise SequenceError("load_local: record the sequence first (the plan decides "
+                                "where local data lives)")
+        self.cache.load_local(name, values)
+
     def _call(self, kind: str, table=None, rows=None, name: str | None = None,
-              nbytes: int = 0):
+              nbytes: int = 0, **opts):
         """An operation's buffer. Recording: scratch zeros (outside the budget), the
         call recorded. After: the call checked against the recording, and the planned
         buffer once its data is in device memory."""
         if self.recording:
             if table is not None:
                 self._tables[table.name] = table
-            op_id = self._rec.call(kind, table, rows, name, nbytes)
+            op_id = self._rec.call(kind, table, rows, name, nbytes, **opts)
             shape = (nbytes // 4,) if kind == "local" else (len(rows), table.row_width)
             buf = self.backend.xp.zeros(shape, np.float32)
         else:
             op_id = self._live().call(kind, None if table is None else table.name, rows,
-                                      name, nbytes).id
+                                      name, nbytes, **opts).id
             buf = self._execute(self.plan.ops[op_id])
         self._open[id(buf)] = (op_id, buf)
         return buf
@@ -214,6 +251,7 @@ class Worker:
         k = self._k
         self._live().clock()        # the recording closes every operation before clock()
         acc = self.cache.end_clock(k)
+        self._remember_own(k, acc)
         handles = []
         for t, rows in self.plan.clocks[k].push.items():
             kw = {}
@@ -261,10 +299,12 @@ class Worker:
         # refresh job waits for that on the transfer thread, ahead of those writes.
         pushes, self._push_handles[k] = self._push_handles[k], []
         handles = []
+        clock = self.client.clock_value
         for t, rows in self.plan.clocks[k].pull.items():
             out = self.cache.pulled[k][t]
+            need = self._need(k, t, clock)
             handles.append((t, self.client.pull_async(self._tables[t], _selection(rows),
-                                                      out=out)))
+                                                      out=out, need=need)))
             if self._count_net:
                 self.metrics.transfer("pull", out.nbytes)
         clock_handle = self._clock_handle
@@ -275,9 +315,29 @@ class Worker:
             if clock_handle is not None:
                 self._wait(clock_handle)
             for t, h in handles:
-                _values, data_clock = self._wait(h)
+                values, data_clock = self._wait(h)
                 self._data_clock[t] = data_clock
+                self._own.apply(self._tables[t], self.plan.clocks[k].pull[t], values,
+                                data_clock, clock)
         self.cache.begin_clock(k, wait_pull)
+
+    # ---- GeePS client parity (geeps.worker.reads, memory.judge_stalls) --------------------
+    def _judge_plan(self) -> None:
+        report = memory.judge_stalls(self.plan, self.stalls)
+        if report is not None:
+            log.warning("worker %s: %s", self.client.worker, report)
+
+    def _need(self, k: int, table: str, clock: int) -> int | None:
+        """The pull's bound when a read of the clock names its own slack (else None:
+        the client applies the job's model)."""
+        slack = self.plan.clocks[k].slack.get(table)
+        return None if slack is None else read_need(self.client.consistency, clock, slack)
+
+    def _remember_own(self, k: int, acc: dict) -> None:
+        """Keep what this clock pushes to `add` tables, for read-my-writes."""
+        clock = self.client.clock_value
+        for t, rows in self.plan.clocks[k].push.items():
+            self._own.record(self._tables[t], clock, rows, acc[t])
 
     def _wait(self, handle):
         # A refresh may wait for slower workers as long as consistency requires, but

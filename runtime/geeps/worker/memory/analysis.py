@@ -41,6 +41,7 @@ class Group:
     first_use: int                  # op id
     ops: list = field(default_factory=list)     # (op id, occurrences of each row)
     clock_bytes: int = 0            # pinned: refresh/flush bytes per cycle (0 for local)
+    pinnable: bool = True           # False: local data that must leave at clock ends
 
 
 @dataclass
@@ -101,14 +102,19 @@ class Analysis:
     usage: Usage
     grouping: Grouping
     links: list                     # Link candidates: consecutive uses of the same data
+    persist: bool = True            # kept local data may stay in device memory across clocks
 
 
-def analyze(cycle) -> Analysis:
-    """Budget-independent facts of a cycle (pure)."""
+def analyze(cycle, persist: bool = True) -> Analysis:
+    """Budget-independent facts of a cycle (pure). persist=False: device memory holds
+    no local data across clock boundaries (what geeps did before fetch/keep: the
+    baseline that pinned training data is measured against), so data a clock fetches
+    or keeps goes through the access buffers and moves at every clock."""
     ops = cycle.ops
     usage = _usage(cycle)
-    grouping = _grouping(cycle)
+    grouping = _grouping(cycle, persist)
     return Analysis(
+        persist=persist,
         cycle=cycle,
         size=np.array([len(op.rows) if op.rows is not None else 1 for op in ops], np.int64),
         buf_bytes=np.array([op.nbytes for op in ops], np.int64),
@@ -191,7 +197,7 @@ def _first_touches(ops, events, u: Usage) -> None:
 
 # ---- step 2: the units the planner pins ------------------------------------------------
 
-def _grouping(cycle) -> Grouping:
+def _grouping(cycle, persist: bool = True) -> Grouping:
     ops = cycle.ops
     clock_of = {op.id: op.clock for op in ops}
     rng = np.random.default_rng(0x6ee95)    # fixed: plans must be reproducible
@@ -205,7 +211,7 @@ def _grouping(cycle) -> Grouping:
         if u_ops:
             acc_order[t] = _order([r for _, r in u_ops])
             groups += _row_groups("acc", info, u_ops, acc_order[t], clock_of, rng)
-    groups += _local_groups(ops, clock_of)
+    groups += _local_groups(ops, clock_of, persist)
     op_groups: list[list[int]] = [[] for _ in ops]
     for g, grp in enumerate(groups):
         for o, _m in grp.ops:
@@ -256,9 +262,11 @@ def _row_groups(kind: str, table, op_rows: list[tuple[int, np.ndarray]], order: 
     return out
 
 
-def _local_groups(ops, clock_of: dict) -> list[Group]:
+def _local_groups(ops, clock_of: dict, persist: bool = True) -> list[Group]:
     """One group per local datum: pinned, it never moves; each extra access of it in a
-    clock would otherwise copy it in and out."""
+    clock would otherwise copy it in and out, and in each clock that uses it, data
+    fetched (kept) would otherwise be copied in at its first access (out at its
+    last). Without `persist`, fetched or kept data cannot be pinned."""
     local_ops: dict[str, list[int]] = {}
     for op in ops:
         if op.kind == "local":
@@ -269,9 +277,13 @@ def _local_groups(ops, clock_of: dict) -> list[Group]:
         per_clock: dict[int, int] = {}
         for o in ids:
             per_clock[clock_of[o]] = per_clock.get(clock_of[o], 0) + 1
+        first = ops[ids[0]]
+        crossing = int(first.fetch) + int(first.keep)       # bytes at each clock's ends
+        pinnable = persist or not crossing
+        benefit = sum(2 * (c - 1) + crossing for c in per_clock.values()) * nbytes
         out.append(Group(kind="local", key=name, rows=None, n=1, nbytes=align(nbytes),
-                         benefit=sum(2 * (c - 1) for c in per_clock.values()) * nbytes,
-                         first_use=ids[0], ops=[(o, 1) for o in ids]))
+                         benefit=benefit if pinnable else 0, first_use=ids[0],
+                         ops=[(o, 1) for o in ids], pinnable=pinnable))
     return out
 
 

@@ -7,7 +7,10 @@ The reference the planner is measured against, under the same cost model (see
 geeps.worker.memory.planner): a parameter row crosses host->device at least once in
 each clock that reads it, an accumulator row device->host at least once in each
 clock that updates it, and whatever is evicted while still needed is written back
-(if dirty) and loaded again.
+(if dirty) and loaded again. Local data that is fetched crosses host->device at its
+first use in a clock, and data that is kept device->host at the clock's end: MIN
+here works clock by clock, so it never keeps data across clocks (a plan that pins
+it there can move less).
 """
 from __future__ import annotations
 
@@ -63,8 +66,11 @@ def belady(cycle, budget: int | None, chunk_bytes: int | None = None) -> Moves:
     widths = [t.row_bytes for t in cycle.tables.values()]
     chunk = chunk_bytes or (max(widths) if widths else 512)
     total = Moves()
+    fetched = {op.name for op in cycle.ops if op.kind == "local" and op.fetch}
+    kept = {op.name for op in cycle.ops if op.kind == "local" and op.keep}
     for k in range(cycle.n_clocks):
-        h2d, d2h, loads = _min_clock(list(_steps(cycle, k, chunk)), budget, k)
+        h2d, d2h, loads = _min_clock(list(_steps(cycle, k, chunk)), budget, k,
+                                     fetched, kept)
         total.h2d += h2d
         total.d2h += d2h
         total.loads += loads
@@ -88,11 +94,15 @@ def _next_uses(steps: list) -> list[list[float]]:
     return nxt
 
 
-def _min_clock(steps: list, budget: int | None, k: int) -> tuple[int, int, int]:
-    """(h2d bytes, d2h bytes, loads) of MIN over clock k's steps."""
+def _min_clock(steps: list, budget: int | None, k: int, fetched: frozenset = frozenset(),
+               kept: frozenset = frozenset()) -> tuple[int, int, int]:
+    """(h2d bytes, d2h bytes, loads) of MIN over clock k's steps; `fetched` and `kept`:
+    names of local data that start the clock in host memory / must end it there."""
     nxt = _next_uses(steps)
     res: dict = {}          # item -> [size, dirty, next_use]
-    seen: set = set()
+    # Fetched data is "seen": its first use loads it like a reload.
+    seen: set = {it for items, _s, _w in steps for it in items
+                 if it[0] == "l" and it[1] in fetched}
     used = 0
     heap: list = []
     h2d = d2h = loads = 0
@@ -108,7 +118,7 @@ def _min_clock(steps: list, budget: int | None, k: int) -> tuple[int, int, int]:
             if ent is None or it in current or -negnext != ent[2]:
                 continue            # stale heap entry, or needed now
             size, dirty, nu = ent
-            if dirty and (it[0] == "u" or nu != _NEVER):
+            if dirty and (it[0] == "u" or nu != _NEVER or (it[0] == "l" and it[1] in kept)):
                 d2h += size         # accumulators must reach the host anyway
             del res[it]
             used -= size
@@ -123,9 +133,9 @@ def _min_clock(steps: list, budget: int | None, k: int) -> tuple[int, int, int]:
                 seen.add(it)
             ent[1] = ent[1] or write
             ent[2] = nu
-            dead_free = (not ent[1]) or (it[0] == "l" and nu == _NEVER)
+            dead_free = (not ent[1]) or (it[0] == "l" and nu == _NEVER and it[1] not in kept)
             heapq.heappush(heap, (-nu, 0 if dead_free else 1, len(heap), it))
-    for it, (size, _dirty, _nu) in res.items():
-        if it[0] == "u":
-            d2h += size             # flush for the push
+    for it, (size, dirty, _nu) in res.items():
+        if it[0] == "u" or (it[0] == "l" and it[1] in kept and dirty):
+            d2h += size             # flush for the push; kept data back to its home
     return h2d, d2h, loads

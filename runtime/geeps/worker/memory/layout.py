@@ -6,6 +6,15 @@
 fit, at fixed byte offsets (so every index is built once). An operation's buffer is
 filled while the previous operation runs (prefetch) when its space is free at that
 point; otherwise when it is called (sync).
+
+Data batches are double-buffered (the sparse-LR report's foreground and background
+halves): when a clock begins with an access of fetched local data (its training
+batch) that needs a buffer, that buffer is *staged* during the previous clock, filled
+by the transfer thread from the previous clock's first operation on, so the next
+batch arrives while the current one computes -- and ahead of the next clock's
+refresh, which waits for the servers. The staged buffer stays live across the clock
+boundary; the cycle's first clock is staged from its last when the buffer's offset
+is free then.
 """
 from __future__ import annotations
 
@@ -72,8 +81,10 @@ def allocate(a: Analysis, needs: np.ndarray, capacity: int | None, mode: str,
     h keeps only its first h bytes after the post and places the next op's buffer at
     the same offset, so only the rest is fetched again."""
     pool = _Pool(a, needs, capacity, mode, links or {}, exempt, two_ended)
+    n = a.cycle.n_clocks
     for k, events in enumerate(a.cycle.clocks):
-        fail = pool.clock(a.usage.calls[k], events)
+        calls = a.usage.calls[k]
+        fail = pool.clock(calls, events, _stageable(a, needs, calls, a.usage.calls[(k + 1) % n]))
         if fail:
             return fail
     return PoolLayout(pool.offsets, pool.prefetch_at, pool.top)
@@ -92,25 +103,47 @@ class _Pool:
         self.part_to = {b: (x, h) for x, (b, h) in links.items() if h is not None}
         self.offsets: dict[int, int] = {}
         self.prefetch_at: dict[int, int] = {}
+        self.staged: int | None = None      # next clock's first op, filled during this one
         self.top = 0
         self.live: list = []    # (off, end, owner), sorted by off; owner: op or ("hold", op)
 
-    def clock(self, calls: list[int], events) -> Failure | None:
-        """Lay out one clock's buffers, in event order."""
-        self.live = []
+    def clock(self, calls: list[int], events, stage: int | None = None) -> Failure | None:
+        """Lay out one clock's buffers, in event order; `stage`: the next clock's first
+        operation, to be staged during this one if there is room."""
+        self.live = [x for x in self.live if x[2] == self.staged]   # across the boundary
         index = {o: i for i, o in enumerate(calls)}
-        fail = self._prefetch(calls, 0, -1)
+        fail = None if calls and calls[0] == self.staged else self._prefetch(calls, 0, -1)
         if fail:
             return fail
+        self.staged = None
         for ev in events:
             o = ev.op
             if ev.kind == "call":
                 fail = self._call(o) or self._prefetch(calls, index[o] + 1, o)
                 if fail:
                     return fail
+                if stage is not None and self.staged is None and self.mode != "sync":
+                    self._stage(stage, o)
             elif self.needs[o]:
                 self._post(o)
         return None
+
+    def _stage(self, o: int, point: int) -> None:
+        """Fill op o (the next clock's first) from the call of `point` on, if its
+        buffer fits now and stays free to the clock's end (placed now, it does: later
+        buffers of this clock are placed around it)."""
+        if o in self.offsets:       # the cycle's first clock, placed already: same offset
+            off, size = self.offsets[o], align(self.a.buf_bytes[o])
+            if any(s < off + size and off < e for s, e, _ in self.live):
+                return
+            self._add(off, off + size, o)
+        else:
+            off = self._place(o)
+            if off is None:
+                return
+            self.offsets[o] = off
+        self.prefetch_at[o] = point
+        self.staged = o
 
     def _call(self, o: int) -> Failure | None:
         if o in self.full_to:
@@ -184,6 +217,22 @@ class _Pool:
 
     def _failure(self, o: int) -> Failure:
         return Failure(o, _owners(self.live), self.capacity)
+
+
+def _stageable(a: Analysis, needs: np.ndarray, calls: list[int], nxt: list[int]) -> int | None:
+    """The first operation of the next clock (`nxt`) if it can be staged during this
+    one (`calls`): an access of fetched local data (a training batch) that needs a
+    buffer, of a datum this clock does not touch (whose write-back it would race).
+    Not in a one-clock cycle: it would stage into its own buffer."""
+    if not nxt or a.cycle.n_clocks < 2:
+        return None
+    o = nxt[0]
+    op = a.cycle.ops[o]
+    if op.kind != "local" or not op.fetch or not needs[o]:
+        return None
+    if any(a.cycle.ops[c].kind == "local" and a.cycle.ops[c].name == op.name for c in calls):
+        return None
+    return o
 
 
 def _owners(live) -> list:

@@ -24,7 +24,7 @@ import numpy as np
 from geeps.backend import Index, make_index
 from geeps.job.units import format_bytes
 from geeps.worker.memory.analysis import Analysis, align
-from geeps.worker.memory.layout import PoolLayout
+from geeps.worker.memory.layout import BudgetError, PoolLayout
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,16 @@ def op_traffic(a: Analysis, o: int, pinned, chain: Chain) -> tuple[int, int]:
 
     A read copies in the rows it fills that are not pinned; an update copies out the
     rows that are not pinned; local data that is not pinned is copied in at each
-    access but the first and written back at each but the last, less what is held in
-    place between two accesses. Pinned data never moves per operation."""
+    access but the first (the first too when it fetches) and written back at each but
+    the last (the last too when it keeps), less what is held in place between two
+    accesses. Pinned data never moves per operation."""
     op = a.cycle.ops[o]
     if op.kind == "local":
         if pinned:
             return 0, 0
-        h2d = 0 if a.usage.local_first[o] or chain.cont else op.nbytes - chain.held
-        d2h = 0 if a.usage.local_last[o] or chain.keep else op.nbytes - chain.hold
+        first, last = a.usage.local_first[o], a.usage.local_last[o]
+        h2d = 0 if chain.cont or (first and not op.fetch) else op.nbytes - chain.held
+        d2h = 0 if chain.keep or (last and not op.keep) else op.nbytes - chain.hold
         return h2d, d2h
     rb = a.cycle.tables[op.table].row_bytes
     if op.kind == "read":
@@ -116,6 +118,9 @@ class ClockPlan:
     flush: dict = field(default_factory=dict)       # table -> (slots Index, host Index)
     refresh_bytes: int = 0
     flush_bytes: int = 0
+    # table -> (smallest slack its reads name, whether one follows the job's model);
+    # absent when every read of the table follows the model (geeps.worker.reads)
+    slack: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -302,6 +307,12 @@ def _clock_plan(a: Analysis, k: int, slots: _Slots) -> ClockPlan:
     """Clock k's pulls and pushes, and the refresh and flush of its pinned rows."""
     c = ClockPlan()
     tables = a.cycle.tables
+    for t in a.usage.read_rows[k]:
+        named = [a.cycle.ops[o].slack for o in a.usage.calls[k]
+                 if a.cycle.ops[o].kind == "read" and a.cycle.ops[o].table == t]
+        given = [s for s in named if s is not None]
+        if given:
+            c.slack[t] = (min(given), len(given) < len(named))
     for t, rows in a.usage.read_rows[k].items():
         c.pull[t] = rows
         pin, at = slots.params[t].lookup(rows)
@@ -315,3 +326,40 @@ def _clock_plan(a: Analysis, k: int, slots: _Slots) -> ClockPlan:
             c.flush[t] = (make_index(at[pin]), make_index(np.flatnonzero(pin)))
             c.flush_bytes += int(pin.sum()) * tables[t].row_bytes
     return c
+
+
+# ---- how strict the worker is about a plan that stalls (GeePS's memory warning level) --
+
+STALL_LEVELS = ("refuse", "warn", "accept")
+
+
+class StallError(BudgetError):
+    """The plan makes the application wait for host->device copies, and the worker was
+    told to refuse such a plan (stalls="refuse")."""
+
+
+def stall_report(plan: MemoryPlan) -> str | None:
+    """What in `plan` the application will wait for, or None when nothing: operations
+    whose data comes from host memory but cannot be filled ahead of their call (no
+    room in the pool while the previous operation runs)."""
+    late = [p for p in plan.ops if p.h2d and p.prefetch_at is None]
+    if not late:
+        return None
+    first = late[0].op
+    budget = "unlimited" if plan.budget is None else format_bytes(plan.budget)
+    return (f"the memory plan for budget {budget} stalls: {len(late)} operation(s) wait "
+            f"for {format_bytes(plan.stalled_bytes)} per cycle of host->device copies "
+            f"that cannot be prefetched, the first operation {first.id} (clock "
+            f"{first.clock}: {first.describe()}); a budget of "
+            f"{format_bytes(plan.working_set_bytes)} pins everything")
+
+
+def judge_stalls(plan: MemoryPlan, level: str) -> str | None:
+    """Apply the warning level to `plan`: "refuse" raises StallError when it stalls,
+    "warn" returns the report for the caller to log, "accept" returns None."""
+    if level not in STALL_LEVELS:
+        raise ValueError(f"stalls={level!r} is not one of {', '.join(STALL_LEVELS)}")
+    report = None if level == "accept" else stall_report(plan)
+    if report is not None and level == "refuse":
+        raise StallError(report + " (stalls='refuse'; 'warn' or 'accept' run it anyway)")
+    return report

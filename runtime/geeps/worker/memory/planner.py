@@ -19,8 +19,19 @@ choices with and the plan reports):
 - Local data (activations) lives within a clock: zeroed at its first access, dead
   after its last. Pinned, it never moves; otherwise each access but the first copies
   it in and each but the last writes it back.
-So every item dies at the end of its clock, and what a policy controls is the extra
-traffic of items used more than once within a clock.
+- Local data that is fetched or kept (GeePS's fetch/keep: training data, say) also
+  crosses clock boundaries: unpinned, it is copied in at a clock's first access and
+  written back at its last; pinned, it stays in device memory across clocks and
+  never moves (unless `persist=False`, the baseline: then it cannot be pinned).
+So every parameter item dies at the end of its clock: pinning a parameter row saves
+only its extra uses within a clock (its refresh crosses anyway), while pinning a
+fetched datum saves its copy in every clock that uses it. The planner weighs both
+the same way, by bytes saved per byte of budget.
+
+Regions (the sparse-LR report's configuration): `regions=Regions(pool=, data=,
+params=)` caps the access-buffer pool, the pinned local data and the pinned
+parameter and accumulator rows separately, within the total budget; a region left
+None shares what the total leaves. One total budget is the default.
 
 Device memory = pinned regions (fixed slots for the whole cycle) + one pool of access
 buffers at fixed offsets. An operation whose rows are all pinned, contiguous in
@@ -57,6 +68,7 @@ from geeps.worker.memory.analysis import ALIGN, Analysis, align, analyze
 from geeps.worker.memory.layout import (BudgetError, Failure, PoolLayout, allocate,
                                         peak_open_bytes)
 from geeps.worker.memory.plan import Chain, MemoryPlan, build_plan, op_traffic
+from geeps.worker.memory.regions import Regions
 
 __all__ = ["make_plan", "BudgetError", "working_set", "minimum_budget", "POLICIES"]
 
@@ -68,8 +80,10 @@ class _State:
     bytes they imply (kept up to date for the operations a change touches)."""
 
     def __init__(self, a: Analysis, exempt: frozenset = frozenset(),
-                 two_ended: bool = False):
+                 two_ended: bool = False, regions: Regions | None = None):
         self.a = a
+        self.regions = regions
+        self.region_bytes = {"data": 0, "params": 0}     # pinned bytes per region
         self.exempt = exempt            # ops that may miss their prefetch
         self.two_ended = two_ended      # pool placement (see allocate)
         n = len(a.cycle.ops)
@@ -90,6 +104,7 @@ class _State:
         sign = 1 if on else -1
         self.pinned[g] = on
         self.bytes += sign * grp.nbytes
+        self.region_bytes[Regions.of(grp.kind)] += sign * grp.nbytes
         self.clock_bytes += sign * grp.clock_bytes
         for op, mult in grp.ops:
             self.count[op] += sign * grp.n * mult
@@ -154,12 +169,16 @@ def _cost(st: _State, layout: PoolLayout) -> int:
 def _fits(st: _State, budget: int, mode: str) -> PoolLayout | None:
     if st.bytes > budget:
         return None
+    room = budget - st.bytes
+    if st.regions is not None:
+        if not st.regions.holds(st.region_bytes):
+            return None
+        room = st.regions.pool_room(room)
     links = st.live_links()
-    out = allocate(st.a, st.needs(), budget - st.bytes, mode, links, st.exempt,
-                   st.two_ended)
+    out = allocate(st.a, st.needs(), room, mode, links, st.exempt, st.two_ended)
     if isinstance(out, Failure) and mode == "mixed":
         # Prefetching early can fragment the pool so a later op no longer fits.
-        out = allocate(st.a, st.needs(), budget - st.bytes, "sync", links)
+        out = allocate(st.a, st.needs(), room, "sync", links)
     return None if isinstance(out, Failure) else out
 
 
@@ -193,9 +212,12 @@ def _hold(st: _State, ln, budget: int, mode: str, cost: int) -> PoolLayout | Non
 
 
 def _greedy(a: Analysis, budget: int, mode: str, exempt: frozenset = frozenset(),
-            two_ended: bool = False, order: str = "density") -> tuple[_State, PoolLayout] | None:
-    st = _State(a, exempt, two_ended)
+            two_ended: bool = False, order: str = "density",
+            regions: Regions | None = None) -> tuple[_State, PoolLayout] | None:
+    st = _State(a, exempt, two_ended, regions)
     layout = _fits(st, budget, mode)
+    if layout is None and regions is not None and regions.pool is not None:
+        layout = _seed(st, budget, mode)
     if layout is None:
         return None
     cost = _cost(st, layout)
@@ -214,7 +236,8 @@ def _greedy(a: Analysis, budget: int, mode: str, exempt: frozenset = frozenset()
         if kind == "pin":
             before = st.needs()
             st.set(i, True)
-            if not st.two_ended and layout.capacity <= budget - st.bytes and \
+            if not st.two_ended and regions is None and \
+                    layout.capacity <= budget - st.bytes and \
                     np.array_equal(before, st.needs()):
                 got = layout        # no op became a view: the first-fit layout stands
             else:
@@ -234,7 +257,10 @@ def _greedy(a: Analysis, budget: int, mode: str, exempt: frozenset = frozenset()
     for op in range(len(a.cycle.ops)):
         if not a.viewable[op] or st.count[op] == a.size[op]:
             continue
-        added = [g for g in a.grouping.op_groups[op] if not st.pinned[g]]
+        added = [g for g in a.grouping.op_groups[op]
+                 if not st.pinned[g] and a.grouping.groups[g].pinnable]
+        if not added:
+            continue
         for g in added:
             st.set(g, True)
         got = _fits(st, budget, mode)
@@ -246,8 +272,26 @@ def _greedy(a: Analysis, budget: int, mode: str, exempt: frozenset = frozenset()
     return st, layout
 
 
-def _geeps(a: Analysis, budget: int) -> tuple[_State, PoolLayout]:
-    st = _State(a)
+def _seed(st: _State, budget: int, mode: str) -> PoolLayout | None:
+    """A capped pool may be too small for the operations' buffers with nothing pinned:
+    pin groups in order of first use (within their regions) until the rest fits."""
+    groups = st.a.grouping.groups
+    for g in sorted(range(len(groups)), key=lambda g: groups[g].first_use):
+        if not groups[g].pinnable:
+            continue
+        st.set(g, True)
+        if not st.regions.holds(st.region_bytes) or st.bytes > budget:
+            st.set(g, False)
+            continue
+        layout = _fits(st, budget, mode)
+        if layout is not None:
+            return layout
+    return None
+
+
+def _geeps(a: Analysis, budget: int, regions: Regions | None = None) \
+        -> tuple[_State, PoolLayout]:
+    st = _State(a, regions=regions)
     groups = a.grouping.groups
     reserve = min(budget, 2 * peak_open_bytes(a))
     # Local data first, then parameter rows, then accumulator rows, each by first use.
@@ -257,8 +301,10 @@ def _geeps(a: Analysis, budget: int) -> tuple[_State, PoolLayout]:
         return kinds[groups[g].kind], groups[g].first_use
 
     for g in sorted(range(len(groups)), key=rank):
-        if st.bytes + groups[g].nbytes <= budget - reserve:
+        if groups[g].pinnable and st.bytes + groups[g].nbytes <= budget - reserve:
             st.set(g, True)
+            if regions is not None and not regions.holds(st.region_bytes):
+                st.set(g, False)
     while True:
         layout = _fits(st, budget, "mixed")
         if layout is not None:
@@ -268,6 +314,14 @@ def _geeps(a: Analysis, budget: int) -> tuple[_State, PoolLayout]:
         if not pinned:
             raise _refuse(a, budget)
         st.set(max(pinned, key=rank), False)
+
+
+def _pin_all(st: _State) -> _State:
+    """Pin every group that may be pinned (the unlimited plan)."""
+    for g, grp in enumerate(st.a.grouping.groups):
+        if grp.pinnable:
+            st.set(g, True)
+    return st
 
 
 def minimum_budget(cycle, analysis: Analysis | None = None) -> int:
@@ -282,9 +336,7 @@ def working_set(cycle, analysis: Analysis | None = None) -> int:
     """Device bytes of the unlimited plan: everything pinned, plus the pool that
     operations still need (gathers of pinned rows that are not contiguous)."""
     a = analysis or analyze(cycle)
-    st = _State(a)
-    for g in range(len(a.grouping.groups)):
-        st.set(g, True)
+    st = _pin_all(_State(a))
     return st.bytes + allocate(a, st.needs(), None, "prefetch").capacity
 
 
@@ -305,30 +357,43 @@ def _refuse(a: Analysis, budget: int) -> BudgetError:
         f"(spec.cache.deviceMemory) or make the operations smaller")
 
 
-def make_plan(cycle, budget: int | None = None, policy: str = "benefit") -> MemoryPlan:
+def make_plan(cycle, budget: int | None = None, policy: str = "benefit", *,
+              persist: bool = True, regions: Regions | None = None,
+              analysis: Analysis | None = None) -> MemoryPlan:
     """Plan placement for `cycle` within `budget` bytes of device memory (None =
-    unlimited: everything pinned). Pure; raises BudgetError or ValueError."""
+    unlimited: everything pinned). persist: fetched or kept local data may stay
+    pinned across clocks (see analyze); regions: separate caps (see module
+    docstring); analysis: analyze(cycle, persist), if already made. Pure; raises
+    BudgetError or ValueError."""
     if policy not in POLICIES:
         raise ValueError(f"placement policy {policy!r} is not one of {', '.join(POLICIES)}")
-    a = analyze(cycle)
+    a = analysis if analysis is not None and analysis.persist == persist \
+        else analyze(cycle, persist)
     ws = working_set(cycle, a)
     need = minimum_budget(cycle, a)
     if budget is not None and budget < 0:
         raise BudgetError(f"device memory budget must be >= 0 bytes (got {budget})")
-    if budget is None or budget >= ws:
-        st = _State(a)
-        for g in range(len(a.grouping.groups)):
-            st.set(g, True)
+    if regions is not None:
+        regions.check()
+        full = _pin_all(_State(a))
+        if regions.holds(full.region_bytes) and regions.pool_room(ws) >= ws - full.bytes:
+            regions = None          # the caps hold the unlimited plan: nothing to weigh
+        elif budget is None:
+            # No total: room for every pinned group and for every buffer unpinned.
+            budget = full.bytes + allocate(a, np.ones(len(cycle.ops), bool), None,
+                                           "prefetch").capacity
+    if regions is None and (budget is None or budget >= ws):
+        st = _pin_all(_State(a))
         layout = allocate(a, st.needs(), None, "prefetch")
         return build_plan(a, st.pinned, layout, st.live_links(), policy=policy,
                           budget=budget, working_set=ws, minimum=need)
     if budget < need:
         raise _refuse(a, budget)
     if policy == "stream":
-        st = _State(a)
+        st = _State(a, regions=regions)
         layout = _fits(st, budget, "mixed")
     elif policy == "geeps":
-        st, layout = _geeps(a, budget)
+        st, layout = _geeps(a, budget, regions)
     else:
         # A few greedy plans, the cheapest kept: candidates by density (bytes saved
         # per byte and per event held), pool first-fit; or holds before pins, pool
@@ -336,13 +401,13 @@ def make_plan(cycle, budget: int | None = None, policy: str = "benefit") -> Memo
         # Each with every operation prefetched (but those that cannot be even with
         # nothing pinned) or prefetched where room allows. The cost counts a byte
         # that stalls the application twice: its transfer, and the wait.
-        bare = _fits(_State(a), budget, "mixed")
+        bare = _fits(_State(a, regions=regions), budget, "mixed")
         late = frozenset(o for o in range(len(cycle.ops))
                          if bare is not None and o not in bare.prefetch_at)
         best = None
         for order, two_ended in (("density", False), ("holds", True)):
             for mode in ("prefetch", "mixed"):
-                cand = _greedy(a, budget, mode, late, two_ended, order)
+                cand = _greedy(a, budget, mode, late, two_ended, order, regions)
                 if cand is None:
                     continue
                 cost = _cost(*cand)
