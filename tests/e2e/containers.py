@@ -340,18 +340,20 @@ class ContainerKubelet(Kubelet):
             status.get("Groups", "")
         seen.cap_eff, seen.seccomp = status.get("CapEff", ""), status.get("Seccomp", "")
         seen.no_new_privs = status.get("NoNewPrivs", "")
-        code, seen.id = await self._podman("exec", name, "id")
-        if code != 0:
-            seen.error = f"exec id: {seen.id}"
+        # One exec for every probe: a short job's container may end between two.
+        code, out = await self._podman(
+            "exec", name, "sh", "-c",
+            "id; echo '<<sep>>'; (echo x > /geeps-probe && echo WRITTEN) 2>&1; "
+            "echo '<<sep>>'; python -c \"$0\"", _WRITES)
+        parts = out.split("<<sep>>")
+        if code != 0 and len(parts) < 3:
+            seen.error = f"exec (exit {code}): {out[-500:]}"
             return
-        code, out = await self._podman("exec", name, "sh", "-c",
-                                       "echo x > /geeps-probe && echo WRITTEN")
-        seen.root_write = out
-        code, out = await self._podman("exec", name, "python", "-c", _WRITES)
+        seen.id, seen.root_write, writes = (p.strip() for p in parts[:3])
         try:
-            seen.writes = json.loads(out.splitlines()[-1])
+            seen.writes = json.loads(writes.splitlines()[-1])
         except (ValueError, IndexError):
-            seen.writes = {"probe": out[-500:]}
+            seen.writes = {"probe": writes[-500:]}
 
     async def shutdown(self) -> None:
         await super().shutdown()
