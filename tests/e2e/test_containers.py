@@ -20,7 +20,7 @@ from geeps_operator import manifests
 from geeps_sandbox import engine, images
 from tests.helpers import REPO, wait_for
 
-from .containers import ContainerKubelet, ImageOperator
+from .containers import ContainerKubelet, ImageOperator, stand_in_or_skip
 from .harness import Cluster
 from .phases import PhaseRecorder
 
@@ -40,6 +40,7 @@ def built():
     if not engine.image_exists(images.stand_in_ref()) and not _can_debootstrap():
         pytest.skip("the stand-in base image is made with debootstrap, as root "
                     "(python tools/build_images.py as root makes it once)")
+    stand_in_or_skip()
     return images.build(("operator", "runtime"), "cpu", wheels=images.host_wheels(),
                         log=lambda *a: None)
 

@@ -76,6 +76,8 @@ def test_sandbox_with_processes(tmp_path):
 def test_sandbox_with_containers(tmp_path):
     if not engine.available():
         pytest.skip("podman and buildah are needed (./dev test installs them)")
+    from .containers import stand_in_or_skip
+    stand_in_or_skip()
     _flow(tmp_path, containers=True)
 
 
