@@ -6,14 +6,14 @@ tested with real servers in tests/integration/test_worker.py.
 """
 import threading
 
-import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from geeps.backend import select
-from geeps.worker.cache import DeviceBudgetExceeded, DeviceMemory, ParameterCache, TransferThread
+from geeps.worker.cache import DeviceBudgetExceeded, DeviceMemory, TransferThread
 from geeps.worker.memory import POLICIES, make_plan, minimum_budget, working_set
 from tests.unit.test_memory import cycles
+from tests.workloads import drive_cache
 
 BE = select("numpy")
 
@@ -57,53 +57,9 @@ def test_transfer_jobs_run_in_order_and_a_failure_fails_what_follows():
 
 def run_cycle(cyc, plan, clocks):
     """Drive a cache through `clocks` clocks of `cyc`, checking every buffer against a
-    reference computed without any device memory. Returns the bytes moved."""
-    cache = ParameterCache(plan, BE, plan.budget)
-    rng = np.random.default_rng(0)
-    try:
-        for c in range(clocks):
-            k = c % cyc.n_clocks
-            cp = plan.clocks[k]
-            for t, rows in cp.pull.items():
-                cache.pulled[k][t][:] = rows[:, None] + 1000.0 * c + \
-                    np.arange(cyc.tables[t].width)[None, :] / 8
-            cache.begin_clock(k, lambda: None)
-            acc_ref = {t: np.zeros((len(r), cyc.tables[t].width), np.float32)
-                       for t, r in cp.push.items()}
-            local_ref = {}
-            bufs = {}
-            for ev in cyc.clocks[k]:
-                p = plan.ops[ev.op]
-                op = p.op
-                if ev.kind == "call":
-                    buf = cache.call(p)
-                    bufs[op.id] = buf
-                    if op.kind == "read":
-                        want = op.rows[:, None] + 1000.0 * c + \
-                            np.arange(buf.shape[1])[None, :] / 8
-                        assert np.array_equal(buf, want), (c, op.describe())
-                    elif op.kind == "pre_update":
-                        assert not buf.any(), "update buffers start zeroed"
-                        buf[...] = rng.standard_normal(buf.shape).astype(np.float32)
-                    else:
-                        want = local_ref.get(op.name, np.zeros(op.nbytes // 4, np.float32))
-                        assert np.array_equal(buf, want), (c, op.describe())
-                        local_ref[op.name] = rng.standard_normal(buf.shape).astype(np.float32)
-                        buf[...] = local_ref[op.name]
-                else:
-                    buf = bufs.pop(op.id)
-                    if op.kind == "pre_update":     # updates add up in update order
-                        pos = np.searchsorted(cp.push[op.table], op.rows)
-                        acc_ref[op.table][pos] += buf
-                    cache.post(p, buf)
-            out = cache.end_clock(k)
-            for t, ref in acc_ref.items():
-                assert np.array_equal(out[t], ref), (c, t)
-        cache.io.drain()
-        assert cache.mem.used == plan.device_bytes
-        return dict(cache.moved)
-    finally:
-        cache.close()
+    reference computed without any device memory (tests.workloads.drive_cache, which
+    the GPU check runs on CuPy too). Returns the bytes moved."""
+    return drive_cache(BE, cyc, plan, clocks)["moved"]
 
 
 @settings(max_examples=80, deadline=None)
