@@ -51,10 +51,9 @@ class Jobs:
             raise JobError(f"no usable kubeconfig ({e}); set KUBECONFIG or pass "
                            "--kubeconfig") from None
         if namespace is None:
-            _, active = k.config.list_kube_config_contexts(config_file=config_file)
+            contexts, active = k.config.list_kube_config_contexts(config_file=config_file)
             if context is not None:
-                active = next(c for c in k.config.list_kube_config_contexts(
-                    config_file=config_file)[0] if c["name"] == context)
+                active = next(c for c in contexts if c["name"] == context)
             namespace = (active.get("context") or {}).get("namespace") or "default"
         self.namespace = namespace
         self._k = k

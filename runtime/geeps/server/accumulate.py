@@ -166,14 +166,11 @@ class ClockSum:
             np.copyto(self.acc[a:b], v)
             t[:] = True
             return
-        starts, ends = _mask_runs(~t)       # rows first written here: copied in
-        for s, e in zip(starts.tolist(), ends.tolist()):
-            np.copyto(self.acc[a + s:a + e], v[s:e])
-        new = ~t
-        t_starts, t_ends = _mask_runs(t)
-        for s, e in zip(t_starts.tolist(), t_ends.tolist()):
+        for s, e in zip(*(x.tolist() for x in _mask_runs(t))):
             self.acc[a + s:a + e] += v[s:e]
-        t[new] = True
+        for s, e in zip(*(x.tolist() for x in _mask_runs(~t))):  # first written here
+            np.copyto(self.acc[a + s:a + e], v[s:e])
+        t[:] = True
 
     def _add_ids(self, ids: np.ndarray, v: np.ndarray) -> None:
         first = ids[~self.touched[ids]]

@@ -498,9 +498,9 @@ class ShardState:
               sel: Selection, values: np.ndarray, last: bool) -> bool:
         """Whether a valid push must be sent again later. A push that will be kept
         ahead of its turn (lower ranks have not finished its rows) waits when the
-        clock's pushes kept so far fill GEEPS_PUSH_BUFFER, so the shard's memory is
-        its rows, one sum per clock in flight and that buffer, whatever the number of
-        workers. Never the lowest worker still in the clock (the frontier): its pushes
+        pushes kept so far, of every clock, fill GEEPS_PUSH_BUFFER, so the shard's
+        memory is its rows, one sum per clock in flight and that buffer, whatever the
+        number of workers. Never the lowest worker still in the clock (the frontier): its pushes
         are what lets the others' be summed, so the clock always moves. Once one push
         of a worker waits, so do its later ones (and its clock), until the first is
         sent again: the worker's pushes count in the order it sent them."""
@@ -508,9 +508,10 @@ class ShardState:
         if b is not None and b["seq"] != seq:
             return True
         s = t.pending.get(clock)
+        frontier = self._frontier(clock)
         summed_now = last and isinstance(sel, RowRange) and (
-            s.in_turn(w, sel.lo, sel.hi) if s is not None else w == self._frontier(clock))
-        if not summed_now and w != self._frontier(clock) and \
+            s.in_turn(w, sel.lo, sel.hi) if s is not None else w == frontier)
+        if not summed_now and w != frontier and \
                 self._kept_ahead() + values.nbytes > self._push_budget():
             self.blocked[w] = {"seq": seq, "peer": peer, "rid": rid, "clock": clock,
                                "nbytes": values.nbytes, "told": False}
@@ -524,8 +525,12 @@ class ShardState:
 
     def _kept_ahead(self) -> int:
         """Bytes of pushes kept for workers above their clock's frontier."""
-        return sum(n for t in self.tables.values() for c, s in t.pending.items()
-                   for r, n in s.kept_bytes.items() if r != self._frontier(c))
+        total = 0
+        for t in self.tables.values():
+            for c, s in t.pending.items():
+                f = self._frontier(c)
+                total += sum(n for r, n in s.kept_bytes.items() if r != f)
+        return total
 
     def _push_budget(self) -> int:
         if self.push_buffer is not None:
