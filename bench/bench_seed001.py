@@ -23,7 +23,6 @@ baseline row are the figures to compare, not absolute times.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import multiprocessing as mp
 import os
 import subprocess
@@ -34,11 +33,12 @@ import uuid
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-for _p in (os.path.join(REPO, "runtime"), os.path.join(REPO, "examples")):
+for _p in (REPO, os.path.join(REPO, "runtime"), os.path.join(REPO, "examples")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
 from geeps_examples import datasets as gdata     # noqa: E402
+from tests.workloads import load_example         # noqa: E402
 
 KDD_SAMPLES, KDD_FEATURES = 8_407_752, 20_216_830
 WIDTH, BATCH, LR = 16, 1000, 0.1
@@ -53,11 +53,7 @@ REPORT = {
 
 
 def _example():
-    path = os.path.join(REPO, "examples", "04-sparse-lr", "train.py")
-    spec = importlib.util.spec_from_file_location("sparse_lr_train", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("04-sparse-lr")
 
 
 def make_data(fraction: float, rank: int = 0, workers: int = 1):

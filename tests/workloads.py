@@ -331,3 +331,15 @@ def drive_cache(be, cyc, plan, clocks: int) -> dict:
                 "s_per_clock": (time.perf_counter() - t0) / clocks}
     finally:
         cache.close()
+
+
+def load_example(name: str):
+    """examples/<name>/train.py as a module (its functions, without running it)."""
+    import importlib.util
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "examples", name, "train.py")
+    spec = importlib.util.spec_from_file_location(name.replace("-", "_") + "_train", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

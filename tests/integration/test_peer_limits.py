@@ -67,6 +67,21 @@ def stats(c: geeps.Client) -> dict:
     return c.stats()[0]
 
 
+def flood(cl: Cluster, c: geeps.Client, keys: str, table: str, rows: int, n: int):
+    """A peer that never reads sends `n` pulls of rows [0, rows) of `table`; once the
+    server took them all, (the server's pid, its RSS before, the peer)."""
+    pid = cl.procs[0].pid
+    base = rss(pid)
+    first = stats(c)["pulls"] + stats(c)["errors"]
+    hostile = raw_peer(cl, keys, reads=False)
+    pull = {"v": 1, "op": "pull", "table": table, "rows": {"range": [0, rows]}, "need": 0}
+    for i in range(n):
+        hostile.send_multipart([P.encode_header(dict(pull, id=i))])
+    wait_for(lambda: stats(c)["pulls"] + stats(c)["errors"] >= first + n, timeout=60,
+             what=f"the server to take all {n} pulls")
+    return pid, base, hostile
+
+
 def test_a_peer_that_never_reads_its_replies_cannot_grow_the_server(keys):
     """F1: 3,000 unread 256 KiB pulls took a server from 40 to 789 MiB. Now its queue
     holds GEEPS_PEER_QUEUE replies (64 here: 16 MiB); bound +64 MiB for the rest."""
@@ -74,15 +89,7 @@ def test_a_peer_that_never_reads_its_replies_cannot_grow_the_server(keys):
         c = client(cl, keys)
         t = c.create_table("w", 64, 1024, rule="add")        # a pull of it: 256 KiB
         c.pull(t)
-        pid = cl.procs[0].pid
-        base = rss(pid)
-        first = stats(c)["pulls"] + stats(c)["errors"]
-        hostile = raw_peer(cl, keys, reads=False)
-        pull = {"v": 1, "op": "pull", "table": "w", "rows": {"range": [0, 64]}, "need": 0}
-        for i in range(3000):
-            hostile.send_multipart([P.encode_header(dict(pull, id=i))])
-        wait_for(lambda: stats(c)["pulls"] + stats(c)["errors"] >= first + 3000,
-                 timeout=60, what="the server to take all 3,000 pulls")
+        pid, base, hostile = flood(cl, c, keys, "w", 64, 3000)
         grown = rss(pid) - base
         assert grown < 64 * MiB, f"server RSS grew {grown / MiB:.0f} MiB"
         assert stats(c)["errors"] > 2000, "the peer's requests past its queue are refused"
@@ -189,15 +196,7 @@ def test_large_unread_replies_are_bounded_in_bytes_and_never_stall_an_update(key
         c = client(cl, keys)
         t = c.create_table("w", 512, 1024, rule="add")       # a pull of it: 2 MiB
         c.pull(t)
-        pid = cl.procs[0].pid
-        base = rss(pid)
-        first = stats(c)["pulls"] + stats(c)["errors"]
-        hostile = raw_peer(cl, keys, reads=False)
-        pull = {"v": 1, "op": "pull", "table": "w", "rows": {"range": [0, 512]}, "need": 0}
-        for i in range(200):
-            hostile.send_multipart([P.encode_header(dict(pull, id=i))])
-        wait_for(lambda: stats(c)["pulls"] + stats(c)["errors"] >= first + 200, timeout=60,
-                 what="the server to take the 200 pulls")
+        pid, base, hostile = flood(cl, c, keys, "w", 512, 200)
         c.push(t, None, np.ones((512, 1024), np.float32))
         assert c.clock() == 1                   # the update did not wait on the peer
         np.testing.assert_array_equal(c.pull(t)[0], np.ones((512, 1024)))

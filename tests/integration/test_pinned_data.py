@@ -1,8 +1,6 @@
 """Training data kept in device memory across clocks (fetch/keep local data), on
 examples/04-sparse-lr's own step against a real `geeps server`; the NumPy backend
 stands in for the device, with the budget and byte accounting enforced as on a GPU."""
-import importlib.util
-import os
 import uuid
 
 import numpy as np
@@ -12,18 +10,15 @@ from geeps.metrics import Metrics
 from geeps.worker import Worker, memory
 from geeps_examples import datasets as gdata
 from tests.cluster import Cluster
-from tests.helpers import REPO, wait_for
+from tests.helpers import wait_for
+from tests.workloads import load_example
 
 pytestmark = pytest.mark.integration
 FEATURES, WIDTH, BATCH = 20_000, 16, 250
 
 
 def example():
-    path = os.path.join(REPO, "examples", "04-sparse-lr", "train.py")
-    spec = importlib.util.spec_from_file_location("sparse_lr_train", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_example("04-sparse-lr")
 
 
 def test_pinned_training_data_moves_strictly_fewer_bytes_per_epoch_than_wiping_it():

@@ -136,21 +136,19 @@ class Supervisor:
             # A start-up (torch imports, connecting) can take seconds: say what runs.
             if not self.said_waiting and now - self.t0 >= PLAIN_REFRESH:
                 self.said_waiting = True
-                try:
-                    self.err.write(f"geeps run: [{_elapsed(now - self.t0)}] "
-                                   f"{self.board.status()}\n")
-                    self.err.flush()
-                except (OSError, ValueError):
-                    pass
+                self._status_line(now)
         elif not force and self.board.version != self.drawn_version \
                 and now - self.last_draw >= PLAIN_REFRESH:
             self.last_draw, self.drawn_version = now, self.board.version
-            try:
-                self.err.write(f"geeps run: [{_elapsed(now - self.t0)}] "
-                               f"{self.board.status()}\n")
-                self.err.flush()
-            except (OSError, ValueError):
-                pass
+            self._status_line(now)
+
+    def _status_line(self, now: float) -> None:
+        """The board's status as one plain line (no terminal to redraw in)."""
+        try:
+            self.err.write(f"geeps run: [{_elapsed(now - self.t0)}] {self.board.status()}\n")
+            self.err.flush()
+        except (OSError, ValueError):
+            pass
 
     def _line(self, child: _Child, stream: str, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r\n")
