@@ -296,13 +296,13 @@ class IOThread(threading.Thread):
         # What is queued for the shard leaves in as few messages as it can: every
         # message costs each end a wake-up and a trip through its loop, which on a
         # small model is most of what a clock costs. Large values go alone.
-        # Reads parked on the shard do not hold the window: a hundred reads of a future
-        # clock must not make this worker's push, clock or stats wait behind them.
         if shard.refused is not None:
             while shard.backlog:
                 shard.backlog.popleft().handle.set_exception(shard.refused)
             return
         batch, size = [], 0
+        # Reads parked on the shard do not hold the window: a hundred reads of a future
+        # clock must not make this worker's push, clock or stats wait behind them.
         parked = sum(1 for r in shard.inflight.values() if r.parked)
         while shard.backlog and len(shard.inflight) - parked < WINDOW:
             r = shard.backlog.popleft()
