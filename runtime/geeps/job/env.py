@@ -108,6 +108,9 @@ VARS: tuple[Var, ...] = (
         "workers in the job; servers track a clock for each"),
     Var("GEEPS_SERVERS", "servers", "", _servers, "host:port[,host:port...]",
         "every server shard, in rank order"),
+    Var("GEEPS_REPLICATION", "replication", "1", _int_in(1), "an integer >= 1",
+        "holders of every row range (spec.servers.replication): a primary and k-1 "
+        "replicas on the next servers of the ring (geeps.job.membership)"),
     Var("GEEPS_CONSISTENCY", "consistency", "bsp", _consistency.parse, _consistency.ACCEPTED,
         "how far a reader may run ahead of the slowest worker"),
     Var("GEEPS_DEVICE_MEMORY", "device_memory", "", _optional_bytes,
@@ -190,6 +193,7 @@ class Config:
     rank: int = 0                               # index within the role
     num_workers: int = 1                        # workers in the job
     servers: tuple[str, ...] = ()               # host:port of every shard, rank order
+    replication: int = 1                        # holders of every row range
     consistency: _consistency.Consistency = field(
         default_factory=lambda: _consistency.parse("bsp"))
     device_memory: int | None = None            # bytes; None = unlimited
@@ -253,6 +257,12 @@ def check(cfg: Config) -> Config:
     if cfg.role == "worker" and cfg.rank >= cfg.num_workers:
         raise ConfigError("GEEPS_RANK", str(cfg.rank),
                           f"a worker rank below GEEPS_NUM_WORKERS={cfg.num_workers}")
+    if cfg.servers and cfg.replication > len(cfg.servers):
+        raise ConfigError("GEEPS_REPLICATION", str(cfg.replication),
+                          f"at most the number of GEEPS_SERVERS ({len(cfg.servers)})")
+    if cfg.colocate and cfg.replication != 1:
+        raise ConfigError("GEEPS_REPLICATION", str(cfg.replication),
+                          "1 when GEEPS_COLOCATE=1 (a co-located shard has no replicas)")
     if cfg.colocate and (cfg.role != "worker" or len(cfg.servers) != cfg.num_workers):
         raise ConfigError("GEEPS_COLOCATE", "1",
                           f"1 only in a worker, with one GEEPS_SERVERS entry per worker "
@@ -284,7 +294,7 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
     shards: GeePSJob.shard_role)."""
     cfg = Config(
         job=job.name, role=role, rank=rank, num_workers=job.workers.replicas,
-        servers=tuple(servers), consistency=job.consistency,
+        servers=tuple(servers), replication=job.replication, consistency=job.consistency,
         device_memory=job.device_memory, checkpoint_dir=checkpoint_dir,
         checkpoint_every=job.checkpoint_every if checkpoint_dir else 0,
         metrics_port=job.metrics_port if metrics_port is None else metrics_port,
@@ -312,6 +322,6 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
 # The Config fields job_env derives from the job itself; every other variable is a
 # tunable that reaches a process from the manifest's env or its environment.
 JOB_DECIDES = frozenset({
-    "job", "role", "rank", "num_workers", "servers", "consistency", "device_memory",
+    "job", "role", "rank", "num_workers", "servers", "replication", "consistency", "device_memory",
     "checkpoint_dir", "checkpoint_every", "metrics_port", "metrics_addr", "bind_host",
     "curve_dir", "insecure", "colocate", "nonfinite", "tables"})
