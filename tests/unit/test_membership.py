@@ -151,3 +151,11 @@ def test_segments_are_stable_under_many_changes():
         covers(m, 777)
         counts = [m.tokens_of(i) for i in m.servers]
         assert sum(counts) == TOKENS
+
+
+def test_ids_are_never_reused():
+    m = promote(fail(initial(ADDRS[:3], 2), 2))
+    assert set(m.servers) == {0, 1}
+    m2 = join(m, "again:7000")
+    assert max(m2.servers) == 3 and m2.next_id == 4
+    assert Membership.from_json(m2.to_json()).next_id == 4

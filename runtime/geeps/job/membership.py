@@ -107,6 +107,12 @@ class Membership:
     replication: int = 1
     pending: tuple[Pending, ...] = ()
     leaving: frozenset = field(default_factory=frozenset)   # drained at the next promote
+    next_id: int = 0                    # the id the next server to join gets
+
+    def __post_init__(self):
+        # ids are never reused: a client or shard that still knows a gone server by its
+        # id must not mistake a newcomer for it
+        object.__setattr__(self, "next_id", max(self.next_id, max(self.servers) + 1))
 
     # ---- reading ------------------------------------------------------------------
     def holders(self, token: int) -> tuple[int, ...]:
@@ -155,7 +161,7 @@ class Membership:
                 "servers": {str(k): v for k, v in sorted(self.servers.items())},
                 "runs": [[r.start, r.end, list(r.holders)] for r in self.runs],
                 "pending": [[p.start, p.end, p.sid, p.role] for p in self.pending],
-                "leaving": sorted(self.leaving)}
+                "leaving": sorted(self.leaving), "next_id": self.next_id}
 
     @classmethod
     def from_json(cls, d) -> "Membership":
@@ -206,8 +212,9 @@ class Membership:
         leaving = d.get("leaving") or []
         if not isinstance(leaving, list) or any(h not in servers for h in leaving):
             raise ValueError("membership.leaving: expected a list of member ids")
+        next_id = _int(d.get("next_id", 0), "membership.next_id", 0)
         return cls(epoch, servers, tuple(runs), replication, tuple(pending),
-                   frozenset(leaving))
+                   frozenset(leaving), next_id)
 
 
 def _int(v, where: str, minimum: int) -> int:
@@ -272,9 +279,9 @@ def fail(m: Membership, sid: int) -> Membership:
     servers = {k: v for k, v in m.servers.items() if k != sid}
     pending = [p for p in m.pending if p.sid != sid]
     m2 = Membership(m.epoch + 1, servers, _merge(runs), m.replication, (),
-                    frozenset(m.leaving - {sid}))
+                    frozenset(m.leaving - {sid}), m.next_id)
     return _plan_replicas(Membership(m2.epoch, m2.servers, m2.runs, m2.replication,
-                                     tuple(pending), m2.leaving))
+                                     tuple(pending), m2.leaving, m2.next_id))
 
 
 def join(m: Membership, address: str) -> Membership:
@@ -283,7 +290,7 @@ def join(m: Membership, address: str) -> Membership:
     share -- as pending primary (epoch+1); `promote` makes it serve them."""
     if m.pending:
         raise ValueError("a change is still in progress (pending arcs); promote it first")
-    sid = max(m.servers) + 1
+    sid = m.next_id
     prim = [s for s in m.primaries if s not in m.leaving]
     target = _shares(len(prim) + 1)
     excess = {s: m.tokens_of(s) - t for s, t in zip(prim, target)}
@@ -301,7 +308,7 @@ def join(m: Membership, address: str) -> Membership:
     return _plan_replicas(Membership(m.epoch + 1, {**m.servers, sid: address}, m.runs,
                                      m.replication,
                                      tuple(sorted(pending, key=lambda p: p.start)),
-                                     m.leaving))
+                                     m.leaving, sid + 1))
 
 
 def _shares(n: int) -> list[int]:
@@ -349,7 +356,7 @@ def leave(m: Membership, sid: int) -> Membership:
             a += t
     return _plan_replicas(Membership(m.epoch + 1, m.servers, m.runs, m.replication,
                                      tuple(sorted(pending, key=lambda p: p.start)),
-                                     m.leaving | {sid}))
+                                     m.leaving | {sid}, m.next_id))
 
 
 def _cuts(m: Membership) -> list[tuple[int, int]]:
@@ -389,7 +396,7 @@ def _plan_replicas(m: Membership) -> Membership:
         else:
             merged.append(p)
     return Membership(m.epoch, m.servers, m.runs, m.replication, m.pending + tuple(merged),
-                      m.leaving)
+                      m.leaving, m.next_id)
 
 
 def promote(m: Membership) -> Membership:
@@ -405,7 +412,8 @@ def promote(m: Membership) -> Membership:
             raise Lost(f"arcs [{a}, {b}) would have no holder after the change")
         runs.append(Run(a, b, tuple(holders[:m.replication])))
     servers = {k: v for k, v in m.servers.items() if k not in m.leaving}
-    return Membership(m.epoch + 1, servers, _merge(runs), m.replication, (), frozenset())
+    return Membership(m.epoch + 1, servers, _merge(runs), m.replication, (), frozenset(),
+                      m.next_id)
 
 
 def copies(old: Membership, new: Membership, n_rows: int) -> list[Copy]:
