@@ -309,3 +309,16 @@ def test_replication_reaches_every_process_and_is_checked():
             spec.validate(manifest(servers=bad))
     with pytest.raises(config.ConfigError, match="GEEPS_REPLICATION"):
         config.load({"GEEPS_SERVERS": "a:1", "GEEPS_REPLICATION": "2"})
+
+
+def test_a_joining_server_waits_for_the_membership():
+    from geeps.launch.plan import joiner
+    p = make_plan(manifest(servers={"replicas": 2, "replication": 2}))
+    j = joiner(p, ["127.0.0.1:7100", "127.0.0.1:7101"], Options(cwd="/repo"))
+    cfg = config.load(j.env)
+    assert (j.name, cfg.role, cfg.rank, cfg.join, cfg.replication) == \
+        ("server-3", "server", 3, True, 2)
+    assert cfg.servers[cfg.rank] == "127.0.0.1:7101" and cfg.servers[:2] == p.servers
+    assert not any(config.load(x.env).join for x in p.processes)
+    with pytest.raises(config.ConfigError, match="GEEPS_JOIN"):
+        config.load({"GEEPS_JOIN": "1"})            # a worker

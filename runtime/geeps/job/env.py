@@ -179,6 +179,10 @@ VARS: tuple[Var, ...] = (
     Var("GEEPS_COLOCATE", "colocate", "0", _bool, "0 | 1",
         "1: this worker serves shard GEEPS_RANK of GEEPS_SERVERS itself and reaches it "
         "in memory (GeePS's layout: one shard per worker, no server processes)"),
+    Var("GEEPS_JOIN", "join", "0", _bool, "0 | 1",
+        "1: this server joins a running job (added, or replacing a lost one): it restores "
+        "no checkpoint and serves nothing until the coordinator's membership gives it "
+        "rows, which it copies from their holders first"),
     Var("GEEPS_TEST_CRASH_BEFORE_RENAME", "test_crash_before_rename", "", _optional_clock,
         "a clock >= 0 or empty", "fault hook for tests only: a server kills itself (SIGKILL) "
         "after writing the checkpoint of this clock, before renaming it into place",
@@ -217,6 +221,7 @@ class Config:
     curve_dir: str = ""                         # CurveZMQ key directory
     insecure: bool = False                      # explicit opt-out of CurveZMQ
     colocate: bool = False                      # worker hosts shard `rank` in-process
+    join: bool = False                          # a server joining a running job
     test_crash_before_rename: int | None = None  # tests' fault hook; None = off
 
     def to_env(self) -> dict[str, str]:
@@ -260,6 +265,8 @@ def check(cfg: Config) -> Config:
     if cfg.servers and cfg.replication > len(cfg.servers):
         raise ConfigError("GEEPS_REPLICATION", str(cfg.replication),
                           f"at most the number of GEEPS_SERVERS ({len(cfg.servers)})")
+    if cfg.join and cfg.role != "server":
+        raise ConfigError("GEEPS_JOIN", "1", "1 only in a server (GEEPS_ROLE=server)")
     if cfg.colocate and cfg.replication != 1:
         raise ConfigError("GEEPS_REPLICATION", str(cfg.replication),
                           "1 when GEEPS_COLOCATE=1 (a co-located shard has no replicas)")
@@ -286,7 +293,8 @@ assert {f.name for f in fields(Config)} == {v.attr for v in VARS}, "VARS and Con
 
 def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
             bind_host: str = "*", checkpoint_dir: str = "", curve_dir: str = "",
-            metrics_port: int | None = None, metrics_addr: str = "") -> dict[str, str]:
+            metrics_port: int | None = None, metrics_addr: str = "",
+            join: bool = False) -> dict[str, str]:
     """GEEPS_* variables plus the manifest's plain `env` entries (valueFrom is the
     operator's business: it is not a value a local process can resolve).
 
@@ -301,7 +309,7 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
         metrics_addr=metrics_addr,
         bind_host=bind_host, curve_dir=curve_dir, insecure=job.insecure,
         colocate=role == "worker" and job.serves_shards(role), nonfinite=job.non_finite,
-        tables=_tableopts.to_text(job.spec.get("tables", [])),
+        tables=_tableopts.to_text(job.spec.get("tables", [])), join=join,
     )
     env = {e["name"]: e["value"] for e in job.env if "value" in e}
     for var in VARS:    # the manifest's value of a tunable is checked where it enters
@@ -324,4 +332,4 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
 JOB_DECIDES = frozenset({
     "job", "role", "rank", "num_workers", "servers", "replication", "consistency", "device_memory",
     "checkpoint_dir", "checkpoint_every", "metrics_port", "metrics_addr", "bind_host",
-    "curve_dir", "insecure", "colocate", "nonfinite", "tables"})
+    "curve_dir", "insecure", "colocate", "nonfinite", "tables", "join"})
