@@ -126,6 +126,11 @@ def _role(description: str, *, workers: bool) -> dict:
             "description": "copies of every row range: the primary and k-1 replicas on "
                            "the next servers of the ring; a server lost with k >= 2 fails "
                            "over to a replica without rolling the job back"}
+        props["elastic"] = {
+            "type": "boolean", "default": False,
+            "description": "servers may be added and removed while the job runs (a "
+                           "coordinator moves row ranges; spec.servers.replicas of a "
+                           "running job may change); implied by replication >= 2"}
     return {"type": "object", "description": description, "default": {}, "properties": props}
 
 
@@ -442,6 +447,13 @@ class GeePSJob:
     def replication(self) -> int:
         """spec.servers.replication: holders of every row range (1 = no replicas)."""
         return int(self.servers.raw.get("replication", 1))
+
+    @property
+    def coordinated(self) -> bool:
+        """Whether a coordinator runs the job's membership (geeps.job.membership):
+        server processes of its own, and replicas or spec.servers.elastic."""
+        return self.server_processes > 0 and (
+            self.replication > 1 or bool(self.servers.raw.get("elastic")))
 
     @property
     def non_finite(self) -> str:

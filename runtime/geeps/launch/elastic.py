@@ -31,9 +31,8 @@ from geeps.launch.plan import LaunchPlan, Options, ProcessSpec, joiner
 
 
 def wanted(plan: LaunchPlan) -> bool:
-    """Whether a job's servers run under the coordinator: it has server processes of
-    its own and asks for replicas (a single copy can only roll back)."""
-    return plan.job.server_processes > 0 and plan.job.replication > 1
+    """Whether a job's servers run under the coordinator (GeePSJob.coordinated)."""
+    return plan.job.coordinated
 
 
 def free_port(host: str) -> int:
