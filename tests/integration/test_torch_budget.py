@@ -98,10 +98,16 @@ def test_a_module_larger_than_the_budget_is_refused_naming_the_sizes():
         DeviceBudget(seeded(mlp), -1)
 
 
-def test_local_optimizer_and_no_sync_are_refused_under_a_budget():
+def test_local_optimizer_and_no_sync_are_refused_under_a_budget(monkeypatch):
+    # spec.cache.torchDeviceBudget arrives as GEEPS_TORCH_DEVICE_BUDGET: the default
+    # of a DataParallel not told in code (tests/unit/test_env_sources.py: the manifest
+    # to the variable).
+    monkeypatch.setenv("GEEPS_TORCH_DEVICE_BUDGET", "1Mi")
     with Cluster(servers=1, workers=1) as cl:
-        model = gt.DataParallel(seeded(mlp), client=cl.client(0), name="refused",
-                                device_budget=1 << 20)
+        model = gt.DataParallel(seeded(mlp), client=cl.client(0), name="refused")
+        assert model.budget.budget == 1 << 20
+        assert gt.DataParallel(seeded(mlp), client=cl.client(0), name="free",
+                               device_budget=None).budget is None
         with pytest.raises(RuntimeError, match="no_sync.. under a device budget"):
             with model.no_sync():
                 pass

@@ -26,14 +26,18 @@ import numpy as np
 import torch
 
 from geeps.torch import context as _context
+from geeps.backend import from_env
 from geeps.client.client import Client
 from geeps.errors import RolledBack
+from geeps.job.units import parse_bytes
 from geeps.tables.filters import FilterSpec
 from geeps.tables.table import DEFAULT_ROW_WIDTH
 from geeps.torch.context import init
 from geeps.torch.layout import Layout, Slot, Store, flat_view
 
 log = logging.getLogger("geeps.torch")
+
+_FROM_ENV = object()    # device_budget not given: the job's (GEEPS_TORCH_DEVICE_BUDGET)
 
 BUCKET_BYTES = 4 << 20  # gradients per push: small enough that the first bucket leaves
 #                         early in backward, large enough that per-message cost vanishes
@@ -119,7 +123,8 @@ class DataParallel(torch.nn.Module):
     top-k and random-k choose per bucket within a group; what is not sent stays in
     this worker's residual (error feedback, Client.filters(model_table)).
 
-    `device_budget` (bytes; None: the whole model stays in device memory): train a
+    `device_budget` (bytes or a quantity, "2Gi"; None: the whole model stays in device
+    memory; default GEEPS_TORCH_DEVICE_BUDGET, spec.cache.torchDeviceBudget): train a
     model larger than the device (geeps.torch.paging). The rows stay in host memory,
     where the refresh lands; each module's parameters are brought into device memory
     for its forward and again for its backward, gradients leave as soon as they are
@@ -136,7 +141,7 @@ class DataParallel(torch.nn.Module):
                  client: Client | None = None,
                  on_push: Callable[[tuple[str, ...], range], None] | None = None,
                  filters: dict[str, FilterSpec | None] | None = None,
-                 device_budget: int | None = None):
+                 device_budget: int | str | None = _FROM_ENV):
         super().__init__()
         self._group_filters = filters
         self.module = module
@@ -158,6 +163,10 @@ class DataParallel(torch.nn.Module):
             raise ValueError(f"parameters on several devices ({sorted(map(str, devices))}): "
                              "put the whole model on one device before wrapping it")
         self._params = [p for _, p in params]
+        if device_budget is _FROM_ENV:
+            device_budget = from_env("GEEPS_TORCH_DEVICE_BUDGET")
+        elif device_budget is not None:
+            device_budget = parse_bytes(device_budget)
         home = torch.device("cpu") if device_budget is not None else None
         self._playout, self._pstore = _tensor_store(params, row_width, home)
         buffers = [(n, b) for n, b in module.named_buffers() if b.dtype == torch.float32]
