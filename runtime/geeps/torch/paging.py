@@ -13,8 +13,8 @@ lives in host memory and is brought into device memory when an operation needs i
 into a budget that covers the parameters, their gradients and the activations autograd
 saves for backward -- one accounting, checked every time something enters. A module's
 forward pre-hook brings its parameters in (they stay pinned until its forward
-returns); its backward pre-hook brings them in again and reserves room for their
-gradients, which leave for host memory as soon as autograd has accumulated them
+returns); when backward reaches its output (a hook on the output tensor) they come
+in again, with room reserved for their gradients, which leave for host memory as soon as autograd has accumulated them
 (`grad_sink`, or `grads`) and are freed; saved activations go through autograd's
 saved-tensor hooks and come back when backward unpacks them.
 
@@ -44,7 +44,6 @@ fine; a tensor captured in a closure is not paged).
 from __future__ import annotations
 
 import contextlib
-import warnings
 import weakref
 from dataclasses import dataclass
 from typing import Callable
@@ -236,6 +235,18 @@ class _Saved:
         self.key, self.dev, self.host, self.device = key, t, None, t.device
 
 
+def _tensors(out):
+    """The tensors of a module's output (a tensor, or nested tuples, lists, dicts)."""
+    if isinstance(out, torch.Tensor):
+        yield out
+    elif isinstance(out, (tuple, list)):
+        for o in out:
+            yield from _tensors(o)
+    elif isinstance(out, dict):
+        for o in out.values():
+            yield from _tensors(o)
+
+
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
@@ -257,10 +268,6 @@ class DeviceBudget(Residency):
                  device: torch.device | None = None,
                  grad_sink: Callable[[int, torch.Tensor], None] | None = None):
         super().__init__(budget)
-        # A module whose inputs need no gradient (the first layer) fires its backward
-        # pre-hook with its outputs' gradients, which is all the pager asks of it.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing when "
-                                "gradients are computed with respect to module outputs")
         self.module = module
         self.params = list(module.parameters()) if params is None else list(params)
         index = {id(p): i for i, p in enumerate(self.params)}
@@ -299,9 +306,7 @@ class DeviceBudget(Residency):
             self._hooks.append(m.register_forward_pre_hook(
                 lambda _m, _a, idx=idx: self._params_in(idx)))
             self._hooks.append(m.register_forward_hook(
-                lambda _m, _a, _o, idx=idx: self._params_done(idx)))
-            self._hooks.append(m.register_full_backward_pre_hook(
-                lambda _m, _g, idx=idx: self._backward_in(idx)))
+                lambda _m, _a, out, idx=idx: self._params_done(idx, out)))
         for i, p in enumerate(self.params):
             if p.requires_grad:
                 self._hooks.append(p.register_post_accumulate_grad_hook(
@@ -382,15 +387,30 @@ class DeviceBudget(Residency):
             self.need(("p", i), _nbytes(self.host[i]),
                       self._event("need", ("p", i), _nbytes(self.host[i])))
 
-    def _params_done(self, idx: list[int]) -> None:
+    def _params_done(self, idx: list[int], out) -> None:
         for i in idx:
             self.unpin(("p", i), self._event("unpin", ("p", i), 0))
+        # Backward reaches this module when the gradient of its output is computed: a
+        # hook on the output tensor says so, before the module's own nodes run. (Not a
+        # full backward pre-hook: it wraps the output in a custom Function, which then
+        # refuses in-place ops on it, ReLU(inplace=True) after a BatchNorm.)
+        fired = []
+
+        def arrived(grad):
+            if not fired:
+                fired.append(True)
+                self._backward_in(idx)
+            return grad
+        for t in _tensors(out):
+            if t.requires_grad:
+                t.register_hook(arrived)
 
     def _backward_in(self, idx: list[int]) -> None:
+        idx = [i for i in idx if i not in self._backward_pins]     # a module called twice
         self._params_in(idx)
         for i in idx:
             self._backward_pins.add(i)
-            if self.params[i].requires_grad:
+            if self.params[i].requires_grad and ("g", i) not in self.items:
                 nb = _nbytes(self.host[i])
                 self.born(("g", i), nb, self._event("born", ("g", i), nb), pin=True)
         if not self._queued:
