@@ -58,8 +58,14 @@ def test_a_cnn_at_40_percent_computes_the_gradients_of_plain_autograd_bitwise():
         assert all(p.grad is None for p in paged.parameters())     # gradients left
         sgd(plain.parameters(), want)
         sgd(pager.host, pager.grads)            # the host copies are the parameters
+    # Between steps, and after a forward without autograd, a parameter reads as its
+    # value (its host copy), not as storage that left device memory.
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), paged.parameters()))
+    with torch.no_grad():
+        assert torch.equal(paged(x), plain(x))
+    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), paged.parameters()))
     pager.close()
-    assert 0 < pager.peak <= budget and len(pager.traces) == steps
+    assert 0 < pager.peak <= budget and len(pager.traces) == steps + 1
     moved = sum(pager.moved.values())
     assert moved > sum(sum(belady(t, None).values()) for t in pager.traces)
     assert moved <= 1.10 * sum(sum(belady(t, budget).values()) for t in pager.traces)

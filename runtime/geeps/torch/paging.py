@@ -257,7 +257,7 @@ class DeviceBudget(Residency):
 
     `host`: per parameter (in `params` order, default the module's), the host tensor
     holding its value, read at each load (DataParallel passes views of the rows the
-    servers' refresh lands in); default: copies made here. `grad_sink(index, param)`
+    servers' refresh lands in, page-locked on a GPU); default: copies made here. `grad_sink(index, param)`
     receives each gradient as soon as it is accumulated (param.grad), before it is
     freed; default: accumulated into `grads[index]` in host memory. `device`: where
     the parameters compute (default: where they are)."""
@@ -279,23 +279,27 @@ class DeviceBudget(Residency):
         if device is None:
             device = self.params[0].device if self.params else torch.device("cpu")
         self.device = torch.device(device)
-        pin = self.device.type == "cuda"
         if host is None:
+            # On a GPU page-locked, so that copies can overlap compute (needs a GPU:
+            # not run by the CPU-only tests). Given host tensors are the caller's to
+            # pin: a copy would no longer see what the caller writes there.
             host = [p.detach().to("cpu", copy=True) for p in self.params]
-        if pin:
-            # Page-locked, so that copies can overlap compute. Needs a GPU: not run by
-            # the CPU-only tests.
-            host = [h if h.is_pinned() else h.pin_memory() for h in host]
+            if self.device.type == "cuda":
+                host = [h.pin_memory() for h in host]
         self.host = host
         self.grads: list[torch.Tensor | None] = [None] * len(self.params)
         self._sink = grad_sink
         # Each parameter gets device storage of its own, which leaving frees
         # (storage resized to 0: the tensor, its shape and the views autograd saved of
-        # it stay valid and see the data again when it comes back).
-        with torch.no_grad():
-            for p, h in zip(self.params, self.host):
-                p.data = torch.empty(p.shape, dtype=p.dtype, device=self.device)
-                p.untyped_storage().resize_(0)
+        # it stay valid and see the data again when it comes back). Between steps a
+        # parameter is its host copy instead (see _home), so reading it is safe.
+        self._stepping = False
+        self._dev = []
+        for p in self.params:
+            d = torch.empty(p.shape, dtype=p.dtype, device=self.device)
+            d.untyped_storage().resize_(0)
+            self._dev.append(d)
+        self._home()
         self._owned: list[tuple[torch.nn.Module, list[int]]] = []
         self._hooks: list = []
         for m in module.modules():
@@ -307,6 +311,9 @@ class DeviceBudget(Residency):
                 lambda _m, _a, idx=idx: self._params_in(idx)))
             self._hooks.append(m.register_forward_hook(
                 lambda _m, _a, out, idx=idx: self._params_done(idx, out)))
+        # A forward without autograd (evaluation) has no backward to end the step.
+        self._hooks.append(module.register_forward_hook(
+            lambda _m, _a, _o: None if torch.is_grad_enabled() else self._home()))
         for i, p in enumerate(self.params):
             if p.requires_grad:
                 self._hooks.append(p.register_post_accumulate_grad_hook(
@@ -336,6 +343,27 @@ class DeviceBudget(Residency):
         self._planned = self._plan is not None
         self._seq = 0
         self.drop_clean([("p", i) for i in range(len(self.params))])
+        self._away()
+
+    def _away(self) -> None:
+        """Every parameter onto its device tensor (its storage empty until loaded)."""
+        for p, d in zip(self.params, self._dev):
+            p.data = d
+        self._stepping = True
+
+    def _home(self) -> None:
+        """Out of a step (after backward, after a forward without autograd, before the
+        first): every parameter leaves device memory and is its host copy, so that
+        reading it (printing, a checkpoint, a norm) sees its value and costs no device
+        memory. On a GPU it is then an empty tensor on the device instead (a host
+        tensor would tell code that asks a parameter's device the wrong one); read the
+        values with DataParallel.state_dict() there."""
+        self.drop_clean([("p", i) for i in range(len(self.params))])
+        self._stepping = False
+        with torch.no_grad():
+            for p, h in zip(self.params, self.host):
+                p.data = h if self.device.type == "cpu" else \
+                    torch.empty(0, dtype=p.dtype, device=self.device)
 
     def finish(self) -> None:
         """End of the last step: its trace joins `traces`."""
@@ -361,6 +389,7 @@ class DeviceBudget(Residency):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        self._home()
         self.finish()
 
     # ---- one event: recorded, planned --------------------------------------------------
@@ -373,15 +402,18 @@ class DeviceBudget(Residency):
         self._trace.append(ev)
         if self._planned and (pos >= len(self._plan) or self._plan[pos] != ev):
             self._planned = False
-            # What is resident was estimated from the record: re-estimate it by age.
-            for k, it in self.items.items():
-                it.next_use = 1e18 - pos
+            # What is resident was estimated from the record: re-estimate it by age
+            # (the items entered earliest, needed last, first out).
+            for rank, it in enumerate(self.items.values()):
+                it.next_use = 1e18 - rank
         if self._planned:
             return self._plan_next[pos]
         return 1e18 - pos
 
     # ---- parameters ------------------------------------------------------------------
     def _params_in(self, idx: list[int]) -> None:
+        if not self._stepping:      # the first forward since the last step ended
+            self.begin()
         # Room first for all of them: none of this module's may evict another of its own.
         for i in idx:
             self.need(("p", i), _nbytes(self.host[i]),
@@ -424,6 +456,7 @@ class DeviceBudget(Residency):
         for i in sorted(self._backward_pins):
             self.unpin(("p", i), self._event("unpin", ("p", i), 0))
         self._backward_pins.clear()
+        self._home()
 
     def _grad_out(self, i: int, p: torch.Tensor) -> None:
         """Autograd accumulated parameter i's gradient: it leaves, and so does the
@@ -473,10 +506,10 @@ class DeviceBudget(Residency):
     def _load(self, key) -> None:
         kind, i = key
         if kind == "p":
-            p = self.params[i]
-            p.untyped_storage().resize_(_nbytes(self.host[i]))
+            d = self._dev[i]            # the parameter's storage while in a step
+            d.untyped_storage().resize_(_nbytes(self.host[i]))
             with torch.no_grad():
-                p.data.copy_(self.host[i], non_blocking=False)
+                d.copy_(self.host[i])
         elif kind == "a":
             e = self._live.get(key)
             if e is not None and e.dev is None:
@@ -485,7 +518,7 @@ class DeviceBudget(Residency):
     def _evict(self, key, copy: bool) -> None:
         kind, i = key
         if kind == "p":
-            self.params[i].untyped_storage().resize_(0)
+            self._dev[i].untyped_storage().resize_(0)
         elif kind == "a":
             e = self._live.get(key)
             if e is not None and e.dev is not None:

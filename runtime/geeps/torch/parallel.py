@@ -86,6 +86,17 @@ def _tensor_store(named: list[tuple[str, torch.Tensor]], row_width: int,
     return layout, store
 
 
+def _pin_in_place(rows: np.ndarray) -> None:
+    """Page-lock the rows the refresh lands in, where they are (loads from them can then
+    run asynchronously), until the array is freed. Needs a GPU: not run by the CPU-only
+    tests."""
+    import weakref
+    cudart = torch.cuda.cudart()
+    ptr = rows.ctypes.data
+    cudart.cudaHostRegister(ptr, rows.nbytes, 0)
+    weakref.finalize(rows, cudart.cudaHostUnregister, ptr)
+
+
 class DataParallel(torch.nn.Module):
     """Wrap a model for data-parallel training on geeps.
 
@@ -231,6 +242,8 @@ class DataParallel(torch.nn.Module):
         if device_budget is None:
             return None
         from geeps.torch.paging import DeviceBudget
+        if device.type == "cuda":
+            _pin_in_place(self._pstore.host)
         host = [self._pstore.host_view(s) for s in self._playout.slots]
         return DeviceBudget(self.module, device_budget, params=self._params, host=host,
                             device=device, grad_sink=self._budget_grad)
