@@ -5,8 +5,9 @@
     python bench/bench_torch_budget.py --quick
 
 One worker (`gt.DataParallel` over its in-process shard, as `python train.py` alone
-runs), the same batches for every row, the rows' models taking turns step by step. The working set is what one step touches:
-parameters, their gradients and the activations saved in the model's forward. Rows:
+runs), the same batches for every row, the rows' models taking turns step by step.
+The working set is what one step touches: parameters, their gradients and the
+activations saved in the model's forward. Rows:
 - unlimited: DataParallel without device_budget, the baseline of every ratio. Its
   bytes are what a GPU run moves anyway (the refresh's parameters in, the gradients
   out); on this CPU the rows are the tensors and nothing is copied.

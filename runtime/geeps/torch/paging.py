@@ -14,9 +14,10 @@ into a budget that covers the parameters, their gradients and the activations au
 saves for backward -- one accounting, checked every time something enters. A module's
 forward pre-hook brings its parameters in (they stay pinned until its forward
 returns); when backward reaches its output (a hook on the output tensor) they come
-in again, with room reserved for their gradients, which leave for host memory as soon as autograd has accumulated them
-(`grad_sink`, or `grads`) and are freed; saved activations go through autograd's
-saved-tensor hooks and come back when backward unpacks them.
+in again, with room reserved for their gradients, which leave for host memory as
+soon as autograd has accumulated them (`grad_sink`, or `grads`) and are freed; saved
+activations go through autograd's saved-tensor hooks and come back when backward
+unpacks them.
 
 What leaves when room is needed is Belady's choice. The first step records the
 sequence of accesses; every following step whose accesses repeat it evicts the item
@@ -257,10 +258,10 @@ class DeviceBudget(Residency):
 
     `host`: per parameter (in `params` order, default the module's), the host tensor
     holding its value, read at each load (DataParallel passes views of the rows the
-    servers' refresh lands in, page-locked on a GPU); default: copies made here. `grad_sink(index, param)`
-    receives each gradient as soon as it is accumulated (param.grad), before it is
-    freed; default: accumulated into `grads[index]` in host memory. `device`: where
-    the parameters compute (default: where they are)."""
+    servers' refresh lands in, page-locked on a GPU); default: copies made here.
+    `grad_sink(index, param)` receives each gradient as soon as it is accumulated
+    (param.grad), before it is freed; default: accumulated into `grads[index]` in host
+    memory. `device`: where the parameters compute (default: where they are)."""
 
     def __init__(self, module: torch.nn.Module, budget: int | None, *,
                  params: list[torch.Tensor] | None = None,
@@ -300,13 +301,11 @@ class DeviceBudget(Residency):
             d.untyped_storage().resize_(0)
             self._dev.append(d)
         self._home()
-        self._owned: list[tuple[torch.nn.Module, list[int]]] = []
         self._hooks: list = []
         for m in module.modules():
             idx = [index[id(p)] for p in m.parameters(recurse=False) if id(p) in index]
             if not idx:
                 continue
-            self._owned.append((m, idx))
             self._hooks.append(m.register_forward_pre_hook(
                 lambda _m, _a, idx=idx: self._params_in(idx)))
             self._hooks.append(m.register_forward_hook(
@@ -414,7 +413,7 @@ class DeviceBudget(Residency):
     def _params_in(self, idx: list[int]) -> None:
         if not self._stepping:      # the first forward since the last step ended
             self.begin()
-        # Room first for all of them: none of this module's may evict another of its own.
+        # Each is pinned as it comes in: none of this module's evicts another of its own.
         for i in idx:
             self.need(("p", i), _nbytes(self.host[i]),
                       self._event("need", ("p", i), _nbytes(self.host[i])))
