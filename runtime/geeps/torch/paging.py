@@ -255,6 +255,7 @@ def _nbytes(t: torch.Tensor) -> int:
 class DeviceBudget(Residency):
     """Pages `module`'s parameters, gradients and saved activations through `budget`
     bytes of device memory (None: no limit, still counted). See the module docstring.
+    `module` None: saved activations only (geeps.torch.offload.ActivationBudget).
 
     `host`: per parameter (in `params` order, default the module's), the host tensor
     holding its value, read at each load (DataParallel passes views of the rows the
@@ -263,16 +264,18 @@ class DeviceBudget(Residency):
     (param.grad), before it is freed; default: accumulated into `grads[index]` in host
     memory. `device`: where the parameters compute (default: where they are)."""
 
-    def __init__(self, module: torch.nn.Module, budget: int | None, *,
+    def __init__(self, module: torch.nn.Module | None, budget: int | None, *,
                  params: list[torch.Tensor] | None = None,
                  host: list[torch.Tensor] | None = None,
                  device: torch.device | None = None,
                  grad_sink: Callable[[int, torch.Tensor], None] | None = None):
         super().__init__(budget)
         self.module = module
-        self.params = list(module.parameters()) if params is None else list(params)
+        modules = [] if module is None else list(module.modules())
+        self.params = list(module.parameters()) if params is None and module is not None \
+            else list(params or ())
         index = {id(p): i for i, p in enumerate(self.params)}
-        owned = {id(p) for m in module.modules() for p in m.parameters(recurse=False)}
+        owned = {id(p) for m in modules for p in m.parameters(recurse=False)}
         stray = [i for i, p in enumerate(self.params) if id(p) not in owned]
         if stray:
             raise ValueError(f"parameters {stray} belong to no module of the model: a "
@@ -302,7 +305,7 @@ class DeviceBudget(Residency):
             self._dev.append(d)
         self._home()
         self._hooks: list = []
-        for m in module.modules():
+        for m in modules:
             idx = [index[id(p)] for p in m.parameters(recurse=False) if id(p) in index]
             if not idx:
                 continue
@@ -311,8 +314,9 @@ class DeviceBudget(Residency):
             self._hooks.append(m.register_forward_hook(
                 lambda _m, _a, out, idx=idx: self._params_done(idx, out)))
         # A forward without autograd (evaluation) has no backward to end the step.
-        self._hooks.append(module.register_forward_hook(
-            lambda _m, _a, _o: None if torch.is_grad_enabled() else self._home()))
+        if module is not None:
+            self._hooks.append(module.register_forward_hook(
+                lambda _m, _a, _o: None if torch.is_grad_enabled() else self._home()))
         for i, p in enumerate(self.params):
             if p.requires_grad:
                 self._hooks.append(p.register_post_accumulate_grad_hook(
