@@ -44,6 +44,7 @@ fine; a tensor captured in a closure is not paged).
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import weakref
 from dataclasses import dataclass
@@ -262,13 +263,15 @@ class DeviceBudget(Residency):
     servers' refresh lands in, page-locked on a GPU); default: copies made here.
     `grad_sink(index, param)` receives each gradient as soon as it is accumulated
     (param.grad), before it is freed; default: accumulated into `grads[index]` in host
-    memory. `device`: where the parameters compute (default: where they are)."""
+    memory. `device`: where the parameters compute (default: where they are).
+    `keep_traces`: how many finished steps' traces `traces` keeps (the newest)."""
 
     def __init__(self, module: torch.nn.Module | None, budget: int | None, *,
                  params: list[torch.Tensor] | None = None,
                  host: list[torch.Tensor] | None = None,
                  device: torch.device | None = None,
-                 grad_sink: Callable[[int, torch.Tensor], None] | None = None):
+                 grad_sink: Callable[[int, torch.Tensor], None] | None = None,
+                 keep_traces: int = 64):
         super().__init__(budget)
         self.module = module
         modules = [] if module is None else list(module.modules())
@@ -323,7 +326,8 @@ class DeviceBudget(Residency):
                     lambda p, i=i: self._grad_out(i, p)))
         self._seq = 0
         self._trace: list = []          # this step's events
-        self.traces: list[list] = []    # every finished step's
+        # The last finished steps' traces (bounded: a long run must not grow with them).
+        self.traces: collections.deque = collections.deque(maxlen=keep_traces)
         self._plan: list | None = None  # the recorded step, and its next uses
         self._plan_next: list[float] = []
         self._planned = False           # this step repeats the record so far
