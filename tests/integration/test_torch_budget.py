@@ -87,6 +87,27 @@ def test_two_workers_at_35_percent_of_the_working_set_match_the_unlimited_run_bi
         assert moved <= 1.10 * mins, (moved, mins)
 
 
+def test_the_copies_are_counted_in_the_workers_transfer_metrics():
+    import uuid
+
+    from prometheus_client import REGISTRY
+
+    from geeps.metrics import Metrics
+    job = f"budget-{uuid.uuid4().hex[:8]}"
+    with Cluster(servers=1, workers=1) as cl:
+        model = gt.DataParallel(seeded(mlp), client=cl.client(0, metrics=Metrics(job=job)),
+                                name="metered", device_budget=int(0.35 * measure_working_set()))
+        opt = gt.ServerOptimizer(model, "sgd", lr=0.1)
+        x, y = batches(0)[0]
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        model.close()
+    for direction in ("h2d", "d2h"):
+        got = REGISTRY.get_sample_value("geeps_transfer_bytes_total", {
+            "job": job, "role": "worker", "rank": "0", "direction": direction})
+        assert got == model.budget.moved[direction] > 0, direction
+
+
 def test_local_optimizer_and_no_sync_are_refused_under_a_budget(monkeypatch):
     # spec.cache.torchDeviceBudget arrives as GEEPS_TORCH_DEVICE_BUDGET: the default
     # of a DataParallel not told in code (tests/unit/test_env_sources.py: the manifest

@@ -94,6 +94,13 @@ class Residency:
         self.moved = {"h2d": 0, "d2h": 0}
 
     # -- accounting ---------------------------------------------------------------
+    on_move: Callable[[str, int], None] | None = None     # (direction, bytes) per copy
+
+    def _moved(self, direction: str, nbytes: int) -> None:
+        self.moved[direction] += nbytes
+        if self.on_move is not None:
+            self.on_move(direction, nbytes)
+
     def _check(self) -> None:
         self.peak = max(self.peak, self.resident)
         if self.budget is not None and self.resident > self.budget:
@@ -120,7 +127,7 @@ class Residency:
     def _evict_item(self, key) -> None:
         it = self.items[key]
         if not it.host:
-            self.moved["d2h"] += it.nbytes
+            self._moved("d2h", it.nbytes)
         self._evict(key, copy=not it.host)
         it.host = True
         it.resident = False
@@ -138,7 +145,7 @@ class Residency:
             it = self.items[key] = _Item(nbytes, host=True)
         if not it.resident:
             self._make_room(key, it.nbytes)
-            self.moved["h2d"] += it.nbytes
+            self._moved("h2d", it.nbytes)
             self._load(key)
             self._enter(key, it)
         it.pins += 1
@@ -158,7 +165,7 @@ class Residency:
     def out(self, key) -> None:
         it = self.items.pop(key, None)
         if it is not None and it.resident:
-            self.moved["d2h"] += it.nbytes
+            self._moved("d2h", it.nbytes)
             self.resident -= it.nbytes
 
     def free(self, key) -> None:

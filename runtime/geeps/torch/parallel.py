@@ -245,8 +245,11 @@ class DataParallel(torch.nn.Module):
         if device.type == "cuda":
             _pin_in_place(self._pstore.host)
         host = [self._pstore.host_view(s) for s in self._playout.slots]
-        return DeviceBudget(self.module, device_budget, params=self._params, host=host,
-                            device=device, grad_sink=self._budget_grad)
+        pager = DeviceBudget(self.module, device_budget, params=self._params, host=host,
+                             device=device, grad_sink=self._budget_grad)
+        if self._client.metrics is not None:    # the process's transfer counters
+            pager.on_move = self._client.metrics.transfer
+        return pager
 
     def _budget_grad(self, index: int, p: torch.Tensor) -> None:
         # Before an optimizer is attached there is no table to send it to: dropped,
