@@ -17,6 +17,7 @@ import functools
 import hashlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import Callable, Literal
 
@@ -34,6 +35,7 @@ from geeps.tables.filters import FilterSpec
 from geeps.tables.table import DEFAULT_ROW_WIDTH
 from geeps.torch.context import init
 from geeps.torch.layout import Layout, Slot, Store, flat_view
+from geeps.torch.paging import DeviceBudget
 
 log = logging.getLogger("geeps.torch")
 
@@ -90,7 +92,6 @@ def _pin_in_place(rows: np.ndarray) -> None:
     """Page-lock the rows the refresh lands in, where they are (loads from them can then
     run asynchronously), until the array is freed. Needs a GPU: not run by the CPU-only
     tests."""
-    import weakref
     cudart = torch.cuda.cudart()
     ptr = rows.ctypes.data
     cudart.cudaHostRegister(ptr, rows.nbytes, 0)
@@ -241,7 +242,6 @@ class DataParallel(torch.nn.Module):
         parameter in from its rows in host memory, into storage of its own on `device`."""
         if device_budget is None:
             return None
-        from geeps.torch.paging import DeviceBudget
         if device.type == "cuda":
             _pin_in_place(self._pstore.host)
         host = [self._pstore.host_view(s) for s in self._playout.slots]
