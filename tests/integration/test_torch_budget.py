@@ -80,6 +80,7 @@ def test_two_workers_at_35_percent_of_the_working_set_match_the_unlimited_run_bi
         assert pager.budget == budget and 0.9 * budget < pager.peak <= budget
         assert len(pager.traces) == STEPS
         assert working_set(pager.traces[-1]) == ws
+        assert pager.copied == pager.moved     # the accounting counts the real copies
         moved = sum(pager.moved.values())
         mins = sum(sum(belady(t, budget).values()) for t in pager.traces)
         unlimited = sum(sum(belady(t, None).values()) for t in pager.traces)

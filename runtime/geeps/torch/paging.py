@@ -302,6 +302,9 @@ class DeviceBudget(Residency):
                 host = [h.pin_memory() for h in host]
         self.host = host
         self.grads: list[torch.Tensor | None] = [None] * len(self.params)
+        # Bytes the tensor copies below actually moved: the accounting (`moved`) is
+        # checked against them by the tests.
+        self.copied = {"h2d": 0, "d2h": 0}
         self._sink = grad_sink
         # Each parameter gets device storage of its own, which leaving frees
         # (storage resized to 0: the tensor, its shape and the views autograd saved of
@@ -475,6 +478,7 @@ class DeviceBudget(Residency):
     def _grad_out(self, i: int, p: torch.Tensor) -> None:
         """Autograd accumulated parameter i's gradient: it leaves, and so does the
         parameter's backward pin once this module's gradients are all out."""
+        self.copied["d2h"] += _nbytes(p.grad)
         if self._sink is not None:
             self._sink(i, p)
         elif self.grads[i] is None:
@@ -524,10 +528,12 @@ class DeviceBudget(Residency):
             d.untyped_storage().resize_(_nbytes(self.host[i]))
             with torch.no_grad():
                 d.copy_(self.host[i])
+            self.copied["h2d"] += _nbytes(d)
         elif kind == "a":
             e = self._live.get(key)
             if e is not None and e.dev is None:
                 e.dev = e.host.to(e.device, copy=True)
+                self.copied["h2d"] += _nbytes(e.dev)
 
     def _evict(self, key, copy: bool) -> None:
         kind, i = key
@@ -541,4 +547,5 @@ class DeviceBudget(Residency):
                                        pin_memory=e.device.type == "cuda")
                     host.copy_(e.dev)
                     e.host = host
+                    self.copied["d2h"] += _nbytes(host)
                 e.dev = None
