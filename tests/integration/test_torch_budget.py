@@ -124,3 +124,15 @@ def test_local_optimizer_and_no_sync_are_refused_under_a_budget(monkeypatch):
                 pass
         with pytest.raises(ValueError, match="LocalOptimizer under a device budget"):
             gt.LocalOptimizer(model, torch.optim.SGD(model.parameters(), lr=0.1))
+
+
+def test_state_dict_and_load_state_dict_read_and_write_the_paged_values():
+    with Cluster(servers=1, workers=1) as cl:
+        model = gt.DataParallel(seeded(mlp), client=cl.client(0), name="sd",
+                                device_budget=1 << 20)
+        want = {k: v + 1 for k, v in model.state_dict().items()}
+        model.load_state_dict(want)                   # before the optimizer: rank 0's values
+        gt.ServerOptimizer(model, "sgd", lr=0.1)
+        got = model.state_dict()                      # from the servers
+        assert got.keys() == want.keys()
+        assert all(torch.equal(got[k], want[k]) for k in want)

@@ -284,7 +284,7 @@ class DeviceBudget(Residency):
         modules = [] if module is None else list(module.modules())
         self.params = list(module.parameters()) if params is None and module is not None \
             else list(params or ())
-        index = {id(p): i for i, p in enumerate(self.params)}
+        index = self._index = {id(p): i for i, p in enumerate(self.params)}
         owned = {id(p) for m in modules for p in m.parameters(recurse=False)}
         stray = [i for i, p in enumerate(self.params) if id(p) not in owned]
         if stray:
@@ -381,6 +381,26 @@ class DeviceBudget(Residency):
             for p, h in zip(self.params, self.host):
                 p.data = h if self.device.type == "cpu" else \
                     torch.empty(0, dtype=p.dtype, device=self.device)
+
+    def host_of(self, t: torch.Tensor) -> torch.Tensor | None:
+        """The host copy of parameter `t` (its value), None if `t` is not paged here."""
+        i = self._index.get(id(t))
+        return None if i is None else self.host[i]
+
+    @contextlib.contextmanager
+    def host_values(self):
+        """Between steps, the parameters as their host copies for the block (on a GPU
+        they are otherwise empty): load_state_dict writes where the values live."""
+        if self._stepping:
+            raise RuntimeError("host_values() inside a step: the parameters are paged")
+        saved = [p.data for p in self.params]
+        for p, h in zip(self.params, self.host):
+            p.data = h
+        try:
+            yield
+        finally:
+            for p, d in zip(self.params, saved):
+                p.data = d
 
     def finish(self) -> None:
         """End of the last step: its trace joins `traces`."""

@@ -374,6 +374,8 @@ class DataParallel(torch.nn.Module):
         inner = prefix + "module." if prefix else ""
         for k, v in local.items():
             src = fetched.get(id(v))
+            if src is None and self.budget is not None:     # paged: its value is on host
+                src = self.budget.host_of(v)
             out[inner + k] = src.to(v.device, copy=True) if src is not None \
                 else v.detach().clone()
         return out
@@ -387,6 +389,9 @@ class DataParallel(torch.nn.Module):
         if assign:
             raise ValueError("assign=True would replace the parameters' storage (the table "
                              "rows); load with assign=False")
+        if self.budget is not None:     # paged: the values live in host memory
+            with self.budget.host_values():
+                return self.module.load_state_dict(state_dict, strict=strict)
         return self.module.load_state_dict(state_dict, strict=strict)
 
     def close(self) -> None:
