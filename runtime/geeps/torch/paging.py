@@ -60,6 +60,14 @@ class DeviceBudgetExceeded(MemoryError):
     found more bytes in device memory than the budget."""
 
 
+_KINDS = {"p": "parameter", "g": "the gradient of parameter", "a": "saved activation"}
+
+
+def _describe(key) -> str:
+    kind = _KINDS.get(key[0]) if isinstance(key, tuple) and key else None
+    return f"{kind} {key[1]}" if kind else "item"
+
+
 # ---- the bookkeeping, without tensors: shared by the runtime and the reference ------------
 @dataclass
 class _Item:
@@ -118,9 +126,10 @@ class Residency:
                 pinned = sum(it.nbytes for it in self.items.values()
                              if it.resident and it.pins)
                 raise DeviceBudgetExceeded(
-                    f"{key!r} needs {nbytes} bytes while {pinned} bytes are pinned by the "
-                    f"running operation: the budget of {self.budget} bytes is too small "
-                    "for this module (raise device_budget, or split the module)")
+                    f"{_describe(key)} {key!r} needs {nbytes} bytes while {pinned} bytes "
+                    f"are pinned by the running operation: the budget of {self.budget} "
+                    "bytes is too small for this module (raise device_budget, or split "
+                    "the module)")
             _nu, _clean, victim = max(victims, key=lambda v: (v[0], v[1]))
             self._evict_item(victim)
 
