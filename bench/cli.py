@@ -3,7 +3,8 @@
     geeps bench                       # every section, about 10 minutes on 2 cores
     geeps bench --quick               # a tiny subset of each section, for a smoke test
     geeps bench --only sync,scaling   # some sections (sync cache memory training
-                                      # operator scaling gpu filters)
+                                      # operator scaling gpu filters seed001
+                                      # torch_budget)
     geeps bench --list                # the sections and what each compares
     geeps bench --script sync         # one bench/bench_*.py alone, its own report
 

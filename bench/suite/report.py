@@ -43,7 +43,7 @@ def render(r: dict, pngs: list[str]) -> str:
     for name, fn in (("sync", _sync), ("cache", _cache), ("memory", _memory),
                      ("training", _training), ("operator", _operator),
                      ("scaling", _scaling), ("gpu", _gpu), ("filters", _filters),
-                     ("seed001", _seed001)):
+                     ("seed001", _seed001), ("torch_budget", _torch_budget)):
         sec = r.get(name)
         if sec is None:
             continue
@@ -480,6 +480,13 @@ def _filters(s, r, pngs):
             "Baselines in the same run: the unfiltered job (sparse LR), geeps dense and "
             "DDP (digits CNN); see bench/bench_filters.py for what each measures.", "",
             "```", bench_filters.report(s["results"]), "```", ""]
+
+
+def _torch_budget(s, r, pngs):
+    import bench_torch_budget
+    return ["## 8. geeps.torch under a device budget", "",
+            "bench/bench_torch_budget.py (`geeps bench --only torch_budget`).", "",
+            bench_torch_budget.report(s), ""]
 
 
 def _seed001(s, r, pngs):

@@ -20,6 +20,9 @@ Sections (each measured against a baseline in the same run):
               unfiltered; digits CNN top-1% + error feedback vs dense vs DDP
     seed001   the sparse-LR report's Tables 1-3 on KDD2010-shaped data at 1/200 of
               its size (bench/bench_seed001.py), the report's figures beside ours
+    torch_budget  geeps.torch under a device budget at 100/50/35% of the working set:
+              time per step and bytes moved vs no budget, bytes vs Belady's MIN
+              (bench/bench_torch_budget.py)
 Sections run in separate processes where they start workers, so a crash or a hung
 process in one is reported and the others still run.
 """
@@ -39,7 +42,7 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench")
 SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu", "filters",
-            "seed001")
+            "seed001", "torch_budget")
 
 
 def _path():
@@ -217,6 +220,11 @@ def sec_gpu(quick: bool) -> dict:
 def sec_seed001(quick: bool) -> dict:
     import bench_seed001
     return bench_seed001.run(quick=quick)
+
+
+def sec_torch_budget(quick: bool) -> dict:
+    import bench_torch_budget
+    return bench_torch_budget.run(quick=quick)
 
 
 def sec_scaling(results: dict) -> dict:

@@ -125,3 +125,32 @@ def test_a_worker_told_to_refuse_stalls_refuses_the_plan_and_warns_otherwise(cap
         loose.close()
         with pytest.raises(ValueError, match="stalls='loud' is not one of"):
             worker(c, stalls="loud")
+
+
+def test_the_jobs_stall_level_and_regions_reach_a_worker_not_told_in_code(monkeypatch):
+    """spec.cache.stalls and spec.cache.regions arrive as GEEPS_* variables (see
+    tests/unit/test_env_sources.py); a Worker given neither in code reads them."""
+    from geeps.worker.memory import Regions, StallError, minimum_budget
+    with Cluster(servers=1, workers=1) as cl:
+        c = cl.client(0)
+        t = c.create_table("env", ROWS, WIDTH, rule="add")
+
+        def step(w):
+            for a in (0, 8):
+                w.post_read(w.read(t, range(a, a + 8)))
+            w.clock()
+        probe = worker(c)
+        assert probe.stalls == "warn" and probe.regions is None      # nothing set
+        with probe.virtual_iteration():
+            step(probe)
+        need = minimum_budget(probe.cycle)
+        probe.close()
+        monkeypatch.setenv("GEEPS_MEMORY_STALLS", "refuse")
+        monkeypatch.setenv("GEEPS_POOL_MEMORY", "1Mi")
+        monkeypatch.setenv("GEEPS_PINNED_PARAMS_MEMORY", "0")
+        w = worker(c, device_memory=need, policy="stream")
+        assert w.regions == Regions(pool=1 << 20, data=None, params=0)
+        with pytest.raises(StallError, match="stalls='refuse'"):
+            with w.virtual_iteration():
+                step(w)
+        assert worker(c, stalls="accept", regions=None).regions is None   # code wins

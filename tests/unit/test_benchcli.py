@@ -19,7 +19,8 @@ def _bench(*args: str, cwd: str = REPO, timeout: float = 120) -> subprocess.Comp
 def test_list_names_every_section():
     p = _bench("--list")
     assert p.returncode == 0, p.stderr
-    for name in ("sync", "cache", "memory", "training", "operator", "scaling"):
+    for name in ("sync", "cache", "memory", "training", "operator", "scaling", "seed001",
+                 "torch_budget"):
         assert name in p.stdout
 
 

@@ -33,6 +33,9 @@ def test_round_trip_through_the_environment():
     ("GEEPS_TIMEOUT", "-1", "seconds > 0"),
     ("GEEPS_WAIT_TIMEOUT", "inf", "seconds > 0 (finite)"),
     ("GEEPS_INSECURE", "maybe", "0 | 1"),
+    ("GEEPS_MEMORY_STALLS", "loud", "refuse | warn | accept"),
+    ("GEEPS_PINNED_DATA_MEMORY", "1GB", "quantity"),
+    ("GEEPS_TORCH_DEVICE_BUDGET", "-1", "quantity"),
 ])
 def test_bad_values_name_the_variable_and_what_it_accepts(var, value, accepts):
     with pytest.raises(config.ConfigError) as e:

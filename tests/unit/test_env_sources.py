@@ -135,3 +135,40 @@ def test_spec_tables_reach_workers_locally_and_in_pods():
         opts = tableopts.parse(text)["w"]
         assert opts.filter.kind == "topk" and opts.filter.params["fraction"] == 0.01
         assert opts.functions == ({"name": "prox-l1", "args": {"l1": 0.5}},)
+
+
+def test_spec_cache_memory_plan_settings_reach_workers_locally_and_in_pods():
+    """Issue 19: the stall level, the region caps and geeps.torch's device budget of
+    spec.cache reach a worker as GEEPS_* variables, from `geeps run` and the operator."""
+    from geeps_operator import manifests
+    m = manifest()
+    m["spec"]["cache"] = {"deviceMemory": "1Gi", "stalls": "refuse",
+                          "regions": {"pool": "64Mi", "pinnedParameters": "128Mi"},
+                          "torchDeviceBudget": "512Mi"}
+    want = {"memory_stalls": "refuse", "pool_memory": 64 << 20, "pinned_data_memory": None,
+            "pinned_params_memory": 128 << 20, "torch_device_budget": 512 << 20}
+    base = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}
+    local = loaded_in_child(launched_env(m, base, "worker"))
+    pod_env = {e["name"]: e["value"] for e in
+               manifests._env(spec.validate(m), "worker", 0, "") if "value" in e}
+    pod = config.load(pod_env)
+    for attr, value in want.items():
+        assert local[attr] == value and getattr(pod, attr) == value, attr
+    # Left out: warn, no caps (one total budget), the whole model on the device.
+    plain = config.load(config.job_env(spec.validate(manifest()), "worker", 0, ["h:1"]))
+    assert (plain.memory_stalls, plain.pool_memory, plain.torch_device_budget) == \
+        ("warn", None, None)
+
+
+@pytest.mark.parametrize("cache,field", [
+    ({"stalls": "loud"}, "spec.cache.stalls"),
+    ({"regions": {"pool": "lots"}}, "spec.cache.regions.pool"),
+    ({"regions": {"pinnedParams": "1Mi"}}, "spec.cache.regions.pinnedParams"),
+    ({"torchDeviceBudget": "4GB"}, "spec.cache.torchDeviceBudget"),
+])
+def test_bad_memory_plan_settings_are_refused_naming_the_field(cache, field):
+    m = manifest()
+    m["spec"]["cache"] = cache
+    with pytest.raises(spec.SpecError) as e:
+        spec.validate(m)
+    assert e.value.field == field, e.value

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from geeps.job import consistency as _consistency
+from geeps.job import memsettings as _memsettings
 from geeps.job import tableopts as _tableopts
 from geeps.job.units import parse_bytes
 
@@ -116,6 +117,23 @@ VARS: tuple[Var, ...] = (
     Var("GEEPS_DEVICE_MEMORY", "device_memory", "", _optional_bytes,
         "a quantity (bytes, e.g. 2Gi) or empty for unlimited",
         "device-memory budget of the worker's memory manager"),
+    # The memory-plan settings (spec.cache; geeps.job.memsettings): read by the
+    # operation API's Worker and by geeps.torch when not given in code.
+    Var("GEEPS_MEMORY_STALLS", "memory_stalls", "warn", _choice(*_memsettings.STALL_LEVELS),
+        " | ".join(_memsettings.STALL_LEVELS),
+        "what a worker does with a memory plan that makes it wait for host->device copies "
+        "(spec.cache.stalls): refuse it (StallError), warn (logged) or accept it"),
+    *(Var(var, attr, "", _optional_bytes, "a quantity (bytes, e.g. 64Mi) or empty for no cap",
+          f"cap on the {what} within the device-memory budget (spec.cache.regions.{field}); "
+          "empty: it shares what the budget leaves")
+      for (field, var, attr), what in zip(_memsettings.REGIONS.values(), (
+          "access-buffer pool", "training data pinned in device memory",
+          "parameter and accumulator rows pinned in device memory"))),
+    Var("GEEPS_TORCH_DEVICE_BUDGET", "torch_device_budget", "", _optional_bytes,
+        "a quantity (bytes, e.g. 2Gi) or empty for unlimited",
+        "device memory geeps.torch's DataParallel pages parameters, gradients and saved "
+        "activations through (spec.cache.torchDeviceBudget); empty: the whole model stays "
+        "in device memory"),
     Var("GEEPS_BACKEND", "backend", "auto", _choice("auto", "numpy", "cupy"),
         "auto | numpy | cupy", "array backend; auto takes CuPy when a GPU is present"),
     Var("GEEPS_SERVER_BACKEND", "server_backend", "numpy",
@@ -201,6 +219,11 @@ class Config:
     consistency: _consistency.Consistency = field(
         default_factory=lambda: _consistency.parse("bsp"))
     device_memory: int | None = None            # bytes; None = unlimited
+    memory_stalls: str = "warn"                 # refuse | warn | accept
+    pool_memory: int | None = None              # region caps, bytes; None = no cap
+    pinned_data_memory: int | None = None
+    pinned_params_memory: int | None = None
+    torch_device_budget: int | None = None      # bytes; None = whole model on device
     backend: str = "auto"                       # auto | numpy | cupy
     server_backend: str = "numpy"               # numpy | cupy | host-cuda | auto
     checkpoint_dir: str = ""                    # empty = no checkpoints
@@ -304,6 +327,9 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
         job=job.name, role=role, rank=rank, num_workers=job.workers.replicas,
         servers=tuple(servers), replication=job.replication, consistency=job.consistency,
         device_memory=job.device_memory, checkpoint_dir=checkpoint_dir,
+        memory_stalls=job.memory_stalls, torch_device_budget=job.torch_device_budget,
+        **{attr: job.regions.get(name) for name, (_f, _v, attr) in
+           _memsettings.REGIONS.items()},
         checkpoint_every=job.checkpoint_every if checkpoint_dir else 0,
         metrics_port=job.metrics_port if metrics_port is None else metrics_port,
         metrics_addr=metrics_addr,
@@ -330,6 +356,10 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
 # The Config fields job_env derives from the job itself; every other variable is a
 # tunable that reaches a process from the manifest's env or its environment.
 JOB_DECIDES = frozenset({
-    "job", "role", "rank", "num_workers", "servers", "replication", "consistency", "device_memory",
+    "job", "role", "rank", "num_workers", "servers", "replication", "consistency",
+    "device_memory",
     "checkpoint_dir", "checkpoint_every", "metrics_port", "metrics_addr", "bind_host",
-    "curve_dir", "insecure", "colocate", "nonfinite", "tables", "join"})
+    "curve_dir", "insecure", "colocate", "nonfinite", "tables", "join"}) | frozenset({
+    # spec.cache's memory-plan settings
+    "memory_stalls", "pool_memory", "pinned_data_memory", "pinned_params_memory",
+    "torch_device_budget"})

@@ -23,6 +23,7 @@ import yaml
 
 from geeps.job import consistency as _consistency
 from geeps.job import exits
+from geeps.job import memsettings
 from geeps.job import tableopts
 from geeps.job.units import QUANTITY_PATTERN, parse_bytes
 
@@ -134,6 +135,32 @@ def _role(description: str, *, workers: bool) -> dict:
     return {"type": "object", "description": description, "default": {}, "properties": props}
 
 
+def _quantity(description: str) -> dict:
+    return {"type": "string", "pattern": QUANTITY_PATTERN, "description": description}
+
+
+# spec.cache's memory-plan settings (geeps.job.memsettings), read by the workers.
+_MEMORY_PLAN: dict = {
+    "stalls": {"type": "string", "enum": list(memsettings.STALL_LEVELS), "default": "warn",
+               "description": "a memory plan that makes the worker wait for host->device "
+                              "copies: refuse it (the worker fails, naming the operation), "
+                              "warn (logged) or accept it"},
+    "regions": {"type": "object",
+                "description": "separate caps within deviceMemory (the sparse-LR report's "
+                               "configuration); a region left out shares what the budget "
+                               "leaves",
+                "properties": {field: _quantity(what) for (field, _v, _a), what in zip(
+                    memsettings.REGIONS.values(),
+                    ("the access-buffer pool, e.g. 256Mi",
+                     "training data pinned in device memory across clocks",
+                     "parameter and accumulator rows pinned in device memory"))}},
+    "torchDeviceBudget": _quantity(
+        "device memory geeps.torch's DataParallel pages parameters, gradients and saved "
+        "activations through (models larger than the device); unset = the whole model "
+        "stays in device memory"),
+}
+
+
 SCHEMA: dict = {
     "type": "object",
     "required": ["command"],
@@ -181,7 +208,8 @@ SCHEMA: dict = {
         "cache": {"type": "object", "default": {}, "description": "the worker's memory manager",
                   "properties": {"deviceMemory": {"type": "string", "pattern": QUANTITY_PATTERN,
                                                   "description": "device-memory budget, e.g. 4Gi; "
-                                                                 "unset = unlimited"}}},
+                                                                 "unset = unlimited"},
+                                 **_MEMORY_PLAN}},
         "checkpoint": {"type": "object", "default": {}, "description": "server checkpoints",
                        "properties": {"everyClocks": {"type": "integer", "minimum": 0,
                                                       "default": 0,
@@ -459,6 +487,26 @@ class GeePSJob:
     def non_finite(self) -> str:
         """spec.nonFinite: what a server does with a push holding NaN or Inf."""
         return self.spec.get("nonFinite", "reject")
+
+    # spec.cache's memory-plan settings, as the workers read them (GEEPS_MEMORY_STALLS,
+    # GEEPS_*_MEMORY of the regions, GEEPS_TORCH_DEVICE_BUDGET).
+
+    @property
+    def memory_stalls(self) -> str:
+        return self.spec.get("cache", {}).get("stalls", "warn")
+
+    @property
+    def regions(self) -> dict[str, int]:
+        """Region caps in bytes by geeps.worker.memory.Regions' names (pool, data,
+        params); a region without a cap is absent."""
+        given = self.spec.get("cache", {}).get("regions", {})
+        return {name: parse_bytes(given[field])
+                for name, (field, _v, _a) in memsettings.REGIONS.items() if field in given}
+
+    @property
+    def torch_device_budget(self) -> int | None:
+        v = self.spec.get("cache", {}).get("torchDeviceBudget")
+        return None if v is None else parse_bytes(v)
 
     def serves_shards(self, role: str) -> bool:
         return role == self.shard_role

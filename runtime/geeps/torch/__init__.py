@@ -22,8 +22,11 @@ Why not geeps.worker.Worker for dense models: its operations push a clock's upda
 in one batch at clock() and hand out buffers valid from read() to post_read(); a
 torch model needs parameter storage that outlives every clock and gradients that
 leave from inside backward. So the dense path keeps the whole model in device memory
-(like any data-parallel trainer) and talks to the servers through the client; the
-Worker's memory manager serves models larger than the device (examples/04-sparse-lr).
+(like any data-parallel trainer) and talks to the servers through the client, unless
+given a budget: `DataParallel(net, device_budget="2Gi")` (or spec.cache.torchDeviceBudget)
+pages parameters, gradients and saved activations through that much device memory
+(geeps.torch.paging, GeePS's larger-than-device models), bit for bit the same steps.
+The Worker's memory manager does the same for the operation API (examples/04-sparse-lr).
 """
 from __future__ import annotations
 
@@ -32,13 +35,14 @@ import weakref
 from geeps.torch import context as _context
 from geeps.torch.context import Context, init, shutdown
 from geeps.torch.optim import LocalOptimizer, ServerOptimizer
+from geeps.torch.paging import DeviceBudget, DeviceBudgetExceeded
 from geeps.torch.parallel import BUCKET_BYTES, DataParallel
 from geeps.torch.partition import RoundRobin, ShardedDataset, ShardedLoader, ShardSampler
 from geeps.torch.partition import shard as _shard
 
 __all__ = ["init", "shutdown", "Context", "DataParallel", "ServerOptimizer", "LocalOptimizer",
            "shard", "ShardSampler", "ShardedLoader", "ShardedDataset", "RoundRobin",
-           "BUCKET_BYTES"]
+           "BUCKET_BYTES", "DeviceBudget", "DeviceBudgetExceeded"]
 
 
 def shard(data, *, rank: int | None = None, num_workers: int | None = None, seed: int = 0):

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import Callable, Literal
 
@@ -26,14 +27,19 @@ import numpy as np
 import torch
 
 from geeps.torch import context as _context
+from geeps.backend import from_env
 from geeps.client.client import Client
 from geeps.errors import RolledBack
+from geeps.job.units import parse_bytes
 from geeps.tables.filters import FilterSpec
 from geeps.tables.table import DEFAULT_ROW_WIDTH
 from geeps.torch.context import init
 from geeps.torch.layout import Layout, Slot, Store, flat_view
+from geeps.torch.paging import DeviceBudget
 
 log = logging.getLogger("geeps.torch")
+
+_FROM_ENV = object()    # device_budget not given: the job's (GEEPS_TORCH_DEVICE_BUDGET)
 
 BUCKET_BYTES = 4 << 20  # gradients per push: small enough that the first bucket leaves
 #                         early in backward, large enough that per-message cost vanishes
@@ -66,9 +72,11 @@ def _fingerprint(layout: Layout) -> np.ndarray:
     return row
 
 
-def _tensor_store(named: list[tuple[str, torch.Tensor]], row_width: int):
+def _tensor_store(named: list[tuple[str, torch.Tensor]], row_width: int,
+                  device: torch.device | None = None):
     layout = Layout([(n, t.shape) for n, t in named], row_width)
-    device = named[0][1].device if named else torch.device("cpu")
+    if device is None:
+        device = named[0][1].device if named else torch.device("cpu")
     # The last row holds the fingerprint; no push ever touches it, so no rule moves it.
     store = Store(layout.n_rows + 1, row_width, device)
     store.host[-1] = _fingerprint(layout)
@@ -78,6 +86,16 @@ def _tensor_store(named: list[tuple[str, torch.Tensor]], row_width: int):
         view.copy_(t.detach())
         t.data = view           # same tensor object (optimizers keep it), new storage
     return layout, store
+
+
+def _pin_in_place(rows: np.ndarray) -> None:
+    """Page-lock the rows the refresh lands in, where they are (loads from them can then
+    run asynchronously), until the array is freed. Needs a GPU: not run by the CPU-only
+    tests."""
+    cudart = torch.cuda.cudart()
+    ptr = rows.ctypes.data
+    cudart.cudaHostRegister(ptr, rows.nbytes, 0)
+    weakref.finalize(rows, cudart.cudaHostUnregister, ptr)
 
 
 class DataParallel(torch.nn.Module):
@@ -116,13 +134,26 @@ class DataParallel(torch.nn.Module):
     the model's entry then the parameters no group takes).
     top-k and random-k choose per bucket within a group; what is not sent stays in
     this worker's residual (error feedback, Client.filters(model_table)).
+
+    `device_budget` (bytes or a quantity, "2Gi"; None: the whole model stays in device
+    memory; default GEEPS_TORCH_DEVICE_BUDGET, spec.cache.torchDeviceBudget): train a
+    model larger than the device (geeps.torch.paging). The rows stay in host memory,
+    where the refresh lands; each module's parameters are brought into device memory
+    for its forward and again for its backward, gradients leave as soon as they are
+    accumulated, and saved activations are offloaded, all within the budget (checked
+    at every operation, `budget.peak`, `budget.moved`). Steps are bit for bit those
+    without a budget. On the CPU the device is RAM, held to the budget the same way.
+    Needs a ServerOptimizer (a LocalOptimizer runs a torch optimizer on parameters
+    that are not resident) and excludes no_sync() (gradients do not stay on the
+    device); not counted: buffers, and what is saved outside the model's forward.
     """
 
     def __init__(self, module: torch.nn.Module, *, name: str = "model",
                  bucket_bytes: int = BUCKET_BYTES, row_width: int = DEFAULT_ROW_WIDTH,
                  client: Client | None = None,
                  on_push: Callable[[tuple[str, ...], range], None] | None = None,
-                 filters: dict[str, FilterSpec | None] | None = None):
+                 filters: dict[str, FilterSpec | None] | None = None,
+                 device_budget: int | str | None = _FROM_ENV):
         super().__init__()
         self._group_filters = filters
         self.module = module
@@ -144,7 +175,12 @@ class DataParallel(torch.nn.Module):
             raise ValueError(f"parameters on several devices ({sorted(map(str, devices))}): "
                              "put the whole model on one device before wrapping it")
         self._params = [p for _, p in params]
-        self._playout, self._pstore = _tensor_store(params, row_width)
+        if device_budget is _FROM_ENV:
+            device_budget = from_env("GEEPS_TORCH_DEVICE_BUDGET")
+        elif device_budget is not None:
+            device_budget = parse_bytes(device_budget)
+        home = torch.device("cpu") if device_budget is not None else None
+        self._playout, self._pstore = _tensor_store(params, row_width, home)
         buffers = [(n, b) for n, b in module.named_buffers() if b.dtype == torch.float32]
         self._buffers_synced = [b for _, b in buffers]
         self._blayout, self._bstore = _tensor_store(buffers, row_width) if buffers \
@@ -172,6 +208,7 @@ class DataParallel(torch.nn.Module):
         self._timeline = 0      # the client's rollbacks when this iteration began
         self._pbase = self._bbase = None
         self._delta = self._bdelta = None
+        self.budget = self._page_parameters(device_budget, devices.pop())
         _context.register(self)
 
     # ---- what users call -----------------------------------------------------------
@@ -194,7 +231,31 @@ class DataParallel(torch.nn.Module):
 
     def forward(self, *args, **kwargs):
         self.sync()
+        if self.budget is not None:
+            self.budget.begin()
+            with self.budget.saving():
+                return self.module(*args, **kwargs)
         return self.module(*args, **kwargs)
+
+    def _page_parameters(self, device_budget: int | None, device: torch.device):
+        """Under a device budget: the pager (geeps.torch.paging) that brings each
+        parameter in from its rows in host memory, into storage of its own on `device`."""
+        if device_budget is None:
+            return None
+        if device.type == "cuda":
+            _pin_in_place(self._pstore.host)
+        host = [self._pstore.host_view(s) for s in self._playout.slots]
+        pager = DeviceBudget(self.module, device_budget, params=self._params, host=host,
+                             device=device, grad_sink=self._budget_grad)
+        if self._client.metrics is not None:    # the process's transfer counters
+            pager.on_move = self._client.metrics.transfer
+        return pager
+
+    def _budget_grad(self, index: int, p: torch.Tensor) -> None:
+        # Before an optimizer is attached there is no table to send it to: dropped,
+        # as it would never be pushed without a budget either.
+        if self._mode == "grad":
+            self._on_grad(index, p)
 
     def sync(self) -> None:
         """Block until the parameters hold the refresh the last step() started.
@@ -274,6 +335,10 @@ class DataParallel(torch.nn.Module):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
         """
+        if self.budget is not None:
+            raise RuntimeError("no_sync() under a device budget: gradients leave device "
+                               "memory as soon as backward makes them, so they cannot "
+                               "accumulate there (train without device_budget)")
         old, self._syncing = self._syncing, False
         try:
             yield
@@ -309,6 +374,8 @@ class DataParallel(torch.nn.Module):
         inner = prefix + "module." if prefix else ""
         for k, v in local.items():
             src = fetched.get(id(v))
+            if src is None and self.budget is not None:     # paged: its value is on host
+                src = self.budget.host_of(v)
             out[inner + k] = src.to(v.device, copy=True) if src is not None \
                 else v.detach().clone()
         return out
@@ -322,6 +389,9 @@ class DataParallel(torch.nn.Module):
         if assign:
             raise ValueError("assign=True would replace the parameters' storage (the table "
                              "rows); load with assign=False")
+        if self.budget is not None:     # paged: the values live in host memory
+            with self.budget.host_values():
+                return self.module.load_state_dict(state_dict, strict=strict)
         return self.module.load_state_dict(state_dict, strict=strict)
 
     def close(self) -> None:
@@ -330,6 +400,8 @@ class DataParallel(torch.nn.Module):
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self.budget is not None:
+            self.budget.close()
         handles = [b.handle for b in self._buckets] + self._other_handles
         if self._clock_handle is not None:
             handles.append(self._clock_handle)
@@ -347,6 +419,10 @@ class DataParallel(torch.nn.Module):
         if self._mode is not None:
             raise RuntimeError(f"this model already has an optimizer ({self._mode} mode); "
                                "create one optimizer per DataParallel model")
+        if mode == "delta" and self.budget is not None:
+            raise ValueError("a LocalOptimizer under a device budget: its torch optimizer "
+                             "would update parameters that are not in device memory; use "
+                             "ServerOptimizer (the rule runs on the servers)")
         self._table = self._get_table(self.name, self._playout, self._pstore, rule, hyper)
         self._set_filters()
         if self._blayout is not None:
@@ -366,7 +442,7 @@ class DataParallel(torch.nn.Module):
                 raise ValueError(
                     f"table {table.name!r} on the servers holds another model (other tensor "
                     "names or shapes): do all workers build the same model?")
-        if mode == "grad":
+        if mode == "grad" and self.budget is None:
             for slot, p in zip(self._playout.slots, self._params):
                 if p.requires_grad:
                     self._hooks.append(p.register_post_accumulate_grad_hook(

@@ -39,6 +39,7 @@ import numpy as np
 from geeps import backend as _backend
 from geeps.backend import from_env
 from geeps.errors import WaitTimeout
+from geeps.job import memsettings
 from geeps.job.units import parse_bytes
 from geeps.metrics import Metrics
 from geeps.worker import memory
@@ -51,21 +52,31 @@ log = logging.getLogger("geeps.worker")
 _FROM_ENV = object()
 
 
+def _regions_from_env() -> memory.Regions | None:
+    """The region caps the job set (spec.cache.regions), None when it set none: one
+    total budget."""
+    caps = {name: from_env(var) for name, (_f, var, _a) in memsettings.REGIONS.items()}
+    return None if all(v is None for v in caps.values()) else memory.Regions(**caps)
+
+
 class Worker:
     """A worker's GPU-specialized client over a geeps.Client (see module docstring)."""
 
     def __init__(self, client, device_memory=_FROM_ENV, backend=None, policy: str = "benefit",
-                 metrics: Metrics | None = None, stalls: str = "warn",
-                 persist_local: bool = True, regions: memory.Regions | None = None):
+                 metrics: Metrics | None = None, stalls=_FROM_ENV,
+                 persist_local: bool = True, regions=_FROM_ENV):
         """device_memory: bytes or a quantity ("2Gi"), None for unlimited; default
         GEEPS_DEVICE_MEMORY. backend: "auto" | "numpy" | "cupy" or a backend object;
         default GEEPS_BACKEND. policy: see geeps.worker.memory.planner. stalls: what
         to do with a plan that makes the application wait for copies (GeePS's memory
-        warning level): "refuse" (StallError), "warn" (logged) or "accept".
+        warning level): "refuse" (StallError), "warn" (logged) or "accept"; default
+        GEEPS_MEMORY_STALLS (spec.cache.stalls, itself "warn").
         persist_local: local data recorded with fetch/keep may stay pinned across
         clocks (False: it moves at every clock, the old behaviour). regions: separate
         caps for the pool, pinned data and pinned parameters (memory.Regions) within
-        the budget. Never blocks."""
+        the budget; default GEEPS_POOL_MEMORY, GEEPS_PINNED_DATA_MEMORY and
+        GEEPS_PINNED_PARAMS_MEMORY (spec.cache.regions; None when none is set).
+        Never blocks."""
         self.client = client
         if device_memory is _FROM_ENV:
             device_memory = from_env("GEEPS_DEVICE_MEMORY")
@@ -79,6 +90,10 @@ class Worker:
             raise ValueError(f"placement policy {policy!r} is not one of "
                              f"{', '.join(memory.POLICIES)}")
         self.policy = policy
+        if stalls is _FROM_ENV:
+            stalls = from_env("GEEPS_MEMORY_STALLS")
+        if regions is _FROM_ENV:
+            regions = _regions_from_env()
         if stalls not in memory.STALL_LEVELS:
             raise ValueError(f"stalls={stalls!r} is not one of {', '.join(memory.STALL_LEVELS)}")
         self.stalls = stalls

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from geeps.backend import Index, make_index
+from geeps.job import memsettings as _memsettings
 from geeps.job.units import format_bytes
 from geeps.worker.memory.analysis import Analysis, align
 from geeps.worker.memory.layout import BudgetError, PoolLayout
@@ -330,7 +331,7 @@ def _clock_plan(a: Analysis, k: int, slots: _Slots) -> ClockPlan:
 
 # ---- how strict the worker is about a plan that stalls (GeePS's memory warning level) --
 
-STALL_LEVELS = ("refuse", "warn", "accept")
+STALL_LEVELS = _memsettings.STALL_LEVELS     # the manifest's words (spec.cache.stalls)
 
 
 class StallError(BudgetError):
