@@ -85,6 +85,7 @@ class Request:
     # the handle hears of it: a pull copies its rows out here, as each chunk arrives,
     # and the message's buffer is freed at once.
     deliver: Callable | None = None
+    epoch: int | None = None           # the membership epoch it was routed by
 
 
 class _Shard:
@@ -109,7 +110,8 @@ class _Shard:
 
 class IOThread(threading.Thread):
     def __init__(self, servers: Sequence[str], *, config: Config | None = None,
-                 timeout: float = 30.0, wait_timeout: float = 600.0, host=None):
+                 timeout: float = 30.0, wait_timeout: float = 600.0, host=None,
+                 membership=None):
         """`host`: the geeps.client.hosted.HostedShard this process serves. This thread
         runs its server's loop too, and hands it requests by a function call; the
         other shards are dialled over TCP."""
@@ -156,11 +158,24 @@ class IOThread(threading.Thread):
         self.on_rollback: Callable[[int], None] = lambda clock: None
         self._recovery: Rollback | None = None     # the rollback in progress
         self._fatal: GeepsError | None = None
+        # The membership requests are routed by (geeps.job.membership; replaced here,
+        # on this thread, when a shard refuses a request as stale), and every one
+        # adopted, whose segment bounds requests are also cut at (see Client._routes).
+        self.membership = membership
+        self._seen = [] if membership is None else [membership]
+        self.cuts_version = 0
+        self.epochs_adopted = 0
+        self.n_rows: dict[str, int] = {}      # table -> rows, for re-routing
 
     # ---- any thread ----------------------------------------------------------------
+    def cuts(self, n_rows: int) -> list[int]:
+        """The segment bounds of a table of `n_rows` in every membership adopted."""
+        return sorted({b for m in list(self._seen) for g in m.segments(n_rows)
+                       for b in (g.lo, g.hi)})
+
     def submit(self, reqs: list[Request], combine: Callable[[list], Any], *,
                timeline: int | None = None, fail: BaseException | None = None,
-               defer: bool = False) -> Handle:
+               defer: bool = False, epoch: int | None = None) -> Handle:
         """Queue `reqs` (one handle for all). `timeline`: the rollback count they belong
         to (default: now); requests of an older one are refused with RolledBack.
         `defer`: don't wake the thread; they leave with the next requests submitted,
@@ -175,6 +190,8 @@ class IOThread(threading.Thread):
         timeline = self.timeline if timeline is None else timeline
         for i, r in enumerate(reqs):
             r.handle, r.part, r.timeline = handle, i, timeline
+            if epoch is not None and r.op in P.TIMELINE_OPS:
+                r.epoch = epoch
             self._queue.put(r)
         if self._closed.is_set():   # the thread ended after the check above: no one
             self._fail_queued(self._fatal or GeepsError("client is closed"))  # reads them
@@ -306,6 +323,9 @@ class IOThread(threading.Thread):
         parked = sum(1 for r in shard.inflight.values() if r.parked)
         while shard.backlog and len(shard.inflight) - parked < WINDOW:
             r = shard.backlog.popleft()
+            if r.epoch is not None and r.epoch < self.membership.epoch:
+                self._reroute(r)        # routed before the membership changed
+                continue
             if r.timeline < self.timeline:
                 r.handle.set_exception(
                     RolledBack(self._rolled_to, "submitted before the rollback"))
@@ -338,6 +358,8 @@ class IOThread(threading.Thread):
         header = dict(r.header, v=P.VERSION, op=r.op, id=r.rid)
         if shard.inc is not None and r.op in P.TIMELINE_OPS:
             header["inc"] = shard.inc
+        if r.epoch is not None:
+            header["epoch"] = r.epoch
         if r.seq:
             header["seq"] = shard.seq
             shard.seq += 1
@@ -425,6 +447,19 @@ class IOThread(threading.Thread):
             del shard.inflight[rid]
             r.handle.set_exception(RolledBack(self._rolled_to, "sent before the rollback"))
             return
+        if header.get("stale") and r.internal is None and r.epoch is not None:
+            # Routed by a membership the shard has left: take its newer one, and send
+            # the request where that one says.
+            del shard.inflight[rid]
+            self._adopt(header.get("membership"))
+            self._reroute(r)
+            return
+        if header.get("behind") and r.internal is None:
+            # The shard has not heard of our epoch yet (the coordinator's update is on
+            # its way): the same request again shortly.
+            r.unsent = True
+            r.last_sent = now
+            return
         self._resend_overtaken(shard, r.order, now)
         if header.get("waiting"):
             # Parked on the shard: its answer comes later. Or `busy`: a push ahead of
@@ -451,6 +486,69 @@ class IOThread(threading.Thread):
             r.handle.set_part(r.part, (header, payload))
         else:
             r.handle.set_exception(ServerError(f"{shard.name()}: {header.get('error')}"))
+
+    # ---- membership (issue 16) ----------------------------------------------------
+    def _adopt(self, doc) -> bool:
+        """Take a membership a shard sent, if it is newer than ours."""
+        from geeps.job import membership as _membership
+        try:
+            m = _membership.Membership.from_json(doc)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("a shard sent a malformed membership: %s", e)
+            return False
+        if self.membership is not None and m.epoch <= self.membership.epoch:
+            return False
+        log.warning("membership epoch %s -> %d", getattr(self.membership, "epoch", None),
+                    m.epoch)
+        self.membership = m
+        self._seen.append(m)
+        self.cuts_version += 1
+        self.epochs_adopted += 1
+        return True
+
+    def _target(self, r: Request) -> int | None:
+        """Where `r` goes under the current membership: the primary of the segment
+        its rows lie in (a create: the same holder if it still holds them, else None:
+        nothing to do). ServerError when its rows now span segments (a split the
+        caller must make anew)."""
+        m = self.membership
+        if r.op in ("clock", "open"):
+            return r.shard if r.shard in m.servers else None
+        n_rows = r.header.get("n_rows")
+        rows = r.header.get("rows") or {}
+        if r.op == "create":
+            lo, hi = r.header["lo"], r.header["hi"]
+        elif "range" in rows:
+            lo, hi = rows["range"]
+        elif "sparse" in rows:
+            lo, hi = rows["sparse"][1], rows["sparse"][2]
+        else:
+            ids = r.payload[0]
+            lo, hi = (int(ids.min()), int(ids.max()) + 1) if len(ids) else (0, 0)
+        if n_rows is None:
+            n_rows = self.n_rows.get(r.header.get("table"))
+        segs = m.segments(n_rows) if n_rows is not None else []
+        seg = next((g for g in segs if g.lo <= lo < g.hi), None)
+        if seg is None or hi > seg.hi:
+            raise ServerError(f"rows [{lo}, {hi}) of table {r.header.get('table')!r} span "
+                              f"segments of membership epoch {m.epoch}; request them again")
+        if r.op == "create":
+            return r.shard if r.shard in seg.holders else None
+        return seg.primary
+
+    def _reroute(self, r: Request) -> None:
+        """Queue `r` again, routed by the current membership."""
+        try:
+            k = self._target(r)
+        except ServerError as e:
+            r.handle.set_exception(e)
+            return
+        if k is None:       # nothing left to do there: a part that says so
+            r.handle.set_part(r.part, ({"ok": True, "rerouted": None}, []))
+            return
+        r.shard, r.epoch = k, self.membership.epoch
+        r.busy = r.parked = r.unsent = False
+        self._shards[k].backlog.appendleft(r)
 
     def _resend_overtaken(self, shard: _Shard, order: int, now: float) -> None:
         """Requests sent before one that was just answered lost their request or reply."""

@@ -25,6 +25,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from geeps.job import membership as _membership
 from geeps.server import checkpoint
 from geeps.server import functions as _functions
 from geeps.server.accumulate import ClockSum, feed_array, merge, run_rows
@@ -48,6 +49,10 @@ DIGEST_BLOCK = 16 << 20
 DIGEST_TRIES = 3
 # Requests that change nothing a digest covers.
 READ_ONLY_OPS = frozenset({"pull", "ping", "stats", "digest", "checkpoints", "open"})
+# Where a table's second and later segments on one shard are filed in `tables` (the
+# first is filed under the table's name): a character no table name may hold.
+SEGMENT_SEP = "\x00"
+PEER_RETRY_S = 0.02     # a replica behind on the membership hears the stream again after
 
 
 def _new_inc() -> str:
@@ -132,6 +137,28 @@ class ShardTable:
     # Server functions (geeps.server.functions) around the rule's update; a table
     # with some is updated at the clock's end only, never early.
     functions: tuple = field(default=(), repr=False)
+    # Where ShardState.tables files it (the name, or name SEGMENT_SEP lo for a second
+    # segment of the same table on this shard).
+    key: str = ""
+    # Membership (issue 16): the next clock this segment applies (a replica's moves
+    # with its primary's stream, not with the workers' clocks), the holders the
+    # primary forwards each clock to (empty: this shard is a replica, or there are
+    # none), whether this shard serves it, and clock -> the replicas that have not
+    # acknowledged it yet (reads of the clock after it wait for them).
+    next: int = 0
+    replicas: tuple = ()
+    primary: bool = True
+    unacked: dict = field(default_factory=dict, repr=False)
+    # A promoted replica that lags the workers' clocks redoes clock `next` from the
+    # pushes the workers send it again (see ShardState._op_clock's `redo`): the
+    # workers that said they sent all of theirs.
+    redone: set = field(default_factory=set, repr=False)
+    redo: int | None = None
+
+    @property
+    def durable(self) -> int:
+        """Clocks before this are applied on every holder (reads may see them)."""
+        return min(self.unacked) if self.unacked else self.next
 
     def spec(self) -> dict:
         out = {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
@@ -176,6 +203,7 @@ class ParkedPull:
     need: int                   # the read sees every update of the clocks before this
     sel: Selection              # owned (see Selection.owned)
     deadline: float = float("inf")
+    key: str = ""               # the segment's key in ShardState.tables
 
 
 Parked = Union[ParkedOpen, ParkedPull]
@@ -188,8 +216,16 @@ class ShardState:
                  checkpoint_dir: str = "", checkpoint_every: int = 0,
                  wait_timeout: float = float("inf"), peer_parked: int | None = None,
                  nonfinite: str = "reject", push_buffer: int | None = None,
-                 slack: int = 0, rule_backend=None):
+                 slack: int = 0, rule_backend=None,
+                 membership: "_membership.Membership | None" = None):
         self.rank = rank
+        # Who holds which rows (geeps.job.membership), None: no epochs (a bare state in
+        # a unit test, one shard per contiguous range as the clients say).
+        self.membership = membership
+        # Messages to other servers (the replication stream): (server id, frames); the
+        # socket layer sends them and hands their replies to on_peer_reply.
+        self.outbox: list[tuple[int, list]] = []
+        self._peer_rid = 0
         self.rule_backend = rule_backend    # where rules run (GEEPS_SERVER_BACKEND; None: numpy)
         # Bytes of pushes kept ahead of their turn, all clocks together (see _busy);
         # None: the shard's own size (every table's rows) for each clock a worker may
@@ -244,6 +280,11 @@ class ShardState:
         # yield after each block and return their replies (see step_background).
         self.background: list = []
         self.version = 0                       # counts requests that may change state
+        self.failovers = 0                     # memberships adopted that promoted a segment here
+        # Replication messages sent and not answered: id -> (server id, frames); those
+        # a replica said it is behind for, to send again: (when, server id, frames).
+        self.peer_sent: dict[int, tuple[int, list]] = {}
+        self.peer_retry: list[tuple[float, int, list]] = []
 
     @property
     def min_clock(self) -> int:
@@ -282,6 +323,11 @@ class ShardState:
             if inc is not None and inc != self.inc and op in P.TIMELINE_OPS:
                 self.stats["errors"] += 1
                 return [(peer, self._restarted_error(rid))]
+            if op in P.TIMELINE_OPS and self.membership is not None and "epoch" in header:
+                refusal = self._epoch_refusal(rid, header)
+                if refusal is not None:
+                    self.stats["errors"] += 1
+                    return [(peer, refusal)]
             if op not in READ_ONLY_OPS:
                 self.version += 1
             return getattr(self, "_op_" + op)(peer, rid, header, frames)
@@ -344,7 +390,8 @@ class ShardState:
             self.tokens[w] = os.urandom(8).hex()
         return [(peer, P.reply_ok(rid, shard=self.rank, token=self.tokens[w], num_workers=self.num_workers,
                                   min_clock=self.min_clock, worker_clock=self.done[w],
-                                  tables=sorted(self.tables), inc=self.inc,
+                                  tables=sorted({t.name for t in self.tables.values()}),
+                                  inc=self.inc,
                                   base=self.base, cause=self.last_cause))]
 
     def _holds_pushes(self, w: int) -> bool:
@@ -401,8 +448,11 @@ class ShardState:
         values = P.values_frame(frames[1], 1, hi - lo, width) if init else None
         want = ShardTable(name, n_rows, width, lo, hi, rule, hyper, per_clock,
                           functions=_create_functions(h))
-        if name in self.tables:
-            have = self.tables[name]
+        if SEGMENT_SEP in name:
+            raise ProtocolError("header field 'table' must not hold a NUL character")
+        self._check_held(name, lo, hi, n_rows)
+        key, have = self._create_key(want)
+        if have is not None:
             if have.spec() != want.spec():
                 diff = [k for k in want.spec() if want.spec()[k] != have.spec()[k]]
                 raise ProtocolError(f"table {name!r} exists with another {diff[0]} "
@@ -412,22 +462,70 @@ class ShardState:
             np.zeros((hi - lo, width), np.float32)
         want.state = RuleState(rule, hyper, want.rows.shape, self.rule_backend)
         want.rows = want.state.hold(want.rows)
-        self.tables[name] = want
+        want.key, want.next, want.begun = key, self.min_clock, self.min_clock - 1
+        self._place(want)
+        self.tables[key] = want
         log.info("created table %s rows %d..%d of %d, width %d, rule %s",
                  name, lo, hi, n_rows, width, rule)
         out = [(peer, P.reply_ok(rid, existed=False, **want.spec()))]
         return out + self._release()
 
+    def _create_key(self, want: ShardTable) -> tuple[str, ShardTable | None]:
+        """Where a created segment is filed, and the segment there already, if any."""
+        same = self._segments_of(want.name)
+        for t in same:
+            if t.lo == want.lo:
+                return t.key, t
+            if want.lo < t.hi and t.lo < want.hi:
+                raise ProtocolError(f"header fields 'lo'/'hi': rows [{want.lo}, {want.hi}) of "
+                                    f"table {want.name!r} overlap rows [{t.lo}, {t.hi}) held "
+                                    f"by server {self.rank}")
+        if same:
+            base = dict(same[0].spec(), lo=want.lo, hi=want.hi)
+            diff = [k for k in base if base[k] != want.spec().get(k)]
+            if diff:
+                raise ProtocolError(f"table {want.name!r} exists with another {diff[0]} "
+                                    f"({base[diff[0]]!r}, asked {want.spec()[diff[0]]!r})")
+        return (want.name if not same else f"{want.name}{SEGMENT_SEP}{want.lo}"), None
+
+    def _check_held(self, name: str, lo: int, hi: int, n_rows: int) -> None:
+        """A create of rows this shard does not hold in its membership is refused."""
+        if self.membership is None or lo == hi:
+            return
+        held = [(s.lo, s.hi) for s in self.membership.held_by(self.rank, n_rows)]
+        if not any(a <= lo and hi <= b for a, b in held):
+            raise ProtocolError(f"header fields 'lo'/'hi': server {self.rank} holds no "
+                                f"segment containing rows [{lo}, {hi}) of table {name!r:.60} "
+                                f"in membership epoch {self.membership.epoch}")
+
+    def _place(self, t: ShardTable) -> None:
+        """Set t's role from the membership: primary or replica, and its replicas."""
+        if self.membership is None:
+            return
+        holders: tuple = ()
+        if t.lo < t.hi:
+            for seg in self.membership.segments(t.n_rows):
+                if seg.lo <= t.lo < seg.hi:
+                    holders = seg.holders if t.hi <= seg.hi else ()
+                    break
+        t.primary = bool(holders) and holders[0] == self.rank
+        t.replicas = tuple(holders[1:]) if t.primary else ()
+        for c in list(t.unacked):       # acks owed by servers that hold it no more
+            t.unacked[c] &= set(t.replicas)
+            if not t.unacked[c]:
+                del t.unacked[c]
+
     def _op_open(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "open")
         name = P.field(h, "table", str)
-        if name in self.tables:
-            return [(peer, P.reply_ok(rid, **self.tables[name].spec()))]
+        segs = self._segments_of(name)
+        if segs:
+            return [(peer, P.reply_ok(rid, **segs[0].spec()))]
         return self._park(ParkedOpen(peer, rid, name))
 
     # ---- pushes, clocks and reads ------------------------------------------------------
     def _op_push(self, peer, rid, h, frames):
-        t = self._table(h)
+        t = self._table(h, frames)
         w = self._worker(h)
         session = P.field(h, "session", (int, str))
         clock = P.field(h, "clock", int, minimum=0)
@@ -441,7 +539,17 @@ class ShardState:
         if window is not None and window.seen(seq):
             self.stats["duplicates"] += 1
             return [(peer, P.reply_ok(rid, duplicate=True))]
-        if clock != self.done[w]:
+        # `redo`: a push the client sends again after a failover (its first went to a
+        # primary that died before the clock was durable). One of a clock applied here
+        # already counted through the replication stream: dropped. One of the clock a
+        # promoted segment redoes counts although the worker finished that clock.
+        redo = P.field(h, "redo", bool) if "redo" in h else False
+        if redo and t.per_clock and clock < t.next:
+            self.stats["duplicates"] += 1
+            return [(peer, P.reply_ok(rid, duplicate=True))]
+        if redo and t.redo == clock and clock < self.done[w]:
+            pass
+        elif clock != self.done[w]:
             raise ProtocolError(f"header field 'clock': push for clock {clock} but worker {w} "
                                 f"is at clock {self.done[w]} on server {self.rank}")
         if t.per_clock:
@@ -486,7 +594,7 @@ class ShardState:
                 self.stats["absorbed"] += 1
                 return [(peer, P.reply_ok(rid, absorbed=True))]
             last = False        # what is left of it waits for the clock's end
-        s = t.clock_sum(clock, self.done)
+        s = t.clock_sum(clock, self._finished_view(t, clock))
         s.keep(w, sel.kept(values))
         out = [(peer, P.reply_ok(rid))]
         if last and len(sel):               # a last push is a RowRange (_op_push)
@@ -584,8 +692,8 @@ class ShardState:
         sees it half done."""
         s = t.pending.get(clock)
         if not full or s is None or clock != self.min_clock or s.acc is None \
-                or t.functions:
-            return []
+                or t.functions or t.replicas or t.next != clock:
+            return []   # replicated: reads wait for the replicas' acks (see _forward)
         t0 = time.perf_counter()
         if t.begun != clock:
             t.state.begin()
@@ -599,13 +707,52 @@ class ShardState:
         t.applied[clock] = runs
         self.stats["early"] += 1
         self.on_update(time.perf_counter() - t0)
-        return self._release(lambda p: p.table == t.name and p.sel.served_early(runs),
-                             clock + 1)
+        return self._release(lambda p: (p.key or p.table) == t.key
+                             and p.sel.served_early(runs), clock + 1)
+
+    def _finished_view(self, t: ShardTable, clock: int) -> list[int]:
+        """The clocks each worker finished, as a sum of `clock` of `t` must see them:
+        a segment that redoes a clock after a failover counts a worker finished only
+        once it said it sent that clock's pushes again (or finished it here)."""
+        if t.redo != clock:
+            return self.done
+        return [clock + 1 if r in t.redone else clock for r in range(self.num_workers)]
+
+    def _op_redo(self, peer, rid, w: int, clock: int) -> list[Reply]:
+        """A `clock` with `redo`: worker w sent again every push of `clock` that a
+        failed primary had not made durable. A promoted segment redoing that clock
+        counts it finished there; once every worker is, the clock applies."""
+        if clock >= self.done[w]:
+            raise ProtocolError(f"header field 'clock': a redo of clock {clock} by worker "
+                                f"{w}, which has not finished it (at clock {self.done[w]})")
+        out = []
+        for t in list(self.tables.values()):
+            if t.redo != clock or w in t.redone:
+                continue
+            t.redone.add(w)
+            s = t.pending.get(clock)
+            if s is not None:
+                s.finished.add(w)
+                s.settle(w, [(0, len(t.rows))])
+            out += self._catch_up(t)
+        return [(peer, P.reply_ok(rid, min_clock=self.min_clock, durable=self.durable()))] \
+            + out + self._release()
+
+    def _catch_up(self, t: ShardTable) -> list[Reply]:
+        """Apply the clocks a promoted segment lags by, as far as its sums allow."""
+        while t.primary and t.next < self.min_clock and not self._redo_waits(t, t.next):
+            self._apply_clock(t, t.next, False)
+        return []
+
+    def _redo_waits(self, t: ShardTable, clock: int) -> bool:
+        return t.redo == clock and len(t.redone) < self.num_workers
 
     def _op_clock(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "clock")
         w = self._worker(h)
         clock = P.field(h, "clock", int, minimum=0)
+        if "redo" in h and P.field(h, "redo", bool):
+            return self._op_redo(peer, rid, w, clock)
         if clock > self.done[w]:
             raise ProtocolError(f"header field 'clock': worker {w} cannot finish clock {clock} "
                                 f"while at clock {self.done[w]}")
@@ -624,6 +771,8 @@ class ShardState:
         out = []
         if finishing:       # w's rows of `clock` are all final: sum what that allows
             for t in self.tables.values():
+                if t.redo == clock:
+                    t.redone.add(w)
                 s = t.pending.get(clock)
                 if s is not None:
                     s.finished.add(w)
@@ -633,25 +782,50 @@ class ShardState:
         if self.min_clock > before:
             self._apply_clocks(before, self.min_clock)
             self._maybe_checkpoint(before, self.min_clock)
-        return [(peer, P.reply_ok(rid, min_clock=self.min_clock))] + out + \
+        for t in list(self.tables.values()):
+            if t.redo is not None:
+                self._catch_up(t)
+        extra = {} if self.membership is None else {"durable": self.durable()}
+        return [(peer, P.reply_ok(rid, min_clock=self.min_clock, **extra))] + out + \
             self._release() + self._unblock()
 
     def _op_pull(self, peer, rid, h, frames):
-        t = self._table(h)
+        t = self._table(h, frames)
         need = P.field(h, "need", int, minimum=0)
         sel = self._selection(t, h, frames, payload=0)
         self.stats["pulls"] += 1
-        if self.min_clock >= need:
-            return [(peer, self._pull_reply(rid, t, sel))]
-        if need == self.min_clock + 1 and sel.served_early(t.applied.get(self.min_clock, ())):
+        ready = self._readable(t)
+        if ready >= need:
+            return [(peer, self._pull_reply(rid, t, sel, ready))]
+        if need == self.min_clock + 1 and ready == self.min_clock and \
+                sel.served_early(t.applied.get(self.min_clock, ())):
             return [(peer, self._pull_reply(rid, t, sel, need))]      # updated early
         if any(p.peer == peer and p.rid == rid for p in self.parked):
             return [(peer, P.reply_ok(rid, waiting=True))]  # a retry: say we are alive
-        return self._park(ParkedPull(peer, rid, t.name, need, sel.owned()))
+        return self._park(ParkedPull(peer, rid, t.name, need, sel.owned(), key=t.key))
+
+    def _readable(self, t: ShardTable, clock: int | None = None) -> int:
+        """The clock a read of `t` may see now: every update before it applied (on
+        every holder, when it has replicas). `clock`: min_clock, or what the caller
+        knows it to be."""
+        clock = self.min_clock if clock is None else clock
+        if self.membership is None:
+            return clock
+        return min(clock, t.durable)
+
+    def durable(self) -> int:
+        """The clocks before this are applied on every holder of every segment this
+        shard serves: a client keeps its pushes of later clocks to send again should
+        this shard fail."""
+        return min((self._readable(t) for t in self.tables.values() if t.primary),
+                   default=self.min_clock)
 
     # ---- introspection ------------------------------------------------------------------
     def _op_ping(self, peer, rid, h, frames):
-        return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base, cause=self.last_cause))]
+        extra = {} if self.membership is None else {
+            "epoch": self.membership.epoch, "ready": self._ready(), "durable": self.durable()}
+        return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base, cause=self.last_cause,
+                                  **extra))]
 
     def _op_stats(self, peer, rid, h, frames):
         return [(peer, P.reply_ok(rid, **self.stats, parked=len(self.parked), clocks=self.done,
@@ -782,7 +956,7 @@ class ShardState:
         header = {"num_workers": self.num_workers, "tables": []}
         arrays = {}
         for name, t in self.tables.items():
-            header["tables"].append(dict(t.spec(), step=t.state.step,
+            header["tables"].append(dict(t.spec(), step=t.state.step, key=name,
                                          slots=sorted(t.state.slots)))
             arrays[f"{name}/rows"] = t.rows
             for k, v in t.state.slots.items():
@@ -800,14 +974,16 @@ class ShardState:
         for spec in header["tables"]:
             t = ShardTable(spec["table"], spec["n_rows"], spec["row_width"], spec["lo"],
                            spec["hi"], spec["rule"], spec["hyper"], spec["per_clock"],
-                           functions=_functions.resolve(spec.get("functions")))
-            t.rows = arrays[f"{t.name}/rows"]
+                           functions=_functions.resolve(spec.get("functions")),
+                           key=spec.get("key", spec["table"]), next=clock, begun=clock - 1)
+            t.rows = arrays[f"{t.key}/rows"]
             t.state = RuleState(t.rule, t.hyper, t.rows.shape, self.rule_backend)
             t.rows = t.state.hold(t.rows)
             t.state.step = spec["step"]
             for k in spec["slots"]:
-                t.state.slots[k] = arrays[f"{t.name}/slot/{k}"]
-            tables[t.name] = t
+                t.state.slots[k] = arrays[f"{t.key}/slot/{k}"]
+            self._place(t)
+            tables[t.key] = t
         self.tables = tables
         self.done = [clock] * self.num_workers
         self.windows = {}
@@ -833,12 +1009,38 @@ class ShardState:
             raise ProtocolError(f"header field 'worker' {w} outside 0..{self.num_workers - 1}")
         return w
 
-    def _table(self, h) -> ShardTable:
+    def _table(self, h, frames: list | None = None) -> ShardTable:
+        """The segment of the named table a request's rows lie in (the first row
+        decides; _selection then checks they all lie there). A shard that serves no
+        segment there (a replica, or a stale route) refuses naming the primary."""
         name = P.field(h, "table", str)
-        t = self.tables.get(name)
-        if t is None:
+        segs = self._segments_of(name)
+        if not segs:
             raise ProtocolError(f"header field 'table': no table {name!r:.60} on server {self.rank}")
+        t = segs[0]
+        if len(segs) > 1 and frames is not None:
+            first = self._first_row(h, frames, t.n_rows)
+            t = next((x for x in segs if x.lo <= first < x.hi), t)
+        if not t.primary and self.membership is not None and h.get("op") in ("push", "pull"):
+            raise ProtocolError(
+                f"header field 'rows': server {self.rank} holds rows [{t.lo}, {t.hi}) of "
+                f"table {name!r:.60} as a replica in epoch {self.membership.epoch}; their "
+                f"primary serves them")
         return t
+
+    def _segments_of(self, name: str) -> list[ShardTable]:
+        return [t for t in self.tables.values() if t.name == name]
+
+    @staticmethod
+    def _first_row(h: dict, frames: list, n_rows: int) -> int:
+        kind, arg = P.rows_field(h, n_rows)
+        if kind == "range":
+            return arg[0]
+        if kind == "sparse":
+            return arg[1]
+        if len(frames) < 2 or arg == 0:
+            return 0
+        return int(P.ids_frame(frames[1], 1, arg).min())
 
     def _selection(self, t: ShardTable, h: dict, frames: list, payload: int) -> Selection:
         """The rows a request names, as local rows of `t`, once the request is seen to
@@ -920,12 +1122,14 @@ class ShardState:
         out, keep = [], []
         for p in self.parked:
             if isinstance(p, ParkedOpen):
-                if p.table in self.tables:
-                    out.append((p.peer, P.reply_ok(p.rid, **self.tables[p.table].spec())))
+                segs = self._segments_of(p.table)
+                if segs:
+                    out.append((p.peer, P.reply_ok(p.rid, **segs[0].spec())))
                     continue
-            elif clock >= p.need and pulls(p):
-                out.append((p.peer, self._pull_reply(p.rid, self.tables[p.table], p.sel,
-                                                     clock)))
+            elif (t := self.tables.get(p.key or p.table)) is not None and \
+                    self._readable(t, clock) >= p.need and pulls(p):
+                out.append((p.peer, self._pull_reply(p.rid, t, p.sel,
+                                                     self._readable(t, clock))))
                 continue
             keep.append(p)
         self.parked = keep
@@ -944,15 +1148,22 @@ class ShardState:
         # hi already: true only when the update is of clock hi - 1 alone.
         early = hi - lo == 1 and self.send_early is not None
         for clock in range(lo, hi):
-            for t in self.tables.values():
-                self._apply_clock(t, clock, early)
+            for t in list(self.tables.values()):
+                # A replica applies its primary's stream; a promoted segment that lags
+                # applies its clocks as their redo completes (_catch_up).
+                if t.primary and t.next == clock and not self._redo_waits(t, clock):
+                    self._apply_clock(t, clock, early and not t.replicas)
         self.on_update(time.perf_counter() - t0)
 
     def _apply_clock(self, t: ShardTable, clock: int, early: bool) -> None:
         s = t.pending.pop(clock, None)
         t.applied.pop(clock, None)
         t.absorbed = {w: v for w, v in t.absorbed.items() if v[0] > clock}
+        t.next = clock + 1
+        if t.redo == clock:
+            t.redo, t.redone = None, set()
         if s is None:
+            self._forward(t, clock, None, None, None, False)
             return
         if not s.complete:  # every worker finished, so settle() summed all; if not, a bug
             log.error("server %d: clock %d of table %s applied before its sum was "
@@ -964,20 +1175,240 @@ class ShardState:
         t.begun = clock
         starts, ends = s.pending()
         if s.acc is not None and len(starts):
+            self._forward(t, clock, s.acc, starts, ends, counted)
             self.before_write(t)
-            if t.functions:
-                self._apply_with_functions(t, s.acc, run_rows(starts, ends), counted)
-            elif len(starts) <= MAX_RUNS:
-                if not counted:
-                    t.state.begin()
-                self._apply_runs(t, s.acc, list(zip(starts.tolist(), ends.tolist())), early)
-            else:       # scattered rows (pushes by id): gather, update, scatter
-                ids = run_rows(starts, ends)
-                t.state.apply(t.rows, s.acc[ids], rows=ids, scale=self._scale(t),
-                              scratch=True, count=not counted)
+            self._apply_sum(t, s.acc, starts, ends, counted, early)
+        else:
+            self._forward(t, clock, None, None, None, counted)
         if s.acc is not None and not t.free:
             t.free.append(s.acc)
         self.stats["applied"] += 1
+
+    def _apply_sum(self, t: ShardTable, acc: np.ndarray, starts: np.ndarray,
+                   ends: np.ndarray, counted: bool, early: bool) -> None:
+        """One clock's update of the rows in runs (starts, ends) from the sum `acc`
+        (the shard's size; overwritten). A replica runs exactly this on the sum its
+        primary forwards, so both hold the same bits."""
+        if t.functions:
+            self._apply_with_functions(t, acc, run_rows(starts, ends), counted)
+        elif len(starts) <= MAX_RUNS:
+            if not counted:
+                t.state.begin()
+            self._apply_runs(t, acc, list(zip(starts.tolist(), ends.tolist())), early)
+        else:       # scattered rows (pushes by id): gather, update, scatter
+            ids = run_rows(starts, ends)
+            t.state.apply(t.rows, acc[ids], rows=ids, scale=self._scale(t),
+                          scratch=True, count=not counted)
+
+    # ---- replication (issue 16) ------------------------------------------------------
+    def _forward(self, t: ShardTable, clock: int, acc, starts, ends, counted: bool) -> None:
+        """Send clock `clock`'s sum of `t`'s rows (before it is applied: the update
+        scales it in place) to each replica; reads of the next clock wait for their
+        acks (durable). A clock no one pushed to goes too, so the replicas' clocks
+        and step counts move with the primary's."""
+        if not t.replicas or self.membership is None:
+            return
+        if acc is None or starts is None or not len(starts):
+            starts = ends = np.zeros(0, np.int64)
+            values = np.zeros((0, t.row_width), np.float32)
+        else:
+            starts = np.ascontiguousarray(starts, dtype="<i8")
+            ends = np.ascontiguousarray(ends, dtype="<i8")
+            values = np.ascontiguousarray(acc[run_rows(starts, ends)], dtype=np.float32) \
+                if len(starts) > 1 else np.array(acc[int(starts[0]):int(ends[0])])
+        t.unacked[clock] = set(t.replicas)
+        for sid in t.replicas:
+            self._peer_rid += 1
+            frames = P.request("replicate", self._peer_rid, [starts, ends, values],
+                               table=t.name, lo=t.lo, hi=t.hi, clock=clock,
+                               counted=counted, runs=len(starts), origin=self.rank,
+                               epoch=self.membership.epoch)
+            self.peer_sent[self._peer_rid] = (sid, frames)
+            self.outbox.append((sid, frames))
+        self.stats["forwarded_bytes"] = self.stats.get("forwarded_bytes", 0) + \
+            values.nbytes * len(t.replicas)
+
+    def _op_replicate(self, peer, rid, h, frames):
+        if self.membership is None:
+            raise ProtocolError(f"server {self.rank} runs without a membership: it holds "
+                                "no replicas")
+        epoch = P.field(h, "epoch", int, minimum=1)
+        origin = P.field(h, "origin", int, minimum=0)
+        name = P.field(h, "table", str)
+        lo = P.field(h, "lo", int, minimum=0)
+        hi = P.field(h, "hi", int, minimum=0)
+        clock = P.field(h, "clock", int, minimum=0)
+        counted = P.field(h, "counted", bool)
+        n = P.field(h, "runs", int, minimum=0)
+        if epoch > self.membership.epoch:
+            return [(peer, P.reply_error(rid, behind=True, epoch=self.membership.epoch,
+                                                error=f"server {self.rank} is at epoch "
+                                                      f"{self.membership.epoch}, the stream "
+                                                      f"at {epoch}: send again"))]
+        t = next((x for x in self._segments_of(name) if x.lo == lo and x.hi == hi), None)
+        if t is None:
+            raise ProtocolError(f"header fields 'table'/'lo'/'hi': server {self.rank} holds no "
+                                f"segment [{lo}, {hi}) of table {name!r:.60}")
+        seg = next((g for g in self.membership.segments(t.n_rows) if g.lo <= lo < g.hi), None)
+        if t.primary or seg is None or seg.primary != origin or self.rank not in seg.holders:
+            raise ProtocolError(f"header field 'origin': server {origin} is not the primary "
+                                f"of rows [{lo}, {hi}) of table {name!r:.60} with server "
+                                f"{self.rank} a replica, in epoch {self.membership.epoch}")
+        P.expect_frames(frames, 4, "replicate")
+        starts, ends = P.ids_frame(frames[1], 1, n), P.ids_frame(frames[2], 2, n)
+        if n and (starts.min() < 0 or ends.max() > len(t.rows) or (ends <= starts).any()
+                  or (starts[1:] < ends[:-1]).any()):
+            raise ProtocolError(f"frames 1-2 (runs): not sorted disjoint runs within the "
+                                f"{len(t.rows)} rows of the segment")
+        values = P.values_frame(frames[3], 3, int((ends - starts).sum()) if n else 0,
+                                t.row_width)
+        if clock < t.next:                  # a resend of one applied already
+            return [(peer, P.reply_ok(rid, acked=clock))]
+        if clock > t.next:
+            raise ProtocolError(f"header field 'clock': replica of rows [{lo}, {hi}) of "
+                                f"table {name!r:.60} is at clock {t.next}, got clock {clock}")
+        t.next, t.begun = clock + 1, clock
+        if n:
+            acc = t.alloc()
+            at = 0
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                acc[a:b] = values[at:at + b - a]
+                at += b - a
+            self.before_write(t)
+            self._apply_sum(t, acc, starts, ends, counted, False)
+            if not t.free:
+                t.free.append(acc)
+        self.stats["replicated"] = self.stats.get("replicated", 0) + 1
+        self.stats["replica_bytes"] = self.stats.get("replica_bytes", 0) + values.nbytes
+        return [(peer, P.reply_ok(rid, acked=clock))]
+
+    def on_peer_reply(self, sid: int, header: dict, now: float | None = None) -> list[Reply]:
+        """A replica's answer to what _forward sent it: an ack makes the clock durable
+        once every replica's is in (and answers the reads waiting for it); `behind`
+        (it has not heard of this epoch yet) sends it again shortly."""
+        sent = self.peer_sent.pop(header.get("id"), None)
+        if sent is None or sent[0] != sid:
+            return []
+        if header.get("ok") and "acked" in header:
+            h = P.decode_header(sent[1][0])
+            t = next((x for x in self._segments_of(h["table"]) if x.lo == h["lo"]), None)
+            if t is not None and h["clock"] in t.unacked:
+                t.unacked[h["clock"]].discard(sid)
+                if not t.unacked[h["clock"]]:
+                    del t.unacked[h["clock"]]
+                return self._release()
+            return []
+        if header.get("behind"):
+            self.peer_sent[header["id"]] = sent
+            self.peer_retry.append(((time.monotonic() if now is None else now)
+                                    + PEER_RETRY_S, sid, sent[1]))
+            return []
+        log.warning("server %d: server %d refused the replication stream: %s", self.rank,
+                    sid, header.get("error"))
+        return []
+
+    def due_peer_retries(self, now: float) -> None:
+        """Move the messages whose retry time came into the outbox."""
+        keep = []
+        for when, sid, frames in self.peer_retry:
+            if when <= now:
+                self.outbox.append((sid, frames))
+            else:
+                keep.append((when, sid, frames))
+        self.peer_retry = keep
+
+    # ---- membership (issue 16) -------------------------------------------------------
+    def _epoch_refusal(self, rid, h: dict) -> list | None:
+        """The refusal of a timeline request of another epoch, or None. Older: the
+        client re-routes with the membership it gets. Newer: the coordinator's update
+        is on its way here; the client sends it again shortly (refused, not parked: a
+        parked request would hold state for a membership this shard may never see)."""
+        e = h["epoch"]
+        if not isinstance(e, int) or isinstance(e, bool):
+            raise ProtocolError(f"header field 'epoch' must be int (got {e!r:.40})")
+        cur = self.membership.epoch
+        if e < cur:
+            return P.reply_error(
+                rid, stale=True, epoch=cur, membership=self.membership.to_json(),
+                error=f"server {self.rank}: request of membership epoch {e}, this server "
+                      f"is at epoch {cur}: re-route with the membership in this reply")
+        if e > cur:
+            return P.reply_error(
+                rid, behind=True, epoch=cur,
+                error=f"server {self.rank}: request of membership epoch {e}, this server "
+                      f"is still at epoch {cur}: send it again")
+        return None
+
+    def _op_membership(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "membership")
+        if self.membership is None:
+            raise ProtocolError(f"server {self.rank} runs without a membership")
+        out = []
+        if "membership" in h:
+            try:
+                new = _membership.Membership.from_json(h["membership"])
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                raise ProtocolError(f"header field 'membership': {e}") from None
+            cur = self.membership
+            if new.epoch < cur.epoch:
+                raise ProtocolError(f"header field 'membership': epoch {new.epoch} is older "
+                                    f"than this server's {cur.epoch}")
+            if new.epoch == cur.epoch:
+                if new.to_json() != cur.to_json():
+                    raise ProtocolError(f"header field 'membership': another membership of "
+                                        f"epoch {cur.epoch} than this server's")
+            else:
+                out = self._adopt(new)
+        m = self.membership
+        return [(peer, P.reply_ok(rid, epoch=m.epoch, ready=self._ready(),
+                                  membership=m.to_json()))] + out
+
+    def _adopt(self, new) -> list[Reply]:
+        """Take membership `new`: each segment's role anew. A segment promoted here
+        that lags the workers' clocks redoes the clock its dead primary had not made
+        durable from the pushes the workers send again; acks owed by servers that are
+        gone are no longer waited for."""
+        old, self.membership = self.membership, new
+        promoted = 0
+        for t in self.tables.values():
+            was = t.primary
+            self._place(t)
+            if t.primary and not was:
+                promoted += 1
+                if t.per_clock and t.next < max(self.done):
+                    t.redo, t.redone = t.next, set()
+        self.peer_sent = {k: v for k, v in self.peer_sent.items() if v[0] in new.servers}
+        self.peer_retry = [e for e in self.peer_retry if e[1] in new.servers]
+        if promoted:
+            self.failovers += 1
+        log.warning("server %d: membership epoch %d -> %d (%d segments promoted here)",
+                    self.rank, old.epoch, new.epoch, promoted)
+        out = []
+        for t in list(self.tables.values()):
+            if t.redo is not None:
+                out += self._catch_up(t)
+        return out + self._release()
+
+    def _ready(self) -> bool:
+        """Whether this shard holds every segment its membership gives it."""
+        if self.membership is None:
+            return True
+        names = {t.name: t.n_rows for t in self.tables.values()}
+        for name, n_rows in names.items():
+            have = [(t.lo, t.hi) for t in self._segments_of(name)]
+            for seg in self.membership.held_by(self.rank, n_rows):
+                if not any(a <= seg.lo and seg.hi <= b for a, b in have) and \
+                        not self._covered(have, seg.lo, seg.hi):
+                    return False
+        return True
+
+    @staticmethod
+    def _covered(have: list, lo: int, hi: int) -> bool:
+        at = lo
+        for a, b in sorted(have):
+            if a <= at < b:
+                at = b
+        return at >= hi
 
     def _apply_runs(self, t: ShardTable, acc: np.ndarray, runs: list, early: bool) -> None:
         """One update of the rows in `runs` (sorted disjoint [a, b)), as slices: a
@@ -996,7 +1427,7 @@ class ShardState:
                 if not early:
                     continue
                 final = end if y == b else y        # no one pushed the rows up to `end`
-                ready = self._release(lambda p, f=final: p.table == t.name
+                ready = self._release(lambda p, f=final: (p.key or p.table) == t.key
                                       and p.sel.served_early(((0, f),)))
                 if ready:
                     self.send_early(ready)

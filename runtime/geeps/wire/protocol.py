@@ -79,7 +79,7 @@ import numpy as np
 VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes; a header is a few hundred bytes at most
 OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest",
-       "checkpoints", "restore", "leave", "batch")
+       "checkpoints", "restore", "leave", "batch", "membership", "replicate")
 # The requests that build on the state of one incarnation of a shard. A client tags
 # them with the incarnation it knows (`inc`) and a shard refuses them when that is not
 # its own: after a restart or a rollback they would apply to state that lost what
@@ -138,8 +138,9 @@ def reply_ok(rid: Any, payload: Sequence = (), **fields) -> list:
     return [encode_header({"id": rid, "ok": True, **fields}), *payload]
 
 
-def reply_error(rid: Any, error: str) -> list:
-    return [encode_header({"id": rid, "ok": False, "error": error})]
+def reply_error(rid: Any, error: str, **fields) -> list:
+    """A refusal; `fields` say more to the client than the text (stale, behind, ...)."""
+    return [encode_header({"id": rid, "ok": False, **fields, "error": error})]
 
 
 def batch(rid: int, parts: Sequence[list]) -> list:
