@@ -6,6 +6,7 @@
     geeps env                                        # the environment contract
     geeps bench                                      # the benchmarks (from a checkout)
     geeps lab status | cut HOST | loss HOST N | ...  # faults on a `geeps run --lab` job
+    geeps servers list | add | remove ID             # change a running job's servers
     geeps operator [--namespace NS]                  # the Kubernetes operator ([operator])
     geeps sandbox up|down                            # try kubectl apply on one machine:
                                                      # an API emulator, not a cluster
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "lab":
         from geeps.lab.cli import main as lab
         return lab(rest)
+    if cmd == "servers":
+        from geeps.launch.control import main as servers
+        return servers(rest)
     plugin = _plugins().get(cmd)
     if plugin is not None:
         try:

@@ -295,3 +295,30 @@ def test_a_manifest_asking_for_colocation_gets_it_without_the_flag():
     assert job.colocate and job.shards == 3 and job.server_processes == 0
     p = plan(job, Ports((7000, 7001, 7002)), Options(cwd="/repo"))
     assert not p.role("server") and all(config.load(x.env).colocate for x in p.processes)
+
+
+def test_replication_reaches_every_process_and_is_checked():
+    p = make_plan(manifest(servers={"replicas": 3, "replication": 2}))
+    assert {config.load(x.env).replication for x in p.processes} == {2}
+    assert spec.validate(manifest()).replication == 1
+    for bad, field in (({"replicas": 2, "replication": 3}, "must not exceed"),
+                       ({"replicas": 2, "replication": 2, "colocate": True},
+                        "must be 1 when spec.servers.colocate"),
+                       ({"replication": 0}, "replication")):
+        with pytest.raises(ValueError, match=f"spec.servers.replication.*{field}|{field}"):
+            spec.validate(manifest(servers=bad))
+    with pytest.raises(config.ConfigError, match="GEEPS_REPLICATION"):
+        config.load({"GEEPS_SERVERS": "a:1", "GEEPS_REPLICATION": "2"})
+
+
+def test_a_joining_server_waits_for_the_membership():
+    from geeps.launch.plan import joiner
+    p = make_plan(manifest(servers={"replicas": 2, "replication": 2}))
+    j = joiner(p, ["127.0.0.1:7100", "127.0.0.1:7101"], Options(cwd="/repo"))
+    cfg = config.load(j.env)
+    assert (j.name, cfg.role, cfg.rank, cfg.join, cfg.replication) == \
+        ("server-3", "server", 3, True, 2)
+    assert cfg.servers[cfg.rank] == "127.0.0.1:7101" and cfg.servers[:2] == p.servers
+    assert not any(config.load(x.env).join for x in p.processes)
+    with pytest.raises(config.ConfigError, match="GEEPS_JOIN"):
+        config.load({"GEEPS_JOIN": "1"})            # a worker

@@ -108,6 +108,9 @@ VARS: tuple[Var, ...] = (
         "workers in the job; servers track a clock for each"),
     Var("GEEPS_SERVERS", "servers", "", _servers, "host:port[,host:port...]",
         "every server shard, in rank order"),
+    Var("GEEPS_REPLICATION", "replication", "1", _int_in(1), "an integer >= 1",
+        "holders of every row range (spec.servers.replication): a primary and k-1 "
+        "replicas on the next servers of the ring (geeps.job.membership)"),
     Var("GEEPS_CONSISTENCY", "consistency", "bsp", _consistency.parse, _consistency.ACCEPTED,
         "how far a reader may run ahead of the slowest worker"),
     Var("GEEPS_DEVICE_MEMORY", "device_memory", "", _optional_bytes,
@@ -176,6 +179,10 @@ VARS: tuple[Var, ...] = (
     Var("GEEPS_COLOCATE", "colocate", "0", _bool, "0 | 1",
         "1: this worker serves shard GEEPS_RANK of GEEPS_SERVERS itself and reaches it "
         "in memory (GeePS's layout: one shard per worker, no server processes)"),
+    Var("GEEPS_JOIN", "join", "0", _bool, "0 | 1",
+        "1: this server joins a running job (added, or replacing a lost one): it restores "
+        "no checkpoint and serves nothing until the coordinator's membership gives it "
+        "rows, which it copies from their holders first"),
     Var("GEEPS_TEST_CRASH_BEFORE_RENAME", "test_crash_before_rename", "", _optional_clock,
         "a clock >= 0 or empty", "fault hook for tests only: a server kills itself (SIGKILL) "
         "after writing the checkpoint of this clock, before renaming it into place",
@@ -190,6 +197,7 @@ class Config:
     rank: int = 0                               # index within the role
     num_workers: int = 1                        # workers in the job
     servers: tuple[str, ...] = ()               # host:port of every shard, rank order
+    replication: int = 1                        # holders of every row range
     consistency: _consistency.Consistency = field(
         default_factory=lambda: _consistency.parse("bsp"))
     device_memory: int | None = None            # bytes; None = unlimited
@@ -213,6 +221,7 @@ class Config:
     curve_dir: str = ""                         # CurveZMQ key directory
     insecure: bool = False                      # explicit opt-out of CurveZMQ
     colocate: bool = False                      # worker hosts shard `rank` in-process
+    join: bool = False                          # a server joining a running job
     test_crash_before_rename: int | None = None  # tests' fault hook; None = off
 
     def to_env(self) -> dict[str, str]:
@@ -253,6 +262,14 @@ def check(cfg: Config) -> Config:
     if cfg.role == "worker" and cfg.rank >= cfg.num_workers:
         raise ConfigError("GEEPS_RANK", str(cfg.rank),
                           f"a worker rank below GEEPS_NUM_WORKERS={cfg.num_workers}")
+    if cfg.servers and cfg.replication > len(cfg.servers):
+        raise ConfigError("GEEPS_REPLICATION", str(cfg.replication),
+                          f"at most the number of GEEPS_SERVERS ({len(cfg.servers)})")
+    if cfg.join and cfg.role != "server":
+        raise ConfigError("GEEPS_JOIN", "1", "1 only in a server (GEEPS_ROLE=server)")
+    if cfg.colocate and cfg.replication != 1:
+        raise ConfigError("GEEPS_REPLICATION", str(cfg.replication),
+                          "1 when GEEPS_COLOCATE=1 (a co-located shard has no replicas)")
     if cfg.colocate and (cfg.role != "worker" or len(cfg.servers) != cfg.num_workers):
         raise ConfigError("GEEPS_COLOCATE", "1",
                           f"1 only in a worker, with one GEEPS_SERVERS entry per worker "
@@ -276,7 +293,8 @@ assert {f.name for f in fields(Config)} == {v.attr for v in VARS}, "VARS and Con
 
 def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
             bind_host: str = "*", checkpoint_dir: str = "", curve_dir: str = "",
-            metrics_port: int | None = None, metrics_addr: str = "") -> dict[str, str]:
+            metrics_port: int | None = None, metrics_addr: str = "",
+            join: bool = False) -> dict[str, str]:
     """GEEPS_* variables plus the manifest's plain `env` entries (valueFrom is the
     operator's business: it is not a value a local process can resolve).
 
@@ -284,14 +302,14 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
     shards: GeePSJob.shard_role)."""
     cfg = Config(
         job=job.name, role=role, rank=rank, num_workers=job.workers.replicas,
-        servers=tuple(servers), consistency=job.consistency,
+        servers=tuple(servers), replication=job.replication, consistency=job.consistency,
         device_memory=job.device_memory, checkpoint_dir=checkpoint_dir,
         checkpoint_every=job.checkpoint_every if checkpoint_dir else 0,
         metrics_port=job.metrics_port if metrics_port is None else metrics_port,
         metrics_addr=metrics_addr,
         bind_host=bind_host, curve_dir=curve_dir, insecure=job.insecure,
         colocate=role == "worker" and job.serves_shards(role), nonfinite=job.non_finite,
-        tables=_tableopts.to_text(job.spec.get("tables", [])),
+        tables=_tableopts.to_text(job.spec.get("tables", [])), join=join,
     )
     env = {e["name"]: e["value"] for e in job.env if "value" in e}
     for var in VARS:    # the manifest's value of a tunable is checked where it enters
@@ -312,6 +330,6 @@ def job_env(job: GeePSJob, role: str, rank: int, servers: Sequence[str], *,
 # The Config fields job_env derives from the job itself; every other variable is a
 # tunable that reaches a process from the manifest's env or its environment.
 JOB_DECIDES = frozenset({
-    "job", "role", "rank", "num_workers", "servers", "consistency", "device_memory",
+    "job", "role", "rank", "num_workers", "servers", "replication", "consistency", "device_memory",
     "checkpoint_dir", "checkpoint_every", "metrics_port", "metrics_addr", "bind_host",
-    "curve_dir", "insecure", "colocate", "nonfinite", "tables"})
+    "curve_dir", "insecure", "colocate", "nonfinite", "tables", "join"})

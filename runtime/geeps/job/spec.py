@@ -121,6 +121,16 @@ def _role(description: str, *, workers: bool) -> dict:
             "description": "each worker serves one shard itself and reaches it in memory "
                            "(GeePS's layout): no server pods; replicas is ignored, there "
                            "is one shard per worker"}
+        props["replication"] = {
+            "type": "integer", "minimum": 1, "maximum": MAX_REPLICAS, "default": 1,
+            "description": "copies of every row range: the primary and k-1 replicas on "
+                           "the next servers of the ring; a server lost with k >= 2 fails "
+                           "over to a replica without rolling the job back"}
+        props["elastic"] = {
+            "type": "boolean", "default": False,
+            "description": "servers may be added and removed while the job runs (a "
+                           "coordinator moves row ranges; spec.servers.replicas of a "
+                           "running job may change); implied by replication >= 2"}
     return {"type": "object", "description": description, "default": {}, "properties": props}
 
 
@@ -237,6 +247,13 @@ CROSS_FIELD_RULES: tuple[Rule, ...] = (
          lambda c: c["model"] == "SSP" or c["slack"] == 0, ".slack"),
     _mounts_rule("servers"),
     _mounts_rule("workers"),
+    Rule("spec.servers", "self.replication <= self.replicas",
+         "spec.servers.replication must not exceed spec.servers.replicas",
+         lambda r: r["replication"] <= r["replicas"], ".replication"),
+    Rule("spec.servers", "self.replication == 1 || !self.colocate",
+         "spec.servers.replication must be 1 when spec.servers.colocate is true (a "
+         "co-located shard lives and dies with its worker)",
+         lambda r: r["replication"] == 1 or not r["colocate"], ".replication"),
     Rule("spec", f"self.metrics.port != {SERVER_PORT}",
          f"spec.metrics.port must not be {SERVER_PORT}, the parameter-server port",
          lambda s: s["metrics"]["port"] != SERVER_PORT, ".metrics.port"),
@@ -425,6 +442,18 @@ class GeePSJob:
         """The role whose processes serve the shards: "worker" when co-located, else
         "server". They bind GEEPS_SERVERS[rank] and keep the checkpoints."""
         return "worker" if self.colocate else "server"
+
+    @property
+    def replication(self) -> int:
+        """spec.servers.replication: holders of every row range (1 = no replicas)."""
+        return int(self.servers.raw.get("replication", 1))
+
+    @property
+    def coordinated(self) -> bool:
+        """Whether a coordinator runs the job's membership (geeps.job.membership):
+        server processes of its own, and replicas or spec.servers.elastic."""
+        return self.server_processes > 0 and (
+            self.replication > 1 or bool(self.servers.raw.get("elastic")))
 
     @property
     def non_finite(self) -> str:

@@ -36,6 +36,7 @@ from geeps.job import consistency as _consistency
 from geeps.job import spec as _spec
 from geeps.launch.plan import (LOOPBACK, LaunchPlan, Options, Ports, apply_overrides,
                                job_from_command, plan)
+from geeps.launch import elastic
 from geeps.launch.supervise import GRACE, Supervisor
 from geeps.wire import curve
 
@@ -213,9 +214,13 @@ def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
                server_command: Sequence[str] = (), curve_dir: str = "") -> LaunchPlan:
     base = job.metrics_port if args.metrics_port is None else args.metrics_port
     ports = pick_ports(job.shards, job.processes(), base)
-    return plan(job, ports, Options(cwd=cwd, checkpoint_dir=args.checkpoint_dir,
-                                    python=sys.executable, curve_dir=curve_dir,
-                                    server_command=tuple(server_command)))
+    return plan(job, ports, _options(args, cwd, server_command, curve_dir))
+
+
+def _options(args: argparse.Namespace, cwd: str, server_command: Sequence[str],
+             curve_dir: str) -> Options:
+    return Options(cwd=cwd, checkpoint_dir=args.checkpoint_dir, python=sys.executable,
+                   curve_dir=curve_dir, server_command=tuple(server_command))
 
 
 def _describe(p: LaunchPlan, metrics_base: int = 0) -> list[str]:
@@ -312,8 +317,13 @@ def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
         timeout = float(job.run_policy["activeDeadlineSeconds"])
         source = "spec.runPolicy.activeDeadlineSeconds"
     if getattr(args, "lab", None) is None:
+        el = None
+        if elastic.wanted(p):
+            el = elastic.Elastic(p, _options(args, cwd, server_command, curve_dir),
+                                 say=lambda t: print(f"geeps run: {t}", file=sys.stderr),
+                                 kill=os.killpg, cwd=cwd)
         return Supervisor(p, cwd=cwd, timeout=timeout, timeout_source=source,
-                          grace=args.grace, quiet=args.quiet).run()
+                          grace=args.grace, quiet=args.quiet, elastic=el).run()
     from geeps.lab import netns
     from geeps.launch import onlab
     try:

@@ -16,6 +16,7 @@ import copy
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Sequence
 
 from geeps.job import consistency as _consistency
 from geeps.job import spec as _spec
@@ -158,11 +159,8 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> LaunchPla
         raise ValueError(f"{n_procs} metrics ports needed (one per process), "
                          f"got {len(ports.metrics)}")
     servers = tuple(f"{options.host}:{p}" for p in ports.servers)
-    ckpt = ""
-    if job.checkpoint_every > 0:
-        ckpt = os.path.abspath(os.path.join(options.cwd, options.checkpoint_dir)) \
-            if options.checkpoint_dir else default_checkpoint_dir(job, options.cwd)
-    server_argv = tuple(options.server_command) or (options.python, *SERVER_MODULE)
+    ckpt = _checkpoint_dir(job, options)
+    server_argv = _server_argv(options)
     worker_argv = command_argv(job, options.python)
     # Pipes are not terminals: without this, a Python child's prints would reach the
     # launcher in 8 KiB bursts instead of line by line.
@@ -182,3 +180,31 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> LaunchPla
                            curve_dir=options.curve_dir))
         procs.append(ProcessSpec(f"{role}-{rank}", role, rank, argv, env, metrics))
     return LaunchPlan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)))
+
+
+def _checkpoint_dir(job: GeePSJob, options: Options) -> str:
+    if job.checkpoint_every <= 0:
+        return ""
+    return os.path.abspath(os.path.join(options.cwd, options.checkpoint_dir)) \
+        if options.checkpoint_dir else default_checkpoint_dir(job, options.cwd)
+
+
+def _server_argv(options: Options) -> tuple[str, ...]:
+    return tuple(options.server_command) or (options.python, *SERVER_MODULE)
+
+
+def joiner(p: LaunchPlan, added: Sequence[str], options: Options = Options()) -> ProcessSpec:
+    """A server added to the running job of plan `p` (or replacing a lost one): `added`
+    are the addresses of the servers added so far, its own last. GEEPS_JOIN=1, so it
+    waits for the coordinator's membership instead of restoring a checkpoint; its rank
+    is its place in the plan's servers followed by `added` (its peers and their rows
+    come from the membership, not from GEEPS_SERVERS)."""
+    if not added:
+        raise ValueError("a joining server needs its own address (the last of `added`)")
+    servers = tuple(p.servers) + tuple(added)
+    rank = len(servers) - 1
+    env = {"PYTHONUNBUFFERED": "1"}
+    env.update(job_env(p.job, "server", rank, servers, bind_host=options.host,
+                       checkpoint_dir=p.checkpoint_dir, metrics_port=0,
+                       metrics_addr=options.host, curve_dir=options.curve_dir, join=True))
+    return ProcessSpec(f"server-{rank}", "server", rank, _server_argv(options), env)

@@ -70,7 +70,7 @@ class Supervisor:
     def __init__(self, plan: LaunchPlan, *, cwd: str = ".", timeout: float | None = None,
                  timeout_source: str = "--timeout", grace: float = GRACE, quiet: bool = False,
                  out: IO[str] | None = None, err: IO[str] | None = None,
-                 base_env: dict[str, str] | None = None):
+                 base_env: dict[str, str] | None = None, elastic=None):
         self.plan, self.cwd, self.grace, self.quiet = plan, cwd, grace, quiet
         self.timeout, self.timeout_source = timeout, timeout_source
         self.out = out if out is not None else sys.stdout
@@ -90,6 +90,9 @@ class Supervisor:
         self.said_waiting = False       # the plain "waiting for the first progress" line
         self.tracebacks: dict[tuple[str, ...], str] = {}  # shown once: text -> process
         self.max_clock: float | None = None     # the highest clock a worker reported
+        # geeps.launch.elastic.Elastic when the servers run under the coordinator
+        # (failover, joiners, drains); None: a lost server restarts and workers roll back
+        self.elastic = elastic
 
     # ---- output ----------------------------------------------------------------------
 
@@ -227,7 +230,9 @@ class Supervisor:
         """Relay output for up to `timeout` s, returning early when a child exits."""
         for key, _ in self.sel.select(max(0.0, timeout)):
             child, what = key.data
-            if what == "exit":
+            if what == "control":
+                self.elastic.control.serve_one(self.elastic.handle)
+            elif what == "exit":
                 self.sel.unregister(key.fd)
                 os.close(key.fd)
                 child.pidfd = None
@@ -275,6 +280,8 @@ class Supervisor:
         try:
             return self._run()
         finally:
+            if self.elastic is not None:
+                self.elastic.close()
             self.kill_all()
             atexit.unregister(self.kill_all)
             if reaper:
@@ -296,6 +303,8 @@ class Supervisor:
                 return EXIT_FAILED
         if self.signum is None:
             self.say("pids: " + ", ".join(f"{c.name} {c.pid}" for c in self.children))
+            if self.elastic is not None:
+                self._start_elastic()
         deadline = None if self.timeout is None else self.t0 + self.timeout
         workers = [c for c in self.children if c.spec.role == "worker"]
         while True:
@@ -308,6 +317,8 @@ class Supervisor:
                 self._stop(signal.SIGTERM)
                 return EXIT_TIMEOUT
             for c in self._reap():
+                if self._elastic_exit(c, workers):
+                    continue
                 replacement = self._maybe_restart(c, workers)
                 if replacement is not None:
                     if c in workers:
@@ -321,9 +332,47 @@ class Supervisor:
                     return EXIT_FAILED
             if all(c.code == 0 for c in workers):
                 return self._finish()
+            if self.elastic is not None:
+                self._stop_drained()
             wait = 0.25 if deadline is None else min(0.25, deadline - now)
             self._pump(wait)
             self._draw_status()
+
+    # ---- servers under the coordinator (geeps.launch.elastic) ------------------------
+
+    def _start_elastic(self) -> None:
+        for c in self.children:
+            if c.spec.role == "server":
+                self.elastic.started(c.name, c.spec.rank, c.pid)
+        self.elastic.start_process = self._start
+        self.sel.register(self.elastic.control.fileno(), selectors.EVENT_READ,
+                          (None, "control"))
+        self.elastic.start()
+
+    def _elastic_exit(self, c: _Child, workers: list[_Child]) -> bool:
+        """Whether the coordinator took care of server `c`'s exit (failed over, or
+        drained); False: the usual restart and failure rules apply."""
+        if self.elastic is None or c.spec.role != "server" or self.stopping:
+            return False
+        running = any(w.code is None for w in workers)
+        what = self.elastic.on_exit(c.name, c.code, running,
+                                    lambda: self._take_restart(c, "server"))
+        return what != "rollback"
+
+    def _take_restart(self, c: _Child, role_name: str) -> bool:
+        limit = self.plan.job.run_policy.get("backoffLimit", 0)
+        if self.restarts >= limit:
+            self.say(f"{c.name}: backoffLimit {limit} reached, not replacing it")
+            return False
+        self.restarts += 1
+        return True
+
+    def _stop_drained(self) -> None:
+        for name in self.elastic.to_stop():
+            live = [c for c in self.children if c.name == name and c.code is None]
+            if live:
+                self.say(f"{name} holds no rows any more; stopping it")
+                self._signal_groups(signal.SIGTERM, live)
 
     def _maybe_restart(self, c: _Child, workers: list[_Child]) -> _Child | None:
         """Restart a failed process as the operator would: per role restartPolicy,

@@ -27,14 +27,11 @@ HYPER = {   # accepted hyperparameters of each rule, with defaults
 
 
 def partition(n_rows: int, n_shards: int) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) row ranges, one per shard, sizes differing by at most one."""
-    base, extra = divmod(n_rows, n_shards)
-    out, lo = [], 0
-    for k in range(n_shards):
-        hi = lo + base + (1 if k < extra else 0)
-        out.append((lo, hi))
-        lo = hi
-    return out
+    """Contiguous [lo, hi) row ranges, one per shard, sizes differing by at most one:
+    shard k starts at ceil(k n / S), which is where the ring of geeps.job.membership
+    puts it when S servers share the ring evenly."""
+    bounds = [-((-k * n_rows) // n_shards) for k in range(n_shards + 1)]
+    return list(zip(bounds, bounds[1:]))
 
 
 def resolve_hyper(rule: str, hyper: dict) -> dict:

@@ -1,0 +1,149 @@
+"""The servers of a running local job under the coordinator: what `geeps run` does when
+one is lost, added or removed (spec.servers.replication >= 2, or `geeps servers`).
+
+- A server that exits while workers run is failed over (geeps.job.membership.fail:
+  its first replicas serve its rows at once, nobody rolls back) and a fresh server
+  is started on a new port as a joiner (GEEPS_JOIN=1) to bring the job back to its
+  server count, within runPolicy.backoffLimit like any restart. Only when some rows
+  had no other holder (replication 1, or every holder lost) does the job fall back to
+  today's recovery: the same server restarts from its checkpoint and the workers roll
+  back.
+- A server silent for the coordinator's `silent_after` is killed (fenced: a server
+  the job stopped trusting must not answer anyone), which makes it an exit as above.
+- `geeps servers add` starts a joiner; `geeps servers remove ID` drains server ID and
+  stops it once it holds nothing (geeps.launch.control).
+
+The supervisor owns the processes; this object owns the decisions about servers and
+tells the supervisor what to start and stop.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Callable
+
+from geeps.job import env as config
+from geeps.job import membership as ms
+from geeps.launch.control import ControlSocket
+from geeps.launch.coordinator import Coordinator
+from geeps.launch.plan import LaunchPlan, Options, ProcessSpec, joiner
+from geeps.wire.ports import free_port
+
+
+def wanted(plan: LaunchPlan) -> bool:
+    """Whether a job's servers run under the coordinator (GeePSJob.coordinated)."""
+    return plan.job.coordinated
+
+
+class Elastic:
+    def __init__(self, plan: LaunchPlan, options: Options, *, say: Callable[[str], None],
+                 kill: Callable[[int, int], None], cwd: str = ".",
+                 heartbeat: float | None = None, silent_after: float | None = None):
+        self.plan, self.options, self.say, self.kill = plan, options, say, kill
+        cfg = config.load(plan.role("server")[0].env)
+        kw = {k: v for k, v in (("heartbeat", heartbeat), ("silent_after", silent_after))
+              if v is not None}
+        self.coordinator = Coordinator(ms.initial(plan.servers, plan.job.replication), cfg,
+                                       log=say, on_silent=self._silent, **kw)
+        self.control = ControlSocket(cwd, plan.job.name)
+        self._lock = threading.Lock()
+        self.sid_of: dict[str, int] = {}        # process name -> its server id
+        self.pid_of: dict[int, int] = {}        # server id -> pid (the fencing target)
+        self.added: list[str] = []              # addresses of servers started later
+        self.retiring: set[str] = set()         # drained: their exit is expected
+        self.start_process: Callable[[ProcessSpec], object] | None = None
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    def started(self, name: str, sid: int, pid: int) -> None:
+        with self._lock:
+            self.sid_of[name] = sid
+            self.pid_of[sid] = pid
+
+    def start(self) -> None:
+        self.coordinator.start()
+
+    def close(self) -> None:
+        self.coordinator.close()
+        self.control.close()
+
+    # ---- decisions ----------------------------------------------------------------------
+    def on_exit(self, name: str, code: int, workers_running: bool,
+                restart_allowed: Callable[[], bool]) -> str:
+        """What to do about server `name` that exited with `code`: "expected" (it was
+        drained, or the job is ending), "failed-over" (its rows are served by
+        replicas; a joiner may have been started), or "rollback" (some rows had no
+        other holder: restart it as before)."""
+        sid = self.sid_of.get(name)
+        if name in self.retiring or not workers_running:
+            return "expected"
+        if sid is None or not self.coordinator.holds(sid):
+            return "expected"
+        try:
+            ms.fail(self.coordinator.membership, sid)
+        except ms.Lost as e:
+            self.say(f"{name} (server {sid}) lost rows no other server holds ({e}); "
+                     f"restarting it from its checkpoint, the workers roll back")
+            return "rollback"
+        self.say(f"{name} (server {sid}) exited; failing over to its replicas, no worker "
+                 f"rolls back")
+        self.coordinator.fail(sid)
+        if restart_allowed():
+            self.add(replacing=name)
+        return "failed-over"
+
+    def add(self, replacing: str | None = None) -> tuple[int, str]:
+        """Start a joining server on a new port; its id and address."""
+        if self.start_process is None:
+            raise RuntimeError("the supervisor has not attached start_process")
+        address = f"{self.options.host}:{free_port(self.options.host)}"
+        self.added.append(address)
+        spec = joiner(self.plan, self.added, self.options)
+        child = self.start_process(spec)
+        sid = self.coordinator.join(address)
+        self.started(spec.name, sid, child.pid)
+        self.say(f"{spec.name} (server {sid}, {address}) joins"
+                 + (f", replacing {replacing}" if replacing else ""))
+        return sid, address
+
+    def remove(self, sid: int) -> None:
+        ms.leave(self.coordinator.membership, sid)       # ValueError when refused
+        self.coordinator.leave(sid)
+
+    def to_stop(self) -> list[str]:
+        """Processes of servers the membership no longer holds (drained): the
+        supervisor stops them, and their exit is expected."""
+        out = []
+        for name, sid in list(self.sid_of.items()):
+            if name not in self.retiring and not self.coordinator.holds(sid) \
+                    and self.coordinator.settled(0):
+                self.retiring.add(name)
+                out.append(name)
+        return out
+
+    def _silent(self, sid: int) -> None:
+        pid = self.pid_of.get(sid)
+        if pid is not None:
+            self.say(f"server {sid} stopped answering; killing it so that it cannot "
+                     f"serve stale rows (it is then failed over)")
+            self.kill(pid, signal.SIGKILL)
+
+    # ---- `geeps servers` ------------------------------------------------------------------
+    def handle(self, req: dict) -> dict:
+        op = req.get("op")
+        m = self.coordinator.membership
+        if op == "list":
+            return {"ok": True, "membership": m.to_json(),
+                    "settled": self.coordinator.settled(0)}
+        if op == "add":
+            sid, address = self.add()
+            return {"ok": True, "server": sid, "address": address}
+        if op == "remove":
+            sid = req.get("server")
+            if not isinstance(sid, int) or isinstance(sid, bool):
+                return {"ok": False, "error": "remove: field 'server' must be a server id"}
+            try:
+                self.remove(sid)
+            except ValueError as e:
+                return {"ok": False, "error": f"remove {sid}: {e}"}
+            return {"ok": True, "server": sid}
+        return {"ok": False, "error": f"op {op!r} is not one of list, add, remove"}
