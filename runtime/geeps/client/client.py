@@ -55,7 +55,7 @@ class Client:
                  timeout: float = 30.0, wait_timeout: float = 600.0,
                  config: _config.Config | None = None,
                  on_transfer: Callable[[str, int], None] | None = None,
-                 metrics=None, host=None):
+                 metrics=None, host=None, replication: int | None = None):
         if not servers:
             raise ValueError("servers is empty: give host:port of every shard "
                              "(GEEPS_SERVERS)")
@@ -89,8 +89,9 @@ class Client:
         self._route_cache: dict[str, tuple] = {}     # table -> (key, routed, primaries)
         # Who holds which rows (geeps.job.membership): the I/O thread keeps it current
         # (a shard of a newer epoch sends it); requests are routed by it.
-        membership = _membership.initial(
-            self.servers, getattr(config, "replication", 1) if config is not None else 1)
+        if replication is None:
+            replication = config.replication if config is not None else 1
+        membership = _membership.initial(self.servers, replication)
         self._io = IOThread(self.servers, config=config, timeout=timeout,
                             wait_timeout=wait_timeout,
                             host=host, membership=membership)

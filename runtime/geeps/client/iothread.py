@@ -506,7 +506,7 @@ class IOThread(threading.Thread):
         self.epochs_adopted += 1
         return True
 
-    def _target(self, r: Request) -> int | None:
+    def _route_of(self, r: Request) -> int | None:
         """Where `r` goes under the current membership: the primary of the segment
         its rows lie in (a create: the same holder if it still holds them, else None:
         nothing to do). ServerError when its rows now span segments (a split the
@@ -539,7 +539,7 @@ class IOThread(threading.Thread):
     def _reroute(self, r: Request) -> None:
         """Queue `r` again, routed by the current membership."""
         try:
-            k = self._target(r)
+            k = self._route_of(r)
         except ServerError as e:
             r.handle.set_exception(e)
             return

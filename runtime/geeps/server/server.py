@@ -84,7 +84,7 @@ class Server:
                                 nonfinite=cfg.nonfinite, push_buffer=cfg.push_buffer,
                                 slack=max(0, cfg.consistency.slack), rule_backend=rules,
                                 membership=_membership.initial(
-                                    cfg.servers, getattr(cfg, "replication", 1))
+                                    cfg.servers, cfg.replication)
                                 if cfg.servers else None)
         # One DEALER per server this one forwards its replication stream to (through
         # wire.transport, as every other socket), made when first needed.

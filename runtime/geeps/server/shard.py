@@ -506,7 +506,8 @@ class ShardState:
         if t.lo < t.hi:
             for seg in self.membership.segments(t.n_rows):
                 if seg.lo <= t.lo < seg.hi:
-                    holders = seg.holders if t.hi <= seg.hi else ()
+                    # catchers-up get the stream like a replica (and ack it)
+                    holders = seg.holders + seg.catching if t.hi <= seg.hi else ()
                     break
         t.primary = bool(holders) and holders[0] == self.rank
         t.replicas = tuple(holders[1:]) if t.primary else ()
@@ -833,6 +834,14 @@ class ShardState:
                                   tables={n: t.spec() for n, t in self.tables.items()}))]
 
     def _op_digest(self, peer, rid, h, frames):
+        if "table" in h:        # one segment, at once: a replica's bits against its primary's
+            name, lo = P.field(h, "table", str), P.field(h, "lo", int, minimum=0)
+            t = next((x for x in self._segments_of(name) if x.lo == lo), None)
+            if t is None:
+                raise ProtocolError(f"header field 'lo': server {self.rank} holds no segment "
+                                    f"of table {name!r:.60} starting at row {lo}")
+            return [(peer, P.reply_ok(rid, digest=self.segment_digest(t), clock=t.next,
+                                      primary=t.primary))]
         # Hashing a 1 GiB table takes seconds: it runs a block at a time between other
         # requests (step_background), and its reply goes when it is done. A retry of
         # one still running is told it is (as a parked read's retry is).
@@ -863,6 +872,17 @@ class ShardState:
         return [(peer, P.reply_error(rid, f"server {self.rank}: the state changed while it "
                                           f"was hashed, {DIGEST_TRIES} times; ask for the "
                                           "digest again when the job is quiet"))]
+
+    @staticmethod
+    def segment_digest(t: ShardTable) -> str:
+        """A hash of what a replica must hold equal to its primary: the segment's rows,
+        its rule's state and step count, and the clock it is at."""
+        h = hashlib.sha256()
+        h.update(repr((t.name, t.lo, t.hi, t.next, t.state.step)).encode())
+        feed_array(h, t.rows)
+        for k in sorted(t.state.slots):
+            feed_array(h, t.state.slots[k])
+        return h.hexdigest()
 
     def digest(self) -> str:
         """A hash of everything a request can change: rows, optimizer state, pending
