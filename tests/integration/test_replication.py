@@ -75,3 +75,78 @@ def test_a_request_of_an_old_epoch_is_refused_with_the_membership():
         assert c._io.membership.epoch == 2
         values, _ = c.pull(t)
         np.testing.assert_allclose(values, -0.1)
+
+
+# ---- failover without rollback ---------------------------------------------------------
+CLOCKS = 12
+
+
+def _grad(worker: int, clock: int) -> np.ndarray:
+    rows = np.arange(ROWS, dtype=np.float32)[:, None]
+    return np.repeat(np.sin(rows * 0.01 + clock * 0.1 + worker).astype(np.float32), WIDTH,
+                     axis=1)
+
+
+def send_membership(address: str, m) -> dict:
+    """The tiny stand-in for the coordinator: one `membership` request to one server."""
+    import zmq
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(f"tcp://{address}")
+    try:
+        sock.send_multipart(P.request("membership", 1, membership=m.to_json()))
+        assert sock.poll(10_000), f"{address} did not answer the membership"
+        return P.decode_header(sock.recv_multipart()[0])
+    finally:
+        sock.close()
+
+
+def train(kill_at: int | None = None):
+    """2 workers (threads), 2 servers, replication 2, BSP, CLOCKS clocks of adam; with
+    `kill_at`, server 1 is SIGKILLed once both workers finished that many clocks and
+    server 0 is told (epoch 2) that its replica of server 1's rows is now primary."""
+    import os
+    import signal
+    import threading
+    import time
+    init = np.linspace(-1, 1, ROWS * WIDTH, dtype=np.float32).reshape(ROWS, WIDTH)
+    with Cluster(servers=2, workers=2, timeout=20, GEEPS_REPLICATION="2") as cl:
+        clients = [cl.client(w, replication=2) for w in range(2)]
+        tables = [clients[0].create_table("w", ROWS, WIDTH, "adam", init=init, lr=0.01)]
+        tables.append(clients[1].open_table("w"))
+        progress, errors = [0, 0], []
+
+        def work(w):
+            c, t = clients[w], tables[w]
+            try:
+                while c.clock_value < CLOCKS:
+                    c.push(t, range(ROWS), _grad(w, c.clock_value))
+                    c.clock()
+                    c.pull(t)
+                    progress[w] = c.clock_value
+                    time.sleep(0.05)
+            except BaseException as e:      # noqa: BLE001 -- the test reports it
+                errors.append(e)
+        threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(2)]
+        for th in threads:
+            th.start()
+        if kill_at is not None:
+            wait_for(lambda: min(progress) >= kill_at or errors, 60, what="the kill clock")
+            os.kill(cl.procs[1].pid, signal.SIGKILL)
+            cl.procs[1].wait(10)
+            reply = send_membership(cl.servers[0], ms.fail(ms.initial(cl.servers, 2), 1))
+            assert reply["ok"] and reply["epoch"] == 2, reply
+        for th in threads:
+            th.join(120)
+        assert not errors, errors
+        assert not any(th.is_alive() for th in threads)
+        final = clients[0].pull(tables[0])[0]
+        return final, [c.rollbacks for c in clients], [c._io.failovers for c in clients]
+
+
+def test_a_killed_primary_fails_over_to_its_replica_with_the_same_bits():
+    reference, _, _ = train()
+    final, rollbacks, failovers = train(kill_at=4)
+    assert rollbacks == [0, 0]              # nobody rolled back
+    assert all(f >= 1 for f in failovers), failovers
+    assert final.tobytes() == reference.tobytes()

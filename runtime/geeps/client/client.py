@@ -94,7 +94,7 @@ class Client:
         membership = _membership.initial(self.servers, replication)
         self._io = IOThread(self.servers, config=config, timeout=timeout,
                             wait_timeout=wait_timeout,
-                            host=host, membership=membership)
+                            host=host, membership=membership, worker=worker)
         self._io.on_rollback = self._rolled_back
         self._io.start()
         try:
@@ -299,9 +299,11 @@ class Client:
         # update (an Adam step counts it), so it must arrive as one message.
         for k, rows_hdr, payload, _ in self._split(table, sel, values,
                                                      chunk=self.consistency.per_clock, m=m):
-            if k == self._local:
+            if k == self._local or m.replication > 1:
                 # In memory the shard would keep the caller's own array, which the
                 # caller may change once the push is acknowledged: hand it a copy.
+                # With replicas the push is kept until durable (sent again should
+                # its primary fail), past the point the caller may change it.
                 payload = [np.array(x) for x in payload]
             header = {"table": table.name, "worker": self.worker, "session": self.session,
                       "clock": clock, "rows": rows_hdr}

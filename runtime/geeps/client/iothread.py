@@ -57,6 +57,11 @@ PING_S = 1.0         # ping a quiet shard this often while requests are in fligh
 RESEND_MIN_S = 0.5   # never resend one request more often than this
 PARKED_RESEND_S = 5.0  # nor a read the shard said is parked (it proves it is alive)
 BUSY_RETRY_S = 1.0   # resend a push the shard asked to wait (`busy`) if it says nothing
+# With replicas (membership replication >= 2): a shard silent this long with requests
+# in flight may be gone; another shard is asked for the membership (a failover bumps
+# it) this often, until the silent one answers or the membership drops it.
+SUSPECT_S = 1.5
+ASK_MEMBERSHIP_S = 0.2
 POLL_MS = 100        # the loop's longest sleep: how late a deferred request may leave
 
 
@@ -103,6 +108,12 @@ class _Shard:
         self.ping_sent = 0.0
         self.ping_order = 0
         self.refused: BaseException | None = None   # its CurveZMQ handshake failed
+        self.gone = False              # no longer a member (failed over, or drained)
+        # With replicas: pushes it answered of clocks it has not said are durable
+        # (applied on every holder), kept to send again to the rows' next primary
+        # should it fail; and the clock before which it said all is durable.
+        self.kept: list[Request] = []
+        self.durable = 0
 
     def name(self) -> str:
         return f"server {self.index} ({self.address})"
@@ -111,7 +122,7 @@ class _Shard:
 class IOThread(threading.Thread):
     def __init__(self, servers: Sequence[str], *, config: Config | None = None,
                  timeout: float = 30.0, wait_timeout: float = 600.0, host=None,
-                 membership=None):
+                 membership=None, worker: int = 0):
         """`host`: the geeps.client.hosted.HostedShard this process serves. This thread
         runs its server's loop too, and hands it requests by a function call; the
         other shards are dialled over TCP."""
@@ -119,6 +130,8 @@ class IOThread(threading.Thread):
         self.timeout = timeout
         self.wait_timeout = wait_timeout
         self._ctx = zmq.Context.instance()
+        self._config = config
+        self._worker = worker
         keep_freed_memory()
         local = None if host is None else host.rank
         self._shards = [
@@ -166,6 +179,12 @@ class IOThread(threading.Thread):
         self.cuts_version = 0
         self.epochs_adopted = 0
         self.n_rows: dict[str, int] = {}      # table -> rows, for re-routing
+        self.clocks_sent = 0                  # clock requests this client made
+        self.failovers = 0                    # memberships that moved rows off a shard
+        self._asked_at = 0.0
+        self._ask_next = 0
+        self._poller: zmq.Poller | None = None
+        self._by_sock: dict = {}
 
     # ---- any thread ----------------------------------------------------------------
     def cuts(self, n_rows: int) -> list[int]:
@@ -227,9 +246,9 @@ class IOThread(threading.Thread):
 
     # ---- the I/O thread -------------------------------------------------------------
     def run(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         poller.register(self._rfd, zmq.POLLIN)
-        by_sock = {}
+        by_sock = self._by_sock
         for s in self._shards:
             if s.sock is not None:
                 poller.register(s.sock, zmq.POLLIN)
@@ -245,7 +264,7 @@ class IOThread(threading.Thread):
                 if self._rfd in events:
                     os.read(self._rfd, 65536)
                 self._take_queue()
-                for sock, shard in by_sock.items():
+                for sock, shard in list(by_sock.items()):
                     if sock in events:
                         self._receive(shard)
                 served = host is not None and host.sock in events
@@ -255,7 +274,7 @@ class IOThread(threading.Thread):
                     if mon in events:
                         self._handshake_failed(mon, shard)
                 now = time.monotonic()
-                for shard in self._flush_order:
+                for shard in list(self._flush_order):
                     self._tick(shard, now)
                     self._flush(shard)
                 while self._to_local:      # replies may open the window for more
@@ -310,6 +329,10 @@ class IOThread(threading.Thread):
     def _flush(self, shard: _Shard) -> None:
         if self._recovery is not None:
             return          # user requests wait until the rollback is done
+        if shard.gone:
+            while shard.backlog:
+                self._reroute(shard.backlog.popleft())
+            return
         # What is queued for the shard leaves in as few messages as it can: every
         # message costs each end a wake-up and a trip through its loop, which on a
         # small model is most of what a clock costs. Large values go alone.
@@ -331,6 +354,8 @@ class IOThread(threading.Thread):
                     RolledBack(self._rolled_to, "submitted before the rollback"))
                 continue
             self._prepare(shard, r)
+            if r.op == "clock" and r.internal is None:
+                self.clocks_sent = max(self.clocks_sent, r.header["clock"] + 1)
             n = sum(f.nbytes for f in r.payload)
             if batch and (len(batch) == P.MAX_PARTS or size + n > BATCH_BYTES):
                 self._send_batch(shard, batch)
@@ -433,6 +458,8 @@ class IOThread(threading.Thread):
             return
         if rid is not None and rid == shard.ping_rid:
             shard.ping_rid = None
+            if isinstance(header.get("durable"), int):
+                self._durable(shard, header["durable"])
             self._resend_overtaken(shard, shard.ping_order, now)
             return
         if header.get("resend"):
@@ -447,7 +474,7 @@ class IOThread(threading.Thread):
             del shard.inflight[rid]
             r.handle.set_exception(RolledBack(self._rolled_to, "sent before the rollback"))
             return
-        if header.get("stale") and r.internal is None and r.epoch is not None:
+        if header.get("stale") and r.epoch is not None:
             # Routed by a membership the shard has left: take its newer one, and send
             # the request where that one says.
             del shard.inflight[rid]
@@ -470,9 +497,14 @@ class IOThread(threading.Thread):
             r.parked = not r.busy
             return
         del shard.inflight[rid]
+        if "durable" in header and isinstance(header["durable"], int):
+            self._durable(shard, header["durable"])
         if r.internal is not None:
             r.internal(shard, header)
         elif header.get("ok"):
+            if r.op == "push" and self.membership is not None \
+                    and self.membership.replication > 1:
+                shard.kept.append(r)
             if r.op == "hello":
                 shard.inc = header.get("inc")
             if r.deliver is not None:
@@ -500,11 +532,116 @@ class IOThread(threading.Thread):
             return False
         log.warning("membership epoch %s -> %d", getattr(self.membership, "epoch", None),
                     m.epoch)
-        self.membership = m
+        old, self.membership = self.membership, m
         self._seen.append(m)
         self.cuts_version += 1
         self.epochs_adopted += 1
+        self._membership_changed(old)
         return True
+
+    def _durable(self, shard: _Shard, clock: int) -> None:
+        if clock > shard.durable:
+            shard.durable = clock
+            if shard.kept:
+                shard.kept = [r for r in shard.kept if r.header["clock"] >= clock]
+
+    def _membership_changed(self, old) -> None:
+        """After adopting a newer membership: dial its new servers; what was sent to
+        a server it dropped goes where the rows are now; and the pushes a primary that
+        lost rows had not made durable are sent again to their new primary, followed
+        by a `redo` clock of each such clock to every server (a promoted segment that
+        lags redoes that clock from them; everyone else ignores it)."""
+        m = self.membership
+        for sid, address in sorted(m.servers.items()):
+            self._ensure_shard(sid, address)
+        resend: list[Request] = []
+        lowest = None
+        for s in self._shards:
+            if s.gone:
+                continue
+            if s.index not in m.servers and s.sock is not None:
+                s.gone = True
+                moved = [r for r in list(s.inflight.values()) + list(s.backlog)
+                         if r.internal is None]
+                s.inflight.clear()
+                s.backlog.clear()
+                s.ping_rid = None
+                self._flush_order = [x for x in self._flush_order if x is not s]
+                self._by_sock.pop(s.sock, None)
+                if self._poller is not None:
+                    self._poller.unregister(s.sock)
+                s.sock.close(linger=0)
+                for r in moved:
+                    self._reroute(r)
+                log.warning("%s left the membership (epoch %d); its requests re-routed",
+                            s.name(), m.epoch)
+            keep = []
+            for r in s.kept:
+                try:
+                    k = self._route_of(r)
+                except ServerError:
+                    k = None
+                if k is not None and k != s.index:
+                    resend.append(r)
+                    lowest = s.durable if lowest is None else min(lowest, s.durable)
+                elif not s.gone:
+                    keep.append(r)
+            s.kept = keep
+            if s.gone and lowest is None:
+                lowest = s.durable
+        if lowest is None:
+            return
+        self.failovers += 1
+        for r in sorted(resend, key=lambda r: r.header["clock"]):
+            again = Request(r.shard, "push", dict(r.header, redo=True), r.payload, seq=True,
+                            internal=self._on_redone)
+            again.epoch = m.epoch
+            self._reroute(again)
+        for c in range(lowest, self.clocks_sent):
+            for sid in sorted(m.servers):
+                r = Request(sid, "clock", {"worker": self._worker, "clock": c, "redo": True},
+                            internal=self._on_redone)
+                r.epoch = m.epoch
+                self._shards[sid].backlog.append(r)
+
+    def _on_redone(self, shard: _Shard, header: dict) -> None:
+        if not header.get("ok"):
+            log.warning("%s refused a re-sent request: %s", shard.name(), header.get("error"))
+
+    def _ensure_shard(self, sid: int, address: str) -> None:
+        """A connection to member `sid` (a server that joined after this client
+        started)."""
+        while len(self._shards) <= sid:
+            placeholder = _Shard(len(self._shards), "not a member", None)
+            placeholder.gone = True
+            self._shards.append(placeholder)
+        s = self._shards[sid]
+        if not s.gone:
+            return
+        s.address, s.gone = address, False
+        s.sock = connect_dealer(self._ctx, f"tcp://{address}", self._config)
+        s.last_heard = time.monotonic()
+        self._flush_order.insert(0, s)
+        self._by_sock[s.sock] = s
+        if self._poller is not None:
+            self._poller.register(s.sock, zmq.POLLIN)
+
+    def _suspect(self, shard: _Shard, now: float) -> None:
+        """`shard` has been silent with requests in flight: ask another member for
+        the membership (a failover of it shows there)."""
+        if now - self._asked_at < ASK_MEMBERSHIP_S:
+            return
+        others = [s for s in self._shards if not s.gone and s is not shard
+                  and s.index in self.membership.servers]
+        if not others:
+            return
+        self._asked_at = now
+        self._ask_next = (self._ask_next + 1) % len(others)
+        self._internal(others[self._ask_next], "membership", {}, self._on_membership)
+
+    def _on_membership(self, shard: _Shard, header: dict) -> None:
+        if header.get("ok") and "membership" in header:
+            self._adopt(header["membership"])
 
     def _route_of(self, r: Request) -> int | None:
         """Where `r` goes under the current membership: the primary of the segment
@@ -541,14 +678,20 @@ class IOThread(threading.Thread):
         try:
             k = self._route_of(r)
         except ServerError as e:
-            r.handle.set_exception(e)
+            if r.handle is not None:
+                r.handle.set_exception(e)
+            else:
+                log.warning("%s", e)
             return
         if k is None:       # nothing left to do there: a part that says so
-            r.handle.set_part(r.part, ({"ok": True, "rerouted": None}, []))
+            if r.handle is not None:
+                r.handle.set_part(r.part, ({"ok": True, "rerouted": None}, []))
             return
         r.shard, r.epoch = k, self.membership.epoch
         r.busy = r.parked = r.unsent = False
-        self._shards[k].backlog.appendleft(r)
+        if r.op == "push":      # see ShardState._op_push: counted once, wherever it lands
+            r.header = dict(r.header, redo=True)
+        self._shards[k].backlog.append(r)
 
     def _resend_overtaken(self, shard: _Shard, order: int, now: float) -> None:
         """Requests sent before one that was just answered lost their request or reply."""
@@ -566,8 +709,11 @@ class IOThread(threading.Thread):
                 self._send(shard, r)
 
     def _tick(self, shard: _Shard, now: float) -> None:
-        if not shard.inflight:
+        if not shard.inflight or shard.gone:
             return
+        if now - shard.last_heard > SUSPECT_S and self.membership is not None \
+                and self.membership.replication > 1:
+            self._suspect(shard, now)
         if now - shard.last_heard > self.timeout:
             self._fail_shard(shard, ServerUnreachable(
                 f"{shard.name()} did not answer for {self.timeout:g} s "

@@ -723,9 +723,8 @@ class ShardState:
         """A `clock` with `redo`: worker w sent again every push of `clock` that a
         failed primary had not made durable. A promoted segment redoing that clock
         counts it finished there; once every worker is, the clock applies."""
-        if clock >= self.done[w]:
-            raise ProtocolError(f"header field 'clock': a redo of clock {clock} by worker "
-                                f"{w}, which has not finished it (at clock {self.done[w]})")
+        if clock >= self.done[w]:       # its clock here is still to come: that counts it
+            return [(peer, P.reply_ok(rid, min_clock=self.min_clock, durable=self.durable()))]
         out = []
         for t in list(self.tables.values()):
             if t.redo != clock or w in t.redone:
@@ -1390,24 +1389,47 @@ class ShardState:
         gone are no longer waited for."""
         old, self.membership = self.membership, new
         promoted = 0
-        for t in self.tables.values():
+        out = []
+        for key, t in list(self.tables.items()):
             was = t.primary
             self._place(t)
+            if not t.primary and not self._holds(t):
+                del self.tables[key]        # no longer held here (drained, or moved)
             if t.primary and not was:
                 promoted += 1
                 if t.per_clock and t.next < max(self.done):
                     t.redo, t.redone = t.next, set()
+            elif was and not t.primary:
+                # Demoted: the new primary sums the clocks not applied here from the
+                # pushes the workers send it again; reads go there.
+                t.pending.clear()
+                t.unacked.clear()
+                t.applied.clear()
+                t.redo = None
+        keep = []
+        for p in self.parked:       # reads of rows served elsewhere now: re-routed
+            t = self.tables.get(p.key or p.table) if isinstance(p, ParkedPull) else None
+            if isinstance(p, ParkedPull) and (t is None or not t.primary):
+                out.append((p.peer, self._epoch_refusal(p.rid, {"epoch": old.epoch})))
+            else:
+                keep.append(p)
+        self.parked = keep
         self.peer_sent = {k: v for k, v in self.peer_sent.items() if v[0] in new.servers}
         self.peer_retry = [e for e in self.peer_retry if e[1] in new.servers]
         if promoted:
             self.failovers += 1
         log.warning("server %d: membership epoch %d -> %d (%d segments promoted here)",
                     self.rank, old.epoch, new.epoch, promoted)
-        out = []
         for t in list(self.tables.values()):
             if t.redo is not None:
                 out += self._catch_up(t)
         return out + self._release()
+
+    def _holds(self, t: ShardTable) -> bool:
+        """Whether the membership has this shard hold (or catch up on) t's rows."""
+        return t.lo == t.hi or any(
+            g.lo <= t.lo and t.hi <= g.hi or (g.lo < t.hi and t.lo < g.hi)
+            for g in self.membership.held_by(self.rank, t.n_rows))
 
     def _ready(self) -> bool:
         """Whether this shard holds every segment its membership gives it."""
