@@ -499,12 +499,12 @@ class IOThread(threading.Thread):
         del shard.inflight[rid]
         if "durable" in header and isinstance(header["durable"], int):
             self._durable(shard, header["durable"])
+        if r.op == "push" and header.get("ok") and self.membership is not None \
+                and self.membership.replication > 1:
+            shard.kept.append(r)
         if r.internal is not None:
-            r.internal(shard, header)
+            r.internal(shard, header, payload)
         elif header.get("ok"):
-            if r.op == "push" and self.membership is not None \
-                    and self.membership.replication > 1:
-                shard.kept.append(r)
             if r.op == "hello":
                 shard.inc = header.get("inc")
             if r.deliver is not None:
@@ -604,7 +604,7 @@ class IOThread(threading.Thread):
                 r.epoch = m.epoch
                 self._shards[sid].backlog.append(r)
 
-    def _on_redone(self, shard: _Shard, header: dict) -> None:
+    def _on_redone(self, shard: _Shard, header: dict, payload=()) -> None:
         if not header.get("ok"):
             log.warning("%s refused a re-sent request: %s", shard.name(), header.get("error"))
 
@@ -639,7 +639,7 @@ class IOThread(threading.Thread):
         self._ask_next = (self._ask_next + 1) % len(others)
         self._internal(others[self._ask_next], "membership", {}, self._on_membership)
 
-    def _on_membership(self, shard: _Shard, header: dict) -> None:
+    def _on_membership(self, shard: _Shard, header: dict, payload=()) -> None:
         if header.get("ok") and "membership" in header:
             self._adopt(header["membership"])
 
@@ -666,7 +666,7 @@ class IOThread(threading.Thread):
             n_rows = self.n_rows.get(r.header.get("table"))
         segs = m.segments(n_rows) if n_rows is not None else []
         seg = next((g for g in segs if g.lo <= lo < g.hi), None)
-        if seg is None or hi > seg.hi:
+        if seg is None or hi > seg.hi or any(lo < c < hi for c in self.cuts(n_rows)):
             raise ServerError(f"rows [{lo}, {hi}) of table {r.header.get('table')!r} span "
                               f"segments of membership epoch {m.epoch}; request them again")
         if r.op == "create":
@@ -678,7 +678,9 @@ class IOThread(threading.Thread):
         try:
             k = self._route_of(r)
         except ServerError as e:
-            if r.handle is not None:
+            if r.op in ("push", "pull") and "range" in (r.header.get("rows") or {}):
+                self._split_request(r)
+            elif r.handle is not None:
                 r.handle.set_exception(e)
             else:
                 log.warning("%s", e)
@@ -692,6 +694,56 @@ class IOThread(threading.Thread):
         if r.op == "push":      # see ShardState._op_push: counted once, wherever it lands
             r.header = dict(r.header, redo=True)
         self._shards[k].backlog.append(r)
+
+    def _split_request(self, r: Request) -> None:
+        """Send a range push or pull whose rows now lie in several segments as one
+        request per segment; `r` completes when all of them did (a pull's rows put
+        back together in order first)."""
+        lo, hi = r.header["rows"]["range"]
+        name = r.header.get("table")
+        n_rows = self.n_rows.get(name)
+        cuts = [c for c in self.cuts(n_rows) if lo < c < hi] if n_rows else []
+        bounds = [lo, *cuts, hi]
+        m = self.membership
+        segs = m.segments(n_rows)
+        state = {"left": len(bounds) - 1, "failed": False, "vals": {}, "clock": None}
+
+        def done(i, shard, header, payload):
+            if state["failed"]:
+                return
+            if not header.get("ok"):
+                state["failed"] = True
+                err = ServerError(f"{shard.name()}: {header.get('error')}")
+                if r.handle is not None:
+                    r.handle.set_exception(err)
+                return
+            if r.op == "pull":
+                state["vals"][i] = bytes(memoryview(payload[0])) if payload else b""
+                c = header.get("clock")
+                state["clock"] = c if state["clock"] is None else min(state["clock"], c)
+            state["left"] -= 1
+            if state["left"] or r.handle is None:
+                return
+            out = dict(header)
+            if r.op == "pull":
+                out["clock"] = state["clock"]
+                joined = b"".join(state["vals"][j] for j in sorted(state["vals"]))
+                try:
+                    r.deliver(out, [joined])
+                except Exception as e:      # noqa: BLE001 -- the caller hears it
+                    r.handle.set_exception(ServerError(f"bad reply to {r.op}: {e}"))
+                    return
+            r.handle.set_part(r.part, (out, []))
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            k = next(g.primary for g in segs if g.lo <= a < g.hi)
+            header = dict(r.header, rows={"range": [a, b]})
+            payload = [r.payload[-1][a - lo:b - lo]] if r.op == "push" else []
+            if r.op == "push":
+                header["redo"] = True
+            piece = Request(k, r.op, header, payload, seq=r.seq,
+                            internal=lambda sh, h, p, i=i: done(i, sh, h, p))
+            piece.epoch = m.epoch
+            self._shards[k].backlog.append(piece)
 
     def _resend_overtaken(self, shard: _Shard, order: int, now: float) -> None:
         """Requests sent before one that was just answered lost their request or reply."""
@@ -776,11 +828,11 @@ class IOThread(threading.Thread):
         r = Request(shard.index, op, header, internal=callback)
         self._send_new(shard, r)
 
-    def _on_checkpoints(self, shard: _Shard, header: dict) -> None:
+    def _on_checkpoints(self, shard: _Shard, header: dict, payload=()) -> None:
         if self._recovery is not None:
             self._take(self._recovery.on_checkpoints(shard.index, shard.name(), header))
 
-    def _on_restored(self, shard: _Shard, header: dict) -> None:
+    def _on_restored(self, shard: _Shard, header: dict, payload=()) -> None:
         if self._recovery is None:
             return
         if header.get("ok"):

@@ -85,12 +85,13 @@ class Server:
                                 slack=max(0, cfg.consistency.slack), rule_backend=rules,
                                 membership=_membership.initial(
                                     cfg.servers, cfg.replication)
-                                if cfg.servers else None)
+                                if cfg.servers and not cfg.join else None,
+                                joining=cfg.join)
         # One DEALER per server this one forwards its replication stream to (through
         # wire.transport, as every other socket), made when first needed.
         self._peers: dict[int, tuple[str, zmq.Socket]] = {}
         self._poller: zmq.Poller | None = None
-        if cfg.checkpoint_dir:
+        if cfg.checkpoint_dir and not cfg.join:     # a joiner fetches its rows instead
             self._restore_newest()
         self.state.send_early = self._send
         if metrics is not None:
@@ -169,7 +170,8 @@ class Server:
             while not self._stop.is_set():
                 # Background work (a digest) goes a block per turn, between requests.
                 ready = dict(poller.poll(0 if self.state.background else
-                                        PEER_POLL_MS if self.state.peer_retry else POLL_MS))
+                                        PEER_POLL_MS if self.state.peer_retry or self.state.fetch_retry_at
+                                        is not None else POLL_MS))
                 if self.sock in ready:
                     self.drain()
                 self.after_poll(bool(ready))
@@ -204,6 +206,8 @@ class Server:
         st = self.state
         if st.peer_retry:
             st.due_peer_retries(time.monotonic())
+        if st.fetch_retry_at is not None:
+            self._send(st.due_fetches(time.monotonic()))
         while st.outbox:
             sid, frames = st.outbox.pop(0)
             sock = self._peer(sid)
@@ -225,7 +229,7 @@ class Server:
                     log.warning("server %d: server %d sent a malformed reply: %s",
                                 self.cfg.rank, sid, e)
                     continue
-                self._send(st.on_peer_reply(sid, header))
+                self._send(st.on_peer_reply(sid, header, frames))
         if st.membership is not None:
             for sid in [s for s in self._peers if s not in st.membership.servers]:
                 self._drop_peer(sid)
@@ -289,7 +293,7 @@ class Server:
         return bool(self.state.background)
 
     def after_poll(self, handled: bool) -> None:
-        if self.state.outbox or self._peers:
+        if self.state.outbox or self._peers or self.state.fetch_retry_at is not None:
             self._pump_peers()
         if self.state.background:
             self._send(self.state.step_background())

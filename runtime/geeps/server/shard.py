@@ -53,6 +53,8 @@ READ_ONLY_OPS = frozenset({"pull", "ping", "stats", "digest", "checkpoints", "op
 # first is filed under the table's name): a character no table name may hold.
 SEGMENT_SEP = "\x00"
 PEER_RETRY_S = 0.02     # a replica behind on the membership hears the stream again after
+FETCH_RETRY_S = 0.1     # a fetch a holder could not answer yet is asked again after
+MAX_EARLY_STREAM = 1024  # stream messages kept for rows still being fetched
 
 
 def _new_inc() -> str:
@@ -217,8 +219,14 @@ class ShardState:
                  wait_timeout: float = float("inf"), peer_parked: int | None = None,
                  nonfinite: str = "reject", push_buffer: int | None = None,
                  slack: int = 0, rule_backend=None,
-                 membership: "_membership.Membership | None" = None):
+                 membership: "_membership.Membership | None" = None,
+                 joining: bool = False):
         self.rank = rank
+        # A server added to a running job (GEEPS_JOIN): it holds nothing and serves
+        # nothing until the coordinator's membership gives it rows, which it fetches;
+        # the workers' clocks it learns from the holders it fetches from and from the
+        # workers' own clock requests.
+        self.joining = joining
         # Who holds which rows (geeps.job.membership), None: no epochs (a bare state in
         # a unit test, one shard per contiguous range as the clients say).
         self.membership = membership
@@ -285,6 +293,17 @@ class ShardState:
         # a replica said it is behind for, to send again: (when, server id, frames).
         self.peer_sent: dict[int, tuple[int, list]] = {}
         self.peer_retry: list[tuple[float, int, list]] = []
+        # Catching up (fetch): the tables there are (name -> spec), whether another
+        # member told us, the fetches in flight, and stream messages for rows not here
+        # yet (applied once they are).
+        self.catalog: dict[str, dict] = {}
+        # A server that was there when the tables were made got a create of each table
+        # it holds rows of; a joiner asks another member.
+        self.catalog_known = not joining
+        self.fetching: set = set()
+        self.fetch_retry_at: float | None = None
+        self.early_stream: list = []
+        self.clocks_heard: set[int] = set()   # workers whose clock a joiner has seen
 
     @property
     def min_clock(self) -> int:
@@ -463,6 +482,7 @@ class ShardState:
         want.state = RuleState(rule, hyper, want.rows.shape, self.rule_backend)
         want.rows = want.state.hold(want.rows)
         want.key, want.next, want.begun = key, self.min_clock, self.min_clock - 1
+        self.catalog.setdefault(name, want.spec())
         self._place(want)
         self.tables[key] = want
         log.info("created table %s rows %d..%d of %d, width %d, rule %s",
@@ -512,7 +532,7 @@ class ShardState:
         t.primary = bool(holders) and holders[0] == self.rank
         t.replicas = tuple(holders[1:]) if t.primary else ()
         for c in list(t.unacked):       # acks owed by servers that hold it no more
-            t.unacked[c] &= set(t.replicas)
+            t.unacked[c] = {w for w in t.unacked[c] if w[0] in t.replicas}
             if not t.unacked[c]:
                 del t.unacked[c]
 
@@ -753,6 +773,9 @@ class ShardState:
         clock = P.field(h, "clock", int, minimum=0)
         if "redo" in h and P.field(h, "redo", bool):
             return self._op_redo(peer, rid, w, clock)
+        if clock > self.done[w] and self.joining and w not in self.clocks_heard:
+            self.done[w] = clock        # joined mid-run: the worker's clock starts here
+        self.clocks_heard.add(w)
         if clock > self.done[w]:
             raise ProtocolError(f"header field 'clock': worker {w} cannot finish clock {clock} "
                                 f"while at clock {self.done[w]}")
@@ -822,7 +845,8 @@ class ShardState:
 
     # ---- introspection ------------------------------------------------------------------
     def _op_ping(self, peer, rid, h, frames):
-        extra = {} if self.membership is None else {
+        extra = {"epoch": 0, "ready": False} if self.membership is None and self.joining \
+            else {} if self.membership is None else {
             "epoch": self.membership.epoch, "ready": self._ready(), "durable": self.durable()}
         return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base, cause=self.last_cause,
                                   **extra))]
@@ -1220,32 +1244,46 @@ class ShardState:
                           scratch=True, count=not counted)
 
     # ---- replication (issue 16) ------------------------------------------------------
+    def _held_ranges(self, sid: int, t: ShardTable) -> list[tuple[int, int]]:
+        """The parts of t's rows server `sid` holds or catches up on (merged)."""
+        out: list[tuple[int, int]] = []
+        for g in self.membership.segments(t.n_rows):
+            a, b = max(g.lo, t.lo), min(g.hi, t.hi)
+            if a < b and (sid in g.holders or sid in g.catching):
+                if out and out[-1][1] == a:
+                    out[-1] = (out[-1][0], b)
+                else:
+                    out.append((a, b))
+        return out
+
     def _forward(self, t: ShardTable, clock: int, acc, starts, ends, counted: bool) -> None:
         """Send clock `clock`'s sum of `t`'s rows (before it is applied: the update
-        scales it in place) to each replica; reads of the next clock wait for their
-        acks (durable). A clock no one pushed to goes too, so the replicas' clocks
-        and step counts move with the primary's."""
+        scales it in place) to each replica and catcher-up, the rows each holds; reads
+        of the next clock wait for their acks (durable). A clock no one pushed to goes
+        too, so the replicas' clocks and step counts move with the primary's."""
         if not t.replicas or self.membership is None:
             return
         if acc is None or starts is None or not len(starts):
             starts = ends = np.zeros(0, np.int64)
-            values = np.zeros((0, t.row_width), np.float32)
-        else:
-            starts = np.ascontiguousarray(starts, dtype="<i8")
-            ends = np.ascontiguousarray(ends, dtype="<i8")
-            values = np.ascontiguousarray(acc[run_rows(starts, ends)], dtype=np.float32) \
-                if len(starts) > 1 else np.array(acc[int(starts[0]):int(ends[0])])
-        t.unacked[clock] = set(t.replicas)
+        starts = np.ascontiguousarray(starts, dtype="<i8")
+        ends = np.ascontiguousarray(ends, dtype="<i8")
+        waiting = set()
+        sent = 0
         for sid in t.replicas:
-            self._peer_rid += 1
-            frames = P.request("replicate", self._peer_rid, [starts, ends, values],
-                               table=t.name, lo=t.lo, hi=t.hi, clock=clock,
-                               counted=counted, runs=len(starts), origin=self.rank,
-                               epoch=self.membership.epoch)
-            self.peer_sent[self._peer_rid] = (sid, frames)
-            self.outbox.append((sid, frames))
-        self.stats["forwarded_bytes"] = self.stats.get("forwarded_bytes", 0) + \
-            values.nbytes * len(t.replicas)
+            for a, b in self._held_ranges(sid, t):
+                s, e, values = _clip_runs(starts, ends, acc, a - t.lo, b - t.lo, t.row_width)
+                self._peer_rid += 1
+                frames = P.request("replicate", self._peer_rid, [s, e, values],
+                                   table=t.name, lo=a, hi=b, clock=clock, counted=counted,
+                                   runs=len(s), origin=self.rank,
+                                   epoch=self.membership.epoch)
+                self.peer_sent[self._peer_rid] = (sid, frames)
+                self.outbox.append((sid, frames))
+                waiting.add((sid, a))
+                sent += values.nbytes
+        if waiting:
+            t.unacked[clock] = waiting
+        self.stats["forwarded_bytes"] = self.stats.get("forwarded_bytes", 0) + sent
 
     def _op_replicate(self, peer, rid, h, frames):
         if self.membership is None:
@@ -1261,70 +1299,126 @@ class ShardState:
         n = P.field(h, "runs", int, minimum=0)
         if epoch > self.membership.epoch:
             return [(peer, P.reply_error(rid, behind=True, epoch=self.membership.epoch,
-                                                error=f"server {self.rank} is at epoch "
-                                                      f"{self.membership.epoch}, the stream "
-                                                      f"at {epoch}: send again"))]
-        t = next((x for x in self._segments_of(name) if x.lo == lo and x.hi == hi), None)
-        if t is None:
-            raise ProtocolError(f"header fields 'table'/'lo'/'hi': server {self.rank} holds no "
-                                f"segment [{lo}, {hi}) of table {name!r:.60}")
-        seg = next((g for g in self.membership.segments(t.n_rows) if g.lo <= lo < g.hi), None)
-        if t.primary or seg is None or seg.primary != origin or self.rank not in seg.holders:
-            raise ProtocolError(f"header field 'origin': server {origin} is not the primary "
-                                f"of rows [{lo}, {hi}) of table {name!r:.60} with server "
-                                f"{self.rank} a replica, in epoch {self.membership.epoch}")
+                                         error=f"server {self.rank} is at epoch "
+                                               f"{self.membership.epoch}, the stream at "
+                                               f"{epoch}: send again"))]
+        if not lo < hi:
+            raise ProtocolError(f"header fields 'lo'/'hi': [{lo}, {hi}) holds no rows")
         P.expect_frames(frames, 4, "replicate")
         starts, ends = P.ids_frame(frames[1], 1, n), P.ids_frame(frames[2], 2, n)
-        if n and (starts.min() < 0 or ends.max() > len(t.rows) or (ends <= starts).any()
+        if n and (starts.min() < 0 or ends.max() > hi - lo or (ends <= starts).any()
                   or (starts[1:] < ends[:-1]).any()):
             raise ProtocolError(f"frames 1-2 (runs): not sorted disjoint runs within the "
-                                f"{len(t.rows)} rows of the segment")
-        values = P.values_frame(frames[3], 3, int((ends - starts).sum()) if n else 0,
-                                t.row_width)
-        if clock < t.next:                  # a resend of one applied already
+                                f"{hi - lo} rows [{lo}, {hi})")
+        segs = self._segments_of(name)
+        width = segs[0].row_width if segs else None
+        n_rows = segs[0].n_rows if segs else None
+        if n_rows is None:
+            n_rows = self.catalog.get(name, {}).get("n_rows")
+            width = self.catalog.get(name, {}).get("row_width")
+        if n_rows is None or hi > n_rows:
+            if self._catching_any(name):
+                return self._buffer_stream(peer, rid, h, frames)
+            raise ProtocolError(f"header field 'table': server {self.rank} holds no rows of "
+                                f"table {name!r:.60}")
+        seg = next((g for g in self.membership.segments(n_rows) if g.lo <= lo < g.hi), None)
+        if seg is None or seg.primary != origin or not (
+                self.rank in seg.holders or self.rank in seg.catching):
+            raise ProtocolError(f"header field 'origin': server {origin} is not the primary "
+                                f"of rows [{lo}, {hi}) of table {name!r:.60} with server "
+                                f"{self.rank} a holder, in epoch {self.membership.epoch}")
+        values = P.values_frame(frames[3], 3, int((ends - starts).sum()) if n else 0, width)
+        mine = sorted((x for x in segs if lo <= x.lo and x.hi <= hi), key=lambda x: x.lo)
+        at = lo
+        for x in mine:
+            at = x.hi if x.lo == at else at
+        if at != hi:            # not (all) here yet: a fetch of them is under way
+            return self._buffer_stream(peer, rid, h, frames)
+        if any(x.primary for x in mine):
+            raise ProtocolError(f"header fields 'lo'/'hi': server {self.rank} is the "
+                                f"primary of rows of [{lo}, {hi}) of table {name!r:.60}")
+        nexts = {x.next for x in mine}
+        if max(nexts) > clock and min(nexts) <= clock:
+            raise ProtocolError(f"header field 'clock': segments of [{lo}, {hi}) are at "
+                                f"clocks {sorted(nexts)}, got clock {clock}")
+        if min(nexts) > clock:             # a resend of one applied already
             return [(peer, P.reply_ok(rid, acked=clock))]
-        if clock > t.next:
-            raise ProtocolError(f"header field 'clock': replica of rows [{lo}, {hi}) of "
-                                f"table {name!r:.60} is at clock {t.next}, got clock {clock}")
-        t.next, t.begun = clock + 1, clock
-        if n:
-            acc = t.alloc()
-            at = 0
-            for a, b in zip(starts.tolist(), ends.tolist()):
-                acc[a:b] = values[at:at + b - a]
-                at += b - a
-            self.before_write(t)
-            self._apply_sum(t, acc, starts, ends, counted, False)
-            if not t.free:
-                t.free.append(acc)
+        if max(nexts) < clock:             # missed clocks: fetched too early; again
+            for x in mine:
+                del self.tables[x.key]
+            return self._buffer_stream(peer, rid, h, frames) + self._catch_up_rows()
+        for x in mine:
+            s, e, v = _clip_runs(starts, ends, values, x.lo - lo, x.hi - lo, width,
+                                 packed=True)
+            x.next, x.begun = clock + 1, clock
+            if len(s):
+                acc = x.alloc()
+                k = 0
+                for a, b in zip(s.tolist(), e.tolist()):
+                    acc[a:b] = v[k:k + b - a]
+                    k += b - a
+                self.before_write(x)
+                self._apply_sum(x, acc, s, e, counted, False)
+                if not x.free:
+                    x.free.append(acc)
         self.stats["replicated"] = self.stats.get("replicated", 0) + 1
         self.stats["replica_bytes"] = self.stats.get("replica_bytes", 0) + values.nbytes
         return [(peer, P.reply_ok(rid, acked=clock))]
 
-    def on_peer_reply(self, sid: int, header: dict, now: float | None = None) -> list[Reply]:
-        """A replica's answer to what _forward sent it: an ack makes the clock durable
-        once every replica's is in (and answers the reads waiting for it); `behind`
-        (it has not heard of this epoch yet) sends it again shortly."""
+    def _catching_any(self, name: str) -> bool:
+        """Whether this shard is fetching rows (of `name`, or any while it knows no
+        tables): the stream for them waits until they are here."""
+        return bool(self.fetching) or not self.tables
+
+    def _buffer_stream(self, peer, rid, h, frames) -> list[Reply]:
+        """Keep a stream message for rows still being fetched; it is applied (and
+        acknowledged) once they are here."""
+        if len(self.early_stream) >= MAX_EARLY_STREAM:
+            raise ProtocolError(f"server {self.rank}: {MAX_EARLY_STREAM} replication "
+                                "messages wait for rows still being fetched")
+        self.early_stream.append((peer, rid, h, [bytes(memoryview(f)) for f in frames]))
+        return []
+
+    def _replay_stream(self) -> list[Reply]:
+        waiting, self.early_stream = self.early_stream, []
+        out = []
+        for peer, rid, h, frames in waiting:
+            out += self.dispatch(peer, h, frames)
+        return out
+
+    def on_peer_reply(self, sid: int, header: dict, frames: list = (),
+                      now: float | None = None) -> list[Reply]:
+        """Another server's answer to what this one sent it: a replica's ack makes the
+        clock durable once every replica's is in (and answers the reads waiting for
+        it); rows fetched become segments here; `behind` (it has not heard of this
+        epoch yet) sends it again shortly."""
         sent = self.peer_sent.pop(header.get("id"), None)
         if sent is None or sent[0] != sid:
             return []
+        h = P.decode_header(sent[1][0])
+        now = time.monotonic() if now is None else now
+        if h["op"] == "fetch":
+            return self._on_fetched(sid, h, header, list(frames[1:]) if frames else [], now)
         if header.get("ok") and "acked" in header:
-            h = P.decode_header(sent[1][0])
-            t = next((x for x in self._segments_of(h["table"]) if x.lo == h["lo"]), None)
-            if t is not None and h["clock"] in t.unacked:
-                t.unacked[h["clock"]].discard(sid)
-                if not t.unacked[h["clock"]]:
-                    del t.unacked[h["clock"]]
-                return self._release()
-            return []
+            out = []
+            for t in self._segments_of(h["table"]):
+                if t.primary and t.lo <= h["lo"] < t.hi and h["clock"] in t.unacked:
+                    t.unacked[h["clock"]].discard((sid, h["lo"]))
+                    if not t.unacked[h["clock"]]:
+                        del t.unacked[h["clock"]]
+                        out = self._release()
+            return out
         if header.get("behind"):
-            self.peer_sent[header["id"]] = sent
-            self.peer_retry.append(((time.monotonic() if now is None else now)
-                                    + PEER_RETRY_S, sid, sent[1]))
+            self._retry_peer(sid, sent[1], now)
             return []
         log.warning("server %d: server %d refused the replication stream: %s", self.rank,
                     sid, header.get("error"))
         return []
+
+    def _retry_peer(self, sid: int, frames: list, now: float, after: float = PEER_RETRY_S):
+        h = P.decode_header(frames[0])
+        self.peer_sent[h["id"]] = (sid, frames)
+        self.peer_retry.append((now + after, sid, frames))
 
     def due_peer_retries(self, now: float) -> None:
         """Move the messages whose retry time came into the outbox."""
@@ -1335,6 +1429,116 @@ class ShardState:
             else:
                 keep.append((when, sid, frames))
         self.peer_retry = keep
+
+    # ---- fetch: catching up on rows another server holds (issue 16) -------------------
+    def _send_peer(self, sid: int, op: str, payload=(), **fields) -> None:
+        self._peer_rid += 1
+        frames = P.request(op, self._peer_rid, list(payload), **fields)
+        self.peer_sent[self._peer_rid] = (sid, frames)
+        self.outbox.append((sid, frames))
+
+    def _catch_up_rows(self) -> list[Reply]:
+        """Fetch what the membership gives this shard and it does not hold: first the
+        tables there are (from another member, when it knows none), then each range
+        from a holder that has it."""
+        m = self.membership
+        if m is None:
+            return []
+        others = [s for s in sorted(m.servers) if s != self.rank]
+        if not others:
+            return []
+        if not self.catalog_known:
+            if "catalog" not in self.fetching:
+                self.fetching.add("catalog")
+                self._send_peer(others[0], "fetch", epoch=m.epoch)
+            return []
+        for name, spec in sorted(self.catalog.items()):
+            have = [(t.lo, t.hi) for t in self._segments_of(name)]
+            for g in m.held_by(self.rank, spec["n_rows"]):
+                for a, b in _uncovered(have, g.lo, g.hi):
+                    src = next((x for x in g.holders if x != self.rank), None)
+                    key = (name, a, b)
+                    if src is None or key in self.fetching:
+                        continue
+                    self.fetching.add(key)
+                    self._send_peer(src, "fetch", table=name, lo=a, hi=b, epoch=m.epoch)
+        return []
+
+    def _op_fetch(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "fetch")
+        if self.membership is None:
+            raise ProtocolError(f"server {self.rank} runs without a membership")
+        epoch = P.field(h, "epoch", int, minimum=1)
+        if epoch > self.membership.epoch:
+            return [(peer, P.reply_error(rid, behind=True, epoch=self.membership.epoch,
+                                         error=f"server {self.rank} is at epoch "
+                                               f"{self.membership.epoch}: ask again"))]
+        if "table" not in h:        # the catalog: every table this shard knows
+            specs = {t.name: t.spec() for t in self.tables.values()}
+            return [(peer, P.reply_ok(rid, tables=[specs[k] for k in sorted(specs)],
+                                      done=self.done))]
+        name = P.field(h, "table", str)
+        lo = P.field(h, "lo", int, minimum=0)
+        hi = P.field(h, "hi", int, minimum=0)
+        mine = sorted((t for t in self._segments_of(name) if t.lo < hi and lo < t.hi),
+                      key=lambda t: t.lo)
+        if lo >= hi or _uncovered([(t.lo, t.hi) for t in mine], lo, hi):
+            raise ProtocolError(f"header fields 'lo'/'hi': server {self.rank} does not hold "
+                                f"all of rows [{lo}, {hi}) of table {name!r:.60}")
+        pieces, payload = [], []
+        for t in mine:
+            a, b = max(lo, t.lo), min(hi, t.hi)
+            pieces.append({"lo": a, "hi": b, "next": t.next, "step": t.state.step,
+                           "slots": sorted(t.state.slots)})
+            payload.append(np.array(t.rows[a - t.lo:b - t.lo]))
+            for k in sorted(t.state.slots):
+                payload.append(np.array(t.state.slots[k][a - t.lo:b - t.lo]))
+        self.stats["fetched_bytes"] = self.stats.get("fetched_bytes", 0) + \
+            sum(x.nbytes for x in payload)
+        return [(peer, P.reply_ok(rid, payload, spec=mine[0].spec(), pieces=pieces))]
+
+    def _on_fetched(self, sid: int, req: dict, header: dict, frames: list,
+                    now: float) -> list[Reply]:
+        key = "catalog" if "table" not in req else (req["table"], req["lo"], req["hi"])
+        if not header.get("ok"):
+            if req.get("epoch") == getattr(self.membership, "epoch", None):
+                # behind, or the holder is itself still catching up: ask again shortly
+                self.fetching.discard(key)
+                self.fetch_retry_at = now + FETCH_RETRY_S
+            return []
+        self.fetching.discard(key)
+        if key == "catalog":
+            for spec in header.get("tables") or []:
+                self.catalog.setdefault(spec["table"], spec)
+            self.catalog_known = True
+            done = header.get("done")
+            if self.joining and isinstance(done, list) and len(done) == self.num_workers:
+                self.done = [max(a, int(b)) for a, b in zip(self.done, done)]
+            return self._catch_up_rows()
+        spec, frames = header["spec"], list(frames)
+        for piece in header["pieces"]:
+            a, b = piece["lo"], piece["hi"]
+            rows = P.values_frame(frames.pop(0), 1, b - a, spec["row_width"])
+            slots = {k: np.array(P.values_frame(frames.pop(0), 1, b - a, spec["row_width"]))
+                     for k in piece["slots"]}
+            if any(t.lo < b and a < t.hi for t in self._segments_of(spec["table"])):
+                continue        # here already (a fetch of it raced with another)
+            t = ShardTable(spec["table"], spec["n_rows"], spec["row_width"], a, b,
+                           spec["rule"], spec["hyper"], spec["per_clock"],
+                           functions=_functions.resolve(spec.get("functions")))
+            t.rows = np.array(rows)
+            t.state = RuleState(t.rule, t.hyper, t.rows.shape, self.rule_backend)
+            t.rows = t.state.hold(t.rows)
+            t.state.step = piece["step"]
+            for k, v in slots.items():
+                t.state.slots[k] = v
+            t.next, t.begun = piece["next"], piece["next"] - 1
+            t.key, _ = self._create_key(t)
+            self._place(t)
+            self.tables[t.key] = t
+            log.info("server %d fetched rows %d..%d of table %s from server %d at clock %d",
+                     self.rank, a, b, t.name, sid, t.next)
+        return self._replay_stream() + self._release()
 
     # ---- membership (issue 16) -------------------------------------------------------
     def _epoch_refusal(self, rid, h: dict) -> list | None:
@@ -1360,10 +1564,16 @@ class ShardState:
 
     def _op_membership(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "membership")
-        if self.membership is None:
+        if self.membership is None and not self.joining:
             raise ProtocolError(f"server {self.rank} runs without a membership")
         out = []
-        if "membership" in h:
+        if "membership" in h and self.membership is None:
+            try:
+                new = _membership.Membership.from_json(h["membership"])
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                raise ProtocolError(f"header field 'membership': {e}") from None
+            out = self._adopt(new)
+        elif "membership" in h:
             try:
                 new = _membership.Membership.from_json(h["membership"])
             except (ValueError, TypeError, KeyError, AttributeError) as e:
@@ -1388,6 +1598,7 @@ class ShardState:
         durable from the pushes the workers send again; acks owed by servers that are
         gone are no longer waited for."""
         old, self.membership = self.membership, new
+        old_epoch = 0 if old is None else old.epoch
         promoted = 0
         out = []
         for key, t in list(self.tables.items()):
@@ -1410,7 +1621,7 @@ class ShardState:
         for p in self.parked:       # reads of rows served elsewhere now: re-routed
             t = self.tables.get(p.key or p.table) if isinstance(p, ParkedPull) else None
             if isinstance(p, ParkedPull) and (t is None or not t.primary):
-                out.append((p.peer, self._epoch_refusal(p.rid, {"epoch": old.epoch})))
+                out.append((p.peer, self._epoch_refusal(p.rid, {"epoch": old_epoch})))
             else:
                 keep.append(p)
         self.parked = keep
@@ -1419,11 +1630,18 @@ class ShardState:
         if promoted:
             self.failovers += 1
         log.warning("server %d: membership epoch %d -> %d (%d segments promoted here)",
-                    self.rank, old.epoch, new.epoch, promoted)
+                    self.rank, old_epoch, new.epoch, promoted)
         for t in list(self.tables.values()):
             if t.redo is not None:
                 out += self._catch_up(t)
-        return out + self._release()
+        return out + self._catch_up_rows() + self._release()
+
+    def due_fetches(self, now: float) -> list[Reply]:
+        """Ask again for the rows a holder could not give yet."""
+        if self.fetch_retry_at is None or now < self.fetch_retry_at:
+            return []
+        self.fetch_retry_at = None
+        return self._catch_up_rows()
 
     def _holds(self, t: ShardTable) -> bool:
         """Whether the membership has this shard hold (or catch up on) t's rows."""
@@ -1435,6 +1653,8 @@ class ShardState:
         """Whether this shard holds every segment its membership gives it."""
         if self.membership is None:
             return True
+        if self.fetching or self.early_stream or (self.joining and not self.catalog_known):
+            return False
         names = {t.name: t.n_rows for t in self.tables.values()}
         for name, n_rows in names.items():
             have = [(t.lo, t.hi) for t in self._segments_of(name)]
@@ -1533,3 +1753,38 @@ def _create_functions(h: dict) -> tuple:
     except ValueError as e:
         raise ProtocolError(f"header field 'functions'{e}" if str(e).startswith("[")
                             else f"header field 'functions': {e}") from None
+
+
+def _uncovered(have, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of [lo, hi) no range in `have` covers."""
+    out, at = [], lo
+    for a, b in sorted(have):
+        if b <= at or a >= hi:
+            continue
+        if a > at:
+            out.append((at, a))
+        at = max(at, b)
+    if at < hi:
+        out.append((at, hi))
+    return out
+
+
+def _clip_runs(starts: np.ndarray, ends: np.ndarray, values, a: int, b: int, width: int,
+               packed: bool = False):
+    """The runs (starts, ends) within rows [a, b), made relative to a, and their
+    values: from `values` the shard-sized sum (rows by index) or, `packed`, the runs'
+    rows one after the other."""
+    s = np.clip(starts, a, b)
+    e = np.clip(ends, a, b)
+    keep = e > s
+    if packed:
+        offs = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+        parts = [values[offs[i] + (s[i] - starts[i]):offs[i] + (e[i] - starts[i])]
+                 for i in np.flatnonzero(keep)]
+    else:
+        parts = [values[x:y] for x, y in zip(s[keep].tolist(), e[keep].tolist())] \
+            if values is not None else []
+    v = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32) if parts else \
+        np.zeros((0, width), np.float32)
+    return (np.ascontiguousarray(s[keep] - a, dtype="<i8"),
+            np.ascontiguousarray(e[keep] - a, dtype="<i8"), v)
