@@ -301,6 +301,7 @@ class ShardState:
         # it holds rows of; a joiner asks another member.
         self.catalog_known = not joining
         self.fetching: set = set()
+        self.fetch_refused: set = set()     # said once in the log
         self.fetch_retry_at: float | None = None
         self.early_stream: list = []
         self.clocks_heard: set[int] = set()   # workers whose clock a joiner has seen
@@ -1501,6 +1502,10 @@ class ShardState:
                     now: float) -> list[Reply]:
         key = "catalog" if "table" not in req else (req["table"], req["lo"], req["hi"])
         if not header.get("ok"):
+            if not header.get("behind") and key not in self.fetch_refused:
+                self.fetch_refused.add(key)
+                log.warning("server %d: server %d could not give %s yet (%s); asking again",
+                            self.rank, sid, key, header.get("error"))
             if req.get("epoch") == getattr(self.membership, "epoch", None):
                 # behind, or the holder is itself still catching up: ask again shortly
                 self.fetching.discard(key)

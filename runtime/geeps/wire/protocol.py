@@ -79,7 +79,7 @@ import numpy as np
 VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes; a header is a few hundred bytes at most
 OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest",
-       "checkpoints", "restore", "leave", "batch", "membership", "replicate")
+       "checkpoints", "restore", "leave", "batch", "membership", "replicate", "fetch")
 # The requests that build on the state of one incarnation of a shard. A client tags
 # them with the incarnation it knows (`inc`) and a shard refuses them when that is not
 # its own: after a restart or a rollback they would apply to state that lost what
