@@ -87,6 +87,7 @@ class Client:
         self.table_options = _tableopts.parse(config.tables) if config is not None else {}
         self._filters: dict[str, list] = {}
         self._route_cache: dict[str, tuple] = {}     # table -> (key, routed, primaries)
+        self._failovers_seen = 0
         # Who holds which rows (geeps.job.membership): the I/O thread keeps it current
         # (a shard of a newer epoch sends it); requests are routed by it.
         if replication is None:
@@ -479,6 +480,10 @@ class Client:
             self.metrics.iteration.observe(now - self._last_clock_at)
             self._last_clock_at = now
             self.metrics.clock.set(c + 1)
+            self.metrics.membership_epoch.set(self._io.membership.epoch)
+            if self._io.failovers > self._failovers_seen:
+                self.metrics.failovers.inc(self._io.failovers - self._failovers_seen)
+                self._failovers_seen = self._io.failovers
         m = self._io.membership
         return self._io.submit(
             [Request(k, "clock", {"worker": self.worker, "clock": c})

@@ -98,6 +98,8 @@ class Server:
             self.state.on_update = metrics.server_update.observe
             self.state.on_nonfinite = metrics.nonfinite
         self._pushed_bytes = 0
+        self._failovers = 0
+        self._bytes_at = None
         host, _, port = cfg.servers[cfg.rank].rpartition(":")
         self.address = f"tcp://{cfg.bind_host}:{port}"
         self.sock, self._auth = bind_router(self.ctx, self.address, cfg)
@@ -326,6 +328,17 @@ class Server:
         if pushed > self._pushed_bytes:
             self.metrics.server_push_bytes.inc(pushed - self._pushed_bytes)
             self._pushed_bytes = pushed
+        if st.membership is not None:
+            self.metrics.membership_epoch.set(st.membership.epoch)
+            if st.failovers > self._failovers:
+                self.metrics.failovers.inc(st.failovers - self._failovers)
+                self._failovers = st.failovers
+            at = (st.membership.epoch, len(st.tables))
+            if at != self._bytes_at:        # segments come and go with memberships
+                self._bytes_at = at
+                held = [(t.primary, t.rows.nbytes) for t in st.tables.values()]
+                self.metrics.shard_bytes(sum(n for p, n in held if p),
+                                         sum(n for p, n in held if not p))
 
     def _handle(self, peer: bytes, frames: list, header: dict | None = None) -> None:
         if peer in self._overflow:

@@ -920,7 +920,8 @@ class ShardState:
         """Feed the state into `h`, yielding after each DIGEST_BLOCK bytes. Between
         steps the state may change (the caller then starts over): nothing here may
         fail when it does."""
-        h.update(repr((self.done, sorted(self.tables))).encode())
+        h.update(repr((self.done, sorted(self.tables), None if self.membership is None
+                       else self.membership.to_json())).encode())
         for name in sorted(self.tables):
             t = self.tables.get(name)
             if t is None:
