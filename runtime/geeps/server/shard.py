@@ -1607,6 +1607,7 @@ class ShardState:
         old_epoch = 0 if old is None else old.epoch
         promoted = 0
         out = []
+        split = self._split_for(new)
         for key, t in list(self.tables.items()):
             was = t.primary
             self._place(t)
@@ -1626,7 +1627,8 @@ class ShardState:
         keep = []
         for p in self.parked:       # reads of rows served elsewhere now: re-routed
             t = self.tables.get(p.key or p.table) if isinstance(p, ParkedPull) else None
-            if isinstance(p, ParkedPull) and (t is None or not t.primary):
+            if isinstance(p, ParkedPull) and (t is None or not t.primary
+                                              or (p.key or p.table) in split):
                 out.append((p.peer, self._epoch_refusal(p.rid, {"epoch": old_epoch})))
             else:
                 keep.append(p)
@@ -1648,6 +1650,64 @@ class ShardState:
             return []
         self.fetch_retry_at = None
         return self._catch_up_rows()
+
+    def _split_for(self, m) -> set[str]:
+        """Cut every segment held here where membership `m` cuts its rows, so each
+        lies in one segment of `m` (one primary, one set of holders). Returns the
+        keys of the segments cut (their parked reads are sent back to re-route)."""
+        cut = set()
+        for key, t in list(self.tables.items()):
+            inside = sorted({b for g in m.segments(t.n_rows) for b in (g.lo, g.hi)
+                             if t.lo < b < t.hi})
+            if not inside:
+                continue
+            cut.add(key)
+            for x in reversed(inside):
+                right = self._split_table(t, x)
+                self.tables[right.key] = right
+        return cut
+
+    def _split_table(self, t: ShardTable, x: int) -> ShardTable:
+        """Cut `t` at global row x: `t` keeps [lo, x), the new segment [x, hi) has
+        its rows, rule state, clocks and the sums in flight of those rows."""
+        at = x - t.lo
+        right = ShardTable(t.name, t.n_rows, t.row_width, x, t.hi, t.rule, t.hyper,
+                           t.per_clock, functions=t.functions)
+        self.before_write(t)
+        right.rows = np.array(t.rows[at:])
+        right.state = RuleState(t.rule, t.hyper, right.rows.shape, self.rule_backend)
+        right.rows = right.state.hold(right.rows)
+        right.state.step = t.state.step
+        for k in list(t.state.slots):
+            right.state.slots[k] = np.array(t.state.slots[k][at:])
+        left_rows = np.array(t.rows[:at])
+        left_slots = {k: np.array(v[:at]) for k, v in t.state.slots.items()}
+        step = t.state.step
+        t.state = RuleState(t.rule, t.hyper, left_rows.shape, self.rule_backend)
+        t.rows = t.state.hold(left_rows)
+        t.state.step = step
+        for k, v in left_slots.items():
+            t.state.slots[k] = v
+        t.free = []
+        width = t.row_width
+        for c, s in list(t.pending.items()):
+            right.pending[c] = s.split(at, lambda n=len(right.rows):
+                                       np.empty((n, width), np.float32))
+        clip = lambda runs, a, b, off: [(max(p, a) - off, min(q, b) - off)
+                                        for p, q in runs if q > a and p < b]
+        right.applied = {c: clip(r, at, 1 << 62, at) for c, r in t.applied.items()}
+        t.applied = {c: clip(r, 0, at, 0) for c, r in t.applied.items()}
+        right.absorbed = {w: (c, clip(r, at, 1 << 62, at)) for w, (c, r) in t.absorbed.items()}
+        t.absorbed = {w: (c, clip(r, 0, at, 0)) for w, (c, r) in t.absorbed.items()}
+        right.begun, right.next, right.redo = t.begun, t.next, t.redo
+        right.redone = set(t.redone)
+        right.unacked = {c: {(sid, a) for sid, a in v if a >= x} for c, v in t.unacked.items()}
+        t.unacked = {c: {(sid, a) for sid, a in v if a < x} for c, v in t.unacked.items()}
+        right.unacked = {c: v for c, v in right.unacked.items() if v}
+        t.unacked = {c: v for c, v in t.unacked.items() if v}
+        t.hi = x
+        right.key = f"{t.name}{SEGMENT_SEP}{x}"
+        return right
 
     def _holds(self, t: ShardTable) -> bool:
         """Whether the membership has this shard hold (or catch up on) t's rows."""
