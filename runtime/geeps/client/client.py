@@ -97,6 +97,9 @@ class Client:
                             wait_timeout=wait_timeout,
                             host=host, membership=membership, worker=worker)
         self._io.on_rollback = self._rolled_back
+        # A clock's pushes are kept until durable, to send again to a new primary
+        # (async pushes apply at once: sent again, they would count twice).
+        self._io.keep_pushes = self.consistency.per_clock
         self._io.start()
         try:
             hellos = self._all(lambda k: Request(k, "hello", {
@@ -300,11 +303,14 @@ class Client:
         # update (an Adam step counts it), so it must arrive as one message.
         for k, rows_hdr, payload, _ in self._split(table, sel, values,
                                                      chunk=self.consistency.per_clock, m=m):
-            if k == self._local or m.replication > 1:
+            if k == self._local or (m.replication > 1 and self.consistency.per_clock):
                 # In memory the shard would keep the caller's own array, which the
                 # caller may change once the push is acknowledged: hand it a copy.
                 # With replicas the push is kept until durable (sent again should
                 # its primary fail), past the point the caller may change it.
+                # (Without, it is kept by reference, for a membership change: a
+                # caller that changes the array within the clock would send the
+                # changed values again; copying every push would cost every job.)
                 payload = [np.array(x) for x in payload]
             header = {"table": table.name, "worker": self.worker, "session": self.session,
                       "clock": clock, "rows": rows_hdr}

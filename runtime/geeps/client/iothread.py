@@ -180,6 +180,9 @@ class IOThread(threading.Thread):
         self.epochs_adopted = 0
         self.n_rows: dict[str, int] = {}      # table -> rows, for re-routing
         self.clocks_sent = 0                  # clock requests this client made
+        self.redo_pending: set[int] = set()   # clocks to say `redo` of, when due
+        # Pushes are kept until durable (BSP/SSP tables; the client says so).
+        self.keep_pushes = False
         self.failovers = 0                    # memberships that moved rows off a shard
         self._asked_at = 0.0
         self._ask_next = 0
@@ -274,6 +277,8 @@ class IOThread(threading.Thread):
                     if mon in events:
                         self._handshake_failed(mon, shard)
                 now = time.monotonic()
+                if self.redo_pending:
+                    self._send_redo_clocks()
                 for shard in list(self._flush_order):
                     self._tick(shard, now)
                     self._flush(shard)
@@ -500,8 +505,15 @@ class IOThread(threading.Thread):
         if "durable" in header and isinstance(header["durable"], int):
             self._durable(shard, header["durable"])
         if r.op == "push" and header.get("ok") and self.membership is not None \
-                and self.membership.replication > 1:
-            shard.kept.append(r)
+                and self.keep_pushes and "clock" in r.header:
+            # Until durable: sent again should the rows' primary change (or fail).
+            # Answered under an older membership than ours: it may have to go now.
+            if r.epoch is not None and r.epoch < self.membership.epoch:
+                keep, moved = self._moved(shard, [r])
+                shard.kept += keep
+                self._send_again(moved)
+            else:
+                shard.kept.append(r)
         if r.internal is not None:
             r.internal(shard, header, payload)
         elif header.get("ok"):
@@ -547,62 +559,126 @@ class IOThread(threading.Thread):
 
     def _membership_changed(self, old) -> None:
         """After adopting a newer membership: dial its new servers; what was sent to
-        a server it dropped goes where the rows are now; and the pushes a primary that
-        lost rows had not made durable are sent again to their new primary, followed
-        by a `redo` clock of each such clock to every server (a promoted segment that
-        lags redoes that clock from them; everyone else ignores it)."""
+        a server it dropped goes where the rows are now. Where rows changed primary,
+        the new primary redoes the clocks its predecessor had not made durable: the
+        pushes of those clocks answered by the old primary go again to the new one,
+        and once this worker finished such a clock and nothing it pushed under the old
+        membership is unanswered, a `redo` clock tells every server so (a promoted
+        segment counts a worker's clock only from that; the others ignore it)."""
         m = self.membership
         for sid, address in sorted(m.servers.items()):
             self._ensure_shard(sid, address)
-        resend: list[Request] = []
-        lowest = None
         for s in self._shards:
-            if s.gone:
+            if s.gone or s.index in m.servers or s.sock is None:
                 continue
-            if s.index not in m.servers and s.sock is not None:
-                s.gone = True
-                moved = [r for r in list(s.inflight.values()) + list(s.backlog)
-                         if r.internal is None]
-                s.inflight.clear()
-                s.backlog.clear()
-                s.ping_rid = None
-                self._flush_order = [x for x in self._flush_order if x is not s]
-                self._by_sock.pop(s.sock, None)
-                if self._poller is not None:
-                    self._poller.unregister(s.sock)
-                s.sock.close(linger=0)
-                for r in moved:
-                    self._reroute(r)
-                log.warning("%s left the membership (epoch %d); its requests re-routed",
-                            s.name(), m.epoch)
-            keep = []
-            for r in s.kept:
-                try:
-                    k = self._route_of(r)
-                except ServerError:
-                    k = None
-                if k is not None and k != s.index:
-                    resend.append(r)
-                    lowest = s.durable if lowest is None else min(lowest, s.durable)
-                elif not s.gone:
-                    keep.append(r)
-            s.kept = keep
-            if s.gone and lowest is None:
-                lowest = s.durable
-        if lowest is None:
+            s.gone = True
+            moved = [r for r in list(s.inflight.values()) + list(s.backlog)
+                     if r.internal is None or r.op == "push"]
+            s.inflight.clear()
+            s.backlog.clear()
+            s.ping_rid = None
+            self._flush_order = [x for x in self._flush_order if x is not s]
+            self._by_sock.pop(s.sock, None)
+            if self._poller is not None:
+                self._poller.unregister(s.sock)
+            s.sock.close(linger=0)
+            for r in moved:
+                self._reroute(r)
+            log.warning("%s left the membership (epoch %d); its requests re-routed",
+                        s.name(), m.epoch)
+        losers = self._lost_rows(old, m)
+        if not losers:
             return
         self.failovers += 1
-        for r in sorted(resend, key=lambda r: r.header["clock"]):
+        lowest = min(self._shards[k].durable for k in losers if k < len(self._shards))
+        for c in range(lowest, self.clocks_sent + 1):
+            self.redo_pending.add(c)
+        for s in self._shards:
+            keep, moved = self._moved(s, s.kept)
+            s.kept = [] if s.gone else keep
+            self._send_again(moved)
+
+    def _lost_rows(self, old, new) -> set[int]:
+        """The servers that were primary of rows another server is primary of now."""
+        out = set()
+        if old is None:
+            return out
+        for n_rows in set(self.n_rows.values()):
+            news = new.segments(n_rows)
+            for o in old.segments(n_rows):
+                for g in news:
+                    if g.lo < o.hi and o.lo < g.hi and g.primary != o.primary:
+                        out.add(o.primary)
+        return out
+
+    def _moved(self, s: _Shard, reqs: list[Request]) -> tuple[list, list]:
+        """(the pushes of `reqs` that shard s still serves, those served elsewhere now),
+        cut where the current segments cut."""
+        keep, moved = [], []
+        for r in reqs:
+            for piece in self._pieces(r):
+                try:
+                    k = self._route_of(piece)
+                except ServerError as e:
+                    log.warning("a push kept for failover cannot be sent again: %s", e)
+                    continue
+                (moved if k != s.index else keep).append(piece)
+        return keep, moved
+
+    def _send_again(self, pushes: list[Request]) -> None:
+        for r in sorted(pushes, key=lambda r: r.header["clock"]):
             again = Request(r.shard, "push", dict(r.header, redo=True), r.payload, seq=True,
                             internal=self._on_redone)
-            again.epoch = m.epoch
+            again.epoch = self.membership.epoch
             self._reroute(again)
-        for c in range(lowest, self.clocks_sent):
+
+    def _send_redo_clocks(self) -> None:
+        """The `redo` clocks that are due (see _membership_changed)."""
+        m = self.membership
+        for c in sorted(self.redo_pending):
+            if c >= self.clocks_sent:
+                return          # this worker has not finished it: its pushes may follow
+            if any(r.op == "push" and r.header.get("clock") == c and r.epoch is not None
+                   and r.epoch < m.epoch for s in self._shards if not s.gone
+                   for r in s.inflight.values()):
+                return          # an answer may still say a push must go again
+            self.redo_pending.discard(c)
             for sid in sorted(m.servers):
                 r = Request(sid, "clock", {"worker": self._worker, "clock": c, "redo": True},
                             internal=self._on_redone)
                 r.epoch = m.epoch
                 self._shards[sid].backlog.append(r)
+
+    def _pieces(self, r: Request) -> list[Request]:
+        """A push as pushes that each lie in one segment of the current membership
+        (cut where any membership seen cuts), sharing its frames."""
+        rows = r.header.get("rows") or {}
+        n_rows = self.n_rows.get(r.header.get("table"))
+        if n_rows is None or "sparse" in rows:
+            return [r]
+        cuts = self.cuts(n_rows)
+        if "range" in rows:
+            lo, hi = rows["range"]
+            inside = [c for c in cuts if lo < c < hi]
+            if not inside:
+                return [r]
+            bounds = [lo, *inside, hi]
+            return [Request(r.shard, "push", dict(r.header, rows={"range": [a, b]}),
+                            [r.payload[-1][a - lo:b - lo]], seq=True, handle=r.handle)
+                    for a, b in zip(bounds, bounds[1:])]
+        import numpy as np
+        ids, values = r.payload[0], r.payload[1]
+        ids = np.frombuffer(ids, "<i8") if not isinstance(ids, np.ndarray) else ids
+        where = np.searchsorted(np.asarray(cuts), ids, side="right")
+        out = []
+        for k in np.unique(where):
+            m = where == k
+            if m.all():
+                return [r]
+            out.append(Request(r.shard, "push", dict(r.header, rows={"ids": int(m.sum())}),
+                               [np.ascontiguousarray(ids[m]), np.asarray(values)[m]],
+                               seq=True, handle=r.handle))
+        return out
 
     def _on_redone(self, shard: _Shard, header: dict, payload=()) -> None:
         if not header.get("ok"):

@@ -744,8 +744,8 @@ class ShardState:
         """A `clock` with `redo`: worker w sent again every push of `clock` that a
         failed primary had not made durable. A promoted segment redoing that clock
         counts it finished there; once every worker is, the clock applies."""
-        if clock >= self.done[w]:       # its clock here is still to come: that counts it
-            return [(peer, P.reply_ok(rid, min_clock=self.min_clock, durable=self.durable()))]
+        # (Its plain clock may reach this shard after the redo: the clock applies only
+        # once min_clock is past it too, see _redo_waits.)
         out = []
         for t in list(self.tables.values()):
             if t.redo != clock or w in t.redone:
@@ -766,7 +766,8 @@ class ShardState:
         return []
 
     def _redo_waits(self, t: ShardTable, clock: int) -> bool:
-        return t.redo == clock and len(t.redone) < self.num_workers
+        return t.redo == clock and (len(t.redone) < self.num_workers
+                                    or clock >= self.min_clock)
 
     def _op_clock(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "clock")
@@ -796,7 +797,7 @@ class ShardState:
         if finishing:       # w's rows of `clock` are all final: sum what that allows
             for t in self.tables.values():
                 if t.redo == clock:
-                    t.redone.add(w)
+                    continue        # counted from the worker's redo clock (_op_redo)
                 s = t.pending.get(clock)
                 if s is not None:
                     s.finished.add(w)
@@ -1615,7 +1616,7 @@ class ShardState:
                 del self.tables[key]        # no longer held here (drained, or moved)
             if t.primary and not was:
                 promoted += 1
-                if t.per_clock and t.next < max(self.done):
+                if t.per_clock:     # see _op_redo: every worker says when it re-sent
                     t.redo, t.redone = t.next, set()
             elif was and not t.primary:
                 # Demoted: the new primary sums the clocks not applied here from the
