@@ -61,7 +61,7 @@ BUSY_RETRY_S = 1.0   # resend a push the shard asked to wait (`busy`) if it says
 # in flight may be gone; another shard is asked for the membership (a failover bumps
 # it) this often, until the silent one answers or the membership drops it.
 SUSPECT_S = 1.5
-ASK_MEMBERSHIP_S = 0.2
+ASK_MEMBERSHIP_S = 0.05
 POLL_MS = 100        # the loop's longest sleep: how late a deferred request may leave
 
 
@@ -109,6 +109,7 @@ class _Shard:
         self.ping_order = 0
         self.refused: BaseException | None = None   # its CurveZMQ handshake failed
         self.gone = False              # no longer a member (failed over, or drained)
+        self.disconnected = False      # its connection dropped since it last answered
         # With replicas: pushes it answered of clocks it has not said are durable
         # (applied on every holder), kept to send again to the rows' next primary
         # should it fail; and the clock before which it said all is durable.
@@ -148,15 +149,21 @@ class IOThread(threading.Thread):
         if self._host is not None:
             self._host.local_sink = lambda frames: self._from_local(self._shards[local], frames)
         # With CurveZMQ a server that refuses our key says so only in a handshake
-        # event; watch for it so the caller hears "refused", not "unreachable".
+        # event; watch for it so the caller hears "refused", not "unreachable". With
+        # replicas, a dropped connection is how a killed server shows first: the
+        # membership is asked for at once (see _suspect), not after SUSPECT_S.
         self._monitors = {}
+        self._monitor_mask = 0
         if config is not None and config.curve_dir and not config.insecure:
+            self._monitor_mask |= (zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        if membership is not None and membership.replication > 1:
+            self._monitor_mask |= zmq.EVENT_DISCONNECTED
+        if self._monitor_mask:
             for s in self._shards:
-                if s.sock is None:
-                    continue
-                self._monitors[s.sock.get_monitor_socket(
-                    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)] = s
+                if s.sock is not None:
+                    self._monitors[s.sock.get_monitor_socket(self._monitor_mask)] = s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._held = threading.local()     # hold() depth of each submitting thread
         self._rfd, self._wfd = os.pipe()
@@ -273,7 +280,7 @@ class IOThread(threading.Thread):
                 served = host is not None and host.sock in events
                 if served:
                     host.drain()
-                for mon, shard in self._monitors.items():
+                for mon, shard in list(self._monitors.items()):
                     if mon in events:
                         self._handshake_failed(mon, shard)
                 now = time.monotonic()
@@ -445,6 +452,7 @@ class IOThread(threading.Thread):
                 return
             now = time.monotonic()
             shard.last_heard = now
+            shard.disconnected = False
             try:
                 replies = P.replies(P.decode_header(frames[0]), frames)
             except P.ProtocolError as e:
@@ -581,6 +589,11 @@ class IOThread(threading.Thread):
             self._by_sock.pop(s.sock, None)
             if self._poller is not None:
                 self._poller.unregister(s.sock)
+            for mon in [mon for mon, x in self._monitors.items() if x is s]:
+                del self._monitors[mon]
+                if self._poller is not None:
+                    self._poller.unregister(mon)
+                mon.close(linger=0)
             s.sock.close(linger=0)
             for r in moved:
                 self._reroute(r)
@@ -701,6 +714,11 @@ class IOThread(threading.Thread):
         self._by_sock[s.sock] = s
         if self._poller is not None:
             self._poller.register(s.sock, zmq.POLLIN)
+        if self._monitor_mask:
+            mon = s.sock.get_monitor_socket(self._monitor_mask)
+            self._monitors[mon] = s
+            if self._poller is not None:
+                self._poller.register(mon, zmq.POLLIN)
 
     def _suspect(self, shard: _Shard, now: float) -> None:
         """`shard` has been silent with requests in flight: ask another member for
@@ -839,8 +857,8 @@ class IOThread(threading.Thread):
     def _tick(self, shard: _Shard, now: float) -> None:
         if not shard.inflight or shard.gone:
             return
-        if now - shard.last_heard > SUSPECT_S and self.membership is not None \
-                and self.membership.replication > 1:
+        if (shard.disconnected or now - shard.last_heard > SUSPECT_S) \
+                and self.membership is not None and self.membership.replication > 1:
             self._suspect(shard, now)
         if now - shard.last_heard > self.timeout:
             self._fail_shard(shard, ServerUnreachable(
@@ -943,6 +961,9 @@ class IOThread(threading.Thread):
                 event = recv_monitor_message(mon, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                shard.disconnected = True
+                continue
             what = ("refused this client's CurveZMQ key (is GEEPS_CURVE_DIR this job's?)"
                     if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
                     else "failed the CurveZMQ handshake (does it run with the same keys?)")
