@@ -62,6 +62,15 @@ SERVER_CLOCK = Gauge("geeps_server_clock", "Minimum clock over the workers, as t
                      "shard knows it", LABELS)
 SERVER_PUSH_BYTES = Counter("geeps_server_push_bytes", "Update bytes a server shard "
                             "received", LABELS)
+MEMBERSHIP_EPOCH = Gauge("geeps_membership_epoch", "The membership epoch this process "
+                         "routes by (server: holds; worker: sends with its requests)",
+                         LABELS)
+SHARD_BYTES = Gauge("geeps_shard_bytes", "Row bytes a server shard holds, as the primary "
+                    "of its segments (holding=primary) and as their replica or catcher-up "
+                    "(holding=replica)", (*LABELS, "holding"))
+FAILOVERS = Counter("geeps_failovers", "Membership changes that moved rows off a failed "
+                    "or demoted primary: on a server, those that promoted segments to it; "
+                    "on a worker, those after which it sent pushes again", LABELS)
 NONFINITE = Counter("geeps_nonfinite_values", "NaN or Inf values in pushes a server shard "
                     "received (refused, skipped or applied: spec.nonFinite)",
                     (*LABELS, "table", "worker"))
@@ -142,6 +151,13 @@ class Metrics:
     server_clock = property(lambda self: self._child("_server_clock", SERVER_CLOCK))
     server_push_bytes = property(
         lambda self: self._child("_server_push_bytes", SERVER_PUSH_BYTES))
+    membership_epoch = property(lambda self: self._child("_epoch", MEMBERSHIP_EPOCH))
+    failovers = property(lambda self: self._child("_failovers", FAILOVERS))
+
+    def shard_bytes(self, primary: int, replica: int) -> None:
+        """The row bytes a shard holds as primary and as replica (geeps_shard_bytes)."""
+        SHARD_BYTES.labels(*self._lv, "primary").set(primary)
+        SHARD_BYTES.labels(*self._lv, "replica").set(replica)
 
     @classmethod
     def from_config(cls, cfg) -> "Metrics":

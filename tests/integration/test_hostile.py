@@ -56,7 +56,7 @@ def malformed(draw):
     kind = draw(st.sampled_from([
         "frames", "header_bytes", "header_json", "op", "table", "rows_range", "rows_ids",
         "values_len", "values_dtype", "field_type", "clock_ahead", "create_bad", "pull_bad",
-        "version", "batch", "sparse"]))
+        "version", "batch", "sparse", "epoch", "membership", "replicate", "fetch"]))
     if kind == "batch":         # malformed requests in one batch, or a malformed batch
         inner = [m for m in draw(st.lists(malformed(), min_size=1, max_size=3))
                  if _json_obj(m[0])]
@@ -76,6 +76,8 @@ def malformed(draw):
                             "nf": nf}).encode(), *payload]
     if kind == "sparse":        # a filtered push's (offset, value) frames, broken
         return draw(malformed_sparse())
+    if kind in ("epoch", "membership", "replicate", "fetch"):
+        return draw(malformed_membership(kind))
     if kind == "frames":        # a valid header with the wrong number of payload frames
         n = draw(st.sampled_from([0, 2, 3]))
         return [json.dumps(good_push()).encode()] + [VALUES] * n
@@ -134,6 +136,38 @@ def malformed(draw):
         h.update(bad)
         return [json.dumps(h).encode()]
     return [json.dumps(good_push(v=draw(st.integers().filter(lambda v: v != 1)))).encode(), VALUES]
+
+
+@st.composite
+def malformed_membership(draw, kind):
+    """Issue 16's requests, wrong: a timeline request of another epoch than the
+    server's (1), a membership that is not one or is older, a replication stream
+    message to a shard that is no replica, a fetch of rows it does not hold."""
+    from geeps.job import membership as ms
+    if kind == "epoch":
+        epoch = draw(st.one_of(st.sampled_from([0, 2, 10**6]), junk))
+        return [json.dumps(good_push(epoch=epoch)).encode(), VALUES]
+    if kind == "membership":
+        m = ms.initial(["127.0.0.1:1"], 1).to_json()     # epoch 1, another address
+        bad = draw(st.sampled_from([
+            junk, st.just(dict(m, epoch=0)), st.just(m), st.just(dict(m, runs=[])),
+            st.just(dict(m, servers={})), st.just(dict(m, epoch=2, runs=[[0, 5, [0]]])),
+            st.just(dict(m, epoch=2, servers={"x": 1}))]))
+        return [json.dumps({"v": 1, "op": "membership", "id": 8,
+                            "membership": draw(bad)}).encode()]
+    if kind == "replicate":
+        h = {"v": 1, "op": "replicate", "id": 9, "table": "w", "lo": 0, "hi": N_ROWS,
+             "clock": 0, "counted": False, "runs": 1, "origin": 0, "epoch": 1}
+        name = draw(st.sampled_from([None, "table", "lo", "hi", "clock", "runs", "origin",
+                                     "epoch", "counted"]))
+        if name is not None:
+            h[name] = draw(junk)
+        return [json.dumps(h).encode(), np.array([0], "<i8").tobytes(),
+                np.array([N_ROWS], "<i8").tobytes(), VALUES]
+    h = {"v": 1, "op": "fetch", "id": 10, "table": "w", "lo": 0, "hi": N_ROWS, "epoch": 1}
+    bad = draw(st.sampled_from([{"lo": 3, "hi": 2}, {"hi": N_ROWS + 1}, {"table": "x"},
+                                {"epoch": 0}, {"epoch": "1"}, {"lo": -1}, {"table": 5}]))
+    return [json.dumps(dict(h, **bad)).encode()]
 
 
 @st.composite

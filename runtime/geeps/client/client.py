@@ -17,6 +17,7 @@ restarts (geeps.client.recovery): the calls in flight then raise RolledBack.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import sys
 import threading
@@ -27,13 +28,14 @@ import numpy as np
 
 from geeps.job import env as _config
 from geeps.job import consistency as _consistency
+from geeps.job import membership as _membership
 from geeps.job import tableopts as _tableopts
 from geeps.tables.filters import FilterSpec, PushFilter
 from geeps.wire import protocol as P
 from geeps.errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
 from geeps.client.handles import Handle
 from geeps.client.iothread import IOThread, Request
-from geeps.tables.table import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
+from geeps.tables.table import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, resolve_hyper
 
 MAX_ROLLBACK_RETRIES = 5  # times create/open_table are made again after rollbacks
 # Rows per chunk of exchange_async: measured on the network lab (W=4, 200 Mbit/s links,
@@ -53,7 +55,7 @@ class Client:
                  timeout: float = 30.0, wait_timeout: float = 600.0,
                  config: _config.Config | None = None,
                  on_transfer: Callable[[str, int], None] | None = None,
-                 metrics=None, host=None):
+                 metrics=None, host=None, replication: int | None = None):
         if not servers:
             raise ValueError("servers is empty: give host:port of every shard "
                              "(GEEPS_SERVERS)")
@@ -84,10 +86,20 @@ class Client:
         # table name -> [(lo, hi, PushFilter)], the row spans each filter decides.
         self.table_options = _tableopts.parse(config.tables) if config is not None else {}
         self._filters: dict[str, list] = {}
+        self._route_cache: dict[str, tuple] = {}     # table -> (key, routed, primaries)
+        self._failovers_seen = 0
+        # Who holds which rows (geeps.job.membership): the I/O thread keeps it current
+        # (a shard of a newer epoch sends it); requests are routed by it.
+        if replication is None:
+            replication = config.replication if config is not None else 1
+        membership = _membership.initial(self.servers, replication)
         self._io = IOThread(self.servers, config=config, timeout=timeout,
                             wait_timeout=wait_timeout,
-                            host=host)
+                            host=host, membership=membership, worker=worker)
         self._io.on_rollback = self._rolled_back
+        # A clock's pushes are kept until durable, to send again to a new primary
+        # (async pushes apply at once: sent again, they would count twice).
+        self._io.keep_pushes = self.consistency.per_clock
         self._io.start()
         try:
             hellos = self._all(lambda k: Request(k, "hello", {
@@ -169,17 +181,22 @@ class Client:
             if init.shape != (n_rows, row_width):
                 raise ValueError(f"table {name!r}: init has shape {init.shape}, "
                                  f"expected ({n_rows}, {row_width})")
-        bounds = partition(n_rows, len(self.servers))
-
-        def req(k: int) -> Request:
-            lo, hi = bounds[k]
-            return Request(k, "create", {
-                "table": name, "n_rows": n_rows, "row_width": row_width, "lo": lo, "hi": hi,
-                "rule": rule, "hyper": hyper, "per_clock": self.consistency.per_clock,
-                "init": init is not None, **({"functions": functions} if functions else {})},
-                [] if init is None else [init[lo:hi]])
-        self._across_rollbacks(lambda: self._all(req).wait())
-        table = Table(name, n_rows, row_width, rule, hyper, tuple(bounds))
+        def create():
+            # Every holder of each segment (primary and replicas) gets the segment.
+            m = self._io.membership
+            segments = m.segments(n_rows)
+            reqs = [Request(k, "create", {
+                "table": name, "n_rows": n_rows, "row_width": row_width, "lo": g.lo,
+                "hi": g.hi, "rule": rule, "hyper": hyper,
+                "per_clock": self.consistency.per_clock, "init": init is not None,
+                **({"functions": functions} if functions else {})},
+                [] if init is None else [init[g.lo:g.hi]])
+                for g in segments for k in g.holders]
+            return self._io.submit(reqs, combine=lambda parts: parts, epoch=m.epoch).wait()
+        self._io.n_rows[name] = n_rows
+        self._across_rollbacks(create)
+        bounds = tuple((g.lo, g.hi) for g in self._io.membership.segments(n_rows))
+        table = Table(name, n_rows, row_width, rule, hyper, bounds)
         self._tables[name] = table
         self._default_filter(table, filter)
         return table
@@ -189,10 +206,11 @@ class Client:
         worker has created it."""
         replies = self._across_rollbacks(
             lambda: self._all(lambda k: Request(k, "open", {"table": name})).wait(timeout))
-        specs = [h for h, _ in replies]
+        specs = [h for h, _ in replies if "n_rows" in h]
         s = specs[0]
+        self._io.n_rows[name] = s["n_rows"]
         table = Table(name, s["n_rows"], s["row_width"], s["rule"], s["hyper"],
-                      tuple((h["lo"], h["hi"]) for h in specs))
+                      tuple((g.lo, g.hi) for g in self._io.membership.segments(s["n_rows"])))
         self._tables[name] = table
         self._default_filter(table, None)
         return table
@@ -280,13 +298,19 @@ class Client:
             return self._push_filtered(table, sel, values, weights, timeline, defer)
         clock = self._clock
         reqs = []
+        m = self._io.membership
         # Only tables applied once per clock take chunks: under async each push is one
         # update (an Adam step counts it), so it must arrive as one message.
         for k, rows_hdr, payload, _ in self._split(table, sel, values,
-                                                     chunk=self.consistency.per_clock):
-            if k == self._local:
+                                                     chunk=self.consistency.per_clock, m=m):
+            if k == self._local or (m.replication > 1 and self.consistency.per_clock):
                 # In memory the shard would keep the caller's own array, which the
                 # caller may change once the push is acknowledged: hand it a copy.
+                # With replicas the push is kept until durable (sent again should
+                # its primary fail), past the point the caller may change it.
+                # (Without, it is kept by reference, for a membership change: a
+                # caller that changes the array within the clock would send the
+                # changed values again; copying every push would cost every job.)
                 payload = [np.array(x) for x in payload]
             header = {"table": table.name, "worker": self.worker, "session": self.session,
                       "clock": clock, "rows": rows_hdr}
@@ -296,7 +320,7 @@ class Client:
         if self.on_transfer:
             self.on_transfer("push", values.nbytes)
         return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline,
-                               defer=defer)
+                               defer=defer, epoch=m.epoch)
 
     def push(self, table: Table, rows, values: np.ndarray, **kw) -> None:
         """push_async(...).wait()"""
@@ -348,7 +372,10 @@ class Client:
         reqs = []
         row_of = key // width
         step = P.CHUNK_BYTES // 8 if self.consistency.per_clock else max(1, len(key))
-        for k, (a, b) in enumerate(table.bounds):
+        m = self._io.membership
+        routed, primaries = self._routes(table, m)
+        for i, (a, b) in enumerate(routed.bounds):
+            k = primaries[i]
             i, j = (int(x) for x in np.searchsorted(row_of, [a, b]))
             for s in range(i, j, step):
                 e = min(j, s + step)
@@ -361,7 +388,7 @@ class Client:
         if self.on_transfer:
             self.on_transfer("push", key.size * 8)
         return self._io.submit(reqs, combine=lambda parts: None, timeline=timeline,
-                               defer=defer)
+                               defer=defer, epoch=m.epoch)
 
     def pull_async(self, table: Table, rows=None, *, out: np.ndarray | None = None,
                    need: int | None = None) -> Handle:
@@ -386,7 +413,8 @@ class Client:
                 raise P.ProtocolError(f"expected 1 values frame, got {len(frames)}")
             vals = np.frombuffer(frames[0], dtype="<f4")
             out[place] = vals.reshape(-1, width)
-        for k, rows_hdr, payload, place in self._split(table, sel, None):
+        m = self._io.membership
+        for k, rows_hdr, payload, place in self._split(table, sel, None, m=m):
             reqs.append(Request(k, "pull", {"table": table.name, "rows": rows_hdr,
                                             "need": need}, payload,
                                 deliver=lambda h, f, place=place: deliver(h, f, place)))
@@ -399,7 +427,7 @@ class Client:
             if on_transfer:
                 on_transfer("pull", out.nbytes)
             return out, (clock if clock is not None else need)
-        return self._io.submit(reqs, combine=combine)
+        return self._io.submit(reqs, combine=combine, epoch=m.epoch)
 
     def pull(self, table: Table, rows=None, *, out: np.ndarray | None = None,
              need: int | None = None) -> tuple[np.ndarray, int]:
@@ -458,10 +486,15 @@ class Client:
             self.metrics.iteration.observe(now - self._last_clock_at)
             self._last_clock_at = now
             self.metrics.clock.set(c + 1)
+            self.metrics.membership_epoch.set(self._io.membership.epoch)
+            if self._io.failovers > self._failovers_seen:
+                self.metrics.failovers.inc(self._io.failovers - self._failovers_seen)
+                self._failovers_seen = self._io.failovers
+        m = self._io.membership
         return self._io.submit(
             [Request(k, "clock", {"worker": self.worker, "clock": c})
-             for k in range(len(self.servers))], combine=lambda parts: c + 1,
-            timeline=timeline)
+             for k in sorted(m.servers)], combine=lambda parts: c + 1,
+            timeline=timeline, epoch=m.epoch)
 
     def clock(self) -> int:
         """clock_async().wait()"""
@@ -526,25 +559,50 @@ class Client:
             self.metrics.clock.set(clock)
 
     def _all(self, make: Callable[[int], Request]) -> Handle:
-        return self._io.submit([make(k) for k in range(len(self.servers))],
-                               combine=lambda parts: parts)
+        m = self._io.membership
+        return self._io.submit([make(k) for k in sorted(m.servers)],
+                               combine=lambda parts: parts, epoch=m.epoch)
 
-    def _split(self, table: Table, sel, values, chunk: bool = True):
+    def _routes(self, table: Table, m) -> tuple[Table, list[int]]:
+        """`table` with the row ranges requests are cut into under membership `m`,
+        and the primary serving each. The ranges are also cut where any membership
+        this client saw cut them, so a request never spans two of the segments a
+        shard holds apart."""
+        key = (table.n_rows, m.epoch, self._io.cuts_version)
+        hit = self._route_cache.get(table.name)
+        if hit is not None and hit[0] == key:
+            return hit[1], hit[2]
+        cuts = self._io.cuts(table.n_rows)
+        bounds, primaries = [], []
+        for g in m.segments(table.n_rows):
+            at = g.lo
+            for c in [c for c in cuts if g.lo < c < g.hi] + [g.hi]:
+                bounds.append((at, c))
+                primaries.append(g.primary)
+                at = c
+        routed = dataclasses.replace(table, bounds=tuple(bounds))
+        self._route_cache[table.name] = (key, routed, primaries)
+        return routed, primaries
+
+    def _split(self, table: Table, sel, values, chunk: bool = True, m=None):
         """Per request: (shard, rows header, payload frames, positions in the caller's
         order). With `chunk`, a shard's part is cut into requests of at most
         geeps.wire.protocol.CHUNK_BYTES of values, so every message is small enough to
         be received into reused heap memory (see there)."""
         # Unchunked: one request per shard, a "chunk" as large as any shard's part.
         step = P.chunk_rows(table.row_width) if chunk else max(1, len(sel))
+        table, primaries = self._routes(table, m or self._io.membership)
         if isinstance(sel, range):
-            for k, lo, hi in table.split_range(sel.start, sel.stop):
+            for i, lo, hi in table.split_range(sel.start, sel.stop):
+                k = primaries[i]
                 for s in range(lo, hi, step):
                     e = min(hi, s + step)
                     a, b = s - sel.start, e - sel.start
                     payload = [] if values is None else [values[a:b]]
                     yield k, {"range": [s, e]}, payload, slice(a, b)
             return
-        for k, pos, ids in table.split_index(sel):
+        for i, pos, ids in table.split_index(sel):
+            k = primaries[i]
             for s in range(0, len(ids), step):
                 p = pos[s:s + step]
                 i = np.ascontiguousarray(ids[s:s + step], dtype="<i8")

@@ -57,6 +57,11 @@ PING_S = 1.0         # ping a quiet shard this often while requests are in fligh
 RESEND_MIN_S = 0.5   # never resend one request more often than this
 PARKED_RESEND_S = 5.0  # nor a read the shard said is parked (it proves it is alive)
 BUSY_RETRY_S = 1.0   # resend a push the shard asked to wait (`busy`) if it says nothing
+# With replicas (membership replication >= 2): a shard silent this long with requests
+# in flight may be gone; another shard is asked for the membership (a failover bumps
+# it) this often, until the silent one answers or the membership drops it.
+SUSPECT_S = 1.5
+ASK_MEMBERSHIP_S = 0.05
 POLL_MS = 100        # the loop's longest sleep: how late a deferred request may leave
 
 
@@ -85,6 +90,7 @@ class Request:
     # the handle hears of it: a pull copies its rows out here, as each chunk arrives,
     # and the message's buffer is freed at once.
     deliver: Callable | None = None
+    epoch: int | None = None           # the membership epoch it was routed by
 
 
 class _Shard:
@@ -102,6 +108,13 @@ class _Shard:
         self.ping_sent = 0.0
         self.ping_order = 0
         self.refused: BaseException | None = None   # its CurveZMQ handshake failed
+        self.gone = False              # no longer a member (failed over, or drained)
+        self.disconnected = False      # its connection dropped since it last answered
+        # With replicas: pushes it answered of clocks it has not said are durable
+        # (applied on every holder), kept to send again to the rows' next primary
+        # should it fail; and the clock before which it said all is durable.
+        self.kept: list[Request] = []
+        self.durable = 0
 
     def name(self) -> str:
         return f"server {self.index} ({self.address})"
@@ -109,7 +122,8 @@ class _Shard:
 
 class IOThread(threading.Thread):
     def __init__(self, servers: Sequence[str], *, config: Config | None = None,
-                 timeout: float = 30.0, wait_timeout: float = 600.0, host=None):
+                 timeout: float = 30.0, wait_timeout: float = 600.0, host=None,
+                 membership=None, worker: int = 0):
         """`host`: the geeps.client.hosted.HostedShard this process serves. This thread
         runs its server's loop too, and hands it requests by a function call; the
         other shards are dialled over TCP."""
@@ -117,6 +131,8 @@ class IOThread(threading.Thread):
         self.timeout = timeout
         self.wait_timeout = wait_timeout
         self._ctx = zmq.Context.instance()
+        self._config = config
+        self._worker = worker
         keep_freed_memory()
         local = None if host is None else host.rank
         self._shards = [
@@ -133,15 +149,21 @@ class IOThread(threading.Thread):
         if self._host is not None:
             self._host.local_sink = lambda frames: self._from_local(self._shards[local], frames)
         # With CurveZMQ a server that refuses our key says so only in a handshake
-        # event; watch for it so the caller hears "refused", not "unreachable".
+        # event; watch for it so the caller hears "refused", not "unreachable". With
+        # replicas, a dropped connection is how a killed server shows first: the
+        # membership is asked for at once (see _suspect), not after SUSPECT_S.
         self._monitors = {}
+        self._monitor_mask = 0
         if config is not None and config.curve_dir and not config.insecure:
+            self._monitor_mask |= (zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                                   | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        if membership is not None and membership.replication > 1:
+            self._monitor_mask |= zmq.EVENT_DISCONNECTED
+        if self._monitor_mask:
             for s in self._shards:
-                if s.sock is None:
-                    continue
-                self._monitors[s.sock.get_monitor_socket(
-                    zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)] = s
+                if s.sock is not None:
+                    self._monitors[s.sock.get_monitor_socket(self._monitor_mask)] = s
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._held = threading.local()     # hold() depth of each submitting thread
         self._rfd, self._wfd = os.pipe()
@@ -156,11 +178,33 @@ class IOThread(threading.Thread):
         self.on_rollback: Callable[[int], None] = lambda clock: None
         self._recovery: Rollback | None = None     # the rollback in progress
         self._fatal: GeepsError | None = None
+        # The membership requests are routed by (geeps.job.membership; replaced here,
+        # on this thread, when a shard refuses a request as stale), and every one
+        # adopted, whose segment bounds requests are also cut at (see Client._routes).
+        self.membership = membership
+        self._seen = [] if membership is None else [membership]
+        self.cuts_version = 0
+        self.epochs_adopted = 0
+        self.n_rows: dict[str, int] = {}      # table -> rows, for re-routing
+        self.clocks_sent = 0                  # clock requests this client made
+        self.redo_pending: set[int] = set()   # clocks to say `redo` of, when due
+        # Pushes are kept until durable (BSP/SSP tables; the client says so).
+        self.keep_pushes = False
+        self.failovers = 0                    # memberships that moved rows off a shard
+        self._asked_at = 0.0
+        self._ask_next = 0
+        self._poller: zmq.Poller | None = None
+        self._by_sock: dict = {}
 
     # ---- any thread ----------------------------------------------------------------
+    def cuts(self, n_rows: int) -> list[int]:
+        """The segment bounds of a table of `n_rows` in every membership adopted."""
+        return sorted({b for m in list(self._seen) for g in m.segments(n_rows)
+                       for b in (g.lo, g.hi)})
+
     def submit(self, reqs: list[Request], combine: Callable[[list], Any], *,
                timeline: int | None = None, fail: BaseException | None = None,
-               defer: bool = False) -> Handle:
+               defer: bool = False, epoch: int | None = None) -> Handle:
         """Queue `reqs` (one handle for all). `timeline`: the rollback count they belong
         to (default: now); requests of an older one are refused with RolledBack.
         `defer`: don't wake the thread; they leave with the next requests submitted,
@@ -175,6 +219,8 @@ class IOThread(threading.Thread):
         timeline = self.timeline if timeline is None else timeline
         for i, r in enumerate(reqs):
             r.handle, r.part, r.timeline = handle, i, timeline
+            if epoch is not None and r.op in P.TIMELINE_OPS:
+                r.epoch = epoch
             self._queue.put(r)
         if self._closed.is_set():   # the thread ended after the check above: no one
             self._fail_queued(self._fatal or GeepsError("client is closed"))  # reads them
@@ -210,9 +256,9 @@ class IOThread(threading.Thread):
 
     # ---- the I/O thread -------------------------------------------------------------
     def run(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         poller.register(self._rfd, zmq.POLLIN)
-        by_sock = {}
+        by_sock = self._by_sock
         for s in self._shards:
             if s.sock is not None:
                 poller.register(s.sock, zmq.POLLIN)
@@ -228,17 +274,19 @@ class IOThread(threading.Thread):
                 if self._rfd in events:
                     os.read(self._rfd, 65536)
                 self._take_queue()
-                for sock, shard in by_sock.items():
+                for sock, shard in list(by_sock.items()):
                     if sock in events:
                         self._receive(shard)
                 served = host is not None and host.sock in events
                 if served:
                     host.drain()
-                for mon, shard in self._monitors.items():
+                for mon, shard in list(self._monitors.items()):
                     if mon in events:
                         self._handshake_failed(mon, shard)
                 now = time.monotonic()
-                for shard in self._flush_order:
+                if self.redo_pending:
+                    self._send_redo_clocks()
+                for shard in list(self._flush_order):
                     self._tick(shard, now)
                     self._flush(shard)
                 while self._to_local:      # replies may open the window for more
@@ -293,6 +341,10 @@ class IOThread(threading.Thread):
     def _flush(self, shard: _Shard) -> None:
         if self._recovery is not None:
             return          # user requests wait until the rollback is done
+        if shard.gone:
+            while shard.backlog:
+                self._reroute(shard.backlog.popleft())
+            return
         # What is queued for the shard leaves in as few messages as it can: every
         # message costs each end a wake-up and a trip through its loop, which on a
         # small model is most of what a clock costs. Large values go alone.
@@ -306,11 +358,16 @@ class IOThread(threading.Thread):
         parked = sum(1 for r in shard.inflight.values() if r.parked)
         while shard.backlog and len(shard.inflight) - parked < WINDOW:
             r = shard.backlog.popleft()
+            if r.epoch is not None and r.epoch < self.membership.epoch:
+                self._reroute(r)        # routed before the membership changed
+                continue
             if r.timeline < self.timeline:
                 r.handle.set_exception(
                     RolledBack(self._rolled_to, "submitted before the rollback"))
                 continue
             self._prepare(shard, r)
+            if r.op == "clock" and r.internal is None:
+                self.clocks_sent = max(self.clocks_sent, r.header["clock"] + 1)
             n = sum(f.nbytes for f in r.payload)
             if batch and (len(batch) == P.MAX_PARTS or size + n > BATCH_BYTES):
                 self._send_batch(shard, batch)
@@ -338,6 +395,8 @@ class IOThread(threading.Thread):
         header = dict(r.header, v=P.VERSION, op=r.op, id=r.rid)
         if shard.inc is not None and r.op in P.TIMELINE_OPS:
             header["inc"] = shard.inc
+        if r.epoch is not None:
+            header["epoch"] = r.epoch
         if r.seq:
             header["seq"] = shard.seq
             shard.seq += 1
@@ -393,6 +452,7 @@ class IOThread(threading.Thread):
                 return
             now = time.monotonic()
             shard.last_heard = now
+            shard.disconnected = False
             try:
                 replies = P.replies(P.decode_header(frames[0]), frames)
             except P.ProtocolError as e:
@@ -411,6 +471,8 @@ class IOThread(threading.Thread):
             return
         if rid is not None and rid == shard.ping_rid:
             shard.ping_rid = None
+            if isinstance(header.get("durable"), int):
+                self._durable(shard, header["durable"])
             self._resend_overtaken(shard, shard.ping_order, now)
             return
         if header.get("resend"):
@@ -425,6 +487,19 @@ class IOThread(threading.Thread):
             del shard.inflight[rid]
             r.handle.set_exception(RolledBack(self._rolled_to, "sent before the rollback"))
             return
+        if header.get("stale") and r.epoch is not None:
+            # Routed by a membership the shard has left: take its newer one, and send
+            # the request where that one says.
+            del shard.inflight[rid]
+            self._adopt(header.get("membership"))
+            self._reroute(r)
+            return
+        if header.get("behind") and r.internal is None:
+            # The shard has not heard of our epoch yet (the coordinator's update is on
+            # its way): the same request again shortly.
+            r.unsent = True
+            r.last_sent = now
+            return
         self._resend_overtaken(shard, r.order, now)
         if header.get("waiting"):
             # Parked on the shard: its answer comes later. Or `busy`: a push ahead of
@@ -435,8 +510,20 @@ class IOThread(threading.Thread):
             r.parked = not r.busy
             return
         del shard.inflight[rid]
+        if "durable" in header and isinstance(header["durable"], int):
+            self._durable(shard, header["durable"])
+        if r.op == "push" and header.get("ok") and self.membership is not None \
+                and self.keep_pushes and "clock" in r.header:
+            # Until durable: sent again should the rows' primary change (or fail).
+            # Answered under an older membership than ours: it may have to go now.
+            if r.epoch is not None and r.epoch < self.membership.epoch:
+                keep, moved = self._moved(shard, [r])
+                shard.kept += keep
+                self._send_again(moved)
+            else:
+                shard.kept.append(r)
         if r.internal is not None:
-            r.internal(shard, header)
+            r.internal(shard, header, payload)
         elif header.get("ok"):
             if r.op == "hello":
                 shard.inc = header.get("inc")
@@ -451,6 +538,306 @@ class IOThread(threading.Thread):
             r.handle.set_part(r.part, (header, payload))
         else:
             r.handle.set_exception(ServerError(f"{shard.name()}: {header.get('error')}"))
+
+    # ---- membership (issue 16) ----------------------------------------------------
+    def _adopt(self, doc) -> bool:
+        """Take a membership a shard sent, if it is newer than ours."""
+        from geeps.job import membership as _membership
+        try:
+            m = _membership.Membership.from_json(doc)
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            log.warning("a shard sent a malformed membership: %s", e)
+            return False
+        if self.membership is not None and m.epoch <= self.membership.epoch:
+            return False
+        log.warning("membership epoch %s -> %d", getattr(self.membership, "epoch", None),
+                    m.epoch)
+        old, self.membership = self.membership, m
+        self._seen.append(m)
+        self.cuts_version += 1
+        self.epochs_adopted += 1
+        self._membership_changed(old)
+        return True
+
+    def _durable(self, shard: _Shard, clock: int) -> None:
+        if clock > shard.durable:
+            shard.durable = clock
+            if shard.kept:
+                shard.kept = [r for r in shard.kept if r.header["clock"] >= clock]
+
+    def _membership_changed(self, old) -> None:
+        """After adopting a newer membership: dial its new servers; what was sent to
+        a server it dropped goes where the rows are now. Where rows changed primary,
+        the new primary redoes the clocks its predecessor had not made durable: the
+        pushes of those clocks answered by the old primary go again to the new one,
+        and once this worker finished such a clock and nothing it pushed under the old
+        membership is unanswered, a `redo` clock tells every server so (a promoted
+        segment counts a worker's clock only from that; the others ignore it)."""
+        m = self.membership
+        for sid, address in sorted(m.servers.items()):
+            self._ensure_shard(sid, address)
+        for s in self._shards:
+            if s.gone or s.index in m.servers or s.sock is None:
+                continue
+            s.gone = True
+            moved = [r for r in list(s.inflight.values()) + list(s.backlog)
+                     if r.internal is None or r.op == "push"]
+            s.inflight.clear()
+            s.backlog.clear()
+            s.ping_rid = None
+            self._flush_order = [x for x in self._flush_order if x is not s]
+            self._by_sock.pop(s.sock, None)
+            if self._poller is not None:
+                self._poller.unregister(s.sock)
+            for mon in [mon for mon, x in self._monitors.items() if x is s]:
+                del self._monitors[mon]
+                if self._poller is not None:
+                    self._poller.unregister(mon)
+                mon.close(linger=0)
+            s.sock.close(linger=0)
+            for r in moved:
+                self._reroute(r)
+            log.warning("%s left the membership (epoch %d); its requests re-routed",
+                        s.name(), m.epoch)
+        losers = self._lost_rows(old, m)
+        if not losers:
+            return
+        self.failovers += 1
+        lowest = min(self._shards[k].durable for k in losers if k < len(self._shards))
+        for c in range(lowest, self.clocks_sent + 1):
+            self.redo_pending.add(c)
+        for s in self._shards:
+            keep, moved = self._moved(s, s.kept)
+            s.kept = [] if s.gone else keep
+            self._send_again(moved)
+
+    def _lost_rows(self, old, new) -> set[int]:
+        """The servers that were primary of rows another server is primary of now."""
+        out = set()
+        if old is None:
+            return out
+        for n_rows in set(self.n_rows.values()):
+            news = new.segments(n_rows)
+            for o in old.segments(n_rows):
+                for g in news:
+                    if g.lo < o.hi and o.lo < g.hi and g.primary != o.primary:
+                        out.add(o.primary)
+        return out
+
+    def _moved(self, s: _Shard, reqs: list[Request]) -> tuple[list, list]:
+        """(the pushes of `reqs` that shard s still serves, those served elsewhere now),
+        cut where the current segments cut."""
+        keep, moved = [], []
+        for r in reqs:
+            for piece in self._pieces(r):
+                try:
+                    k = self._route_of(piece)
+                except ServerError as e:
+                    log.warning("a push kept for failover cannot be sent again: %s", e)
+                    continue
+                (moved if k != s.index else keep).append(piece)
+        return keep, moved
+
+    def _send_again(self, pushes: list[Request]) -> None:
+        for r in sorted(pushes, key=lambda r: r.header["clock"]):
+            again = Request(r.shard, "push", dict(r.header, redo=True), r.payload, seq=True,
+                            internal=self._on_redone)
+            again.epoch = self.membership.epoch
+            self._reroute(again)
+
+    def _send_redo_clocks(self) -> None:
+        """The `redo` clocks that are due (see _membership_changed)."""
+        m = self.membership
+        for c in sorted(self.redo_pending):
+            if c >= self.clocks_sent:
+                return          # this worker has not finished it: its pushes may follow
+            if any(r.op == "push" and r.header.get("clock") == c and r.epoch is not None
+                   and r.epoch < m.epoch for s in self._shards if not s.gone
+                   for r in s.inflight.values()):
+                return          # an answer may still say a push must go again
+            self.redo_pending.discard(c)
+            for sid in sorted(m.servers):
+                r = Request(sid, "clock", {"worker": self._worker, "clock": c, "redo": True},
+                            internal=self._on_redone)
+                r.epoch = m.epoch
+                self._shards[sid].backlog.append(r)
+
+    def _pieces(self, r: Request) -> list[Request]:
+        """A push as pushes that each lie in one segment of the current membership
+        (cut where any membership seen cuts), sharing its frames."""
+        rows = r.header.get("rows") or {}
+        n_rows = self.n_rows.get(r.header.get("table"))
+        if n_rows is None or "sparse" in rows:
+            return [r]
+        cuts = self.cuts(n_rows)
+        if "range" in rows:
+            lo, hi = rows["range"]
+            inside = [c for c in cuts if lo < c < hi]
+            if not inside:
+                return [r]
+            bounds = [lo, *inside, hi]
+            return [Request(r.shard, "push", dict(r.header, rows={"range": [a, b]}),
+                            [r.payload[-1][a - lo:b - lo]], seq=True, handle=r.handle)
+                    for a, b in zip(bounds, bounds[1:])]
+        import numpy as np
+        ids, values = r.payload[0], r.payload[1]
+        ids = np.frombuffer(ids, "<i8") if not isinstance(ids, np.ndarray) else ids
+        where = np.searchsorted(np.asarray(cuts), ids, side="right")
+        out = []
+        for k in np.unique(where):
+            m = where == k
+            if m.all():
+                return [r]
+            out.append(Request(r.shard, "push", dict(r.header, rows={"ids": int(m.sum())}),
+                               [np.ascontiguousarray(ids[m]), np.asarray(values)[m]],
+                               seq=True, handle=r.handle))
+        return out
+
+    def _on_redone(self, shard: _Shard, header: dict, payload=()) -> None:
+        if not header.get("ok"):
+            log.warning("%s refused a re-sent request: %s", shard.name(), header.get("error"))
+
+    def _ensure_shard(self, sid: int, address: str) -> None:
+        """A connection to member `sid` (a server that joined after this client
+        started)."""
+        while len(self._shards) <= sid:
+            placeholder = _Shard(len(self._shards), "not a member", None)
+            placeholder.gone = True
+            self._shards.append(placeholder)
+        s = self._shards[sid]
+        if not s.gone:
+            return
+        s.address, s.gone = address, False
+        s.sock = connect_dealer(self._ctx, f"tcp://{address}", self._config)
+        s.last_heard = time.monotonic()
+        self._flush_order.insert(0, s)
+        self._by_sock[s.sock] = s
+        if self._poller is not None:
+            self._poller.register(s.sock, zmq.POLLIN)
+        if self._monitor_mask:
+            mon = s.sock.get_monitor_socket(self._monitor_mask)
+            self._monitors[mon] = s
+            if self._poller is not None:
+                self._poller.register(mon, zmq.POLLIN)
+
+    def _suspect(self, shard: _Shard, now: float) -> None:
+        """`shard` has been silent with requests in flight: ask another member for
+        the membership (a failover of it shows there)."""
+        if now - self._asked_at < ASK_MEMBERSHIP_S:
+            return
+        others = [s for s in self._shards if not s.gone and s is not shard
+                  and s.index in self.membership.servers]
+        if not others:
+            return
+        self._asked_at = now
+        self._ask_next = (self._ask_next + 1) % len(others)
+        self._internal(others[self._ask_next], "membership", {}, self._on_membership)
+
+    def _on_membership(self, shard: _Shard, header: dict, payload=()) -> None:
+        if header.get("ok") and "membership" in header:
+            self._adopt(header["membership"])
+
+    def _route_of(self, r: Request) -> int | None:
+        """Where `r` goes under the current membership: the primary of the segment
+        its rows lie in (a create: the same holder if it still holds them, else None:
+        nothing to do). ServerError when its rows now span segments (a split the
+        caller must make anew)."""
+        m = self.membership
+        if r.op in ("clock", "open"):
+            return r.shard if r.shard in m.servers else None
+        n_rows = r.header.get("n_rows")
+        rows = r.header.get("rows") or {}
+        if r.op == "create":
+            lo, hi = r.header["lo"], r.header["hi"]
+        elif "range" in rows:
+            lo, hi = rows["range"]
+        elif "sparse" in rows:
+            lo, hi = rows["sparse"][1], rows["sparse"][2]
+        else:
+            ids = r.payload[0]
+            lo, hi = (int(ids.min()), int(ids.max()) + 1) if len(ids) else (0, 0)
+        if n_rows is None:
+            n_rows = self.n_rows.get(r.header.get("table"))
+        segs = m.segments(n_rows) if n_rows is not None else []
+        seg = next((g for g in segs if g.lo <= lo < g.hi), None)
+        if seg is None or hi > seg.hi or any(lo < c < hi for c in self.cuts(n_rows)):
+            raise ServerError(f"rows [{lo}, {hi}) of table {r.header.get('table')!r} span "
+                              f"segments of membership epoch {m.epoch}; request them again")
+        if r.op == "create":
+            return r.shard if r.shard in seg.holders else None
+        return seg.primary
+
+    def _reroute(self, r: Request) -> None:
+        """Queue `r` again, routed by the current membership."""
+        try:
+            k = self._route_of(r)
+        except ServerError as e:
+            if r.op in ("push", "pull") and "range" in (r.header.get("rows") or {}):
+                self._split_request(r)
+            elif r.handle is not None:
+                r.handle.set_exception(e)
+            else:
+                log.warning("%s", e)
+            return
+        if k is None:       # nothing left to do there: a part that says so
+            if r.handle is not None:
+                r.handle.set_part(r.part, ({"ok": True, "rerouted": None}, []))
+            return
+        r.shard, r.epoch = k, self.membership.epoch
+        r.busy = r.parked = r.unsent = False
+        if r.op == "push":      # see ShardState._op_push: counted once, wherever it lands
+            r.header = dict(r.header, redo=True)
+        self._shards[k].backlog.append(r)
+
+    def _split_request(self, r: Request) -> None:
+        """Send a range push or pull whose rows now lie in several segments as one
+        request per segment; `r` completes when all of them did (a pull's rows put
+        back together in order first)."""
+        lo, hi = r.header["rows"]["range"]
+        name = r.header.get("table")
+        n_rows = self.n_rows.get(name)
+        cuts = [c for c in self.cuts(n_rows) if lo < c < hi] if n_rows else []
+        bounds = [lo, *cuts, hi]
+        m = self.membership
+        segs = m.segments(n_rows)
+        state = {"left": len(bounds) - 1, "failed": False, "vals": {}, "clock": None}
+
+        def done(i, shard, header, payload):
+            if state["failed"]:
+                return
+            if not header.get("ok"):
+                state["failed"] = True
+                err = ServerError(f"{shard.name()}: {header.get('error')}")
+                if r.handle is not None:
+                    r.handle.set_exception(err)
+                return
+            if r.op == "pull":
+                state["vals"][i] = bytes(memoryview(payload[0])) if payload else b""
+                c = header.get("clock")
+                state["clock"] = c if state["clock"] is None else min(state["clock"], c)
+            state["left"] -= 1
+            if state["left"] or r.handle is None:
+                return
+            out = dict(header)
+            if r.op == "pull":
+                out["clock"] = state["clock"]
+                joined = b"".join(state["vals"][j] for j in sorted(state["vals"]))
+                try:
+                    r.deliver(out, [joined])
+                except Exception as e:      # noqa: BLE001 -- the caller hears it
+                    r.handle.set_exception(ServerError(f"bad reply to {r.op}: {e}"))
+                    return
+            r.handle.set_part(r.part, (out, []))
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            k = next(g.primary for g in segs if g.lo <= a < g.hi)
+            header = dict(r.header, rows={"range": [a, b]})
+            payload = [r.payload[-1][a - lo:b - lo]] if r.op == "push" else []
+            if r.op == "push":
+                header["redo"] = True
+            piece = Request(k, r.op, header, payload, seq=r.seq,
+                            internal=lambda sh, h, p, i=i: done(i, sh, h, p))
+            piece.epoch = m.epoch
+            self._shards[k].backlog.append(piece)
 
     def _resend_overtaken(self, shard: _Shard, order: int, now: float) -> None:
         """Requests sent before one that was just answered lost their request or reply."""
@@ -468,8 +855,11 @@ class IOThread(threading.Thread):
                 self._send(shard, r)
 
     def _tick(self, shard: _Shard, now: float) -> None:
-        if not shard.inflight:
+        if not shard.inflight or shard.gone:
             return
+        if (shard.disconnected or now - shard.last_heard > SUSPECT_S) \
+                and self.membership is not None and self.membership.replication > 1:
+            self._suspect(shard, now)
         if now - shard.last_heard > self.timeout:
             self._fail_shard(shard, ServerUnreachable(
                 f"{shard.name()} did not answer for {self.timeout:g} s "
@@ -532,11 +922,11 @@ class IOThread(threading.Thread):
         r = Request(shard.index, op, header, internal=callback)
         self._send_new(shard, r)
 
-    def _on_checkpoints(self, shard: _Shard, header: dict) -> None:
+    def _on_checkpoints(self, shard: _Shard, header: dict, payload=()) -> None:
         if self._recovery is not None:
             self._take(self._recovery.on_checkpoints(shard.index, shard.name(), header))
 
-    def _on_restored(self, shard: _Shard, header: dict) -> None:
+    def _on_restored(self, shard: _Shard, header: dict, payload=()) -> None:
         if self._recovery is None:
             return
         if header.get("ok"):
@@ -571,6 +961,9 @@ class IOThread(threading.Thread):
                 event = recv_monitor_message(mon, zmq.NOBLOCK)
             except zmq.Again:
                 return
+            if event["event"] == zmq.EVENT_DISCONNECTED:
+                shard.disconnected = True
+                continue
             what = ("refused this client's CurveZMQ key (is GEEPS_CURVE_DIR this job's?)"
                     if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
                     else "failed the CurveZMQ handshake (does it run with the same keys?)")

@@ -93,6 +93,7 @@ class Supervisor:
         # geeps.launch.elastic.Elastic when the servers run under the coordinator
         # (failover, joiners, drains); None: a lost server restarts and workers roll back
         self.elastic = elastic
+        self.failed_over: set[str] = set()     # servers whose exit the coordinator handled
 
     # ---- output ----------------------------------------------------------------------
 
@@ -357,6 +358,8 @@ class Supervisor:
         running = any(w.code is None for w in workers)
         what = self.elastic.on_exit(c.name, c.code, running,
                                     lambda: self._take_restart(c, "server"))
+        if what != "rollback":
+            self.failed_over.add(c.name)
         return what != "rollback"
 
     def _take_restart(self, c: _Child, role_name: str) -> bool:
@@ -442,7 +445,8 @@ class Supervisor:
         elapsed = time.monotonic() - self.t0
         servers = [c for c in self.children if c.spec.role == "server"]
         killed = self._stop(signal.SIGTERM)
-        bad = [c for c in servers if c.code not in (0, -signal.SIGTERM)]
+        bad = [c for c in servers if c.code not in (0, -signal.SIGTERM)
+               and c.name not in self.failed_over]     # its replicas took over
         for c in bad:
             if c in killed:
                 self.say(f"{c.name} (pid {c.pid}) did not stop within {self.grace:g} s "

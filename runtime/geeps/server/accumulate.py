@@ -209,6 +209,41 @@ class ClockSum:
         for a, b in runs:
             self.touched[a:b] = False
 
+    def split(self, x: int, alloc_right: Callable[[], np.ndarray]) -> "ClockSum":
+        """Cut this sum at row x (a segment split by a new membership): this keeps
+        rows [0, x), the one returned holds rows [x, n) as its rows [0, n - x),
+        sums, counts and kept pushes alike."""
+        right = ClockSum(self.n_rows - x, self.workers, alloc_right)
+        right.through = self.through[x:].copy()
+        right.touched = self.touched[x:].copy()
+        if self.acc is not None and right.touched.any():
+            right.acc = alloc_right()
+            right.acc[:] = self.acc[x:]
+        for rank, pushes in self.kept.items():
+            left, moved = [], []
+            for p in pushes:
+                inner, outer = p.split(0, x)
+                left += [inner] if inner is not None else []
+                for q in outer:     # the parts at or past x
+                    moved.append(Push(q.lo - x, q.hi - x,
+                                      None if q.ids is None else q.ids - x, q.values))
+            if left:
+                self.kept[rank] = left
+            if moved:
+                right.kept[rank] = moved
+        self.kept = {r: v for r, v in self.kept.items() if v}
+        for side in (self, right):
+            side.kept_bytes = {r: sum(p.nbytes for p in v) for r, v in side.kept.items()}
+        for rank, runs in self.final.items():
+            right.final[rank] = [(max(a, x) - x, b - x) for a, b in runs if b > x]
+            self.final[rank] = [(a, min(b, x)) for a, b in runs if a < x]
+        right.finished, right.pushed = set(self.finished), set(self.pushed)
+        self.n_rows = x
+        self.through, self.touched = self.through[:x].copy(), self.touched[:x].copy()
+        if self.acc is not None:
+            self.acc = self.acc[:x]
+        return right
+
     @property
     def complete(self) -> bool:
         return bool((self.through == self.workers).all())

@@ -23,16 +23,19 @@ from zmq.utils.monitor import parse_monitor_message
 
 from geeps.backend import BackendUnavailable, select_rules
 from geeps.job import env as _config
+from geeps.job import membership as _membership
 from geeps.server import checkpoint
 from geeps.wire.memtune import keep_freed_memory
 from geeps.wire.curve import CurveError
 from geeps.server.rules import describe
 from geeps.server.shard import ShardState, ShardTable
+from geeps.wire import protocol as P
 from geeps.wire.protocol import reply_error
-from geeps.wire.transport import ZERO_COPY_MIN, bind_router, security_note
+from geeps.wire.transport import ZERO_COPY_MIN, bind_router, connect_dealer, security_note
 
 log = logging.getLogger("geeps.server")
 POLL_MS = 100     # how often the loop looks at the stop flag when idle
+PEER_POLL_MS = 20  # ... and at the replication messages it sends again
 # A zero-copy send unfinished this long goes to a peer that does not read: longer than
 # a backlog of 4 MiB replies takes on a real network, short enough to be a hiccup.
 STUCK_S = 0.5
@@ -79,14 +82,24 @@ class Server:
                                 checkpoint_every=cfg.checkpoint_every,
                                 wait_timeout=cfg.wait_timeout, peer_parked=cfg.peer_parked,
                                 nonfinite=cfg.nonfinite, push_buffer=cfg.push_buffer,
-                                slack=max(0, cfg.consistency.slack), rule_backend=rules)
-        if cfg.checkpoint_dir:
+                                slack=max(0, cfg.consistency.slack), rule_backend=rules,
+                                membership=_membership.initial(
+                                    cfg.servers, cfg.replication)
+                                if cfg.servers and not cfg.join else None,
+                                joining=cfg.join)
+        # One DEALER per server this one forwards its replication stream to (through
+        # wire.transport, as every other socket), made when first needed.
+        self._peers: dict[int, tuple[str, zmq.Socket]] = {}
+        self._poller: zmq.Poller | None = None
+        if cfg.checkpoint_dir and not cfg.join:     # a joiner fetches its rows instead
             self._restore_newest()
         self.state.send_early = self._send
         if metrics is not None:
             self.state.on_update = metrics.server_update.observe
             self.state.on_nonfinite = metrics.nonfinite
         self._pushed_bytes = 0
+        self._failovers = 0
+        self._bytes_at = None
         host, _, port = cfg.servers[cfg.rank].rpartition(":")
         self.address = f"tcp://{cfg.bind_host}:{port}"
         self.sock, self._auth = bind_router(self.ctx, self.address, cfg)
@@ -148,22 +161,84 @@ class Server:
             self._changed.wait(timeout)
 
     def serve(self) -> None:
-        poller = zmq.Poller()
+        poller = self._poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        for _, sock in self._peers.values():
+            poller.register(sock, zmq.POLLIN)
         log.info("server %d listening on %s for %d workers; update rules on %s; %s",
                  self.cfg.rank, self.address, self.cfg.num_workers,
                  describe(self.state.rule_backend)["rule_backend"], security_note(self.cfg))
         try:
             while not self._stop.is_set():
                 # Background work (a digest) goes a block per turn, between requests.
-                ready = dict(poller.poll(0 if self.state.background else POLL_MS))
+                ready = dict(poller.poll(0 if self.state.background else
+                                        PEER_POLL_MS if self.state.peer_retry or self.state.fetch_retry_at
+                                        is not None else POLL_MS))
                 if self.sock in ready:
                     self.drain()
                 self.after_poll(bool(ready))
         finally:
             self.close()
 
+    def _peer(self, sid: int) -> zmq.Socket | None:
+        """The DEALER to server `sid` of the membership (None when it left it)."""
+        address = self.state.membership.servers.get(sid) if self.state.membership else None
+        have = self._peers.get(sid)
+        if have is not None and have[0] == address:
+            return have[1]
+        if have is not None:
+            self._drop_peer(sid)
+        if address is None:
+            return None
+        sock = connect_dealer(self.ctx, f"tcp://{address}", self.cfg)
+        self._peers[sid] = (address, sock)
+        if self._poller is not None:
+            self._poller.register(sock, zmq.POLLIN)
+        return sock
+
+    def _drop_peer(self, sid: int) -> None:
+        _, sock = self._peers.pop(sid)
+        if self._poller is not None:
+            self._poller.unregister(sock)
+        sock.close(linger=0)
+
+    def _pump_peers(self) -> None:
+        """Send the replication stream the state queued; hand the replicas' answers
+        back to it (their releases go out as any reply)."""
+        st = self.state
+        if st.peer_retry:
+            st.due_peer_retries(time.monotonic())
+        if st.fetch_retry_at is not None:
+            self._send(st.due_fetches(time.monotonic()))
+        while st.outbox:
+            sid, frames = st.outbox.pop(0)
+            sock = self._peer(sid)
+            if sock is None:
+                continue
+            try:
+                sock.send_multipart(frames, zmq.NOBLOCK)
+            except zmq.Again:       # no connection yet: the same message a moment later
+                st.peer_retry.append((time.monotonic() + 0.02, sid, frames))
+        for sid, (_, sock) in list(self._peers.items()):
+            while True:
+                try:
+                    frames = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                try:
+                    header = P.decode_header(frames[0])
+                except P.ProtocolError as e:
+                    log.warning("server %d: server %d sent a malformed reply: %s",
+                                self.cfg.rank, sid, e)
+                    continue
+                self._send(st.on_peer_reply(sid, header, frames))
+        if st.membership is not None:
+            for sid in [s for s in self._peers if s not in st.membership.servers]:
+                self._drop_peer(sid)
+
     def close(self) -> None:
+        for sid in list(self._peers):
+            self._drop_peer(sid)
         self.sock.disable_monitor()
         self._monitor.close(linger=0)
         self.sock.close(linger=0)
@@ -220,6 +295,8 @@ class Server:
         return bool(self.state.background)
 
     def after_poll(self, handled: bool) -> None:
+        if self.state.outbox or self._peers or self.state.fetch_retry_at is not None:
+            self._pump_peers()
         if self.state.background:
             self._send(self.state.step_background())
         if handled:
@@ -251,6 +328,17 @@ class Server:
         if pushed > self._pushed_bytes:
             self.metrics.server_push_bytes.inc(pushed - self._pushed_bytes)
             self._pushed_bytes = pushed
+        if st.membership is not None:
+            self.metrics.membership_epoch.set(st.membership.epoch)
+            if st.failovers > self._failovers:
+                self.metrics.failovers.inc(st.failovers - self._failovers)
+                self._failovers = st.failovers
+            at = (st.membership.epoch, len(st.tables))
+            if at != self._bytes_at:        # segments come and go with memberships
+                self._bytes_at = at
+                held = [(t.primary, t.rows.nbytes) for t in st.tables.values()]
+                self.metrics.shard_bytes(sum(n for p, n in held if p),
+                                         sum(n for p, n in held if not p))
 
     def _handle(self, peer: bytes, frames: list, header: dict | None = None) -> None:
         if peer in self._overflow:
@@ -275,6 +363,8 @@ class Server:
             log.exception("server %d: internal error on a request", self.cfg.rank)
             replies = [(peer, reply_error(None, "internal server error (see server log)"))]
         self._send(replies)
+        if self.state.outbox:
+            self._pump_peers()
 
     def _send(self, replies: list) -> None:
         # The hosting worker's replies last: what travels is on its way while this

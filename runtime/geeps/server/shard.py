@@ -25,6 +25,7 @@ from typing import Any, Callable, Union
 
 import numpy as np
 
+from geeps.job import membership as _membership
 from geeps.server import checkpoint
 from geeps.server import functions as _functions
 from geeps.server.accumulate import ClockSum, feed_array, merge, run_rows
@@ -48,6 +49,12 @@ DIGEST_BLOCK = 16 << 20
 DIGEST_TRIES = 3
 # Requests that change nothing a digest covers.
 READ_ONLY_OPS = frozenset({"pull", "ping", "stats", "digest", "checkpoints", "open"})
+# Where a table's second and later segments on one shard are filed in `tables` (the
+# first is filed under the table's name): a character no table name may hold.
+SEGMENT_SEP = "\x00"
+PEER_RETRY_S = 0.02     # a replica behind on the membership hears the stream again after
+FETCH_RETRY_S = 0.1     # a fetch a holder could not answer yet is asked again after
+MAX_EARLY_STREAM = 1024  # stream messages kept for rows still being fetched
 
 
 def _new_inc() -> str:
@@ -132,6 +139,28 @@ class ShardTable:
     # Server functions (geeps.server.functions) around the rule's update; a table
     # with some is updated at the clock's end only, never early.
     functions: tuple = field(default=(), repr=False)
+    # Where ShardState.tables files it (the name, or name SEGMENT_SEP lo for a second
+    # segment of the same table on this shard).
+    key: str = ""
+    # Membership (issue 16): the next clock this segment applies (a replica's moves
+    # with its primary's stream, not with the workers' clocks), the holders the
+    # primary forwards each clock to (empty: this shard is a replica, or there are
+    # none), whether this shard serves it, and clock -> the replicas that have not
+    # acknowledged it yet (reads of the clock after it wait for them).
+    next: int = 0
+    replicas: tuple = ()
+    primary: bool = True
+    unacked: dict = field(default_factory=dict, repr=False)
+    # A promoted replica that lags the workers' clocks redoes clock `next` from the
+    # pushes the workers send it again (see ShardState._op_clock's `redo`): the
+    # workers that said they sent all of theirs.
+    redone: set = field(default_factory=set, repr=False)
+    redo: int | None = None
+
+    @property
+    def durable(self) -> int:
+        """Clocks before this are applied on every holder (reads may see them)."""
+        return min(self.unacked) if self.unacked else self.next
 
     def spec(self) -> dict:
         out = {"table": self.name, "n_rows": self.n_rows, "row_width": self.row_width,
@@ -176,6 +205,7 @@ class ParkedPull:
     need: int                   # the read sees every update of the clocks before this
     sel: Selection              # owned (see Selection.owned)
     deadline: float = float("inf")
+    key: str = ""               # the segment's key in ShardState.tables
 
 
 Parked = Union[ParkedOpen, ParkedPull]
@@ -188,8 +218,22 @@ class ShardState:
                  checkpoint_dir: str = "", checkpoint_every: int = 0,
                  wait_timeout: float = float("inf"), peer_parked: int | None = None,
                  nonfinite: str = "reject", push_buffer: int | None = None,
-                 slack: int = 0, rule_backend=None):
+                 slack: int = 0, rule_backend=None,
+                 membership: "_membership.Membership | None" = None,
+                 joining: bool = False):
         self.rank = rank
+        # A server added to a running job (GEEPS_JOIN): it holds nothing and serves
+        # nothing until the coordinator's membership gives it rows, which it fetches;
+        # the workers' clocks it learns from the holders it fetches from and from the
+        # workers' own clock requests.
+        self.joining = joining
+        # Who holds which rows (geeps.job.membership), None: no epochs (a bare state in
+        # a unit test, one shard per contiguous range as the clients say).
+        self.membership = membership
+        # Messages to other servers (the replication stream): (server id, frames); the
+        # socket layer sends them and hands their replies to on_peer_reply.
+        self.outbox: list[tuple[int, list]] = []
+        self._peer_rid = 0
         self.rule_backend = rule_backend    # where rules run (GEEPS_SERVER_BACKEND; None: numpy)
         # Bytes of pushes kept ahead of their turn, all clocks together (see _busy);
         # None: the shard's own size (every table's rows) for each clock a worker may
@@ -244,6 +288,23 @@ class ShardState:
         # yield after each block and return their replies (see step_background).
         self.background: list = []
         self.version = 0                       # counts requests that may change state
+        self.failovers = 0                     # memberships adopted that promoted a segment here
+        # Replication messages sent and not answered: id -> (server id, frames); those
+        # a replica said it is behind for, to send again: (when, server id, frames).
+        self.peer_sent: dict[int, tuple[int, list]] = {}
+        self.peer_retry: list[tuple[float, int, list]] = []
+        # Catching up (fetch): the tables there are (name -> spec), whether another
+        # member told us, the fetches in flight, and stream messages for rows not here
+        # yet (applied once they are).
+        self.catalog: dict[str, dict] = {}
+        # A server that was there when the tables were made got a create of each table
+        # it holds rows of; a joiner asks another member.
+        self.catalog_known = not joining
+        self.fetching: set = set()
+        self.fetch_refused: set = set()     # said once in the log
+        self.fetch_retry_at: float | None = None
+        self.early_stream: list = []
+        self.clocks_heard: set[int] = set()   # workers whose clock a joiner has seen
 
     @property
     def min_clock(self) -> int:
@@ -282,6 +343,11 @@ class ShardState:
             if inc is not None and inc != self.inc and op in P.TIMELINE_OPS:
                 self.stats["errors"] += 1
                 return [(peer, self._restarted_error(rid))]
+            if op in P.TIMELINE_OPS and self.membership is not None and "epoch" in header:
+                refusal = self._epoch_refusal(rid, header)
+                if refusal is not None:
+                    self.stats["errors"] += 1
+                    return [(peer, refusal)]
             if op not in READ_ONLY_OPS:
                 self.version += 1
             return getattr(self, "_op_" + op)(peer, rid, header, frames)
@@ -344,7 +410,8 @@ class ShardState:
             self.tokens[w] = os.urandom(8).hex()
         return [(peer, P.reply_ok(rid, shard=self.rank, token=self.tokens[w], num_workers=self.num_workers,
                                   min_clock=self.min_clock, worker_clock=self.done[w],
-                                  tables=sorted(self.tables), inc=self.inc,
+                                  tables=sorted({t.name for t in self.tables.values()}),
+                                  inc=self.inc,
                                   base=self.base, cause=self.last_cause))]
 
     def _holds_pushes(self, w: int) -> bool:
@@ -401,8 +468,11 @@ class ShardState:
         values = P.values_frame(frames[1], 1, hi - lo, width) if init else None
         want = ShardTable(name, n_rows, width, lo, hi, rule, hyper, per_clock,
                           functions=_create_functions(h))
-        if name in self.tables:
-            have = self.tables[name]
+        if SEGMENT_SEP in name:
+            raise ProtocolError("header field 'table' must not hold a NUL character")
+        self._check_held(name, lo, hi, n_rows)
+        key, have = self._create_key(want)
+        if have is not None:
             if have.spec() != want.spec():
                 diff = [k for k in want.spec() if want.spec()[k] != have.spec()[k]]
                 raise ProtocolError(f"table {name!r} exists with another {diff[0]} "
@@ -412,22 +482,72 @@ class ShardState:
             np.zeros((hi - lo, width), np.float32)
         want.state = RuleState(rule, hyper, want.rows.shape, self.rule_backend)
         want.rows = want.state.hold(want.rows)
-        self.tables[name] = want
+        want.key, want.next, want.begun = key, self.min_clock, self.min_clock - 1
+        self.catalog.setdefault(name, want.spec())
+        self._place(want)
+        self.tables[key] = want
         log.info("created table %s rows %d..%d of %d, width %d, rule %s",
                  name, lo, hi, n_rows, width, rule)
         out = [(peer, P.reply_ok(rid, existed=False, **want.spec()))]
         return out + self._release()
 
+    def _create_key(self, want: ShardTable) -> tuple[str, ShardTable | None]:
+        """Where a created segment is filed, and the segment there already, if any."""
+        same = self._segments_of(want.name)
+        for t in same:
+            if t.lo == want.lo:
+                return t.key, t
+            if want.lo < t.hi and t.lo < want.hi:
+                raise ProtocolError(f"header fields 'lo'/'hi': rows [{want.lo}, {want.hi}) of "
+                                    f"table {want.name!r} overlap rows [{t.lo}, {t.hi}) held "
+                                    f"by server {self.rank}")
+        if same:
+            base = dict(same[0].spec(), lo=want.lo, hi=want.hi)
+            diff = [k for k in base if base[k] != want.spec().get(k)]
+            if diff:
+                raise ProtocolError(f"table {want.name!r} exists with another {diff[0]} "
+                                    f"({base[diff[0]]!r}, asked {want.spec()[diff[0]]!r})")
+        return (want.name if not same else f"{want.name}{SEGMENT_SEP}{want.lo}"), None
+
+    def _check_held(self, name: str, lo: int, hi: int, n_rows: int) -> None:
+        """A create of rows this shard does not hold in its membership is refused."""
+        if self.membership is None or lo == hi:
+            return
+        held = [(s.lo, s.hi) for s in self.membership.held_by(self.rank, n_rows)]
+        if not any(a <= lo and hi <= b for a, b in held):
+            raise ProtocolError(f"header fields 'lo'/'hi': server {self.rank} holds no "
+                                f"segment containing rows [{lo}, {hi}) of table {name!r:.60} "
+                                f"in membership epoch {self.membership.epoch}")
+
+    def _place(self, t: ShardTable) -> None:
+        """Set t's role from the membership: primary or replica, and its replicas."""
+        if self.membership is None:
+            return
+        holders: tuple = ()
+        if t.lo < t.hi:
+            for seg in self.membership.segments(t.n_rows):
+                if seg.lo <= t.lo < seg.hi:
+                    # catchers-up get the stream like a replica (and ack it)
+                    holders = seg.holders + seg.catching if t.hi <= seg.hi else ()
+                    break
+        t.primary = bool(holders) and holders[0] == self.rank
+        t.replicas = tuple(holders[1:]) if t.primary else ()
+        for c in list(t.unacked):       # acks owed by servers that hold it no more
+            t.unacked[c] = {w for w in t.unacked[c] if w[0] in t.replicas}
+            if not t.unacked[c]:
+                del t.unacked[c]
+
     def _op_open(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "open")
         name = P.field(h, "table", str)
-        if name in self.tables:
-            return [(peer, P.reply_ok(rid, **self.tables[name].spec()))]
+        segs = self._segments_of(name)
+        if segs:
+            return [(peer, P.reply_ok(rid, **segs[0].spec()))]
         return self._park(ParkedOpen(peer, rid, name))
 
     # ---- pushes, clocks and reads ------------------------------------------------------
     def _op_push(self, peer, rid, h, frames):
-        t = self._table(h)
+        t = self._table(h, frames)
         w = self._worker(h)
         session = P.field(h, "session", (int, str))
         clock = P.field(h, "clock", int, minimum=0)
@@ -441,7 +561,17 @@ class ShardState:
         if window is not None and window.seen(seq):
             self.stats["duplicates"] += 1
             return [(peer, P.reply_ok(rid, duplicate=True))]
-        if clock != self.done[w]:
+        # `redo`: a push the client sends again after a failover (its first went to a
+        # primary that died before the clock was durable). One of a clock applied here
+        # already counted through the replication stream: dropped. One of the clock a
+        # promoted segment redoes counts although the worker finished that clock.
+        redo = P.field(h, "redo", bool) if "redo" in h else False
+        if redo and t.per_clock and clock < t.next:
+            self.stats["duplicates"] += 1
+            return [(peer, P.reply_ok(rid, duplicate=True))]
+        if redo and t.redo == clock and clock < self.done[w]:
+            pass
+        elif clock != self.done[w]:
             raise ProtocolError(f"header field 'clock': push for clock {clock} but worker {w} "
                                 f"is at clock {self.done[w]} on server {self.rank}")
         if t.per_clock:
@@ -486,7 +616,7 @@ class ShardState:
                 self.stats["absorbed"] += 1
                 return [(peer, P.reply_ok(rid, absorbed=True))]
             last = False        # what is left of it waits for the clock's end
-        s = t.clock_sum(clock, self.done)
+        s = t.clock_sum(clock, self._finished_view(t, clock))
         s.keep(w, sel.kept(values))
         out = [(peer, P.reply_ok(rid))]
         if last and len(sel):               # a last push is a RowRange (_op_push)
@@ -584,8 +714,8 @@ class ShardState:
         sees it half done."""
         s = t.pending.get(clock)
         if not full or s is None or clock != self.min_clock or s.acc is None \
-                or t.functions:
-            return []
+                or t.functions or t.replicas or t.next != clock:
+            return []   # replicated: reads wait for the replicas' acks (see _forward)
         t0 = time.perf_counter()
         if t.begun != clock:
             t.state.begin()
@@ -599,13 +729,55 @@ class ShardState:
         t.applied[clock] = runs
         self.stats["early"] += 1
         self.on_update(time.perf_counter() - t0)
-        return self._release(lambda p: p.table == t.name and p.sel.served_early(runs),
-                             clock + 1)
+        return self._release(lambda p: (p.key or p.table) == t.key
+                             and p.sel.served_early(runs), clock + 1)
+
+    def _finished_view(self, t: ShardTable, clock: int) -> list[int]:
+        """The clocks each worker finished, as a sum of `clock` of `t` must see them:
+        a segment that redoes a clock after a failover counts a worker finished only
+        once it said it sent that clock's pushes again (or finished it here)."""
+        if t.redo != clock:
+            return self.done
+        return [clock + 1 if r in t.redone else clock for r in range(self.num_workers)]
+
+    def _op_redo(self, peer, rid, w: int, clock: int) -> list[Reply]:
+        """A `clock` with `redo`: worker w sent again every push of `clock` that a
+        failed primary had not made durable. A promoted segment redoing that clock
+        counts it finished there; once every worker is, the clock applies."""
+        # (Its plain clock may reach this shard after the redo: the clock applies only
+        # once min_clock is past it too, see _redo_waits.)
+        out = []
+        for t in list(self.tables.values()):
+            if t.redo != clock or w in t.redone:
+                continue
+            t.redone.add(w)
+            s = t.pending.get(clock)
+            if s is not None:
+                s.finished.add(w)
+                s.settle(w, [(0, len(t.rows))])
+            out += self._catch_up(t)
+        return [(peer, P.reply_ok(rid, min_clock=self.min_clock, durable=self.durable()))] \
+            + out + self._release()
+
+    def _catch_up(self, t: ShardTable) -> list[Reply]:
+        """Apply the clocks a promoted segment lags by, as far as its sums allow."""
+        while t.primary and t.next < self.min_clock and not self._redo_waits(t, t.next):
+            self._apply_clock(t, t.next, False)
+        return []
+
+    def _redo_waits(self, t: ShardTable, clock: int) -> bool:
+        return t.redo == clock and (len(t.redone) < self.num_workers
+                                    or clock >= self.min_clock)
 
     def _op_clock(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "clock")
         w = self._worker(h)
         clock = P.field(h, "clock", int, minimum=0)
+        if "redo" in h and P.field(h, "redo", bool):
+            return self._op_redo(peer, rid, w, clock)
+        if clock > self.done[w] and self.joining and w not in self.clocks_heard:
+            self.done[w] = clock        # joined mid-run: the worker's clock starts here
+        self.clocks_heard.add(w)
         if clock > self.done[w]:
             raise ProtocolError(f"header field 'clock': worker {w} cannot finish clock {clock} "
                                 f"while at clock {self.done[w]}")
@@ -624,6 +796,8 @@ class ShardState:
         out = []
         if finishing:       # w's rows of `clock` are all final: sum what that allows
             for t in self.tables.values():
+                if t.redo == clock:
+                    continue        # counted from the worker's redo clock (_op_redo)
                 s = t.pending.get(clock)
                 if s is not None:
                     s.finished.add(w)
@@ -633,25 +807,51 @@ class ShardState:
         if self.min_clock > before:
             self._apply_clocks(before, self.min_clock)
             self._maybe_checkpoint(before, self.min_clock)
-        return [(peer, P.reply_ok(rid, min_clock=self.min_clock))] + out + \
+        for t in list(self.tables.values()):
+            if t.redo is not None:
+                self._catch_up(t)
+        extra = {} if self.membership is None else {"durable": self.durable()}
+        return [(peer, P.reply_ok(rid, min_clock=self.min_clock, **extra))] + out + \
             self._release() + self._unblock()
 
     def _op_pull(self, peer, rid, h, frames):
-        t = self._table(h)
+        t = self._table(h, frames)
         need = P.field(h, "need", int, minimum=0)
         sel = self._selection(t, h, frames, payload=0)
         self.stats["pulls"] += 1
-        if self.min_clock >= need:
-            return [(peer, self._pull_reply(rid, t, sel))]
-        if need == self.min_clock + 1 and sel.served_early(t.applied.get(self.min_clock, ())):
+        ready = self._readable(t)
+        if ready >= need:
+            return [(peer, self._pull_reply(rid, t, sel, ready))]
+        if need == self.min_clock + 1 and ready == self.min_clock and \
+                sel.served_early(t.applied.get(self.min_clock, ())):
             return [(peer, self._pull_reply(rid, t, sel, need))]      # updated early
         if any(p.peer == peer and p.rid == rid for p in self.parked):
             return [(peer, P.reply_ok(rid, waiting=True))]  # a retry: say we are alive
-        return self._park(ParkedPull(peer, rid, t.name, need, sel.owned()))
+        return self._park(ParkedPull(peer, rid, t.name, need, sel.owned(), key=t.key))
+
+    def _readable(self, t: ShardTable, clock: int | None = None) -> int:
+        """The clock a read of `t` may see now: every update before it applied (on
+        every holder, when it has replicas). `clock`: min_clock, or what the caller
+        knows it to be."""
+        clock = self.min_clock if clock is None else clock
+        if self.membership is None:
+            return clock
+        return min(clock, t.durable)
+
+    def durable(self) -> int:
+        """The clocks before this are applied on every holder of every segment this
+        shard serves: a client keeps its pushes of later clocks to send again should
+        this shard fail."""
+        return min((self._readable(t) for t in self.tables.values() if t.primary),
+                   default=self.min_clock)
 
     # ---- introspection ------------------------------------------------------------------
     def _op_ping(self, peer, rid, h, frames):
-        return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base, cause=self.last_cause))]
+        extra = {"epoch": 0, "ready": False} if self.membership is None and self.joining \
+            else {} if self.membership is None else {
+            "epoch": self.membership.epoch, "ready": self._ready(), "durable": self.durable()}
+        return [(peer, P.reply_ok(rid, inc=self.inc, base=self.base, cause=self.last_cause,
+                                  **extra))]
 
     def _op_stats(self, peer, rid, h, frames):
         return [(peer, P.reply_ok(rid, **self.stats, parked=len(self.parked), clocks=self.done,
@@ -659,6 +859,14 @@ class ShardState:
                                   tables={n: t.spec() for n, t in self.tables.items()}))]
 
     def _op_digest(self, peer, rid, h, frames):
+        if "table" in h:        # one segment, at once: a replica's bits against its primary's
+            name, lo = P.field(h, "table", str), P.field(h, "lo", int, minimum=0)
+            t = next((x for x in self._segments_of(name) if x.lo == lo), None)
+            if t is None:
+                raise ProtocolError(f"header field 'lo': server {self.rank} holds no segment "
+                                    f"of table {name!r:.60} starting at row {lo}")
+            return [(peer, P.reply_ok(rid, digest=self.segment_digest(t), clock=t.next,
+                                      primary=t.primary))]
         # Hashing a 1 GiB table takes seconds: it runs a block at a time between other
         # requests (step_background), and its reply goes when it is done. A retry of
         # one still running is told it is (as a parked read's retry is).
@@ -690,6 +898,17 @@ class ShardState:
                                           f"was hashed, {DIGEST_TRIES} times; ask for the "
                                           "digest again when the job is quiet"))]
 
+    @staticmethod
+    def segment_digest(t: ShardTable) -> str:
+        """A hash of what a replica must hold equal to its primary: the segment's rows,
+        its rule's state and step count, and the clock it is at."""
+        h = hashlib.sha256()
+        h.update(repr((t.name, t.lo, t.hi, t.next, t.state.step)).encode())
+        feed_array(h, t.rows)
+        for k in sorted(t.state.slots):
+            feed_array(h, t.state.slots[k])
+        return h.hexdigest()
+
     def digest(self) -> str:
         """A hash of everything a request can change: rows, optimizer state, pending
         updates, clocks, seen sequence numbers. Equal digests mean equal state."""
@@ -702,7 +921,8 @@ class ShardState:
         """Feed the state into `h`, yielding after each DIGEST_BLOCK bytes. Between
         steps the state may change (the caller then starts over): nothing here may
         fail when it does."""
-        h.update(repr((self.done, sorted(self.tables))).encode())
+        h.update(repr((self.done, sorted(self.tables), None if self.membership is None
+                       else self.membership.to_json())).encode())
         for name in sorted(self.tables):
             t = self.tables.get(name)
             if t is None:
@@ -782,7 +1002,7 @@ class ShardState:
         header = {"num_workers": self.num_workers, "tables": []}
         arrays = {}
         for name, t in self.tables.items():
-            header["tables"].append(dict(t.spec(), step=t.state.step,
+            header["tables"].append(dict(t.spec(), step=t.state.step, key=name,
                                          slots=sorted(t.state.slots)))
             arrays[f"{name}/rows"] = t.rows
             for k, v in t.state.slots.items():
@@ -800,14 +1020,16 @@ class ShardState:
         for spec in header["tables"]:
             t = ShardTable(spec["table"], spec["n_rows"], spec["row_width"], spec["lo"],
                            spec["hi"], spec["rule"], spec["hyper"], spec["per_clock"],
-                           functions=_functions.resolve(spec.get("functions")))
-            t.rows = arrays[f"{t.name}/rows"]
+                           functions=_functions.resolve(spec.get("functions")),
+                           key=spec.get("key", spec["table"]), next=clock, begun=clock - 1)
+            t.rows = arrays[f"{t.key}/rows"]
             t.state = RuleState(t.rule, t.hyper, t.rows.shape, self.rule_backend)
             t.rows = t.state.hold(t.rows)
             t.state.step = spec["step"]
             for k in spec["slots"]:
-                t.state.slots[k] = arrays[f"{t.name}/slot/{k}"]
-            tables[t.name] = t
+                t.state.slots[k] = arrays[f"{t.key}/slot/{k}"]
+            self._place(t)
+            tables[t.key] = t
         self.tables = tables
         self.done = [clock] * self.num_workers
         self.windows = {}
@@ -833,12 +1055,38 @@ class ShardState:
             raise ProtocolError(f"header field 'worker' {w} outside 0..{self.num_workers - 1}")
         return w
 
-    def _table(self, h) -> ShardTable:
+    def _table(self, h, frames: list | None = None) -> ShardTable:
+        """The segment of the named table a request's rows lie in (the first row
+        decides; _selection then checks they all lie there). A shard that serves no
+        segment there (a replica, or a stale route) refuses naming the primary."""
         name = P.field(h, "table", str)
-        t = self.tables.get(name)
-        if t is None:
+        segs = self._segments_of(name)
+        if not segs:
             raise ProtocolError(f"header field 'table': no table {name!r:.60} on server {self.rank}")
+        t = segs[0]
+        if len(segs) > 1 and frames is not None:
+            first = self._first_row(h, frames, t.n_rows)
+            t = next((x for x in segs if x.lo <= first < x.hi), t)
+        if not t.primary and self.membership is not None and h.get("op") in ("push", "pull"):
+            raise ProtocolError(
+                f"header field 'rows': server {self.rank} holds rows [{t.lo}, {t.hi}) of "
+                f"table {name!r:.60} as a replica in epoch {self.membership.epoch}; their "
+                f"primary serves them")
         return t
+
+    def _segments_of(self, name: str) -> list[ShardTable]:
+        return [t for t in self.tables.values() if t.name == name]
+
+    @staticmethod
+    def _first_row(h: dict, frames: list, n_rows: int) -> int:
+        kind, arg = P.rows_field(h, n_rows)
+        if kind == "range":
+            return arg[0]
+        if kind == "sparse":
+            return arg[1]
+        if len(frames) < 2 or arg == 0:
+            return 0
+        return int(P.ids_frame(frames[1], 1, arg).min())
 
     def _selection(self, t: ShardTable, h: dict, frames: list, payload: int) -> Selection:
         """The rows a request names, as local rows of `t`, once the request is seen to
@@ -920,12 +1168,14 @@ class ShardState:
         out, keep = [], []
         for p in self.parked:
             if isinstance(p, ParkedOpen):
-                if p.table in self.tables:
-                    out.append((p.peer, P.reply_ok(p.rid, **self.tables[p.table].spec())))
+                segs = self._segments_of(p.table)
+                if segs:
+                    out.append((p.peer, P.reply_ok(p.rid, **segs[0].spec())))
                     continue
-            elif clock >= p.need and pulls(p):
-                out.append((p.peer, self._pull_reply(p.rid, self.tables[p.table], p.sel,
-                                                     clock)))
+            elif (t := self.tables.get(p.key or p.table)) is not None and \
+                    self._readable(t, clock) >= p.need and pulls(p):
+                out.append((p.peer, self._pull_reply(p.rid, t, p.sel,
+                                                     self._readable(t, clock))))
                 continue
             keep.append(p)
         self.parked = keep
@@ -944,15 +1194,22 @@ class ShardState:
         # hi already: true only when the update is of clock hi - 1 alone.
         early = hi - lo == 1 and self.send_early is not None
         for clock in range(lo, hi):
-            for t in self.tables.values():
-                self._apply_clock(t, clock, early)
+            for t in list(self.tables.values()):
+                # A replica applies its primary's stream; a promoted segment that lags
+                # applies its clocks as their redo completes (_catch_up).
+                if t.primary and t.next == clock and not self._redo_waits(t, clock):
+                    self._apply_clock(t, clock, early and not t.replicas)
         self.on_update(time.perf_counter() - t0)
 
     def _apply_clock(self, t: ShardTable, clock: int, early: bool) -> None:
         s = t.pending.pop(clock, None)
         t.applied.pop(clock, None)
         t.absorbed = {w: v for w, v in t.absorbed.items() if v[0] > clock}
+        t.next = clock + 1
+        if t.redo == clock:
+            t.redo, t.redone = None, set()
         if s is None:
+            self._forward(t, clock, None, None, None, False)
             return
         if not s.complete:  # every worker finished, so settle() summed all; if not, a bug
             log.error("server %d: clock %d of table %s applied before its sum was "
@@ -964,20 +1221,523 @@ class ShardState:
         t.begun = clock
         starts, ends = s.pending()
         if s.acc is not None and len(starts):
+            self._forward(t, clock, s.acc, starts, ends, counted)
             self.before_write(t)
-            if t.functions:
-                self._apply_with_functions(t, s.acc, run_rows(starts, ends), counted)
-            elif len(starts) <= MAX_RUNS:
-                if not counted:
-                    t.state.begin()
-                self._apply_runs(t, s.acc, list(zip(starts.tolist(), ends.tolist())), early)
-            else:       # scattered rows (pushes by id): gather, update, scatter
-                ids = run_rows(starts, ends)
-                t.state.apply(t.rows, s.acc[ids], rows=ids, scale=self._scale(t),
-                              scratch=True, count=not counted)
+            self._apply_sum(t, s.acc, starts, ends, counted, early)
+        else:
+            self._forward(t, clock, None, None, None, counted)
         if s.acc is not None and not t.free:
             t.free.append(s.acc)
         self.stats["applied"] += 1
+
+    def _apply_sum(self, t: ShardTable, acc: np.ndarray, starts: np.ndarray,
+                   ends: np.ndarray, counted: bool, early: bool) -> None:
+        """One clock's update of the rows in runs (starts, ends) from the sum `acc`
+        (the shard's size; overwritten). A replica runs exactly this on the sum its
+        primary forwards, so both hold the same bits."""
+        if t.functions:
+            self._apply_with_functions(t, acc, run_rows(starts, ends), counted)
+        elif len(starts) <= MAX_RUNS:
+            if not counted:
+                t.state.begin()
+            self._apply_runs(t, acc, list(zip(starts.tolist(), ends.tolist())), early)
+        else:       # scattered rows (pushes by id): gather, update, scatter
+            ids = run_rows(starts, ends)
+            t.state.apply(t.rows, acc[ids], rows=ids, scale=self._scale(t),
+                          scratch=True, count=not counted)
+
+    # ---- replication (issue 16) ------------------------------------------------------
+    def _held_ranges(self, sid: int, t: ShardTable) -> list[tuple[int, int]]:
+        """The parts of t's rows server `sid` holds or catches up on (merged)."""
+        out: list[tuple[int, int]] = []
+        for g in self.membership.segments(t.n_rows):
+            a, b = max(g.lo, t.lo), min(g.hi, t.hi)
+            if a < b and (sid in g.holders or sid in g.catching):
+                if out and out[-1][1] == a:
+                    out[-1] = (out[-1][0], b)
+                else:
+                    out.append((a, b))
+        return out
+
+    def _forward(self, t: ShardTable, clock: int, acc, starts, ends, counted: bool) -> None:
+        """Send clock `clock`'s sum of `t`'s rows (before it is applied: the update
+        scales it in place) to each replica and catcher-up, the rows each holds; reads
+        of the next clock wait for their acks (durable). A clock no one pushed to goes
+        too, so the replicas' clocks and step counts move with the primary's."""
+        if not t.replicas or self.membership is None:
+            return
+        if acc is None or starts is None or not len(starts):
+            starts = ends = np.zeros(0, np.int64)
+        starts = np.ascontiguousarray(starts, dtype="<i8")
+        ends = np.ascontiguousarray(ends, dtype="<i8")
+        waiting = set()
+        sent = 0
+        for sid in t.replicas:
+            for a, b in self._held_ranges(sid, t):
+                s, e, values = _clip_runs(starts, ends, acc, a - t.lo, b - t.lo, t.row_width)
+                self._peer_rid += 1
+                frames = P.request("replicate", self._peer_rid, [s, e, values],
+                                   table=t.name, lo=a, hi=b, clock=clock, counted=counted,
+                                   runs=len(s), origin=self.rank,
+                                   epoch=self.membership.epoch)
+                self.peer_sent[self._peer_rid] = (sid, frames)
+                self.outbox.append((sid, frames))
+                waiting.add((sid, a))
+                sent += values.nbytes
+        if waiting:
+            t.unacked[clock] = waiting
+        self.stats["forwarded_bytes"] = self.stats.get("forwarded_bytes", 0) + sent
+
+    def _op_replicate(self, peer, rid, h, frames):
+        if self.membership is None:
+            raise ProtocolError(f"server {self.rank} runs without a membership: it holds "
+                                "no replicas")
+        epoch = P.field(h, "epoch", int, minimum=1)
+        origin = P.field(h, "origin", int, minimum=0)
+        name = P.field(h, "table", str)
+        lo = P.field(h, "lo", int, minimum=0)
+        hi = P.field(h, "hi", int, minimum=0)
+        clock = P.field(h, "clock", int, minimum=0)
+        counted = P.field(h, "counted", bool)
+        n = P.field(h, "runs", int, minimum=0)
+        if epoch > self.membership.epoch:
+            return [(peer, P.reply_error(rid, behind=True, epoch=self.membership.epoch,
+                                         error=f"server {self.rank} is at epoch "
+                                               f"{self.membership.epoch}, the stream at "
+                                               f"{epoch}: send again"))]
+        if not lo < hi:
+            raise ProtocolError(f"header fields 'lo'/'hi': [{lo}, {hi}) holds no rows")
+        P.expect_frames(frames, 4, "replicate")
+        starts, ends = P.ids_frame(frames[1], 1, n), P.ids_frame(frames[2], 2, n)
+        if n and (starts.min() < 0 or ends.max() > hi - lo or (ends <= starts).any()
+                  or (starts[1:] < ends[:-1]).any()):
+            raise ProtocolError(f"frames 1-2 (runs): not sorted disjoint runs within the "
+                                f"{hi - lo} rows [{lo}, {hi})")
+        segs = self._segments_of(name)
+        width = segs[0].row_width if segs else None
+        n_rows = segs[0].n_rows if segs else None
+        if n_rows is None:
+            n_rows = self.catalog.get(name, {}).get("n_rows")
+            width = self.catalog.get(name, {}).get("row_width")
+        if n_rows is None or hi > n_rows:
+            if self._catching_any(name):
+                return self._buffer_stream(peer, rid, h, frames)
+            raise ProtocolError(f"header field 'table': server {self.rank} holds no rows of "
+                                f"table {name!r:.60}")
+        seg = next((g for g in self.membership.segments(n_rows) if g.lo <= lo < g.hi), None)
+        if seg is None or seg.primary != origin or not (
+                self.rank in seg.holders or self.rank in seg.catching):
+            raise ProtocolError(f"header field 'origin': server {origin} is not the primary "
+                                f"of rows [{lo}, {hi}) of table {name!r:.60} with server "
+                                f"{self.rank} a holder, in epoch {self.membership.epoch}")
+        values = P.values_frame(frames[3], 3, int((ends - starts).sum()) if n else 0, width)
+        mine = sorted((x for x in segs if lo <= x.lo and x.hi <= hi), key=lambda x: x.lo)
+        at = lo
+        for x in mine:
+            at = x.hi if x.lo == at else at
+        if at != hi:            # not (all) here yet: a fetch of them is under way
+            return self._buffer_stream(peer, rid, h, frames)
+        if any(x.primary for x in mine):
+            raise ProtocolError(f"header fields 'lo'/'hi': server {self.rank} is the "
+                                f"primary of rows of [{lo}, {hi}) of table {name!r:.60}")
+        nexts = {x.next for x in mine}
+        if max(nexts) > clock and min(nexts) <= clock:
+            raise ProtocolError(f"header field 'clock': segments of [{lo}, {hi}) are at "
+                                f"clocks {sorted(nexts)}, got clock {clock}")
+        if min(nexts) > clock:             # a resend of one applied already
+            return [(peer, P.reply_ok(rid, acked=clock))]
+        if max(nexts) < clock:             # missed clocks: fetched too early; again
+            for x in mine:
+                del self.tables[x.key]
+            return self._buffer_stream(peer, rid, h, frames) + self._catch_up_rows()
+        for x in mine:
+            s, e, v = _clip_runs(starts, ends, values, x.lo - lo, x.hi - lo, width,
+                                 packed=True)
+            x.next, x.begun = clock + 1, clock
+            if len(s):
+                acc = x.alloc()
+                k = 0
+                for a, b in zip(s.tolist(), e.tolist()):
+                    acc[a:b] = v[k:k + b - a]
+                    k += b - a
+                self.before_write(x)
+                self._apply_sum(x, acc, s, e, counted, False)
+                if not x.free:
+                    x.free.append(acc)
+        self.stats["replicated"] = self.stats.get("replicated", 0) + 1
+        self.stats["replica_bytes"] = self.stats.get("replica_bytes", 0) + values.nbytes
+        return [(peer, P.reply_ok(rid, acked=clock))]
+
+    def _catching_any(self, name: str) -> bool:
+        """Whether this shard is fetching rows (of `name`, or any while it knows no
+        tables): the stream for them waits until they are here."""
+        return bool(self.fetching) or not self.tables
+
+    def _buffer_stream(self, peer, rid, h, frames) -> list[Reply]:
+        """Keep a stream message for rows still being fetched; it is applied (and
+        acknowledged) once they are here."""
+        if len(self.early_stream) >= MAX_EARLY_STREAM:
+            raise ProtocolError(f"server {self.rank}: {MAX_EARLY_STREAM} replication "
+                                "messages wait for rows still being fetched")
+        self.early_stream.append((peer, rid, h, [bytes(memoryview(f)) for f in frames]))
+        return []
+
+    def _replay_stream(self) -> list[Reply]:
+        waiting, self.early_stream = self.early_stream, []
+        out = []
+        for peer, rid, h, frames in waiting:
+            out += self.dispatch(peer, h, frames)
+        return out
+
+    def on_peer_reply(self, sid: int, header: dict, frames: list = (),
+                      now: float | None = None) -> list[Reply]:
+        """Another server's answer to what this one sent it: a replica's ack makes the
+        clock durable once every replica's is in (and answers the reads waiting for
+        it); rows fetched become segments here; `behind` (it has not heard of this
+        epoch yet) sends it again shortly."""
+        sent = self.peer_sent.pop(header.get("id"), None)
+        if sent is None or sent[0] != sid:
+            return []
+        h = P.decode_header(sent[1][0])
+        now = time.monotonic() if now is None else now
+        if h["op"] == "fetch":
+            return self._on_fetched(sid, h, header, list(frames[1:]) if frames else [], now)
+        if header.get("ok") and "acked" in header:
+            out = []
+            for t in self._segments_of(h["table"]):
+                if t.primary and t.lo <= h["lo"] < t.hi and h["clock"] in t.unacked:
+                    t.unacked[h["clock"]].discard((sid, h["lo"]))
+                    if not t.unacked[h["clock"]]:
+                        del t.unacked[h["clock"]]
+                        out = self._release()
+            return out
+        if header.get("behind"):
+            self._retry_peer(sid, sent[1], now)
+            return []
+        log.warning("server %d: server %d refused the replication stream: %s", self.rank,
+                    sid, header.get("error"))
+        return []
+
+    def _retry_peer(self, sid: int, frames: list, now: float, after: float = PEER_RETRY_S):
+        h = P.decode_header(frames[0])
+        self.peer_sent[h["id"]] = (sid, frames)
+        self.peer_retry.append((now + after, sid, frames))
+
+    def due_peer_retries(self, now: float) -> None:
+        """Move the messages whose retry time came into the outbox."""
+        keep = []
+        for when, sid, frames in self.peer_retry:
+            if when <= now:
+                self.outbox.append((sid, frames))
+            else:
+                keep.append((when, sid, frames))
+        self.peer_retry = keep
+
+    # ---- fetch: catching up on rows another server holds (issue 16) -------------------
+    def _send_peer(self, sid: int, op: str, payload=(), **fields) -> None:
+        self._peer_rid += 1
+        frames = P.request(op, self._peer_rid, list(payload), **fields)
+        self.peer_sent[self._peer_rid] = (sid, frames)
+        self.outbox.append((sid, frames))
+
+    def _catch_up_rows(self) -> list[Reply]:
+        """Fetch what the membership gives this shard and it does not hold: first the
+        tables there are (from another member, when it knows none), then each range
+        from a holder that has it."""
+        m = self.membership
+        if m is None:
+            return []
+        others = [s for s in sorted(m.servers) if s != self.rank]
+        if not others:
+            return []
+        if not self.catalog_known:
+            if "catalog" not in self.fetching:
+                self.fetching.add("catalog")
+                self._send_peer(others[0], "fetch", epoch=m.epoch)
+            return []
+        for name, spec in sorted(self.catalog.items()):
+            have = [(t.lo, t.hi) for t in self._segments_of(name)]
+            for g in m.held_by(self.rank, spec["n_rows"]):
+                for a, b in _uncovered(have, g.lo, g.hi):
+                    src = next((x for x in g.holders if x != self.rank), None)
+                    key = (name, a, b)
+                    if src is None or key in self.fetching:
+                        continue
+                    self.fetching.add(key)
+                    self._send_peer(src, "fetch", table=name, lo=a, hi=b, epoch=m.epoch)
+        return []
+
+    def _op_fetch(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "fetch")
+        if self.membership is None:
+            raise ProtocolError(f"server {self.rank} runs without a membership")
+        epoch = P.field(h, "epoch", int, minimum=1)
+        if epoch > self.membership.epoch:
+            return [(peer, P.reply_error(rid, behind=True, epoch=self.membership.epoch,
+                                         error=f"server {self.rank} is at epoch "
+                                               f"{self.membership.epoch}: ask again"))]
+        if "table" not in h:        # the catalog: every table this shard knows
+            specs = {t.name: t.spec() for t in self.tables.values()}
+            return [(peer, P.reply_ok(rid, tables=[specs[k] for k in sorted(specs)],
+                                      done=self.done))]
+        name = P.field(h, "table", str)
+        lo = P.field(h, "lo", int, minimum=0)
+        hi = P.field(h, "hi", int, minimum=0)
+        mine = sorted((t for t in self._segments_of(name) if t.lo < hi and lo < t.hi),
+                      key=lambda t: t.lo)
+        if lo >= hi or _uncovered([(t.lo, t.hi) for t in mine], lo, hi):
+            raise ProtocolError(f"header fields 'lo'/'hi': server {self.rank} does not hold "
+                                f"all of rows [{lo}, {hi}) of table {name!r:.60}")
+        pieces, payload = [], []
+        for t in mine:
+            a, b = max(lo, t.lo), min(hi, t.hi)
+            pieces.append({"lo": a, "hi": b, "next": t.next, "step": t.state.step,
+                           "slots": sorted(t.state.slots)})
+            payload.append(np.array(t.rows[a - t.lo:b - t.lo]))
+            for k in sorted(t.state.slots):
+                payload.append(np.array(t.state.slots[k][a - t.lo:b - t.lo]))
+        self.stats["fetched_bytes"] = self.stats.get("fetched_bytes", 0) + \
+            sum(x.nbytes for x in payload)
+        return [(peer, P.reply_ok(rid, payload, spec=mine[0].spec(), pieces=pieces))]
+
+    def _on_fetched(self, sid: int, req: dict, header: dict, frames: list,
+                    now: float) -> list[Reply]:
+        key = "catalog" if "table" not in req else (req["table"], req["lo"], req["hi"])
+        if not header.get("ok"):
+            if not header.get("behind") and key not in self.fetch_refused:
+                self.fetch_refused.add(key)
+                log.warning("server %d: server %d could not give %s yet (%s); asking again",
+                            self.rank, sid, key, header.get("error"))
+            if req.get("epoch") == getattr(self.membership, "epoch", None):
+                # behind, or the holder is itself still catching up: ask again shortly
+                self.fetching.discard(key)
+                self.fetch_retry_at = now + FETCH_RETRY_S
+            return []
+        self.fetching.discard(key)
+        if key == "catalog":
+            for spec in header.get("tables") or []:
+                self.catalog.setdefault(spec["table"], spec)
+            self.catalog_known = True
+            done = header.get("done")
+            if self.joining and isinstance(done, list) and len(done) == self.num_workers:
+                self.done = [max(a, int(b)) for a, b in zip(self.done, done)]
+            return self._catch_up_rows()
+        spec, frames = header["spec"], list(frames)
+        for piece in header["pieces"]:
+            a, b = piece["lo"], piece["hi"]
+            rows = P.values_frame(frames.pop(0), 1, b - a, spec["row_width"])
+            slots = {k: np.array(P.values_frame(frames.pop(0), 1, b - a, spec["row_width"]))
+                     for k in piece["slots"]}
+            if any(t.lo < b and a < t.hi for t in self._segments_of(spec["table"])):
+                continue        # here already (a fetch of it raced with another)
+            t = ShardTable(spec["table"], spec["n_rows"], spec["row_width"], a, b,
+                           spec["rule"], spec["hyper"], spec["per_clock"],
+                           functions=_functions.resolve(spec.get("functions")))
+            t.rows = np.array(rows)
+            t.state = RuleState(t.rule, t.hyper, t.rows.shape, self.rule_backend)
+            t.rows = t.state.hold(t.rows)
+            t.state.step = piece["step"]
+            for k, v in slots.items():
+                t.state.slots[k] = v
+            t.next, t.begun = piece["next"], piece["next"] - 1
+            t.key, _ = self._create_key(t)
+            self._place(t)
+            self.tables[t.key] = t
+            log.info("server %d fetched rows %d..%d of table %s from server %d at clock %d",
+                     self.rank, a, b, t.name, sid, t.next)
+        return self._replay_stream() + self._release()
+
+    # ---- membership (issue 16) -------------------------------------------------------
+    def _epoch_refusal(self, rid, h: dict) -> list | None:
+        """The refusal of a timeline request of another epoch, or None. Older: the
+        client re-routes with the membership it gets. Newer: the coordinator's update
+        is on its way here; the client sends it again shortly (refused, not parked: a
+        parked request would hold state for a membership this shard may never see)."""
+        e = h["epoch"]
+        if not isinstance(e, int) or isinstance(e, bool):
+            raise ProtocolError(f"header field 'epoch' must be int (got {e!r:.40})")
+        cur = self.membership.epoch
+        if e < cur:
+            return P.reply_error(
+                rid, stale=True, epoch=cur, membership=self.membership.to_json(),
+                error=f"server {self.rank}: request of membership epoch {e}, this server "
+                      f"is at epoch {cur}: re-route with the membership in this reply")
+        if e > cur:
+            return P.reply_error(
+                rid, behind=True, epoch=cur,
+                error=f"server {self.rank}: request of membership epoch {e}, this server "
+                      f"is still at epoch {cur}: send it again")
+        return None
+
+    def _op_membership(self, peer, rid, h, frames):
+        P.expect_frames(frames, 1, "membership")
+        if self.membership is None and not self.joining:
+            raise ProtocolError(f"server {self.rank} runs without a membership")
+        out = []
+        if "membership" in h and self.membership is None:
+            try:
+                new = _membership.Membership.from_json(h["membership"])
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                raise ProtocolError(f"header field 'membership': {e}") from None
+            out = self._adopt(new)
+        elif "membership" in h:
+            try:
+                new = _membership.Membership.from_json(h["membership"])
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
+                raise ProtocolError(f"header field 'membership': {e}") from None
+            cur = self.membership
+            if new.epoch < cur.epoch:
+                raise ProtocolError(f"header field 'membership': epoch {new.epoch} is older "
+                                    f"than this server's {cur.epoch}")
+            if new.epoch == cur.epoch:
+                if new.to_json() != cur.to_json():
+                    raise ProtocolError(f"header field 'membership': another membership of "
+                                        f"epoch {cur.epoch} than this server's")
+            else:
+                out = self._adopt(new)
+        m = self.membership
+        return [(peer, P.reply_ok(rid, epoch=m.epoch, ready=self._ready(),
+                                  membership=m.to_json()))] + out
+
+    def _adopt(self, new) -> list[Reply]:
+        """Take membership `new`: each segment's role anew. A segment promoted here
+        that lags the workers' clocks redoes the clock its dead primary had not made
+        durable from the pushes the workers send again; acks owed by servers that are
+        gone are no longer waited for."""
+        old, self.membership = self.membership, new
+        old_epoch = 0 if old is None else old.epoch
+        promoted = 0
+        out = []
+        split = self._split_for(new)
+        for key, t in list(self.tables.items()):
+            was = t.primary
+            self._place(t)
+            if not t.primary and not self._holds(t):
+                del self.tables[key]        # no longer held here (drained, or moved)
+            if t.primary and not was:
+                promoted += 1
+                if t.per_clock:     # see _op_redo: every worker says when it re-sent
+                    t.redo, t.redone = t.next, set()
+            elif was and not t.primary:
+                # Demoted: the new primary sums the clocks not applied here from the
+                # pushes the workers send it again; reads go there.
+                t.pending.clear()
+                t.unacked.clear()
+                t.applied.clear()
+                t.redo = None
+        keep = []
+        for p in self.parked:       # reads of rows served elsewhere now: re-routed
+            t = self.tables.get(p.key or p.table) if isinstance(p, ParkedPull) else None
+            if isinstance(p, ParkedPull) and (t is None or not t.primary
+                                              or (p.key or p.table) in split):
+                out.append((p.peer, self._epoch_refusal(p.rid, {"epoch": old_epoch})))
+            else:
+                keep.append(p)
+        self.parked = keep
+        self.peer_sent = {k: v for k, v in self.peer_sent.items() if v[0] in new.servers}
+        self.peer_retry = [e for e in self.peer_retry if e[1] in new.servers]
+        if promoted:
+            self.failovers += 1
+        log.warning("server %d: membership epoch %d -> %d (%d segments promoted here)",
+                    self.rank, old_epoch, new.epoch, promoted)
+        for t in list(self.tables.values()):
+            if t.redo is not None:
+                out += self._catch_up(t)
+        return out + self._catch_up_rows() + self._release()
+
+    def due_fetches(self, now: float) -> list[Reply]:
+        """Ask again for the rows a holder could not give yet."""
+        if self.fetch_retry_at is None or now < self.fetch_retry_at:
+            return []
+        self.fetch_retry_at = None
+        return self._catch_up_rows()
+
+    def _split_for(self, m) -> set[str]:
+        """Cut every segment held here where membership `m` cuts its rows, so each
+        lies in one segment of `m` (one primary, one set of holders). Returns the
+        keys of the segments cut (their parked reads are sent back to re-route)."""
+        cut = set()
+        for key, t in list(self.tables.items()):
+            inside = sorted({b for g in m.segments(t.n_rows) for b in (g.lo, g.hi)
+                             if t.lo < b < t.hi})
+            if not inside:
+                continue
+            cut.add(key)
+            for x in reversed(inside):
+                right = self._split_table(t, x)
+                self.tables[right.key] = right
+        return cut
+
+    def _split_table(self, t: ShardTable, x: int) -> ShardTable:
+        """Cut `t` at global row x: `t` keeps [lo, x), the new segment [x, hi) has
+        its rows, rule state, clocks and the sums in flight of those rows."""
+        at = x - t.lo
+        right = ShardTable(t.name, t.n_rows, t.row_width, x, t.hi, t.rule, t.hyper,
+                           t.per_clock, functions=t.functions)
+        self.before_write(t)
+        right.rows = np.array(t.rows[at:])
+        right.state = RuleState(t.rule, t.hyper, right.rows.shape, self.rule_backend)
+        right.rows = right.state.hold(right.rows)
+        right.state.step = t.state.step
+        for k in list(t.state.slots):
+            right.state.slots[k] = np.array(t.state.slots[k][at:])
+        left_rows = np.array(t.rows[:at])
+        left_slots = {k: np.array(v[:at]) for k, v in t.state.slots.items()}
+        step = t.state.step
+        t.state = RuleState(t.rule, t.hyper, left_rows.shape, self.rule_backend)
+        t.rows = t.state.hold(left_rows)
+        t.state.step = step
+        for k, v in left_slots.items():
+            t.state.slots[k] = v
+        t.free = []
+        width = t.row_width
+        for c, s in list(t.pending.items()):
+            right.pending[c] = s.split(at, lambda n=len(right.rows):
+                                       np.empty((n, width), np.float32))
+        clip = lambda runs, a, b, off: [(max(p, a) - off, min(q, b) - off)
+                                        for p, q in runs if q > a and p < b]
+        right.applied = {c: clip(r, at, 1 << 62, at) for c, r in t.applied.items()}
+        t.applied = {c: clip(r, 0, at, 0) for c, r in t.applied.items()}
+        right.absorbed = {w: (c, clip(r, at, 1 << 62, at)) for w, (c, r) in t.absorbed.items()}
+        t.absorbed = {w: (c, clip(r, 0, at, 0)) for w, (c, r) in t.absorbed.items()}
+        right.begun, right.next, right.redo = t.begun, t.next, t.redo
+        right.redone = set(t.redone)
+        right.unacked = {c: {(sid, a) for sid, a in v if a >= x} for c, v in t.unacked.items()}
+        t.unacked = {c: {(sid, a) for sid, a in v if a < x} for c, v in t.unacked.items()}
+        right.unacked = {c: v for c, v in right.unacked.items() if v}
+        t.unacked = {c: v for c, v in t.unacked.items() if v}
+        t.hi = x
+        right.key = f"{t.name}{SEGMENT_SEP}{x}"
+        return right
+
+    def _holds(self, t: ShardTable) -> bool:
+        """Whether the membership has this shard hold (or catch up on) t's rows."""
+        return t.lo == t.hi or any(
+            g.lo <= t.lo and t.hi <= g.hi or (g.lo < t.hi and t.lo < g.hi)
+            for g in self.membership.held_by(self.rank, t.n_rows))
+
+    def _ready(self) -> bool:
+        """Whether this shard holds every segment its membership gives it."""
+        if self.membership is None:
+            return True
+        if self.fetching or self.early_stream or (self.joining and not self.catalog_known):
+            return False
+        names = {t.name: t.n_rows for t in self.tables.values()}
+        for name, n_rows in names.items():
+            have = [(t.lo, t.hi) for t in self._segments_of(name)]
+            for seg in self.membership.held_by(self.rank, n_rows):
+                if not any(a <= seg.lo and seg.hi <= b for a, b in have) and \
+                        not self._covered(have, seg.lo, seg.hi):
+                    return False
+        return True
+
+    @staticmethod
+    def _covered(have: list, lo: int, hi: int) -> bool:
+        at = lo
+        for a, b in sorted(have):
+            if a <= at < b:
+                at = b
+        return at >= hi
 
     def _apply_runs(self, t: ShardTable, acc: np.ndarray, runs: list, early: bool) -> None:
         """One update of the rows in `runs` (sorted disjoint [a, b)), as slices: a
@@ -996,7 +1756,7 @@ class ShardState:
                 if not early:
                     continue
                 final = end if y == b else y        # no one pushed the rows up to `end`
-                ready = self._release(lambda p, f=final: p.table == t.name
+                ready = self._release(lambda p, f=final: (p.key or p.table) == t.key
                                       and p.sel.served_early(((0, f),)))
                 if ready:
                     self.send_early(ready)
@@ -1060,3 +1820,38 @@ def _create_functions(h: dict) -> tuple:
     except ValueError as e:
         raise ProtocolError(f"header field 'functions'{e}" if str(e).startswith("[")
                             else f"header field 'functions': {e}") from None
+
+
+def _uncovered(have, lo: int, hi: int) -> list[tuple[int, int]]:
+    """The parts of [lo, hi) no range in `have` covers."""
+    out, at = [], lo
+    for a, b in sorted(have):
+        if b <= at or a >= hi:
+            continue
+        if a > at:
+            out.append((at, a))
+        at = max(at, b)
+    if at < hi:
+        out.append((at, hi))
+    return out
+
+
+def _clip_runs(starts: np.ndarray, ends: np.ndarray, values, a: int, b: int, width: int,
+               packed: bool = False):
+    """The runs (starts, ends) within rows [a, b), made relative to a, and their
+    values: from `values` the shard-sized sum (rows by index) or, `packed`, the runs'
+    rows one after the other."""
+    s = np.clip(starts, a, b)
+    e = np.clip(ends, a, b)
+    keep = e > s
+    if packed:
+        offs = np.concatenate([[0], np.cumsum(ends - starts)]).astype(np.int64)
+        parts = [values[offs[i] + (s[i] - starts[i]):offs[i] + (e[i] - starts[i])]
+                 for i in np.flatnonzero(keep)]
+    else:
+        parts = [values[x:y] for x, y in zip(s[keep].tolist(), e[keep].tolist())] \
+            if values is not None else []
+    v = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32) if parts else \
+        np.zeros((0, width), np.float32)
+    return (np.ascontiguousarray(s[keep] - a, dtype="<i8"),
+            np.ascontiguousarray(e[keep] - a, dtype="<i8"), v)

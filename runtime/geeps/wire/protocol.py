@@ -55,6 +55,40 @@ GEEPS_PEER_PARKED of one client's reads park at once, and parked reads go when t
 client disconnects. A client that leaves GEEPS_PEER_QUEUE replies (or
 GEEPS_PEER_REPLY_BYTES of large ones) unread has further replies dropped and its
 requests refused, until a refusal naming those limits reaches it.
+Membership (issue 16, geeps.job.membership): which server holds which rows, with an
+epoch. Requests of a timeline carry `epoch`, the membership epoch the client routed
+them by. A shard with a newer one refuses them, changing nothing, with `ok: false,
+stale: true, epoch, membership` (the client adopts it and sends the request to the
+rows' holders there); one with an older one refuses them with `behind: true, epoch`
+(the coordinator's update is on its way: the client sends it again shortly; refused
+rather than parked, so a shard holds nothing for a membership it may never see).
+    membership  [membership: {...}]          -> epoch, ready, membership
+        With the field (from the coordinator): adopted if newer (the same again is
+        answered as is; an older one, or another of the same epoch, is refused), and
+        the shard fetches the rows it must now hold. `ready`: it holds everything the
+        membership gives it, catching-up included. Without: the current membership
+        (clients ask it of another server when one goes silent).
+    ping        also answers epoch, ready and durable (the coordinator's heartbeat).
+    fetch       (server to server) epoch [, table, lo, hi]
+        Without a table: `tables`, every table's spec, and `done` (the workers'
+        clocks). With: rows [lo, hi) as `pieces` [{lo, hi, next, step, slots}], each
+        the rows then each rule slot (float32, rows x width), as of clock `next`, and
+        `spec`. The fetcher then follows the primary's stream like a replica.
+    replicate   (primary to replica) epoch, origin, table, lo, hi, clock, counted, runs
+                + starts frame + ends frame (runs int64, relative to lo) + values
+        A clock's aggregated sum of rows [lo, hi), the runs pushed to, after the
+        primary applied it; the replica applies the same rule to it (same bits under
+        BSP) -> acked: clock. The primary answers reads of the next clock only once
+        every replica (and catcher-up) acked: `durable`.
+Durability and redo: replies to clock, pull and ping say `durable`, the clock before
+which everything this shard serves is applied on every holder. A client keeps its
+pushes of a BSP/SSP clock until then. Where rows change primary (a failure, or a
+promote), the new primary redoes the clock its predecessor had not made durable: each
+client sends the pushes of that clock the old primary had answered again (`redo:
+true`; one of a clock applied there already is dropped as a duplicate), and then
+`clock` with `redo: true` to every server, once it finished the clock and has no push
+of the older membership unanswered. The promoted rows count a worker's clock only from
+its redo clock.
 Pushes holding NaN or Inf follow GEEPS_NONFINITE (spec.nonFinite): reject (an error
 naming worker, table, clock and count), skip (`ok: true, skipped: n`) or apply.
 `rows` is {"range": [lo, hi]} (global row ids, contiguous) or {"ids": n} (an ids frame
@@ -79,7 +113,7 @@ import numpy as np
 VERSION = 1
 MAX_HEADER = 64 * 1024          # bytes; a header is a few hundred bytes at most
 OPS = ("hello", "create", "open", "push", "clock", "pull", "ping", "stats", "digest",
-       "checkpoints", "restore", "leave", "batch")
+       "checkpoints", "restore", "leave", "batch", "membership", "replicate", "fetch")
 # The requests that build on the state of one incarnation of a shard. A client tags
 # them with the incarnation it knows (`inc`) and a shard refuses them when that is not
 # its own: after a restart or a rollback they would apply to state that lost what
@@ -138,8 +172,9 @@ def reply_ok(rid: Any, payload: Sequence = (), **fields) -> list:
     return [encode_header({"id": rid, "ok": True, **fields}), *payload]
 
 
-def reply_error(rid: Any, error: str) -> list:
-    return [encode_header({"id": rid, "ok": False, "error": error})]
+def reply_error(rid: Any, error: str, **fields) -> list:
+    """A refusal; `fields` say more to the client than the text (stale, behind, ...)."""
+    return [encode_header({"id": rid, "ok": False, **fields, "error": error})]
 
 
 def batch(rid: int, parts: Sequence[list]) -> list:
