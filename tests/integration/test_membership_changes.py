@@ -16,6 +16,9 @@ from tests.helpers import REPO, kill_group, wait_for
 pytestmark = pytest.mark.integration
 SCRIPT = os.path.join(REPO, "tests", "integration", "scripts", "ring_worker.py")
 CLOCKS = 120
+# the runs start in tmp_path: the checkout's runtime first, as in the test process
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    [os.path.join(REPO, "runtime"), REPO, os.environ.get("PYTHONPATH", "")])}
 
 
 def manifest(tmp_path, servers: dict, workers: int = 2) -> str:
@@ -46,8 +49,7 @@ def start(tmp_path, servers: dict) -> subprocess.Popen:
         [sys.executable, "-m", "geeps", "run", "--quiet", "--metrics-port", "0",
          manifest(tmp_path, servers)],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(
-            [os.path.join(REPO, "runtime"), REPO, os.environ.get("PYTHONPATH", "")])})
+        start_new_session=True, env=ENV)
 
 
 def finish(proc, tmp_path):
@@ -73,7 +75,7 @@ def server_pid(proc: subprocess.Popen, rank: int) -> int:
 
 def servers_cmd(tmp_path, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "geeps", "servers", *args, "--job", "ring"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV)
 
 
 @pytest.fixture(scope="module")

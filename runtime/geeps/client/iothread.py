@@ -149,16 +149,17 @@ class IOThread(threading.Thread):
         if self._host is not None:
             self._host.local_sink = lambda frames: self._from_local(self._shards[local], frames)
         # With CurveZMQ a server that refuses our key says so only in a handshake
-        # event; watch for it so the caller hears "refused", not "unreachable". With
-        # replicas, a dropped connection is how a killed server shows first: the
-        # membership is asked for at once (see _suspect), not after SUSPECT_S.
+        # event; watch for it so the caller hears "refused", not "unreachable". A
+        # dropped connection is how a killed or drained server shows first: the
+        # membership is asked for at once (see _suspect), not after SUSPECT_S; without
+        # replicas only then (a silent shard may just be waiting for a slow worker).
         self._monitors = {}
         self._monitor_mask = 0
         if config is not None and config.curve_dir and not config.insecure:
             self._monitor_mask |= (zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
                                    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-        if membership is not None and membership.replication > 1:
+        if membership is not None:
             self._monitor_mask |= zmq.EVENT_DISCONNECTED
         if self._monitor_mask:
             for s in self._shards:
@@ -857,8 +858,8 @@ class IOThread(threading.Thread):
     def _tick(self, shard: _Shard, now: float) -> None:
         if not shard.inflight or shard.gone:
             return
-        if (shard.disconnected or now - shard.last_heard > SUSPECT_S) \
-                and self.membership is not None and self.membership.replication > 1:
+        if self.membership is not None and (shard.disconnected or (
+                now - shard.last_heard > SUSPECT_S and self.membership.replication > 1)):
             self._suspect(shard, now)
         if now - shard.last_heard > self.timeout:
             self._fail_shard(shard, ServerUnreachable(
