@@ -113,3 +113,37 @@ def test_a_sum_in_flight_cut_in_two_sums_as_the_whole():
             part.settle(r, [(0, part.n_rows)])
         assert part.complete
         assert part.acc[:part.n_rows].tobytes() == ref.acc[lo:lo + part.n_rows].tobytes()
+
+
+def test_a_shard_exports_its_epoch_bytes_and_failovers():
+    """geeps_membership_epoch, geeps_shard_bytes{holding}, geeps_failovers_total of a
+    real Server (its socket bound, no client needed: requests go to its state)."""
+    from geeps.job import env as config
+    from geeps.metrics import Metrics
+    from geeps.server.server import Server
+    from tests.helpers import free_ports
+    servers = tuple(f"127.0.0.1:{p}" for p in free_ports(2))
+    cfg = config.check(config.Config(role="server", rank=1, num_workers=2, servers=servers,
+                                     replication=2, bind_host="127.0.0.1"))
+    metrics = Metrics("segments-test", "server", 1)
+    server = Server(cfg, metrics=metrics)
+    try:
+        m = ms.initial(servers, 2)
+        init = np.zeros((N, W), np.float32)
+        for g in m.held_by(1, N):
+            server.state.handle(b"p", P.request(
+                "create", 1, [init[g.lo:g.hi]], table="t", n_rows=N, row_width=W, lo=g.lo,
+                hi=g.hi, rule="sgd", hyper={"lr": 0.1}, per_clock=True, init=True))
+        server._export()
+        mine = {g.primary == 1: (g.hi - g.lo) * W * 4 for g in m.held_by(1, N)}
+        assert metrics.value("geeps_membership_epoch") == 1
+        assert metrics.value("geeps_shard_bytes", holding="primary") == mine[True]
+        assert metrics.value("geeps_shard_bytes", holding="replica") == mine[False]
+        server.state.handle(b"p", P.request("membership", 2,
+                                            membership=ms.fail(m, 0).to_json()))
+        server._export()
+        assert metrics.value("geeps_membership_epoch") == 2
+        assert metrics.value("geeps_failovers_total") == 1
+        assert metrics.value("geeps_shard_bytes", holding="primary") == N * W * 4
+    finally:
+        server.close()
