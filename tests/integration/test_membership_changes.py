@@ -15,7 +15,7 @@ from tests.helpers import REPO, kill_group, wait_for
 
 pytestmark = pytest.mark.integration
 SCRIPT = os.path.join(REPO, "tests", "integration", "scripts", "ring_worker.py")
-CLOCKS = 120
+CLOCKS = 200
 # the runs start in tmp_path: the checkout's runtime first, as in the test process
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
     [os.path.join(REPO, "runtime"), REPO, os.environ.get("PYTHONPATH", "")])}
@@ -26,7 +26,7 @@ def manifest(tmp_path, servers: dict, workers: int = 2) -> str:
            "metadata": {"name": "ring"},
            "spec": {"command": ["python", SCRIPT],
                     "args": ["--clocks", str(CLOCKS), "--save", str(tmp_path / "params.npy"),
-                             "--times", str(tmp_path / "times.txt"), "--pace", "0.02"],
+                             "--times", str(tmp_path / "times.txt"), "--pace", "0.05"],
                     "servers": {"restartPolicy": "OnFailure", **servers},
                     "workers": {"replicas": workers},
                     "runPolicy": {"backoffLimit": 3}}}
