@@ -100,6 +100,8 @@ class Elastic:
         spec = joiner(self.plan, self.added, self.options)
         child = self.start_process(spec)
         sid = self.coordinator.join(address)
+        # a server knows itself by its rank: joiners are numbered as the ids are given
+        assert sid == spec.rank, (sid, spec.rank)
         self.started(spec.name, sid, child.pid)
         self.say(f"{spec.name} (server {sid}, {address}) joins"
                  + (f", replacing {replacing}" if replacing else ""))

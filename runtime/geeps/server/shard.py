@@ -149,6 +149,10 @@ class ShardTable:
     # acknowledged it yet (reads of the clock after it wait for them).
     next: int = 0
     replicas: tuple = ()
+    # the replicas in sync (not catching up): a clock is durable once these acked it; a
+    # catcher-up gets the stream too, but waiting for it would stall every read behind
+    # a server still starting (a joiner replacing a lost one takes a second to start)
+    synced: tuple = ()
     primary: bool = True
     unacked: dict = field(default_factory=dict, repr=False)
     # A promoted replica that lags the workers' clocks redoes clock `next` from the
@@ -524,16 +528,19 @@ class ShardState:
         if self.membership is None:
             return
         holders: tuple = ()
+        synced: tuple = ()
         if t.lo < t.hi:
             for seg in self.membership.segments(t.n_rows):
                 if seg.lo <= t.lo < seg.hi:
                     # catchers-up get the stream like a replica (and ack it)
-                    holders = seg.holders + seg.catching if t.hi <= seg.hi else ()
+                    if t.hi <= seg.hi:
+                        holders, synced = seg.holders + seg.catching, seg.holders
                     break
         t.primary = bool(holders) and holders[0] == self.rank
         t.replicas = tuple(holders[1:]) if t.primary else ()
+        t.synced = tuple(synced[1:]) if t.primary else ()
         for c in list(t.unacked):       # acks owed by servers that hold it no more
-            t.unacked[c] = {w for w in t.unacked[c] if w[0] in t.replicas}
+            t.unacked[c] = {w for w in t.unacked[c] if w[0] in t.synced}
             if not t.unacked[c]:
                 del t.unacked[c]
 
@@ -1282,7 +1289,8 @@ class ShardState:
                                    epoch=self.membership.epoch)
                 self.peer_sent[self._peer_rid] = (sid, frames)
                 self.outbox.append((sid, frames))
-                waiting.add((sid, a))
+                if sid in t.synced:
+                    waiting.add((sid, a))
                 sent += values.nbytes
         if waiting:
             t.unacked[clock] = waiting
