@@ -4,7 +4,7 @@
     geeps bench --quick               # a tiny subset of each section, for a smoke test
     geeps bench --only sync,scaling   # some sections (sync cache memory training
                                       # operator scaling gpu filters seed001
-                                      # torch_budget)
+                                      # torch_budget membership)
     geeps bench --list                # the sections and what each compares
     geeps bench --script sync         # one bench/bench_*.py alone, its own report
 

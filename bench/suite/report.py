@@ -43,7 +43,8 @@ def render(r: dict, pngs: list[str]) -> str:
     for name, fn in (("sync", _sync), ("cache", _cache), ("memory", _memory),
                      ("training", _training), ("operator", _operator),
                      ("scaling", _scaling), ("gpu", _gpu), ("filters", _filters),
-                     ("seed001", _seed001), ("torch_budget", _torch_budget)):
+                     ("seed001", _seed001), ("torch_budget", _torch_budget),
+                     ("membership", _membership)):
         sec = r.get(name)
         if sec is None:
             continue
@@ -480,6 +481,13 @@ def _filters(s, r, pngs):
             "Baselines in the same run: the unfiltered job (sparse LR), geeps dense and "
             "DDP (digits CNN); see bench/bench_filters.py for what each measures.", "",
             "```", bench_filters.report(s["results"]), "```", ""]
+
+
+def _membership(s, r, pngs):
+    return ["## 9. Membership: the ring's balance, failover against rollback", "",
+            "bench/bench_ring.py and bench/bench_failover.py "
+            "(`geeps bench --only membership`).", "",
+            "```", s["ring"], "```", "", "```", s["failover"], "```", ""]
 
 
 def _torch_budget(s, r, pngs):

@@ -20,6 +20,8 @@ Sections (each measured against a baseline in the same run):
               unfiltered; digits CNN top-1% + error feedback vs dense vs DDP
     seed001   the sparse-LR report's Tables 1-3 on KDD2010-shaped data at 1/200 of
               its size (bench/bench_seed001.py), the report's figures beside ours
+    membership  the ring's balance vs hashed virtual nodes; a server SIGKILLed: failover
+              to a replica vs rollback to a checkpoint, on one job
     torch_budget  geeps.torch under a device budget at 100/50/35% of the working set:
               time per step and bytes moved vs no budget, bytes vs Belady's MIN
               (bench/bench_torch_budget.py)
@@ -42,7 +44,7 @@ import traceback
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(REPO, "bench")
 SECTIONS = ("sync", "cache", "memory", "training", "operator", "scaling", "gpu", "filters",
-            "seed001", "torch_budget")
+            "seed001", "torch_budget", "membership")
 
 
 def _path():
@@ -220,6 +222,19 @@ def sec_gpu(quick: bool) -> dict:
 def sec_seed001(quick: bool) -> dict:
     import bench_seed001
     return bench_seed001.run(quick=quick)
+
+
+def sec_membership(quick: bool) -> dict:
+    # Their own processes: bench_failover runs `geeps run` jobs and kills a server.
+    out = {}
+    for name, args in (("ring", []), ("failover", ["--clocks", "60", "--kill-at", "20"]
+                                      if quick else [])):
+        p = subprocess.run([sys.executable, os.path.join(BENCH, f"bench_{name}.py"), *args],
+                           cwd=REPO, capture_output=True, text=True, timeout=1800)
+        if p.returncode != 0:
+            return {"error": (p.stdout + p.stderr)[-800:]}
+        out[name] = p.stdout.strip()
+    return out
 
 
 def sec_torch_budget(quick: bool) -> dict:

@@ -20,7 +20,7 @@ def test_list_names_every_section():
     p = _bench("--list")
     assert p.returncode == 0, p.stderr
     for name in ("sync", "cache", "memory", "training", "operator", "scaling", "seed001",
-                 "torch_budget"):
+                 "torch_budget", "membership"):
         assert name in p.stdout
 
 
