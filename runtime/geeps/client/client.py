@@ -194,6 +194,7 @@ class Client:
                 for g in segments for k in g.holders]
             return self._io.submit(reqs, combine=lambda parts: parts, epoch=m.epoch).wait()
         self._io.n_rows[name] = n_rows
+        self._io.widths[name] = row_width
         self._across_rollbacks(create)
         bounds = tuple((g.lo, g.hi) for g in self._io.membership.segments(n_rows))
         table = Table(name, n_rows, row_width, rule, hyper, bounds)
@@ -209,6 +210,7 @@ class Client:
         specs = [h for h, _ in replies if "n_rows" in h]
         s = specs[0]
         self._io.n_rows[name] = s["n_rows"]
+        self._io.widths[name] = s["row_width"]
         table = Table(name, s["n_rows"], s["row_width"], s["rule"], s["hyper"],
                       tuple((g.lo, g.hi) for g in self._io.membership.segments(s["n_rows"])))
         self._tables[name] = table

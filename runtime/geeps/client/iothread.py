@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import zmq
 
 from geeps.wire import protocol as P
@@ -187,6 +188,7 @@ class IOThread(threading.Thread):
         self.cuts_version = 0
         self.epochs_adopted = 0
         self.n_rows: dict[str, int] = {}      # table -> rows, for re-routing
+        self.widths: dict[str, int] = {}      # table -> row width (sparse pieces)
         self.clocks_sent = 0                  # clock requests this client made
         self.redo_pending: set[int] = set()   # clocks to say `redo` of, when due
         # Pushes are kept until durable (BSP/SSP tables; the client says so).
@@ -773,7 +775,7 @@ class IOThread(threading.Thread):
         try:
             k = self._route_of(r)
         except ServerError as e:
-            if r.op in ("push", "pull") and "range" in (r.header.get("rows") or {}):
+            if r.op in ("push", "pull"):
                 self._split_request(r)
             elif r.handle is not None:
                 r.handle.set_exception(e)
@@ -791,26 +793,26 @@ class IOThread(threading.Thread):
         self._shards[k].backlog.append(r)
 
     def _split_request(self, r: Request) -> None:
-        """Send a range push or pull whose rows now lie in several segments as one
-        request per segment; `r` completes when all of them did (a pull's rows put
-        back together in order first)."""
-        lo, hi = r.header["rows"]["range"]
+        """Send a push or pull whose rows now lie in several segments (a membership
+        changed while it was in flight) as one request per segment; `r` completes when
+        all of them did (a pull's rows put back together in the caller's order first).
+        Range, by-id and sparse requests alike."""
         name = r.header.get("table")
         n_rows = self.n_rows.get(name)
-        cuts = [c for c in self.cuts(n_rows) if lo < c < hi] if n_rows else []
-        bounds = [lo, *cuts, hi]
         m = self.membership
         segs = m.segments(n_rows)
-        state = {"left": len(bounds) - 1, "failed": False, "vals": {}, "clock": None}
+        edges = np.array(sorted({g.lo for g in segs} | set(self.cuts(n_rows))), np.int64)
+        pieces = _pieces(r, edges, self.widths.get(name))
+        state = {"left": len(pieces), "failed": False, "vals": {}, "clock": None}
+        n_out = sum(len(pos) if pos is not None else b - a for _, a, b, pos in pieces)
 
         def done(i, shard, header, payload):
             if state["failed"]:
                 return
             if not header.get("ok"):
                 state["failed"] = True
-                err = ServerError(f"{shard.name()}: {header.get('error')}")
                 if r.handle is not None:
-                    r.handle.set_exception(err)
+                    r.handle.set_exception(ServerError(f"{shard.name()}: {header.get('error')}"))
                 return
             if r.op == "pull":
                 state["vals"][i] = bytes(memoryview(payload[0])) if payload else b""
@@ -822,20 +824,18 @@ class IOThread(threading.Thread):
             out = dict(header)
             if r.op == "pull":
                 out["clock"] = state["clock"]
-                joined = b"".join(state["vals"][j] for j in sorted(state["vals"]))
                 try:
-                    r.deliver(out, [joined])
+                    r.deliver(out, [_joined(pieces, state["vals"], n_out)])
                 except Exception as e:      # noqa: BLE001 -- the caller hears it
                     r.handle.set_exception(ServerError(f"bad reply to {r.op}: {e}"))
                     return
             r.handle.set_part(r.part, (out, []))
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        for i, (rows, a, _b, _pos) in enumerate(pieces):
             k = next(g.primary for g in segs if g.lo <= a < g.hi)
-            header = dict(r.header, rows={"range": [a, b]})
-            payload = [r.payload[-1][a - lo:b - lo]] if r.op == "push" else []
+            header = dict(r.header, rows=rows[0])
             if r.op == "push":
                 header["redo"] = True
-            piece = Request(k, r.op, header, payload, seq=r.seq,
+            piece = Request(k, r.op, header, rows[1], seq=r.seq,
                             internal=lambda sh, h, p, i=i: done(i, sh, h, p))
             piece.epoch = m.epoch
             self._shards[k].backlog.append(piece)
@@ -1003,3 +1003,55 @@ class IOThread(threading.Thread):
             except queue.Empty:
                 return
             r.handle.set_exception(err)
+
+
+def _pieces(r: Request, edges: np.ndarray, width: int | None) -> list:
+    """The parts of push or pull `r` on each side of `edges` (segment starts, sorted):
+    [((rows header, payload), lo, hi, positions)], `positions` the places of a by-id
+    part's ids in the caller's request (None for a range or sparse part)."""
+    rows = r.header["rows"]
+    push = r.op == "push"
+    out = []
+    if "range" in rows:
+        lo, hi = rows["range"]
+        bounds = [lo, *[int(e) for e in edges if lo < e < hi], hi]
+        for a, b in zip(bounds, bounds[1:]):
+            payload = [r.payload[-1][a - lo:b - lo]] if push else []
+            out.append((({"range": [a, b]}, payload), a, b, None))
+    elif "ids" in rows:
+        ids = np.asarray(r.payload[0], dtype=np.int64)
+        where = np.searchsorted(edges, ids, side="right") - 1
+        for j in np.unique(where):
+            pos = np.nonzero(where == j)[0]
+            payload = [np.ascontiguousarray(ids[pos])]
+            if push:
+                payload.append(np.ascontiguousarray(np.asarray(r.payload[-1])[pos]))
+            a = int(edges[j])
+            out.append((({"ids": len(pos)}, payload), a, a + 1, pos))
+    else:                       # sparse: offsets (row - lo) * width + column
+        if not width:
+            raise ServerError(f"sparse push to {r.header.get('table')!r}: its row width "
+                              f"is not known here, it cannot be split")
+        nnz, lo, hi = rows["sparse"]
+        offsets = np.asarray(r.payload[0]).astype(np.int64)
+        values = np.asarray(r.payload[1])
+        row = lo + offsets // width
+        bounds = [lo, *[int(e) for e in edges if lo < e < hi], hi]
+        for a, b in zip(bounds, bounds[1:]):
+            sel = (row >= a) & (row < b)
+            offs = (offsets[sel] - (a - lo) * width).astype("<u4")
+            out.append((({"sparse": [int(sel.sum()), a, b]},
+                         [offs, np.ascontiguousarray(values[sel])]), a, b, None))
+    return out
+
+
+def _joined(pieces: list, vals: dict, n: int) -> bytes:
+    """A split pull's reply: the parts' rows in the caller's order."""
+    if all(pos is None for *_, pos in pieces):
+        return b"".join(vals[j] for j in sorted(vals))
+    row_bytes = next((len(vals[i]) // len(pos) for i, (*_, pos) in enumerate(pieces)
+                      if pos is not None and len(pos)), 0)
+    out = np.empty((n, row_bytes), np.uint8)
+    for i, (*_, pos) in enumerate(pieces):
+        out[pos] = np.frombuffer(vals[i], np.uint8).reshape(len(pos), row_bytes)
+    return out.tobytes()
