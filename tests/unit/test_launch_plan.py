@@ -322,3 +322,11 @@ def test_a_joining_server_waits_for_the_membership():
     assert not any(config.load(x.env).join for x in p.processes)
     with pytest.raises(config.ConfigError, match="GEEPS_JOIN"):
         config.load({"GEEPS_JOIN": "1"})            # a worker
+
+
+def test_replicas_and_elastic_servers_need_clocks():
+    for servers in ({"replicas": 2, "replication": 2}, {"replicas": 2, "elastic": True}):
+        with pytest.raises(ValueError, match="under Async"):
+            spec.validate(manifest(servers=servers, consistency={"model": "Async"}))
+        assert spec.validate(manifest(servers=servers,
+                                      consistency={"model": "SSP", "slack": 2})).coordinated

@@ -282,6 +282,13 @@ CROSS_FIELD_RULES: tuple[Rule, ...] = (
          "spec.servers.replication must be 1 when spec.servers.colocate is true (a "
          "co-located shard lives and dies with its worker)",
          lambda r: r["replication"] == 1 or not r["colocate"], ".replication"),
+    Rule("spec", "self.consistency.model != 'Async' || "
+                 "(self.servers.replication == 1 && !self.servers.elastic)",
+         "spec.servers.replication must be 1 and spec.servers.elastic false under Async "
+         "consistency (replicas and moved rows follow each clock's sum; Async has none)",
+         lambda s: s["consistency"]["model"] != "Async" or (
+             s["servers"]["replication"] == 1 and not s["servers"]["elastic"]),
+         ".servers.replication"),
     Rule("spec", f"self.metrics.port != {SERVER_PORT}",
          f"spec.metrics.port must not be {SERVER_PORT}, the parameter-server port",
          lambda s: s["metrics"]["port"] != SERVER_PORT, ".metrics.port"),
