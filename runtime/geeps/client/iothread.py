@@ -278,7 +278,9 @@ class IOThread(threading.Thread):
                     os.read(self._rfd, 65536)
                 self._take_queue()
                 for sock, shard in list(by_sock.items()):
-                    if sock in events:
+                    # a reply just read may have adopted a membership that dropped a
+                    # later shard of this list: its socket is closed now
+                    if sock in events and not shard.gone:
                         self._receive(shard)
                 served = host is not None and host.sock in events
                 if served:
@@ -448,7 +450,7 @@ class IOThread(threading.Thread):
             self._on_reply(shard, header, payload, now)
 
     def _receive(self, shard: _Shard) -> None:
-        while True:
+        while not shard.gone:   # a reply may drop its own sender from the membership
             try:
                 frames = shard.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:

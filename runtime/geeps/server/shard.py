@@ -304,6 +304,7 @@ class ShardState:
         # A server that was there when the tables were made got a create of each table
         # it holds rows of; a joiner asks another member.
         self.catalog_known = not joining
+        self.catalog_from: set[int] = set()     # members whose list came in
         self.fetching: set = set()
         self.fetch_refused: set = set()     # said once in the log
         self.fetch_retry_at: float | None = None
@@ -1459,10 +1460,17 @@ class ShardState:
         if not others:
             return []
         if not self.catalog_known:
-            if "catalog" not in self.fetching:
-                self.fetching.add("catalog")
-                self._send_peer(others[0], "fetch", epoch=m.epoch)
-            return []
+            # every member's list: a table with fewer rows than there are servers has
+            # none on some of them, so no one member need know every table
+            for sid in others:
+                key = ("catalog", sid)
+                if key not in self.fetching and sid not in self.catalog_from:
+                    self.fetching.add(key)
+                    self._send_peer(sid, "fetch", epoch=m.epoch)
+            if any(k[0] == "catalog" for k in self.fetching if isinstance(k, tuple)) \
+                    or not set(others) <= self.catalog_from:
+                return []
+            self.catalog_known = True
         for name, spec in sorted(self.catalog.items()):
             have = [(t.lo, t.hi) for t in self._segments_of(name)]
             for g in m.held_by(self.rank, spec["n_rows"]):
@@ -1485,7 +1493,8 @@ class ShardState:
                                          error=f"server {self.rank} is at epoch "
                                                f"{self.membership.epoch}: ask again"))]
         if "table" not in h:        # the catalog: every table this shard knows
-            specs = {t.name: t.spec() for t in self.tables.values()}
+            specs = dict(self.catalog)
+            specs.update((t.name, t.spec()) for t in self.tables.values())
             return [(peer, P.reply_ok(rid, tables=[specs[k] for k in sorted(specs)],
                                       done=self.done))]
         name = P.field(h, "table", str)
@@ -1510,7 +1519,7 @@ class ShardState:
 
     def _on_fetched(self, sid: int, req: dict, header: dict, frames: list,
                     now: float) -> list[Reply]:
-        key = "catalog" if "table" not in req else (req["table"], req["lo"], req["hi"])
+        key = ("catalog", sid) if "table" not in req else (req["table"], req["lo"], req["hi"])
         if not header.get("ok"):
             if not header.get("behind") and key not in self.fetch_refused:
                 self.fetch_refused.add(key)
@@ -1522,10 +1531,10 @@ class ShardState:
                 self.fetch_retry_at = now + FETCH_RETRY_S
             return []
         self.fetching.discard(key)
-        if key == "catalog":
+        if key[0] == "catalog":
             for spec in header.get("tables") or []:
                 self.catalog.setdefault(spec["table"], spec)
-            self.catalog_known = True
+            self.catalog_from.add(sid)
             done = header.get("done")
             if self.joining and isinstance(done, list) and len(done) == self.num_workers:
                 self.done = [max(a, int(b)) for a, b in zip(self.done, done)]
@@ -1614,6 +1623,10 @@ class ShardState:
         gone are no longer waited for."""
         old, self.membership = self.membership, new
         old_epoch = 0 if old is None else old.epoch
+        if any(p.sid == self.rank for p in new.pending):
+            # catching up: ask every member for its tables again, so rows of a table
+            # this shard had none of are fetched too
+            self.catalog_known, self.catalog_from = False, set()
         promoted = 0
         out = []
         split = self._split_for(new)
@@ -1728,9 +1741,10 @@ class ShardState:
         """Whether this shard holds every segment its membership gives it."""
         if self.membership is None:
             return True
-        if self.fetching or self.early_stream or (self.joining and not self.catalog_known):
+        if self.fetching or self.early_stream or not self.catalog_known:
             return False
-        names = {t.name: t.n_rows for t in self.tables.values()}
+        names = {name: spec["n_rows"] for name, spec in self.catalog.items()}
+        names.update((t.name, t.n_rows) for t in self.tables.values())
         for name, n_rows in names.items():
             have = [(t.lo, t.hi) for t in self._segments_of(name)]
             for seg in self.membership.held_by(self.rank, n_rows):
