@@ -153,6 +153,10 @@ class ShardTable:
     # catcher-up gets the stream too, but waiting for it would stall every read behind
     # a server still starting (a joiner replacing a lost one takes a second to start)
     synced: tuple = ()
+    # catchers-up that fetched this segment from here: from then on they follow its
+    # stream, and a clock is durable only once they have it too (promote makes them
+    # holders, and the old primary may be stopped at once)
+    fetched_by: set = field(default_factory=set, repr=False)
     primary: bool = True
     unacked: dict = field(default_factory=dict, repr=False)
     # A promoted replica that lags the workers' clocks redoes clock `next` from the
@@ -539,7 +543,8 @@ class ShardState:
                     break
         t.primary = bool(holders) and holders[0] == self.rank
         t.replicas = tuple(holders[1:]) if t.primary else ()
-        t.synced = tuple(synced[1:]) if t.primary else ()
+        t.synced = tuple(synced[1:]) + tuple(
+            c for c in holders[len(synced):] if c in t.fetched_by) if t.primary else ()
         for c in list(t.unacked):       # acks owed by servers that hold it no more
             t.unacked[c] = {w for w in t.unacked[c] if w[0] in t.synced}
             if not t.unacked[c]:
@@ -1480,7 +1485,8 @@ class ShardState:
                     if src is None or key in self.fetching:
                         continue
                     self.fetching.add(key)
-                    self._send_peer(src, "fetch", table=name, lo=a, hi=b, epoch=m.epoch)
+                    self._send_peer(src, "fetch", table=name, lo=a, hi=b, epoch=m.epoch,
+                                    origin=self.rank)
         return []
 
     def _op_fetch(self, peer, rid, h, frames):
@@ -1505,8 +1511,12 @@ class ShardState:
         if lo >= hi or _uncovered([(t.lo, t.hi) for t in mine], lo, hi):
             raise ProtocolError(f"header fields 'lo'/'hi': server {self.rank} does not hold "
                                 f"all of rows [{lo}, {hi}) of table {name!r:.60}")
+        origin = P.field(h, "origin", int, minimum=0) if "origin" in h else None
         pieces, payload = [], []
         for t in mine:
+            if t.primary and origin in t.replicas and origin not in t.synced:
+                t.fetched_by.add(origin)        # it follows the stream from here on
+                t.synced += (origin,)
             a, b = max(lo, t.lo), min(hi, t.hi)
             pieces.append({"lo": a, "hi": b, "next": t.next, "step": t.state.step,
                            "slots": sorted(t.state.slots)})
@@ -1700,6 +1710,7 @@ class ShardState:
         right.state = RuleState(t.rule, t.hyper, right.rows.shape, self.rule_backend)
         right.rows = right.state.hold(right.rows)
         right.state.step = t.state.step
+        right.fetched_by = set(t.fetched_by)
         for k in list(t.state.slots):
             right.state.slots[k] = np.array(t.state.slots[k][at:])
         left_rows = np.array(t.rows[:at])
