@@ -35,8 +35,14 @@ import time
 
 import numpy as np
 
+from geeps.job.units import parse_bytes
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# GEEPS_SEND_BUFFER of the workers: with the kernel's autotuned buffers a worker's flows
+# to its 4 shards, sharing one 200 Mbit/s link with a 100 ms queue, finish up to 40%
+# apart and the clock waits for the last; 64 KiB keeps them even (docs/lab.md).
+SEND_BUFFER = "64Ki"
 
 ROW_WIDTH = 1024            # floats per row: 4 KiB, so a chunk is a few contiguous rows
 PORT = 7400                 # every host has its own ports: one number serves all
@@ -63,6 +69,7 @@ def _worker(args) -> None:
         dist.destroy_process_group()
     else:
         import geeps.client
+        from geeps.client.client import EXCHANGE_CHUNK_BYTES
         from geeps.job import consistency, env
         servers = args.peers.split(",")
         if args.mode == "colocated":
@@ -71,7 +78,8 @@ def _worker(args) -> None:
         else:
             c = geeps.client.Client.from_config(env.check(env.Config(
                 rank=args.rank, num_workers=args.world, servers=tuple(servers),
-                consistency=consistency.parse("bsp"), timeout=120)))
+                consistency=consistency.parse("bsp"), timeout=120,
+                send_buffer=parse_bytes(args.send_buffer) or None)))
         with c:
             table = c.create_table("t", n_rows, ROW_WIDTH, rule="add")
             out = np.empty_like(grads)
@@ -79,13 +87,22 @@ def _worker(args) -> None:
             for _ in range(args.clocks + 1):
                 t0 = time.perf_counter()
                 if args.mode == "pipelined":
-                    c.exchange_async(table, grads, out,
-                                     chunk_bytes=grads.nbytes // args.chunks).wait()
+                    m0 = time.monotonic()
+                    step = c.exchange_async(table, grads, out, chunk_bytes=(
+                        grads.nbytes // args.chunks if args.chunks else EXCHANGE_CHUNK_BYTES))
+                    step.wait()
+                    # The last clock's schedule: when each chunk's push was acknowledged
+                    # (the shard has it) and its reply came, on the clock every host
+                    # shares (CLOCK_MONOTONIC is not per namespace).
+                    trace = {"t0": m0, "push": [h.done_at for h in step.pushes],
+                             "read": [h.done_at for h in step.reads]}
                 else:
                     c.push(table, None, grads)
                     c.clock()
                     c.pull(table, out=out)
                 times.append(time.perf_counter() - t0)
+    if args.mode == "pipelined":
+        print("trace " + json.dumps(trace), flush=True)
     print(json.dumps(times[1:]), flush=True)
 
 
@@ -118,7 +135,8 @@ def _straggler(args) -> None:
         from geeps.job import consistency, env
         c = geeps.client.Client.from_config(env.check(env.Config(
             rank=args.rank, num_workers=args.world, servers=tuple(args.peers.split(",")),
-            consistency=consistency.parse(args.mode), timeout=120)))
+            consistency=consistency.parse(args.mode), timeout=120,
+            send_buffer=parse_bytes(args.send_buffer) or None)))
         with c:
             table = c.create_table("t", n_rows, ROW_WIDTH, rule="add")
             out = np.empty_like(grads)
@@ -142,7 +160,7 @@ def _cpu() -> tuple[float, float]:
 
 
 def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clocks: int,
-             chunks: int, extra: tuple[str, ...] = ()) -> dict:
+             chunks: int, extra: tuple[str, ...] = (), send_buffer: str = SEND_BUFFER) -> dict:
     from bench.procs import server_env
     from geeps.lab import netns
     from geeps.lab.topology import Link
@@ -166,26 +184,29 @@ def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clock
                     netns.exec_argv(h, [sys.executable, "-m", "geeps", "server"]), env=env,
                     stderr=subprocess.DEVNULL))
         try:
-            cpu0 = _cpu()
+            cpu0, wall0 = _cpu(), time.monotonic()
             for r in range(workers):
                 h = lab.host(f"worker-{r}")
                 argv = [sys.executable, os.path.abspath(__file__), "--role", "worker",
                         "--mode", mode, "--rank", str(r), "--world", str(workers),
                         "--peers", ",".join(peers), "--ip", h.ip, "--mib", str(mib),
-                        "--clocks", str(clocks), "--chunks", str(chunks), *extra]
+                        "--clocks", str(clocks), "--chunks", str(chunks),
+                        "--send-buffer", send_buffer, *extra]
                 # gloo binds the address its hostname resolves to unless told the interface:
                 # the root namespace's, which a lab host cannot reach.
                 path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
                 env = dict(os.environ, PYTHONPATH=path, GLOO_SOCKET_IFNAME=h.inner)
                 ws.append(subprocess.Popen(netns.exec_argv(h, argv), stdout=subprocess.PIPE,
                                            text=True, env=env))
-            per_worker = []
+            per_worker, traces = [], []
             for w in ws:
                 out, _ = w.communicate(timeout=300)
                 if w.returncode != 0:
                     raise RuntimeError(f"{mode}: a worker exited {w.returncode}")
-                per_worker.append(json.loads(out.strip().splitlines()[-1]))
-            cpu1 = _cpu()
+                lines = out.strip().splitlines()
+                per_worker.append(json.loads(lines[-1]))
+                traces += [json.loads(ln[6:]) for ln in lines if ln.startswith("trace ")]
+            cpu1, wall = _cpu(), time.monotonic() - wall0
             moved = netns.traffic(lab)
         finally:
             for p in ws + procs:        # a worker still waiting on a dead peer included
@@ -195,8 +216,23 @@ def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clock
     busy = 1 - (cpu1[1] - cpu0[1]) / max(1e-9, cpu1[0] - cpu0[0])
     per_clock = [max(ts) for ts in zip(*per_worker)]
     return {"mode": mode, "workers": workers, "servers": servers,
-            "seconds": statistics.median(per_clock), "cpu_busy": busy,
-            "bytes": moved}
+            "seconds": statistics.median(per_clock), "cpu_busy": busy, "wall": wall,
+            "bytes": moved, "trace": schedule(traces)}
+
+
+def schedule(traces: list[dict]) -> list[dict]:
+    """Per chunk of the last pipelined clock, in ms from the first worker's start:
+    when the last worker's push of it was acknowledged (the shard had every push, so
+    it could update the rows and answer) and when the first and last worker had its
+    reply."""
+    if not traces:
+        return []
+    t0 = min(t["t0"] for t in traces)
+    ms = lambda v: None if v is None else round((v - t0) * 1e3)
+    return [{"chunk": i, "all_pushed": ms(max(t["push"][i] for t in traces)),
+             "first_reply": ms(min(t["read"][i] for t in traces)),
+             "last_reply": ms(max(t["read"][i] for t in traces))}
+            for i in range(len(traces[0]["push"]))]
 
 
 def theory(mode: str, workers: int, servers: int, mib: float, rate_bps: int,
@@ -225,7 +261,9 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", default="200mbit")
     ap.add_argument("--mib", type=float, default=16.0)
     ap.add_argument("--clocks", type=int, default=5)
-    ap.add_argument("--chunks", type=int, default=16)
+    ap.add_argument("--chunks", type=int, default=0,
+                    help="pipelined: the table in this many chunks (0: exchange_async's "
+                         "default chunk size)")
     ap.add_argument("--straggler", action="store_true",
                     help="instead: iterations of a compute stand-in with one random worker "
                          "--slow times slower each, BSP vs SSP(3) vs DDP")
@@ -235,6 +273,11 @@ def main(argv=None) -> int:
     ap.add_argument("--compute-ms", type=float, default=100.0)
     ap.add_argument("--slow", type=float, default=2.0)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--send-buffer", default=SEND_BUFFER,
+                    help="GEEPS_SEND_BUFFER of the workers (0: the kernel's autotuning)")
+    ap.add_argument("--modes", default="",
+                    help="only these modes, comma-separated (gloo is always measured: "
+                         "the ratios are to it), e.g. pipelined")
     ap.add_argument("--json", action="store_true", help="print the results as JSON only")
     args = ap.parse_args(argv)
     if args.role == "worker":
@@ -256,9 +299,13 @@ def main(argv=None) -> int:
     w = args.workers
     modes = [("gloo", w, 0), ("push-clock-pull", w, w), ("pipelined", w, w),
              ("colocated", w, w), ("pipelined", w, max(1, w // 2))]
+    if args.modes:
+        keep = set(args.modes.split(",")) | {"gloo"}
+        modes = [m for m in modes if m[0] in keep]
     rows = []
     for mode, workers, servers in modes:
-        r = run_mode(mode, workers, servers, args.rate, args.mib, args.clocks, args.chunks)
+        r = run_mode(mode, workers, servers, args.rate, args.mib, args.clocks, args.chunks,
+                     send_buffer=args.send_buffer)
         r["theory"] = theory(mode, workers, servers, args.mib, rate_bits(args.rate))
         rows.append(r)
         if not args.json:
@@ -282,7 +329,30 @@ def main(argv=None) -> int:
               f"{r['vs_gloo']:9.2f} {r['vs_theory']:11.2f} {r['cpu_busy']:5.0%} "
               f"{sum(v.get('drops', 0) for v in r['bytes'].values()):6d}  "
               f"{top[0]} {top[1]['sent'] / 1e6:.1f}/{top[1]['received'] / 1e6:.1f}")
+    best = next((r for r in rows if r["mode"] == "pipelined" and r["servers"] == w), None)
+    if best is not None and best["vs_gloo"] < 0.9 * ideal:
+        where_the_time_went(best, rate_bits(args.rate), args.clocks)
     return 0
+
+
+def where_the_time_went(r: dict, rate_bps: int, clocks: int) -> None:
+    """What a mode short of its target did: each host's bytes each way and how busy its
+    link was over the run (the qdisc's counters), the CPU, and the last clock's
+    schedule per chunk."""
+    print(f"\n{r['mode']} S={r['servers']} is short of 90% of the theoretical advantage; "
+          f"CPU {r['cpu_busy']:.0%} busy. Per host, MB sent/received over the run "
+          f"({clocks + 1} clocks, the first a warm-up, and the set-up's table and read), "
+          "and its link's busier direction per clock as a share of the link's rate:")
+    for host, v in sorted(r["bytes"].items()):
+        per_clock = max(v["sent"], v["received"]) / (clocks + 1)
+        busy = per_clock * 8 / (rate_bps * r["seconds"])
+        print(f"  {host:<10} {v['sent'] / 1e6:7.1f}/{v['received'] / 1e6:7.1f}  "
+              f"{busy:4.0%}  drops {v.get('drops', 0)}")
+    if r["trace"]:
+        print("The last clock per chunk (ms from the first worker's start): every "
+              "worker's push in / first reply / last reply")
+        print("  " + "  ".join(f"{c['all_pushed']}/{c['first_reply']}/{c['last_reply']}"
+                               for c in r["trace"]))
 
 
 def straggler(args) -> int:
@@ -296,7 +366,7 @@ def straggler(args) -> int:
     rows = {}
     for mode in ("ddp", "bsp", "ssp:3"):
         r = run_mode(mode, args.workers, args.workers, args.rate, args.mib, args.clocks,
-                     1, extra)
+                     1, extra, send_buffer=args.send_buffer)
         rows[mode] = r
     # run_mode's "seconds" is the median over workers' single entries: the job's wall time
     its = {m: args.clocks / r["seconds"] for m, r in rows.items()}
@@ -331,7 +401,8 @@ def scaling(args) -> int:
     measured, drops = {}, {}
     for mode in ("colocated", "push-clock-pull"):
         for w in ws:
-            r = run_mode(mode, w, w, rate, mib, 3 if args.quick else args.clocks, 1)
+            r = run_mode(mode, w, w, rate, mib, 3 if args.quick else args.clocks, 1,
+                         send_buffer=args.send_buffer)
             measured[(mode, w)] = r["seconds"]
             drops[(mode, w)] = sum(v.get("drops", 0) for v in r["bytes"].values())
     # One fixed per-clock latency (round trips, the clock barrier), from W=2's residual.

@@ -38,7 +38,7 @@ from geeps.tables.table import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partiti
 MAX_ROLLBACK_RETRIES = 5  # times create/open_table are made again after rollbacks
 # Rows per chunk of exchange_async: measured on the network lab (W=4, 200 Mbit/s links,
 # 16 MiB per worker), 1 MiB chunks beat 4 MiB and 256 KiB ones (docs/lab.md).
-EXCHANGE_CHUNK_BYTES = 1 << 20
+EXCHANGE_CHUNK_BYTES = 1 << 18
 LEAVE_WAIT_S = 2.0      # seconds close() waits for the shards to hear a worker is done
 
 __all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
@@ -436,13 +436,14 @@ class Client:
             out = np.empty_like(values)
         step = max(1, chunk_bytes // (4 * table.row_width))
         need = self.consistency.need(self._clock + 1)
-        reads = []
+        reads, pushes = [], []
         for lo in range(0, table.n_rows, step):
             hi = min(table.n_rows, lo + step)
-            self.push_async(table, range(lo, hi), values[lo:hi], last=True, timeline=timeline)
+            pushes.append(self.push_async(table, range(lo, hi), values[lo:hi], last=True,
+                                          timeline=timeline))
             reads.append(self.pull_async(table, range(lo, hi), out=out[lo:hi], need=need))
         clock = self.clock_async(timeline=timeline)
-        return Step(reads, clock, out)
+        return Step(reads, clock, out, pushes)
 
     def clock_async(self, *, timeline: int | None = None) -> Handle:
         """Finish the current clock on every shard; the result is the new clock.
@@ -553,10 +554,13 @@ class Client:
 
 
 class Step:
-    """What exchange_async returns: its reads and clock as one handle."""
+    """What exchange_async returns: its reads and clock as one handle. `pushes` and
+    `reads` (a handle per chunk, in the order sent; their `done_at`) are its trace."""
 
-    def __init__(self, reads: list[Handle], clock: Handle, out: np.ndarray):
+    def __init__(self, reads: list[Handle], clock: Handle, out: np.ndarray,
+                 pushes: list[Handle] = ()):
         self._reads, self._clock, self._out = reads, clock, out
+        self.reads, self.pushes = reads, list(pushes)
 
     def done(self) -> bool:
         return self._clock.done() and all(r.done() for r in self._reads)

@@ -77,6 +77,8 @@ def connect_dealer(ctx: zmq.Context, address: str, cfg: Config | None = None) ->
     _common(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    if cfg is not None and cfg.send_buffer:     # see GEEPS_SEND_BUFFER
+        sock.setsockopt(zmq.SNDBUF, cfg.send_buffer)
     keys = _keys(cfg)
     if keys is not None:
         curve.secure_client(sock, keys)
