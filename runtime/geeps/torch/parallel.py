@@ -56,6 +56,12 @@ class _Bucket:
         self.handle = None
 
 
+def bucket_refresh_applies(client: Client) -> bool:
+    """Whether a bucket's rows can be read for the next clock while backward goes on:
+    only a table applied once per clock updates rows early (its last pushes)."""
+    return client.consistency.per_clock
+
+
 def _fingerprint(layout: Layout) -> np.ndarray:
     """One row naming every tensor and shape: a worker that built another model under
     the same table name finds out at its first read, whatever the row count."""
@@ -108,6 +114,14 @@ class DataParallel(torch.nn.Module):
     `client`: the geeps Client to use (default: init()'s). `on_push(names, rows)` is
     called after each bucket of gradients leaves, with its tensors' names and rows.
 
+    `bucket_refresh` (ServerOptimizer's gradients, BSP/SSP): right after a bucket's
+    push leaves in backward, ask for the bucket's rows of the next clock (BytePS's
+    partition-and-pipeline): a shard answers once every worker's push of them is in, so
+    the replies flow in while later buckets still go out. They land in a host buffer
+    (the parameters are still in use until backward ends; one more host copy of the
+    model) and are copied into the parameters when the step's refresh completes (the
+    next forward or sync()). The rows are the ones the whole refresh would read.
+
     Push filters (geeps.tables.filters), per parameter group: `filters` maps a
     pattern of parameter names (fnmatch: "fc.*", "*.bias") to a filter spec or None
     (sent whole); a parameter takes the first pattern it matches, unmatched ones go
@@ -122,7 +136,8 @@ class DataParallel(torch.nn.Module):
                  bucket_bytes: int = BUCKET_BYTES, row_width: int = DEFAULT_ROW_WIDTH,
                  client: Client | None = None,
                  on_push: Callable[[tuple[str, ...], range], None] | None = None,
-                 filters: dict[str, FilterSpec | None] | None = None):
+                 filters: dict[str, FilterSpec | None] | None = None,
+                 bucket_refresh: bool = True):
         super().__init__()
         self._group_filters = filters
         self.module = module
@@ -163,6 +178,14 @@ class DataParallel(torch.nn.Module):
         self._table = self._btable = None
         self._hooks: list = []
         self._refresh: list = []        # pull handles of the refresh in flight
+        # Reads of pushed buckets' rows for the next clock, asked for during backward
+        # (bucket_refresh): (lo, hi, handle), landing in _pstage. At step()
+        # _start_refresh reads the rest of the table and they become part of the
+        # refresh in flight (_refresh_early), copied into the rows when it completes.
+        self._bucket_refresh = bucket_refresh
+        self._early: list = []
+        self._refresh_early: list = []
+        self._pstage: np.ndarray | None = None
         self._clock_handle = None
         self._other_handles: list = []
         # The job rolled back to a checkpoint while this iteration's batch belongs to a
@@ -214,6 +237,7 @@ class DataParallel(torch.nn.Module):
         log.warning("%s: the job rolled back to clock %d", self.name, self.clock)
         self._clock_handle = None
         self._other_handles = []
+        self._early, self._refresh_early = [], []     # reads of a clock gone by
         self._pushed = 0
         for b in self._buckets:
             b.handle = None
@@ -225,7 +249,7 @@ class DataParallel(torch.nn.Module):
         self._void = ctx is None or ctx.batch_clock != self.clock
 
     def _sync(self) -> None:
-        if not self._refresh and self._clock_handle is None:
+        if not self._refresh and not self._refresh_early and self._clock_handle is None:
             return
         refresh, self._refresh = self._refresh, []
         # A forward pass reads every row of the model's tables. It is a hit when the
@@ -233,13 +257,18 @@ class DataParallel(torch.nn.Module):
         # rows were fresh enough), a miss when it had to wait. Lag is this worker's
         # clock minus the clock of the parameters it computes with; read-wait the time
         # blocked here.
-        hit = all(h.done() for _, h, _ in refresh) and (
+        hit = all(h.done() for _, h, _ in refresh) and all(
+            h.done() for _, _, h in self._refresh_early) and (
             self._clock_handle is None or self._clock_handle.done())
         t0 = time.monotonic()
         if self._clock_handle is not None:
             self._clock_handle.wait()
             self._clock_handle = None
         clocks = []
+        early, self._refresh_early = self._refresh_early, []
+        for lo, hi, h in early:     # the buckets' rows read during backward
+            clocks.append(h.wait()[1])
+            np.copyto(self._pstore.host[lo:hi], self._pstage[lo:hi])
         for store, h, _ in refresh:
             clocks.append(h.wait()[1])
             store.upload()
@@ -248,7 +277,7 @@ class DataParallel(torch.nn.Module):
         if metrics is not None and refresh:
             metrics.read_wait.observe(time.monotonic() - t0)
             metrics.clock_lag.observe(max(0, self.clock - self.data_clock))
-            for store, _, table in refresh:
+            for store, table in {(store, table) for store, _, table in refresh}:
                 rows = store.host.shape[0]
                 metrics.cache_reads(table, hits=rows if hit else 0,
                                     misses=0 if hit else rows)
@@ -366,6 +395,8 @@ class DataParallel(torch.nn.Module):
                 raise ValueError(
                     f"table {table.name!r} on the servers holds another model (other tensor "
                     "names or shapes): do all workers build the same model?")
+        if mode == "grad" and self._bucket_refresh and bucket_refresh_applies(self._client):
+            self._pstage = np.empty_like(self._pstore.host)
         if mode == "grad":
             for slot, p in zip(self._playout.slots, self._params):
                 if p.requires_grad:
@@ -456,6 +487,15 @@ class DataParallel(torch.nn.Module):
                                            self._gstage[b.lo:b.hi], timeline=self._timeline,
                                            defer=defer, last=True)
         b.pushed = True
+        # The bucket's rows of the next clock, asked for now (see bucket_refresh). Not
+        # for the step's last push, which waits to leave with the clock and the refresh
+        # (a read now would send it alone), nor when a filter decides what a push
+        # sends (it ignores `last`: the rows change only when the clock ends).
+        if self._pstage is not None and not defer and b.trainable \
+                and not self._client.filters(self._table):
+            need = self._client.consistency.need(self._client.clock_value + 1)
+            self._early.append((b.lo, b.hi, self._client.pull_async(
+                self._table, range(b.lo, b.hi), out=self._pstage[b.lo:b.hi], need=need)))
         if self._on_push is not None:
             self._on_push(tuple(s.name for s in b.slots), range(b.lo, b.hi))
 
@@ -521,6 +561,7 @@ class DataParallel(torch.nn.Module):
             b.ready.clear()
             b.pushed = False
             b.handle = None
+        self._early = []        # bucket reads asked for in the voided backward
         if not self._refresh:
             self._start_refresh()
         ctx = _context.current()
@@ -534,8 +575,19 @@ class DataParallel(torch.nn.Module):
             self._client.metrics.transfer("d2h", store.host.nbytes)
 
     def _start_refresh(self) -> None:
+        # The rows no bucket read asked for yet (all of them but for bucket_refresh),
+        # in as few reads as they are runs; each lands in the rows directly: backward
+        # is over, so nothing computes with them until the refresh is complete.
+        asked = sorted((lo, hi) for lo, hi, _ in self._early)
+        runs, at = [], 0
+        for lo, hi in asked + [(self._pstore.host.shape[0],) * 2]:
+            if lo > at:
+                runs.append((at, lo))
+            at = max(at, hi)
         self._refresh = [(self._pstore, self._client.pull_async(
-            self._table, out=self._pstore.host), self._table.name)]
+            self._table, range(lo, hi), out=self._pstore.host[lo:hi]), self._table.name)
+            for lo, hi in runs]
+        self._refresh_early, self._early = self._early, []
         if self._btable is not None:
             self._refresh.append((self._bstore, self._client.pull_async(
                 self._btable, out=self._bstore.host), self._btable.name))
