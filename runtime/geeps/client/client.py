@@ -577,14 +577,15 @@ class Step:
 def colocated(servers: Sequence[str], rank: int, num_workers: int,
               consistency: str | _consistency.Consistency = "bsp",
               timeout: float = 30.0, host: str = "127.0.0.1",
-              server_backend: str = "numpy") -> Client:
+              server_backend: str = "numpy", send_buffer: int | None = None) -> Client:
     """A client that hosts shard `rank` of `servers` (bound on `host`), as
     GEEPS_COLOCATE=1 makes one: for programs that wire workers up themselves
     (benchmarks, tests). The same Config the environment would have given;
-    `server_backend` is its GEEPS_SERVER_BACKEND (where the shard's rules run)."""
+    `server_backend` is its GEEPS_SERVER_BACKEND (where the shard's rules run),
+    `send_buffer` its GEEPS_SEND_BUFFER."""
     return Client.from_config(_config.check(_config.Config(
         role="worker", rank=rank, num_workers=num_workers, servers=tuple(servers),
         consistency=(consistency if isinstance(consistency, _consistency.Consistency)
                      else _consistency.parse(consistency)),
         colocate=True, bind_host=host, server_backend=server_backend,
-        timeout=timeout)))
+        timeout=timeout, send_buffer=send_buffer)))
