@@ -39,10 +39,12 @@ from geeps.job.units import parse_bytes
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-# GEEPS_SEND_BUFFER of the workers: with the kernel's autotuned buffers a worker's flows
-# to its 4 shards, sharing one 200 Mbit/s link with a 100 ms queue, finish up to 40%
-# apart and the clock waits for the last; 64 KiB keeps them even (docs/lab.md).
-SEND_BUFFER = "64Ki"
+# GEEPS_SEND_BUFFER of workers and shards: with the kernel's autotuned buffers a
+# worker's flows to its shards (and a shard's replies to its workers), sharing one
+# link with a 100 ms queue, finish far apart or overflow the queue, and the clock
+# waits for the last; 32 KiB keeps them even at W=4/200 Mbit/s and W=8/50 Mbit/s
+# (docs/lab.md).
+SEND_BUFFER = "32Ki"
 
 ROW_WIDTH = 1024            # floats per row: 4 KiB, so a chunk is a few contiguous rows
 PORT = 7400                 # every host has its own ports: one number serves all
@@ -173,6 +175,12 @@ def _cpu() -> tuple[float, float]:
     return sum(v), v[3] + v[4]          # total, idle + iowait
 
 
+def _children_cpu() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clocks: int,
              chunks: int, extra: tuple[str, ...] = (), send_buffer: str = SEND_BUFFER) -> dict:
     from bench.procs import server_env
@@ -194,9 +202,11 @@ def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clock
                 env = server_env(k, workers, peers, mode if mode.startswith(("bsp", "ssp"))
                                  else "bsp")
                 env["GEEPS_BIND_HOST"] = h.ip
+                env["GEEPS_SEND_BUFFER"] = "" if send_buffer == "0" else send_buffer
                 procs.append(subprocess.Popen(
                     netns.exec_argv(h, [sys.executable, "-m", "geeps", "server"]), env=env,
                     stderr=subprocess.DEVNULL))
+        own0 = _children_cpu()
         try:
             cpu0, wall0 = _cpu(), time.monotonic()
             for r in range(workers):
@@ -228,9 +238,13 @@ def run_mode(mode: str, workers: int, servers: int, rate: str, mib: float, clock
                     p.kill()
                 p.wait(30)
     busy = 1 - (cpu1[1] - cpu0[1]) / max(1e-9, cpu1[0] - cpu0[0])
+    # The mode's own processes (reaped above): the machine's busy share includes
+    # whatever else runs on it.
+    own = (_children_cpu() - own0) / (wall * (os.cpu_count() or 1))
     per_clock = [max(ts) for ts in zip(*per_worker)]
     return {"mode": mode, "workers": workers, "servers": servers,
             "seconds": statistics.median(per_clock), "cpu_busy": busy, "wall": wall,
+            "cpu_own": own,
             "bytes": moved, "trace": schedule(traces)}
 
 
@@ -288,7 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--slow", type=float, default=2.0)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--send-buffer", default=SEND_BUFFER,
-                    help="GEEPS_SEND_BUFFER of the workers (0: the kernel's autotuning)")
+                    help="GEEPS_SEND_BUFFER of workers and shards (0: the kernel's "
+                         "autotuning)")
     ap.add_argument("--modes", default="",
                     help="only these modes, comma-separated (gloo is always measured: "
                          "the ratios are to it), e.g. pipelined")
@@ -324,7 +339,8 @@ def main(argv=None) -> int:
         rows.append(r)
         if not args.json:
             print(f"  {mode:<16} S={servers:<2} {r['seconds'] * 1e3:8.0f} ms/clock  "
-                  f"(theory {r['theory'] * 1e3:6.0f} ms)  cpu {r['cpu_busy']:.0%}", flush=True)
+                  f"(theory {r['theory'] * 1e3:6.0f} ms)  cpu {r['cpu_busy']:.0%} "
+                  f"(its own {r['cpu_own']:.0%})", flush=True)
     gloo = rows[0]["seconds"]
     for r in rows:
         r["vs_gloo"] = gloo / r["seconds"]       # > 1: faster than gloo
@@ -336,11 +352,12 @@ def main(argv=None) -> int:
     print(f"\nW={w}, {args.mib:g} MiB per worker, links {args.rate} both ways; the "
           f"theoretical PS advantage over a ring is {ideal:.2f}x")
     print(f"{'mode':<16} {'S':>2} {'ms/clock':>9} {'gloo/this':>9} {'theory/this':>11} "
-          f"{'cpu':>5} {'drops':>6}  busiest link (MB sent/received)")
+          f"{'cpu':>5} {'own':>5} {'drops':>6}  busiest link (MB sent/received)")
     for r in rows:
         top = max(r["bytes"].items(), key=lambda kv: kv[1]["sent"] + kv[1]["received"])
         print(f"{r['mode']:<16} {r['servers']:>2} {r['seconds'] * 1e3:9.0f} "
               f"{r['vs_gloo']:9.2f} {r['vs_theory']:11.2f} {r['cpu_busy']:5.0%} "
+              f"{r['cpu_own']:5.0%} "
               f"{sum(v.get('drops', 0) for v in r['bytes'].values()):6d}  "
               f"{top[0]} {top[1]['sent'] / 1e6:.1f}/{top[1]['received'] / 1e6:.1f}")
     best = next((r for r in rows if r["mode"] == "pipelined" and r["servers"] == w), None)
@@ -354,7 +371,7 @@ def where_the_time_went(r: dict, rate_bps: int, clocks: int) -> None:
     link was over the run (the qdisc's counters), the CPU, and the last clock's
     schedule per chunk."""
     print(f"\n{r['mode']} S={r['servers']} is short of 90% of the theoretical advantage; "
-          f"CPU {r['cpu_busy']:.0%} busy. Per host, MB sent/received over the run "
+          f"CPU {r['cpu_busy']:.0%} busy ({r['cpu_own']:.0%} its own). Per host, MB sent/received over the run "
           f"({clocks + 1} clocks, the first a warm-up, and the set-up's table and read), "
           "and its link's busier direction per clock as a share of the link's rate:")
     for host, v in sorted(r["bytes"].items()):
@@ -390,14 +407,16 @@ def straggler(args) -> int:
            "slow": args.slow, "rate": args.rate, "mib": args.mib,
            "iterations_per_s": its, "ssp_vs_bsp": its["ssp:3"] / its["bsp"],
            "bsp_vs_ddp": its["bsp"] / its["ddp"], "ideal_ssp_vs_bsp": ideal,
-           "cpu_busy": {m: r["cpu_busy"] for m, r in rows.items()}}
+           "cpu_busy": {m: r["cpu_busy"] for m, r in rows.items()},
+           "cpu_own": {m: r["cpu_own"] for m, r in rows.items()}}
     if args.json:
         print(json.dumps(out))
         return 0
     print(f"W={w}, compute {args.compute_ms:g} ms per iteration, one random worker "
           f"{args.slow:g}x slower each iteration, {args.mib:g} MiB synced, links {args.rate}")
     for m in ("ddp", "bsp", "ssp:3"):
-        print(f"  {m:<6} {its[m]:6.2f} iterations/s  cpu {rows[m]['cpu_busy']:.0%}")
+        print(f"  {m:<6} {its[m]:6.2f} iterations/s  cpu {rows[m]['cpu_busy']:.0%} "
+              f"(its own {rows[m]['cpu_own']:.0%})")
     print(f"SSP(3) / BSP: {out['ssp_vs_bsp']:.2f}x (the straggler alone, without sync "
           f"cost, allows {ideal:.2f}x: every iteration of BSP waits for that iteration's "
           "straggler; SSP also runs each exchange under the next compute, which BSP "

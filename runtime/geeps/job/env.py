@@ -163,12 +163,13 @@ VARS: tuple[Var, ...] = (
         "ahead, plus one; at least 8 MiB)"),
     Var("GEEPS_SEND_BUFFER", "send_buffer", "", _optional_bytes,
         "a quantity (bytes, e.g. 64Ki) or empty for the kernel's autotuning",
-        "the kernel send buffer (SO_SNDBUF) of each of a worker's connections to a "
-        "shard. A worker sends to every shard at once over one link; on a link with a "
-        "deep queue (a shaped or oversubscribed one), autotuned buffers let some of those "
-        "flows run ahead and others finish late, and a clock waits for the last. A small "
-        "buffer (64Ki measured best at 200 Mbit/s, docs/lab.md) keeps them even; too "
-        "small caps each flow at buffer / round-trip time"),
+        "the kernel send buffer (SO_SNDBUF) of each connection between a worker and a "
+        "shard, both ends. A worker sends to every shard at once over one link, and a "
+        "shard answers every worker over one; on a link with a deep queue (a shaped or "
+        "oversubscribed one), autotuned buffers let some of those flows run ahead, others "
+        "finish late or overflow the queue, and a clock waits for the last. A small "
+        "buffer (32Ki measured best on 50-200 Mbit/s links, docs/lab.md) keeps them even; "
+        "too small caps each flow at buffer / round-trip time"),
     Var("GEEPS_NONFINITE", "nonfinite", "reject", _choice("reject", "skip", "apply"),
         "reject | skip | apply", "a pushed gradient holding NaN or Inf (spec.nonFinite): "
         "reject refuses the push with an error naming worker, table, clock and count; skip "
