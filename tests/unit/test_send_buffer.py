@@ -1,5 +1,6 @@
 """GEEPS_SEND_BUFFER reaches both ends of every worker-shard connection (docs/lab.md: small
 kernel send buffers keep the flows sharing a deep-queued link even)."""
+
 from __future__ import annotations
 
 import zmq
