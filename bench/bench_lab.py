@@ -71,7 +71,6 @@ def _worker(args) -> None:
         dist.destroy_process_group()
     else:
         import geeps.client
-        from geeps.client.client import EXCHANGE_CHUNK_BYTES
         from geeps.job import consistency, env
         servers = args.peers.split(",")
         if args.mode == "colocated":
@@ -92,7 +91,7 @@ def _worker(args) -> None:
                 if args.mode in ("pipelined", "colocated"):
                     m0 = time.monotonic()
                     step = c.exchange_async(table, grads, out, chunk_bytes=(
-                        grads.nbytes // args.chunks if args.chunks else EXCHANGE_CHUNK_BYTES))
+                        grads.nbytes // args.chunks if args.chunks else None))
                     step.wait()
                     # The last clock's schedule: when each chunk's push was acknowledged
                     # (the shard has it) and its reply came, on the clock every host

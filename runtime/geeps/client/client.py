@@ -36,9 +36,12 @@ from geeps.client.iothread import IOThread, Request
 from geeps.tables.table import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, partition, resolve_hyper
 
 MAX_ROLLBACK_RETRIES = 5  # times create/open_table are made again after rollbacks
-# Rows per chunk of exchange_async: measured on the network lab (W=4, 200 Mbit/s links,
-# 16 MiB per worker), 1 MiB chunks beat 4 MiB and 256 KiB ones (docs/lab.md).
-EXCHANGE_CHUNK_BYTES = 1 << 18
+# Bytes per chunk of exchange_async, times the number of shards: a worker sends its
+# first chunk to every shard at once, so S chunks cross its link before any shard can
+# answer one, and as many replies are left after its last push. Measured on the
+# network lab (16 MiB per worker, docs/lab.md): 128-256 KiB chunks best at S=4 on
+# 200 Mbit/s links, 64 KiB at S=8 on 50 Mbit/s; 1 MiB chunks cost 0.2-0.3 s a clock.
+EXCHANGE_ROUND_BYTES = 512 << 10
 LEAVE_WAIT_S = 2.0      # seconds close() waits for the shards to hear a worker is done
 
 __all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
@@ -413,7 +416,7 @@ class Client:
 
     def exchange_async(self, table: Table, values: np.ndarray,
                        out: np.ndarray | None = None, *,
-                       chunk_bytes: int = EXCHANGE_CHUNK_BYTES,
+                       chunk_bytes: int | None = None,
                        timeline: int | None = None) -> "Step":
         """One clock of a BSP/SSP table, pipelined: push `values` (every row) in chunks
         of about `chunk_bytes`, each marked `last` and followed at once by a read of
@@ -422,7 +425,8 @@ class Client:
         then, so updated rows flow back while later chunks still go out and a
         full-duplex link carries both directions at once (where push, clock, pull one
         after the other leave it half idle). The result is (out, data_clock) as of
-        pull; the clock has moved on when it is ready.
+        pull; the clock has moved on when it is ready. `chunk_bytes` defaults to
+        EXCHANGE_ROUND_BYTES over the number of shards.
 
             out, _ = client.exchange_async(table, grads).wait()"""
         if not self.consistency.per_clock:
@@ -434,6 +438,8 @@ class Client:
                              f"expected ({table.n_rows}, {table.row_width})")
         if out is None:
             out = np.empty_like(values)
+        if chunk_bytes is None:
+            chunk_bytes = EXCHANGE_ROUND_BYTES // len(self.servers)
         step = max(1, chunk_bytes // (4 * table.row_width))
         need = self.consistency.need(self._clock + 1)
         reads, pushes = [], []

@@ -56,12 +56,6 @@ class _Bucket:
         self.handle = None
 
 
-def bucket_refresh_applies(client: Client) -> bool:
-    """Whether a bucket's rows can be read for the next clock while backward goes on:
-    only a table applied once per clock updates rows early (its last pushes)."""
-    return client.consistency.per_clock
-
-
 def _fingerprint(layout: Layout) -> np.ndarray:
     """One row naming every tensor and shape: a worker that built another model under
     the same table name finds out at its first read, whatever the row count."""
@@ -395,7 +389,9 @@ class DataParallel(torch.nn.Module):
                 raise ValueError(
                     f"table {table.name!r} on the servers holds another model (other tensor "
                     "names or shapes): do all workers build the same model?")
-        if mode == "grad" and self._bucket_refresh and bucket_refresh_applies(self._client):
+        # Only a table applied once per clock updates a bucket's rows before the clock
+        # ends (its last pushes); under async a read would just see them as they are.
+        if mode == "grad" and self._bucket_refresh and self._client.consistency.per_clock:
             self._pstage = np.empty_like(self._pstore.host)
         if mode == "grad":
             for slot, p in zip(self._playout.slots, self._params):
