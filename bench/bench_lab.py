@@ -8,12 +8,15 @@ whose links are rate-limited (geeps.lab: network namespaces, tbf both ways; root
 Each worker moves a table of `--mib` MiB of float32 per clock. Modes, each on fresh hosts:
 - gloo: torch.distributed all_reduce over W worker hosts (ring; baseline).
 - geeps S=W push-clock-pull: W extra server hosts; push the whole table, clock, pull it.
-- geeps S=W pipelined: the same, the table in `--chunks` row ranges, each pushed marked
-  last and at once read back for the next clock (the shard updates and answers a range
-  as soon as every worker's last push of it is in), so replies flow in while pushes
-  still flow out on the full-duplex links (BytePS's schedule).
-- geeps co-located: worker r serves shard r (GeePS's layout: all-reduce's bytes).
+- geeps S=W pipelined: Client.exchange_async, the table in chunks (exchange_async's
+  default, or `--chunks` of them), each pushed marked last and at once read back for
+  the next clock (the shard updates and answers a range as soon as every worker's last
+  push of it is in), so replies flow in while pushes still flow out on the full-duplex
+  links (BytePS's schedule).
+- geeps co-located: worker r serves shard r (GeePS's layout: all-reduce's bytes),
+  pipelined the same way.
 - geeps S=W/2 pipelined: half as many server hosts.
+Workers and shards run with GEEPS_SEND_BUFFER=`--send-buffer` (see SEND_BUFFER).
 
 Theory, per clock with S bytes per worker and link rate R (bench/scaling.py): ring
 all-reduce moves 2(W-1)/W S each way, so t_ring = 2(W-1)/W S/R; a PS with >= W server
@@ -21,7 +24,12 @@ hosts moves S each way, t_ps = S/R when push and pull overlap (pipelined): up to
 2(W-1)/W times faster (1.5x at W=4); push, clock, pull one after the other take 2 S/R. Printed: median seconds per
 clock (after a warm-up clock), each mode's ratio to gloo and to its theory, CPU
 utilisation of the machine during the mode (the network, not the 2 cores, must be what
-limits), and the bytes each host's link carried.
+limits), and the bytes each host's link carried; when the pipelined S=W mode is short
+of 90% of its theoretical advantage, where the time went (each host's bytes and link
+use, the last clock's schedule per chunk).
+
+    python bench/bench_lab.py --straggler             # BSP vs SSP(3) vs DDP, W=4
+    python bench/bench_lab.py --scaling               # bench/scaling.py against the lab
 """
 from __future__ import annotations
 
