@@ -378,7 +378,8 @@ def where_the_time_went(r: dict, rate_bps: int, clocks: int) -> None:
     link was over the run (the qdisc's counters), the CPU, and the last clock's
     schedule per chunk."""
     print(f"\n{r['mode']} S={r['servers']} is short of 90% of the theoretical advantage; "
-          f"CPU {r['cpu_busy']:.0%} busy ({r['cpu_own']:.0%} its own). Per host, MB sent/received over the run "
+          f"CPU {r['cpu_busy']:.0%} busy ({r['cpu_own']:.0%} its own). Per host, MB "
+          "sent/received over the run "
           f"({clocks + 1} clocks, the first a warm-up, and the set-up's table and read), "
           "and its link's busier direction per clock as a share of the link's rate:")
     for host, v in sorted(r["bytes"].items()):

@@ -203,8 +203,8 @@ def restore(lab: T.Lab, host: str) -> None:
 
 def replace(lab: T.Lab, host: str) -> list[int]:
     """Lose `host` for good and put a fresh host in its place, with its name and
-    address and nothing running (T.replace_host). Its processes die with it (SIGKILL), after
-    the new namespace exists: a supervisor that restarts them inside the host's
+    address and nothing running (T.replace_host). Its processes die with it (SIGKILL),
+    after the new namespace exists: a supervisor that restarts them inside the host's
     namespace (`ip netns exec`) starts them on the replacement. Returns their pids."""
     check_tools(need_nft=lab.link.loss > 0)
     h = lab.host(host)
