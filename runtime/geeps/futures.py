@@ -12,6 +12,7 @@ both can build on it: no I/O, no geeps imports.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 
@@ -27,13 +28,16 @@ class Future:
     Subclasses may override `_timeout_error` (what `wait` raises when its timeout
     passes) and `_value` (the result `wait` returns, e.g. computed on first use)."""
 
-    __slots__ = ("_lock", "_event", "_result", "_error")
+    __slots__ = ("_lock", "_event", "_result", "_error", "done_at")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._event = threading.Event()
         self._result: Any = None
         self._error: BaseException | None = None
+        # time.monotonic() when it completed: a schedule's trace (which chunk's reply
+        # came when) without a thread watching each handle.
+        self.done_at: float | None = None
 
     # ---- producer side ----------------------------------------------------------------
     def set_result(self, value: Any = None) -> bool:
@@ -51,6 +55,7 @@ class Future:
         if self._event.is_set():
             return False
         self._result, self._error = value, error
+        self.done_at = time.monotonic()
         self._event.set()
         return True
 

@@ -12,10 +12,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from geeps.lab import netns
 from geeps.lab import topology as T
+from geeps.server import checkpoint
+from tests.helpers import REPO, kill_group, wait_for
+from tests.integration.test_faults import manifest
 
 pytestmark = [
     pytest.mark.integration,
@@ -197,6 +201,11 @@ def test_cli_status_and_a_timed_cut(lab_of, server):
     p = subprocess.run(geeps + ["cut", "nobody", "--lab-id", lab.id], capture_output=True,
                        text=True, timeout=30)
     assert p.returncode == 2 and "no host 'nobody'" in p.stderr
+    # A host lost for good: the fresh one in its place reaches the others from its address.
+    p = subprocess.run(geeps + ["replace", "worker-0", "--lab-id", lab.id],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout.startswith("replaced worker-0"), p.stderr
+    assert send(lab, "worker-0", "server-0", 10).returncode == 0
 
 
 def test_refuses_clearly_without_root():
@@ -256,4 +265,46 @@ def test_a_job_survives_a_worker_link_cut_for_5_s_with_every_update_once(tmp_pat
     assert run.returncode == 0, err
     assert out.count("sum ok 36") == 2, out          # 12 clocks x (1 + 2)
     assert "geeps run: lab " in err and "worker-1 10." in err
+    assert netns.leftovers() == ([], []) and netns.labs() == []
+
+
+def test_a_server_host_lost_for_good_is_replaced_and_the_job_rolls_back_to_the_same_bits(
+        tmp_path):
+    """`geeps run --lab`: once the shards checkpointed clock 30, server-1's host is lost
+    for good (its link deleted, its process killed) and a fresh host takes its address,
+    as a rescheduled pod behind its Service would. The launcher restarts the shard there
+    from its checkpoint, every worker rolls back to it, and the job ends on the bits of
+    the same job run without a fault, off the lab (BSP sums in rank order, so neither
+    the replay nor the network changes them); each step is in the job's log."""
+    def run(where, lab: bool):
+        where.mkdir()
+        ckpt = where / "ckpt"
+        argv = [sys.executable, "-m", "geeps", "run", "--quiet", "--metrics-port", "0",
+                "--checkpoint-dir", str(ckpt), manifest(where)]
+        if lab:
+            argv[4:4] = ["--lab", "rate=100mbit"]
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        try:
+            if lab:
+                wait_for(lambda: proc.poll() is not None or (
+                    checkpoint.clocks(str(ckpt), 0) and checkpoint.clocks(str(ckpt), 0)[0] >= 30),
+                    120, what="a checkpoint of clock 30")
+                assert proc.poll() is None, proc.communicate()[0]
+                assert netns.replace(netns.find(), "server-1"), "server-1 ran nothing"
+            text, _ = proc.communicate(timeout=300)
+        finally:
+            kill_group(proc)
+        return proc.returncode, text, where / "params.npy"
+
+    code, text, clean = run(tmp_path / "clean", lab=False)
+    assert code == 0, text
+    code, text, params = run(tmp_path / "lost", lab=True)
+    assert code == 0, text
+    assert "server-1" in text and "killed by signal SIGKILL; restarting it" in text
+    assert "restored checkpoint clock" in text and "rolled back to clock" in text
+    # The workers found the replacement at the old address (no worker had to fail on
+    # a silent shard and be restarted).
+    assert "worker-0 (pid" not in text and "worker-1 (pid" not in text, text
+    np.testing.assert_array_equal(np.load(params), np.load(clean))
     assert netns.leftovers() == ([], []) and netns.labs() == []

@@ -26,6 +26,7 @@ TUNABLES = {
     "GEEPS_SERVER_BACKEND": ("host-cuda", "server_backend", "host-cuda"),
     "GEEPS_MAX_MESSAGE": ("64Mi", "max_message", 64 << 20),
     "GEEPS_PUSH_BUFFER": ("16Mi", "push_buffer", 16 << 20),
+    "GEEPS_SEND_BUFFER": ("64Ki", "send_buffer", 64 << 10),
 }
 
 

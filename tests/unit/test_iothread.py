@@ -23,3 +23,42 @@ def test_a_failed_io_thread_fails_what_is_pending_and_what_comes_after():
             later.wait(1)
     finally:
         io.stop()
+
+
+def test_a_last_push_ends_its_message_but_what_carries_no_values_joins_it():
+    """A last push's rows can be summed as soon as its message is in; a later push's
+    bytes in the same message would hold them back (a pipelined clock's chunks each
+    travel alone). Its refresh and the clock still share its message."""
+    import numpy as np
+    import zmq
+
+    from geeps.wire import protocol as P
+
+    ctx = zmq.Context.instance()
+    router = ctx.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    io = IOThread([f"127.0.0.1:{port}"], timeout=30)
+    io.start()
+    try:
+        chunk = np.ones((4, 8), np.float32)
+
+        def push(lo, last):
+            return Request(0, "push", {"table": "t", "rows": {"range": [lo, lo + 4]},
+                                       **({"last": True} if last else {})}, [chunk], seq=True)
+        with io.hold():
+            for r in (push(0, True), Request(0, "pull", {"table": "t"}), push(4, True),
+                      Request(0, "pull", {"table": "t"}), Request(0, "clock", {}),
+                      push(8, False), push(12, False)):
+                io.submit([r], combine=lambda parts: None)
+        messages = []
+        while sum(len(m) for m in messages) < 7:
+            assert router.poll(10_000), f"only {messages} arrived"
+            frames = router.recv_multipart()
+            messages.append([h["op"] for h, _ in P.batch_parts(P.decode_header(frames[1]),
+                                                                frames[1:])]
+                            if P.decode_header(frames[1])["op"] == "batch"
+                            else [P.decode_header(frames[1])["op"]])
+        assert messages == [["push", "pull"], ["push", "pull", "clock"], ["push", "push"]]
+    finally:
+        io.stop()
+        router.close(0)

@@ -57,3 +57,17 @@ def test_full_loss_drops_everything_and_zero_loss_only_clears():
                                    for c in rules)
     assert T.loss_rules(h, 0) == [["ip", "netns", "exec", h.ns, "nft", "delete", "table",
                                    "inet", T.NFT_TABLE]]
+
+
+def test_a_replaced_host_gets_a_new_link_with_the_lost_ones_address_and_hardware_address():
+    lab = T.build("00ff", ["a", "b"], T.Link(rate="100mbit"))
+    a, b = lab.hosts
+    assert len({T.mac(lab, a), T.mac(lab, b), T.mac(T.build("0100", ["a"]), a)}) == 3
+    cmds = [" ".join(c) for c in T.replace_host(lab, a)]
+    # The old link goes first (whatever still runs there is cut off for good), then the
+    # host is built as setup() builds it, shaped, with the same addresses.
+    assert cmds[:2] == [f"ip link delete {a.outer}", f"ip netns delete {a.ns}"]
+    assert cmds[2:] == [" ".join(c) for c in T.host_setup(lab, a)]
+    assert f"ip link set {a.inner} address {T.mac(lab, a)}" in cmds
+    assert any(a.ip in c for c in cmds) and not any(b.ns in c for c in cmds)
+    assert any(c.startswith(f"tc qdisc replace dev {a.outer} root tbf") for c in cmds)

@@ -623,3 +623,21 @@ def test_a_waiting_workers_clock_waits_too_until_told_to_resend_or_a_new_session
     st.blocked[1] = {"seq": 5, "peer": b"p", "rid": 1, "clock": 0, "nbytes": 8, "told": True}
     st.handle(b"p", msg("hello", worker=1, session="new"))
     assert 1 not in st.blocked, "a replacement starts unblocked"
+
+
+def test_an_early_update_names_only_its_rows_to_before_write():
+    """The socket layer waits for unfinished zero-copy replies of the rows about to
+    change: an early update names its rows, so the replies of the chunks updated before
+    it (still on a slow wire) do not stall the shard."""
+    writes = []
+    st = ShardState(0, 2, before_write=lambda t, runs=None: writes.append(runs))
+    h, _ = reply(st.handle(b"p", msg("create", table="t", n_rows=8, row_width=2, lo=0,
+                                     hi=8, rule="add", hyper={}, per_clock=True, init=False)))
+    assert h["ok"], h
+    for k in (0, 1):
+        st.handle(b"p", msg("hello", worker=k, session=7))
+    for a, b in ((0, 4), (4, 8)):
+        for k in (0, 1):
+            assert push(st, k, 0, a, np.ones((4, 2)), rows={"range": [a, b]}, last=True)["ok"]
+    assert writes == [[(0, 4)], [(4, 8)]]
+    assert st.stats["early"] == 2

@@ -38,9 +38,12 @@ from geeps.client.iothread import IOThread, Request
 from geeps.tables.table import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, resolve_hyper
 
 MAX_ROLLBACK_RETRIES = 5  # times create/open_table are made again after rollbacks
-# Rows per chunk of exchange_async: measured on the network lab (W=4, 200 Mbit/s links,
-# 16 MiB per worker), 1 MiB chunks beat 4 MiB and 256 KiB ones (docs/lab.md).
-EXCHANGE_CHUNK_BYTES = 1 << 20
+# Bytes per chunk of exchange_async, times the number of shards: a worker sends its
+# first chunk to every shard at once, so S chunks cross its link before any shard can
+# answer one, and as many replies are left after its last push. Measured on the
+# network lab (16 MiB per worker, docs/lab.md): 128-256 KiB chunks best at S=4 on
+# 200 Mbit/s links, 64 KiB at S=8 on 50 Mbit/s; 1 MiB chunks cost 0.2-0.3 s a clock.
+EXCHANGE_ROUND_BYTES = 512 << 10
 LEAVE_WAIT_S = 2.0      # seconds close() waits for the shards to hear a worker is done
 
 __all__ = ["Client", "Handle", "Table", "GeepsError", "RolledBack", "ServerError",
@@ -443,7 +446,7 @@ class Client:
 
     def exchange_async(self, table: Table, values: np.ndarray,
                        out: np.ndarray | None = None, *,
-                       chunk_bytes: int = EXCHANGE_CHUNK_BYTES,
+                       chunk_bytes: int | None = None,
                        timeline: int | None = None) -> "Step":
         """One clock of a BSP/SSP table, pipelined: push `values` (every row) in chunks
         of about `chunk_bytes`, each marked `last` and followed at once by a read of
@@ -452,7 +455,8 @@ class Client:
         then, so updated rows flow back while later chunks still go out and a
         full-duplex link carries both directions at once (where push, clock, pull one
         after the other leave it half idle). The result is (out, data_clock) as of
-        pull; the clock has moved on when it is ready.
+        pull; the clock has moved on when it is ready. `chunk_bytes` defaults to
+        EXCHANGE_ROUND_BYTES over the number of shards.
 
             out, _ = client.exchange_async(table, grads).wait()"""
         if not self.consistency.per_clock:
@@ -464,15 +468,18 @@ class Client:
                              f"expected ({table.n_rows}, {table.row_width})")
         if out is None:
             out = np.empty_like(values)
+        if chunk_bytes is None:
+            chunk_bytes = EXCHANGE_ROUND_BYTES // len(self.servers)
         step = max(1, chunk_bytes // (4 * table.row_width))
         need = self.consistency.need(self._clock + 1)
-        reads = []
+        reads, pushes = [], []
         for lo in range(0, table.n_rows, step):
             hi = min(table.n_rows, lo + step)
-            self.push_async(table, range(lo, hi), values[lo:hi], last=True, timeline=timeline)
+            pushes.append(self.push_async(table, range(lo, hi), values[lo:hi], last=True,
+                                          timeline=timeline))
             reads.append(self.pull_async(table, range(lo, hi), out=out[lo:hi], need=need))
         clock = self.clock_async(timeline=timeline)
-        return Step(reads, clock, out)
+        return Step(reads, clock, out, pushes)
 
     def clock_async(self, *, timeline: int | None = None) -> Handle:
         """Finish the current clock on every shard; the result is the new clock.
@@ -613,10 +620,13 @@ class Client:
 
 
 class Step:
-    """What exchange_async returns: its reads and clock as one handle."""
+    """What exchange_async returns: its reads and clock as one handle. `pushes` and
+    `reads` (a handle per chunk, in the order sent; their `done_at`) are its trace."""
 
-    def __init__(self, reads: list[Handle], clock: Handle, out: np.ndarray):
+    def __init__(self, reads: list[Handle], clock: Handle, out: np.ndarray,
+                 pushes: list[Handle] = ()):
         self._reads, self._clock, self._out = reads, clock, out
+        self.reads, self.pushes = reads, list(pushes)
 
     def done(self) -> bool:
         return self._clock.done() and all(r.done() for r in self._reads)
@@ -633,14 +643,15 @@ class Step:
 def colocated(servers: Sequence[str], rank: int, num_workers: int,
               consistency: str | _consistency.Consistency = "bsp",
               timeout: float = 30.0, host: str = "127.0.0.1",
-              server_backend: str = "numpy") -> Client:
+              server_backend: str = "numpy", send_buffer: int | None = None) -> Client:
     """A client that hosts shard `rank` of `servers` (bound on `host`), as
     GEEPS_COLOCATE=1 makes one: for programs that wire workers up themselves
     (benchmarks, tests). The same Config the environment would have given;
-    `server_backend` is its GEEPS_SERVER_BACKEND (where the shard's rules run)."""
+    `server_backend` is its GEEPS_SERVER_BACKEND (where the shard's rules run),
+    `send_buffer` its GEEPS_SEND_BUFFER."""
     return Client.from_config(_config.check(_config.Config(
         role="worker", rank=rank, num_workers=num_workers, servers=tuple(servers),
         consistency=(consistency if isinstance(consistency, _consistency.Consistency)
                      else _consistency.parse(consistency)),
         colocate=True, bind_host=host, server_backend=server_backend,
-        timeout=timeout)))
+        timeout=timeout, send_buffer=send_buffer)))

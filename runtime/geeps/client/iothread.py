@@ -357,7 +357,7 @@ class IOThread(threading.Thread):
             while shard.backlog:
                 shard.backlog.popleft().handle.set_exception(shard.refused)
             return
-        batch, size = [], 0
+        batch, size, final = [], 0, False
         # Reads parked on the shard do not hold the window: a hundred reads of a future
         # clock must not make this worker's push, clock or stats wait behind them.
         parked = sum(1 for r in shard.inflight.values() if r.parked)
@@ -374,11 +374,17 @@ class IOThread(threading.Thread):
             if r.op == "clock" and r.internal is None:
                 self.clocks_sent = max(self.clocks_sent, r.header["clock"] + 1)
             n = sum(f.nbytes for f in r.payload)
-            if batch and (len(batch) == P.MAX_PARTS or size + n > BATCH_BYTES):
+            if batch and (len(batch) == P.MAX_PARTS or size + n > BATCH_BYTES
+                          or (final and n)):
                 self._send_batch(shard, batch)
-                batch, size = [], 0
+                batch, size, final = [], 0, False
             batch.append(r)
             size += n
+            # A last push's rows can be summed and answered as soon as its message is
+            # in: a later push's bytes in the same message would hold them back (on a
+            # slow link, a pipelined clock's chunk per message is what lets replies
+            # flow while pushes still go out). Requests without values still join it.
+            final = final or bool(r.header.get("last"))
         if batch:
             self._send_batch(shard, batch)
 

@@ -182,6 +182,15 @@ VARS: tuple[Var, ...] = (
         "up. A shard holds its rows, one sum per clock in flight and this, whatever the "
         "number of workers (empty: the shard's size for each clock SSP lets a worker run "
         "ahead, plus one; at least 8 MiB)"),
+    Var("GEEPS_SEND_BUFFER", "send_buffer", "", _optional_bytes,
+        "a quantity (bytes, e.g. 64Ki) or empty for the kernel's autotuning",
+        "the kernel send buffer (SO_SNDBUF) of each connection between a worker and a "
+        "shard, both ends. A worker sends to every shard at once over one link, and a "
+        "shard answers every worker over one; on a link with a deep queue (a shaped or "
+        "oversubscribed one), autotuned buffers let some of those flows run ahead, others "
+        "finish late or overflow the queue, and a clock waits for the last. A small "
+        "buffer (32Ki measured best on 50-200 Mbit/s links, docs/lab.md) keeps them even; "
+        "too small caps each flow at buffer / round-trip time"),
     Var("GEEPS_NONFINITE", "nonfinite", "reject", _choice("reject", "skip", "apply"),
         "reject | skip | apply", "a pushed gradient holding NaN or Inf (spec.nonFinite): "
         "reject refuses the push with an error naming worker, table, clock and count; skip "
@@ -239,6 +248,7 @@ class Config:
     peer_reply_bytes: int = 512 << 20           # unsent zero-copy reply bytes per client
     max_message: int | None = None              # bytes per frame; None = from memory
     push_buffer: int | None = None              # bytes kept ahead of turn; None = shard size
+    send_buffer: int | None = None              # SO_SNDBUF of a worker's shard connections
     nonfinite: str = "reject"                   # reject | skip | apply
     tables: str = ""                            # spec.tables as JSON (geeps.job.tableopts)
     curve_dir: str = ""                         # CurveZMQ key directory

@@ -3,6 +3,7 @@
     geeps lab status                       # running labs, their hosts and traffic
     geeps lab cut worker-1 [--for 5]       # cut a host's link (for 5 s, then restore)
     geeps lab restore worker-1
+    geeps lab replace server-1             # the host lost for good; a fresh one takes its address
     geeps lab loss server-0 10             # drop 10% of the host's packets each way (0: none)
     geeps lab rate worker-0 50mbit         # a straggler by network (none: unshaped)
     geeps lab clean                        # remove what killed runs left behind
@@ -36,13 +37,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="restore the link after this many seconds (default: stay cut)")
     r = sub.add_parser("restore", help="bring a cut link back")
     r.add_argument("host")
+    rp = sub.add_parser("replace", help="lose a host for good (its processes killed, its "
+                                        "link deleted) and bring up a fresh one with its "
+                                        "name and address")
+    rp.add_argument("host")
     lo = sub.add_parser("loss", help="drop a percentage of a host's packets")
     lo.add_argument("host")
     lo.add_argument("percent")
     ra = sub.add_parser("rate", help="set a host's link rate both ways")
     ra.add_argument("host")
     ra.add_argument("rate", help="e.g. 50mbit, or none")
-    for s in (c, r, lo, ra):
+    for s in (c, r, rp, lo, ra):
         s.add_argument("--lab-id", default=None)
     sub.choices["status"].add_argument("--lab-id", default=None)
     return p
@@ -92,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.cmd == "restore":
             netns.restore(lab, args.host)
             print(f"restored {args.host}'s link")
+        elif args.cmd == "replace":
+            pids = netns.replace(lab, args.host)
+            print(f"replaced {args.host}: the old host and its {len(pids)} processes are "
+                  "gone; a fresh one has its address")
         elif args.cmd == "loss":
             netns.set_loss(lab, args.host, T.loss_percent(args.percent))
             print(f"{args.host} drops {T.loss_percent(args.percent):g}% of its packets each way")

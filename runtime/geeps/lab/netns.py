@@ -17,6 +17,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import subprocess
 from typing import Iterator
 
@@ -198,6 +199,22 @@ def restore(lab: T.Lab, host: str) -> None:
     check_tools()
     for cmd in T.restore(lab.host(host)):
         _run(cmd)
+
+
+def replace(lab: T.Lab, host: str) -> list[int]:
+    """Lose `host` for good and put a fresh host in its place, with its name and
+    address and nothing running (T.replace_host). Its processes die with it (SIGKILL),
+    after the new namespace exists: a supervisor that restarts them inside the host's
+    namespace (`ip netns exec`) starts them on the replacement. Returns their pids."""
+    check_tools(need_nft=lab.link.loss > 0)
+    h = lab.host(host)
+    pids = [int(p) for p in _run(["ip", "netns", "pids", h.ns], check=False).stdout.split()]
+    for cmd in T.replace_host(lab, h):
+        _run(cmd)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
 
 
 def set_loss(lab: T.Lab, host: str, percent: float) -> None:

@@ -179,21 +179,45 @@ def setup(lab: Lab) -> list[Command]:
         ["ip", "link", "set", lab.bridge, "up"],
     ]
     for h in lab.hosts:
-        cmds += [
-            ["ip", "netns", "add", h.ns],
-            ["ip", "link", "add", h.outer, "type", "veth", "peer", "name", h.inner],
-            ["ip", "link", "set", h.inner, "netns", h.ns],
-            ["ip", "link", "set", h.outer, "master", lab.bridge],
-            ["ip", "link", "set", h.outer, "up"],
-            _in(h.ns, "ip", "link", "set", "lo", "up"),
-            _in(h.ns, "ip", "addr", "add", f"{h.ip}/{lab.prefix_len}", "dev", h.inner),
-            _in(h.ns, "ip", "link", "set", h.inner, "up"),
-        ]   # no default route: a host reaches the lab's /16 and nothing beyond it
-        if lab.link.rate:
-            cmds += shape(h.outer, lab.link) + shape(h.inner, lab.link, h.ns)
-        if lab.link.loss > 0:
-            cmds += loss_rules(h, lab.link.loss)[1:]
+        cmds += host_setup(lab, h)
     return cmds
+
+
+def host_setup(lab: Lab, h: Host) -> list[Command]:
+    """One host: its namespace and its link to the bridge, shaped as the lab's links."""
+    cmds = [
+        ["ip", "netns", "add", h.ns],
+        ["ip", "link", "add", h.outer, "type", "veth", "peer", "name", h.inner],
+        ["ip", "link", "set", h.inner, "address", mac(lab, h)],
+        ["ip", "link", "set", h.inner, "netns", h.ns],
+        ["ip", "link", "set", h.outer, "master", lab.bridge],
+        ["ip", "link", "set", h.outer, "up"],
+        _in(h.ns, "ip", "link", "set", "lo", "up"),
+        _in(h.ns, "ip", "addr", "add", f"{h.ip}/{lab.prefix_len}", "dev", h.inner),
+        _in(h.ns, "ip", "link", "set", h.inner, "up"),
+    ]   # no default route: a host reaches the lab's /16 and nothing beyond it
+    if lab.link.rate:
+        cmds += shape(h.outer, lab.link) + shape(h.inner, lab.link, h.ns)
+    if lab.link.loss > 0:
+        cmds += loss_rules(h, lab.link.loss)[1:]
+    return cmds
+
+
+def mac(lab: Lab, h: Host) -> str:
+    """The host's hardware address, from the lab and its index: the same for a host
+    that replaces a lost one, so its neighbours' ARP entries for its address stay right
+    (a new address would go unanswered until they expire, some 30 s)."""
+    return "02:" + ":".join(f"{b:02x}" for b in (int(lab.id, 16).to_bytes(2, "big")
+                                                 + (h.index + 1).to_bytes(3, "big")))
+
+
+def replace_host(lab: Lab, h: Host) -> list[Command]:
+    """The host is lost for good and a fresh one takes its name and address (a pod
+    rescheduled on another node behind the same Service): its link is deleted, which
+    cuts whatever still runs in the old namespace off for good (the caller kills it),
+    and a new namespace with a new link comes up empty."""
+    return [["ip", "link", "delete", h.outer], ["ip", "netns", "delete", h.ns],
+            *host_setup(lab, h)]
 
 
 def teardown(lab: Lab) -> list[Command]:

@@ -123,18 +123,23 @@ class Server:
         log.warning("server %d restored checkpoint clock %d (%d tables); workers roll back "
                     "to it", self.cfg.rank, clock, len(self.state.tables))
 
-    def _finish_sends(self, table: ShardTable) -> None:
+    def _finish_sends(self, table: ShardTable, runs: list | None = None) -> None:
         # Loopback sends finish in microseconds, so waiting for those that alias the
         # rows is cheap. One that has not finished after STUCK_S goes to a peer that
         # does not read (its queue is full): waiting would stop the shard for everyone,
         # so the rows move to a copy instead and the stuck frames keep the old buffer.
+        # Only sends of the rows in `runs` wait (a reply is a contiguous slice of the
+        # rows, so bounds overlap is exact): on a slow link the replies of a pipelined
+        # clock's earlier chunks may still be queued when the next chunk is updated,
+        # and waiting on them would stall the loop and every push behind it.
+        views = [table.rows] if runs is None else [table.rows[a:b] for a, b in runs]
         deadline = time.monotonic() + STUCK_S
         stuck, keep = False, []
         for entry in self._trackers:
             tracker, arrays = entry[0], entry[1]
             if tracker.done:
                 continue
-            if not any(np.may_share_memory(a, table.rows) for a in arrays):
+            if not any(np.may_share_memory(a, v) for a in arrays for v in views):
                 keep.append(entry)
                 continue
             try:

@@ -222,7 +222,7 @@ Reply = tuple[bytes, list]
 
 class ShardState:
     def __init__(self, rank: int, num_workers: int, max_parked: int = 4096,
-                 before_write: Callable[[ShardTable], None] | None = None,
+                 before_write: Callable[..., None] | None = None,
                  checkpoint_dir: str = "", checkpoint_every: int = 0,
                  wait_timeout: float = float("inf"), peer_parked: int | None = None,
                  nonfinite: str = "reject", push_buffer: int | None = None,
@@ -284,9 +284,11 @@ class ShardState:
         self.stats = {"pushes": 0, "duplicates": 0, "errors": 0, "pulls": 0, "applied": 0,
                       "push_bytes": 0, "early": 0, "absorbed": 0, "nonfinite": 0, "busy": 0}
         self.on_update: Callable[[float], None] = lambda seconds: None   # for metrics
-        # Called before rows are mutated: lets the socket layer finish zero-copy sends
-        # of those rows first.
-        self.before_write = before_write or (lambda t: None)
+        # Called before rows are mutated, as before_write(table, runs): runs, the row
+        # ranges [a, b) about to change (None: any row). Lets the socket layer finish
+        # zero-copy sends of those rows first, and only of those: a pipelined clock
+        # updates a chunk while the replies of the chunks before it are on the wire.
+        self.before_write = before_write or (lambda t, runs=None: None)
         # Sends replies at once, mid-request: a clock that applies a dense update in
         # blocks answers each parked pull as soon as its rows are done, so the socket
         # layer sends one block while the next is computed. None: replies wait for the
@@ -733,9 +735,10 @@ class ShardState:
         if t.begun != clock:
             t.state.begin()
             t.begun = clock
-        self.before_write(t)
+        touched = list(s.touched_runs(full))     # rows no one pushed are not updated
+        self.before_write(t, touched)
         scale = self._scale(t)
-        for a, b in s.touched_runs(full):        # rows no one pushed are not updated
+        for a, b in touched:
             t.state.apply_slice(t.rows, s.acc, a, b, scale)
         s.applied(full)
         runs = merge(t.applied.get(clock, []) + list(full))

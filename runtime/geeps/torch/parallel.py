@@ -126,6 +126,14 @@ class DataParallel(torch.nn.Module):
     `client`: the geeps Client to use (default: init()'s). `on_push(names, rows)` is
     called after each bucket of gradients leaves, with its tensors' names and rows.
 
+    `bucket_refresh` (ServerOptimizer's gradients, BSP/SSP): right after a bucket's
+    push leaves in backward, ask for the bucket's rows of the next clock (BytePS's
+    partition-and-pipeline): a shard answers once every worker's push of them is in, so
+    the replies flow in while later buckets still go out. They land in a host buffer
+    (the parameters are still in use until backward ends; one more host copy of the
+    model) and are copied into the parameters when the step's refresh completes (the
+    next forward or sync()). The rows are the ones the whole refresh would read.
+
     Push filters (geeps.tables.filters), per parameter group: `filters` maps a
     pattern of parameter names (fnmatch: "fc.*", "*.bias") to a filter spec or None
     (sent whole); a parameter takes the first pattern it matches, unmatched ones go
@@ -153,7 +161,8 @@ class DataParallel(torch.nn.Module):
                  client: Client | None = None,
                  on_push: Callable[[tuple[str, ...], range], None] | None = None,
                  filters: dict[str, FilterSpec | None] | None = None,
-                 device_budget: int | str | None = _FROM_ENV):
+                 device_budget: int | str | None = _FROM_ENV,
+                 bucket_refresh: bool = True):
         super().__init__()
         self._group_filters = filters
         self.module = module
@@ -199,6 +208,14 @@ class DataParallel(torch.nn.Module):
         self._table = self._btable = None
         self._hooks: list = []
         self._refresh: list = []        # pull handles of the refresh in flight
+        # Reads of pushed buckets' rows for the next clock, asked for during backward
+        # (bucket_refresh): (lo, hi, handle), landing in _pstage. At step()
+        # _start_refresh reads the rest of the table and they become part of the
+        # refresh in flight (_refresh_early), copied into the rows when it completes.
+        self._bucket_refresh = bucket_refresh
+        self._early: list = []
+        self._refresh_early: list = []
+        self._pstage: np.ndarray | None = None
         self._clock_handle = None
         self._other_handles: list = []
         # The job rolled back to a checkpoint while this iteration's batch belongs to a
@@ -275,6 +292,7 @@ class DataParallel(torch.nn.Module):
         log.warning("%s: the job rolled back to clock %d", self.name, self.clock)
         self._clock_handle = None
         self._other_handles = []
+        self._early, self._refresh_early = [], []     # reads of a clock gone by
         self._pushed = 0
         for b in self._buckets:
             b.handle = None
@@ -286,7 +304,7 @@ class DataParallel(torch.nn.Module):
         self._void = ctx is None or ctx.batch_clock != self.clock
 
     def _sync(self) -> None:
-        if not self._refresh and self._clock_handle is None:
+        if not self._refresh and not self._refresh_early and self._clock_handle is None:
             return
         refresh, self._refresh = self._refresh, []
         # A forward pass reads every row of the model's tables. It is a hit when the
@@ -294,13 +312,18 @@ class DataParallel(torch.nn.Module):
         # rows were fresh enough), a miss when it had to wait. Lag is this worker's
         # clock minus the clock of the parameters it computes with; read-wait the time
         # blocked here.
-        hit = all(h.done() for _, h, _ in refresh) and (
+        hit = all(h.done() for _, h, _ in refresh) and all(
+            h.done() for _, _, h in self._refresh_early) and (
             self._clock_handle is None or self._clock_handle.done())
         t0 = time.monotonic()
         if self._clock_handle is not None:
             self._clock_handle.wait()
             self._clock_handle = None
         clocks = []
+        early, self._refresh_early = self._refresh_early, []
+        for lo, hi, h in early:     # the buckets' rows read during backward
+            clocks.append(h.wait()[1])
+            np.copyto(self._pstore.host[lo:hi], self._pstage[lo:hi])
         for store, h, _ in refresh:
             clocks.append(h.wait()[1])
             store.upload()
@@ -309,7 +332,7 @@ class DataParallel(torch.nn.Module):
         if metrics is not None and refresh:
             metrics.read_wait.observe(time.monotonic() - t0)
             metrics.clock_lag.observe(max(0, self.clock - self.data_clock))
-            for store, _, table in refresh:
+            for store, table in {(store, table) for store, _, table in refresh}:
                 rows = store.host.shape[0]
                 metrics.cache_reads(table, hits=rows if hit else 0,
                                     misses=0 if hit else rows)
@@ -442,6 +465,10 @@ class DataParallel(torch.nn.Module):
                 raise ValueError(
                     f"table {table.name!r} on the servers holds another model (other tensor "
                     "names or shapes): do all workers build the same model?")
+        # Only a table applied once per clock updates a bucket's rows before the clock
+        # ends (its last pushes); under async a read would just see them as they are.
+        if mode == "grad" and self._bucket_refresh and self._client.consistency.per_clock:
+            self._pstage = np.empty_like(self._pstore.host)
         if mode == "grad" and self.budget is None:
             for slot, p in zip(self._playout.slots, self._params):
                 if p.requires_grad:
@@ -532,6 +559,15 @@ class DataParallel(torch.nn.Module):
                                            self._gstage[b.lo:b.hi], timeline=self._timeline,
                                            defer=defer, last=True)
         b.pushed = True
+        # The bucket's rows of the next clock, asked for now (see bucket_refresh). Not
+        # for the step's last push, which waits to leave with the clock and the refresh
+        # (a read now would send it alone), nor when a filter decides what a push
+        # sends (it ignores `last`: the rows change only when the clock ends).
+        if self._pstage is not None and not defer and b.trainable \
+                and not self._client.filters(self._table):
+            need = self._client.consistency.need(self._client.clock_value + 1)
+            self._early.append((b.lo, b.hi, self._client.pull_async(
+                self._table, range(b.lo, b.hi), out=self._pstage[b.lo:b.hi], need=need)))
         if self._on_push is not None:
             self._on_push(tuple(s.name for s in b.slots), range(b.lo, b.hi))
 
@@ -597,6 +633,7 @@ class DataParallel(torch.nn.Module):
             b.ready.clear()
             b.pushed = False
             b.handle = None
+        self._early = []        # bucket reads asked for in the voided backward
         if not self._refresh:
             self._start_refresh()
         ctx = _context.current()
@@ -610,8 +647,19 @@ class DataParallel(torch.nn.Module):
             self._client.metrics.transfer("d2h", store.host.nbytes)
 
     def _start_refresh(self) -> None:
+        # The rows no bucket read asked for yet (all of them but for bucket_refresh),
+        # in as few reads as they are runs; each lands in the rows directly: backward
+        # is over, so nothing computes with them until the refresh is complete.
+        asked = sorted((lo, hi) for lo, hi, _ in self._early)
+        runs, at = [], 0
+        for lo, hi in asked + [(self._pstore.host.shape[0],) * 2]:
+            if lo > at:
+                runs.append((at, lo))
+            at = max(at, hi)
         self._refresh = [(self._pstore, self._client.pull_async(
-            self._table, out=self._pstore.host), self._table.name)]
+            self._table, range(lo, hi), out=self._pstore.host[lo:hi]), self._table.name)
+            for lo, hi in runs]
+        self._refresh_early, self._early = self._early, []
         if self._btable is not None:
             self._refresh.append((self._bstore, self._client.pull_async(
                 self._btable, out=self._bstore.host), self._btable.name))

@@ -58,6 +58,8 @@ def bind_router(ctx: zmq.Context, address: str, cfg: Config):
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
     # A frame above this disconnects its sender before the server buffers it.
     sock.setsockopt(zmq.MAXMSGSIZE, max_message(cfg))
+    if cfg.send_buffer:         # see GEEPS_SEND_BUFFER: the replies' side of each flow
+        sock.setsockopt(zmq.SNDBUF, cfg.send_buffer)
     auth = None
     keys = _keys(cfg)
     if keys is not None:
@@ -77,6 +79,8 @@ def connect_dealer(ctx: zmq.Context, address: str, cfg: Config | None = None) ->
     _common(sock)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+    if cfg is not None and cfg.send_buffer:     # see GEEPS_SEND_BUFFER
+        sock.setsockopt(zmq.SNDBUF, cfg.send_buffer)
     keys = _keys(cfg)
     if keys is not None:
         curve.secure_client(sock, keys)
