@@ -6,7 +6,7 @@ changes are sent by hand (the coordinator's two steps: pending, then promote).""
 import numpy as np
 import pytest
 
-from geeps.client.iothread import Request, _joined, _pieces
+from geeps.client.iothread import Request, _joined, _parts
 from geeps.job import membership as ms
 from tests.cluster import Cluster
 from tests.helpers import wait_for
@@ -57,7 +57,7 @@ def test_pieces_of_a_by_id_and_a_sparse_push_and_their_reassembly():
     ids = np.array([9, 1, 5, 2], np.int64)
     r = Request(0, "push", {"table": "w", "rows": {"ids": 4}},
                 [ids, np.arange(8, dtype=np.float32).reshape(4, 2)])
-    pieces = _pieces(r, np.array([0, 4, 8]), 2)
+    pieces = _parts(r, np.array([0, 4, 8]), 2)
     assert [(p[0][0], list(p[0][1][0])) for p in pieces] == \
         [({"ids": 2}, [1, 2]), ({"ids": 1}, [5]), ({"ids": 1}, [9])]
     np.testing.assert_array_equal(pieces[0][0][1][1], [[2, 3], [6, 7]])
@@ -69,7 +69,7 @@ def test_pieces_of_a_by_id_and_a_sparse_push_and_their_reassembly():
     offs = np.array([0, 3, 5, 12, 15], np.uint32)      # rows 2, 3, 4, 8, 9
     r = Request(0, "push", {"table": "w", "rows": {"sparse": [5, 2, 10]}},
                 [offs, np.arange(5, dtype=np.float32)])
-    parts = _pieces(r, np.array([0, 4, 8]), 2)
+    parts = _parts(r, np.array([0, 4, 8]), 2)
     assert [p[0][0] for p in parts] == [{"sparse": [2, 2, 4]}, {"sparse": [1, 4, 8]},
                                         {"sparse": [2, 8, 10]}]
     assert [list(p[0][1][0]) for p in parts] == [[0, 3], [1], [0, 3]]

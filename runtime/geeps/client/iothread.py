@@ -371,7 +371,7 @@ class IOThread(threading.Thread):
                     RolledBack(self._rolled_to, "submitted before the rollback"))
                 continue
             self._prepare(shard, r)
-            if r.op == "clock" and r.internal is None:
+            if r.op == "clock" and r.internal is None and "clock" in r.header:
                 self.clocks_sent = max(self.clocks_sent, r.header["clock"] + 1)
             n = sum(f.nbytes for f in r.payload)
             if batch and (len(batch) == P.MAX_PARTS or size + n > BATCH_BYTES
@@ -676,33 +676,15 @@ class IOThread(threading.Thread):
     def _pieces(self, r: Request) -> list[Request]:
         """A push as pushes that each lie in one segment of the current membership
         (cut where any membership seen cuts), sharing its frames."""
-        rows = r.header.get("rows") or {}
-        n_rows = self.n_rows.get(r.header.get("table"))
-        if n_rows is None or "sparse" in rows:
+        name = r.header.get("table")
+        n_rows = self.n_rows.get(name)
+        if n_rows is None:
             return [r]
-        cuts = self.cuts(n_rows)
-        if "range" in rows:
-            lo, hi = rows["range"]
-            inside = [c for c in cuts if lo < c < hi]
-            if not inside:
-                return [r]
-            bounds = [lo, *inside, hi]
-            return [Request(r.shard, "push", dict(r.header, rows={"range": [a, b]}),
-                            [r.payload[-1][a - lo:b - lo]], seq=True, handle=r.handle)
-                    for a, b in zip(bounds, bounds[1:])]
-        import numpy as np
-        ids, values = r.payload[0], r.payload[1]
-        ids = np.frombuffer(ids, "<i8") if not isinstance(ids, np.ndarray) else ids
-        where = np.searchsorted(np.asarray(cuts), ids, side="right")
-        out = []
-        for k in np.unique(where):
-            m = where == k
-            if m.all():
-                return [r]
-            out.append(Request(r.shard, "push", dict(r.header, rows={"ids": int(m.sum())}),
-                               [np.ascontiguousarray(ids[m]), np.asarray(values)[m]],
-                               seq=True, handle=r.handle))
-        return out
+        parts = _parts(r, np.asarray(self.cuts(n_rows), np.int64), self.widths.get(name))
+        if len(parts) == 1:
+            return [r]
+        return [Request(r.shard, "push", dict(r.header, rows=rows), payload, seq=True,
+                        handle=r.handle) for (rows, payload), *_ in parts]
 
     def _on_redone(self, shard: _Shard, header: dict, payload=()) -> None:
         if not header.get("ok"):
@@ -810,7 +792,7 @@ class IOThread(threading.Thread):
         m = self.membership
         segs = m.segments(n_rows)
         edges = np.array(sorted({g.lo for g in segs} | set(self.cuts(n_rows))), np.int64)
-        pieces = _pieces(r, edges, self.widths.get(name))
+        pieces = _parts(r, edges, self.widths.get(name))
         state = {"left": len(pieces), "failed": False, "vals": {}, "clock": None}
         n_out = sum(len(pos) if pos is not None else b - a for _, a, b, pos in pieces)
 
@@ -1013,7 +995,7 @@ class IOThread(threading.Thread):
             r.handle.set_exception(err)
 
 
-def _pieces(r: Request, edges: np.ndarray, width: int | None) -> list:
+def _parts(r: Request, edges: np.ndarray, width: int | None) -> list:
     """The parts of push or pull `r` on each side of `edges` (segment starts, sorted):
     [((rows header, payload), lo, hi, positions)], `positions` the places of a by-id
     part's ids in the caller's request (None for a range or sparse part)."""
@@ -1027,7 +1009,7 @@ def _pieces(r: Request, edges: np.ndarray, width: int | None) -> list:
             payload = [r.payload[-1][a - lo:b - lo]] if push else []
             out.append((({"range": [a, b]}, payload), a, b, None))
     elif "ids" in rows:
-        ids = np.asarray(r.payload[0], dtype=np.int64)
+        ids = _array(r.payload[0], "<i8")
         where = np.searchsorted(edges, ids, side="right") - 1
         for j in np.unique(where):
             pos = np.nonzero(where == j)[0]
@@ -1041,8 +1023,8 @@ def _pieces(r: Request, edges: np.ndarray, width: int | None) -> list:
             raise ServerError(f"sparse push to {r.header.get('table')!r}: its row width "
                               f"is not known here, it cannot be split")
         nnz, lo, hi = rows["sparse"]
-        offsets = np.asarray(r.payload[0]).astype(np.int64)
-        values = np.asarray(r.payload[1])
+        offsets = _array(r.payload[0], "<u4").astype(np.int64)
+        values = _array(r.payload[1], "<f4")
         row = lo + offsets // width
         bounds = [lo, *[int(e) for e in edges if lo < e < hi], hi]
         for a, b in zip(bounds, bounds[1:]):
@@ -1051,6 +1033,11 @@ def _pieces(r: Request, edges: np.ndarray, width: int | None) -> list:
             out.append((({"sparse": [int(sel.sum()), a, b]},
                          [offs, np.ascontiguousarray(values[sel])]), a, b, None))
     return out
+
+
+def _array(x, dtype: str) -> np.ndarray:
+    """A payload frame as an array: kept as the caller's array, or raw bytes."""
+    return x if isinstance(x, np.ndarray) else np.frombuffer(x, dtype)
 
 
 def _joined(pieces: list, vals: dict, n: int) -> bytes:
