@@ -223,3 +223,36 @@ def report(**fields) -> None:
         _reporter.append(m)
     if _reporter[0] is not None:
         _reporter[0].progress(fields)
+
+
+# ---- the coordinator (`geeps coordinator`, geeps.launch.coordinator_http) -------------------
+# The membership as the one place that decides it sees it; the shards' own view of it
+# (the epoch each holds, its primary and replica bytes) is theirs to export.
+MEMBERSHIP_EPOCH = Gauge("geeps_membership_epoch", "The epoch of the job's membership the "
+                         "coordinator holds (each change to which servers hold which rows "
+                         "bumps it)", LABELS)
+FAILOVERS = Counter("geeps_membership_failovers", "Servers the coordinator failed over "
+                    "(lost or silent: their replicas took their rows, nobody rolled back)",
+                    LABELS)
+MEMBERSHIP_CHANGES = Counter("geeps_membership_changes", "Membership changes the "
+                             "coordinator made (failovers, joins, drains; a promote that "
+                             "completes one is not counted again)", LABELS)
+PENDING_ARCS = Gauge("geeps_membership_pending_arcs", "Arcs of the ring (of "
+                     "geeps.job.membership.TOKENS) servers are still catching up on: 0 "
+                     "when no change is in flight", LABELS)
+
+
+def coordinator_state(metrics: Metrics, *, epoch: int, failovers: int, changes: int,
+                      pending_arcs: int) -> None:
+    """Export the coordinator's counts. They are totals kept by the coordinator, so the
+    counters move by what changed since the last call (a counter cannot be set)."""
+    lv = metrics._lv
+    MEMBERSHIP_EPOCH.labels(*lv).set(epoch)
+    PENDING_ARCS.labels(*lv).set(pending_arcs)
+    seen = metrics.__dict__.setdefault("_coordinator_seen", {"failovers": 0, "changes": 0})
+    for key, counter, total in (("failovers", FAILOVERS, failovers),
+                                ("changes", MEMBERSHIP_CHANGES, changes)):
+        child = counter.labels(*lv)     # exported from the first call on, at 0
+        if total > seen[key]:
+            child.inc(total - seen[key])
+            seen[key] = total
