@@ -118,6 +118,7 @@ STATUS_SCHEMA: dict = {
                             "items": {"type": "object", "required": ["pod", "server"],
                                       "properties": {"pod": {"type": "string"},
                                                      "uid": {"type": "string"},
+                                                     "address": {"type": "string"},
                                                      "server": {"type": "integer"}}}},
             },
         },

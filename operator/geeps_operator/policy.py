@@ -60,9 +60,11 @@ Rules (see also README.md, "Kubernetes"):
   status.membership (epoch, which pod is which server id, settled) and posts
   MembershipChanged and ServerFailedOver Events (see `_membership`):
   - a server pod made once the membership exists is a joiner (GEEPS_JOIN=1), made
-    only once no member holds its address (a lost server's replacement waits for the
-    coordinator to fail the old one over, so the new pod is never taken for it), and
-    POSTed to the coordinator once Running;
+    only once no member holds its slot's addresses (a lost server's replacement waits
+    for the coordinator to fail the old one over, so the new pod is never taken for
+    it), and POSTed to the coordinator once Running, by its pod IP (its DNS name
+    outlives it; the IP names this pod only, and needs no resolver where the
+    coordinator runs);
   - spec.servers.replicas falling drains the highest-ranked servers at the
     coordinator (DELETE) and deletes each pod only once the membership no longer holds
     it; a pod whose server the coordinator failed over (silent) is deleted (fencing).
@@ -549,7 +551,7 @@ def _slot(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodVi
         pods.restarted = True
     if v is None:
         joiner = role == "server" and job.coordinated and "membership" in actions.status
-        if joiner and not _address_free(job, i, obs):
+        if joiner and not _address_free(job, i, obs, actions.status):
             pass    # the lost server's id still holds this address: it is failed over first
         else:
             actions.create.append(m.role_pod(job, role, i, owner, join=joiner))
@@ -686,17 +688,27 @@ def _queued(answer: dict, kind: str) -> list:
             for arg in item[1:]]
 
 
-def _address_free(job: _spec.GeePSJob, index: int, obs: Observed) -> bool:
+def _address_free(job: _spec.GeePSJob, index: int, obs: Observed, st: dict) -> bool:
     """Whether a joiner may be made for server slot `index`: the coordinator answered
-    and no member holds (or is queued to take) the slot's address. A pod that replaces
-    a lost one has its DNS name; made before the coordinator failed the old server
+    and no member holds (or is queued to take) an address of the slot: its DNS name,
+    or the address recorded for its last pod. A pod that replaces a lost one has its
+    DNS name (and may get its IP); made before the coordinator failed the old server
     over, it would answer that server's pings with none of its rows."""
     got = _answer(obs)
     if got is None:
         return False
     mem, answer = got
-    address = m.server_address(job, index)
-    return address not in mem.servers.values() and address not in _queued(answer, "join")
+    name = m.pod_name(job.name, "server", index)
+    mine = {m.server_address(job, index)} | {
+        r.get("address") for r in (st.get("membership") or {}).get("servers") or []
+        if isinstance(r, dict) and r.get("pod") == name}
+    taken = set(mem.servers.values()) | set(_queued(answer, "join"))
+    return not mine & taken
+
+
+def _ip_address(ip: str) -> str:
+    """host:port of a server pod on its IP (bracketed when IPv6)."""
+    return f"[{ip}]:{m.SERVER_PORT}" if ":" in ip else f"{ip}:{m.SERVER_PORT}"
 
 
 def _membership(actions: Actions, job: _spec.GeePSJob, views: list[s.PodView],
@@ -723,16 +735,17 @@ def _membership(actions: Actions, job: _spec.GeePSJob, views: list[s.PodView],
         if rec is not None and rec.get("uid") != v.uid:
             records[name + "/" + rec.get("uid", "")] = rec   # an earlier pod of the slot
             rec = None
-        address = m.server_address(job, v.index)
         if rec is None:
-            sid = by_address.get(address)
+            dns = m.server_address(job, v.index)
+            ip = _ip_address(v.ip) if v.ip else None
+            sid = by_address.get(dns, by_address.get(ip))
             if sid is None:
                 if v.index >= wanted and v.name not in actions.delete_pods:
                     actions.delete_pods.append(v.name)      # never joined: nothing to drain
-                elif v.phase == "Running" and address not in joins and not v.ended:
-                    actions.join.append(address)
+                elif v.phase == "Running" and ip and ip not in joins and not v.ended:
+                    actions.join.append(ip)
                 continue
-            rec = {"pod": name, "uid": v.uid, "server": sid}
+            rec = {"pod": name, "uid": v.uid, "server": sid, "address": mem.servers[sid]}
         if rec["server"] in mem.servers:
             if v.index >= wanted:
                 rec["draining"] = True

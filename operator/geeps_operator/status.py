@@ -63,6 +63,7 @@ class PodView:
     blocked_message: str = ""
     disrupted: str = ""         # the DisruptionTarget condition's reason (eviction, drain)
     deleted_at: str = ""        # metadata.deletionTimestamp
+    ip: str = ""                # status.podIP, once it runs
 
     @property
     def active(self) -> bool:
@@ -110,7 +111,8 @@ def view(pod: dict) -> PodView | None:
                    terminating=bool(meta.get("deletionTimestamp")),
                    exit_code=exit_code, reason=reason, blocked=blocked,
                    blocked_message=blocked_message, disrupted=disrupted,
-                   deleted_at=meta.get("deletionTimestamp") or "")
+                   deleted_at=meta.get("deletionTimestamp") or "",
+                   ip=st.get("podIP") or "")
 
 
 def observe(pods: list[dict], job_name: str) -> list[PodView]:

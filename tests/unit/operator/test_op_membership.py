@@ -27,8 +27,21 @@ def answer(mem: ms.Membership, *, settled: bool = True, failovers: int = 0,
             "recovering": False}
 
 
+def spod(i: int, phase: str = "Running", uid: str | None = None, **kw) -> dict:
+    """Server pod i; a running one has an IP (a replacement, with another uid, another
+    IP)."""
+    p = pod("server", i, phase, uid=uid, **kw)
+    if phase == "Running":
+        p["status"]["podIP"] = f"10.0.{1 if uid else 0}.{i + 1}"
+    return p
+
+
+def ip(i: int, new: bool = False) -> str:
+    return f"10.0.{int(new)}.{i + 1}:{m.SERVER_PORT}"
+
+
 def pods(servers, workers=2, coordinator=True, **uids) -> list[dict]:
-    out = [pod("server", i, uid=uids.get(f"s{i}")) for i in servers]
+    out = [spod(i, uid=uids.get(f"s{i}")) for i in servers]
     out += [pod("worker", i) for i in range(workers)]
     if coordinator:
         out.append(pod(m.COORDINATOR, 0))
@@ -84,8 +97,10 @@ def test_the_membership_is_recorded_pod_by_pod_with_an_event():
     p = run(elastic(2, active()), pods([0, 1]), answer(M1))
     assert p.status["membership"] == {
         "epoch": 1, "settled": True, "failovers": 0,
-        "servers": [{"pod": "j-server-0", "uid": "server-0-uid", "server": 0},
-                    {"pod": "j-server-1", "uid": "server-1-uid", "server": 1}]}
+        "servers": [{"pod": "j-server-0", "uid": "server-0-uid", "server": 0,
+                     "address": addr(0)},
+                    {"pod": "j-server-1", "uid": "server-1-uid", "server": 1,
+                     "address": addr(1)}]}
     assert reasons(p) == ["MembershipChanged"]
     assert "epoch 1: servers 0 (j-server-0), 1 (j-server-1)" in p.events[0].message
     # the same answer again: nothing to say
@@ -104,18 +119,18 @@ def test_scaling_up_makes_a_joiner_and_posts_it_once_running():
     assert env_of(p.create[0])["GEEPS_JOIN"] == "1"
     assert env_of(p.create[0])["GEEPS_SERVERS"].split(",")[2] == addr(2)
     assert p.join == []                               # not running yet
-    pending = [pod("server", 0), pod("server", 1), pod("server", 2, "Pending"),
+    pending = [spod(0), spod(1), spod(2, "Pending"),
                pod("worker", 0), pod("worker", 1), pod(m.COORDINATOR, 0)]
     assert run(then(body, p), pending, answer(M1)).join == []
     p = run(then(body, p), pods([0, 1, 2]), answer(M1))
-    assert p.join == [addr(2)]
+    assert p.join == [ip(2)]                          # by its pod IP
     # queued at the coordinator: not asked again
-    assert run(then(body, p), pods([0, 1, 2]), answer(M1, queued=[("join", addr(2))])).join \
+    assert run(then(body, p), pods([0, 1, 2]), answer(M1, queued=[("join", ip(2))])).join \
         == []
-    m2 = ms.join(M1, addr(2))
+    m2 = ms.join(M1, ip(2))
     p = run(then(body, p), pods([0, 1, 2]), answer(m2, settled=False))
     assert p.join == [] and "MembershipChanged" in reasons(p)
-    assert {"pod": "j-server-2", "uid": "server-2-uid", "server": 2} in \
+    assert {"pod": "j-server-2", "uid": "server-2-uid", "server": 2, "address": ip(2)} in \
         p.status["membership"]["servers"]
     assert p.status["membership"]["settled"] is False
     assert "2 (j-server-2) catching up on 33% of the rows" in p.events[-1].message
@@ -139,7 +154,7 @@ def test_scaling_down_drains_the_highest_server_then_deletes_its_pod():
     assert "ServerDrained" in reasons(p) and "ServerFailedOver" not in reasons(p)
     assert [r["server"] for r in p.status["membership"]["servers"]] == [0, 1]
     # its deletion is the operator's: no restart is counted when it terminates
-    terminating = pods([0, 1]) + [pod("server", 2, terminating=True)]
+    terminating = pods([0, 1]) + [spod(2, terminating=True)]
     q = run(then(body, p), terminating, answer(gone))
     assert q.status["restartCount"] == 0 and "Restarting" not in reasons(q)
 
@@ -162,7 +177,7 @@ def test_a_failed_over_server_is_fenced_and_replaced_by_a_joiner():
     p = run(then(body, p), ps, answer(failed, failovers=1))
     assert created(p) == ["j-server-1"] and env_of(p.create[0])["GEEPS_JOIN"] == "1"
     p = run(then(body, p), pods([0, 1, 2], s1="server-1-new"), answer(failed, failovers=1))
-    assert p.join == [addr(1)] and p.delete_pods == []
+    assert p.join == [ip(1, new=True)] and p.delete_pods == []
 
 
 def test_a_lost_server_pod_is_replaced_only_once_the_coordinator_dropped_it():
@@ -223,3 +238,14 @@ def test_changing_the_servers_of_a_running_job_that_is_not_elastic_is_refused():
     # back to 2: accepted again
     r = run(job(p.status, servers=2), pods([0, 1], coordinator=False))
     assert cond(r, "ScaleRefused")["status"] == "False"
+
+
+def test_a_lost_joiner_is_replaced_only_once_its_ip_address_is_dropped_too():
+    # server 2 joined by IP; its pod is lost, and its replacement may get the same IP
+    m2 = ms.promote(ms.join(ms.initial([addr(0), addr(1)], 2), ip(2)))
+    st = run(elastic(3, active()), pods([0, 1, 2]), answer(m2)).status
+    body = elastic(3, st)
+    p = run(body, pods([0, 1]), answer(m2))
+    assert created(p) == []
+    p = run(then(body, p), pods([0, 1]), answer(ms.fail(m2, 2), failovers=1))
+    assert created(p) == ["j-server-2"]
