@@ -237,18 +237,19 @@ FAILOVERS = Counter("geeps_membership_failovers", "Servers the coordinator faile
 MEMBERSHIP_CHANGES = Counter("geeps_membership_changes", "Membership changes the "
                              "coordinator made (failovers, joins, drains; a promote that "
                              "completes one is not counted again)", LABELS)
-PENDING_ARCS = Gauge("geeps_membership_pending_arcs", "Arcs of the ring (of "
-                     "geeps.job.membership.TOKENS) servers are still catching up on: 0 "
-                     "when no change is in flight", LABELS)
+CATCHING_UP = Gauge("geeps_membership_catching_up_ratio", "The ring's arcs servers are "
+                    "still catching up on, as a share of the ring, summed over the servers "
+                    "catching up (a join of a third server with replication 2: about 0.67): "
+                    "0 when no change is in flight", LABELS)
 
 
 def coordinator_state(metrics: Metrics, *, epoch: int, failovers: int, changes: int,
-                      pending_arcs: int) -> None:
+                      catching_up: float) -> None:
     """Export the coordinator's counts. They are totals kept by the coordinator, so the
     counters move by what changed since the last call (a counter cannot be set)."""
     lv = metrics._lv
     MEMBERSHIP_EPOCH.labels(*lv).set(epoch)
-    PENDING_ARCS.labels(*lv).set(pending_arcs)
+    CATCHING_UP.labels(*lv).set(catching_up)
     seen = metrics.__dict__.setdefault("_coordinator_seen", {"failovers": 0, "changes": 0})
     for key, counter, total in (("failovers", FAILOVERS, failovers),
                                 ("changes", MEMBERSHIP_CHANGES, changes)):

@@ -133,7 +133,7 @@ def test_the_api_lists_queues_a_join_and_refuses_bad_requests(three):
         assert not state["settled"]
         wait_for(lambda: co.metric("geeps_membership_epoch") == 2, 5,
                  what="the metrics to show epoch 2")
-        assert co.metric("geeps_membership_pending_arcs") > 0
+        assert co.metric("geeps_membership_catching_up_ratio") > 0
         assert co.metric("geeps_membership_changes_total") == 1
 
         # a drain while the join is in flight waits its turn, and is idempotent

@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         while not stop.wait(0.5):
             m = co.membership
             coordinator_state(metrics, epoch=m.epoch, failovers=co.failovers, changes=co.changes,
-                              pending_arcs=sum(p.end - p.start for p in m.pending))
+                              catching_up=sum(p.end - p.start for p in m.pending) / ms.TOKENS)
     finally:
         httpd.shutdown()
         co.close()
