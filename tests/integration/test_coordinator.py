@@ -41,11 +41,11 @@ def call(url: str, method: str = "GET", body: bytes | None = None,
 
 
 class Coord:
-    """One `geeps coordinator` process over the servers of `cl`."""
+    """One `geeps coordinator` process over the servers at `servers`."""
 
-    def __init__(self, cl: Cluster, replication: int, *args: str):
+    def __init__(self, servers: list[str], replication: int, *args: str):
         self.port, self.metrics_port = free_ports(2)
-        env = dict(os.environ, GEEPS_ROLE="coordinator", GEEPS_SERVERS=",".join(cl.servers),
+        env = dict(os.environ, GEEPS_ROLE="coordinator", GEEPS_SERVERS=",".join(servers),
                    GEEPS_REPLICATION=str(replication), GEEPS_BIND_HOST="127.0.0.1",
                    GEEPS_METRICS_PORT=str(self.metrics_port), GEEPS_METRICS_ADDR="127.0.0.1",
                    GEEPS_NUM_WORKERS="1")
@@ -92,9 +92,7 @@ def three():
 
 
 def test_the_api_lists_queues_a_join_and_refuses_bad_requests(three):
-    cl = Cluster.__new__(Cluster)           # the coordinator knows the first two only
-    cl.servers = three.servers[:2]
-    co = Coord(cl, 2, "--silent-after", "60")
+    co = Coord(three.servers[:2], 2, "--silent-after", "60")   # the third joins later
     try:
         state = co.up()
         m = ms.Membership.from_json(state["membership"])
@@ -110,6 +108,8 @@ def test_the_api_lists_queues_a_join_and_refuses_bad_requests(three):
                ("POST", "/servers", b"x" * (70 * 1024), 413, "body"),
                ("POST", "/elsewhere", b"{}", 404, "/servers"),
                ("DELETE", "/servers/abc", None, 400, "server id"),
+               ("DELETE", "/servers/" + "9" * 5000, None, 400, "server id"),
+               ("DELETE", "/servers/%C2%B2", None, 400, "server id"),
                ("DELETE", "/servers/9", None, 404, "server 9"),
                ("DELETE", "/servers/0", None, 409, "replication 2"),
                ("GET", "/nothing", None, 404, "/membership")]
@@ -153,7 +153,7 @@ def test_a_coordinator_waits_for_slow_servers_and_goes_on_without_a_dead_one(thr
     # Server 2's address is listed but its process is gone: the coordinator starts
     # after --recover-after from what the others said, not never.
     kill_group(three.procs[2])
-    co = Coord(three, 2, "--silent-after", "60")
+    co = Coord(three.servers, 2, "--silent-after", "60")
     try:
         state = co.up(timeout=20)
         assert state["membership"]["epoch"] == 1
@@ -163,7 +163,7 @@ def test_a_coordinator_waits_for_slow_servers_and_goes_on_without_a_dead_one(thr
 
 
 def test_a_silent_server_is_failed_over_once_it_has_answered(three):
-    co = Coord(three, 2, "--silent-after", "1", "--heartbeat", "0.1")
+    co = Coord(three.servers, 2, "--silent-after", "1", "--heartbeat", "0.1")
     try:
         co.up()
         wait_for(lambda: co.metric("geeps_membership_epoch") == 1, 10,
@@ -181,7 +181,7 @@ def test_a_silent_server_is_failed_over_once_it_has_answered(three):
 
 @needs_data_path
 def test_a_restarted_coordinator_recovers_the_newest_membership(three):
-    co = Coord(three, 2, "--silent-after", "60")
+    co = Coord(three.servers, 2, "--silent-after", "60")
     try:
         co.up()
         call(co.url + "/servers/2", "DELETE")
@@ -189,7 +189,7 @@ def test_a_restarted_coordinator_recovers_the_newest_membership(three):
         before = co.get()["membership"]
     finally:
         co.stop()
-    again = Coord(three, 2, "--silent-after", "60")
+    again = Coord(three.servers, 2, "--silent-after", "60")
     try:
         state = again.up()
         assert state["membership"] == before        # not epoch 1 over three servers

@@ -55,6 +55,8 @@ from geeps.wire import protocol as P
 from geeps.wire import transport
 
 MAX_BODY = 64 * 1024        # a request body is one address: a few dozen bytes
+MAX_ID_DIGITS = 12          # a server id in a path; Python refuses int() of > 4300 digits
+IDLE_TIMEOUT = 10.0         # s a connection may send nothing: one thread each, so bounded
 RECOVER_AFTER = 30.0        # s to wait for the servers that have not answered yet
 ASK_EVERY = 0.5             # s between requests to a server that has not answered
 
@@ -167,7 +169,7 @@ class Front:
         co = self.coordinator
         if co is None:
             return 503, {"error": "recovering the membership from the servers; ask again"}
-        if not raw_id.isdigit():
+        if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= MAX_ID_DIGITS):
             return 400, {"error": f"path /servers/<id>: expected a server id, got "
                                   f"{raw_id!r:.40}"}
         sid = int(raw_id)
@@ -190,6 +192,7 @@ class Front:
 def handler(front: Front) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "geeps-coordinator"
+        timeout = IDLE_TIMEOUT      # a client that stalls loses its connection (and thread)
 
         def log_message(self, fmt, *args):     # the operator polls: keep stderr quiet
             pass
