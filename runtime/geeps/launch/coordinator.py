@@ -65,7 +65,6 @@ class Coordinator:
         self._epoch_of: dict[int, int] = {}     # the epoch each member said it holds
         self._ready: dict[int, bool] = {}
         self._silent_told: set[int] = set()
-        self._answered: set[int] = set()        # members that answered at least once
         self._ids = itertools.count(1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="geeps-coordinator",
@@ -124,12 +123,6 @@ class Coordinator:
         the same way (the operator may ask twice across its own restarts)."""
         with self._lock:
             return list(self._todo)
-
-    def heard_from(self, sid: int) -> bool:
-        """Whether member `sid` has answered at least once: a pod that has not started
-        yet is slow, not silent, and failing it over would be wrong."""
-        with self._lock:
-            return sid in self._answered
 
     def close(self) -> None:
         self._stop.set()
@@ -273,7 +266,6 @@ class Coordinator:
             self._silent_told.discard(sid)
             epoch, ready = header.get("epoch"), header.get("ready")
             with self._lock:
-                self._answered.add(sid)
                 if isinstance(epoch, int) and not isinstance(epoch, bool):
                     self._epoch_of[sid] = max(epoch, self._epoch_of.get(sid, 0))
                 if isinstance(ready, bool) and epoch == self._m.epoch:

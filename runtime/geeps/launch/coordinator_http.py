@@ -321,10 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     co: Coordinator | None = None
 
     def silent(sid: int) -> None:
-        # A server that never answered is a pod still starting, not a failed one.
-        if co is not None and co.heard_from(sid):
-            say(f"geeps coordinator: failing server {sid} over (silent)")
-            co.fail(sid)
+        # No launcher here to kill it: the membership drops it, and the operator
+        # deletes its pod (fencing) when it sees that.
+        say(f"geeps coordinator: failing server {sid} over (silent)")
+        co.fail(sid)
 
     co = Coordinator(newest, cfg, log=say, on_silent=silent, heartbeat=args.heartbeat,
                      silent_after=args.silent_after)
