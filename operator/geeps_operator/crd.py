@@ -114,6 +114,9 @@ STATUS_SCHEMA: dict = {
                                                                 "this coordinator"},
                 "error": {"type": "string", "description": "why the coordinator stopped "
                                                            "changing the membership"},
+                "joining": {"type": "array", "items": {"type": "string"},
+                            "description": "server pods handed to the coordinator, "
+                                           "waiting for their turn (one change at a time)"},
                 "servers": {"type": "array", "description": "which pod is which server id",
                             "items": {"type": "object", "required": ["pod", "server"],
                                       "properties": {"pod": {"type": "string"},

@@ -730,6 +730,7 @@ def _membership(actions: Actions, job: _spec.GeePSJob, views: list[s.PodView],
     wanted = job.processes("server")
     live = {v.name: v for v in views if v.role == "server" and not v.terminating}
     kept: list[dict] = []
+    joining: list[str] = []             # posted, waiting for their turn at the coordinator
     for name, v in sorted(live.items(), key=lambda kv: kv[1].index):
         rec = records.pop(name, None)
         if rec is not None and rec.get("uid") != v.uid:
@@ -742,8 +743,10 @@ def _membership(actions: Actions, job: _spec.GeePSJob, views: list[s.PodView],
             if sid is None:
                 if v.index >= wanted and v.name not in actions.delete_pods:
                     actions.delete_pods.append(v.name)      # never joined: nothing to drain
-                elif v.phase == "Running" and ip and ip not in joins and not v.ended:
-                    actions.join.append(ip)
+                elif v.phase == "Running" and ip and not v.ended:
+                    joining.append(name)
+                    if ip not in joins:
+                        actions.join.append(ip)
                 continue
             rec = {"pod": name, "uid": v.uid, "server": sid, "address": mem.servers[sid]}
         if rec["server"] in mem.servers:
@@ -780,6 +783,8 @@ def _membership(actions: Actions, job: _spec.GeePSJob, views: list[s.PodView],
     kept.sort(key=lambda r: r["server"])
     new = {"epoch": mem.epoch, "settled": bool(answer.get("settled")),
            "failovers": int(answer.get("failovers") or 0), "servers": kept}
+    if joining:
+        new["joining"] = joining
     error = answer.get("error")
     if isinstance(error, str) and error:
         new["error"] = error[:1024]

@@ -136,3 +136,35 @@ def test_servers_go_2_3_2_under_bsp_and_the_model_is_bitwise_a_fixed_run(
     for r in range(2):
         assert (elastic_dir / f"final-{r}").read_bytes() == \
             (fixed_dir / f"final-{r}").read_bytes()
+
+
+def test_a_lost_server_is_failed_over_and_a_joiner_takes_its_slot(
+        cluster, operator, ns, tmp_path):
+    body = job(ns, "heal", WAIT_FOR_GO, servers=3, env=env(MARKS=tmp_path),
+               run_policy={"backoffLimit": 2})
+    body["spec"]["servers"]["replication"] = 2
+    cluster.api.create_job(body)
+    cluster.wait_phase(ns, "heal", "Running")
+    cluster.wait_job(ns, "heal", lambda j: len(_membership(j).get("servers", [])) == 3, 20,
+                     "three servers in the membership")
+    workers = _uids(cluster, ns, "heal", "worker")
+    old = _uids(cluster, ns, "heal", "server")["heal-server-1"]
+    cluster.api.send("DELETE", cluster.api.path("pods", ns, "heal-server-1"))
+    # The coordinator hears nothing from server 1 and fails it over; only then is the
+    # slot's replacement made (as a joiner), and posted once it runs. Without the data
+    # path the failover's re-replication never completes, so the join waits its turn.
+    healed = cluster.wait_job(ns, "heal", lambda j: "heal-server-1" in (
+        _membership(j).get("joining", []) if not DATA_PATH else
+        [r["pod"] for r in _membership(j).get("servers", []) if r["server"] == 3]), 60,
+        "server 1 failed over and its replacement posted to the coordinator")
+    assert 1 not in [r["server"] for r in _membership(healed)["servers"]]
+    assert _membership(healed)["failovers"] >= 1
+    new = next(p for p in cluster.api.pods(ns, "heal")
+               if p["metadata"]["name"] == "heal-server-1")
+    assert new["metadata"]["uid"] != old and _pod_env(new)["GEEPS_JOIN"] == "1"
+    failed_over = [e for e in cluster.api.events(ns, "heal")
+                   if e.get("reason") == "ServerFailedOver"]
+    assert failed_over and "server 1 (pod heal-server-1)" in failed_over[0]["message"]
+    assert _uids(cluster, ns, "heal", "worker") == workers        # no worker restarted
+    (tmp_path / "go").write_text("")
+    cluster.wait_phase(ns, "heal", "Succeeded", timeout=30)

@@ -124,12 +124,14 @@ def test_scaling_up_makes_a_joiner_and_posts_it_once_running():
     assert run(then(body, p), pending, answer(M1)).join == []
     p = run(then(body, p), pods([0, 1, 2]), answer(M1))
     assert p.join == [ip(2)]                          # by its pod IP
+    assert p.status["membership"]["joining"] == ["j-server-2"]
     # queued at the coordinator: not asked again
     assert run(then(body, p), pods([0, 1, 2]), answer(M1, queued=[("join", ip(2))])).join \
         == []
     m2 = ms.join(M1, ip(2))
     p = run(then(body, p), pods([0, 1, 2]), answer(m2, settled=False))
     assert p.join == [] and "MembershipChanged" in reasons(p)
+    assert "joining" not in p.status["membership"]
     assert {"pod": "j-server-2", "uid": "server-2-uid", "server": 2, "address": ip(2)} in \
         p.status["membership"]["servers"]
     assert p.status["membership"]["settled"] is False
