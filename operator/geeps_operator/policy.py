@@ -550,7 +550,11 @@ def _slot(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodVi
             return False
         pods.restarted = True
     if v is None:
-        joiner = role == "server" and job.coordinated and "membership" in actions.status
+        # A joiner once the job has a membership, or for a rank above the servers it
+        # started with (the coordinator may not have answered yet: it waits for it).
+        had = actions.status.get("servers")
+        joiner = role == "server" and job.coordinated and (
+            "membership" in actions.status or (isinstance(had, int) and i >= had))
         if joiner and not _address_free(job, i, obs, actions.status):
             pass    # the lost server's id still holds this address: it is failed over first
         else:

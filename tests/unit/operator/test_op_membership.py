@@ -139,6 +139,15 @@ def test_scaling_up_makes_a_joiner_and_posts_it_once_running():
     assert p.delete_pods == [] and p.status["phase"] == "Running"
 
 
+def test_a_new_rank_waits_for_the_coordinator_when_it_has_not_answered_yet():
+    st = run(elastic(2, active()), pods([0, 1])).status      # no answer: no membership
+    assert "membership" not in st and st["servers"] == 2
+    body = elastic(3, st)
+    assert created(run(body, pods([0, 1]))) == []
+    p = run(body, pods([0, 1]), answer(M1))
+    assert created(p) == ["j-server-2"] and env_of(p.create[0])["GEEPS_JOIN"] == "1"
+
+
 def test_scaling_down_drains_the_highest_server_then_deletes_its_pod():
     m3 = ms.promote(ms.join(M1, addr(2)))
     st = run(elastic(3, active()), pods([0, 1, 2]), answer(m3)).status
