@@ -131,10 +131,10 @@ def test_the_api_lists_queues_a_join_and_refuses_bad_requests(three):
         assert m.servers[2] == three.servers[2] and len(m.servers) == 3
         assert {p.sid for p in m.pending} >= {2}            # catching up on its share
         assert not state["settled"]
-        wait_for(lambda: co.metric("geeps_membership_epoch") == 2, 5,
+        wait_for(lambda: co.metric("geeps_coordinator_epoch") == 2, 5,
                  what="the metrics to show epoch 2")
-        assert co.metric("geeps_membership_catching_up_ratio") > 0
-        assert co.metric("geeps_membership_changes_total") == 1
+        assert co.metric("geeps_coordinator_catching_up_ratio") > 0
+        assert co.metric("geeps_coordinator_changes_total") == 1
 
         # a drain while the join is in flight waits its turn, and is idempotent
         code, reply = call(co.url + "/servers/1", "DELETE")
@@ -166,14 +166,14 @@ def test_a_silent_server_is_failed_over_once_it_has_answered(three):
     co = Coord(three.servers, 2, "--silent-after", "1", "--heartbeat", "0.1")
     try:
         co.up()
-        wait_for(lambda: co.metric("geeps_membership_epoch") == 1, 10,
+        wait_for(lambda: co.metric("geeps_coordinator_epoch") == 1, 10,
                  what="the metrics to show epoch 1")
         kill_group(three.procs[1])
         state = wait_for(lambda: (s := co.get())["failovers"] == 1 and s, 15,
                          what="server 1 to be failed over")
         m = ms.Membership.from_json(state["membership"])
         assert 1 not in m.servers and m.epoch == 2
-        assert wait_for(lambda: co.metric("geeps_membership_failovers_total") == 1, 5,
+        assert wait_for(lambda: co.metric("geeps_coordinator_failovers_total") == 1, 5,
                         what="the failover metric")
     finally:
         co.stop()
