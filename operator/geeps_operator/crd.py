@@ -113,7 +113,8 @@ STATUS_SCHEMA: dict = {
                 "failovers": {"type": "integer", "description": "servers failed over by "
                                                                 "this coordinator"},
                 "error": {"type": "string", "description": "why the coordinator stopped "
-                                                           "changing the membership"},
+                                                           "changing the membership; empty "
+                                                           "when nothing is wrong"},
                 "joining": {"type": "array", "items": {"type": "string"},
                             "description": "server pods handed to the coordinator, "
                                            "waiting for their turn (one change at a time)"},

@@ -785,15 +785,14 @@ def _membership(actions: Actions, job: _spec.GeePSJob, views: list[s.PodView],
                             "joiner takes its place" if alive else
                             "; a joiner takes its place"))
     kept.sort(key=lambda r: r["server"])
-    new = {"epoch": mem.epoch, "settled": bool(answer.get("settled")),
-           "failovers": int(answer.get("failovers") or 0), "servers": kept}
-    if joining:
-        new["joining"] = joining
+    # Every key is written every time, empty when there is nothing: the status is
+    # written as a merge patch, in which a key left out keeps its old value.
     error = answer.get("error")
-    if isinstance(error, str) and error:
-        new["error"] = error[:1024]
-        if old.get("error") != new["error"]:
-            actions.emit("Warning", "MembershipError", new["error"])
+    new = {"epoch": mem.epoch, "settled": bool(answer.get("settled")),
+           "failovers": int(answer.get("failovers") or 0), "servers": kept,
+           "joining": joining, "error": error[:1024] if isinstance(error, str) else ""}
+    if new["error"] and old.get("error") != new["error"]:
+        actions.emit("Warning", "MembershipError", new["error"])
     if old.get("epoch") != mem.epoch:
         actions.emit("Normal", "MembershipChanged", _describe(mem, kept, old.get("epoch")))
     st["membership"] = new
