@@ -123,6 +123,7 @@ STATUS_SCHEMA: dict = {
                                       "properties": {"pod": {"type": "string"},
                                                      "uid": {"type": "string"},
                                                      "address": {"type": "string"},
+                                                     "draining": {"type": "boolean"},
                                                      "server": {"type": "integer"}}}},
             },
         },
