@@ -30,6 +30,18 @@ def _pod_env(pod: dict) -> dict:
     return {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
 
 
+def _worker_logs(cluster, ns: str, name: str) -> str:
+    """The tails of the job's worker logs, every pod of them (a failed one too), for a
+    failure's message: why a worker stopped is in its log."""
+    import glob
+    out = []
+    for f in sorted(glob.glob(os.path.join(cluster.workdir, "pod-logs",
+                                           f"{ns}_{name}-worker-*.log"))):
+        with open(f, errors="replace") as fh:
+            out.append(f"--- {os.path.basename(f)}\n{fh.read()[-1200:]}")
+    return "\n".join(out)
+
+
 def _uids(cluster, ns: str, name: str, role: str) -> dict[str, str]:
     return {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.api.pods(ns, name)
             if p["metadata"]["labels"]["geeps.dev/role"] == role}
@@ -114,13 +126,19 @@ def test_servers_go_2_3_2_under_bsp_and_the_model_is_bitwise_a_fixed_run(
     def paused(k: int) -> bool:
         return all(os.path.exists(elastic_dir / f"at{k}-{r}") for r in range(2))
 
-    wait_for(lambda: paused(3), 60, what="both workers at clock 3")
+    def wait_paused(k: int) -> None:
+        try:
+            wait_for(lambda: paused(k), 60, what=f"both workers at clock {k}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{_worker_logs(cluster, ns, 'scaled')}") from None
+
+    wait_paused(3)
     workers = _uids(cluster, ns, "scaled", "worker")
     cluster.api.patch(path, {"spec": {"servers": {"replicas": 3}}})
     cluster.wait_job(ns, "scaled", lambda j: _membership(j).get("settled") and len(
         _membership(j).get("servers", [])) == 3, 60, "3 servers, settled")
     (elastic_dir / "go3").write_text("")
-    wait_for(lambda: paused(6), 60, what="both workers at clock 6")
+    wait_paused(6)
     cluster.api.patch(path, {"spec": {"servers": {"replicas": 2}}})
     cluster.wait_job(ns, "scaled", lambda j: _membership(j).get("settled") and len(
         _membership(j).get("servers", [])) == 2, 60, "back to 2 servers, settled")
