@@ -59,6 +59,7 @@ MAX_ID_DIGITS = 12          # a server id in a path; Python refuses int() of > 4
 IDLE_TIMEOUT = 10.0         # s a connection may send nothing: one thread each, so bounded
 RECOVER_AFTER = 30.0        # s to wait for the servers that have not answered yet
 ASK_EVERY = 0.5             # s between requests to a server that has not answered
+_SERVERS = next(v for v in _config.VARS if v.name == "GEEPS_SERVERS")
 
 
 # ---- recovery ------------------------------------------------------------------------
@@ -149,8 +150,7 @@ class Front:
         try:
             if not isinstance(address, str):
                 raise ValueError(address)
-            parsed = _config._servers(address)
-            if len(parsed) != 1:
+            if len(_SERVERS.parse(address)) != 1:     # what GEEPS_SERVERS accepts, one
                 raise ValueError(address)
         except ValueError:
             return 400, {"error": f"field 'address': expected one host:port, got "
