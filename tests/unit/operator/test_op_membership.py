@@ -260,3 +260,11 @@ def test_a_lost_joiner_is_replaced_only_once_its_ip_address_is_dropped_too():
     assert created(p) == []
     p = run(then(body, p), pods([0, 1]), answer(ms.fail(m2, 2), failovers=1))
     assert created(p) == ["j-server-2"]
+
+
+def test_describe_shows_a_coordinated_jobs_servers_and_epoch():
+    from geeps_operator.sdk import describe
+    st = run(elastic(2, active()), pods([0, 1]), answer(M1, settled=False)).status
+    line = describe(then(elastic(2), type("P", (), {"status": st})()))
+    assert "servers 2 epoch 1 (changing)" in line
+    assert "epoch" not in describe(job(active(), servers=2))
