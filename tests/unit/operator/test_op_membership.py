@@ -265,6 +265,6 @@ def test_a_lost_joiner_is_replaced_only_once_its_ip_address_is_dropped_too():
 def test_describe_shows_a_coordinated_jobs_servers_and_epoch():
     from geeps_operator.sdk import describe
     st = run(elastic(2, active()), pods([0, 1]), answer(M1, settled=False)).status
-    line = describe(then(elastic(2), type("P", (), {"status": st})()))
+    line = describe(dict(elastic(2), status=st))
     assert "servers 2 epoch 1 (changing)" in line
     assert "epoch" not in describe(job(active(), servers=2))
