@@ -41,7 +41,9 @@ from geeps.wire import protocol as P
 from geeps.wire import transport
 
 HEARTBEAT = 0.1         # s between pings of a member
-SILENT_AFTER = 3.0      # s of silence after which a member is reported to on_silent
+SILENT_AFTER = 10.0     # s of silence (after its first answer) before on_silent: long
+                        # enough for a loaded machine; a process exit is seen at once
+RESEND = 1.0            # s between sends of the same membership to a member
 
 
 class Coordinator:
@@ -65,6 +67,8 @@ class Coordinator:
         self._epoch_of: dict[int, int] = {}     # the epoch each member said it holds
         self._ready: dict[int, bool] = {}
         self._silent_told: set[int] = set()
+        self._said: set[tuple[int, str]] = set()
+        self._sent: dict[int, tuple[int, float]] = {}   # member -> (epoch, when) last sent
         self._ids = itertools.count(1)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="geeps-coordinator",
@@ -219,14 +223,14 @@ class Coordinator:
             if sid not in servers:
                 poller.unregister(self._socks[sid])
                 self._socks.pop(sid).close(0)
-                for d in (self._heard, self._epoch_of, self._ready):
+                for d in (self._heard, self._epoch_of, self._ready, self._sent):
                     d.pop(sid, None)
         for sid, addr in servers.items():
             if sid not in self._socks:
                 sock = transport.connect_dealer(self._ctx, f"tcp://{addr}", self.cfg)
                 self._socks[sid] = sock
                 poller.register(sock, zmq.POLLIN)
-                self._heard[sid] = time.monotonic()     # silence counts from now
+                self._sent.pop(sid, None)
 
     def _ping_all(self, now: float) -> None:
         for sid, sock in self._socks.items():
@@ -235,7 +239,9 @@ class Coordinator:
         with self._lock:
             m = self._m
         for sid in m.servers:
-            if self._epoch_of.get(sid, 0) < m.epoch:
+            last = self._sent.get(sid)
+            if self._epoch_of.get(sid, 0) < m.epoch and (
+                    last is None or last[0] != m.epoch or now - last[1] >= RESEND):
                 self._send(sid, m)
 
     def _send_all(self) -> None:
@@ -246,6 +252,7 @@ class Coordinator:
                 self._send(sid, m)
 
     def _send(self, sid: int, m: ms.Membership) -> None:
+        self._sent[sid] = (m.epoch, time.monotonic())
         self._socks[sid].send_multipart(
             P.request("membership", next(self._ids), membership=m.to_json()), copy=True)
 
@@ -271,8 +278,10 @@ class Coordinator:
                 if isinstance(ready, bool) and epoch == self._m.epoch:
                     self._ready[sid] = ready
                 self._changed.notify_all()
-            if header.get("ok") is False and header.get("error"):
-                self.log(f"coordinator: server {sid} refused: {header['error']}")
+            error = header.get("error") if header.get("ok") is False else None
+            if error and (sid, str(error)) not in self._said:
+                self._said.add((sid, str(error)))      # once each: it is re-sent per beat
+                self.log(f"coordinator: server {sid} refused: {error}")
 
     def _check_silent(self, now: float) -> None:
         if self.on_silent is None:

@@ -19,7 +19,6 @@ tells the supervisor what to start and stop.
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 from typing import Callable
 
@@ -28,17 +27,12 @@ from geeps.job import membership as ms
 from geeps.launch.control import ControlSocket
 from geeps.launch.coordinator import Coordinator
 from geeps.launch.plan import LaunchPlan, Options, ProcessSpec, joiner
+from geeps.wire.ports import free_port
 
 
 def wanted(plan: LaunchPlan) -> bool:
     """Whether a job's servers run under the coordinator (GeePSJob.coordinated)."""
     return plan.job.coordinated
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 class Elastic:
