@@ -79,10 +79,11 @@ def test_a_coordinated_job_gets_its_coordinator_and_a_new_server_joins_it(
     assert grown["status"]["restartCount"] == 0
     (tmp_path / "go").write_text("")
     cluster.wait_phase(ns, "grow", "Succeeded", timeout=30)
-    assert not any(p["metadata"]["name"] == "grow-coordinator-0"
-                   and not p["metadata"].get("deletionTimestamp")
-                   and p["status"].get("phase") == "Running"
-                   for p in cluster.api.pods(ns, "grow"))
+    # stopped with the servers (the status is written before the deletes)
+    wait_for(lambda: not any(p["metadata"]["name"] == "grow-coordinator-0"
+                             and not p["metadata"].get("deletionTimestamp")
+                             for p in cluster.api.pods(ns, "grow")), 10,
+             what="the coordinator pod deleted with the servers")
 
 
 # BSP: each worker adds (rank + 1) to every row each clock, pausing at clocks 3 and 6
