@@ -97,6 +97,36 @@ STATUS_SCHEMA: dict = {
                         "items": {"type": "object", "required": ["name", "uid"],
                                   "properties": {"name": {"type": "string"},
                                                  "uid": {"type": "string"}}}},
+        "servers": {"type": "integer", "description": "server pods the running job has: "
+                                                      "a change to spec.servers.replicas "
+                                                      "takes effect only for an elastic job "
+                                                      "(spec.servers.elastic or replication "
+                                                      ">= 2)"},
+        "membership": {
+            "type": "object",
+            "description": "a coordinated job's membership, as its coordinator last "
+                           "answered: which servers hold the rows (geeps.job.membership)",
+            "properties": {
+                "epoch": {"type": "integer", "description": "bumped by every change"},
+                "settled": {"type": "boolean", "description": "no change in flight: every "
+                                                              "server holds this epoch"},
+                "failovers": {"type": "integer", "description": "servers failed over by "
+                                                                "this coordinator"},
+                "error": {"type": "string", "description": "why the coordinator stopped "
+                                                           "changing the membership; empty "
+                                                           "when nothing is wrong"},
+                "joining": {"type": "array", "items": {"type": "string"},
+                            "description": "server pods handed to the coordinator, "
+                                           "waiting for their turn (one change at a time)"},
+                "servers": {"type": "array", "description": "which pod is which server id",
+                            "items": {"type": "object", "required": ["pod", "server"],
+                                      "properties": {"pod": {"type": "string"},
+                                                     "uid": {"type": "string"},
+                                                     "address": {"type": "string"},
+                                                     "draining": {"type": "boolean"},
+                                                     "server": {"type": "integer"}}}},
+            },
+        },
         # kopf keeps its own bookkeeping under status.kopf; a structural schema would prune it.
         "kopf": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
     },

@@ -25,6 +25,16 @@ Co-located jobs (spec.servers.colocate): no server pods; worker pod i serves sha
 itself (GEEPS_COLOCATE=1), so it takes what a server pod has: the parameter-server
 port, the headless service's DNS record, the checkpoint volume. Which pods serve the
 shards is the job's to say (GeePSJob.shard_role, the same answer `geeps run` gets).
+
+Coordinated jobs (GeePSJob.coordinated: spec.servers.replication >= 2 or
+spec.servers.elastic): one more pod, `<job>-coordinator-0`, running `geeps coordinator`
+(the membership: failover, joins, drains) with its HTTP API on COORDINATOR_PORT. Small:
+it holds a few KiB of membership and pings the servers. The operator reaches it on its
+pod IP, as it reaches worker 0's progress, so it needs no DNS record (the headless
+service selects the shard-serving pods only); the job's NetworkPolicy admits its port
+from the operator's pods only (OPERATOR_POD_LABELS), since the API drains servers. A
+server pod created once the job runs (a new rank, or the replacement of a lost one)
+is a joiner (GEEPS_JOIN=1): it restores nothing and waits for the membership.
 """
 from __future__ import annotations
 
@@ -44,6 +54,17 @@ SERVER_PORT_NAME = "ps"
 METRICS_PORT_NAME = "metrics"
 CONTAINER = "geeps"                         # the one container of every pod
 SERVER_COMMAND = ["geeps", "server"]        # the runtime image puts `geeps` on PATH
+COORDINATOR = "coordinator"                 # the role label of a coordinator pod
+COORDINATOR_PORT = _spec.COORDINATOR_PORT
+COORDINATOR_PORT_NAME = "coordinator"       # the chart's NetworkPolicy names it too
+COORDINATOR_COMMAND = ["geeps", "coordinator"]
+# What a coordinator pod asks of a node: it pings a few servers and keeps a membership
+# of a few KiB. The memory limit is a bound on a leak, not a working size.
+COORDINATOR_RESOURCES = {"requests": {"cpu": "50m", "memory": "64Mi"},
+                         "limits": {"memory": "256Mi"}}
+# The labels of the operator's own pods (the chart's selector labels, default name):
+# the only pods a job's NetworkPolicy lets reach its coordinator's API.
+OPERATOR_POD_LABELS = {"app.kubernetes.io/name": "geeps-operator"}
 GPU_RESOURCE = "nvidia.com/gpu"
 CHECKPOINT_MOUNT = "/var/lib/geeps/checkpoints"
 CHECKPOINT_VOLUME = "geeps-checkpoints"
@@ -93,11 +114,16 @@ def pod_name(job_name: str, role: str, index: int) -> str:
     return f"{job_name}-{role}-{index}"
 
 
+def server_address(job: GeePSJob, index: int) -> str:
+    """host:port of shard `index`: its pod's DNS name through the headless service
+    (the same for every pod of that slot, a replacement included)."""
+    return (f"{pod_name(job.name, job.shard_role, index)}.{service_name(job.name)}."
+            f"{job.namespace}.svc:{SERVER_PORT}")
+
+
 def server_addresses(job: GeePSJob) -> list[str]:
     """GEEPS_SERVERS: the DNS name of each shard through the headless service."""
-    svc = service_name(job.name)
-    return [f"{pod_name(job.name, job.shard_role, i)}.{svc}.{job.namespace}.svc:{SERVER_PORT}"
-            for i in range(job.shards)]
+    return [server_address(job, i) for i in range(job.shards)]
 
 
 def _meta(job: GeePSJob, name: str, owner: dict, lab: dict[str, str]) -> dict:
@@ -122,12 +148,13 @@ def service(job: GeePSJob, owner: dict) -> dict:
     }
 
 
-def _env(job: GeePSJob, role: str, index: int, checkpoint_dir: str) -> list[dict]:
+def _env(job: GeePSJob, role: str, index: int, checkpoint_dir: str,
+         join: bool = False) -> list[dict]:
     plain = dict(WRITABLE_CACHES)
     plain.update(job_env(job, role, index, server_addresses(job), bind_host="*",
                          checkpoint_dir=checkpoint_dir,
                          curve_dir="" if job.insecure else CURVE_MOUNT,
-                         metrics_port=job.metrics_port))
+                         metrics_port=job.metrics_port, join=join))
     env = [{"name": k, "value": v} for k, v in plain.items()]
     # valueFrom entries (secrets, field refs) are resolved by the kubelet, not by us.
     env += [dict(e) for e in job.env if "valueFrom" in e and "value" not in e]
@@ -172,8 +199,12 @@ def _resources(role_spec: dict, gpus: int) -> dict:
 
 
 def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str],
-         args: list[str]) -> dict:
+         args: list[str], join: bool = False) -> dict:
     role_spec = job.servers.raw if role == "server" else job.workers.raw
+    if role == COORDINATOR:
+        # Scheduled like the servers, but none of their volumes or resources.
+        role_spec = {k: v for k, v in job.servers.raw.items()
+                     if k not in ("volumes", "volumeMounts", "resources")}
     gpus = job.workers.gpus if role == "worker" else 0
     volumes = [dict(v) for v in role_spec.get("volumes", [])]
     mounts = [dict(m) for m in role_spec.get("volumeMounts", [])]
@@ -197,24 +228,32 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
     if job.serves_shards(role):
         ports.insert(0, {"name": SERVER_PORT_NAME, "containerPort": SERVER_PORT,
                          "protocol": "TCP"})
+    if role == COORDINATOR:
+        ports.insert(0, {"name": COORDINATOR_PORT_NAME, "containerPort": COORDINATOR_PORT,
+                         "protocol": "TCP"})
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": job.spec.get("image") or _spec.DEFAULT_IMAGE,
         "imagePullPolicy": job.spec["imagePullPolicy"],
         "command": list(command),
         "args": list(args),
-        "env": _env(job, role, index, checkpoint_dir),
+        "env": _env(job, role, index, checkpoint_dir, join),
         "ports": ports,
         "securityContext": container_security(),
     }
     if job.spec.get("workingDir"):
         container["workingDir"] = job.spec["workingDir"]
-    resources = _resources(role_spec, gpus)
+    resources = _resources({"resources": COORDINATOR_RESOURCES} if role == COORDINATOR
+                           else role_spec, gpus)
     if resources:
         container["resources"] = resources
     container["volumeMounts"] = mounts
     if role == "server":
         container["readinessProbe"] = {"tcpSocket": {"port": SERVER_PORT_NAME},
+                                       "periodSeconds": 5}
+    elif role == COORDINATOR:
+        container["readinessProbe"] = {"httpGet": {"path": "/membership",
+                                                   "port": COORDINATOR_PORT_NAME},
                                        "periodSeconds": 5}
     name = pod_name(job.name, role, index)
     pod_spec: dict[str, Any] = {
@@ -239,16 +278,25 @@ def _pod(job: GeePSJob, role: str, index: int, owner: dict, *, command: list[str
             "spec": pod_spec}
 
 
-def server_pod(job: GeePSJob, index: int, owner: dict) -> dict:
-    return _pod(job, "server", index, owner, command=SERVER_COMMAND, args=[])
+def server_pod(job: GeePSJob, index: int, owner: dict, join: bool = False) -> dict:
+    """Server pod `index`; `join`: it joins the running job (GEEPS_JOIN=1) instead of
+    restoring its shard (a coordinated job's new rank, or a lost server's replacement)."""
+    return _pod(job, "server", index, owner, command=SERVER_COMMAND, args=[], join=join)
+
+
+def coordinator_pod(job: GeePSJob, owner: dict) -> dict:
+    """`<job>-coordinator-0`: `geeps coordinator` over the job's servers (see the module
+    doc); it connects to them as a client does, so it gets the client's keys."""
+    return _pod(job, COORDINATOR, 0, owner, command=COORDINATOR_COMMAND, args=[])
 
 
 def worker_pod(job: GeePSJob, index: int, owner: dict) -> dict:
     return _pod(job, "worker", index, owner, command=list(job.command), args=list(job.args))
 
 
-def role_pod(job: GeePSJob, role: str, index: int, owner: dict) -> dict:
-    return server_pod(job, index, owner) if role == "server" else worker_pod(job, index, owner)
+def role_pod(job: GeePSJob, role: str, index: int, owner: dict, join: bool = False) -> dict:
+    return server_pod(job, index, owner, join) if role == "server" \
+        else worker_pod(job, index, owner)
 
 
 def pod_monitor(job: GeePSJob, owner: dict) -> dict:
@@ -324,7 +372,10 @@ def network_policy(job: GeePSJob, owner: dict) -> dict:
             "ingress": [
                 {"from": same_job, "ports": [{"protocol": "TCP", "port": SERVER_PORT}]},
                 {"ports": [{"protocol": "TCP", "port": job.metrics_port}]},
-            ],
+            ] + ([{"from": [{"namespaceSelector": {},
+                             "podSelector": {"matchLabels": dict(OPERATOR_POD_LABELS)}}],
+                   "ports": [{"protocol": "TCP", "port": COORDINATOR_PORT}]}]
+                 if job.coordinated else []),
         },
     }
 

@@ -54,6 +54,23 @@ Rules (see also README.md, "Kubernetes"):
 - ttlSecondsAfterFinished counts from status.completionTime; then the job is deleted
   (its children go with it through their owner references).
 - suspend: true deletes every pod (phase Suspended); false brings them back.
+- A coordinated job (GeePSJob.coordinated) has a coordinator pod, replaced whenever it
+  ends (not counted: a restarted coordinator recovers the membership from the
+  servers). From its answer (Observed.coordinator, GET /membership) the operator keeps
+  status.membership (epoch, which pod is which server id, settled) and posts
+  MembershipChanged and ServerFailedOver Events (see `_membership`):
+  - a server pod made once the membership exists is a joiner (GEEPS_JOIN=1), made
+    only once no member holds its slot's addresses (a lost server's replacement waits
+    for the coordinator to fail the old one over, so the new pod is never taken for
+    it), and POSTed to the coordinator once Running, by its pod IP (its DNS name
+    outlives it; the IP names this pod only, and needs no resolver where the
+    coordinator runs);
+  - spec.servers.replicas falling drains the highest-ranked servers at the
+    coordinator (DELETE) and deletes each pod only once the membership no longer holds
+    it; a pod whose server the coordinator failed over (silent) is deleted (fencing).
+- spec.servers.replicas changed while a job that is not coordinated runs is refused:
+  its servers stay as they are (status.servers), with the condition ScaleRefused and
+  a Warning Event naming spec.servers.elastic.
 - A spec that does not validate fails the job at once (InvalidSpec, naming the field);
   so does one with a hostPath volume, unless the operator runs with --allow-host-path
   (HostPathNotAllowed, naming the field: see host_access);
@@ -66,6 +83,7 @@ import datetime as _dt
 from dataclasses import dataclass, field
 
 from geeps.job import exits
+from geeps.job import membership as _ms
 from geeps.job import spec as _spec
 
 from . import manifests as m
@@ -79,7 +97,7 @@ INFRA_REASONS = frozenset(["Evicted", "Preempting", "NodeLost", "Shutdown", "Ter
 # status keys this operator owns; others (kopf's) are left alone.
 OWNED = ("phase", "conditions", "replicaStatuses", "restartCount", "clock", "startTime",
          "completionTime", "countedFailures", "trackedPods", "observedGeneration", "workers",
-         "progress")
+         "progress", "servers", "membership")
 
 
 # API server refusals of the operator's own writes (HTTP 403 and 422), as Blocked reasons.
@@ -103,6 +121,10 @@ class Observed:
     now: _dt.datetime                   # timezone-aware
     clock: int | None = None            # worker 0's last reported clock, if learned
     progress: dict | None = None        # status.progress from worker 0 (progress.Progress)
+    # A coordinated job's coordinator, GET /membership (geeps.launch.coordinator_http);
+    # None when it was not reached (not up yet, restarting): nothing membership-related
+    # is decided then.
+    coordinator: dict | None = None
     limits: Limits = Limits()
 
 
@@ -123,6 +145,9 @@ class Actions:
     force_delete: list[str] = field(default_factory=list)   # stuck terminating: grace 0
     events: list[Event] = field(default_factory=list)
     delete_job: bool = False
+    # Requests to a coordinated job's coordinator, made after the creates and deletes:
+    join: list[str] = field(default_factory=list)     # POST /servers: these addresses
+    drain: list[int] = field(default_factory=list)    # DELETE /servers/<id>: these ids
 
     def emit(self, type_: str, reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
@@ -190,6 +215,7 @@ def _decide(obs: Observed) -> Actions:
         more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
         _fail(actions, body, views, obs.now, "InvalidSpec", f"{field_}: {message}{more}")
         return actions
+    job = _fixed_servers(actions, body, job, obs.now)
     refused = host_access(job) if not obs.limits.allow_host_path else []
     if refused:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
@@ -203,6 +229,38 @@ def _decide(obs: Observed) -> Actions:
         return actions
     _active(actions, body, job, views, obs)
     return actions
+
+
+def _fixed_servers(actions: Actions, body: dict, job: _spec.GeePSJob,
+                   now: _dt.datetime) -> _spec.GeePSJob:
+    """The job to run: `job`, or, when its spec changed the server count of a running
+    job that is not coordinated, the same job with the count it runs with
+    (status.servers). Only a coordinator can move rows between servers while workers
+    train; without one a new shard count would re-partition every table under them."""
+    st = actions.status
+    running = st.get("servers")
+    wanted = job.processes("server")
+    c = s.condition(st["conditions"], "ScaleRefused")
+    if job.coordinated or not isinstance(running, int) or running == wanted or \
+            job.colocate or running == 0:
+        if c is not None and c.get("status") == "True":
+            st["conditions"] = s.set_condition(
+                st["conditions"], "ScaleRefused", "Accepted",
+                f"spec.servers.replicas is {wanted}, the servers the job runs with",
+                now, status="False")
+        return job
+    msg = (f"spec.servers.replicas changed from {running} to {wanted} while the job runs, "
+           f"but its servers are not elastic (spec.servers.elastic is false and "
+           f"spec.servers.replication is 1): it keeps {running} servers. Set "
+           f"spec.servers.elastic: true (or replication >= 2) to add and remove servers "
+           f"live, or delete and resubmit the job")
+    if c is None or c.get("status") != "True" or c.get("message") != msg:
+        actions.emit("Warning", "ScaleRefused", msg)
+    st["conditions"] = s.set_condition(st["conditions"], "ScaleRefused", "NotElastic", msg,
+                                       now)
+    fixed = copy.deepcopy(body)
+    fixed["spec"]["servers"]["replicas"] = running
+    return _spec.validate(fixed)
 
 
 def host_access(job: _spec.GeePSJob) -> list[str]:
@@ -296,7 +354,7 @@ def _cleanup(actions: Actions, views: list[s.PodView], phase: str, policy: str) 
         if v.terminating or v.name in actions.delete_pods:
             continue
         if (policy == "All" or (policy == "Running" and v.active)
-                or (phase == "Succeeded" and v.role == "server" and v.active)):
+                or (phase == "Succeeded" and v.role != "worker" and v.active)):
             doomed.append(v.name)
     if doomed:
         actions.delete_pods.extend(doomed)
@@ -345,6 +403,8 @@ def _suspend(actions: Actions, views: list[s.PodView], now: _dt.datetime) -> Non
     st.pop("startTime", None)          # the deadline restarts on resume
     st.pop("countedFailures", None)
     st.pop("trackedPods", None)        # deleted by us, not lost
+    st.pop("servers", None)            # a suspended job may come back with other counts
+    st.pop("membership", None)         # and a fresh coordinator, membership and servers
     if st.get("phase") != "Suspended":
         msg = "runPolicy.suspend is true: pods deleted" + (
             f" ({', '.join(sorted(doomed))})" if doomed else "")
@@ -368,9 +428,15 @@ def _active(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.Pod
         return
     if s.condition(st["conditions"], "Created") is None:
         _created(actions, job, now)
+    if job.coordinated:
+        _coordinator_slot(actions, job, views, owner, obs)
     pods = _walk_pods(actions, body, job, views, owner, obs)
     if pods is None:                                # a failure failed the job
         return
+    if job.server_processes:
+        st["servers"] = job.server_processes
+    if job.coordinated:
+        _membership(actions, job, views, obs)
     if _blocked(actions, body, views, obs):
         return
     st["replicaStatuses"] = s.counts(views)
@@ -438,6 +504,12 @@ def _walk_pods(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.
     pods = _Pods(counted=[u for u in st.get("countedFailures", []) if u in live_uids],
                  tracked={t["name"]: t["uid"] for t in st.get("trackedPods", [])})
     for v in views:   # left over from a larger spec: not part of this job any more
+        if v.role == s.COORDINATOR:
+            if not job.coordinated and not v.terminating:
+                actions.delete_pods.append(v.name)
+            continue
+        if v.role == "server" and job.coordinated:
+            continue        # drained at the coordinator first (_membership)
         if v.index >= job.processes(v.role) and not v.terminating:
             actions.delete_pods.append(v.name)
     for role in s.ROLES:
@@ -478,7 +550,15 @@ def _slot(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodVi
             return False
         pods.restarted = True
     if v is None:
-        actions.create.append(m.role_pod(job, role, i, owner))
+        # A joiner once the job has a membership, or for a rank above the servers it
+        # started with (the coordinator may not have answered yet: it waits for it).
+        had = actions.status.get("servers")
+        joiner = role == "server" and job.coordinated and (
+            "membership" in actions.status or (isinstance(had, int) and i >= had))
+        if joiner and not _address_free(job, i, obs, actions.status):
+            pass    # the lost server's id still holds this address: it is failed over first
+        else:
+            actions.create.append(m.role_pod(job, role, i, owner, join=joiner))
     elif v.terminating:
         # Its replacement waits for the name. A pod whose node is lost never finishes
         # terminating (no kubelet confirms it): past the grace period it is
@@ -576,3 +656,159 @@ def _count(actions: Actions, body: dict, views: list[s.PodView], job: _spec.GeeP
     actions.emit("Warning", "Restarting",
               f"{what}; restart {st['restartCount']} of runPolicy.backoffLimit={limit}")
     return True
+
+
+# ---- a coordinated job's coordinator and membership ---------------------------------
+def _coordinator_slot(actions: Actions, job: _spec.GeePSJob, views: list[s.PodView],
+                      owner: dict, obs: Observed) -> None:
+    """The coordinator pod: made if missing, replaced when it ends. Not counted against
+    backoffLimit: it holds nothing a restart loses (it recovers the membership from the
+    servers), and the job trains on while it is away (only changes wait)."""
+    v = s.current(views, s.COORDINATOR, 0)
+    if v is None:
+        actions.create.append(m.coordinator_pod(job, owner))
+    elif v.ended and not v.terminating:
+        actions.delete_pods.append(v.name)
+        actions.emit("Warning", "CoordinatorRestarted",
+                     f"{v.describe()}: replaced (not counted against "
+                     f"runPolicy.backoffLimit); the new one recovers the membership from "
+                     f"the servers")
+
+
+def _answer(obs: Observed) -> tuple[_ms.Membership, dict] | None:
+    """The coordinator's membership and answer, when it gave one."""
+    answer = obs.coordinator
+    if not isinstance(answer, dict) or not isinstance(answer.get("membership"), dict):
+        return None
+    try:
+        return _ms.Membership.from_json(answer["membership"]), answer
+    except ValueError:
+        return None
+
+
+def _queued(answer: dict, kind: str) -> list:
+    return [arg for item in answer.get("queued") or []
+            if isinstance(item, list) and len(item) == 2 and item[0] == kind
+            for arg in item[1:]]
+
+
+def _address_free(job: _spec.GeePSJob, index: int, obs: Observed, st: dict) -> bool:
+    """Whether a joiner may be made for server slot `index`: the coordinator answered
+    and no member holds (or is queued to take) an address of the slot: its DNS name,
+    or the address recorded for its last pod. A pod that replaces a lost one has its
+    DNS name (and may get its IP); made before the coordinator failed the old server
+    over, it would answer that server's pings with none of its rows."""
+    got = _answer(obs)
+    if got is None:
+        return False
+    mem, answer = got
+    name = m.pod_name(job.name, "server", index)
+    mine = {m.server_address(job, index)} | {
+        r.get("address") for r in (st.get("membership") or {}).get("servers") or []
+        if isinstance(r, dict) and r.get("pod") == name}
+    taken = set(mem.servers.values()) | set(_queued(answer, "join"))
+    return not mine & taken
+
+
+def _ip_address(ip: str) -> str:
+    """host:port of a server pod on its IP (bracketed when IPv6)."""
+    return f"[{ip}]:{m.SERVER_PORT}" if ":" in ip else f"{ip}:{m.SERVER_PORT}"
+
+
+def _membership(actions: Actions, job: _spec.GeePSJob, views: list[s.PodView],
+                obs: Observed) -> None:
+    """From the coordinator's answer: which pod is which server (status.membership),
+    the joins and drains to ask for, the pods to delete (drained, or fenced after a
+    failover), and the Events of what changed. Without an answer, nothing changes."""
+    st = actions.status
+    got = _answer(obs)
+    if got is None:
+        return
+    mem, answer = got
+    old = st.get("membership") if isinstance(st.get("membership"), dict) else {}
+    records = {r["pod"]: dict(r) for r in old.get("servers") or []
+               if isinstance(r, dict) and isinstance(r.get("pod"), str)
+               and isinstance(r.get("server"), int)}
+    by_address = {a: sid for sid, a in mem.servers.items()}
+    joins, leaves = _queued(answer, "join"), _queued(answer, "leave")
+    wanted = job.processes("server")
+    live = {v.name: v for v in views if v.role == "server" and not v.terminating}
+    kept: list[dict] = []
+    joining: list[str] = []             # posted, waiting for their turn at the coordinator
+    for name, v in sorted(live.items(), key=lambda kv: kv[1].index):
+        rec = records.pop(name, None)
+        if rec is not None and rec.get("uid") != v.uid:
+            records[name + "/" + rec.get("uid", "")] = rec   # an earlier pod of the slot
+            rec = None
+        if rec is None:
+            dns = m.server_address(job, v.index)
+            ip = _ip_address(v.ip) if v.ip else None
+            sid = by_address.get(dns, by_address.get(ip))
+            if sid is None:
+                if v.index >= wanted and v.name not in actions.delete_pods:
+                    actions.delete_pods.append(v.name)      # never joined: nothing to drain
+                elif v.phase == "Running" and ip and not v.ended:
+                    joining.append(name)
+                    if ip not in joins:
+                        actions.join.append(ip)
+                continue
+            rec = {"pod": name, "uid": v.uid, "server": sid, "address": mem.servers[sid]}
+        if rec["server"] in mem.servers:
+            if v.index >= wanted:
+                rec["draining"] = True
+                if rec["server"] not in mem.leaving and rec["server"] not in leaves:
+                    actions.drain.append(rec["server"])
+            kept.append(rec)
+        else:
+            records[name] = rec         # gone from the membership: below
+    for key, rec in records.items():
+        sid, pod = rec["server"], rec["pod"]
+        if sid in mem.servers:
+            kept.append(rec)            # its pod is lost; the coordinator fails it over
+            continue
+        alive = key in live
+        if alive and pod not in actions.delete_pods:
+            actions.delete_pods.append(pod)
+            # deleted by the operator, not lost: no restart to count (_slot)
+            st["trackedPods"] = [t for t in st.get("trackedPods", []) if t["name"] != pod]
+            if not st["trackedPods"]:
+                st.pop("trackedPods")
+        if rec.get("draining"):
+            actions.emit("Normal", "ServerDrained",
+                         f"server {sid} (pod {pod}) drained: the others hold its rows "
+                         f"from epoch {mem.epoch}" + ("; pod deleted" if alive else ""))
+        else:
+            actions.emit("Warning", "ServerFailedOver",
+                         f"server {sid} (pod {pod}) failed over: its replicas serve its "
+                         f"rows from epoch {mem.epoch}, no worker rolls back"
+                         + ("; its pod is deleted so that it never serves again, and a "
+                            "joiner takes its place" if alive else
+                            "; a joiner takes its place"))
+    kept.sort(key=lambda r: r["server"])
+    # Every key is written every time, empty when there is nothing: the status is
+    # written as a merge patch, in which a key left out keeps its old value.
+    error = answer.get("error")
+    new = {"epoch": mem.epoch, "settled": bool(answer.get("settled")),
+           "failovers": int(answer.get("failovers") or 0), "servers": kept,
+           "joining": joining, "error": error[:1024] if isinstance(error, str) else ""}
+    if new["error"] and old.get("error") != new["error"]:
+        actions.emit("Warning", "MembershipError", new["error"])
+    if old.get("epoch") != mem.epoch:
+        actions.emit("Normal", "MembershipChanged", _describe(mem, kept, old.get("epoch")))
+    st["membership"] = new
+
+
+def _describe(mem: _ms.Membership, records: list[dict], was: int | None) -> str:
+    pods = {r["server"]: r["pod"] for r in records}
+    ring = sum(r.end - r.start for r in mem.runs)
+    parts = []
+    for sid in sorted(mem.servers):
+        who = f"{sid} ({pods.get(sid, mem.servers[sid])})"
+        catching = sum(p.end - p.start for p in mem.pending if p.sid == sid)
+        if catching:
+            who += f" catching up on {catching / ring:.0%} of the rows"
+        if sid in mem.leaving:
+            who += " leaving"
+        parts.append(who)
+    head = f"epoch {mem.epoch}" if was is None else f"epoch {was} -> {mem.epoch}"
+    return f"{head}: servers {', '.join(parts)}"

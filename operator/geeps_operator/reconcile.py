@@ -15,6 +15,10 @@ The job's clock, loss, samples/s and ETA come from worker 0's metrics endpoint o
 HTTP (geeps_operator.progress): what geeps.report() exports there. The operator needs
 a network path to that port (the job's NetworkPolicy admits it from anywhere) and no
 RBAC on pods/log.
+
+A coordinated job's coordinator is read and asked the same way, over HTTP on its pod
+IP (geeps_operator.coordinator): its membership on every reconcile (a change waits on
+it), the joins and drains the policy asks for after the creates and deletes.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import aiohttp
 from geeps.job import spec as _spec
 
 from . import manifests as m
-from . import metrics, progress
+from . import coordinator, metrics, progress
 from .config import OperatorConfig
 from .kube import ApiError, Kube, path, path_of
 from .policy import OWNED, REFUSALS, Actions, Observed, decide, refused
@@ -101,13 +105,21 @@ class Reconciler:
         if phase not in ("Succeeded", "Failed"):
             tracked = await self._progress(ns, name, pods) if trigger == "timer" or \
                 self._worker0_done(name, pods) else self._tracked.get((ns, name))
+        coordinator_pod = self._coordinator_pod(name, pods)
+        answer = None
+        if coordinator_pod is not None and phase not in ("Succeeded", "Failed"):
+            answer = await coordinator.state(self._http(), coordinator_pod)
         observed = Observed(job=job, pods=pods, has_service=has_service, now=self.now(),
                             clock=tracked.clock if tracked else None,
                             progress=tracked.status() if tracked else None,
-                            limits=self.cfg.limits)
+                            coordinator=answer, limits=self.cfg.limits)
         actions = decide(observed)
         try:
             await self._apply(job, actions)
+            for address in actions.join:
+                await coordinator.join(self._http(), coordinator_pod, address)
+            for sid in actions.drain:
+                await coordinator.drain(self._http(), coordinator_pod, sid)
         except ApiError as e:
             if e.status not in REFUSALS:       # conflicts, outages: retried later
                 raise
@@ -172,6 +184,11 @@ class Reconciler:
             tracked = self._tracked.setdefault((ns, name), progress.Progress())
             tracked.feed(fields, time.monotonic())
         return tracked
+
+    @staticmethod
+    def _coordinator_pod(name: str, pods: list[dict]) -> dict | None:
+        return next((p for p in pods if p["metadata"].get("name") ==
+                     m.pod_name(name, m.COORDINATOR, 0)), None)
 
     @staticmethod
     def _worker0_done(name: str, pods: list[dict]) -> bool:

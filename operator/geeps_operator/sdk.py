@@ -168,6 +168,11 @@ def describe(job: dict) -> str:
         parts.append(f"workers {st['workers']}")
     if st.get("clock") is not None:
         parts.append(f"clock {st['clock']}")
+    membership = st.get("membership") or {}     # a coordinated job's, from its coordinator
+    if isinstance(membership.get("epoch"), int):
+        parts.append(f"servers {len(membership.get('servers') or [])} epoch "
+                     f"{membership['epoch']}" + ("" if membership.get("settled") else
+                                                 " (changing)"))
     for key, fmt in (("loss", "loss {:.4g}"), ("accuracy", "accuracy {:.4g}"),
                      ("samplesPerSecond", "{:.0f} samples/s"), ("etaSeconds", "ETA {:.0f} s")):
         if isinstance(progress.get(key), (int, float)):

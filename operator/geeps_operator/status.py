@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from . import manifests as m
 
 ROLES = ("server", "worker")
+# A coordinated job's coordinator pod (one, index 0): seen, but outside the slots of ROLES
+# (it is replaced whenever it ends, not counted: it holds nothing a restart loses).
+COORDINATOR = "coordinator"
 
 # Every condition type the operator writes, and what it means: the CRD's enum
 # (geeps_operator.crd), set_condition and the docs' table read this one list, so the
@@ -29,6 +32,9 @@ CONDITIONS: dict[str, str] = {
     "Suspended": "runPolicy.suspend is true: the pods were deleted",
     "CheckpointsDurable": "False when checkpoints are on without spec.checkpoint.volume "
                           "(an emptyDir dies with its pod)",
+    "ScaleRefused": "True while spec.servers.replicas differs from the servers of a running "
+                    "job that is not elastic (spec.servers.elastic false, replication 1): "
+                    "its servers stay as they are",
     "Blocked": "True while a pod cannot start (Unschedulable, ErrImagePull, "
                "ImagePullBackOff, CreateContainerConfigError) or the API server refuses "
                "the operator's writes (Forbidden, Invalid); past the operator's "
@@ -57,6 +63,7 @@ class PodView:
     blocked_message: str = ""
     disrupted: str = ""         # the DisruptionTarget condition's reason (eviction, drain)
     deleted_at: str = ""        # metadata.deletionTimestamp
+    ip: str = ""                # status.podIP, once it runs
 
     @property
     def active(self) -> bool:
@@ -78,7 +85,7 @@ def view(pod: dict) -> PodView | None:
     meta = pod.get("metadata") or {}
     lab = meta.get("labels") or {}
     role, index = lab.get(m.LABEL_ROLE), lab.get(m.LABEL_INDEX)
-    if role not in ROLES or not str(index).isdigit():
+    if role not in ROLES + (COORDINATOR,) or not str(index).isdigit():
         return None
     st = pod.get("status") or {}
     exit_code, reason = None, st.get("reason") or ""
@@ -104,7 +111,8 @@ def view(pod: dict) -> PodView | None:
                    terminating=bool(meta.get("deletionTimestamp")),
                    exit_code=exit_code, reason=reason, blocked=blocked,
                    blocked_message=blocked_message, disrupted=disrupted,
-                   deleted_at=meta.get("deletionTimestamp") or "")
+                   deleted_at=meta.get("deletionTimestamp") or "",
+                   ip=st.get("podIP") or "")
 
 
 def observe(pods: list[dict], job_name: str) -> list[PodView]:

@@ -7,6 +7,8 @@
     geeps bench                                      # the benchmarks (from a checkout)
     geeps lab status | cut HOST | loss HOST N | ...  # faults on a `geeps run --lab` job
     geeps servers list | add | remove ID             # change a running job's servers
+    geeps coordinator                                # a coordinated job's membership, over
+                                                     # HTTP (its pod on Kubernetes)
     geeps operator [--namespace NS]                  # the Kubernetes operator ([operator])
     geeps sandbox up|down                            # try kubectl apply on one machine:
                                                      # an API emulator, not a cluster
@@ -90,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
     if cmd == "lab":
         from geeps.lab.cli import main as lab
         return lab(rest)
+    if cmd == "coordinator":
+        from geeps.launch.coordinator_http import main as coordinator
+        return coordinator(rest)
     if cmd == "servers":
         from geeps.launch.control import main as servers
         return servers(rest)

@@ -239,3 +239,37 @@ def report(**fields) -> None:
         _reporter.append(m)
     if _reporter[0] is not None:
         _reporter[0].progress(fields)
+
+
+# ---- the coordinator (`geeps coordinator`, geeps.launch.coordinator_http) -------------------
+# The membership as the one place that decides it sees it, under names of their own: the
+# shards and clients export the epoch they route by and their failovers themselves.
+COORDINATOR_EPOCH = Gauge(
+    "geeps_coordinator_epoch", "The epoch of the job's membership the coordinator holds "
+    "(each change to which servers hold which rows bumps it)", LABELS)
+COORDINATOR_FAILOVERS = Counter(
+    "geeps_coordinator_failovers", "Servers the coordinator failed over (lost or silent: "
+    "their replicas took their rows, nobody rolled back)", LABELS)
+COORDINATOR_CHANGES = Counter(
+    "geeps_coordinator_changes", "Membership changes the coordinator made (failovers, "
+    "joins, drains; a promote that completes one is not counted again)", LABELS)
+COORDINATOR_CATCHING_UP = Gauge(
+    "geeps_coordinator_catching_up_ratio", "The ring's arcs servers are still catching up "
+    "on, as a share of the ring, summed over the servers catching up (a join of a third "
+    "server with replication 2: about 0.67): 0 when no change is in flight", LABELS)
+
+
+def coordinator_state(metrics: Metrics, *, epoch: int, failovers: int, changes: int,
+                      catching_up: float) -> None:
+    """Export the coordinator's counts. They are totals kept by the coordinator, so the
+    counters move by what changed since the last call (a counter cannot be set)."""
+    lv = metrics._lv
+    COORDINATOR_EPOCH.labels(*lv).set(epoch)
+    COORDINATOR_CATCHING_UP.labels(*lv).set(catching_up)
+    seen = metrics.__dict__.setdefault("_coordinator_seen", {"failovers": 0, "changes": 0})
+    for key, counter, total in (("failovers", COORDINATOR_FAILOVERS, failovers),
+                                ("changes", COORDINATOR_CHANGES, changes)):
+        child = counter.labels(*lv)     # exported from the first call on, at 0
+        if total > seen[key]:
+            child.inc(total - seen[key])
+            seen[key] = total

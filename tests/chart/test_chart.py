@@ -286,9 +286,11 @@ def test_network_policy(rendered):
     api = np["spec"]["egress"][0]
     assert sorted(p["port"] for p in api["ports"]) == [443, 6443]
     assert [t["ipBlock"]["cidr"] for t in api["to"]] == ["10.0.0.1/32", "192.168.10.0/24"]
-    # Worker 0's metrics port, in any namespace: where the operator reads progress.
+    # Worker 0's metrics port, in any namespace: where the operator reads progress; and
+    # a coordinated job's coordinator, whose membership it reads and changes.
     pods = np["spec"]["egress"][1]
-    assert pods["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert pods["ports"] == [{"port": "metrics", "protocol": "TCP"},
+                             {"port": "coordinator", "protocol": "TCP"}]
     assert pods["to"][0]["podSelector"]["matchExpressions"][0]["key"] == "geeps.dev/job-name"
 
 

@@ -21,7 +21,7 @@ def test_round_trip_through_the_environment():
 
 
 @pytest.mark.parametrize("var,value,accepts", [
-    ("GEEPS_ROLE", "boss", "server | worker"),
+    ("GEEPS_ROLE", "boss", "server | worker | coordinator"),
     ("GEEPS_NUM_WORKERS", "0", ">= 1"),
     ("GEEPS_NUM_WORKERS", "two", ">= 1"),
     ("GEEPS_CONSISTENCY", "ssp:0", "ssp:N"),

@@ -101,8 +101,10 @@ class Var:
 
 VARS: tuple[Var, ...] = (
     Var("GEEPS_JOB", "job", "local", str, "any name", "job name; a label on every metric"),
-    Var("GEEPS_ROLE", "role", "worker", _choice("server", "worker"), "server | worker",
-        "what this process is"),
+    Var("GEEPS_ROLE", "role", "worker", _choice("server", "worker", "coordinator"),
+        "server | worker | coordinator",
+        "what this process is (coordinator: `geeps coordinator`, the membership of a "
+        "coordinated job's servers on Kubernetes)"),
     Var("GEEPS_RANK", "rank", "0", _int_in(0), "an integer >= 0",
         "index of this process within its role"),
     Var("GEEPS_NUM_WORKERS", "num_workers", "1", _int_in(1), "an integer >= 1",
@@ -220,7 +222,7 @@ VARS: tuple[Var, ...] = (
 @dataclass(frozen=True)
 class Config:
     job: str = "local"                          # job name
-    role: str = "worker"                        # server | worker
+    role: str = "worker"                        # server | worker | coordinator
     rank: int = 0                               # index within the role
     num_workers: int = 1                        # workers in the job
     servers: tuple[str, ...] = ()               # host:port of every shard, rank order
@@ -298,6 +300,9 @@ def check(cfg: Config) -> Config:
     if cfg.servers and cfg.replication > len(cfg.servers):
         raise ConfigError("GEEPS_REPLICATION", str(cfg.replication),
                           f"at most the number of GEEPS_SERVERS ({len(cfg.servers)})")
+    if cfg.role == "coordinator" and not cfg.servers:
+        raise ConfigError("GEEPS_SERVERS", "", "host:port of every server when "
+                          "GEEPS_ROLE=coordinator (the servers it coordinates)")
     if cfg.join and cfg.role != "server":
         raise ConfigError("GEEPS_JOIN", "1", "1 only in a server (GEEPS_ROLE=server)")
     if cfg.colocate and cfg.replication != 1:

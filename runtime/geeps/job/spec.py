@@ -47,6 +47,10 @@ MAX_PULL_SECRETS = 16
 # Every shard listens on this port of its pod (the operator's manifests use it);
 # a metrics port equal to it would make the pod's two listeners collide.
 SERVER_PORT = 7777
+# The coordinator of a coordinated job (`geeps coordinator`, GeePSJob.coordinated) serves
+# its HTTP API here: GET /membership, POST /servers, DELETE /servers/<id>; the operator
+# reaches it on the coordinator pod's IP.
+COORDINATOR_PORT = 7778
 
 
 class SpecError(ValueError):
@@ -292,6 +296,9 @@ CROSS_FIELD_RULES: tuple[Rule, ...] = (
     Rule("spec", f"self.metrics.port != {SERVER_PORT}",
          f"spec.metrics.port must not be {SERVER_PORT}, the parameter-server port",
          lambda s: s["metrics"]["port"] != SERVER_PORT, ".metrics.port"),
+    Rule("spec", f"self.metrics.port != {COORDINATOR_PORT}",
+         f"spec.metrics.port must not be {COORDINATOR_PORT}, the coordinator's port",
+         lambda s: s["metrics"]["port"] != COORDINATOR_PORT, ".metrics.port"),
 )
 
 

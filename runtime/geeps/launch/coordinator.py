@@ -120,6 +120,14 @@ class Coordinator:
         with self._lock:
             return sid in self._m.servers
 
+    def queued(self) -> list[tuple[str, object]]:
+        """Changes asked for and not applied yet, in order: ("join", address),
+        ("leave", sid) or ("fail", sid). One change runs at a time, so a join waits here
+        while another is pending; an HTTP front reads this to answer a repeated request
+        the same way (the operator may ask twice across its own restarts)."""
+        with self._lock:
+            return list(self._todo)
+
     def close(self) -> None:
         self._stop.set()
         if self._thread.is_alive():
