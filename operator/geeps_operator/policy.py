@@ -552,9 +552,15 @@ def _slot(actions: Actions, body: dict, job: _spec.GeePSJob, views: list[s.PodVi
     if v is None:
         # A joiner once the job has a membership, or for a rank above the servers it
         # started with (the coordinator may not have answered yet: it waits for it).
+        # (Also a slot that was never alive while other server slots were: a rank a
+        # scale-up added, even when an earlier reconcile already wrote the new count.)
         had = actions.status.get("servers")
+        name_ = m.pod_name(job.name, role, i)
+        others_seen = any(k != name_ and k.startswith(f"{job.name}-server-")
+                          for k in pods.tracked)
         joiner = role == "server" and job.coordinated and (
-            "membership" in actions.status or (isinstance(had, int) and i >= had))
+            "membership" in actions.status or (isinstance(had, int) and i >= had)
+            or (others_seen and name_ not in pods.tracked))
         if joiner and not _address_free(job, i, obs, actions.status):
             pass    # the lost server's id still holds this address: it is failed over first
         else:

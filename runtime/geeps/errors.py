@@ -9,6 +9,12 @@ class ServerError(GeepsError):
     """A server refused a request (its reply said why)."""
 
 
+class Resplit(ServerError):
+    """The rows of a request now lie in several segments of a newer membership (servers
+    were added, removed or failed over while it was in flight): make it again, and the
+    client splits it along the segments it knows now."""
+
+
 class ServerUnreachable(GeepsError, TimeoutError):
     """A server stayed silent longer than the client's timeout."""
 

@@ -32,12 +32,14 @@ from geeps.job import membership as _membership
 from geeps.job import tableopts as _tableopts
 from geeps.tables.filters import FilterSpec, PushFilter
 from geeps.wire import protocol as P
-from geeps.errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
+from geeps.errors import (GeepsError, Resplit, RolledBack, ServerError, ServerUnreachable,
+                          WaitTimeout)
 from geeps.client.handles import Handle
 from geeps.client.iothread import IOThread, Request
 from geeps.tables.table import DEFAULT_ROW_WIDTH, RULES, Table, as_rows, resolve_hyper
 
 MAX_ROLLBACK_RETRIES = 5  # times create/open_table are made again after rollbacks
+RESPLITS = 3              # times a create is made again after the servers changed
 # Bytes per chunk of exchange_async, times the number of shards: a worker sends its
 # first chunk to every shard at once, so S chunks cross its link before any shard can
 # answer one, and as many replies are left after its last push. Measured on the
@@ -198,7 +200,16 @@ class Client:
             return self._io.submit(reqs, combine=lambda parts: parts, epoch=m.epoch).wait()
         self._io.n_rows[name] = n_rows
         self._io.widths[name] = row_width
-        self._across_rollbacks(create)
+        for attempt in range(RESPLITS):
+            try:
+                self._across_rollbacks(create)
+                break
+            except Resplit:
+                # the servers changed since this client last looked (a worker that
+                # started, or restarted, during a membership change): the requests
+                # are made again from the membership the refusal brought
+                if attempt == RESPLITS - 1:
+                    raise
         bounds = tuple((g.lo, g.hi) for g in self._io.membership.segments(n_rows))
         table = Table(name, n_rows, row_width, rule, hyper, bounds)
         self._tables[name] = table

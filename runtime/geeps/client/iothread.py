@@ -43,7 +43,8 @@ import zmq
 
 from geeps.wire import protocol as P
 from geeps.job.env import Config
-from geeps.errors import GeepsError, RolledBack, ServerError, ServerUnreachable, WaitTimeout
+from geeps.errors import (GeepsError, Resplit, RolledBack, ServerError, ServerUnreachable,
+                          WaitTimeout)
 from geeps.client.handles import Handle
 from geeps.client.recovery import Done, Failed, Restore, Rollback, Step
 from geeps.wire.memtune import keep_freed_memory
@@ -754,8 +755,8 @@ class IOThread(threading.Thread):
         segs = m.segments(n_rows) if n_rows is not None else []
         seg = next((g for g in segs if g.lo <= lo < g.hi), None)
         if seg is None or hi > seg.hi or any(lo < c < hi for c in self.cuts(n_rows)):
-            raise ServerError(f"rows [{lo}, {hi}) of table {r.header.get('table')!r} span "
-                              f"segments of membership epoch {m.epoch}; request them again")
+            raise Resplit(f"rows [{lo}, {hi}) of table {r.header.get('table')!r} span "
+                          f"segments of membership epoch {m.epoch}; request them again")
         if r.op == "create":
             return r.shard if r.shard in seg.holders else None
         return seg.primary

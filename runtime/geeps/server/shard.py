@@ -584,6 +584,9 @@ class ShardState:
         if redo and t.per_clock and clock < t.next:
             self.stats["duplicates"] += 1
             return [(peer, P.reply_ok(rid, duplicate=True))]
+        if clock > self.done[w] and self.joining and w not in self.clocks_heard:
+            self.done[w] = clock        # joined mid-run: the worker's clock starts here
+            self.clocks_heard.add(w)    # (its push may come before any clock of it)
         if redo and t.redo == clock and clock < self.done[w]:
             pass
         elif clock != self.done[w]:
