@@ -66,6 +66,9 @@ def test_a_cnn_at_40_percent_computes_the_gradients_of_plain_autograd_bitwise():
     assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), paged.parameters()))
     pager.close()
     assert 0 < pager.peak <= budget and len(pager.traces) == steps + 1
+    # the steps after the first repeat its record: backward's next activation came
+    # back ahead of its unpack, into free room
+    assert pager.prefetched > 0
     assert pager.copied == pager.moved         # the accounting counts the real copies
     moved = sum(pager.moved.values())
     assert moved > sum(sum(belady(t, None).values()) for t in pager.traces)

@@ -17,7 +17,9 @@ returns); when backward reaches its output (a hook on the output tensor) they co
 in again, with room reserved for their gradients, which leave for host memory as
 soon as autograd has accumulated them (`grad_sink`, or `grads`) and are freed; saved
 activations go through autograd's saved-tensor hooks and come back when backward
-unpacks them.
+unpacks them; in a step that repeats the record, the activation backward unpacks
+next is brought back ahead, into free room, while the current one is used (a
+side-stream copy on a GPU; `prefetched` counts them).
 
 What leaves when room is needed is Belady's choice. The first step records the
 sequence of accesses; every following step whose accesses repeat it evicts the item
@@ -53,6 +55,9 @@ from typing import Callable
 import torch
 
 _NEVER = float("inf")
+# How far ahead in the recorded step a prefetch looks for backward's next saved
+# activation (events between two unpacks: a module's parameters and gradients).
+PREFETCH_LOOKAHEAD = 64
 
 
 class DeviceBudgetExceeded(MemoryError):
@@ -246,11 +251,13 @@ def working_set(trace: list) -> int:
 
 # ---- the runtime: tensors --------------------------------------------------------------
 class _Saved:
-    """One saved activation: its device tensor (`dev`, None while out) and its host copy."""
-    __slots__ = ("key", "dev", "host", "device", "__weakref__")
+    """One saved activation: its device tensor (`dev`, None while out), its host copy,
+    and, when it was prefetched on a GPU, the event its copy completes at (`ready`)."""
+    __slots__ = ("key", "dev", "host", "device", "ready", "__weakref__")
 
     def __init__(self, key, t: torch.Tensor):
         self.key, self.dev, self.host, self.device = key, t, None, t.device
+        self.ready = None
 
 
 def _tensors(out):
@@ -352,6 +359,8 @@ class DeviceBudget(Residency):
         self._planned = False           # this step repeats the record so far
         self._backward_pins: set[int] = set()
         self._queued = False
+        self._copy_stream = None        # a GPU's side stream for prefetches, made at first
+        self.prefetched = 0             # saved activations brought in ahead of their use
         # The saved activations still held, by key, weakly: autograd owns them.
         self._live: "weakref.WeakValueDictionary" = weakref.WeakValueDictionary()
 
@@ -540,7 +549,47 @@ class DeviceBudget(Residency):
             return e
         nb = self.items[e.key].nbytes
         self.need(e.key, nb, self._event("need", e.key, nb))
+        if e.ready is not None:         # prefetched on the copy stream: wait for it here
+            stream = torch.cuda.current_stream(e.device)
+            stream.wait_event(e.ready)
+            e.dev.record_stream(stream)
+            e.ready = None
+        self._prefetch()
         return e.dev
+
+    def _prefetch(self) -> None:
+        """Bring in the saved activation backward unpacks next (the record says which:
+        backward uses them in reverse order of saving), into room that is free now,
+        so that on a GPU its copy runs on a side stream while this node computes. Only
+        free room: a prefetch never evicts, so it moves no byte the step would not move
+        anyway. On the CPU the copy is made at once (there is nothing to overlap)."""
+        if not self._planned or self.budget is None:
+            return
+        pos = len(self._trace)
+        for j in range(pos, min(len(self._plan), pos + PREFETCH_LOOKAHEAD)):
+            op, key, _nb = self._plan[j]
+            if op != "need" or key[0] != "a":
+                continue
+            it, e = self.items.get(key), self._live.get(key)
+            if it is None or it.resident or e is None or e.host is None:
+                return          # the next one is here already (or gone): nothing to do
+            if self.resident + it.nbytes > self.budget:
+                return
+            self._moved("h2d", it.nbytes)
+            if e.device.type == "cuda":
+                if self._copy_stream is None:
+                    self._copy_stream = torch.cuda.Stream(e.device)
+                with torch.cuda.stream(self._copy_stream):
+                    e.dev = e.host.to(e.device, non_blocking=True)
+                    e.ready = torch.cuda.Event()
+                    e.ready.record(self._copy_stream)
+                self.copied["h2d"] += _nbytes(e.dev)
+            else:
+                self._load(key)
+            self._enter(key, it)
+            it.next_use = j
+            self.prefetched += 1
+            return
 
     def _gone(self, key) -> None:
         """autograd released a saved activation (its node ran, or the graph was freed)."""
