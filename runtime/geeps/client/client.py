@@ -197,6 +197,14 @@ class Client:
                 **({"functions": functions} if functions else {})},
                 [] if init is None else [init[g.lo:g.hi]])
                 for g in segments for k in g.holders]
+            # A member holding none of its rows (fewer rows than servers) hears of it
+            # too, by an empty create: an open sent there finds it.
+            holding = {k for g in segments for k in g.holders}
+            reqs += [Request(k, "create", {
+                "table": name, "n_rows": n_rows, "row_width": row_width, "lo": 0, "hi": 0,
+                "rule": rule, "hyper": hyper, "per_clock": self.consistency.per_clock,
+                "init": False, **({"functions": functions} if functions else {})})
+                for k in sorted(set(m.servers) - holding)]
             return self._io.submit(reqs, combine=lambda parts: parts, epoch=m.epoch).wait()
         self._io.n_rows[name] = n_rows
         self._io.widths[name] = row_width

@@ -481,6 +481,16 @@ class ShardState:
                           functions=_create_functions(h))
         if SEGMENT_SEP in name:
             raise ProtocolError("header field 'table' must not hold a NUL character")
+        if lo == hi and self.membership is not None and not self._segments_of(name):
+            # none of its rows here: it is made known (an open here finds it, and a
+            # later change that gives this shard rows of it fetches them), not held
+            known = name in self.catalog
+            if known and {k: v for k, v in self.catalog[name].items() if k not in ("lo", "hi")} \
+                    != {k: v for k, v in want.spec().items() if k not in ("lo", "hi")}:
+                raise ProtocolError(f"table {name!r} exists with another spec")
+            self.catalog.setdefault(name, want.spec())
+            return [(peer, P.reply_ok(rid, existed=known, **dict(want.spec(), lo=0, hi=0)))] \
+                + self._release()
         self._check_held(name, lo, hi, n_rows)
         key, have = self._create_key(want)
         if have is not None:
@@ -555,10 +565,20 @@ class ShardState:
     def _op_open(self, peer, rid, h, frames):
         P.expect_frames(frames, 1, "open")
         name = P.field(h, "table", str)
+        spec = self._known_spec(name)
+        if spec is not None:
+            return [(peer, P.reply_ok(rid, **spec))]
+        return self._park(ParkedOpen(peer, rid, name))
+
+    def _known_spec(self, name: str) -> dict | None:
+        """The spec of table `name` if it exists: from a segment held here, else from
+        the catalog (a table with none of its rows here, e.g. fewer rows than servers,
+        is made known by an empty create)."""
         segs = self._segments_of(name)
         if segs:
-            return [(peer, P.reply_ok(rid, **segs[0].spec()))]
-        return self._park(ParkedOpen(peer, rid, name))
+            return segs[0].spec()
+        spec = self.catalog.get(name)
+        return None if spec is None else dict(spec, lo=0, hi=0)
 
     # ---- pushes, clocks and reads ------------------------------------------------------
     def _op_push(self, peer, rid, h, frames):
@@ -1187,9 +1207,9 @@ class ShardState:
         out, keep = [], []
         for p in self.parked:
             if isinstance(p, ParkedOpen):
-                segs = self._segments_of(p.table)
-                if segs:
-                    out.append((p.peer, P.reply_ok(p.rid, **segs[0].spec())))
+                spec = self._known_spec(p.table)
+                if spec is not None:
+                    out.append((p.peer, P.reply_ok(p.rid, **spec)))
                     continue
             elif (t := self.tables.get(p.key or p.table)) is not None and \
                     self._readable(t, clock) >= p.need and pulls(p):
