@@ -75,33 +75,3 @@ def test_pieces_of_a_by_id_and_a_sparse_push_and_their_reassembly():
     assert [list(p[0][1][0]) for p in parts] == [[0, 3], [1], [0, 3]]
     assert [list(p[0][1][1]) for p in parts] == [[0, 1], [2], [3, 4]]
 
-
-def test_a_table_smaller_than_the_ring_follows_its_rows_to_a_server_that_never_saw_it():
-    # 1 row on 3 servers: only server 0 holds it, and only it got the create. Server 0
-    # leaves; the row goes to a neighbour, which must learn the table from the others.
-    with Cluster(servers=3, workers=1) as cl:
-        c = cl.client(0)
-        tiny = c.create_table("tiny", 1, WIDTH, "add")
-        big = c.create_table("big", ROWS, WIDTH, "add")
-        c.push(tiny, range(1), np.full((1, WIDTH), 2, np.float32))
-        c.clock()
-        m = ms.initial(cl.servers, 1)
-        m2 = ms.leave(m, 0)
-        (heir,) = {g.catching[0] for g in m2.segments(1)}
-        assert heir != 0
-        for a in cl.servers:
-            send_membership(a, m2)
-        for k in (1, 2):
-            wait_for(lambda k=k: ask(c, k, "ping").get("ready") is True, 20,
-                     what=f"server {k} caught up")
-        m3 = ms.promote(m2)
-        for a in cl.servers:
-            send_membership(a, m3)
-        assert [g.primary for g in m3.segments(1)] == [heir]
-        c.push(tiny, range(1), np.ones((1, WIDTH), np.float32))
-        c.push(big, range(ROWS), np.ones((ROWS, WIDTH), np.float32))
-        c.clock()
-        got, _ = c.pull(tiny)
-        np.testing.assert_array_equal(got, np.full((1, WIDTH), 3, np.float32))
-        got, _ = c.pull(big)
-        np.testing.assert_array_equal(got, np.ones((ROWS, WIDTH), np.float32))
