@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 
 import geeps
 
@@ -24,6 +25,9 @@ class Cluster:
         self.extra_env = env
         self.servers = [f"127.0.0.1:{p}" for p in free_ports(servers)]
         self.procs: list[subprocess.Popen] = []
+        # Each server's stderr, printed when the block fails: a server that died at start
+        # otherwise shows only as a client timing out.
+        self.logs: list = []
         self.clients: list[geeps.Client] = []
 
     def env(self, role: str, rank: int) -> dict[str, str]:
@@ -33,11 +37,13 @@ class Cluster:
                     GEEPS_CONSISTENCY=self.consistency, **self.extra_env)
 
     def start_server(self, rank: int) -> subprocess.Popen:
+        log = tempfile.TemporaryFile()
         proc = subprocess.Popen([sys.executable, "-m", "geeps", "server"],
                                 env=self.env("server", rank), start_new_session=True,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=log,
                                 preexec_fn=die_with_parent)
         self.procs.append(proc)
+        self.logs.append((rank, proc, log))
         return proc
 
     def __enter__(self) -> "Cluster":
@@ -56,3 +62,10 @@ class Cluster:
             c.close()
         for p in self.procs:
             kill_group(p)
+        for rank, proc, log in self.logs:
+            if exc[0] is not None:
+                log.seek(0)
+                tail = log.read()[-4000:].decode(errors="replace")
+                sys.stderr.write(f"--- server {rank} (exit {proc.returncode}) ---\n"
+                                 f"{tail}\n")
+            log.close()
