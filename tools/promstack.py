@@ -36,6 +36,8 @@ from typing import Any, Iterable
 import requests
 import yaml
 
+from geeps.job import spec as _spec
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DASHBOARD = os.path.join(REPO, "charts", "geeps-operator", "dashboards", "geeps.json")
 SCRAPE_SECONDS = 1
@@ -358,9 +360,12 @@ class LocalJob:
     really took from its banner."""
 
     def __init__(self, manifest: str, servers: int, workers: int, args: Iterable[str] = (),
-                 cwd: str = REPO):
-        base = _free_run(servers + workers)
-        self.planned_targets = [f"127.0.0.1:{p}" for p in range(base, base + servers + workers)]
+                 cwd: str = REPO, coordinator: bool = False):
+        # A coordinated job's launcher serves its coordinator's metrics on the port after
+        # the processes' (geeps.launch.plan.metrics_ports).
+        n = servers + workers + (1 if coordinator else 0)
+        base = _free_run(n)
+        self.planned_targets = [f"127.0.0.1:{p}" for p in range(base, base + n)]
         self.argv = [sys.executable, "-m", "geeps", "run", manifest, f"--metrics-port={base}",
                      "--servers", str(servers), "--workers", str(workers), *args]
         self.cwd = cwd
@@ -416,7 +421,8 @@ def observed_run(workdir: str, manifest_path: str, *, servers: int = 2, workers:
         manifest = next(d for d in yaml.safe_load_all(f) if d and d.get("kind") == "GeePSJob")
     name = manifest["metadata"]["name"]
     with Prometheus(workdir, prometheus) as prom, OperatorOnEmulator() as op:
-        job = LocalJob(manifest_path, servers, workers)
+        job = LocalJob(manifest_path, servers, workers,
+                       coordinator=_spec.validate(manifest).coordinated)
         targets = [op.metrics_target] + job.planned_targets
         prom.set_targets(targets)
         prom.wait_discovered(targets)

@@ -5,6 +5,7 @@ namespaces these tests create."""
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import signal
@@ -268,43 +269,66 @@ def test_a_job_survives_a_worker_link_cut_for_5_s_with_every_update_once(tmp_pat
     assert netns.leftovers() == ([], []) and netns.labs() == []
 
 
+def run_losing_server_1(where, lab: bool, **spec_extra):
+    """The example job under `geeps run` (on the lab or off it). On the lab, once the
+    shards checkpointed clock 30, server-1's host is lost for good: its link deleted,
+    its process killed, and a fresh empty host at its address, as a rescheduled pod
+    behind its Service would have. Returns (exit code, output, final parameters)."""
+    where.mkdir()
+    ckpt = where / "ckpt"
+    argv = [sys.executable, "-m", "geeps", "run", "--quiet", "--metrics-port", "0",
+            "--checkpoint-dir", str(ckpt), manifest(where, **spec_extra)]
+    if lab:
+        argv[4:4] = ["--lab", "rate=100mbit"]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        if lab:
+            wait_for(lambda: proc.poll() is not None or (
+                checkpoint.clocks(str(ckpt), 0) and checkpoint.clocks(str(ckpt), 0)[0] >= 30),
+                120, what="a checkpoint of clock 30")
+            assert proc.poll() is None, proc.communicate()[0]
+            assert netns.replace(netns.find(), "server-1"), "server-1 ran nothing"
+        text, _ = proc.communicate(timeout=300)
+    finally:
+        kill_group(proc)
+    return proc.returncode, text, where / "params.npy"
+
+
 def test_a_server_host_lost_for_good_is_replaced_and_the_job_rolls_back_to_the_same_bits(
         tmp_path):
-    """`geeps run --lab`: once the shards checkpointed clock 30, server-1's host is lost
-    for good (its link deleted, its process killed) and a fresh host takes its address,
-    as a rescheduled pod behind its Service would. The launcher restarts the shard there
-    from its checkpoint, every worker rolls back to it, and the job ends on the bits of
-    the same job run without a fault, off the lab (BSP sums in rank order, so neither
-    the replay nor the network changes them); each step is in the job's log."""
-    def run(where, lab: bool):
-        where.mkdir()
-        ckpt = where / "ckpt"
-        argv = [sys.executable, "-m", "geeps", "run", "--quiet", "--metrics-port", "0",
-                "--checkpoint-dir", str(ckpt), manifest(where)]
-        if lab:
-            argv[4:4] = ["--lab", "rate=100mbit"]
-        proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
-        try:
-            if lab:
-                wait_for(lambda: proc.poll() is not None or (
-                    checkpoint.clocks(str(ckpt), 0) and checkpoint.clocks(str(ckpt), 0)[0] >= 30),
-                    120, what="a checkpoint of clock 30")
-                assert proc.poll() is None, proc.communicate()[0]
-                assert netns.replace(netns.find(), "server-1"), "server-1 ran nothing"
-            text, _ = proc.communicate(timeout=300)
-        finally:
-            kill_group(proc)
-        return proc.returncode, text, where / "params.npy"
-
-    code, text, clean = run(tmp_path / "clean", lab=False)
+    """Without replicas the launcher restarts the shard at its old address from its
+    checkpoint, every worker rolls back to it, and the job ends on the bits of the same
+    job run without a fault, off the lab (BSP sums in rank order, so neither the replay
+    nor the network changes them); each step is in the job's log."""
+    code, text, clean = run_losing_server_1(tmp_path / "clean", lab=False)
     assert code == 0, text
-    code, text, params = run(tmp_path / "lost", lab=True)
+    code, text, params = run_losing_server_1(tmp_path / "lost", lab=True)
     assert code == 0, text
     assert "server-1" in text and "killed by signal SIGKILL; restarting it" in text
     assert "restored checkpoint clock" in text and "rolled back to clock" in text
     # The workers found the replacement at the old address (no worker had to fail on
     # a silent shard and be restarted).
+    assert "worker-0 (pid" not in text and "worker-1 (pid" not in text, text
+    np.testing.assert_array_equal(np.load(params), np.load(clean))
+    assert netns.leftovers() == ([], []) and netns.labs() == []
+
+
+def test_a_server_host_lost_for_good_with_replicas_is_failed_over_without_rollback(tmp_path):
+    """With spec.servers.replication 2 the launcher's coordinator fails server-1 over to
+    its replica, no worker rolls back, and a joiner on a new host of the lab brings the
+    job back to two servers; the bits are those of the same job without a fault."""
+    servers = {"replicas": 2, "replication": 2}
+    code, text, clean = run_losing_server_1(tmp_path / "clean", lab=False, servers=servers)
+    assert code == 0, text
+    code, text, params = run_losing_server_1(tmp_path / "lost", lab=True, servers=servers)
+    assert code == 0, text
+    assert "server-1 (server 1) exited; failing over to its replicas, no worker rolls " \
+        "back" in text, text
+    joined = re.search(r"server-2 \(server 2, (10\.[0-9.]+):[0-9]+\) joins, replacing "
+                       r"server-1", text)
+    assert joined, text
+    assert "rolled back" not in text and "restored checkpoint" not in text, text
     assert "worker-0 (pid" not in text and "worker-1 (pid" not in text, text
     np.testing.assert_array_equal(np.load(params), np.load(clean))
     assert netns.leftovers() == ([], []) and netns.labs() == []

@@ -4,9 +4,10 @@ Grafana dashboard returns data through Prometheus' HTTP API.
     apt-get install prometheus && pytest tests/metrics -q
 
 Parts: Debian's `prometheus` (1 s scrapes); `geeps run tests/metrics/cached-job.yaml`
-(2 servers, 2 workers on the GPU-specialized worker under a device budget, SSP; about
-10 s) with every process serving metrics; and `geeps operator` serving its own metrics
-while it handles the same job, against kmock's Kubernetes API emulator (the one
+(2 servers replicating each other under the launcher's coordinator, 2 workers on the
+GPU-specialized worker under a device budget, SSP; about 10 s) with every process and
+the coordinator serving metrics; and `geeps operator` serving its own metrics while it
+handles the same job, against kmock's Kubernetes API emulator (the one
 stand-in: no cluster can run here). The test fails, never skips, in CI (CI=true) when
 prometheus is missing.
 """
@@ -45,7 +46,7 @@ def run_with_prometheus(tmp_path_factory):
 
 def test_every_process_was_scraped(run_with_prometheus):
     prom, job, _, targets = run_with_prometheus
-    assert len(targets) == 1 + 2 + 2          # operator, 2 servers, 2 workers
+    assert len(targets) == 1 + 2 + 2 + 1      # operator, 2 servers, 2 workers, coordinator
     up = series_points(prom.query_range("up", job.started, job.ended + 2))
     scraped = {labels["instance"] for _, labels, v in up if v == 1}
     assert set(targets) <= scraped, f"never scraped: {set(targets) - scraped}"

@@ -71,3 +71,15 @@ def test_a_replaced_host_gets_a_new_link_with_the_lost_ones_address_and_hardware
     assert f"ip link set {a.inner} address {T.mac(lab, a)}" in cmds
     assert any(a.ip in c for c in cmds) and not any(b.ns in c for c in cmds)
     assert any(c.startswith(f"tc qdisc replace dev {a.outer} root tbf") for c in cmds)
+
+
+def test_a_host_added_to_a_running_lab_comes_next_in_line():
+    lab = T.build("00ab", ["server-0", "server-1", "worker-0"])
+    bigger = T.with_host(lab, "server-2")
+    assert bigger.hosts[:3] == lab.hosts
+    new = bigger.host("server-2")
+    assert new.index == 3 and new.ip == lab.hosts[-1].ip.rsplit(".", 1)[0] + ".5"
+    assert len({h.ip for h in bigger.hosts}) == len({h.outer for h in bigger.hosts}) == 4
+    assert T.teardown(bigger)[-2] == ["ip", "link", "delete", new.outer]
+    with pytest.raises(T.LabSpecError, match="already has a host 'server-1'"):
+        T.with_host(lab, "server-1")

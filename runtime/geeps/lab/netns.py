@@ -116,8 +116,26 @@ def up(names: list[str], link: T.Link = T.Link(), owner: int | None = None) -> T
     return lab
 
 
+def add_host(lab: T.Lab, name: str) -> tuple[T.Lab, T.Host]:
+    """A new host `name` in the running `lab`, linked and shaped as the others; the lab
+    with it. Its description is saved first, so that `down` and the next run's clean-up
+    remove it even when a step fails."""
+    check_tools(need_nft=lab.link.loss > 0)
+    owner, _ = _load(_state_path(lab.id)) or (os.getpid(), lab)
+    bigger = T.with_host(lab, name)
+    _save(bigger, owner)
+    host = bigger.host(name)
+    for cmd in T.host_setup(bigger, host):
+        _run(cmd)
+    return bigger, host
+
+
 def down(lab: T.Lab) -> None:
-    """Remove everything of `lab` that exists (a half-built lab included)."""
+    """Remove everything of `lab` that exists (a half-built lab included), with the
+    hosts added to it since (its saved description has them)."""
+    saved = _load(_state_path(lab.id))
+    if saved is not None and len(saved[1].hosts) > len(lab.hosts):
+        lab = saved[1]
     for cmd in T.teardown(lab):
         _run(cmd, check=False)
     with contextlib.suppress(FileNotFoundError):

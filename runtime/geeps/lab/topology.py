@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 PREFIX = "gl"                   # namespaces "gl-<id>-<host>", links "gl<id>...": ours only
 ID_LEN = 4                      # hex digits of a lab id: 65,536 labs, names stay short
 IFNAMSIZ = 15                   # the kernel's limit on an interface name
+MAX_HOSTS = 250 * 256           # addresses of a /16 the lab hands out (.0.2 upwards)
 NFT_TABLE = "geeps_lab"         # the nftables table a lossy host drops packets in
 MTU = 1500
 RATE_RE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(bit|kbit|mbit|gbit)$")
@@ -121,19 +122,31 @@ def subnet(lab_id: str) -> tuple[int, int]:
 def build(lab_id: str, names: list[str], link: Link = Link()) -> Lab:
     if not re.fullmatch(r"[0-9a-f]{%d}" % ID_LEN, lab_id):
         raise LabSpecError(f"lab id {lab_id!r}: {ID_LEN} hex digits")
-    if len(names) > 250 * 256:
-        raise LabSpecError(f"{len(names)} hosts: at most {250 * 256} in one lab")
+    if len(names) > MAX_HOSTS:
+        raise LabSpecError(f"{len(names)} hosts: at most {MAX_HOSTS} in one lab")
     b, _ = subnet(lab_id)
-    hosts = []
-    for i, name in enumerate(names):
-        n = i + 2                       # .0.1 is the bridge
-        hosts.append(Host(name=name, index=i, ns=f"{PREFIX}-{lab_id}-{name}",
-                          outer=f"{PREFIX}{lab_id}o{i}", inner=f"{PREFIX}{lab_id}i{i}",
-                          ip=f"10.{b}.{n // 256}.{n % 256}"))
-    for h in hosts:
-        assert len(h.outer) <= IFNAMSIZ and len(h.inner) <= IFNAMSIZ, h
-    return Lab(id=lab_id, hosts=tuple(hosts), bridge=f"{PREFIX}{lab_id}br",
-               gateway=f"10.{b}.0.1", prefix_len=16, link=link)
+    return Lab(id=lab_id, hosts=tuple(_host(lab_id, i, name) for i, name in enumerate(names)),
+               bridge=f"{PREFIX}{lab_id}br", gateway=f"10.{b}.0.1", prefix_len=16, link=link)
+
+
+def with_host(lab: Lab, name: str) -> Lab:
+    """`lab` with one more host, next in line (a server that joins a running job gets a
+    host of its own, as a new pod gets a node)."""
+    if any(h.name == name for h in lab.hosts):
+        raise LabSpecError(f"lab {lab.id} already has a host {name!r}")
+    if len(lab.hosts) >= MAX_HOSTS:
+        raise LabSpecError(f"lab {lab.id} has {len(lab.hosts)} hosts: at most {MAX_HOSTS}")
+    return replace(lab, hosts=lab.hosts + (_host(lab.id, len(lab.hosts), name),))
+
+
+def _host(lab_id: str, i: int, name: str) -> Host:
+    b, _ = subnet(lab_id)
+    n = i + 2                       # .0.1 is the bridge
+    h = Host(name=name, index=i, ns=f"{PREFIX}-{lab_id}-{name}",
+             outer=f"{PREFIX}{lab_id}o{i}", inner=f"{PREFIX}{lab_id}i{i}",
+             ip=f"10.{b}.{n // 256}.{n % 256}")
+    assert len(h.outer) <= IFNAMSIZ and len(h.inner) <= IFNAMSIZ, h
+    return h
 
 
 # ---- commands ----------------------------------------------------------------------------

@@ -51,8 +51,11 @@ class Coordinator:
                  log: Callable[[str], None] = lambda s: None,
                  on_silent: Callable[[int], None] | None = None,
                  heartbeat: float = HEARTBEAT, silent_after: float = SILENT_AFTER,
-                 context: zmq.Context | None = None):
+                 context: zmq.Context | None = None, metrics=None):
+        """`metrics`: a geeps.metrics.Metrics of role coordinator, kept up to date with
+        the epoch, failovers, changes and arcs catching up (None: none exported)."""
         self.cfg = cfg
+        self.metrics = metrics
         self.log = log
         self.on_silent = on_silent
         self.heartbeat = heartbeat
@@ -162,11 +165,20 @@ class Coordinator:
                     self._read(sock)
                 self._maybe_promote()
                 self._check_silent(time.monotonic())
+                self._export()
         except Exception as e:     # noqa: BLE001 -- the launcher must learn why
             with self._lock:
                 self.error = f"coordinator stopped: {type(e).__name__}: {e}"
                 self._changed.notify_all()
             self.log(self.error)
+
+    def _export(self) -> None:
+        if self.metrics is not None:
+            from geeps.metrics import coordinator_state
+            m = self._m
+            coordinator_state(self.metrics, epoch=m.epoch, failovers=self.failovers,
+                              changes=self.changes,
+                              catching_up=sum(p.end - p.start for p in m.pending) / ms.TOKENS)
 
     def _apply_queued(self) -> None:
         with self._lock:

@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
-    from geeps.metrics import Metrics, MetricsPortError, coordinator_state
+    from geeps.metrics import Metrics, MetricsPortError
     metrics = Metrics.from_config(cfg)
     try:
         metrics.serve(cfg.metrics_port, cfg.metrics_addr)
@@ -327,14 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         co.fail(sid)
 
     co = Coordinator(newest, cfg, log=say, on_silent=silent, heartbeat=args.heartbeat,
-                     silent_after=args.silent_after)
+                     silent_after=args.silent_after, metrics=metrics)
     co.start()
     front.coordinator = co
     try:
-        while not stop.wait(0.5):
-            m = co.membership
-            coordinator_state(metrics, epoch=m.epoch, failovers=co.failovers, changes=co.changes,
-                              catching_up=sum(p.end - p.start for p in m.pending) / ms.TOKENS)
+        while not stop.wait(0.5):      # a bounded wait: the signal handler runs between
+            pass
     finally:
         httpd.shutdown()
         co.close()

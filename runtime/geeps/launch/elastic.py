@@ -38,13 +38,18 @@ def wanted(plan: LaunchPlan) -> bool:
 class Elastic:
     def __init__(self, plan: LaunchPlan, options: Options, *, say: Callable[[str], None],
                  kill: Callable[[int, int], None], cwd: str = ".",
-                 heartbeat: float | None = None, silent_after: float | None = None):
+                 heartbeat: float | None = None, silent_after: float | None = None,
+                 hosts=None):
         self.plan, self.options, self.say, self.kill = plan, options, say, kill
+        # where joiners run: None = this machine, on a free port; on the lab, a new
+        # host each (geeps.launch.onlab.JoinHosts: address(name), place(spec))
+        self.hosts = hosts
         cfg = config.load(plan.role("server")[0].env)
         kw = {k: v for k, v in (("heartbeat", heartbeat), ("silent_after", silent_after))
               if v is not None}
         self.coordinator = Coordinator(ms.initial(plan.servers, plan.job.replication), cfg,
-                                       log=say, on_silent=self._silent, **kw)
+                                       log=say, on_silent=self._silent,
+                                       metrics=self._metrics(plan, options, say), **kw)
         self.control = ControlSocket(cwd, plan.job.name)
         self._lock = threading.Lock()
         self.sid_of: dict[str, int] = {}        # process name -> its server id
@@ -52,6 +57,21 @@ class Elastic:
         self.added: list[str] = []              # addresses of servers started later
         self.retiring: set[str] = set()         # drained: their exit is expected
         self.start_process: Callable[[ProcessSpec], object] | None = None
+
+    @staticmethod
+    def _metrics(plan: LaunchPlan, options: Options, say: Callable[[str], None]):
+        """The coordinator's metrics, served from the launcher on the port the plan gave
+        it (what `geeps coordinator` serves on Kubernetes), or None."""
+        if not plan.coordinator_metrics_port:
+            return None
+        from geeps.metrics import Metrics, MetricsPortError
+        metrics = Metrics(plan.job.name, "coordinator", 0)
+        try:
+            metrics.serve(plan.coordinator_metrics_port, options.host)
+        except MetricsPortError as e:
+            say(f"warning: the coordinator serves no metrics: {e.strerror}")
+            return None
+        return metrics
 
     # ---- lifecycle ----------------------------------------------------------------------
     def started(self, name: str, sid: int, pid: int) -> None:
@@ -95,13 +115,22 @@ class Elastic:
         """Start a joining server on a new port; its id and address."""
         if self.start_process is None:
             raise RuntimeError("the supervisor has not attached start_process")
-        address = f"{self.options.host}:{free_port(self.options.host)}"
+        name = f"server-{len(self.plan.servers) + len(self.added)}"
+        address = self.hosts.address(name) if self.hosts is not None \
+            else f"{self.options.host}:{free_port(self.options.host)}"
         self.added.append(address)
         spec = joiner(self.plan, self.added, self.options)
+        if self.hosts is not None:
+            spec = self.hosts.place(spec)
+        if spec.name != name:
+            raise RuntimeError(f"the joiner is {spec.name}, its host was made for {name}")
         child = self.start_process(spec)
         sid = self.coordinator.join(address)
-        # a server knows itself by its rank: joiners are numbered as the ids are given
-        assert sid == spec.rank, (sid, spec.rank)
+        # A server knows itself by its rank, so joiners are numbered as the coordinator
+        # gives ids; a membership changed behind the launcher's back breaks that.
+        if sid != spec.rank:
+            raise RuntimeError(f"the coordinator gave the joiner {spec.name} id {sid}, "
+                               f"its rank is {spec.rank}")
         self.started(spec.name, sid, child.pid)
         self.say(f"{spec.name} (server {sid}, {address}) joins"
                  + (f", replacing {replacing}" if replacing else ""))

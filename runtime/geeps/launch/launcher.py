@@ -35,7 +35,7 @@ from typing import Sequence
 from geeps.job import consistency as _consistency
 from geeps.job import spec as _spec
 from geeps.launch.plan import (LOOPBACK, LaunchPlan, Options, Ports, apply_overrides,
-                               job_from_command, plan)
+                               job_from_command, metrics_ports, plan)
 from geeps.launch import elastic
 from geeps.launch.supervise import GRACE, Supervisor
 from geeps.wire import curve
@@ -213,7 +213,7 @@ def pick_ports(n_servers: int, n_processes: int, metrics_base: int,
 def build_plan(job: _spec.GeePSJob, args: argparse.Namespace, *, cwd: str,
                server_command: Sequence[str] = (), curve_dir: str = "") -> LaunchPlan:
     base = job.metrics_port if args.metrics_port is None else args.metrics_port
-    ports = pick_ports(job.shards, job.processes(), base)
+    ports = pick_ports(job.shards, metrics_ports(job), base)
     return plan(job, ports, _options(args, cwd, server_command, curve_dir))
 
 
@@ -228,13 +228,15 @@ def _describe(p: LaunchPlan, metrics_base: int = 0) -> list[str]:
     lines = [f"job {job.name}: {p.shard_layout()} ({','.join(p.servers)}), "
              f"{job.workers.replicas} workers, {job.consistency}; "
              f"worker command: {' '.join(p.role('worker')[0].argv)}"]
-    with_metrics = [x for x in p.processes if x.metrics_port]
+    with_metrics = [(x.name, x.metrics_port) for x in p.processes if x.metrics_port]
+    if p.coordinator_metrics_port:
+        with_metrics.append(("coordinator", p.coordinator_metrics_port))
     if with_metrics:
         lines.append(f"metrics at http://{LOOPBACK}:PORT/metrics: " +
-                     ", ".join(f"{x.name} {x.metrics_port}" for x in with_metrics))
-        moved = [f"{x.name} {metrics_base + i} -> {x.metrics_port}"
-                 for i, x in enumerate(p.processes)
-                 if x.metrics_port and x.metrics_port != metrics_base + i]
+                     ", ".join(f"{name} {port}" for name, port in with_metrics))
+        moved = [f"{name} {metrics_base + i} -> {port}"
+                 for i, (name, port) in enumerate(with_metrics)
+                 if port != metrics_base + i]
         if moved:
             lines.append("metrics ports taken by another program, moved: " +
                          ", ".join(moved))
@@ -335,8 +337,16 @@ def _run(job: _spec.GeePSJob, args: argparse.Namespace, cwd: str,
                       f"{h.name} {h.ip}" for h in lab.hosts), file=sys.stderr)
             print(f"geeps run: shards at {','.join(p.servers)}; faults: geeps lab cut "
                   f"HOST [--for S], loss HOST PCT, rate HOST RATE", file=sys.stderr)
+            el = None
+            if elastic.wanted(p):
+                # the coordinator runs here, in the launcher, and reaches the hosts
+                # through the bridge's address; a joiner gets a new host of its own
+                el = elastic.Elastic(p, _options(args, cwd, server_command, curve_dir),
+                                     say=lambda t: print(f"geeps run: {t}", file=sys.stderr),
+                                     kill=os.killpg, cwd=cwd,
+                                     hosts=onlab.JoinHosts(lab, p))
             return Supervisor(p, cwd=cwd, timeout=timeout, timeout_source=source,
-                              grace=args.grace, quiet=args.quiet).run()
+                              grace=args.grace, quiet=args.quiet, elastic=el).run()
     except netns.LabError as e:
         return fail(f"--lab: {e}")
 

@@ -48,7 +48,8 @@ class ProcessSpec:
 class Ports:
     servers: tuple[int, ...]    # one per shard, rank order
     metrics: tuple[int, ...] = ()   # one per process in plan order (servers, then
-                                    # workers); empty = metrics off
+                                    # workers), then the coordinator's for a coordinated
+                                    # job (the launcher runs it); empty = metrics off
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class LaunchPlan:
     servers: tuple[str, ...]                # GEEPS_SERVERS, host:port in rank order
     checkpoint_dir: str                     # empty = checkpoints off
     warnings: tuple[str, ...] = field(default=())
+    coordinator_metrics_port: int = 0       # a coordinated job's coordinator; 0 = none
 
     def role(self, role: str) -> tuple[ProcessSpec, ...]:
         return tuple(p for p in self.processes if p.role == role)
@@ -155,9 +157,10 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> LaunchPla
     n_servers, n_procs = job.shards, job.processes()
     if len(ports.servers) != n_servers:
         raise ValueError(f"{n_servers} server ports needed, got {len(ports.servers)}")
-    if ports.metrics and len(ports.metrics) != n_procs:
-        raise ValueError(f"{n_procs} metrics ports needed (one per process), "
-                         f"got {len(ports.metrics)}")
+    if ports.metrics and len(ports.metrics) != metrics_ports(job):
+        raise ValueError(f"{metrics_ports(job)} metrics ports needed (one per process"
+                         + (", one for the coordinator" if job.coordinated else "")
+                         + f"), got {len(ports.metrics)}")
     servers = tuple(f"{options.host}:{p}" for p in ports.servers)
     ckpt = _checkpoint_dir(job, options)
     server_argv = _server_argv(options)
@@ -179,7 +182,15 @@ def plan(job: GeePSJob, ports: Ports, options: Options = Options()) -> LaunchPla
                            metrics_addr=options.host,
                            curve_dir=options.curve_dir))
         procs.append(ProcessSpec(f"{role}-{rank}", role, rank, argv, env, metrics))
-    return LaunchPlan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)))
+    return LaunchPlan(job, tuple(procs), servers, ckpt, tuple(local_warnings(job)),
+                      coordinator_metrics_port=ports.metrics[n_procs]
+                      if ports.metrics and job.coordinated else 0)
+
+
+def metrics_ports(job: GeePSJob) -> int:
+    """Metrics ports a local run of `job` takes: one per process, and the coordinator's
+    when the launcher runs one."""
+    return job.processes() + (1 if job.coordinated else 0)
 
 
 def _checkpoint_dir(job: GeePSJob, options: Options) -> str:
