@@ -62,3 +62,48 @@ def test_a_last_push_ends_its_message_but_what_carries_no_values_joins_it():
     finally:
         io.stop()
         router.close(0)
+
+
+WEDGE = """
+import os, sys, zmq
+from geeps.client.iothread import _unwatch
+ctx = zmq.Context()
+router = ctx.socket(zmq.ROUTER)
+port = router.bind_to_random_port("tcp://127.0.0.1")
+dealer = ctx.socket(zmq.DEALER)
+mon = dealer.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+dealer.connect(f"tcp://127.0.0.1:{port}")
+dealer.send(b"hello")
+assert router.poll(5000), "never connected"
+router.recv_multipart()
+if sys.argv[1] == "unwatch":
+    _unwatch(dealer)
+mon.close(linger=0)              # the monitor's reading end goes first, as at a close
+router.close(linger=0)           # and the peer drops the connection meanwhile
+# Does the context still move bytes? A fresh pair on it:
+r2 = ctx.socket(zmq.ROUTER)
+p2 = r2.bind_to_random_port("tcp://127.0.0.1")
+d2 = ctx.socket(zmq.DEALER)
+d2.connect(f"tcp://127.0.0.1:{p2}")
+d2.send(b"x")
+print("moves" if r2.poll(3000) else "wedged", flush=True)
+os._exit(0)                       # a wedged context would hang its own teardown
+"""
+
+
+def test_a_monitor_is_stopped_before_its_reading_end_closes_or_the_context_wedges():
+    """libzmq's I/O thread sends each monitor event with a blocking send; once the
+    monitor's reading end is closed, the next event (here the peer dropping the
+    connection) blocks that thread for good and every socket of the context stops.
+    The I/O thread therefore stops a socket's monitor before closing its reading end
+    (_unwatch). The first run shows the hazard is real, so the second one means
+    something. A child process each: a wedged context cannot be torn down."""
+    import subprocess
+    import sys
+
+    def run(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", WEDGE, mode], capture_output=True,
+                              text=True, timeout=60).stdout.strip()
+
+    assert run("close") == "wedged"
+    assert run("unwatch") == "moves"

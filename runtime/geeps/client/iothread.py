@@ -310,6 +310,9 @@ class IOThread(threading.Thread):
             self._fail_all(self._fatal)
         finally:
             self._fail_all(self._fatal or GeepsError("client is closed"))
+            for s in self._shards:
+                if s.sock is not None:
+                    _unwatch(s.sock)
             for m in self._monitors:
                 m.close(linger=0)
             for s in self._shards:
@@ -601,6 +604,7 @@ class IOThread(threading.Thread):
             self._by_sock.pop(s.sock, None)
             if self._poller is not None:
                 self._poller.unregister(s.sock)
+            _unwatch(s.sock)
             for mon in [mon for mon, x in self._monitors.items() if x is s]:
                 del self._monitors[mon]
                 if self._poller is not None:
@@ -994,6 +998,18 @@ class IOThread(threading.Thread):
             except queue.Empty:
                 return
             r.handle.set_exception(err)
+
+
+def _unwatch(sock: zmq.Socket) -> None:
+    """Stop `sock`'s monitor before its reading end is closed. libzmq's I/O thread
+    sends each event to the monitor's PAIR socket with a blocking send; with the
+    reading end gone (a socket closed, or a server dropping the connection, in between)
+    that send never returns and every socket of the process's context stops moving
+    bytes (seen as every later request in the process timing out)."""
+    try:
+        sock.disable_monitor()
+    except zmq.ZMQError:
+        pass        # already closed, or never monitored
 
 
 def _parts(r: Request, edges: np.ndarray, width: int | None) -> list:
