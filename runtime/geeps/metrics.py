@@ -61,7 +61,8 @@ PARKED_READS = Gauge("geeps_parked_reads", "Reads a server shard holds until slo
 SERVER_CLOCK = Gauge("geeps_server_clock", "Minimum clock over the workers, as this "
                      "shard knows it", LABELS)
 SERVER_PUSH_BYTES = Counter("geeps_server_push_bytes", "Update bytes a server shard "
-                            "received", LABELS)
+                            "received, as sent (row ids, values; a sparse push's offsets "
+                            "and values, not its dense rows)", LABELS)
 MEMBERSHIP_EPOCH = Gauge("geeps_membership_epoch", "The membership epoch this process "
                          "routes by (server: holds; worker: sends with its requests)",
                          LABELS)

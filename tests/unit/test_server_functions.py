@@ -175,3 +175,17 @@ def test_resolve_rejects_a_plugin_that_does_not_load(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(ValueError, match="'bad': its entry point does not load"):
         F.resolve([{"name": "bad"}])
+
+
+def test_push_bytes_count_what_came_not_the_dense_rows():
+    """A sparse push of 3 values over 2 rows counts its 3 offsets and 3 values (24
+    bytes), not the 2 dense rows it becomes (32 bytes); a dense push counts its values."""
+    st = ShardState(0, 1)
+    create(st, [], rule="add", hyper={})
+    assert sparse_push(st, 0, 0, 0, [1, 1, 4], [0, 3, 2], [1.0, 2.0, 3.0])["ok"]
+    assert st.stats["push_bytes"] == 3 * 4 + 3 * 4
+    h, _ = reply(st.handle(b"p", P.request(
+        "push", 2, [np.ones((2, W), np.float32)], table="t", worker=0, session=7, clock=0,
+        seq=1, rows={"range": [0, 2]})))
+    assert h["ok"], h
+    assert st.stats["push_bytes"] == 24 + 2 * W * 4

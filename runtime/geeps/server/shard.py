@@ -637,7 +637,8 @@ class ShardState:
         # Valid and new: from here on the push counts.
         self._window(w, str(session)).add(seq)
         self.stats["pushes"] += 1
-        self.stats["push_bytes"] += values.nbytes
+        # bytes as they came (a sparse push's offsets and values, not its dense rows)
+        self.stats["push_bytes"] += sum(memoryview(f).nbytes for f in frames[1:])
         if not t.per_clock:
             self._apply_now(t, sel, values)
             return [(peer, P.reply_ok(rid))]
