@@ -118,6 +118,11 @@ class Coordinator:
                 self._changed.wait(min(left, 0.1))
             return True
 
+    def heard(self, sid: int) -> bool:
+        """Whether member `sid` has ever answered."""
+        with self._lock:
+            return sid in self._heard
+
     def holds(self, sid: int) -> bool:
         """Whether `sid` is still a member (a drained server is not)."""
         with self._lock:
@@ -182,9 +187,18 @@ class Coordinator:
 
     def _apply_queued(self) -> None:
         with self._lock:
-            if self._m.pending or self._m.leaving or not self._todo:
-                return          # one change at a time: the next waits for this promote
-            kind, arg = self._todo.popleft()
+            if not self._todo:
+                return
+            # One change at a time: the next waits for this one's promote. A failure
+            # does not wait: the promote may wait on the very server that is gone (a
+            # joiner that died catching up, a member that must say it is ready).
+            at = next((i for i, (kind, _) in enumerate(self._todo) if kind == "fail"), None)
+            if at is None:
+                if self._m.pending or self._m.leaving:
+                    return
+                at = 0
+            kind, arg = self._todo[at]
+            del self._todo[at]
             old = self._m
             try:
                 if kind == "fail":

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from typing import Callable
 
 from geeps.job import env as config
@@ -28,6 +29,9 @@ from geeps.launch.control import ControlSocket
 from geeps.launch.coordinator import Coordinator
 from geeps.launch.plan import LaunchPlan, Options, ProcessSpec, joiner
 from geeps.wire.ports import free_port
+
+JOIN_DEADLINE = 60.0    # s a joiner has to answer the coordinator before it is killed:
+                        # a process start on a loaded machine takes seconds, not this
 
 
 def wanted(plan: LaunchPlan) -> bool:
@@ -39,11 +43,13 @@ class Elastic:
     def __init__(self, plan: LaunchPlan, options: Options, *, say: Callable[[str], None],
                  kill: Callable[[int, int], None], cwd: str = ".",
                  heartbeat: float | None = None, silent_after: float | None = None,
-                 hosts=None):
+                 hosts=None, join_deadline: float = JOIN_DEADLINE):
         self.plan, self.options, self.say, self.kill = plan, options, say, kill
         # where joiners run: None = this machine, on a free port; on the lab, a new
         # host each (geeps.launch.onlab.JoinHosts: address(name), place(spec))
         self.hosts = hosts
+        self.join_deadline = join_deadline
+        self._joining: dict[int, float] = {}    # joiner id -> when it was started
         cfg = config.load(plan.role("server")[0].env)
         kw = {k: v for k, v in (("heartbeat", heartbeat), ("silent_after", silent_after))
               if v is not None}
@@ -132,6 +138,8 @@ class Elastic:
             raise RuntimeError(f"the coordinator gave the joiner {spec.name} id {sid}, "
                                f"its rank is {spec.rank}")
         self.started(spec.name, sid, child.pid)
+        with self._lock:
+            self._joining[sid] = time.monotonic()
         self.say(f"{spec.name} (server {sid}, {address}) joins"
                  + (f", replacing {replacing}" if replacing else ""))
         return sid, address
@@ -149,6 +157,33 @@ class Elastic:
                     and self.coordinator.settled(0):
                 self.retiring.add(name)
                 out.append(name)
+        return out
+
+    def fence_overdue(self, now: float | None = None) -> list[int]:
+        """Kill joiners that have not answered the coordinator within join_deadline of
+        their start (a process that hangs before it serves, or a host it cannot be
+        reached on): the coordinator judges silence only after a first answer, so
+        without this a joiner that never answers would hold its change pending for
+        good. Its exit is then failed over like any server's (its pending arcs are
+        dropped, and another joiner is started within the backoffLimit). Returns the
+        ids killed."""
+        now = time.monotonic() if now is None else now
+        out = []
+        with self._lock:
+            joining = list(self._joining.items())
+        for sid, since in joining:
+            if self.coordinator.heard(sid):
+                with self._lock:
+                    self._joining.pop(sid, None)
+            elif now - since > self.join_deadline:
+                with self._lock:
+                    self._joining.pop(sid, None)
+                    pid = self.pid_of.get(sid)
+                if pid is not None:
+                    self.say(f"server {sid} has not answered {now - since:.0f} s after it "
+                             f"was started to join; killing it (it is then failed over)")
+                    self.kill(pid, signal.SIGKILL)
+                    out.append(sid)
         return out
 
     def _silent(self, sid: int) -> None:

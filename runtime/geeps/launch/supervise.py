@@ -334,7 +334,7 @@ class Supervisor:
             if all(c.code == 0 for c in workers):
                 return self._finish()
             if self.elastic is not None:
-                self._stop_drained()
+                self._watch_servers()
             wait = 0.25 if deadline is None else min(0.25, deadline - now)
             self._pump(wait)
             self._draw_status()
@@ -370,7 +370,9 @@ class Supervisor:
         self.restarts += 1
         return True
 
-    def _stop_drained(self) -> None:
+    def _watch_servers(self) -> None:
+        """Fence joiners that never answered; stop servers that were drained."""
+        self.elastic.fence_overdue()
         for name in self.elastic.to_stop():
             live = [c for c in self.children if c.name == name and c.code is None]
             if live:
