@@ -4,6 +4,7 @@ updates to the bits of the uncut one, a sum in flight cut with it."""
 import json
 
 import numpy as np
+import pytest
 
 from geeps.job import membership as ms
 from geeps.server.accumulate import ClockSum, Push
@@ -147,3 +148,19 @@ def test_a_shard_exports_its_epoch_bytes_and_failovers():
         assert metrics.value("geeps_shard_bytes", holding="primary") == N * W * 4
     finally:
         server.close()
+
+
+def test_stream_messages_kept_for_rows_being_fetched_are_capped_by_bytes(monkeypatch):
+    """A replica still fetching keeps the stream's messages for those rows; what it
+    keeps is bounded in bytes as well as in count, and a message over the bound is
+    refused by name without keeping anything."""
+    from geeps.server import shard as shard_mod
+    monkeypatch.setattr(shard_mod, "MAX_EARLY_STREAM_BYTES", 1000)
+    st = shard(ms.initial(["a:1", "b:2"], 2))
+    frames = [b"h", b"\0" * 400]
+    assert st._buffer_stream(b"p", 1, {}, frames) == []
+    assert st._buffer_stream(b"p", 2, {}, frames) == []
+    assert st.early_stream_bytes == 802
+    with pytest.raises(P.ProtocolError, match="would hold 1203 bytes, over 1000"):
+        st._buffer_stream(b"p", 3, {}, frames)
+    assert len(st.early_stream) == 2 and st.early_stream_bytes == 802

@@ -55,6 +55,7 @@ SEGMENT_SEP = "\x00"
 PEER_RETRY_S = 0.02     # a replica behind on the membership hears the stream again after
 FETCH_RETRY_S = 0.1     # a fetch a holder could not answer yet is asked again after
 MAX_EARLY_STREAM = 1024  # stream messages kept for rows still being fetched
+MAX_EARLY_STREAM_BYTES = 1 << 30     # and their bytes: a clock's sum can be the model
 
 
 def _new_inc() -> str:
@@ -315,6 +316,7 @@ class ShardState:
         self.fetch_refused: set = set()     # said once in the log
         self.fetch_retry_at: float | None = None
         self.early_stream: list = []
+        self.early_stream_bytes = 0
         self.clocks_heard: set[int] = set()   # workers whose clock a joiner has seen
 
     @property
@@ -1420,11 +1422,18 @@ class ShardState:
         if len(self.early_stream) >= MAX_EARLY_STREAM:
             raise ProtocolError(f"server {self.rank}: {MAX_EARLY_STREAM} replication "
                                 "messages wait for rows still being fetched")
+        size = sum(memoryview(f).nbytes for f in frames)
+        if self.early_stream_bytes + size > MAX_EARLY_STREAM_BYTES:
+            raise ProtocolError(f"server {self.rank}: replication messages waiting for rows "
+                                f"still being fetched would hold {self.early_stream_bytes + size}"
+                                f" bytes, over {MAX_EARLY_STREAM_BYTES}")
         self.early_stream.append((peer, rid, h, [bytes(memoryview(f)) for f in frames]))
+        self.early_stream_bytes += size
         return []
 
     def _replay_stream(self) -> list[Reply]:
         waiting, self.early_stream = self.early_stream, []
+        self.early_stream_bytes = 0
         out = []
         for peer, rid, h, frames in waiting:
             out += self.dispatch(peer, h, frames)
