@@ -641,3 +641,27 @@ def test_an_early_update_names_only_its_rows_to_before_write():
             assert push(st, k, 0, a, np.ones((4, 2)), rows={"range": [a, b]}, last=True)["ok"]
     assert writes == [[(0, 4)], [(4, 8)]]
     assert st.stats["early"] == 2
+
+
+def test_a_replacement_redoing_a_clock_its_predecessor_finished_here_is_not_counted_twice():
+    """Worker 1 died after its clock message for clock 0 reached this server but not
+    another one: its replacement rejoins at clock 0 (the lowest any server reports) and
+    pushes clock 0 again. Here that is a duplicate, acknowledged and not summed; the
+    next clock counts as usual. An old clock from a session that did not rejoin is
+    still an error."""
+    st, init = make(workers=2, rule="add")
+    st.handle(b"p", msg("hello", worker=1, session=7, num_workers=2))
+    g = np.ones((4, 2), np.float32)
+    assert push(st, 1, 0, 0, g)["ok"]
+    st.handle(b"p", msg("clock", worker=1, clock=0))         # then worker 1 is killed
+    h, _ = reply(st.handle(b"q", msg("hello", worker=1, session=8, num_workers=2)))
+    assert h["worker_clock"] == 1
+    h = push(st, 1, 0, 0, g, session=8)
+    assert h["ok"] and h.get("duplicate"), h
+    assert reply(st.handle(b"q", msg("clock", worker=1, clock=0)))[0]["ok"]
+    assert push(st, 0, 0, 0, g)["ok"]
+    st.handle(b"p", msg("clock", worker=0, clock=0))
+    np.testing.assert_array_equal(st.tables["t"].rows, init + 2)     # once per worker
+    assert push(st, 1, 1, 1, g, session=8)["ok"]
+    h = push(st, 0, 0, 1, g)
+    assert not h["ok"] and "push for clock 0 but worker 0 is at clock 1" in h["error"], h

@@ -258,6 +258,9 @@ class ShardState:
         self.nonfinite = nonfinite
         self.nonfinite_counts: dict[tuple[str, int], int] = {}
         self.refused: dict[int, int] = {}      # worker -> clock of a refused push
+        # worker -> (session, clock): a replacement's session and the clock its dead
+        # predecessor had finished here when it said hello (see _op_push)
+        self.rejoined: dict[int, tuple[str, int]] = {}
         self.on_nonfinite: Callable[[str, int, int], None] = lambda table, worker, n: None
         # A parked read is answered with an error after wait_timeout seconds, and one
         # peer holds at most peer_parked of the max_parked: a peer that parks reads no
@@ -415,6 +418,7 @@ class ShardState:
             self.refused.pop(w, None)
             log.warning("server %d: worker %d rejoined at clock %d (new session)",
                         self.rank, w, self.done[w])
+            self.rejoined[w] = (session, self.done[w])
         if old != session:
             self.blocked.pop(w, None)           # its pushes start anew
         self.sessions[w] = session
@@ -609,6 +613,15 @@ class ShardState:
         if clock > self.done[w] and self.joining and w not in self.clocks_heard:
             self.done[w] = clock        # joined mid-run: the worker's clock starts here
             self.clocks_heard.add(w)    # (its push may come before any clock of it)
+        if clock < self.done[w] and self.rejoined.get(w, (None, 0))[0] == str(session) \
+                and clock < self.rejoined[w][1]:
+            # A replacement redoes the clock its predecessor died in, which may have
+            # finished here but not on another server (killed between its clock
+            # messages): it rejoins at the lowest clock the servers report, and here
+            # that clock's pushes of it all counted already.
+            self._window(w, str(session)).add(seq)
+            self.stats["duplicates"] += 1
+            return [(peer, P.reply_ok(rid, duplicate=True))]
         if redo and t.redo == clock and clock < self.done[w]:
             pass
         elif clock != self.done[w]:
